@@ -1,0 +1,3 @@
+from boxer.cli import main
+
+main()

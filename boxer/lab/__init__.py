@@ -1,0 +1,1 @@
+"""The lab: Lambda's network (hosts behind real NAT routers) on one machine."""
