@@ -1,0 +1,192 @@
+"""The agent's control session with the coordinator, and its rendezvous connections.
+
+`open_session` authenticates (mutual challenge-response) and registers; `ControlSession` then
+reads the coordinator's messages and hands each to a callback. `open_ticket` opens a rendezvous
+connection from a fresh local port, so the coordinator learns that port's public endpoint; the
+connection stays open because it holds the NAT mapping the punch will reuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from nat_traversal import auth
+from nat_traversal import messages as m
+from nat_traversal.wire import FrameDecoder, ProtocolError, encode_frame
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorError(Exception):
+    """The coordinator cannot be reached, or refused us. The message says which and what to do."""
+
+
+def parse_endpoint(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+class FramedSocket:
+    """A non-blocking TCP socket carrying protocol frames, driven by the event loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._decoder = FrameDecoder()
+        self._loop = asyncio.get_running_loop()
+
+    async def send(self, message: m.Message) -> None:
+        await self._loop.sock_sendall(self.sock, encode_frame(message.to_wire()))
+
+    async def receive(self) -> m.Message:
+        while True:
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return m.decode(frame)
+            data = await self._loop.sock_recv(self.sock, 65536)
+            if not data:
+                raise ConnectionResetError("the coordinator closed the connection")
+            self._decoder.receive_data(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def _connect(coordinator: tuple[str, int], reusable_port: bool, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if reusable_port:
+            # The punched connection will later leave from this same port while this one keeps
+            # the NAT mapping alive: both need SO_REUSEADDR and SO_REUSEPORT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("0.0.0.0", 0))
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, coordinator), timeout)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+@dataclass
+class Registration:
+    session: str
+    name: str
+    addr: str
+    prefix: str
+
+
+class ControlSession:
+    def __init__(self, framed: FramedSocket, registration: Registration, members: dict[str, str]):
+        self.framed = framed
+        self.registration = registration
+        self.members = members
+
+    async def send(self, message: m.Message) -> None:
+        await self.framed.send(message)
+
+    async def dispatch_forever(self, handle: Callable[[m.Message], Awaitable[None] | None]) -> None:
+        """Hands every message to `handle` until the connection ends (then raises)."""
+        while True:
+            message = await self.framed.receive()
+            result = handle(message)
+            if result is not None:
+                await result
+
+    def close(self) -> None:
+        self.framed.close()
+
+
+async def open_session(coordinator: tuple[str, int], secret: bytes, register: m.Register,
+                       timeout: float = 5.0) -> ControlSession:
+    where = f"{coordinator[0]}:{coordinator[1]}"
+    try:
+        sock = await _connect(coordinator, False, timeout)
+    except asyncio.TimeoutError:
+        raise CoordinatorError(f"cannot reach the coordinator at {where}: no answer within {timeout:g} s "
+                               "(check --coordinator / BOXER_COORDINATOR and that it is running)") from None
+    except OSError as exc:
+        raise CoordinatorError(f"cannot reach the coordinator at {where}: {exc.strerror or exc} "
+                               "(check --coordinator / BOXER_COORDINATOR and that it is running)") from None
+    framed = FramedSocket(sock)
+    try:
+        return await asyncio.wait_for(_handshake(framed, secret, register, where), timeout)
+    except asyncio.TimeoutError:
+        framed.close()
+        raise CoordinatorError(f"the coordinator at {where} did not complete the handshake within "
+                               f"{timeout:g} s") from None
+    except (ProtocolError, OSError) as exc:
+        framed.close()
+        raise CoordinatorError(f"handshake with the coordinator at {where} failed: {exc}") from None
+    except BaseException:
+        framed.close()
+        raise
+
+
+async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, where: str) -> ControlSession:
+    challenge = await framed.receive()
+    if not isinstance(challenge, m.Challenge):
+        raise ProtocolError(f"expected a challenge, got {challenge.TYPE}")
+    nonce = auth.new_token()
+    await framed.send(m.Auth(v=m.PROTOCOL_VERSION, nonce=nonce,
+                             mac=auth.mac(secret, auth.AGENT_PROOF, challenge.nonce, nonce)))
+    welcome = await framed.receive()
+    if isinstance(welcome, m.Refused):
+        raise CoordinatorError(f"the coordinator at {where} refused us: {welcome.reason}")
+    if not isinstance(welcome, m.Welcome):
+        raise ProtocolError(f"expected welcome, got {welcome.TYPE}")
+    expected = auth.mac(secret, auth.COORDINATOR_PROOF, nonce, challenge.nonce)
+    if not auth.verify(expected, welcome.mac):
+        raise CoordinatorError(f"the peer at {where} does not hold the deployment secret: "
+                               "not our coordinator")
+    await framed.send(register)
+    members: dict[str, str] = {}
+    while True:
+        reply = await framed.receive()
+        if isinstance(reply, m.Registered):
+            registration = Registration(welcome.session, reply.name, reply.addr, reply.prefix)
+            return ControlSession(framed, registration, members)
+        if isinstance(reply, m.Error):
+            raise CoordinatorError(f"registration refused: {reply.reason}")
+        if isinstance(reply, m.Members):
+            members.update(reply.hosts)
+
+
+@dataclass
+class Ticket:
+    """A local port whose public endpoint the coordinator has observed, ready to be punched."""
+    ticket: str
+    local_port: int
+    public_endpoint: str
+    rendezvous: FramedSocket
+
+    def close(self) -> None:
+        self.rendezvous.close()
+
+
+async def open_ticket(coordinator: tuple[str, int], secret: bytes, session: str,
+                      timeout: float = 5.0) -> Ticket:
+    sock = await _connect(coordinator, True, timeout)
+    local_port = sock.getsockname()[1]
+    framed = FramedSocket(sock)
+    ticket = auth.new_token()
+    try:
+        await framed.send(m.Observe(v=m.PROTOCOL_VERSION, session=session, ticket=ticket,
+                                    mac=auth.mac(secret, auth.OBSERVE_PROOF, session, ticket)))
+        while True:
+            reply = await asyncio.wait_for(framed.receive(), timeout)
+            if isinstance(reply, m.Observed):
+                return Ticket(ticket, local_port, reply.endpoint, framed)
+            if isinstance(reply, m.Refused):
+                raise CoordinatorError(f"rendezvous refused: {reply.reason}")
+            # the Challenge every connection starts with needs no answer on a rendezvous
+    except BaseException:
+        framed.close()
+        raise

@@ -1,0 +1,123 @@
+"""`boxer run`: one application process as a host of the overlay, from start to exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass
+
+from boxer.agent.agent import WAKE_ADDR, Agent, Timeouts
+from boxer.agent.child import child_environment, exit_status, start_child, stop_child
+from boxer.agent.control import CoordinatorError, open_session
+from boxer.agent.ipc_server import IpcServer
+from nat_traversal import auth
+from nat_traversal import messages as m
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 5.0
+
+
+class RunError(Exception):
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    argv: list[str]
+    name: str
+    service: str
+    coordinator: tuple[str, int]
+    secret: bytes
+    lifetime: float | None = None
+    connect_timeout: float = 5.0
+
+
+async def run_instance(opts: RunOptions) -> int:
+    register = m.Register(name=opts.name, service=opts.service, instance=auth.new_token(8))
+    try:
+        session = await open_session(opts.coordinator, opts.secret, register)
+    except CoordinatorError as exc:
+        raise RunError(f"{exc}; {opts.argv[0]} was not started") from None
+    reg = session.registration
+    log.info("registered as %s at %s", reg.name, reg.addr)
+    agent = Agent(session, opts.coordinator, opts.secret,
+                  timeouts=Timeouts(connect=opts.connect_timeout, punch=min(3.0, opts.connect_timeout)))
+    workdir = tempfile.mkdtemp(prefix="boxer-agent-")
+    server = IpcServer(os.path.join(workdir, "agent.sock"), agent.handle_ipc)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    dispatcher = None
+    proc = None
+    try:
+        await server.start()
+        agent.start()
+        dispatcher = asyncio.create_task(session.dispatch_forever(agent.on_coordinator_message))
+        env = child_environment(dict(os.environ), agent_sock=server.path, name=reg.name, addr=reg.addr,
+                                prefix=reg.prefix, wake_addr=WAKE_ADDR)
+        proc = await start_child(opts.argv, env)
+        await _confirm_interposer(agent, proc, opts.argv[0])
+        waiters = {asyncio.create_task(proc.wait()): "exit", asyncio.create_task(stopping.wait()): "signal",
+                   dispatcher: "coordinator"}
+        if opts.lifetime is not None:
+            waiters[asyncio.create_task(asyncio.sleep(opts.lifetime))] = "lifetime"
+        done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            if task is not dispatcher:
+                task.cancel()
+        reason = waiters[next(iter(done))]
+        if reason == "coordinator":
+            # Established connections do not pass through the coordinator; the app keeps running.
+            exc = dispatcher.exception()
+            log.warning("lost the coordinator (%s); the application keeps running, new overlay "
+                        "connections will fail until it returns", exc)
+            waiters = {asyncio.create_task(proc.wait()): "exit", asyncio.create_task(stopping.wait()): "signal"}
+            done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            reason = waiters[next(iter(done))]
+        if reason != "exit":
+            log.info("stopping %s (%s)", opts.argv[0], reason)
+            await stop_child(proc)
+        assert proc.returncode is not None
+        return exit_status(proc.returncode)
+    finally:
+        if proc is not None and proc.returncode is None:
+            await stop_child(proc)
+        try:
+            await asyncio.wait_for(session.send(m.Bye(reason="stopped")), 1.0)
+        except Exception:
+            pass
+        if dispatcher is not None:
+            dispatcher.cancel()
+        agent.close()
+        session.close()
+        server.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _confirm_interposer(agent: Agent, proc: asyncio.subprocess.Process, program: str) -> None:
+    """glibc runs a program unwrapped when LD_PRELOAD cannot be loaded: refuse to carry on then."""
+    hello = asyncio.create_task(agent.hello_event.wait())
+    exited = asyncio.create_task(proc.wait())
+    done, _ = await asyncio.wait({hello, exited}, timeout=HELLO_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    if hello not in done and exited in done:
+        # A short-lived program exits right after its constructor said hello: give it a moment.
+        try:
+            await asyncio.wait_for(hello, 0.5)
+        except asyncio.TimeoutError:
+            pass
+    exited.cancel()
+    if not hello.done():
+        hello.cancel()
+        await stop_child(proc, grace=1.0)
+        raise RunError(f"the interposer did not load in {program} (LD_PRELOAD was not applied), so it "
+                       "was stopped rather than run outside the overlay", status=126)

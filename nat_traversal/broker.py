@@ -1,0 +1,329 @@
+"""The coordinator's protocol logic, without I/O.
+
+`Broker` is fed events (a connection opened, a message arrived, a connection closed, time passed)
+and answers with actions (send this message on that connection, close that connection). The
+asyncio server in coordinator.py only moves bytes; everything that can be decided is decided here,
+so it is tested without sockets and with a virtual clock.
+
+Every TCP connection to the coordinator starts the same way: the coordinator sends a Challenge.
+The peer's first frame says what the connection is:
+  - Auth: a control session of an agent (mutual challenge-response, then Register, Connect...);
+  - Observe: a rendezvous connection, opened from a port the agent wants punched; the coordinator
+    records the public endpoint it came from under the frame's ticket.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from nat_traversal import auth
+from nat_traversal import messages as m
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "100.64.0.0/10"
+
+
+@dataclass(frozen=True)
+class Send:
+    cid: int
+    message: m.Message
+
+
+@dataclass(frozen=True)
+class Close:
+    cid: int
+    reason: str
+
+
+Action = Union[Send, Close]
+
+
+class ConnState(enum.Enum):
+    AWAIT_FIRST = "await-first"  # challenge sent, waiting for Auth or Observe
+    CONTROL = "control"  # authenticated agent session (maybe not registered yet)
+    RENDEZVOUS = "rendezvous"  # a ticket's connection, kept open to hold the NAT mapping
+    CLOSED = "closed"
+
+
+@dataclass
+class Connection:
+    cid: int
+    endpoint: str  # "ip:port" the coordinator sees: the NAT's public mapping
+    nonce: str
+    state: ConnState = ConnState.AWAIT_FIRST
+    session: str | None = None
+    instance: "Instance | None" = None
+
+
+@dataclass
+class Instance:
+    name: str
+    service: str
+    addr: str
+    instance_id: str
+    cid: int
+
+
+@dataclass
+class Ticket:
+    ticket: str
+    session: str
+    endpoint: str
+    cid: int  # the rendezvous connection
+
+
+@dataclass
+class PendingConnect:
+    conn: str
+    client_cid: int
+    server_cid: int
+    client_ticket: str
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    # How long a server agent may take to answer Incoming before the client gets ETIMEDOUT.
+    broker: float = 3.0
+
+
+class Broker:
+    def __init__(self, secret: bytes, prefix: str = DEFAULT_PREFIX, timeouts: Timeouts = Timeouts(),
+                 new_token: Callable[[], str] = auth.new_token) -> None:
+        self.secret = secret
+        self.prefix = prefix
+        self.timeouts = timeouts
+        self.new_token = new_token
+        self._network = ipaddress.IPv4Network(self.prefix)
+        self._connections: dict[int, Connection] = {}
+        self._sessions: dict[str, int] = {}  # session id -> control cid
+        self._by_addr: dict[str, Instance] = {}
+        self._by_name: dict[str, Instance] = {}
+        self._tickets: dict[str, Ticket] = {}
+        self._pending: dict[str, PendingConnect] = {}
+        self._next_host = 1
+
+    # --- queries (for status and tests) -------------------------------------------------------
+
+    @property
+    def instances(self) -> list[Instance]:
+        return list(self._by_addr.values())
+
+    def members(self) -> dict[str, str]:
+        return {inst.name: inst.addr for inst in self._by_addr.values()}
+
+    # --- events -------------------------------------------------------------------------------
+
+    def connection_made(self, cid: int, endpoint: str) -> list[Action]:
+        conn = Connection(cid=cid, endpoint=endpoint, nonce=self.new_token())
+        self._connections[cid] = conn
+        return [Send(cid, m.Challenge(v=m.PROTOCOL_VERSION, nonce=conn.nonce))]
+
+    def connection_lost(self, cid: int) -> list[Action]:
+        conn = self._connections.pop(cid, None)
+        if conn is None:
+            return []
+        conn.state = ConnState.CLOSED
+        actions: list[Action] = []
+        if conn.session is not None and self._sessions.get(conn.session) == cid:
+            del self._sessions[conn.session]
+            for ticket in [t for t in self._tickets.values() if t.session == conn.session]:
+                del self._tickets[ticket.ticket]
+            actions += self._fail_pending_of(cid, "EHOSTUNREACH")
+        if conn.instance is not None:
+            actions += self._remove_instance(conn.instance, "connection lost")
+        for ticket in [t for t in self._tickets.values() if t.cid == cid]:
+            del self._tickets[ticket.ticket]
+        return actions
+
+    def message_received(self, cid: int, message: m.Message, now: float) -> list[Action]:
+        conn = self._connections.get(cid)
+        if conn is None:
+            return []
+        if conn.state is ConnState.AWAIT_FIRST:
+            if isinstance(message, m.Auth):
+                return self._on_auth(conn, message)
+            if isinstance(message, m.Observe):
+                return self._on_observe(conn, message)
+            return self._refuse(conn, f"expected auth or observe first, got {message.TYPE}")
+        if conn.state is ConnState.CONTROL:
+            handler = self._CONTROL_HANDLERS.get(type(message))
+            if handler is None:
+                return self._refuse(conn, f"{message.TYPE} is not valid on a control session")
+            return handler(self, conn, message, now)
+        return self._refuse(conn, f"{message.TYPE} is not valid on a rendezvous connection")
+
+    def protocol_error(self, cid: int, error: str) -> list[Action]:
+        """The peer sent bytes that do not parse: log, close that connection, serve the rest."""
+        conn = self._connections.get(cid)
+        if conn is None:
+            return []
+        log.warning("protocol error from %s: %s", conn.endpoint, error)
+        return [Close(cid, f"protocol error: {error}")]
+
+    def expire(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for pending in [p for p in self._pending.values() if p.deadline <= now]:
+            del self._pending[pending.conn]
+            log.info("connect %s timed out waiting for the server agent", pending.conn)
+            actions.append(Send(pending.client_cid, m.ConnectFailed(conn=pending.conn, error="ETIMEDOUT")))
+        return actions
+
+    def next_deadline(self) -> float | None:
+        return min((p.deadline for p in self._pending.values()), default=None)
+
+    # --- session set-up -----------------------------------------------------------------------
+
+    def _on_auth(self, conn: Connection, msg: m.Auth) -> list[Action]:
+        if msg.v != m.PROTOCOL_VERSION:
+            return self._refuse(conn, f"protocol version {msg.v} not supported (coordinator speaks "
+                                      f"{m.PROTOCOL_VERSION}): upgrade boxer on both sides")
+        expected = auth.mac(self.secret, auth.AGENT_PROOF, conn.nonce, msg.nonce)
+        if not auth.verify(expected, msg.mac):
+            return self._refuse(conn, "authentication failed: wrong deployment secret")
+        conn.state = ConnState.CONTROL
+        conn.session = self.new_token()
+        self._sessions[conn.session] = conn.cid
+        proof = auth.mac(self.secret, auth.COORDINATOR_PROOF, msg.nonce, conn.nonce)
+        return [Send(conn.cid, m.Welcome(session=conn.session, mac=proof))]
+
+    def _on_observe(self, conn: Connection, msg: m.Observe) -> list[Action]:
+        if msg.v != m.PROTOCOL_VERSION:
+            return self._refuse(conn, f"protocol version {msg.v} not supported")
+        expected = auth.mac(self.secret, auth.OBSERVE_PROOF, msg.session, msg.ticket)
+        if not auth.verify(expected, msg.mac) or msg.session not in self._sessions:
+            return self._refuse(conn, "rendezvous refused: unknown session or wrong proof")
+        if msg.ticket in self._tickets:
+            return self._refuse(conn, "rendezvous refused: ticket already in use")
+        conn.state = ConnState.RENDEZVOUS
+        conn.session = msg.session
+        self._tickets[msg.ticket] = Ticket(msg.ticket, msg.session, conn.endpoint, conn.cid)
+        return [Send(conn.cid, m.Observed(endpoint=conn.endpoint))]
+
+    def _refuse(self, conn: Connection, reason: str) -> list[Action]:
+        log.warning("refusing %s: %s", conn.endpoint, reason)
+        return [Send(conn.cid, m.Refused(reason=reason)), Close(conn.cid, reason)]
+
+    # --- membership ---------------------------------------------------------------------------
+
+    def _on_register(self, conn: Connection, msg: m.Register, now: float) -> list[Action]:
+        if conn.instance is not None:
+            return [Send(conn.cid, m.Error(ref="register", reason="this session is already registered"))]
+        holder = self._by_name.get(msg.name)
+        if holder is not None:
+            return [Send(conn.cid, m.Error(
+                ref="register",
+                reason=f"the name {msg.name!r} is taken by a running instance ({holder.addr}); "
+                       "choose another with --name"))]
+        addr = self._allocate(msg.addr)
+        inst = Instance(msg.name, msg.service, addr, msg.instance, conn.cid)
+        conn.instance = inst
+        self._by_addr[addr] = inst
+        self._by_name[inst.name] = inst
+        log.info("registered %s (%s) at %s from %s", inst.name, inst.service, addr, conn.endpoint)
+        return [Send(conn.cid, m.Registered(name=inst.name, addr=addr, prefix=self.prefix)),
+                *self._broadcast_members()]
+
+    def _allocate(self, wanted: str | None) -> str:
+        if wanted is not None:
+            ip = ipaddress.IPv4Address(wanted)
+            if ip in self._network and wanted not in self._by_addr and ip != self._network.network_address:
+                return wanted
+        size = self._network.num_addresses
+        for _ in range(size):
+            offset = self._next_host
+            self._next_host = self._next_host % (size - 2) + 1
+            addr = str(self._network.network_address + offset)
+            if addr not in self._by_addr:
+                return addr
+        raise RuntimeError(f"overlay prefix {self.prefix} is full")
+
+    def _remove_instance(self, inst: Instance, why: str) -> list[Action]:
+        if self._by_addr.get(inst.addr) is inst:
+            del self._by_addr[inst.addr]
+            del self._by_name[inst.name]
+            log.info("deregistered %s at %s: %s", inst.name, inst.addr, why)
+            return self._broadcast_members()
+        return []
+
+    def _broadcast_members(self) -> list[Action]:
+        members = m.Members(hosts=self.members())
+        return [Send(inst.cid, members) for inst in self._by_addr.values()]
+
+    def _on_bye(self, conn: Connection, msg: m.Bye, now: float) -> list[Action]:
+        if conn.instance is None:
+            return []
+        inst, conn.instance = conn.instance, None
+        return self._remove_instance(inst, msg.reason or "bye")
+
+    def _on_ping(self, conn: Connection, msg: m.Ping, now: float) -> list[Action]:
+        return [Send(conn.cid, m.Pong(seq=msg.seq))]
+
+    # --- brokering ----------------------------------------------------------------------------
+
+    def _on_connect(self, conn: Connection, msg: m.Connect, now: float) -> list[Action]:
+        def fail(error: str) -> list[Action]:
+            return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error=error))]
+
+        if conn.instance is None:
+            return [Send(conn.cid, m.Error(ref=msg.conn, reason="register before connecting"))]
+        ticket = self._tickets.get(msg.ticket)
+        if ticket is None or ticket.session != conn.session:
+            return [Send(conn.cid, m.Error(ref=msg.conn, reason="unknown ticket"))]
+        if msg.conn in self._pending:
+            return [Send(conn.cid, m.Error(ref=msg.conn, reason="connection id already in use"))]
+        server = self._by_addr.get(msg.dst_addr)
+        if server is None:
+            return fail("EHOSTUNREACH")
+        self._pending[msg.conn] = PendingConnect(
+            msg.conn, conn.cid, server.cid, msg.ticket, now + self.timeouts.broker)
+        incoming = m.Incoming(conn=msg.conn, src_addr=conn.instance.addr, src_port=msg.src_port,
+                              dst_port=msg.dst_port)
+        return [Send(server.cid, incoming)]
+
+    def _on_accept(self, conn: Connection, msg: m.Accept, now: float) -> list[Action]:
+        pending = self._pending.get(msg.conn)
+        if pending is None or pending.server_cid != conn.cid:
+            return []  # timed out meanwhile, or not addressed to this agent: nothing to do
+        server_ticket = self._tickets.pop(msg.ticket, None)
+        client_ticket = self._tickets.pop(pending.client_ticket, None)
+        del self._pending[msg.conn]
+        if server_ticket is None or server_ticket.session != conn.session:
+            return [Send(pending.client_cid, m.ConnectFailed(conn=msg.conn, error="ECONNABORTED"))]
+        if client_ticket is None:  # the client's rendezvous connection died meanwhile
+            return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error="ECONNABORTED"))]
+        return [
+            Send(pending.client_cid, m.Punch(conn=msg.conn, role="client", peer=server_ticket.endpoint,
+                                             ticket=client_ticket.ticket)),
+            Send(conn.cid, m.Punch(conn=msg.conn, role="server", peer=client_ticket.endpoint,
+                                   ticket=server_ticket.ticket)),
+        ]
+
+    def _on_refuse(self, conn: Connection, msg: m.Refuse, now: float) -> list[Action]:
+        pending = self._pending.get(msg.conn)
+        if pending is None or pending.server_cid != conn.cid:
+            return []
+        del self._pending[msg.conn]
+        return [Send(pending.client_cid, m.ConnectFailed(conn=msg.conn, error=msg.error))]
+
+    def _fail_pending_of(self, cid: int, error: str) -> list[Action]:
+        actions: list[Action] = []
+        for pending in [p for p in self._pending.values() if cid in (p.client_cid, p.server_cid)]:
+            del self._pending[pending.conn]
+            if pending.client_cid != cid:
+                actions.append(Send(pending.client_cid, m.ConnectFailed(conn=pending.conn, error=error)))
+        return actions
+
+    _CONTROL_HANDLERS: dict = {
+        m.Register: _on_register,
+        m.Bye: _on_bye,
+        m.Ping: _on_ping,
+        m.Connect: _on_connect,
+        m.Accept: _on_accept,
+        m.Refuse: _on_refuse,
+    }

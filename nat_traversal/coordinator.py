@@ -1,0 +1,109 @@
+"""The coordinator's asyncio server: moves frames between sockets and the Broker.
+
+Kept thin on purpose: all decisions live in broker.py. One TCP port serves both agents' control
+sessions and their rendezvous connections (the broker tells them apart by the first frame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+import socket
+from pathlib import Path
+
+from nat_traversal import messages as m
+from nat_traversal.broker import Broker, Close, Send
+from nat_traversal.wire import FrameDecoder, ProtocolError, encode_frame
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1  # how often pending connects are checked against their deadlines
+
+
+class _PeerProtocol(asyncio.Protocol):
+    def __init__(self, server: "CoordinatorServer") -> None:
+        self._server = server
+        self._decoder = FrameDecoder()
+        self.cid = next(server.cids)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        host, port = transport.get_extra_info("peername")[:2]
+        self._server.peers[self.cid] = self
+        self._server.apply(self._server.broker.connection_made(self.cid, f"{host}:{port}"))
+
+    def data_received(self, data: bytes) -> None:
+        broker = self._server.broker
+        self._decoder.receive_data(data)
+        try:
+            while (frame := self._decoder.next_frame()) is not None:
+                message = m.decode(frame)
+                self._server.apply(broker.message_received(self.cid, message, self._server.now()))
+        except ProtocolError as exc:
+            self._server.apply(broker.protocol_error(self.cid, str(exc)))
+        except Exception:  # a bug must cost one connection, never the coordinator
+            log.exception("internal error while serving connection %d; closing it", self.cid)
+            self._server.close(self.cid)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.peers.pop(self.cid, None)
+        self._server.apply(self._server.broker.connection_lost(self.cid))
+
+
+class CoordinatorServer:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.peers: dict[int, _PeerProtocol] = {}
+        self.cids = itertools.count(1)
+        self._loop = asyncio.get_running_loop()
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def apply(self, actions: list) -> None:
+        for action in actions:
+            peer = self.peers.get(action.cid)
+            if peer is None or peer.transport is None:
+                continue
+            if isinstance(action, Send):
+                peer.transport.write(encode_frame(action.message.to_wire()))
+            elif isinstance(action, Close):
+                peer.transport.close()
+
+    def close(self, cid: int) -> None:
+        peer = self.peers.get(cid)
+        if peer is not None and peer.transport is not None:
+            peer.transport.close()
+
+    async def expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self.apply(self.broker.expire(self.now()))
+
+
+async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: str | None = None) -> None:
+    server = CoordinatorServer(Broker(secret, prefix=prefix))
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(lambda: _PeerProtocol(server), host, port,
+                                        reuse_address=True, backlog=1024)
+    bound = listener.sockets[0].getsockname()
+    log.info("coordinator listening on %s:%d (overlay prefix %s)", bound[0], bound[1], prefix)
+    if ready_file:
+        Path(ready_file).write_text(f"{bound[0]}:{bound[1]}\n")
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    expirer = asyncio.create_task(server.expire_forever())
+    try:
+        await stop.wait()
+    finally:
+        expirer.cancel()
+        listener.close()
+        log.info("coordinator stopped")

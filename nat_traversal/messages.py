@@ -1,0 +1,366 @@
+"""The messages of the agent <-> coordinator protocol.
+
+Every message is a small frozen dataclass, validated when built, whether by our own code or from a
+peer's frame. The wire form is a JSON object whose "t" names the type; `MESSAGE_TYPES` is the one
+table of types. `decode()` raises ProtocolError (the peer's fault) for anything malformed;
+building a bad message in our own code raises ValueError (our fault).
+
+Versioning: the first frame each side sends carries `v`; a coordinator refuses versions it does
+not speak with a message naming both versions, so mismatched deployments fail loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+from nat_traversal.wire import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_TOKEN_RE = re.compile(r"^[0-9a-f]{8,64}$")
+# errno names an application may see for a failed overlay connect, and why each arises.
+CONNECT_ERRORS = ("ECONNREFUSED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ECONNABORTED")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"{what} {name!r} is not a valid host name: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def check_token(value: str, what: str) -> str:
+    if not _TOKEN_RE.match(value):
+        raise ValueError(f"{what} must be 8-64 lowercase hex digits, got {value!r}")
+    return value
+
+
+def check_endpoint(value: str, what: str = "endpoint") -> str:
+    host, sep, port = value.rpartition(":")
+    try:
+        ipaddress.IPv4Address(host)
+        port_number = int(port)
+    except ValueError:
+        raise ValueError(f"{what} must be 'ipv4:port', got {value!r}") from None
+    if not sep or not 0 < port_number < 65536:
+        raise ValueError(f"{what} must be 'ipv4:port' with a port in 1..65535, got {value!r}")
+    return value
+
+
+def check_port(value: int, what: str = "port") -> int:
+    if not 0 < value < 65536:
+        raise ValueError(f"{what} must be in 1..65535, got {value}")
+    return value
+
+
+def check_ipv4(value: str, what: str = "address") -> str:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"{what} must be an IPv4 address, got {value!r}") from None
+    return value
+
+
+class Message:
+    TYPE: ClassVar[str]
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = {"t": self.TYPE}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            wire[field.name] = getattr(self, field.name)
+        return wire
+
+
+# --- session set-up (control connection) -----------------------------------------------------
+
+@dataclass(frozen=True)
+class Challenge(Message):
+    """coordinator -> agent, first frame: prove you hold the deployment secret."""
+    TYPE: ClassVar[str] = "challenge"
+    v: int
+    nonce: str
+
+    def __post_init__(self) -> None:
+        check_token(self.nonce, "nonce")
+
+
+@dataclass(frozen=True)
+class Auth(Message):
+    """agent -> coordinator: mac = HMAC(secret, agent-proof | server nonce | client nonce)."""
+    TYPE: ClassVar[str] = "auth"
+    v: int
+    nonce: str
+    mac: str
+
+    def __post_init__(self) -> None:
+        check_token(self.nonce, "nonce")
+        check_token(self.mac, "mac")
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """coordinator -> agent: the coordinator proves it holds the secret too (mutual auth)."""
+    TYPE: ClassVar[str] = "welcome"
+    session: str
+    mac: str
+
+    def __post_init__(self) -> None:
+        check_token(self.session, "session")
+        check_token(self.mac, "mac")
+
+
+@dataclass(frozen=True)
+class Refused(Message):
+    """coordinator -> peer: authentication or version refused; the connection closes."""
+    TYPE: ClassVar[str] = "refused"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Register(Message):
+    """agent -> coordinator: make me a host of the overlay.
+
+    `addr` is set when re-registering after a coordinator restart, so the instance keeps its
+    address (the coordinator is soft state: the agents hold the truth)."""
+    TYPE: ClassVar[str] = "register"
+    name: str
+    service: str
+    instance: str
+    addr: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        check_name(self.service, "service")
+        check_token(self.instance, "instance")
+        if self.addr is not None:
+            check_ipv4(self.addr)
+
+
+@dataclass(frozen=True)
+class Registered(Message):
+    TYPE: ClassVar[str] = "registered"
+    name: str
+    addr: str
+    prefix: str
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        check_ipv4(self.addr)
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """coordinator -> agent: a request could not be served; `ref` names it."""
+    TYPE: ClassVar[str] = "error"
+    ref: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Members(Message):
+    """coordinator -> agents: the full membership (name -> address), sent on every change.
+
+    Agents answer name lookups from it locally, so a getaddrinfo costs no network round trip."""
+    TYPE: ClassVar[str] = "members"
+    hosts: dict
+
+
+    def __post_init__(self) -> None:
+        for name, addr in self.hosts.items():
+            check_name(name)
+            check_ipv4(addr)
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    TYPE: ClassVar[str] = "ping"
+    seq: int
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    TYPE: ClassVar[str] = "pong"
+    seq: int
+
+
+@dataclass(frozen=True)
+class Bye(Message):
+    """agent -> coordinator: deregister; the agent is stopping."""
+    TYPE: ClassVar[str] = "bye"
+    reason: str = ""
+
+
+# --- connection brokering --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Connect(Message):
+    """client agent -> coordinator: connect me to dst_addr:dst_port.
+
+    `ticket` names one of the client's rendezvous connections: the coordinator has observed its
+    public endpoint, which is where the peer will aim its SYNs."""
+    TYPE: ClassVar[str] = "connect"
+    conn: str
+    dst_addr: str
+    dst_port: int
+    src_port: int
+    ticket: str
+
+    def __post_init__(self) -> None:
+        check_token(self.conn, "conn")
+        check_ipv4(self.dst_addr, "dst_addr")
+        check_port(self.dst_port, "dst_port")
+        check_port(self.src_port, "src_port")
+        check_token(self.ticket, "ticket")
+
+
+@dataclass(frozen=True)
+class Incoming(Message):
+    """coordinator -> server agent: someone wants dst_port; accept with a ticket or refuse."""
+    TYPE: ClassVar[str] = "incoming"
+    conn: str
+    src_addr: str
+    src_port: int
+    dst_port: int
+
+    def __post_init__(self) -> None:
+        check_token(self.conn, "conn")
+        check_ipv4(self.src_addr, "src_addr")
+        check_port(self.src_port, "src_port")
+        check_port(self.dst_port, "dst_port")
+
+
+@dataclass(frozen=True)
+class Accept(Message):
+    TYPE: ClassVar[str] = "accept"
+    conn: str
+    ticket: str
+
+    def __post_init__(self) -> None:
+        check_token(self.conn, "conn")
+        check_token(self.ticket, "ticket")
+
+
+@dataclass(frozen=True)
+class Refuse(Message):
+    TYPE: ClassVar[str] = "refuse"
+    conn: str
+    error: str
+
+    def __post_init__(self) -> None:
+        check_token(self.conn, "conn")
+        if self.error not in CONNECT_ERRORS:
+            raise ValueError(f"error must be one of {', '.join(CONNECT_ERRORS)}, got {self.error!r}")
+
+
+@dataclass(frozen=True)
+class Punch(Message):
+    """coordinator -> both agents: open TCP toward `peer` from the ticket's port, now."""
+    TYPE: ClassVar[str] = "punch"
+    conn: str
+    role: str
+    peer: str
+    ticket: str
+
+    def __post_init__(self) -> None:
+        check_token(self.conn, "conn")
+        if self.role not in ("client", "server"):
+            raise ValueError(f"role must be 'client' or 'server', got {self.role!r}")
+        check_endpoint(self.peer, "peer")
+        check_token(self.ticket, "ticket")
+
+
+@dataclass(frozen=True)
+class ConnectFailed(Message):
+    """coordinator -> client agent: the connect cannot be made; `error` is the errno name."""
+    TYPE: ClassVar[str] = "connect_failed"
+    conn: str
+    error: str
+
+    def __post_init__(self) -> None:
+        check_token(self.conn, "conn")
+        if self.error not in CONNECT_ERRORS:
+            raise ValueError(f"error must be one of {', '.join(CONNECT_ERRORS)}, got {self.error!r}")
+
+
+# --- rendezvous connection (opened from the port to be punched) --------------------------------
+
+@dataclass(frozen=True)
+class Observe(Message):
+    """agent -> coordinator, first frame of a rendezvous connection.
+
+    mac = HMAC(secret, observe-proof | session | ticket) binds the ticket to an authenticated
+    session without a second round trip."""
+    TYPE: ClassVar[str] = "observe"
+    v: int
+    session: str
+    ticket: str
+    mac: str
+
+    def __post_init__(self) -> None:
+        check_token(self.session, "session")
+        check_token(self.ticket, "ticket")
+        check_token(self.mac, "mac")
+
+
+@dataclass(frozen=True)
+class Observed(Message):
+    """coordinator -> agent: this is the public endpoint your rendezvous connection came from."""
+    TYPE: ClassVar[str] = "observed"
+    endpoint: str
+
+    def __post_init__(self) -> None:
+        check_endpoint(self.endpoint)
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Challenge, Auth, Welcome, Refused, Register, Registered, Error, Members, Ping, Pong, Bye,
+        Connect, Incoming, Accept, Refuse, Punch, ConnectFailed, Observe, Observed,
+    )
+}
+
+_PY_TYPES = {"str": str, "int": int, "dict": dict, "Optional[str]": (str, type(None))}
+
+
+def decode(wire: dict[str, Any]) -> Message:
+    """A peer's frame -> a validated message, or ProtocolError saying what was wrong."""
+    kind = wire.get("t")
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if field.name not in wire:
+            if field.default is not dataclasses.MISSING:
+                continue
+            raise ProtocolError(f"{kind}: missing field {field.name!r}")
+        value = wire[field.name]
+        expected = _expected_type(hints[field.name])
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise ProtocolError(f"{kind}: field {field.name!r} has the wrong type ({value!r})")
+        kwargs[field.name] = value
+    extra = set(wire) - {"t"} - set(kwargs) - {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if extra:
+        raise ProtocolError(f"{kind}: unknown field(s) {', '.join(sorted(extra))}")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ProtocolError(f"{kind}: {exc}") from None
+
+
+def _expected_type(hint: Any) -> Any:
+    if hint is str or hint is int or hint is dict:
+        return hint
+    if typing.get_origin(hint) is typing.Union:
+        return tuple(a for a in typing.get_args(hint))
+    raise TypeError(f"unsupported field type {hint!r}")
