@@ -1,0 +1,239 @@
+"""The `lambda` backend: an instance is one asynchronous invocation of the boxer function.
+
+Invoke with InvocationType=Event returns 202 as soon as Lambda has queued the event; the
+instance exists for us once its agent registers with the coordinator, which the controller
+watches (it calls `handle.mark_failed(...)` when that does not happen in time).
+
+boto3 is blocking, so calls run in a small thread pool (aiobotocore is not a dependency); the
+client is built once, with the standard credential chain and the region from the terraform
+outputs. botocore's own retries are off: we retry throttling here, with exponential backoff and
+full jitter, so the schedule is ours, visible in the logs and testable.
+
+Concurrency: each live instance holds one slot of a semaphore sized like the function's share
+of the account's concurrent executions; the state is reported by `status()` for `boxer status`.
+A slot is given back when the handle ends (stopped, or marked failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from boxer.backends.base import InstanceHandle, InstanceSpec
+from boxer.backends.errors import CapacityError, LaunchError
+from boxer.backends.facts import LambdaFacts
+from boxer.backends.lambda_event import SecretRef, event_for
+
+__all__ = ["RetryPolicy", "ConcurrencyState", "ConcurrencyLimiter", "LambdaBackend",
+           "MAX_ASYNC_PAYLOAD"]
+
+log = logging.getLogger(__name__)
+
+MAX_ASYNC_PAYLOAD = 256 * 1024  # bytes, Lambda's limit for an asynchronous invocation
+# Error codes worth another try: throttling and Lambda's own transient failure.
+RETRYABLE = frozenset({"TooManyRequestsException", "ThrottlingException", "ServiceException"})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: try n waits uniform(0, min(cap, base * 2**n))."""
+
+    attempts: int = 6
+    base_delay: float = 0.1
+    max_delay: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < self.base_delay:
+            raise ValueError(f"bad retry policy {self}")
+
+    def delay(self, retry: int, rng: random.Random) -> float:
+        return rng.uniform(0.0, min(self.max_delay, self.base_delay * 2**retry))
+
+
+@dataclass(frozen=True)
+class ConcurrencyState:
+    limit: int
+    in_use: int
+    waiting: int
+
+    @property
+    def available(self) -> int:
+        return self.limit - self.in_use
+
+
+class ConcurrencyLimiter:
+    """A counting semaphore that can say how full it is."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {limit}")
+        self.limit = limit
+        self._in_use = 0
+        self._waiting = 0
+        self._freed = asyncio.Condition()
+
+    @property
+    def state(self) -> ConcurrencyState:
+        return ConcurrencyState(self.limit, self._in_use, self._waiting)
+
+    async def acquire(self, timeout: float) -> bool:
+        async with self._freed:
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(
+                    self._freed.wait_for(lambda: self._in_use < self.limit), timeout
+                )
+            except asyncio.TimeoutError:
+                return False
+            finally:
+                self._waiting -= 1
+            self._in_use += 1
+            return True
+
+    def release(self) -> None:
+        if self._in_use <= 0:
+            raise RuntimeError("release() without acquire()")
+        self._in_use -= 1
+        # Wake a waiter from whatever context ended the handle (may be sync code).
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._freed:
+            self._freed.notify()
+
+
+class LambdaBackend:
+    name = "lambda"
+
+    def __init__(
+        self,
+        facts: LambdaFacts | None = None,
+        *,
+        outputs: str | Path | None = None,
+        client: Any = None,
+        max_concurrency: int = 100,
+        slot_timeout: float = 30.0,
+        retry: RetryPolicy = RetryPolicy(),
+        max_workers: int = 8,
+        rng: random.Random | None = None,
+    ) -> None:
+        if (facts is None) == (outputs is None):
+            raise ValueError("give exactly one of facts= or outputs= (a `terraform output "
+                             "-json` file)")
+        self.facts = facts if facts is not None else LambdaFacts.load(outputs)  # type: ignore[arg-type]
+        self._client = client if client is not None else _make_client(self.facts.region)
+        self._slots = ConcurrencyLimiter(max_concurrency)
+        self._slot_timeout = slot_timeout
+        self._retry = retry
+        self._rng = rng or random.Random()
+        self._pool = ThreadPoolExecutor(max_workers=max_workers,
+                                        thread_name_prefix="boxer-lambda")
+        self.throttled_total = 0  # TooManyRequests answers seen, for status and metrics
+        self._secret = SecretRef("ssm_parameter", self.facts.secret_parameter_name)
+
+    def event(self, spec: InstanceSpec) -> dict[str, Any]:
+        """The event that `launch(spec)` sends (also what the golden files pin down)."""
+        return event_for(spec, coordinator=self.facts.coordinator_address,
+                         secret=self._secret).to_dict()
+
+    async def launch(self, spec: InstanceSpec) -> InstanceHandle:
+        payload = json.dumps(self.event(spec), separators=(",", ":")).encode()
+        if len(payload) > MAX_ASYNC_PAYLOAD:
+            raise LaunchError(spec.name, f"event is {len(payload)} bytes, over Lambda's "
+                              f"{MAX_ASYNC_PAYLOAD} for asynchronous invocations (shrink env)",
+                              code="RequestTooLarge")
+        started = time.monotonic()
+        if not await self._slots.acquire(self._slot_timeout):
+            raise CapacityError(spec.name, self._slots.limit, self._slot_timeout)
+        try:
+            reply, attempts = await self._invoke(spec.name, payload)
+        except BaseException:
+            self._slots.release()
+            raise
+        handle = InstanceHandle(
+            spec=spec,
+            backend=self.name,
+            details={
+                "request_id": reply.get("ResponseMetadata", {}).get("RequestId"),
+                "function": self.facts.function_name,
+                "attempts": attempts,
+                "invoke_seconds": round(time.monotonic() - started, 3),
+            },
+        )
+        handle.on_end(lambda _handle: self._slots.release())
+        log.info("launched %s on %s (attempts=%d)", spec.name, self.facts.function_name,
+                 attempts)
+        return handle
+
+    async def stop(self, handle: InstanceHandle) -> None:
+        # Lambda has no call that ends a running invocation. The controller stops a Lambda
+        # instance through its agent (drain, deregister, exit; the handler then returns);
+        # here we only give back its slot.
+        handle.mark_stopped()
+
+    def status(self) -> dict[str, Any]:
+        state = self._slots.state
+        return {
+            "backend": self.name,
+            "function": self.facts.function_name,
+            "region": self.facts.region,
+            "concurrency": {"limit": state.limit, "in_use": state.in_use,
+                            "waiting": state.waiting},
+            "throttled_total": self.throttled_total,
+        }
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _invoke(self, instance: str, payload: bytes) -> tuple[dict[str, Any], int]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        loop = asyncio.get_running_loop()
+        call = partial(self._client.invoke, FunctionName=self.facts.function_name,
+                       InvocationType="Event", Payload=payload)
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                reply: dict[str, Any] = await loop.run_in_executor(self._pool, call)
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                code, message = error.get("Code", "?"), error.get("Message", "")
+                if code == "TooManyRequestsException":
+                    self.throttled_total += 1
+                if code not in RETRYABLE:
+                    raise LaunchError(instance, message, code=code, attempts=attempt) from None
+                if attempt == self._retry.attempts:
+                    raise LaunchError(instance, f"still {code} ({message})", code=code,
+                                      attempts=attempt) from None
+                pause = self._retry.delay(attempt - 1, self._rng)
+                log.warning("invoke for %s: %s, retry %d in %.2f s", instance, code, attempt,
+                            pause)
+                await asyncio.sleep(pause)
+                continue
+            except BotoCoreError as exc:  # credentials, region, endpoint: not worth retrying
+                raise LaunchError(instance, str(exc), code=type(exc).__name__,
+                                  attempts=attempt) from None
+            status = reply.get("StatusCode")
+            if status != 202:
+                raise LaunchError(instance, f"Invoke answered status {status}, expected 202 "
+                                  f"(FunctionError={reply.get('FunctionError')})",
+                                  code="UnexpectedStatus", attempts=attempt)
+            return reply, attempt
+        raise AssertionError("unreachable")
+
+
+def _make_client(region: str) -> Any:
+    import boto3  # lazily: `boxer run` and the local backends never need it
+    from botocore.config import Config
+
+    # Retries are ours (see module docstring); a short connect timeout keeps a broken network
+    # from stalling a scale-up for a minute.
+    config = Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=15)
+    return boto3.session.Session().client("lambda", region_name=region, config=config)

@@ -1,0 +1,178 @@
+"""The Lambda event that turns one invocation into one instance: schema, build, parse.
+
+The controller side builds it from an InstanceSpec; the handler inside the function parses it.
+Both live here so the two cannot drift apart. The event never carries the deployment secret,
+only where to read it.
+
+    {
+      "version": 1,
+      "name": "kv-1", "service": "kv", "index": 1,
+      "command": ["redis-server", "--port", "6379"],
+      "env": {"MAXMEMORY": "64mb"},
+      "coordinator": "203.0.113.7:7000",
+      "secret": {"ssm_parameter": "/boxer/demo/secret"},
+      "lifetime": 840.0                      # optional, seconds
+    }
+
+`secret` is exactly one of {"ssm_parameter": name}, {"secretsmanager_arn": arn} or, for the
+local Lambda only, {"file": path}.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from boxer.backends.base import InstanceSpec
+from boxer.backends.errors import EventError
+
+__all__ = ["EVENT_VERSION", "SECRET_KINDS", "SecretRef", "LambdaEvent", "event_for"]
+
+EVENT_VERSION = 1
+SECRET_KINDS = ("ssm_parameter", "secretsmanager_arn", "file")
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
+_REQUIRED = ("version", "name", "service", "index", "command", "coordinator", "secret")
+_OPTIONAL = ("env", "lifetime")
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where the deployment secret lives: `kind` is one of SECRET_KINDS."""
+
+    kind: str
+    location: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in SECRET_KINDS:
+            raise ValueError(f"secret kind {self.kind!r} is not one of {', '.join(SECRET_KINDS)}")
+        if not self.location:
+            raise ValueError(f"secret {self.kind} is empty")
+
+    def to_dict(self) -> dict[str, str]:
+        return {self.kind: self.location}
+
+
+@dataclass(frozen=True)
+class LambdaEvent:
+    name: str
+    service: str
+    index: int
+    command: tuple[str, ...]
+    coordinator: str
+    secret: SecretRef
+    env: Mapping[str, str] = field(default_factory=dict)
+    lifetime: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "version": EVENT_VERSION,
+            "name": self.name,
+            "service": self.service,
+            "index": self.index,
+            "command": list(self.command),
+            "env": dict(sorted(self.env.items())),
+            "coordinator": self.coordinator,
+            "secret": self.secret.to_dict(),
+        }
+        if self.lifetime is not None:
+            event["lifetime"] = self.lifetime
+        return event
+
+    @classmethod
+    def from_dict(cls, event: Any) -> LambdaEvent:
+        """Parse and check an event; EventError lists every problem at once."""
+        if not isinstance(event, Mapping):
+            raise EventError([f"the event must be a JSON object, not {type(event).__name__}"])
+        problems: list[str] = []
+        missing = [key for key in _REQUIRED if key not in event]
+        if missing:
+            problems.append("missing field(s): " + ", ".join(missing))
+        unknown = sorted(set(event) - set(_REQUIRED) - set(_OPTIONAL))
+        if unknown:
+            allowed = ", ".join(_REQUIRED + _OPTIONAL)
+            problems.append(f"unknown field(s): {', '.join(unknown)} (allowed: {allowed})")
+
+        version = event.get("version", EVENT_VERSION)
+        if version != EVENT_VERSION:
+            problems.append(f"version {version!r} is not supported (this handler speaks "
+                            f"{EVENT_VERSION})")
+        for key in ("name", "service"):
+            value = event.get(key, "x")
+            if not isinstance(value, str) or not _NAME.match(value):
+                problems.append(f"{key} {value!r} is not a DNS label (a-z, 0-9, '-')")
+        index = event.get("index", 0)
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            problems.append(f"index {index!r} is not an integer >= 0")
+        command = event.get("command", ["x"])
+        if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+            problems.append(f"command {command!r} is not a list of strings")
+        elif not command:
+            problems.append("command is empty")
+        env = event.get("env", {})
+        if not isinstance(env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            problems.append("env must be an object of string to string")
+        coordinator = event.get("coordinator", "x:1")
+        if not isinstance(coordinator, str) or not _valid_host_port(coordinator):
+            problems.append(f"coordinator {coordinator!r} is not 'host:port'")
+        secret = _parse_secret(event.get("secret", {"file": "x"}), problems)
+        lifetime = event.get("lifetime")
+        if lifetime is not None and (
+            isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0
+        ):
+            problems.append(f"lifetime {lifetime!r} must be a number of seconds > 0")
+
+        if problems:
+            raise EventError(problems)
+        assert secret is not None
+        return cls(
+            name=event["name"],
+            service=event["service"],
+            index=index,
+            command=tuple(command),
+            coordinator=coordinator,
+            secret=secret,
+            env=dict(env),
+            lifetime=float(lifetime) if lifetime is not None else None,
+        )
+
+
+def event_for(spec: InstanceSpec, *, coordinator: str, secret: SecretRef) -> LambdaEvent:
+    """The event that starts `spec` inside a function."""
+    if not _valid_host_port(coordinator):
+        raise ValueError(f"coordinator {coordinator!r} is not 'host:port'")
+    return LambdaEvent(
+        name=spec.name,
+        service=spec.service,
+        index=spec.index,
+        command=tuple(spec.command),
+        coordinator=coordinator,
+        secret=secret,
+        env=dict(spec.env),
+        lifetime=spec.max_lifetime,
+    )
+
+
+def _valid_host_port(value: str) -> bool:
+    match = _HOST_PORT.match(value)
+    return bool(match) and 0 < int(match["port"]) < 65536  # type: ignore[index]
+
+
+def _parse_secret(secret: Any, problems: list[str]) -> SecretRef | None:
+    kinds = " or ".join(f'{{"{kind}": ...}}' for kind in SECRET_KINDS)
+    if not isinstance(secret, Mapping) or len(secret) != 1:
+        problems.append(f"secret must be exactly one of {kinds}")
+        return None
+    (kind, location), = secret.items()
+    if kind not in SECRET_KINDS:
+        problems.append(f"secret kind {kind!r} is not one of {', '.join(SECRET_KINDS)}")
+        return None
+    if not isinstance(location, str) or not location:
+        problems.append(f"secret {kind} must be a non-empty string")
+        return None
+    return SecretRef(kind, location)
