@@ -1,0 +1,373 @@
+"""Bring a lab up, find it again, run things in it, and take it down (also after a crash)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boxer.lab import _firewall, _netns, _process, _state
+from boxer.lab._plan import (
+    COORDINATOR_HOST,
+    DEFAULT_NAME,
+    LabHost,
+    LabPlan,
+    lab_plan,
+    netns_prefix,
+    parse_host_name,
+    validate_name,
+)
+from boxer.lab.errors import (
+    CoordinatorStartError,
+    LabExistsError,
+    LabNotFoundError,
+    LabUsageError,
+    NotRootError,
+)
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_CMD_ENV = "BOXER_LAB_COORDINATOR_CMD"
+COORDINATOR_READY_TIMEOUT = 10.0
+
+
+def default_coordinator_cmd() -> list[str]:
+    """The program part of the coordinator's command line; the lab appends --listen,
+    --secret-file and --ready-file. `BOXER_LAB_COORDINATOR_CMD` (shell words) replaces it,
+    e.g. with a stand-in while testing the lab alone."""
+    override = os.environ.get(COORDINATOR_CMD_ENV)
+    if override:
+        return shlex.split(override)
+    return [sys.executable, "-m", "boxer", "coordinator"]
+
+
+@dataclass(frozen=True)
+class LabProcess:
+    """A process the lab started itself (the coordinator), recorded to kill it on `down`."""
+
+    role: str
+    pid: int
+    netns: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A running lab: its topology and where its state lives."""
+
+    plan: LabPlan
+    created_at: float
+    setup_seconds: float
+    processes: tuple[LabProcess, ...] = ()
+    port_forwards: tuple[tuple[str, int], ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def hosts(self) -> tuple[LabHost, ...]:
+        return self.plan.hosts
+
+    @property
+    def coordinator(self) -> str:
+        """host:port of the coordinator, on the lab's public segment."""
+        return self.plan.coordinator
+
+    @property
+    def coordinator_netns(self) -> str:
+        return self.plan.coordinator_netns
+
+    @property
+    def internet_netns(self) -> str:
+        return self.plan.internet_netns
+
+    @property
+    def state_dir(self) -> Path:
+        return _state.state_dir(self.name)
+
+    @property
+    def secret_file(self) -> Path:
+        return _state.secret_path(self.name)
+
+    @property
+    def coordinator_log(self) -> Path:
+        return _state.coordinator_log(self.name)
+
+    def host(self, name: str) -> LabHost:
+        """The host called `name` ("h1", "h2", ...)."""
+        index = parse_host_name(name, len(self.hosts))
+        if index is None:
+            raise LabUsageError(f"{name!r} is the coordinator host, not an instance host")
+        return self.hosts[index - 1]
+
+    def netns(self, host: str) -> str:
+        """The namespace of `host`: "coord" or "h<i>"."""
+        if host == COORDINATOR_HOST:
+            return self.coordinator_netns
+        return self.host(host).netns
+
+    def env(self, host: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """`base` (default: ours) plus the BOXER_* variables a program in `host` sees."""
+        self.netns(host)  # validates the host name
+        return _process.lab_env(
+            base,
+            lab=self.name,
+            host=host,
+            coordinator=self.coordinator,
+            secret_file=str(self.secret_file),
+        )
+
+    def command(self, host: str, argv: Sequence[str]) -> list[str]:
+        """The argv that runs `argv` inside `host` (without the BOXER_* environment)."""
+        return _process.netns_argv(self.netns(host), argv)
+
+    def popen(self, host: str, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+        """Start `argv` inside `host`, like `boxer lab exec`; keyword arguments go to Popen
+        (`env`, if given, is the base the BOXER_* variables are added to)."""
+        env = self.env(host, popen_kwargs.pop("env", None))
+        return subprocess.Popen(self.command(host, argv), env=env, **popen_kwargs)
+
+    def run(
+        self, host: str, argv: Sequence[str], **run_kwargs: Any
+    ) -> subprocess.CompletedProcess[Any]:
+        """Run `argv` inside `host` to completion (subprocess.run keyword arguments)."""
+        env = self.env(host, run_kwargs.pop("env", None))
+        return subprocess.run(self.command(host, argv), env=env, **run_kwargs)
+
+    def port_forward(self, host: str, port: int) -> str:
+        """Open public_address:port on `host`'s router to host:port (DNAT); return the public
+        "address:port". Only for baselines that measure the network without NAT traversal."""
+        target = self.host(host)
+        if (host, port) not in self.port_forwards:
+            rules = _firewall.port_forward_rules(target.address, port)
+            _firewall.apply([(target.router_netns, rules)], noflush=True)
+            with _state.locked(self.name):
+                data = _state.read(self.name) or {}
+                forwards = data.setdefault("port_forwards", [])
+                if [host, port] not in forwards:
+                    forwards.append([host, port])
+                _state.write(self.name, data)
+            object.__setattr__(self, "port_forwards", self.port_forwards + ((host, port),))
+            log.info("lab %s: %s:%d -> %s:%d", self.name, target.public_address, port,
+                     target.address, port)
+        return f"{target.public_address}:{port}"
+
+    def describe(self) -> dict[str, Any]:
+        """What `boxer lab show -o json` prints."""
+        return {
+            "name": self.name,
+            "coordinator": self.coordinator,
+            "coordinator_netns": self.coordinator_netns,
+            "internet_netns": self.internet_netns,
+            "secret_file": str(self.secret_file),
+            "state_dir": str(self.state_dir),
+            "created_at": self.created_at,
+            "setup_seconds": round(self.setup_seconds, 3),
+            "hosts": [
+                {
+                    "name": h.name,
+                    "netns": h.netns,
+                    "address": h.address,
+                    "public_address": h.public_address,
+                    "router_netns": h.router_netns,
+                }
+                for h in self.hosts
+            ],
+        }
+
+    def _to_state(self) -> dict[str, Any]:
+        return {
+            "version": _state.STATE_VERSION,
+            **self.describe(),
+            "host_count": len(self.hosts),
+            "processes": [
+                {"role": p.role, "pid": p.pid, "netns": p.netns, "argv": list(p.argv)}
+                for p in self.processes
+            ],
+            "port_forwards": [list(pf) for pf in self.port_forwards],
+        }
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise NotRootError("the lab needs root (network namespaces and iptables): run as root")
+
+
+def lab_up(
+    name: str = DEFAULT_NAME,
+    hosts: int = 1,
+    *,
+    coordinator_cmd: Sequence[str] | None = None,
+    ready_timeout: float = COORDINATOR_READY_TIMEOUT,
+) -> Lab:
+    """Create lab `name` with `hosts` NATed hosts and start its coordinator.
+
+    `coordinator_cmd` replaces the coordinator program (see `default_coordinator_cmd`).
+    On any failure everything created so far is removed again before the error propagates."""
+    plan = lab_plan(name, hosts)
+    _require_root()
+    if _netns.list_names(netns_prefix(name)) or not _state.claim(name):
+        raise LabExistsError(name)
+    started = time.monotonic()
+    try:
+        from boxer.lab import _topology  # pyroute2 is slow to import; only `up` needs it
+
+        _netns.create(plan.all_netns())
+        _topology.build(plan)
+        for host in plan.hosts:
+            _firewall.enable_forwarding(host.router_netns)
+        _firewall.apply([(h.router_netns, _firewall.router_rules()) for h in plan.hosts])
+        network_seconds = time.monotonic() - started
+        _state.write_secret(name)
+        lab = Lab(plan=plan, created_at=time.time(), setup_seconds=network_seconds)
+        _state.write(name, lab._to_state())
+        log.info("lab %s: network of %d hosts ready in %.3f s", name, hosts, network_seconds)
+
+        coordinator = _start_coordinator(lab, coordinator_cmd)
+        lab = Lab(
+            plan=plan,
+            created_at=lab.created_at,
+            setup_seconds=time.monotonic() - started,
+            processes=(coordinator,),
+        )
+        _state.write(name, lab._to_state())
+        _wait_ready(lab, coordinator, ready_timeout)
+        lab = Lab(plan=plan, created_at=lab.created_at, setup_seconds=time.monotonic() - started,
+                  processes=(coordinator,))
+        _state.write(name, lab._to_state())
+    except BaseException:
+        log.info("lab %s: setup failed, removing what was created", name)
+        lab_down(name)
+        raise
+    log.info("lab %s up in %.3f s", name, lab.setup_seconds)
+    return lab
+
+
+def _start_coordinator(lab: Lab, cmd: Sequence[str] | None) -> LabProcess:
+    argv = [
+        *(default_coordinator_cmd() if cmd is None else cmd),
+        "--listen",
+        lab.coordinator,
+        "--secret-file",
+        str(lab.secret_file),
+        "--ready-file",
+        str(_state.coordinator_ready_file(lab.name)),
+    ]
+    env = lab.env(COORDINATOR_HOST)
+    pid = _process.spawn_detached(lab.coordinator_netns, argv, lab.coordinator_log, env)
+    log.info("lab %s: coordinator pid %d: %s", lab.name, pid, shlex.join(argv))
+    return LabProcess(role="coordinator", pid=pid, netns=lab.coordinator_netns, argv=tuple(argv))
+
+
+def _wait_ready(lab: Lab, coordinator: LabProcess, timeout: float) -> None:
+    ready = _state.coordinator_ready_file(lab.name)
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if not _process.alive(coordinator.pid):
+            raise CoordinatorStartError(
+                "exited before it was ready", str(lab.coordinator_log),
+                _process.tail(lab.coordinator_log),
+            )
+        if time.monotonic() > deadline:
+            raise CoordinatorStartError(
+                f"was not ready within {timeout:g} s (no {ready})", str(lab.coordinator_log),
+                _process.tail(lab.coordinator_log),
+            )
+        time.sleep(0.01)
+
+
+def load_lab(name: str = DEFAULT_NAME) -> Lab:
+    """The running lab `name`, from its state file."""
+    validate_name(name)
+    try:
+        data = _state.read(name)
+    except json.JSONDecodeError as exc:
+        raise LabNotFoundError(name) from exc
+    if data is None:
+        raise LabNotFoundError(name)
+    return Lab(
+        plan=lab_plan(name, int(data["host_count"])),
+        created_at=float(data["created_at"]),
+        setup_seconds=float(data["setup_seconds"]),
+        processes=tuple(
+            LabProcess(role=p["role"], pid=int(p["pid"]), netns=p["netns"], argv=tuple(p["argv"]))
+            for p in data.get("processes", [])
+        ),
+        port_forwards=tuple((str(h), int(p)) for h, p in data.get("port_forwards", [])),
+    )
+
+
+@dataclass(frozen=True)
+class DownReport:
+    """What `lab_down` removed (all empty: there was nothing left to remove)."""
+
+    name: str
+    killed: tuple[int, ...]
+    namespaces: tuple[str, ...]
+    state_removed: bool
+
+    @property
+    def found(self) -> bool:
+        return bool(self.killed or self.namespaces or self.state_removed)
+
+
+def _recorded_processes(name: str) -> list[LabProcess]:
+    try:
+        data = _state.read(name)
+    except (json.JSONDecodeError, OSError) as exc:
+        log.warning("lab %s: unreadable state file (%s); removing by namespace names", name, exc)
+        return []
+    if not data:
+        return []
+    return [
+        LabProcess(role=p["role"], pid=int(p["pid"]), netns=p["netns"], argv=tuple(p["argv"]))
+        for p in data.get("processes", [])
+    ]
+
+
+def lab_down(name: str = DEFAULT_NAME) -> DownReport:
+    """Remove lab `name` entirely; idempotent, and it needs no state file (after a crash)."""
+    validate_name(name)
+    _require_root()
+    pids = [
+        p.pid for p in _recorded_processes(name) if _process.is_ours(p.pid, p.netns, p.argv)
+    ]
+    names = _netns.list_names(netns_prefix(name))
+    # Whatever else still runs inside the lab (agents, apps started with `lab exec`) would
+    # keep the namespaces alive after we unmount them; it goes down with the lab.
+    inside = [pid for pid in _netns.pids_inside(names) if pid != os.getpid()]
+    for pid in sorted(set(inside) - set(pids)):
+        log.info("lab %s: stopping pid %d still running inside it", name, pid)
+    killed = _process.terminate(pids + inside)
+    removed = [ns for ns in names if _netns.remove(ns)]
+    state_removed = _state.remove(name)
+    report = DownReport(name, tuple(sorted(killed)), tuple(removed), state_removed)
+    log.info("lab %s down: %d processes, %d namespaces", name, len(killed), len(removed))
+    return report
+
+
+_LAB_NETNS_RE = re.compile(r"bx-([a-z0-9]{1,10})-(?:inet|coord|[rh][0-9]+)")
+
+
+def list_labs() -> list[str]:
+    """Names of labs with any trace on this machine (state dir or namespaces)."""
+    names = set(_state.list_names())
+    for ns in _netns.list_names("bx-"):
+        match = _LAB_NETNS_RE.fullmatch(ns)
+        if match:
+            names.add(match.group(1))
+    return sorted(names)
+
+
+def lab_down_all() -> list[DownReport]:
+    return [lab_down(name) for name in list_labs()]

@@ -1,0 +1,132 @@
+"""The lab's address plan: pure functions from (lab name, host index) to names and addresses.
+
+Nothing here touches the system, so the plan can be tested and shown without root. The netlink
+code (`_netlink.py`) and the firewall (`_firewall.py`) only ever read what this module decides.
+
+Topology of lab N with K hosts::
+
+    bx-N-coord [bx-up 198.18.0.1/16] --- [bx-c] bx-br [bx-r<i>] --- [bx-up 198.18.1.<i>/16] bx-N-r<i>
+                                        (bx-N-inet)                  [bx-lan 10.0.<i>.1/24]
+                                                                              |
+                                                                     [bx-lan 10.0.<i>.2/24] bx-N-h<i>
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from boxer.lab.errors import LabUsageError
+
+NAME_RE = re.compile(r"[a-z0-9]{1,10}")
+MAX_HOSTS = 200  # one octet of 198.18.1.<i> and 10.0.<i>.0/24, with room to spare
+DEFAULT_NAME = "default"
+
+INTERNET_PREFIX = 16  # 198.18.0.0/16: RFC 2544 benchmarking space, never routed on the internet
+LAN_PREFIX = 24
+COORDINATOR_ADDRESS = "198.18.0.1"
+COORDINATOR_PORT = 7000
+COORDINATOR_HOST = "coord"
+
+# Interface names, chosen so nothing in a lab can be mistaken for the machine's own eth0.
+BRIDGE_IF = "bx-br"  # the internet segment, in bx-N-inet
+COORD_PORT_IF = "bx-c"  # bridge port towards the coordinator, in bx-N-inet
+UPLINK_IF = "bx-up"  # a router's (or the coordinator's) leg on the internet segment
+LAN_IF = "bx-lan"  # the router <-> host link, same name on both ends
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a valid lab name, else raise LabUsageError saying why."""
+    if not NAME_RE.fullmatch(name):
+        raise LabUsageError(
+            f"invalid lab name {name!r}: use 1 to 10 characters from a-z and 0-9"
+        )
+    return name
+
+
+def validate_host_count(hosts: int) -> int:
+    """Return `hosts` if a lab can have that many hosts, else raise LabUsageError."""
+    if not 1 <= hosts <= MAX_HOSTS:
+        raise LabUsageError(f"invalid host count {hosts}: a lab has 1 to {MAX_HOSTS} hosts")
+    return hosts
+
+
+def netns_prefix(name: str) -> str:
+    """Every namespace of lab `name` starts with this (and no other lab's does: names have no '-')."""
+    return f"bx-{name}-"
+
+
+@dataclass(frozen=True)
+class LabHost:
+    """One instance host behind its own NAT router."""
+
+    name: str  # "h<i>", what users type
+    index: int
+    netns: str
+    address: str  # private, on the LAN behind the router
+    gateway: str  # the router's LAN address
+    router_netns: str
+    public_address: str  # the router's uplink address: what the NAT maps the host to
+    bridge_port: str  # the router's port on the bridge, inside the internet namespace
+
+
+def host_plan(lab: str, index: int) -> LabHost:
+    """The names and addresses of host `index` (1-based) in lab `lab`: the one mapping."""
+    if not 1 <= index <= MAX_HOSTS:
+        raise LabUsageError(f"host index {index} out of range 1..{MAX_HOSTS}")
+    prefix = netns_prefix(lab)
+    return LabHost(
+        name=f"h{index}",
+        index=index,
+        netns=f"{prefix}h{index}",
+        address=f"10.0.{index}.2",
+        gateway=f"10.0.{index}.1",
+        router_netns=f"{prefix}r{index}",
+        public_address=f"198.18.1.{index}",
+        bridge_port=f"bx-r{index}",
+    )
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    """The whole topology of one lab."""
+
+    name: str
+    hosts: tuple[LabHost, ...]
+
+    @property
+    def internet_netns(self) -> str:
+        return f"{netns_prefix(self.name)}inet"
+
+    @property
+    def coordinator_netns(self) -> str:
+        return f"{netns_prefix(self.name)}coord"
+
+    @property
+    def coordinator(self) -> str:
+        return f"{COORDINATOR_ADDRESS}:{COORDINATOR_PORT}"
+
+    def all_netns(self) -> list[str]:
+        names = [self.internet_netns, self.coordinator_netns]
+        for host in self.hosts:
+            names += [host.router_netns, host.netns]
+        return names
+
+
+def lab_plan(name: str, hosts: int) -> LabPlan:
+    """Validate the inputs and lay out the lab."""
+    validate_name(name)
+    validate_host_count(hosts)
+    return LabPlan(name=name, hosts=tuple(host_plan(name, i) for i in range(1, hosts + 1)))
+
+
+def parse_host_name(host: str, hosts: int) -> int | None:
+    """`"h3"` -> 3, `"coord"` -> None; anything else (or h<i> beyond the lab) is a usage error."""
+    if host == COORDINATOR_HOST:
+        return None
+    match = re.fullmatch(r"h([1-9][0-9]*)", host)
+    if not match or int(match.group(1)) > hosts:
+        raise LabUsageError(
+            f"no host {host!r} in this lab: use {COORDINATOR_HOST!r} or h1..h{hosts}"
+        )
+    return int(match.group(1))

@@ -1,0 +1,114 @@
+"""Wire a lab's namespaces together over netlink (pyroute2), following a `LabPlan`.
+
+Every veth is created inside a lab namespace with its peer placed straight into another lab
+namespace, so no interface ever exists, even for a moment, in the machine's own namespace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pyroute2 import IPRoute
+
+from boxer.lab import _netns
+from boxer.lab._plan import (
+    BRIDGE_IF,
+    COORD_PORT_IF,
+    COORDINATOR_ADDRESS,
+    INTERNET_PREFIX,
+    LAN_IF,
+    LAN_PREFIX,
+    UPLINK_IF,
+    LabHost,
+    LabPlan,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Namespaces:
+    """One IPRoute per namespace, opened on first use; a context manager that closes them all."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, IPRoute] = {}
+
+    def __getitem__(self, name: str) -> IPRoute:
+        if name not in self._routes:
+            sock = _netns.netlink_socket(name)
+            self._routes[name] = IPRoute(fileno=sock.detach())  # IPRoute owns the fd now
+        return self._routes[name]
+
+    def close(self, name: str) -> None:
+        ipr = self._routes.pop(name, None)
+        if ipr is not None:
+            ipr.close()
+
+    def __enter__(self) -> _Namespaces:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in list(self._routes):
+            self.close(name)
+
+
+def _index(ipr: IPRoute, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise RuntimeError(f"interface {ifname} vanished right after creating it")
+    return int(found[0])
+
+
+def _veth(ns: _Namespaces, left_ns: str, left: str, right_ns: str, right: str) -> None:
+    """A veth pair: `left` in `left_ns`, `right` in `right_ns`; both down, no addresses."""
+    right_fd = _netns.open_fd(right_ns)
+    try:
+        ns[left_ns].link(
+            "add", ifname=left, kind="veth", peer={"ifname": right, "net_ns_fd": right_fd}
+        )
+    finally:
+        os.close(right_fd)
+
+
+def _up(ipr: IPRoute, ifname: str, address: str | None = None, prefixlen: int = 0) -> None:
+    index = _index(ipr, ifname)
+    if address is not None:
+        ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+    ipr.link("set", index=index, state="up")
+
+
+def _build_host(ns: _Namespaces, plan: LabPlan, host: LabHost) -> None:
+    inet, router, lan = plan.internet_netns, host.router_netns, host.netns
+    _veth(ns, router, UPLINK_IF, inet, host.bridge_port)
+    _veth(ns, router, LAN_IF, lan, LAN_IF)
+    bridge = _index(ns[inet], BRIDGE_IF)
+    ns[inet].link("set", index=_index(ns[inet], host.bridge_port), master=bridge, state="up")
+    _up(ns[router], "lo")
+    _up(ns[router], UPLINK_IF, host.public_address, INTERNET_PREFIX)
+    _up(ns[router], LAN_IF, host.gateway, LAN_PREFIX)
+    _up(ns[lan], "lo")
+    _up(ns[lan], LAN_IF, host.address, LAN_PREFIX)
+    # The host's only way out is its NAT router, like a Lambda sandbox behind AWS's NAT.
+    ns[lan].route("add", dst="0.0.0.0/0", gateway=host.gateway)
+
+
+def build(plan: LabPlan) -> None:
+    """Create the interfaces, addresses and routes of `plan` in its (existing) namespaces."""
+    with _Namespaces() as ns:
+        inet, coord = plan.internet_netns, plan.coordinator_netns
+        _up(ns[inet], "lo")
+        ns[inet].link("add", ifname=BRIDGE_IF, kind="bridge")
+        _up(ns[inet], BRIDGE_IF)
+
+        _veth(ns, coord, UPLINK_IF, inet, COORD_PORT_IF)
+        bridge = _index(ns[inet], BRIDGE_IF)
+        ns[inet].link("set", index=_index(ns[inet], COORD_PORT_IF), master=bridge, state="up")
+        _up(ns[coord], "lo")
+        _up(ns[coord], UPLINK_IF, COORDINATOR_ADDRESS, INTERNET_PREFIX)
+
+        for host in plan.hosts:
+            _build_host(ns, plan, host)
+            # Close as we go: a 200-host lab would otherwise hold 400 netlink sockets open.
+            for name in (host.router_netns, host.netns):
+                ns.close(name)
+        log.debug("wired lab %s: %d hosts", plan.name, len(plan.hosts))
