@@ -62,6 +62,8 @@ def check_port(value: int, what: str = "port") -> int:
 
 
 def check_ipv4(value: str, what: str = "address") -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be an IPv4 address string, got {value!r}")
     try:
         ipaddress.IPv4Address(value)
     except ValueError:
@@ -327,9 +329,6 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Connect, Incoming, Accept, Refuse, Punch, ConnectFailed, Observe, Observed,
     )
 }
-
-_PY_TYPES = {"str": str, "int": int, "dict": dict, "Optional[str]": (str, type(None))}
-
 
 def decode(wire: dict[str, Any]) -> Message:
     """A peer's frame -> a validated message, or ProtocolError saying what was wrong."""

@@ -1,0 +1,178 @@
+"""The coordinator's protocol logic, driven without sockets and with a virtual clock."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from nat_traversal import auth
+from nat_traversal import messages as m
+from nat_traversal.broker import Broker, Close, Send, Timeouts
+
+SECRET = bytes(range(32))
+
+
+def tokens():
+    counter = itertools.count(1)
+    return lambda: f"{next(counter):032x}"
+
+
+@pytest.fixture
+def broker() -> Broker:
+    return Broker(SECRET, prefix="100.64.0.0/24", timeouts=Timeouts(broker=3.0), new_token=tokens())
+
+
+def sent(actions, cid=None):
+    return [a.message for a in actions if isinstance(a, Send) and (cid is None or a.cid == cid)]
+
+
+def login(broker: Broker, cid: int, endpoint: str = "198.18.1.1:40000") -> str:
+    challenge = sent(broker.connection_made(cid, endpoint))[0]
+    nonce = "ab" * 16
+    welcome = sent(broker.message_received(
+        cid, m.Auth(v=1, nonce=nonce, mac=auth.mac(SECRET, auth.AGENT_PROOF, challenge.nonce, nonce)), 0.0))[0]
+    assert isinstance(welcome, m.Welcome)
+    assert welcome.mac == auth.mac(SECRET, auth.COORDINATOR_PROOF, nonce, challenge.nonce)
+    return welcome.session
+
+
+def register(broker: Broker, cid: int, name: str, endpoint: str = "198.18.1.1:40000") -> tuple[str, str]:
+    session = login(broker, cid, endpoint)
+    replies = sent(broker.message_received(cid, m.Register(name=name, service=name, instance="12345678"), 0.0), cid)
+    registered = [r for r in replies if isinstance(r, m.Registered)][0]
+    return session, registered.addr
+
+
+def observe(broker: Broker, cid: int, session: str, ticket: str, endpoint: str) -> m.Message:
+    broker.connection_made(cid, endpoint)
+    return sent(broker.message_received(
+        cid, m.Observe(v=1, session=session, ticket=ticket,
+                       mac=auth.mac(SECRET, auth.OBSERVE_PROOF, session, ticket)), 0.0))[0]
+
+
+def test_wrong_secret_is_refused_and_closed(broker):
+    challenge = sent(broker.connection_made(1, "198.18.1.9:1234"))[0]
+    nonce = "cd" * 16
+    actions = broker.message_received(
+        1, m.Auth(v=1, nonce=nonce, mac=auth.mac(b"x" * 32, auth.AGENT_PROOF, challenge.nonce, nonce)), 0.0)
+    assert sent(actions) == [m.Refused(reason="authentication failed: wrong deployment secret")]
+    assert actions[-1] == Close(1, "authentication failed: wrong deployment secret")
+    assert broker.instances == []
+
+
+def test_unauthenticated_peer_cannot_register(broker):
+    broker.connection_made(1, "198.18.1.9:1234")
+    actions = broker.message_received(1, m.Register(name="kv", service="kv", instance="12345678"), 0.0)
+    assert isinstance(sent(actions)[0], m.Refused)
+    assert isinstance(actions[-1], Close)
+    assert broker.members() == {}
+
+
+def test_old_protocol_version_is_refused_with_both_versions(broker):
+    challenge = sent(broker.connection_made(1, "198.18.1.9:1234"))[0]
+    refused = sent(broker.message_received(1, m.Auth(v=7, nonce="ab" * 16, mac="00" * 32), 0.0))[0]
+    assert "version 7" in refused.reason and "speaks 1" in refused.reason
+
+
+def test_registration_allocates_addresses_and_broadcasts_members(broker):
+    register(broker, 1, "kv")
+    session, addr = login(broker, 2), None
+    replies = broker.message_received(2, m.Register(name="web", service="web", instance="12345678"), 0.0)
+    assert sent(replies, 2)[0] == m.Registered(name="web", addr="100.64.0.2", prefix="100.64.0.0/24")
+    expected = m.Members(hosts={"kv": "100.64.0.1", "web": "100.64.0.2"})
+    assert sent(replies, 1) == [expected]
+    assert expected in sent(replies, 2)
+
+
+def test_duplicate_name_is_an_error_naming_the_holder(broker):
+    register(broker, 1, "kv")
+    login(broker, 2)
+    error = sent(broker.message_received(2, m.Register(name="kv", service="kv", instance="12345678"), 0.0))[0]
+    assert isinstance(error, m.Error) and "taken by a running instance (100.64.0.1)" in error.reason
+
+
+def test_reregistration_keeps_the_address_after_a_coordinator_restart(broker):
+    login(broker, 1)
+    reply = sent(broker.message_received(
+        1, m.Register(name="kv", service="kv", instance="12345678", addr="100.64.0.77"), 0.0), 1)[0]
+    assert reply.addr == "100.64.0.77"
+
+
+def test_connection_lost_deregisters_and_tells_the_others(broker):
+    register(broker, 1, "kv")
+    register(broker, 2, "web")
+    actions = broker.connection_lost(1)
+    assert sent(actions, 2) == [m.Members(hosts={"web": "100.64.0.2"})]
+
+
+def _two_hosts_with_tickets(broker):
+    session_a, addr_a = register(broker, 1, "web", "198.18.1.1:40000")
+    session_b, addr_b = register(broker, 2, "kv", "198.18.1.2:40000")
+    assert observe(broker, 11, session_a, "aaaa0001", "198.18.1.1:50001") == m.Observed(endpoint="198.18.1.1:50001")
+    observe(broker, 12, session_b, "bbbb0001", "198.18.1.2:50002")
+    return addr_a, addr_b
+
+
+def test_full_brokered_connect_sends_each_side_the_others_public_endpoint(broker):
+    addr_a, addr_b = _two_hosts_with_tickets(broker)
+    actions = broker.message_received(
+        1, m.Connect(conn="c0ffee01", dst_addr=addr_b, dst_port=6379, src_port=50001, ticket="aaaa0001"), 0.0)
+    assert actions == [Send(2, m.Incoming(conn="c0ffee01", src_addr=addr_a, src_port=50001, dst_port=6379))]
+    actions = broker.message_received(2, m.Accept(conn="c0ffee01", ticket="bbbb0001"), 0.001)
+    assert actions == [
+        Send(1, m.Punch(conn="c0ffee01", role="client", peer="198.18.1.2:50002", ticket="aaaa0001")),
+        Send(2, m.Punch(conn="c0ffee01", role="server", peer="198.18.1.1:50001", ticket="bbbb0001")),
+    ]
+    # tickets are single use
+    again = broker.message_received(
+        1, m.Connect(conn="c0ffee02", dst_addr=addr_b, dst_port=6379, src_port=50001, ticket="aaaa0001"), 0.0)
+    assert sent(again) == [m.Error(ref="c0ffee02", reason="unknown ticket")]
+
+
+def test_refused_connect_reaches_the_client(broker):
+    _, addr_b = _two_hosts_with_tickets(broker)
+    broker.message_received(
+        1, m.Connect(conn="c0ffee01", dst_addr=addr_b, dst_port=1, src_port=50001, ticket="aaaa0001"), 0.0)
+    actions = broker.message_received(2, m.Refuse(conn="c0ffee01", error="ECONNREFUSED"), 0.0)
+    assert actions == [Send(1, m.ConnectFailed(conn="c0ffee01", error="ECONNREFUSED"))]
+
+
+def test_connect_to_an_address_nobody_holds_is_ehostunreach(broker):
+    _two_hosts_with_tickets(broker)
+    actions = broker.message_received(
+        1, m.Connect(conn="c0ffee01", dst_addr="100.64.0.99", dst_port=80, src_port=50001, ticket="aaaa0001"), 0.0)
+    assert actions == [Send(1, m.ConnectFailed(conn="c0ffee01", error="EHOSTUNREACH"))]
+
+
+def test_silent_server_agent_times_out_at_the_deadline(broker):
+    _, addr_b = _two_hosts_with_tickets(broker)
+    broker.message_received(
+        1, m.Connect(conn="c0ffee01", dst_addr=addr_b, dst_port=80, src_port=50001, ticket="aaaa0001"), 10.0)
+    assert broker.next_deadline() == 13.0
+    assert broker.expire(12.999) == []
+    assert broker.expire(13.0) == [Send(1, m.ConnectFailed(conn="c0ffee01", error="ETIMEDOUT"))]
+    assert broker.next_deadline() is None
+
+
+def test_server_vanishing_fails_its_pending_connects(broker):
+    _, addr_b = _two_hosts_with_tickets(broker)
+    broker.message_received(
+        1, m.Connect(conn="c0ffee01", dst_addr=addr_b, dst_port=80, src_port=50001, ticket="aaaa0001"), 0.0)
+    actions = broker.connection_lost(2)
+    assert Send(1, m.ConnectFailed(conn="c0ffee01", error="EHOSTUNREACH")) in actions
+
+
+def test_rendezvous_with_a_forged_proof_is_refused(broker):
+    session, _ = register(broker, 1, "web")
+    broker.connection_made(5, "198.18.1.1:50001")
+    actions = broker.message_received(5, m.Observe(v=1, session=session, ticket="aaaa0001", mac="00" * 32), 0.0)
+    assert isinstance(sent(actions)[0], m.Refused) and isinstance(actions[-1], Close)
+
+
+def test_protocol_error_closes_only_that_connection(broker):
+    register(broker, 1, "kv")
+    broker.connection_made(2, "198.18.1.9:1")
+    actions = broker.protocol_error(2, "frame is not valid JSON")
+    assert actions == [Close(2, "protocol error: frame is not valid JSON")]
+    assert broker.members() == {"kv": "100.64.0.1"}

@@ -1,0 +1,100 @@
+"""Framing and message parsing: round trips, byte-at-a-time input, and hostile input."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nat_traversal import messages as m
+from nat_traversal.wire import MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
+
+SAMPLES = [
+    m.Challenge(v=1, nonce="ab" * 16),
+    m.Register(name="kv-1", service="kv", instance="12345678"),
+    m.Register(name="kv-1", service="kv", instance="12345678", addr="100.64.0.9"),
+    m.Members(hosts={"kv-1": "100.64.0.1"}),
+    m.Connect(conn="c0ffee01", dst_addr="100.64.0.1", dst_port=6379, src_port=40000, ticket="aaaa0001"),
+    m.Punch(conn="c0ffee01", role="server", peer="198.18.1.1:40000", ticket="bbbb0001"),
+    m.ConnectFailed(conn="c0ffee01", error="ECONNREFUSED"),
+]
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda msg: msg.TYPE)
+def test_round_trip_byte_at_a_time(message):
+    data = encode_frame(message.to_wire())
+    decoder = FrameDecoder()
+    for i in range(len(data) - 1):
+        decoder.receive_data(data[i:i + 1])
+        assert decoder.next_frame() is None
+    decoder.receive_data(data[-1:])
+    frame = decoder.next_frame()
+    assert m.decode(frame) == message
+    assert encode_frame(m.decode(frame).to_wire()) == data
+
+
+def test_two_frames_in_one_read():
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_frame(SAMPLES[0].to_wire()) + encode_frame(SAMPLES[1].to_wire()))
+    assert m.decode(decoder.next_frame()) == SAMPLES[0]
+    assert m.decode(decoder.next_frame()) == SAMPLES[1]
+    assert decoder.next_frame() is None
+
+
+def test_oversized_frame_is_rejected_before_buffering_it():
+    decoder = FrameDecoder()
+    decoder.receive_data(struct.pack(">I", MAX_FRAME + 1))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.next_frame()
+
+
+@pytest.mark.parametrize("wire, error", [
+    ({"t": "nope"}, "unknown message type 'nope'"),
+    ({"t": "ping"}, "ping: missing field 'seq'"),
+    ({"t": "ping", "seq": "1"}, "ping: field 'seq' has the wrong type"),
+    ({"t": "ping", "seq": True}, "ping: field 'seq' has the wrong type"),
+    ({"t": "ping", "seq": 1, "x": 2}, "ping: unknown field(s) x"),
+    ({"t": "register", "name": "Bad Name!", "service": "kv", "instance": "12345678"}, "not a valid host name"),
+    ({"t": "connect", "conn": "c0ffee01", "dst_addr": "1.2.3", "dst_port": 1, "src_port": 1, "ticket": "aaaa0001"},
+     "dst_addr must be an IPv4 address"),
+    ({"t": "punch", "conn": "c0ffee01", "role": "boss", "peer": "1.2.3.4:5", "ticket": "aaaa0001"}, "role must be"),
+])
+def test_malformed_messages_name_the_problem(wire, error):
+    with pytest.raises(ProtocolError) as info:
+        m.decode(wire)
+    assert error in str(info.value)
+
+
+def test_non_object_and_non_json_frames():
+    for body in (b"[1,2]", b"\xff\xfe", b"{"):
+        decoder = FrameDecoder()
+        decoder.receive_data(struct.pack(">I", len(body)) + body)
+        with pytest.raises(ProtocolError):
+            decoder.next_frame()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_decoder_only_ever_raises_protocol_error(data):
+    decoder = FrameDecoder()
+    decoder.receive_data(struct.pack(">I", len(data)) + data)
+    try:
+        frame = decoder.next_frame()
+        if frame is not None:
+            m.decode(frame)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["t", "conn", "seq", "name", "v", "nonce", "hosts", "peer", "role"]),
+                       st.one_of(st.text(max_size=10), st.integers(), st.none(), st.booleans(),
+                                 st.sampled_from(list(m.MESSAGE_TYPES)))))
+def test_fuzz_message_fields_only_ever_raise_protocol_error(wire):
+    try:
+        m.decode(json.loads(json.dumps(wire)))
+    except ProtocolError:
+        pass
