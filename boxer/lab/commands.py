@@ -1,6 +1,176 @@
+"""`boxer lab up|exec|show|down`: the click layer over `boxer.lab`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
 import click
+
+from boxer.lab._lab import Lab, lab_down, lab_down_all, lab_up, load_lab
+from boxer.lab._plan import DEFAULT_NAME, MAX_HOSTS
+from boxer.lab.errors import LabError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(fn: F) -> F:
+    """Show a LabError as one message (no traceback) unless BOXER_DEBUG is set."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LabError as exc:
+            if os.environ.get("BOXER_DEBUG"):
+                raise
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(verbose: int) -> None:
+    logging.basicConfig(
+        level=logging.WARNING - 10 * verbose,
+        stream=sys.stderr,
+        format="boxer lab %(levelname)s %(name)s: %(message)s",
+    )
+
+
+_name_option = click.option(
+    "--name", default=DEFAULT_NAME, show_default=True, help="Lab name: 1-10 of a-z, 0-9."
+)
+_verbose_option = click.option("-v", "--verbose", count=True, help="More logging on stderr.")
 
 
 @click.group()
 def lab() -> None:
-    """The local cloud: instance hosts behind real NAT routers (network namespaces)."""
+    """The local cloud: instance hosts behind real NAT routers (network namespaces).
+
+    Each host h<i> sits behind its own router that masquerades it to a public address and
+    silently drops unsolicited inbound traffic, like AWS Lambda. The coordinator runs on the
+    public segment at 198.18.0.1:7000. Needs root.
+    """
+
+
+@lab.command("up")
+@_name_option
+@click.option(
+    "--hosts",
+    type=click.IntRange(1, MAX_HOSTS),
+    default=2,
+    show_default=True,
+    help="Number of NATed instance hosts.",
+)
+@_verbose_option
+@_user_errors
+def up_command(name: str, hosts: int, verbose: int) -> None:
+    """Create a lab and start its coordinator."""
+    _setup_logging(verbose)
+    created = lab_up(name, hosts)
+    coordinator = created.processes[0].pid if created.processes else None
+    click.echo(
+        f"lab {created.name} up: {len(created.hosts)} hosts in {created.setup_seconds:.2f} s; "
+        f"coordinator {created.coordinator} (pid {coordinator}, log {created.coordinator_log})"
+    )
+    click.echo(f"try: boxer lab exec --name {created.name} h1 -- ip addr")
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@_name_option
+@click.argument("host")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@_user_errors
+def exec_command(name: str, host: str, command: Sequence[str]) -> None:
+    """Run COMMAND inside HOST (h<i> or coord) with BOXER_COORDINATOR, BOXER_SECRET_FILE,
+    BOXER_LAB and BOXER_LAB_HOST set. The exit status is COMMAND's.
+
+    \b
+    Example: boxer lab exec h1 -- boxer run --name kv -- redis-server
+    """
+    current = load_lab(name)
+    argv = current.command(host, command)
+    env = current.env(host)
+    sys.stdout.flush()
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        raise click.ClickException(f"cannot run {argv[0]}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class _Column:
+    title: str
+    value: Callable[[dict[str, Any]], str]
+
+
+_HOST_COLUMNS = (
+    _Column("HOST", lambda h: h["name"]),
+    _Column("ADDRESS", lambda h: h["address"]),
+    _Column("PUBLIC", lambda h: h["public_address"]),
+    _Column("NETNS", lambda h: h["netns"]),
+    _Column("ROUTER", lambda h: h["router_netns"]),
+)
+
+
+def _table(columns: Sequence[_Column], rows: Sequence[dict[str, Any]]) -> str:
+    cells = [[c.title for c in columns]] + [[c.value(row) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+        for line in cells
+    )
+
+
+def _show_table(current: Lab) -> str:
+    info = current.describe()
+    head = [
+        f"lab          {info['name']}",
+        f"coordinator  {info['coordinator']} (netns {info['coordinator_netns']})",
+        f"internet     198.18.0.0/16 (netns {info['internet_netns']})",
+        f"secret       {info['secret_file']}",
+        "",
+    ]
+    return "\n".join(head) + _table(_HOST_COLUMNS, info["hosts"])
+
+
+@lab.command("show")
+@_name_option
+@click.option(
+    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@_user_errors
+def show_command(name: str, output: str) -> None:
+    """Show a lab's hosts and addresses."""
+    current = load_lab(name)
+    if output == "json":
+        click.echo(json.dumps(current.describe(), indent=2))
+    else:
+        click.echo(_show_table(current))
+
+
+@lab.command("down")
+@_name_option
+@click.option("--all", "all_labs", is_flag=True, help="Remove every lab on this machine.")
+@_verbose_option
+@_user_errors
+def down_command(name: str, all_labs: bool, verbose: int) -> None:
+    """Remove a lab: its processes, namespaces and state. Safe to repeat, works after a crash."""
+    _setup_logging(verbose)
+    reports = lab_down_all() if all_labs else [lab_down(name)]
+    for report in reports:
+        if report.found:
+            click.echo(
+                f"lab {report.name} down: {len(report.namespaces)} namespaces, "
+                f"{len(report.killed)} processes stopped"
+            )
+        else:
+            click.echo(f"lab {report.name}: nothing to remove")
+    if all_labs and not reports:
+        click.echo("no labs on this machine")
