@@ -1,0 +1,278 @@
+"""A local Lambda: run the real handler the way AWS Lambda runs it, on this machine.
+
+`invoke_local(event)` starts a Runtime API server (runtime_api.py) and, as a child process,
+`python -m awslambdaric boxer.lambda_handler.handler` - the image's own entry point - with
+AWS_LAMBDA_RUNTIME_API pointing at it. Like Lambda it
+
+- hands the runtime one event with a deadline (context.get_remaining_time_in_millis works),
+- caps RLIMIT_NOFILE at 1024,
+- kills the whole process tree when the function timeout passes,
+- and ends the sandbox once the invocation answered (Lambda would freeze it).
+
+To put the function behind the lab's NAT, pass `wrap_argv=["ip", "netns", "exec", "bx-lab-h1"]`.
+The child must then reach the Runtime API server: either give `listen_host` an address the
+namespace can reach, or - what LocalLambdaBackend does - run this whole module inside the
+namespace (`python -m boxer.backends.lambda_local`, event on stdin, result on stdout), so the
+server listens on the namespace's own loopback, as Lambda's runtime API sits inside its sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from boxer.backends.base import InstanceHandle, InstanceSpec
+from boxer.backends.errors import LaunchError
+from boxer.backends.lambda_event import SecretRef, event_for
+from boxer.backends.lambda_secrets import ALLOW_FILE_SECRET_ENV
+from boxer.backends.runtime_api import RuntimeApiServer
+
+__all__ = ["DEFAULT_HANDLER", "MAX_TIMEOUT", "LocalResult", "invoke_local", "LocalLambdaBackend"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HANDLER = "boxer.lambda_handler.handler"
+MAX_TIMEOUT = 900.0  # Lambda's cap, seconds
+NOFILE_LIMIT = 1024
+_TICK = 0.05
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """`status`: ok (handler returned), error (handler raised / could not load),
+    timeout (killed at the function timeout), crashed (runtime died without answering),
+    stopped (ended from outside)."""
+
+    status: str
+    payload: Any
+    duration: float
+    error_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def invoke_local(
+    event: Any,
+    *,
+    handler: str = DEFAULT_HANDLER,
+    timeout: float = MAX_TIMEOUT,
+    wrap_argv: Sequence[str] = (),
+    listen_host: str = "127.0.0.1",
+    env: Mapping[str, str] | None = None,
+    python: str = sys.executable,
+    memory_mb: int = 1769,
+    stop: Callable[[], bool] = lambda: False,
+) -> LocalResult:
+    """Run one invocation of `handler` under awslambdaric; blocks until it ends.
+
+    `stop()` is polled; when it turns true the sandbox is killed (status "stopped").
+    """
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(f"timeout {timeout} s must be in (0, {MAX_TIMEOUT:g}] like Lambda's")
+    started = time.monotonic()
+    with RuntimeApiServer(listen_host) as server:
+        outcome = server.invoke(event, timeout)
+        child_env = dict(os.environ if env is None else env)
+        child_env.update(
+            AWS_LAMBDA_RUNTIME_API=server.address,
+            AWS_LAMBDA_FUNCTION_NAME="boxer-local",
+            AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
+            AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(memory_mb),
+            AWS_LAMBDA_FUNCTION_TIMEOUT=str(int(timeout)),
+            **{ALLOW_FILE_SECRET_ENV: "1"},
+        )
+        argv = [*wrap_argv, python, "-m", "awslambdaric", handler]
+        log.info("local lambda: starting %s (timeout %g s)", argv, timeout)
+        runtime = subprocess.Popen(argv, env=child_env, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, preexec_fn=_cap_open_files)
+        try:
+            return _wait(runtime, outcome, started, timeout, stop)
+        finally:
+            _kill_tree(runtime)
+
+
+def _wait(runtime: subprocess.Popen[bytes], outcome: Any, started: float, timeout: float,
+          stop: Callable[[], bool]) -> LocalResult:
+    deadline = started + timeout
+    while True:
+        try:
+            answer = outcome.result(timeout=_TICK)
+        except FutureTimeout:
+            pass
+        else:
+            status = "ok" if answer.ok else "error"
+            error_type = answer.error_type
+            if not answer.ok and error_type is None and isinstance(answer.payload, dict):
+                error_type = answer.payload.get("errorType")
+            return LocalResult(status, answer.payload, _since(started), error_type)
+        if runtime.poll() is not None:
+            return LocalResult("crashed", {"exit_code": runtime.returncode}, _since(started))
+        if stop():
+            return LocalResult("stopped", None, _since(started))
+        if time.monotonic() >= deadline:
+            log.warning("local lambda: timeout after %g s, killing the sandbox", timeout)
+            return LocalResult("timeout", {"errorMessage": f"Task timed out after "
+                                           f"{timeout:.2f} seconds"}, _since(started))
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
+
+
+def _cap_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = lambda v: NOFILE_LIMIT if v == resource.RLIM_INFINITY else min(v, NOFILE_LIMIT)  # noqa: E731
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit(soft), limit(hard)))
+
+
+def _kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the runtime and every descendant, also those in their own process group
+    (the handler starts the agent in a new session): Lambda ends the whole sandbox."""
+    try:
+        tree = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for proc in [*tree]:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+
+
+# -- the backend ----------------------------------------------------------------------------
+
+Wrap = Sequence[str] | Callable[[InstanceSpec], Sequence[str]] | None
+
+
+class LocalLambdaBackend:
+    """`lambda-local`: each instance is one local Lambda invocation (a sandbox process).
+
+    wrap: a fixed argv prefix, or a function giving one per instance (e.g. the lab host's
+    `ip netns exec ...`), so the function runs behind the lab's NAT.
+    """
+
+    name = "lambda-local"
+
+    def __init__(self, *, coordinator: str, secret_file: str | Path, timeout: float = MAX_TIMEOUT,
+                 wrap: Wrap = None, handler: str = DEFAULT_HANDLER,
+                 python: str = sys.executable, env: Mapping[str, str] | None = None) -> None:
+        if not 0 < timeout <= MAX_TIMEOUT:
+            raise ValueError(f"timeout {timeout} s must be in (0, {MAX_TIMEOUT:g}]")
+        self.coordinator = coordinator
+        self.secret = SecretRef("file", str(Path(secret_file).resolve()))
+        self.timeout = timeout
+        self._wrap = wrap
+        self._handler = handler
+        self._python = python
+        self._env = env
+        self._sandboxes: dict[int, asyncio.subprocess.Process] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def event(self, spec: InstanceSpec) -> dict[str, Any]:
+        return event_for(spec, coordinator=self.coordinator, secret=self.secret).to_dict()
+
+    def _prefix(self, spec: InstanceSpec) -> list[str]:
+        if self._wrap is None:
+            return []
+        return list(self._wrap(spec) if callable(self._wrap) else self._wrap)
+
+    async def launch(self, spec: InstanceSpec) -> InstanceHandle:
+        argv = [*self._prefix(spec), self._python, "-m", "boxer.backends.lambda_local",
+                "--timeout", str(self.timeout), "--handler", self._handler]
+        env = dict(os.environ if self._env is None else self._env)
+        try:
+            sandbox = await asyncio.create_subprocess_exec(
+                *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        except OSError as exc:
+            raise LaunchError(spec.name, f"cannot start {argv[0]!r}: {exc.strerror}",
+                              code="SpawnFailed") from None
+        handle = InstanceHandle(spec=spec, backend=self.name, details={"pid": sandbox.pid})
+        self._sandboxes[id(handle)] = sandbox
+        task = asyncio.create_task(self._watch(handle, sandbox, self.event(spec)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        handle.details["task"] = task
+        return handle
+
+    async def _watch(self, handle: InstanceHandle, sandbox: asyncio.subprocess.Process,
+                     event: dict[str, Any]) -> None:
+        stdout, _ = await sandbox.communicate(json.dumps(event).encode())
+        self._sandboxes.pop(id(handle), None)
+        try:
+            result = json.loads(stdout.decode().strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            handle.details["result"] = None
+            handle.mark_failed(f"sandbox exited {sandbox.returncode} without a result")
+            return
+        handle.details["result"] = result
+        if result["status"] in ("ok", "stopped"):
+            handle.mark_stopped(f"invocation {result['status']}")
+        else:
+            handle.mark_failed(f"invocation {result['status']}: {result['payload']}")
+
+    async def wait(self, handle: InstanceHandle) -> dict[str, Any] | None:
+        """Wait for the invocation to end; its LocalResult as a dict."""
+        await handle.details["task"]
+        result: dict[str, Any] | None = handle.details["result"]
+        return result
+
+    async def stop(self, handle: InstanceHandle) -> None:
+        sandbox = self._sandboxes.get(id(handle))
+        if sandbox is not None and sandbox.returncode is None:
+            sandbox.send_signal(signal.SIGTERM)  # the sandbox kills its tree and reports
+        await handle.details["task"]
+        handle.mark_stopped()
+
+
+# -- the sandbox entry point: python -m boxer.backends.lambda_local ----------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m boxer.backends.lambda_local",
+        description="Run one Lambda invocation locally: event JSON on stdin, result on stdout.")
+    parser.add_argument("--timeout", type=float, default=MAX_TIMEOUT)
+    parser.add_argument("--handler", default=DEFAULT_HANDLER)
+    parser.add_argument("--listen-host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        event = json.load(sys.stdin)
+    except json.JSONDecodeError as exc:
+        parser.error(f"stdin is not a JSON event: {exc}")
+    stopping = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    result = invoke_local(event, handler=args.handler, timeout=args.timeout,
+                          listen_host=args.listen_host, stop=lambda: stopping)
+    sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
