@@ -1,6 +1,69 @@
+"""`boxer check FILE`: validate a deployment file without running anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
 import click
+
+from controller.errors import DeploymentFileError
+from controller.spec import Deployment
+from controller.validate import load_deployment
 
 
 @click.command("check")
-def check_command() -> None:
-    """Validate a deployment file without running anything."""
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="json prints {valid, errors|services} for scripts.",
+)
+def check_command(file: Path, output: str) -> None:
+    """Validate a deployment file without running anything.
+
+    Exits 0 and prints a short summary when FILE is valid; exits 1 and lists every problem
+    (file:line, field, bad value, what is allowed) otherwise.
+    """
+    try:
+        deployment = load_deployment(file)
+    except DeploymentFileError as exc:
+        if output == "json":
+            click.echo(json.dumps(
+                {"valid": False, "errors": [issue.to_dict() for issue in exc.issues]},
+                indent=2, default=str,
+            ))
+        else:
+            noun = "problem" if len(exc.issues) == 1 else "problems"
+            click.echo(f"{file}: {len(exc.issues)} {noun}", err=True)
+            for issue in exc.issues:
+                click.echo(str(issue), err=True)
+        raise SystemExit(1) from None
+    if output == "json":
+        click.echo(json.dumps({"valid": True, **_summary(deployment)}, indent=2))
+        return
+    click.echo(f"{file}: valid, backend {deployment.backend.value},"
+               f" {len(deployment.services)} services")
+    for row in _summary(deployment)["services"]:
+        click.echo(
+            f"  {row['name']:<16} {row['placement']:<9} instances {row['minInstances']}"
+            f"..{row['maxInstances']}  {row['autoscale']}"
+        )
+
+
+def _summary(deployment: Deployment) -> dict[str, object]:
+    rows = []
+    for name, svc in deployment.services.items():
+        policy = svc.autoscale
+        placement = svc.placement.value
+        if svc.base_capacity:
+            placement = f"vm+{placement}"
+        rows.append({
+            "name": name,
+            "placement": placement,
+            "minInstances": svc.min_instances,
+            "maxInstances": svc.effective_max_instances,
+            "autoscale": (
+                f"{policy.metric.value} target {policy.target:g}" if policy else "fixed size"
+            ),
+        })
+    return {"backend": deployment.backend.value, "services": rows}

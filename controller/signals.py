@@ -1,0 +1,149 @@
+"""What the controller knows: per-instance signals from agents, and its own per-service memory.
+
+Signals are snapshots reported by agents and the interposer (at least once a second); they never
+need the application's cooperation. The state is what the controller remembers between ticks
+(metric history, recent scaling, instances it asked to start, drain or stop). Both are frozen:
+`decide()` takes them and returns a new state, so it stays a pure function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from controller.spec import Placement
+
+__all__ = [
+    "ControllerState",
+    "InstanceSignals",
+    "PendingConnect",
+    "ServiceState",
+    "Signals",
+    "StartingInstance",
+]
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class InstanceSignals:
+    """The latest report of one running instance.
+
+    `id` names one incarnation (a replacement of web-3 is also called web-3, with a new id);
+    `name` is the host name the application sees. Times are on the controller's clock.
+    """
+
+    id: str
+    name: str
+    service: str
+    index: int
+    placement: Placement
+    started_at: float
+    last_heard: float
+    active_connections: int = 0
+    accepts_per_second: float = 0.0
+    cpu_percent: float = 0.0  # of one instance's CPU allotment (psutil; may exceed 100)
+    memory_bytes: int = 0
+    listening_ports: frozenset[int] = frozenset()
+    exited: bool = False
+    exit_status: int | None = None
+    idle_seconds: float = 0.0  # no connections and no CPU for this long
+    lifetime_left: float | None = None  # seconds; None where instances have no lifetime limit
+    draining: bool = False  # the agent has stopped taking new connections
+
+    def __post_init__(self) -> None:
+        _require(bool(self.id) and bool(self.name), "instance id and name must not be empty")
+        _require(self.index >= 1, f"instance index starts at 1, got {self.index}")
+        for attr in ("active_connections", "accepts_per_second", "cpu_percent", "memory_bytes",
+                     "idle_seconds"):
+            value = getattr(self, attr)
+            _require(value >= 0 and math.isfinite(value), f"{attr} must be >= 0, got {value!r}")
+        _require(
+            self.exit_status is None or self.exited,
+            f"exit_status {self.exit_status} given for an instance that has not exited",
+        )
+
+    @property
+    def ready(self) -> bool:
+        """Listening on at least one port: it can take connections."""
+        return bool(self.listening_ports) and not self.exited
+
+
+@dataclass(frozen=True)
+class PendingConnect:
+    """A connect held by an agent because its service (or declared host) has no instance."""
+
+    service: str
+    since: float
+    host: str | None = None  # the declared host name asked for, when not the service name
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Everything reported since the last tick."""
+
+    instances: tuple[InstanceSignals, ...] = ()
+    pending_connects: tuple[PendingConnect, ...] = ()
+
+    def __post_init__(self) -> None:
+        ids = [instance.id for instance in self.instances]
+        if len(ids) != len(set(ids)):
+            duplicates = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"instance ids reported twice: {', '.join(duplicates)}")
+
+
+@dataclass(frozen=True)
+class StartingInstance:
+    """An instance the controller asked for that has not reported yet."""
+
+    id: str
+    name: str
+    index: int
+    placement: Placement
+    requested_at: float
+
+
+def _frozen_map(data: Mapping[str, float] | None = None) -> Mapping[str, float]:
+    return MappingProxyType(dict(data or {}))
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """The controller's memory of one service between ticks."""
+
+    # (time, service-wide metric) samples, one per tick, kept for the stable window (Knative).
+    samples: tuple[tuple[float, float], ...] = ()
+    # (time, recommended count) kept for the HPA stabilization windows.
+    recommendations: tuple[tuple[float, int], ...] = ()
+    # (time, +n or -n) autoscaling changes kept for the HPA rate-limit periods.
+    scale_events: tuple[tuple[float, int], ...] = ()
+    panic_since: float | None = None
+    panic_peak: int = 0
+    last_scale_up: float | None = None
+    last_scale_down: float | None = None
+    last_active: float | None = None  # last tick the service was above its activation threshold
+    starting: tuple[StartingInstance, ...] = ()
+    draining: Mapping[str, float] = field(default_factory=_frozen_map)  # id -> drain requested
+    stopping: frozenset[str] = frozenset()  # ids told to stop, until they vanish from signals
+    renewing: Mapping[str, str] = field(default_factory=dict)  # old id -> replacement id
+    retired: int = 0  # instances that ended and, by restart policy, are not to be replaced
+
+    @property
+    def in_panic(self) -> bool:
+        return self.panic_since is not None
+
+
+@dataclass(frozen=True)
+class ControllerState:
+    """The controller's memory: one ServiceState per service, and a serial for instance ids."""
+
+    services: Mapping[str, ServiceState] = field(default_factory=dict)
+    serial: int = 0
+
+    def service(self, name: str) -> ServiceState:
+        return self.services.get(name, ServiceState())
