@@ -1,0 +1,147 @@
+"""The Lambda event schema: what the backend sends is what the handler accepts; bad events are
+refused with every problem named; the generated events are pinned by golden files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from boxer.backends import EventError, InstanceSpec, Placement
+from boxer.backends.facts import LambdaFacts
+from boxer.backends.lambda_event import LambdaEvent, SecretRef, event_for
+
+GOLDEN = Path(__file__).parent / "golden" / "lambda"
+REGEN = os.environ.get("BOXER_REGEN_GOLDEN") == "1"
+
+FACTS = LambdaFacts(
+    function_name="boxer-demo",
+    coordinator_address="203.0.113.7:7000",
+    secret_parameter_name="/boxer/demo/secret",
+    region="eu-west-1",
+)
+
+SPECS = {
+    "redis_function": InstanceSpec(
+        name="kv-1", service="kv", index=1, command=["redis-server", "--port", "6379"],
+        env={"BOXER_INSTANCE_INDEX": "1", "MAXMEMORY": "64mb"},
+        placement=Placement.FUNCTION, max_lifetime=840.0,
+    ),
+    "nginx_no_lifetime": InstanceSpec(
+        name="web-0", service="web", index=0,
+        command=["nginx", "-g", "daemon off;"], placement="function",
+    ),
+}
+
+
+def valid_event(**changes: object) -> dict[str, object]:
+    event: dict[str, object] = {
+        "version": 1, "name": "kv-1", "service": "kv", "index": 1,
+        "command": ["redis-server"], "env": {}, "coordinator": "10.0.0.1:7000",
+        "secret": {"ssm_parameter": "/boxer/x"},
+    }
+    event.update(changes)
+    return {k: v for k, v in event.items() if v is not None}
+
+
+def check_golden(name: str, value: object) -> None:
+    path = GOLDEN / f"{name}.json"
+    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+    if REGEN:
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with BOXER_REGEN_GOLDEN=1"
+    assert text == path.read_text(), f"{path} differs (BOXER_REGEN_GOLDEN=1 to accept)"
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_generated_event_matches_golden(name: str) -> None:
+    event = event_for(SPECS[name], coordinator=FACTS.coordinator_address,
+                      secret=SecretRef("ssm_parameter", FACTS.secret_parameter_name)).to_dict()
+    check_golden(name, event)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_generated_event_round_trips_through_the_parser(name: str) -> None:
+    spec = SPECS[name]
+    event = event_for(spec, coordinator="203.0.113.7:7000",
+                      secret=SecretRef("secretsmanager_arn", "arn:aws:secretsmanager:x"))
+    parsed = LambdaEvent.from_dict(json.loads(json.dumps(event.to_dict())))
+    assert parsed == event
+    assert parsed.command == spec.command
+    assert parsed.lifetime == spec.max_lifetime
+
+
+def test_event_never_carries_a_secret_value() -> None:
+    event = event_for(SPECS["redis_function"], coordinator="h:1",
+                      secret=SecretRef("ssm_parameter", "/p"))
+    assert event.to_dict()["secret"] == {"ssm_parameter": "/p"}
+
+
+def test_missing_fields_are_all_listed() -> None:
+    with pytest.raises(EventError) as info:
+        LambdaEvent.from_dict({"version": 1, "name": "kv-1"})
+    assert info.value.problems == [
+        "missing field(s): service, index, command, coordinator, secret"
+    ]
+
+
+def test_every_bad_field_is_reported_at_once() -> None:
+    bad = valid_event(name="KV_1", index=-1, command="redis-server", coordinator="nope",
+                      lifetime=0, env={"A": 1})
+    with pytest.raises(EventError) as info:
+        LambdaEvent.from_dict(bad)
+    problems = info.value.problems
+    assert "name 'KV_1' is not a DNS label (a-z, 0-9, '-')" in problems
+    assert "index -1 is not an integer >= 0" in problems
+    assert "command 'redis-server' is not a list of strings" in problems
+    assert "coordinator 'nope' is not 'host:port'" in problems
+    assert "lifetime 0 must be a number of seconds > 0" in problems
+    assert "env must be an object of string to string" in problems
+    assert len(problems) == 6
+
+
+@pytest.mark.parametrize(
+    ("secret", "expected"),
+    [
+        ({}, "secret must be exactly one of"),
+        ({"ssm_parameter": "a", "file": "b"}, "secret must be exactly one of"),
+        ({"vault": "x"}, "secret kind 'vault' is not one of ssm_parameter, "
+                         "secretsmanager_arn, file"),
+        ({"ssm_parameter": ""}, "secret ssm_parameter must be a non-empty string"),
+        ("plain-secret", "secret must be exactly one of"),
+    ],
+)
+def test_bad_secret_references(secret: object, expected: str) -> None:
+    with pytest.raises(EventError, match="bad boxer event") as info:
+        LambdaEvent.from_dict(valid_event(secret=secret))
+    assert info.value.problems[0].startswith(expected)
+
+
+def test_unknown_fields_and_versions_are_refused() -> None:
+    with pytest.raises(EventError) as info:
+        LambdaEvent.from_dict(valid_event(version=2, secrets={"x": 1}))
+    assert info.value.problems[0].startswith("unknown field(s): secrets (allowed: version,")
+    assert info.value.problems[1] == "version 2 is not supported (this handler speaks 1)"
+
+
+def test_non_object_event() -> None:
+    with pytest.raises(EventError, match="must be a JSON object, not list"):
+        LambdaEvent.from_dict([1, 2])
+
+
+def test_empty_command_and_port_range() -> None:
+    with pytest.raises(EventError) as info:
+        LambdaEvent.from_dict(valid_event(command=[], coordinator="h:70000"))
+    assert info.value.problems == ["command is empty", "coordinator 'h:70000' is not 'host:port'"]
+
+
+def test_instance_spec_validation() -> None:
+    with pytest.raises(ValueError) as info:
+        InstanceSpec(name="a b", service="kv", index=True, command=[], placement="cloud")
+    message = str(info.value)
+    assert "name 'a b' is not a DNS label" in message
+    assert "index True is not an integer >= 0" in message
+    assert "command is empty" in message
+    assert "placement 'cloud' is not one of vm, function" in message
