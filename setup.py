@@ -32,9 +32,20 @@ setup(
     ext_modules=[
         Extension(
             PRELOAD_NAME,
-            sources=["interposer/boxer_preload.c"],
-            extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-std=gnu11"],
-            extra_link_args=["-ldl", "-lpthread"],
+            sources=[
+                "interposer/symbols.c",
+                "interposer/config.c",
+                "interposer/fdtable.c",
+                "interposer/agent.c",
+                "interposer/sockets.c",
+                "interposer/names.c",
+                "interposer/preload.c",
+            ],
+            depends=["interposer/boxer_internal.h", "interposer/boxer_proto.h"],
+            extra_compile_args=[
+                "-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-std=gnu11", "-pthread",
+            ],
+            extra_link_args=["-ldl", "-pthread"],
         )
     ],
     cmdclass={"build_ext": BuildPreload},

@@ -1,0 +1,165 @@
+/* Shared declarations of the interposer's modules.
+ *
+ *   symbols.c   the real libc functions (libc_*), bound once with dlsym(RTLD_NEXT)
+ *   config.c    environment variables (read once) and the logging macro
+ *   fdtable.c   fd -> socket info table, the one mutex, fork handlers
+ *   agent.c     one request/reply exchange with the agent over its Unix socket
+ *   sockets.c   socket/bind/listen/accept/connect/close/dup/fcntl/getsockname/getpeername
+ *   names.c     getaddrinfo, gethostbyname*, getnameinfo, gethostbyaddr, gethostname, uname
+ *   preload.c   the constructor (HELLO)
+ *
+ * Naming follows socket_wrapper: the exported `connect` calls our `boxer_connect`, which calls
+ * the real `libc_connect` for anything it does not handle itself.
+ */
+#ifndef BOXER_INTERNAL_H
+#define BOXER_INTERNAL_H
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/utsname.h>
+
+#include "boxer_proto.h"
+
+#define BOXER_EXPORT __attribute__((visibility("default")))
+#define BOXER_HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- symbols.c ----------------------------------------------------------------------- */
+
+/* X(return type, name, parameter list, argument list). Variadic fcntl is declared by hand. */
+#define BOXER_LIBC_SYMBOLS(X)                                                                     \
+    X(int, socket, (int domain, int type, int protocol), (domain, type, protocol))                \
+    X(int, bind, (int fd, const struct sockaddr *addr, socklen_t len), (fd, addr, len))           \
+    X(int, listen, (int fd, int backlog), (fd, backlog))                                          \
+    X(int, accept, (int fd, struct sockaddr *addr, socklen_t *len), (fd, addr, len))              \
+    X(int, accept4, (int fd, struct sockaddr *addr, socklen_t *len, int flags),                   \
+      (fd, addr, len, flags))                                                                     \
+    X(int, connect, (int fd, const struct sockaddr *addr, socklen_t len), (fd, addr, len))        \
+    X(int, close, (int fd), (fd))                                                                 \
+    X(int, close_range, (unsigned int first, unsigned int last, int flags), (first, last, flags)) \
+    X(int, dup, (int fd), (fd))                                                                   \
+    X(int, dup2, (int oldfd, int newfd), (oldfd, newfd))                                          \
+    X(int, dup3, (int oldfd, int newfd, int flags), (oldfd, newfd, flags))                        \
+    X(int, getsockname, (int fd, struct sockaddr *addr, socklen_t *len), (fd, addr, len))         \
+    X(int, getpeername, (int fd, struct sockaddr *addr, socklen_t *len), (fd, addr, len))         \
+    X(int, getsockopt, (int fd, int level, int name, void *val, socklen_t *len),                  \
+      (fd, level, name, val, len))                                                                \
+    X(int, setsockopt, (int fd, int level, int name, const void *val, socklen_t len),             \
+      (fd, level, name, val, len))                                                                \
+    X(ssize_t, recvmsg, (int fd, struct msghdr *msg, int flags), (fd, msg, flags))                \
+    X(int, getaddrinfo,                                                                           \
+      (const char *node, const char *service, const struct addrinfo *hints,                       \
+       struct addrinfo **res),                                                                    \
+      (node, service, hints, res))                                                                \
+    X(void, freeaddrinfo, (struct addrinfo * res), (res))                                         \
+    X(int, getnameinfo,                                                                           \
+      (const struct sockaddr *sa, socklen_t salen, char *host, socklen_t hostlen, char *serv,     \
+       socklen_t servlen, int flags),                                                             \
+      (sa, salen, host, hostlen, serv, servlen, flags))                                           \
+    X(struct hostent *, gethostbyname, (const char *name), (name))                                \
+    X(struct hostent *, gethostbyname2, (const char *name, int af), (name, af))                   \
+    X(int, gethostbyname_r,                                                                       \
+      (const char *name, struct hostent *ret, char *buf, size_t buflen, struct hostent **result,  \
+       int *h_errnop),                                                                            \
+      (name, ret, buf, buflen, result, h_errnop))                                                 \
+    X(int, gethostbyname2_r,                                                                      \
+      (const char *name, int af, struct hostent *ret, char *buf, size_t buflen,                   \
+       struct hostent **result, int *h_errnop),                                                   \
+      (name, af, ret, buf, buflen, result, h_errnop))                                             \
+    X(struct hostent *, gethostbyaddr, (const void *addr, socklen_t len, int type),               \
+      (addr, len, type))                                                                          \
+    X(int, gethostname, (char *name, size_t len), (name, len))                                    \
+    X(int, uname, (struct utsname * buf), (buf))
+
+#define BOXER_DECLARE_LIBC(ret, name, params, args) BOXER_HIDDEN ret libc_##name params;
+BOXER_LIBC_SYMBOLS(BOXER_DECLARE_LIBC)
+#undef BOXER_DECLARE_LIBC
+BOXER_HIDDEN int libc_fcntl(int fd, int cmd, void *arg);
+
+/* ---- config.c ------------------------------------------------------------------------ */
+
+enum boxer_log_level { BOXER_LOG_ERROR = 0, BOXER_LOG_WARN, BOXER_LOG_INFO, BOXER_LOG_DEBUG };
+
+struct boxer_config {
+    bool enabled;          /* BOXER_AGENT_SOCK set: otherwise every call goes straight to libc */
+    char agent_sock[108];  /* sun_path */
+    const char *name;      /* BOXER_NAME or NULL */
+    bool have_addr;        /* BOXER_ADDR parsed */
+    struct in_addr addr;   /* BOXER_ADDR */
+    uint32_t prefix_net;   /* BOXER_PREFIX, host order, masked */
+    uint32_t prefix_mask;  /* host order */
+    struct in_addr wake;   /* BOXER_WAKE_ADDR */
+    enum boxer_log_level log_level;
+};
+
+/* Reads the environment once (pthread_once) and returns the result; never NULL. */
+BOXER_HIDDEN const struct boxer_config *boxer_config(void);
+BOXER_HIDDEN bool boxer_enabled(void);
+BOXER_HIDDEN bool boxer_in_overlay(struct in_addr a);
+
+BOXER_HIDDEN void boxer_log_impl(enum boxer_log_level level, const char *func, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* "boxer-preload[pid] func: msg" on stderr, if level <= BOXER_LOG. errno is preserved. */
+#define BOXER_LOG(level, ...) boxer_log_impl(BOXER_LOG_##level, __func__, __VA_ARGS__)
+
+/* ---- fdtable.c ----------------------------------------------------------------------- */
+
+/* What we know about one tracked socket (AF_INET/AF_INET6, SOCK_STREAM). Shared by all fds
+ * that refer to it in this process (dup), refcount = number of table slots pointing here. */
+struct boxer_sock {
+    int refcount;
+    int family;               /* AF_INET or AF_INET6: the family the app sees */
+    bool bound_overlay;       /* bind() to BOXER_ADDR, really bound to 127.0.0.1 */
+    bool listening;           /* overlay listener: LISTEN was sent */
+    int listen_pid;           /* the process that sent LISTEN: only it sends UNLISTEN */
+    uint16_t listen_port;     /* host order */
+    bool connected;           /* the fd is an overlay connection (CONNECT or ACCEPT) */
+    struct sockaddr_in local; /* overlay addresses when connected */
+    struct sockaddr_in peer;
+};
+
+/* All functions take the table mutex themselves and never block otherwise. */
+/* Copies the info of fd into *out; false if fd is not tracked. */
+BOXER_HIDDEN bool boxer_fd_get(int fd, struct boxer_sock *out);
+/* Starts tracking a new socket on fd (replacing any stale entry). */
+BOXER_HIDDEN void boxer_fd_track(int fd, int family);
+/* Stores *info as fd's info; if fd's info is shared with other fds, fd gets its own copy. */
+BOXER_HIDDEN void boxer_fd_update(int fd, const struct boxer_sock *info);
+/* fd is no longer open. Returns the port to UNLISTEN (last reference of a listener this
+ * process registered), or 0. */
+BOXER_HIDDEN uint16_t boxer_fd_drop(int fd);
+/* Drops the tracked fds in [*next, last]. Stops early when one was the last reference to a
+ * listener of ours: sets *port, advances *next past it and returns true (call again). */
+BOXER_HIDDEN bool boxer_fd_drop_range(unsigned int *next, unsigned int last, uint16_t *port);
+/* newfd now refers to the same socket as oldfd (dup family). Returns the port to UNLISTEN if
+ * newfd was the last reference to a listener before, or 0. */
+BOXER_HIDDEN uint16_t boxer_fd_dup(int oldfd, int newfd);
+/* Lists registry for addrinfo results we allocated (freeaddrinfo must tell them apart). */
+/* false when out of memory: the caller then frees the list and fails with EAI_MEMORY. */
+BOXER_HIDDEN bool boxer_ai_register(struct addrinfo *ai);
+BOXER_HIDDEN bool boxer_ai_unregister(struct addrinfo *ai);
+
+/* ---- agent.c ------------------------------------------------------------------------- */
+
+/* A request with magic, op and pid filled in. */
+BOXER_HIDDEN void boxer_msg_init(struct boxer_msg *m, enum boxer_op op);
+/* One exchange with the agent. Returns 0 with *reply filled (and *fd_out = the attached fd or
+ * -1 when fd_out is given; an unexpected fd is closed), or -1 with errno set when the agent
+ * could not be reached or broke the protocol. reply->status is the agent's answer. */
+BOXER_HIDDEN int boxer_agent_call(const struct boxer_msg *req, struct boxer_msg *reply,
+                                  int *fd_out);
+BOXER_HIDDEN const char *boxer_op_name(uint32_t op);
+
+/* ---- sockets.c / names.c helpers ----------------------------------------------------- */
+
+/* Writes a (v4) address in the given family (AF_INET6: v4-mapped) into addr/len, truncating
+ * like the kernel: copies at most *len bytes and sets *len to the full size. */
+BOXER_HIDDEN void boxer_sockaddr_out(int family, const struct sockaddr_in *v4,
+                                     struct sockaddr *addr, socklen_t *len);
+/* Extracts an IPv4 address (AF_INET, or AF_INET6 v4-mapped) from addr; false otherwise. */
+BOXER_HIDDEN bool boxer_sockaddr_v4(const struct sockaddr *addr, socklen_t len,
+                                    struct sockaddr_in *out);
+
+#endif

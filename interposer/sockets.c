@@ -1,0 +1,558 @@
+/* The socket calls: socket, bind, listen, accept/accept4, connect, close/close_range,
+ * dup/dup2/dup3/fcntl, getsockname/getpeername.
+ *
+ * Only AF_INET/AF_INET6 SOCK_STREAM sockets are tracked; the first thing every wrapper does is
+ * hand anything else to libc. Overlay addresses never reach the kernel: a bind to BOXER_ADDR
+ * is really a bind to 127.0.0.1, a connect to the overlay becomes a socket the agent hands us,
+ * put in place of the app's fd (same number, same flags). */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "boxer_internal.h"
+
+/* ---- addresses --------------------------------------------------------------------------- */
+
+void boxer_sockaddr_out(int family, const struct sockaddr_in *v4, struct sockaddr *addr,
+                        socklen_t *len)
+{
+    union {
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } u;
+    socklen_t full;
+    memset(&u, 0, sizeof u);
+    if (family == AF_INET6) {
+        u.in6.sin6_family = AF_INET6;
+        u.in6.sin6_port = v4->sin_port;
+        u.in6.sin6_addr.s6_addr[10] = 0xff;
+        u.in6.sin6_addr.s6_addr[11] = 0xff;
+        memcpy(&u.in6.sin6_addr.s6_addr[12], &v4->sin_addr, 4);
+        full = sizeof u.in6;
+    } else {
+        u.in = *v4;
+        u.in.sin_family = AF_INET;
+        full = sizeof u.in;
+    }
+    if (addr != NULL && len != NULL)
+        memcpy(addr, &u, *len < full ? *len : full);
+    if (len != NULL)
+        *len = full;
+}
+
+bool boxer_sockaddr_v4(const struct sockaddr *addr, socklen_t len, struct sockaddr_in *out)
+{
+    if (addr == NULL)
+        return false;
+    memset(out, 0, sizeof *out);
+    out->sin_family = AF_INET;
+    if (addr->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
+        out->sin_addr = in->sin_addr;
+        out->sin_port = in->sin_port;
+        return true;
+    }
+    if (addr->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)addr;
+        if (!IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+            return false;
+        memcpy(&out->sin_addr, &in6->sin6_addr.s6_addr[12], 4);
+        out->sin_port = in6->sin6_port;
+        return true;
+    }
+    return false;
+}
+
+static bool is_wildcard(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    if (ss->ss_family == AF_INET6)
+        return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+    return false;
+}
+
+static uint16_t port_of(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+    if (ss->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+    return 0;
+}
+
+static void msg_set_addr(struct boxer_msg *m, struct in_addr a) { memcpy(m->addr, &a, 4); }
+
+static struct in_addr msg_addr(const struct boxer_msg *m)
+{
+    struct in_addr a;
+    memcpy(&a, m->addr, 4);
+    return a;
+}
+
+/* Makes fd refer to the socket received from the agent: same number, close-on-exec as asked,
+ * O_NONBLOCK exactly as asked (the agent's copy shares the file description and may well be
+ * non-blocking: asyncio). Closes `received`. */
+static int install(int received, int fd, bool cloexec, bool nonblock)
+{
+    if (libc_dup3(received, fd, cloexec ? O_CLOEXEC : 0) < 0) {
+        int saved = errno;
+        libc_close(received);
+        errno = saved;
+        return -1;
+    }
+    libc_close(received);
+    int fl = libc_fcntl(fd, F_GETFL, NULL);
+    if (fl >= 0) {
+        long want = nonblock ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+        if (want != fl)
+            libc_fcntl(fd, F_SETFL, (void *)want);
+    }
+    return 0;
+}
+
+/* The socket options an app commonly sets before connect/listen: carried over to the socket
+ * that replaces its own, so TCP_NODELAY and keepalive survive the swap (ip2unix does the same). */
+static void copy_sockopts(int from, int to)
+{
+    static const struct {
+        int level, name;
+    } opts[] = {
+        {IPPROTO_TCP, TCP_NODELAY},   {SOL_SOCKET, SO_KEEPALIVE},    {IPPROTO_TCP, TCP_KEEPIDLE},
+        {IPPROTO_TCP, TCP_KEEPINTVL}, {IPPROTO_TCP, TCP_KEEPCNT},    {IPPROTO_TCP, TCP_USER_TIMEOUT},
+        {SOL_SOCKET, SO_PRIORITY},    {SOL_SOCKET, SO_OOBINLINE},
+    };
+    int saved = errno;
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+        int val;
+        socklen_t len = sizeof val;
+        if (libc_getsockopt(from, opts[i].level, opts[i].name, &val, &len) == 0 && val != 0)
+            libc_setsockopt(to, opts[i].level, opts[i].name, &val, len);
+    }
+    struct timeval tv;
+    socklen_t len = sizeof tv;
+    if (libc_getsockopt(from, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0 && (tv.tv_sec || tv.tv_usec))
+        libc_setsockopt(to, SOL_SOCKET, SO_RCVTIMEO, &tv, len);
+    len = sizeof tv;
+    if (libc_getsockopt(from, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) == 0 && (tv.tv_sec || tv.tv_usec))
+        libc_setsockopt(to, SOL_SOCKET, SO_SNDTIMEO, &tv, len);
+    errno = saved;
+}
+
+static void send_unlisten(uint16_t port)
+{
+    if (port == 0)
+        return;
+    int saved = errno;
+    struct boxer_msg req, reply;
+    boxer_msg_init(&req, BOXER_OP_UNLISTEN);
+    req.port = port;
+    if (boxer_agent_call(&req, &reply, NULL) == 0 && reply.status != 0)
+        BOXER_LOG(WARN, "UNLISTEN %u refused by the agent: %s", port, strerror((int)reply.status));
+    errno = saved;
+}
+
+/* ---- socket, bind, listen ------------------------------------------------------------------- */
+
+static int boxer_socket(int domain, int type, int protocol)
+{
+    int fd = libc_socket(domain, type, protocol);
+    if (fd < 0 || !boxer_enabled())
+        return fd;
+    if ((domain == AF_INET || domain == AF_INET6) &&
+        (type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) == SOCK_STREAM)
+        boxer_fd_track(fd, domain);
+    else
+        (void)boxer_fd_drop(fd); /* a stale entry must not describe this new fd */
+    return fd;
+}
+
+static int boxer_bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    struct boxer_sock info;
+    struct sockaddr_in v4;
+    if (!boxer_enabled() || !boxer_fd_get(fd, &info) || addr == NULL ||
+        addr->sa_family != info.family || !boxer_sockaddr_v4(addr, len, &v4) ||
+        !boxer_in_overlay(v4.sin_addr))
+        return libc_bind(fd, addr, len);
+
+    const struct boxer_config *c = boxer_config();
+    if (!c->have_addr || v4.sin_addr.s_addr != c->addr.s_addr) {
+        BOXER_LOG(DEBUG, "fd %d: %s is another host's overlay address", fd,
+                  inet_ntoa(v4.sin_addr));
+        errno = EADDRNOTAVAIL;
+        return -1;
+    }
+    /* Our own overlay address: the kernel knows it as loopback. */
+    struct sockaddr_storage real;
+    if (len > sizeof real)
+        len = sizeof real;
+    memcpy(&real, addr, len);
+    if (info.family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&real;
+        memset(&in6->sin6_addr, 0, sizeof in6->sin6_addr);
+        in6->sin6_addr.s6_addr[10] = in6->sin6_addr.s6_addr[11] = 0xff;
+        uint32_t lo = htonl(INADDR_LOOPBACK);
+        memcpy(&in6->sin6_addr.s6_addr[12], &lo, 4);
+    } else {
+        ((struct sockaddr_in *)&real)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    }
+    int rc = libc_bind(fd, (struct sockaddr *)&real, len);
+    if (rc == 0) {
+        info.bound_overlay = true;
+        boxer_fd_update(fd, &info);
+    }
+    return rc;
+}
+
+static int boxer_listen(int fd, int backlog)
+{
+    struct boxer_sock info;
+    if (!boxer_enabled() || !boxer_fd_get(fd, &info))
+        return libc_listen(fd, backlog);
+    int rc = libc_listen(fd, backlog);
+    if (rc < 0 || info.listening) /* a second listen() only changes the backlog */
+        return rc;
+
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof ss;
+    if (libc_getsockname(fd, (struct sockaddr *)&ss, &sslen) < 0)
+        return -1;
+    if (!info.bound_overlay && !is_wildcard(&ss))
+        return 0; /* a loopback-only (or other local address) listener: none of our business */
+
+    struct boxer_msg req, reply;
+    boxer_msg_init(&req, BOXER_OP_LISTEN);
+    req.port = port_of(&ss);
+    req.flags = info.bound_overlay ? 1 : 0;
+    if (boxer_agent_call(&req, &reply, NULL) < 0) {
+        BOXER_LOG(ERROR, "fd %d: could not register port %u with the agent", fd, req.port);
+        errno = ENETDOWN;
+        return -1;
+    }
+    if (reply.status != 0) {
+        BOXER_LOG(WARN, "fd %d: agent refused LISTEN %u: %s", fd, req.port,
+                  strerror((int)reply.status));
+        errno = (int)reply.status;
+        return -1;
+    }
+    info.listening = true;
+    info.listen_pid = (int)getpid();
+    info.listen_port = req.port;
+    boxer_fd_update(fd, &info);
+    BOXER_LOG(INFO, "fd %d listens on overlay port %u", fd, req.port);
+    return 0;
+}
+
+/* ---- accept ------------------------------------------------------------------------------ */
+
+static bool is_wake_peer(const struct sockaddr_storage *ss, socklen_t len)
+{
+    struct sockaddr_in v4;
+    return boxer_sockaddr_v4((const struct sockaddr *)ss, len, &v4) &&
+           v4.sin_addr.s_addr == boxer_config()->wake.s_addr;
+}
+
+/* The agent woke the listener to deliver an overlay connection: swap the wake connection
+ * (already accepted as nfd) for the real one. Returns 0, or -1 after closing nfd. */
+static int take_overlay_connection(int lfd, const struct boxer_sock *listener, int nfd,
+                                   uint16_t wake_port, int flags, struct boxer_sock *info)
+{
+    struct boxer_msg req, reply;
+    boxer_msg_init(&req, BOXER_OP_ACCEPT);
+    req.port = listener->listen_port;
+    req.token = wake_port;
+    int received = -1;
+    int rc = boxer_agent_call(&req, &reply, &received);
+    if (rc == 0 && (reply.status != 0 || received < 0)) {
+        BOXER_LOG(WARN, "listener fd %d: agent has no connection for wake port %u: %s", lfd,
+                  wake_port, reply.status ? strerror((int)reply.status) : "no fd attached");
+        if (received >= 0)
+            libc_close(received);
+        rc = -1;
+    }
+    if (rc == 0) {
+        copy_sockopts(lfd, received);
+        rc = install(received, nfd, flags & SOCK_CLOEXEC, flags & SOCK_NONBLOCK);
+    }
+    if (rc < 0) {
+        libc_close(nfd);
+        (void)boxer_fd_drop(nfd);
+        errno = ECONNABORTED;
+        return -1;
+    }
+    const struct boxer_config *c = boxer_config();
+    info->connected = true;
+    info->local.sin_family = AF_INET;
+    info->local.sin_addr = c->addr;
+    info->local.sin_port = htons(listener->listen_port);
+    info->peer.sin_family = AF_INET;
+    info->peer.sin_addr = msg_addr(&reply);
+    info->peer.sin_port = htons(reply.port);
+    boxer_fd_update(nfd, info);
+    BOXER_LOG(DEBUG, "fd %d: overlay connection from %s:%u", nfd, inet_ntoa(info->peer.sin_addr),
+              reply.port);
+    return 0;
+}
+
+static int boxer_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags)
+{
+    struct boxer_sock listener;
+    if (!boxer_enabled() || !boxer_fd_get(fd, &listener))
+        return libc_accept4(fd, addr, addrlen, flags);
+
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof ss;
+    int nfd = libc_accept4(fd, (struct sockaddr *)&ss, &sslen, flags);
+    if (nfd < 0)
+        return nfd;
+    boxer_fd_track(nfd, listener.family);
+    struct boxer_sock info;
+    memset(&info, 0, sizeof info);
+    info.family = listener.family;
+
+    if (listener.listening && is_wake_peer(&ss, sslen)) {
+        if (take_overlay_connection(fd, &listener, nfd, port_of(&ss), flags, &info) < 0)
+            return -1;
+        boxer_sockaddr_out(listener.family, &info.peer, addr, addrlen);
+        return nfd;
+    }
+    /* A genuine local connection: untouched. */
+    if (addr != NULL && addrlen != NULL) {
+        memcpy(addr, &ss, *addrlen < sslen ? *addrlen : sslen);
+        *addrlen = sslen;
+    }
+    return nfd;
+}
+
+/* ---- connect ------------------------------------------------------------------------------ */
+
+static int boxer_connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    struct boxer_sock info;
+    struct sockaddr_in dst;
+    if (!boxer_enabled() || !boxer_fd_get(fd, &info) || addr == NULL ||
+        addr->sa_family != info.family || !boxer_sockaddr_v4(addr, len, &dst) ||
+        !boxer_in_overlay(dst.sin_addr) || info.listening)
+        return libc_connect(fd, addr, len);
+    if (info.connected) {
+        errno = EISCONN;
+        return -1;
+    }
+
+    int fdflags = libc_fcntl(fd, F_GETFD, NULL);
+    int flflags = libc_fcntl(fd, F_GETFL, NULL);
+    if (fdflags < 0 || flflags < 0)
+        return -1; /* EBADF: as the kernel would say */
+
+    /* TODO(async-connect): a non-blocking socket should return -1/EINPROGRESS here and complete
+     * in the background (the agent's fd arriving later, installed with dup3, then the socket
+     * becoming writable). For now we block until the agent answers and return 0, which POSIX
+     * allows and which every event loop we know handles. */
+    struct boxer_msg req, reply;
+    boxer_msg_init(&req, BOXER_OP_CONNECT);
+    msg_set_addr(&req, dst.sin_addr);
+    req.port = ntohs(dst.sin_port);
+    int received = -1;
+    if (boxer_agent_call(&req, &reply, &received) < 0) {
+        BOXER_LOG(ERROR, "fd %d: connect to %s:%u: the agent is unreachable", fd,
+                  inet_ntoa(dst.sin_addr), req.port);
+        errno = ENETUNREACH;
+        return -1;
+    }
+    if (reply.status != 0) {
+        if (received >= 0)
+            libc_close(received);
+        BOXER_LOG(INFO, "fd %d: connect to %s:%u: %s", fd, inet_ntoa(dst.sin_addr), req.port,
+                  strerror((int)reply.status));
+        errno = (int)reply.status;
+        return -1;
+    }
+    if (received < 0) {
+        BOXER_LOG(ERROR, "fd %d: agent accepted CONNECT but sent no fd", fd);
+        errno = ENETUNREACH;
+        return -1;
+    }
+    copy_sockopts(fd, received);
+    if (install(received, fd, fdflags & FD_CLOEXEC, flflags & O_NONBLOCK) < 0) {
+        BOXER_LOG(ERROR, "fd %d: cannot install the overlay connection: %s", fd, strerror(errno));
+        errno = ENETUNREACH;
+        return -1;
+    }
+    info.connected = true;
+    info.bound_overlay = false;
+    info.local.sin_family = AF_INET;
+    info.local.sin_addr = msg_addr(&reply);
+    info.local.sin_port = htons(reply.port);
+    info.peer = dst;
+    boxer_fd_update(fd, &info);
+    BOXER_LOG(DEBUG, "fd %d: connected to %s:%u", fd, inet_ntoa(dst.sin_addr), req.port);
+    return 0;
+}
+
+/* ---- names of sockets ------------------------------------------------------------------- */
+
+static int boxer_getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    struct boxer_sock info;
+    if (!boxer_enabled() || !boxer_fd_get(fd, &info))
+        return libc_getsockname(fd, addr, len);
+    if (info.connected) {
+        if (len == NULL) {
+            errno = EFAULT;
+            return -1;
+        }
+        boxer_sockaddr_out(info.family, &info.local, addr, len);
+        return 0;
+    }
+    if (info.bound_overlay && boxer_config()->have_addr) {
+        /* Really bound to 127.0.0.1: report our overlay address with the real port. */
+        struct sockaddr_storage ss;
+        socklen_t sslen = sizeof ss;
+        if (libc_getsockname(fd, (struct sockaddr *)&ss, &sslen) < 0)
+            return -1;
+        if (len == NULL) {
+            errno = EFAULT;
+            return -1;
+        }
+        struct sockaddr_in v4 = {.sin_family = AF_INET,
+                                 .sin_addr = boxer_config()->addr,
+                                 .sin_port = htons(port_of(&ss))};
+        boxer_sockaddr_out(info.family, &v4, addr, len);
+        return 0;
+    }
+    return libc_getsockname(fd, addr, len);
+}
+
+static int boxer_getpeername(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    struct boxer_sock info;
+    if (!boxer_enabled() || !boxer_fd_get(fd, &info) || !info.connected)
+        return libc_getpeername(fd, addr, len);
+    if (len == NULL) {
+        errno = EFAULT;
+        return -1;
+    }
+    boxer_sockaddr_out(info.family, &info.peer, addr, len);
+    return 0;
+}
+
+/* ---- close and dup --------------------------------------------------------------------- */
+
+static int boxer_close(int fd)
+{
+    if (!boxer_enabled())
+        return libc_close(fd);
+    /* Detach first, then close: once the number is free another thread may get it from
+     * socket() and track it, and we must not drop that new entry. */
+    uint16_t port = boxer_fd_drop(fd);
+    int rc = libc_close(fd);
+    send_unlisten(port); /* errno preserved */
+    return rc;
+}
+
+static int boxer_close_range(unsigned int first, unsigned int last, int flags)
+{
+    int rc = libc_close_range(first, last, flags);
+    if (rc < 0 || !boxer_enabled() || (flags & CLOSE_RANGE_CLOEXEC))
+        return rc;
+    bool more;
+    do {
+        uint16_t port;
+        more = boxer_fd_drop_range(&first, last, &port);
+        send_unlisten(port);
+    } while (more);
+    return rc;
+}
+
+static int boxer_dup(int oldfd)
+{
+    int newfd = libc_dup(oldfd);
+    if (newfd >= 0 && boxer_enabled())
+        send_unlisten(boxer_fd_dup(oldfd, newfd));
+    return newfd;
+}
+
+static int boxer_dup3(int oldfd, int newfd, int flags, bool is_dup2)
+{
+    int rc = is_dup2 ? libc_dup2(oldfd, newfd) : libc_dup3(oldfd, newfd, flags);
+    if (rc >= 0 && oldfd != newfd && boxer_enabled())
+        send_unlisten(boxer_fd_dup(oldfd, newfd)); /* newfd was closed if it was open */
+    return rc;
+}
+
+static int boxer_fcntl(int fd, int cmd, void *arg)
+{
+    int rc = libc_fcntl(fd, cmd, arg);
+    if (rc >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && boxer_enabled())
+        send_unlisten(boxer_fd_dup(fd, rc));
+    return rc;
+}
+
+/* ---- exported symbols ------------------------------------------------------------------- */
+
+BOXER_EXPORT int socket(int domain, int type, int protocol)
+{
+    return boxer_socket(domain, type, protocol);
+}
+BOXER_EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    return boxer_bind(fd, addr, len);
+}
+BOXER_EXPORT int listen(int fd, int backlog) { return boxer_listen(fd, backlog); }
+BOXER_EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    return boxer_accept4(fd, addr, len, 0);
+}
+BOXER_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+    return boxer_accept4(fd, addr, len, flags);
+}
+BOXER_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    return boxer_connect(fd, addr, len);
+}
+BOXER_EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    return boxer_getsockname(fd, addr, len);
+}
+BOXER_EXPORT int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    return boxer_getpeername(fd, addr, len);
+}
+BOXER_EXPORT int close(int fd) { return boxer_close(fd); }
+BOXER_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
+{
+    return boxer_close_range(first, last, flags);
+}
+BOXER_EXPORT int dup(int oldfd) { return boxer_dup(oldfd); }
+BOXER_EXPORT int dup2(int oldfd, int newfd) { return boxer_dup3(oldfd, newfd, 0, true); }
+BOXER_EXPORT int dup3(int oldfd, int newfd, int flags)
+{
+    return boxer_dup3(oldfd, newfd, flags, false);
+}
+
+/* fcntl is variadic; every command's argument is an int, a long or a pointer, all passed in
+ * one register on the ABIs we support, so reading it as a pointer is lossless. fcntl64 is the
+ * name callers built with _FILE_OFFSET_BITS=64 use. */
+BOXER_EXPORT int fcntl(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    return boxer_fcntl(fd, cmd, arg);
+}
+BOXER_EXPORT int fcntl64(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    return boxer_fcntl(fd, cmd, arg);
+}
