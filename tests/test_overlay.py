@@ -1,0 +1,198 @@
+"""The overlay end to end, in the lab: unmodified programs on hosts behind real NATs.
+
+Every program here runs under `boxer run` inside a lab host (a network namespace behind its own
+MASQUERADE router that drops unsolicited inbound traffic), so each passing test crossed two real
+NATs through a hole-punched TCP connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+APPS = Path(__file__).parent / "apps"
+BOXER = [sys.executable, "-m", "boxer"]
+pytestmark = pytest.mark.lab
+
+if os.geteuid() != 0:
+    pytest.skip("lab tests need root (network namespaces, iptables); run as root to include them",
+                allow_module_level=True)
+for tool in ("redis-server", "redis-cli", "curl", "iptables", "gcc"):
+    if shutil.which(tool) is None:
+        pytest.skip(f"lab tests need {tool}: run scripts/install-deps.sh", allow_module_level=True)
+
+
+def boxer_run(name: str, *argv: str, extra: tuple[str, ...] = ()) -> list[str]:
+    return [*BOXER, "run", "--name", name, *extra, "--", *argv]
+
+
+def app(lab, host: str, name: str, *argv: str, timeout: float = 60, extra: tuple[str, ...] = ()):
+    return lab.run(host, boxer_run(name, *argv, extra=extra), capture_output=True, text=True, timeout=timeout)
+
+
+def client(lab, host: str, name: str, *args: str, timeout: float = 60) -> dict:
+    proc = app(lab, host, name, sys.executable, str(APPS / "client.py"), *args, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    from boxer.lab import lab_down, lab_up
+
+    name = f"ov{os.getpid() % 100000}"
+    lab = lab_up(name, hosts=3)
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(lab.popen("h1", boxer_run("kv", "redis-server", "--port", "6379", "--save", "",
+                                               "--appendonly", "no", "--protected-mode", "no"),
+                               stdout=subprocess.DEVNULL))
+        procs.append(lab.popen("h3", boxer_run("echo", sys.executable, str(APPS / "echo_server.py"), "7777")))
+        procs.append(lab.popen("h3", boxer_run("web", sys.executable, "-m", "http.server", "8080"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(APPS)))
+        deadline = time.monotonic() + 20
+        for target, port in (("kv", "6379"), ("echo", "7777"), ("web", "8080")):
+            while client(lab, "h2", "probe", "connect", target, port)["errno"] is not None:
+                assert time.monotonic() < deadline, f"{target} did not come up; see {lab.coordinator_log}"
+                time.sleep(0.2)
+        lab.servers = procs
+        yield lab
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        lab_down(name)
+
+
+def test_the_nat_is_real_without_boxer(lab):
+    h1 = lab.host("h1")
+    for target in (h1.address, h1.public_address):
+        proc = lab.run("h2", ["redis-cli", "-h", target, "-p", "6379", "-t", "1", "ping"],
+                       capture_output=True, text=True, timeout=20)
+        assert "PONG" not in proc.stdout, f"{target} was reachable directly: the lab NAT is not real"
+
+
+def test_redis_cli_talks_to_redis_server_across_two_nats(lab):
+    assert app(lab, "h2", "cli", "redis-cli", "-h", "kv", "ping").stdout.strip() == "PONG"
+    assert app(lab, "h2", "cli", "redis-cli", "-h", "kv", "set", "k", "v1").stdout.strip() == "OK"
+    assert app(lab, "h2", "cli", "redis-cli", "-h", "kv", "get", "k").stdout.strip() == "v1"
+
+
+def test_redis_sees_the_clients_overlay_address(lab):
+    out = app(lab, "h2", "cli2", "sh", "-c", "redis-cli -h kv client list; getent hosts cli2").stdout
+    client_line, hosts_line = out.strip().splitlines()
+    own_addr = hosts_line.split()[0]
+    assert own_addr.startswith("100.")
+    assert f"addr={own_addr}:" in client_line
+
+
+def test_getsockname_getpeername_and_hostname_are_overlay_values(lab):
+    seen = client(lab, "h2", "peerclient", "peer", "echo", "7777")
+    assert seen["client_peer"][0] == seen["server_own"][0]
+    assert seen["client_peer"][1] == "7777" == seen["server_own"][1]
+    assert seen["server_sees_peer"] == seen["client_sock"]
+    assert seen["server_sees_peer"][0].startswith("100.")
+    assert seen["client_hostname"] == "peerclient"
+    assert seen["server_hostname"] == "echo"
+
+
+def test_curl_against_python_http_server(lab):
+    proc = app(lab, "h2", "curler", "curl", "-sS", "--max-time", "10", "http://web:8080/client.py")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (APPS / "client.py").read_text()
+
+
+def test_64_concurrent_connections_from_many_threads(lab):
+    result = client(lab, "h2", "threads", "concurrent", "echo", "7777", "64", timeout=120)
+    assert result == {"ok": 64, "errors": []}
+
+
+def test_bulk_transfer_of_16_mb_right_after_the_punch_is_byte_exact(lab):
+    result = client(lab, "h2", "bulk", "bulk", "echo", "7777", str(16 * 1024 * 1024), timeout=120)
+    assert result["match"] is True
+
+
+def test_unknown_name_is_eai_noname(lab):
+    assert client(lab, "h2", "resolver", "resolve", "no-such-host") == {"error": "EAI_NONAME"}
+    assert client(lab, "h2", "resolver", "resolve", "kv")["addresses"][0].startswith("100.")
+
+
+def test_nothing_listening_is_econnrefused_within_100_ms(lab):
+    result = client(lab, "h2", "refused", "connect", "kv", "6390")
+    assert result["errno"] == "ECONNREFUSED"
+    assert result["seconds"] < 0.1
+
+
+def test_no_such_instance_is_ehostunreach(lab):
+    result = client(lab, "h2", "unreach", "connect", "100.127.255.1", "80")
+    assert result["errno"] == "EHOSTUNREACH"
+
+
+def test_failed_punch_is_etimedout(lab):
+    # Drop everything from h1's router at h2's router: the coordinator still brokers, but no SYN
+    # can cross, as behind a NAT that filters what we cannot punch.
+    r2 = lab.host("h2").router_netns
+    rule = ["-s", lab.host("h1").public_address, "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", r2, "iptables", "-I", "FORWARD", *rule], check=True)
+    try:
+        proc = app(lab, "h2", "blocked", sys.executable, str(APPS / "client.py"), "connect", "kv", "6379",
+                   extra=("--connect-timeout", "1.5"))
+        result = json.loads(proc.stdout)
+        assert result["errno"] == "ETIMEDOUT"
+        assert 1.0 < result["seconds"] < 3.0
+    finally:
+        subprocess.run(["ip", "netns", "exec", r2, "iptables", "-D", "FORWARD", *rule], check=True)
+
+
+def test_exit_status_is_the_applications(lab):
+    assert app(lab, "h2", "exiter", "sh", "-c", "exit 7").returncode == 7
+
+
+def test_wrong_secret_is_refused_and_the_app_never_starts(lab, tmp_path):
+    secret = tmp_path / "wrong"
+    secret.write_text("00" * 32)
+    marker = tmp_path / "started"
+    proc = lab.run("h2", boxer_run("wrong", "touch", str(marker)), capture_output=True, text=True,
+                   env={**os.environ, "BOXER_SECRET_FILE": str(secret)}, timeout=30)
+    assert proc.returncode == 2
+    assert "wrong deployment secret" in proc.stderr
+    assert not marker.exists()
+
+
+def test_unreachable_coordinator_is_a_clear_error_and_the_app_never_starts(lab, tmp_path):
+    marker = tmp_path / "started"
+    proc = lab.run("h2", boxer_run("lost", "touch", str(marker), extra=("--coordinator", "198.18.0.1:7999")),
+                   capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "cannot reach the coordinator at 198.18.0.1:7999" in proc.stderr
+    assert not marker.exists()
+
+
+def test_static_and_setuid_binaries_are_refused_with_the_reason(lab, tmp_path):
+    source = tmp_path / "hello.c"
+    source.write_text("int main(void) { return 0; }\n")
+    static = tmp_path / "hello-static"
+    build = subprocess.run(["gcc", "-static", "-o", str(static), str(source)], capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.skip(f"no static libc to build a static test binary: {build.stderr.strip()[:200]}")
+    proc = app(lab, "h2", "static", str(static))
+    assert proc.returncode == 126
+    assert "statically linked" in proc.stderr
+
+    setuid = tmp_path / "true-setuid"
+    shutil.copy("/bin/true", setuid)
+    os.chmod(setuid, 0o4755)
+    proc = app(lab, "h2", "setuid", str(setuid))
+    assert proc.returncode == 126
+    assert "setuid" in proc.stderr
