@@ -102,8 +102,12 @@ class ConcurrencyLimiter:
         if self._in_use <= 0:
             raise RuntimeError("release() without acquire()")
         self._in_use -= 1
-        # Wake a waiter from whatever context ended the handle (may be sync code).
-        asyncio.get_running_loop().create_task(self._notify())
+        # Handles may end from sync code; waiters only exist inside a running loop.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.create_task(self._notify())
 
     async def _notify(self) -> None:
         async with self._freed:
