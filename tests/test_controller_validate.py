@@ -1,0 +1,257 @@
+"""Validation of deployment files: exact messages with file:line, path, value, what is allowed."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from boxer.cli import main
+from controller.errors import DeploymentFileError, Issue
+from controller.validate import load_deployment, parse_deployment
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "web-autoscale" / "deploy.yaml"
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(DeploymentFileError) as caught:
+        parse_deployment(textwrap.dedent(text), "d.yaml")
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_example_is_valid() -> None:
+    deployment = load_deployment(EXAMPLE)
+    assert set(deployment.services) == {"web", "api"}
+    api = deployment.services["api"]
+    assert api.autoscale is not None and api.autoscale.target == 10
+    assert api.autoscale.behavior.scale_up.policies[0].value == 12
+
+
+def test_unknown_field_gets_did_you_mean_and_allowed_list() -> None:
+    found = problems("""\
+        services:
+          web:
+            command: [srv]
+            autoscale:
+              target: 10
+              stableWindow: 30
+        """)
+    assert found == [
+        "d.yaml:6: services.web.autoscale.stableWindow: unknown field 'stableWindow'; did you"
+        " mean 'stableWindowSeconds'? allowed here: metric, target, stableWindowSeconds,"
+        " panicWindowSeconds, panicThresholdPercentage, activationThreshold,"
+        " scaleToZeroGracePeriodSeconds, scaleFromZeroTimeoutSeconds, behavior"
+    ]
+
+
+def test_snake_case_spelling_is_matched_to_camel_case() -> None:
+    found = problems("""\
+        services:
+          web:
+            command: [srv]
+            min_instances: 2
+        """)
+    assert found[0].startswith(
+        "d.yaml:4: services.web.min_instances: unknown field 'min_instances'; did you mean"
+        " 'minInstances'?")
+
+
+def test_several_errors_at_once_in_file_order() -> None:
+    found = problems("""\
+        backend: lamda
+        services:
+          web:
+            command: [srv]
+            placement: functon
+            minInstances: -1
+            autoscale:
+              metric: connections
+              target: 0
+        """)
+    assert found == [
+        "d.yaml:1: backend: got 'lamda': Input should be 'local', 'lambda' or 'lambda-local';"
+        " did you mean 'lambda'?",
+        "d.yaml:5: services.web.placement: got 'functon': Input should be 'vm' or 'function';"
+        " did you mean 'function'?",
+        "d.yaml:6: services.web.minInstances: got -1: Input should be greater than or equal to 0",
+        "d.yaml:8: services.web.autoscale.metric: got 'connections': Input should be"
+        " 'activeConnections', 'connectionsPerSecond' or 'cpu'; did you mean 'activeConnections'?",
+        "d.yaml:9: services.web.autoscale.target: got 0: Input should be greater than 0",
+    ]
+
+
+def test_missing_and_wrongly_typed_fields() -> None:
+    found = problems("""\
+        services:
+          web:
+            env: {PORT: yes}
+          db:
+            command: redis-server
+        """)
+    assert found == [
+        "d.yaml:2: services.web.command: required field is missing",
+        "d.yaml:3: services.web.env.PORT: got True: Input should be a valid string (YAML reads"
+        " yes/no/on/off/true/false as booleans: quote the text)",
+        "d.yaml:5: services.db.command: got 'redis-server': Input should be a list",
+    ]
+
+
+def test_bad_names() -> None:
+    found = problems("""\
+        services:
+          Web_1:
+            command: [srv]
+            env: {9LIVES: x}
+        """)
+    assert found == [
+        "d.yaml:2: services.Web_1: got 'Web_1': invalid name: use lowercase letters, digits and"
+        " '-', not at either end, at most 63 characters (a DNS label: this name is a host name"
+        " on the overlay)",
+        "d.yaml:4: services.Web_1.env.9LIVES: got '9LIVES': invalid name: use letters, digits"
+        " and '_', not starting with a digit",
+    ]
+
+
+def test_cross_field_messages_show_the_values() -> None:
+    found = problems("""\
+        services:
+          web:
+            command: [srv]
+            placement: vm
+            maxLifetimeSeconds: 300
+            minInstances: 5
+            maxInstances: 3
+            autoscale:
+              target: 120
+              metric: cpu
+              panicWindowSeconds: 60
+              stableWindowSeconds: 30
+          api:
+            command: [srv]
+            renewalMarginSeconds: 120
+            maxLifetimeSeconds: 100
+        """)
+    assert found == [
+        "d.yaml:5: services.web.maxLifetimeSeconds: maxLifetimeSeconds applies to `function`"
+        " placement only; this service has placement `vm`, whose instances have no lifetime"
+        " limit",
+        "d.yaml:6: services.web.minInstances: minInstances (5) must be <= maxInstances (3)",
+        "d.yaml:9: services.web.autoscale.target: target 120 for metric cpu is a utilisation in"
+        " percent of one instance's CPU; allowed: above 0 and at most 100",
+        "d.yaml:11: services.web.autoscale.panicWindowSeconds: panicWindowSeconds (60) must be"
+        " shorter than stableWindowSeconds (30)",
+        "d.yaml:15: services.api.renewalMarginSeconds: renewalMarginSeconds (120) must be below"
+        " the instance lifetime maxLifetimeSeconds (100), or every instance would be renewed as"
+        " soon as it starts",
+    ]
+
+
+def test_fixed_size_rules_and_name_clashes() -> None:
+    found = problems("""\
+        services:
+          kv:
+            command: [srv]
+            minInstances: 0
+          web:
+            command: [srv]
+            maxInstances: 3
+          api:
+            command: [srv]
+            hostnames: [web-2, a]
+            minInstances: 2
+            maxInstances: 2
+        """)
+    assert found == [
+        "d.yaml:4: services.kv.minInstances: minInstances 0 needs an autoscale block (scaling"
+        " from and to zero is part of the autoscale policy); add `autoscale:` or use"
+        " minInstances >= 1",
+        "d.yaml:7: services.web.maxInstances: maxInstances (3) is above minInstances (1) but the"
+        " service has no autoscale block, so nothing would ever scale it; add `autoscale:` or"
+        " set maxInstances to 1",
+        "d.yaml:10: services.api.hostnames[0]: host name 'web-2' is used twice: by service"
+        " 'web' and by service 'api'; service and instance names must be unique",
+    ]
+
+
+def test_duplicate_keys_are_reported() -> None:
+    found = problems("""\
+        services:
+          web:
+            command: [a]
+            command: [b]
+        """)
+    assert found == [
+        "d.yaml:4: services.web.command: field written twice (first on line 3); YAML keeps only"
+        " the last one, so remove one of them"
+    ]
+
+
+def test_yaml_syntax_error_and_wrong_top_level() -> None:
+    assert problems("services: [a\n") == [
+        "d.yaml:2: (top level): not valid YAML: expected ',' or ']', but got '<stream end>'"
+    ]
+    assert problems("- a\n") == [
+        "d.yaml:1: (top level): the file must be a mapping with at least `services:`; got list"
+    ]
+    assert problems("") == [
+        "d.yaml:1: (top level): the file must be a mapping with at least `services:`; got"
+        " NoneType"
+    ]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(DeploymentFileError) as caught:
+        load_deployment(tmp_path / "nope.yaml")
+    assert caught.value.issues[0].message.startswith("cannot read the file: [Errno 2]")
+
+
+def test_error_needs_issues() -> None:
+    with pytest.raises(ValueError, match="at least one issue"):
+        DeploymentFileError([])
+    issue = Issue("f", 3, "a.b", 1, "bad")
+    assert issue.to_dict() == {"file": "f", "line": 3, "path": "a.b", "value": 1,
+                               "message": "bad"}
+
+
+class TestCheckCommand:
+    def test_valid_file_exits_zero_with_summary(self) -> None:
+        result = CliRunner().invoke(main, ["check", str(EXAMPLE)])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert lines[0] == f"{EXAMPLE}: valid, backend local, 2 services"
+        assert lines[1].split() == ["web", "vm", "instances", "1..1", "fixed", "size"]
+        assert lines[2].split() == ["api", "function", "instances", "0..40", "activeConnections",
+                                    "target", "10"]
+
+    def test_invalid_file_exits_one_without_traceback(self, tmp_path: Path) -> None:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("services:\n  web:\n    comand: [x]\n")
+        result = CliRunner().invoke(main, ["check", str(bad)])
+        assert result.exit_code == 1
+        assert "Traceback" not in result.output
+        assert result.output.splitlines() == [
+            f"{bad}: 2 problems",
+            f"{bad}:2: services.web.command: required field is missing",
+            f"{bad}:3: services.web.comand: unknown field 'comand'; did you mean 'command'?"
+            " allowed here: command, env, placement, baseCapacity, minInstances, maxInstances,"
+            " restartPolicy, hostnames, autoscale, maxLifetimeSeconds, renewalMarginSeconds",
+        ]
+
+    def test_json_output(self, tmp_path: Path) -> None:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("services:\n  web:\n    command: [x]\n    minInstances: many\n")
+        result = CliRunner().invoke(main, ["check", "-o", "json", str(bad)])
+        assert result.exit_code == 1
+        assert json.loads(result.output) == {"valid": False, "errors": [{
+            "file": str(bad), "line": 4, "path": "services.web.minInstances", "value": "many",
+            "message": "got 'many': Input should be a valid integer, unable to parse string as"
+                       " an integer",
+        }]}
+        good = CliRunner().invoke(main, ["check", "-o", "json", str(EXAMPLE)])
+        assert good.exit_code == 0
+        assert json.loads(good.output)["services"][1] == {
+            "name": "api", "placement": "function", "minInstances": 0, "maxInstances": 40,
+            "autoscale": "activeConnections target 10"}
