@@ -1,0 +1,57 @@
+#!/bin/sh
+# Install what boxer, its lab and its examples need on a fresh Debian 12, as root. Idempotent:
+# running it again installs nothing new and leaves the same state.
+#
+#   sudo scripts/install-deps.sh
+set -eu
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps.sh: run as root (it uses apt-get)" >&2
+    exit 1
+fi
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+services="redis-server nginx memcached"
+packages="iproute2 iptables nftables conntrack redis-server redis-tools iperf3 nginx-light curl
+memcached libmemcached-tools python3-dev gcc"
+
+# Debian starts a daemon as soon as its package is installed. redis, nginx and memcached would
+# then hold ports 6379, 80 and 11211 in the machine's own namespace, where nothing of ours should
+# run: the examples start these programs themselves, inside lab hosts. A policy-rc.d that answers
+# 101 ("action not allowed") stops invoke-rc.d from starting anything while we install; it is
+# removed again on any exit, and only if we put it there.
+policy=/usr/sbin/policy-rc.d
+own_policy=no
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    own_policy=yes
+fi
+cleanup() {
+    if [ "$own_policy" = yes ]; then rm -f "$policy"; fi
+}
+trap cleanup EXIT INT TERM
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+# shellcheck disable=SC2086  # word splitting of the package list is intended
+apt-get install -y --no-install-recommends $packages
+
+# Packages installed before this script ran (or while another policy allowed it) may have
+# started their daemons; stop them and keep them from starting at boot.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    for service in $services; do
+        systemctl disable --now "$service" >/dev/null 2>&1 || true
+    done
+else
+    for service in $services; do
+        if [ -x "/etc/init.d/$service" ]; then
+            "/etc/init.d/$service" stop >/dev/null 2>&1 || true
+            update-rc.d "$service" disable >/dev/null 2>&1 || true
+        fi
+    done
+fi
+
+cd "$repo"
+python3 -m pip install -e '.[test]'
+echo "install-deps.sh: done; try: sudo boxer lab up --hosts 2"
