@@ -62,7 +62,6 @@ def lab():
             while client(lab, "h2", "probe", "connect", target, port)["errno"] is not None:
                 assert time.monotonic() < deadline, f"{target} did not come up; see {lab.coordinator_log}"
                 time.sleep(0.2)
-        lab.servers = procs
         yield lab
     finally:
         for proc in procs:
@@ -163,8 +162,8 @@ def test_wrong_secret_is_refused_and_the_app_never_starts(lab, tmp_path):
     secret = tmp_path / "wrong"
     secret.write_text("00" * 32)
     marker = tmp_path / "started"
-    proc = lab.run("h2", boxer_run("wrong", "touch", str(marker)), capture_output=True, text=True,
-                   env={**os.environ, "BOXER_SECRET_FILE": str(secret)}, timeout=30)
+    proc = lab.run("h2", boxer_run("wrong", "touch", str(marker), extra=("--secret-file", str(secret))),
+                   capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "wrong deployment secret" in proc.stderr
     assert not marker.exists()

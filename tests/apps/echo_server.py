@@ -18,7 +18,8 @@ class Handler(socketserver.StreamRequestHandler):
         if not command:
             return
         if command[0] == "ECHO":
-            while chunk := self.request.recv(65536):
+            # read1: bytes that arrived with the command line sit in rfile's buffer already
+            while chunk := self.rfile.read1(65536):
                 self.request.sendall(chunk)
         elif command[0] == "SHA":
             remaining = int(command[1])
