@@ -161,6 +161,7 @@ void boxer_fd_update(int fd, const struct boxer_sock *info)
         /* fd now differs from its dups (e.g. its socket was replaced by connect): split. */
         s->refcount--;
         s = fresh;
+        s->refcount = 1;
         fresh = NULL;
         slots[fd] = s;
     }

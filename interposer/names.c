@@ -112,7 +112,7 @@ static int service_port(const char *service, size_t i, bool numeric_only, int *e
             *err = EAI_SERVICE;
             return -1;
         }
-        return socktypes[i].proto_name == NULL ? -1 : (int)n;
+        return (int)n; /* glibc gives raw entries the port, too */
     }
     if (numeric_only) {
         *err = EAI_NONAME;
@@ -145,6 +145,8 @@ static int build_addrinfo(const char *service, const struct addrinfo *hints, str
     }
     if (socktype != 0 && socktype != SOCK_STREAM && socktype != SOCK_DGRAM && socktype != SOCK_RAW)
         return EAI_SOCKTYPE;
+    if (socktype == SOCK_RAW && service != NULL)
+        return EAI_SERVICE; /* raw sockets have no services */
 
     struct addrinfo *head = NULL, **tail = &head;
     int err = 0;
@@ -152,7 +154,9 @@ static int build_addrinfo(const char *service, const struct addrinfo *hints, str
     for (size_t i = 0; i < NSOCKTYPES; i++) {
         if (socktype != 0 && socktype != socktypes[i].socktype)
             continue;
-        if (protocol != 0 && socktypes[i].protocol != 0 && protocol != socktypes[i].protocol)
+        /* A protocol in the hints selects its socket type; raw only when asked for. */
+        if (protocol != 0 && socktypes[i].protocol != protocol &&
+            !(socktypes[i].socktype == SOCK_RAW && socktype == SOCK_RAW))
             continue;
         any_type = true;
         int port = service_port(service, i, flags & AI_NUMERICSERV, &err);
@@ -188,7 +192,7 @@ static int build_addrinfo(const char *service, const struct addrinfo *hints, str
         tail = &ai->ai_next;
     }
     if (err == 0 && !any_type)
-        err = socktype != 0 ? EAI_SERVICE : EAI_SOCKTYPE; /* protocol does not fit socktype */
+        err = EAI_SOCKTYPE; /* the protocol does not fit the socket type */
     if (err == 0 && head == NULL)
         err = EAI_SERVICE; /* the service exists for none of the socket types */
     if (err == 0 && (flags & AI_CANONNAME)) {
