@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from pyroute2 import IPRoute
 
@@ -53,36 +54,41 @@ class _Namespaces:
 
 
 def _index(ipr: IPRoute, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise RuntimeError(f"interface {ifname} vanished right after creating it")
-    return int(found[0])
+    # A targeted RTM_GETLINK by name: link_lookup() would dump every link, which is quadratic
+    # on the bridge's namespace of a 200-host lab.
+    return int(ipr.link("get", ifname=ifname)[0]["index"])
 
 
-def _veth(ns: _Namespaces, left_ns: str, left: str, right_ns: str, right: str) -> None:
-    """A veth pair: `left` in `left_ns`, `right` in `right_ns`; both down, no addresses."""
+def _veth(
+    ns: _Namespaces, left_ns: str, left: str, right_ns: str, right: str, **left_attrs: Any
+) -> None:
+    """A veth pair: `left` in `left_ns` (with `left_attrs`, e.g. master, state), `right` in
+    `right_ns` (down, no addresses)."""
     right_fd = _netns.open_fd(right_ns)
     try:
         ns[left_ns].link(
-            "add", ifname=left, kind="veth", peer={"ifname": right, "net_ns_fd": right_fd}
+            "add",
+            ifname=left,
+            kind="veth",
+            peer={"ifname": right, "net_ns_fd": right_fd},
+            **left_attrs,
         )
     finally:
         os.close(right_fd)
 
 
 def _up(ipr: IPRoute, ifname: str, address: str | None = None, prefixlen: int = 0) -> None:
-    index = _index(ipr, ifname)
+    index = 1 if ifname == "lo" else _index(ipr, ifname)  # lo is always 1 in a namespace
     if address is not None:
         ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
     ipr.link("set", index=index, state="up")
 
 
-def _build_host(ns: _Namespaces, plan: LabPlan, host: LabHost) -> None:
+def _build_host(ns: _Namespaces, plan: LabPlan, host: LabHost, bridge: int) -> None:
     inet, router, lan = plan.internet_netns, host.router_netns, host.netns
-    _veth(ns, router, UPLINK_IF, inet, host.bridge_port)
+    # Created from the bridge's side so it is enslaved and up in the same request.
+    _veth(ns, inet, host.bridge_port, router, UPLINK_IF, master=bridge, state="up")
     _veth(ns, router, LAN_IF, lan, LAN_IF)
-    bridge = _index(ns[inet], BRIDGE_IF)
-    ns[inet].link("set", index=_index(ns[inet], host.bridge_port), master=bridge, state="up")
     _up(ns[router], "lo")
     _up(ns[router], UPLINK_IF, host.public_address, INTERNET_PREFIX)
     _up(ns[router], LAN_IF, host.gateway, LAN_PREFIX)
@@ -97,17 +103,15 @@ def build(plan: LabPlan) -> None:
     with _Namespaces() as ns:
         inet, coord = plan.internet_netns, plan.coordinator_netns
         _up(ns[inet], "lo")
-        ns[inet].link("add", ifname=BRIDGE_IF, kind="bridge")
-        _up(ns[inet], BRIDGE_IF)
-
-        _veth(ns, coord, UPLINK_IF, inet, COORD_PORT_IF)
+        ns[inet].link("add", ifname=BRIDGE_IF, kind="bridge", state="up")
         bridge = _index(ns[inet], BRIDGE_IF)
-        ns[inet].link("set", index=_index(ns[inet], COORD_PORT_IF), master=bridge, state="up")
+
+        _veth(ns, inet, COORD_PORT_IF, coord, UPLINK_IF, master=bridge, state="up")
         _up(ns[coord], "lo")
         _up(ns[coord], UPLINK_IF, COORDINATOR_ADDRESS, INTERNET_PREFIX)
 
         for host in plan.hosts:
-            _build_host(ns, plan, host)
+            _build_host(ns, plan, host, bridge)
             # Close as we go: a 200-host lab would otherwise hold 400 netlink sockets open.
             for name in (host.router_netns, host.netns):
                 ns.close(name)
