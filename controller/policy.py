@@ -190,7 +190,10 @@ class _ServiceTick:
         self.serial = serial
         self.decisions: list[Decision] = []
         self.desired = 0
-        self._present_indexes: set[int] = set()
+        # Indexes taken this tick; only ever grows within a tick, so the search for the lowest
+        # free one can resume where it stopped (keeps a burst of starts linear).
+        self._used_indexes: set[int] = set()
+        self._free_cursor = 1
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -204,7 +207,6 @@ class _ServiceTick:
     def _bookkeeping(self, instances: list[InstanceSignals]) -> list[InstanceSignals]:
         st = self.state
         present = {instance.id for instance in instances}
-        self._present_indexes = {instance.index for instance in instances}
         starting = tuple(start for start in st.starting if start.id not in present)
         awaited = present | {start.id for start in starting}
         self.state = replace(
@@ -222,6 +224,8 @@ class _ServiceTick:
                                      " of being started")
         self.state = replace(self.state, starting=tuple(
             start for start in self.state.starting if start.id not in self.state.stopping))
+        self._used_indexes = {instance.index for instance in instances}
+        self._used_indexes.update(start.index for start in self.state.starting)
         return [instance for instance in instances if instance.id not in self.state.stopping]
 
     def _failures(self, live: list[InstanceSignals]) -> list[InstanceSignals]:
@@ -305,7 +309,8 @@ class _ServiceTick:
             running = {i.name for i in counted} | {s.name for s in st.starting}
             for host in self._hosts_to_start(pending, running, current):
                 index = self._index_of(host)
-                self._start(self._next_placement(counted), f"connect to {host} waiting since"
+                self._start(self.service.placement_for(self._vm_count(counted)),
+                            f"connect to {host} waiting since"
                             f" {min(p.since for p in pending):.3f}", index=index)
                 current += 1
             st = self.state
@@ -386,8 +391,11 @@ class _ServiceTick:
             return
         st = self.state
         if delta > 0:
+            on_vm = self._vm_count(counted)
             for _ in range(delta):
-                self._start(self._next_placement(counted), f"scale up {current} -> {target}")
+                placement = self.service.placement_for(on_vm)
+                on_vm += placement is Placement.VM
+                self._start(placement, f"scale up {current} -> {target}")
             self.state = replace(self.state, scale_events=(*st.scale_events, (self.now, delta)),
                                  last_scale_up=self.now)
             return
@@ -432,24 +440,24 @@ class _ServiceTick:
             return self.service.hostnames.index(host) + 1
         return None
 
-    def _next_placement(self, counted: list[InstanceSignals]) -> Placement:
+    def _vm_count(self, counted: list[InstanceSignals]) -> int:
+        """This service's instances on vm, running or starting (base capacity fills first)."""
         on_vm = sum(1 for i in counted if i.placement is Placement.VM)
-        on_vm += sum(1 for s in self.state.starting if s.placement is Placement.VM)
-        return self.service.placement_for(on_vm)
+        return on_vm + sum(1 for s in self.state.starting if s.placement is Placement.VM)
 
     def _draining(self, instance: InstanceSignals) -> bool:
         return instance.draining or instance.id in self.state.draining
 
     def _free_index(self) -> int:
-        used = {s.index for s in self.state.starting} | self._present_indexes
-        index = 1
-        while index in used:
-            index += 1
-        return index
+        used = self._used_indexes
+        while self._free_cursor in used:
+            self._free_cursor += 1
+        return self._free_cursor
 
     def _start(self, placement: Placement, reason: str, index: int | None = None) -> str:
         if index is None:
             index = self._free_index()
+        self._used_indexes.add(index)
         self.serial += 1
         name = self.service.instance_name(self.name, index)
         instance_id = f"{name}.{self.serial}"
