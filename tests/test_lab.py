@@ -21,13 +21,16 @@ from boxer.lab import (
     LabExistsError,
     LabNotFoundError,
     LabUsageError,
+    _firewall,
+    _netns,
+    _process,
+    _state,
     host_plan,
     lab_down,
     lab_plan,
     lab_up,
     load_lab,
 )
-from boxer.lab import _firewall, _netns, _process, _state
 from boxer.lab._plan import parse_host_name
 from boxer.lab.commands import lab as lab_cli
 
@@ -302,7 +305,7 @@ def test_popen_and_exec_set_the_lab_environment(small_lab: Lab) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "boxer", "lab", "exec", "--name", small_lab.name, "h1", "--",
          "sh", "-c", 'echo "$BOXER_LAB_HOST $BOXER_SECRET_FILE"; ip -o -4 addr show bx-lan; exit 7'],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True, text=True, timeout=30, check=False,
     )
     assert result.returncode == 7, result.stderr
     first, second = result.stdout.splitlines()[:2]
@@ -381,10 +384,10 @@ def test_down_after_a_crash_without_state(small_lab: Lab) -> None:
 @pytest.mark.lab
 def test_nothing_appears_in_the_root_namespace(lab_factory, standin_coordinator) -> None:  # type: ignore[no-untyped-def]
     before = root_links()
-    routes_before = subprocess.run(["ip", "-o", "route"], capture_output=True, text=True).stdout
+    routes_before = subprocess.run(["ip", "-o", "route"], capture_output=True, text=True, check=True).stdout
     lab = lab_factory(hosts=2, coordinator_cmd=standin_coordinator)
     assert root_links() == before
-    assert subprocess.run(["ip", "-o", "route"], capture_output=True, text=True).stdout == routes_before
+    assert subprocess.run(["ip", "-o", "route"], capture_output=True, text=True, check=True).stdout == routes_before
     lab_down(lab.name)
     assert root_links() == before
 

@@ -61,12 +61,16 @@ def port_forward_rules(
     return "\n".join(
         [
             "*nat",
-            f"-A PREROUTING -i {uplink} -p tcp --dport {port} "
-            f"-j DNAT --to-destination {host_address}:{port}",
+            (
+                f"-A PREROUTING -i {uplink} -p tcp --dport {port} "
+                f"-j DNAT --to-destination {host_address}:{port}"
+            ),
             "COMMIT",
             "*filter",
-            f"-A FORWARD -i {uplink} -o {lan} -p tcp -d {host_address} --dport {port} "
-            "-m conntrack --ctstate DNAT -j ACCEPT",
+            (
+                f"-A FORWARD -i {uplink} -o {lan} -p tcp -d {host_address} --dport {port} "
+                "-m conntrack --ctstate DNAT -j ACCEPT"
+            ),
             "COMMIT",
             "",
         ]

@@ -138,11 +138,11 @@ class Lab:
         return subprocess.Popen(self.command(host, argv), env=env, **popen_kwargs)
 
     def run(
-        self, host: str, argv: Sequence[str], **run_kwargs: Any
+        self, host: str, argv: Sequence[str], *, check: bool = False, **run_kwargs: Any
     ) -> subprocess.CompletedProcess[Any]:
         """Run `argv` inside `host` to completion (subprocess.run keyword arguments)."""
         env = self.env(host, run_kwargs.pop("env", None))
-        return subprocess.run(self.command(host, argv), env=env, **run_kwargs)
+        return subprocess.run(self.command(host, argv), env=env, check=check, **run_kwargs)
 
     def port_forward(self, host: str, port: int) -> str:
         """Open public_address:port on `host`'s router to host:port (DNAT); return the public

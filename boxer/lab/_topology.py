@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any
 
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
 from boxer.lab import _netns
 from boxer.lab._plan import (
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class _Namespaces:
-    """One IPRoute per namespace, opened on first use; a context manager that closes them all."""
+    """One IPRoute per namespace, opened on first use."""
 
     def __init__(self) -> None:
         self._routes: dict[str, IPRoute] = {}
@@ -45,10 +45,7 @@ class _Namespaces:
         if ipr is not None:
             ipr.close()
 
-    def __enter__(self) -> _Namespaces:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close_all(self) -> None:
         for name in list(self._routes):
             self.close(name)
 
@@ -100,7 +97,8 @@ def _build_host(ns: _Namespaces, plan: LabPlan, host: LabHost, bridge: int) -> N
 
 def build(plan: LabPlan) -> None:
     """Create the interfaces, addresses and routes of `plan` in its (existing) namespaces."""
-    with _Namespaces() as ns:
+    ns = _Namespaces()
+    try:
         inet, coord = plan.internet_netns, plan.coordinator_netns
         _up(ns[inet], "lo")
         ns[inet].link("add", ifname=BRIDGE_IF, kind="bridge", state="up")
@@ -116,3 +114,5 @@ def build(plan: LabPlan) -> None:
             for name in (host.router_netns, host.netns):
                 ns.close(name)
         log.debug("wired lab %s: %d hosts", plan.name, len(plan.hosts))
+    finally:
+        ns.close_all()
