@@ -574,3 +574,49 @@ def test_under_address_and_undefined_sanitizers(gcc, probe, agent, echo_port, ba
     _serve_one(agent, r, "inet", True)
     r.expect("done")
     r.finish()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_redis_server_and_cli(lib, agent, request, tmp_path):
+    """redis-server listens under the interposer and gets an overlay connection through
+    accept; redis-cli reaches it by overlay name through connect."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        pytest.skip("redis-server/redis-cli not installed")
+    port = _free_port()
+    env = env_for(agent, lib)
+    # protected-mode: redis refuses non-loopback peers without a password, and it does see the
+    # overlay peer as remote (exactly as on a real network).
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "0.0.0.0", "--save", "",
+                             "--protected-mode", "no",
+                             "--appendonly", "no", "--dir", str(tmp_path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    request.addfinalizer(stop)
+    agent.wait_for(lambda m: m.op == ipc.Op.LISTEN and m.port == port and m.pid == proc.pid)
+    with agent.deliver(port, PEER) as remote:
+        remote.settimeout(10)
+        remote.sendall(b"CLIENT INFO\r\n")
+        info = remote.recv(4096).decode()
+    assert f"addr={PEER[0]}:{PEER[1]}" in info and f"laddr={OWN}:{port}" in info, info
+    agent.routes[(KV, 6379)] = port
+    r = subprocess.run([cli, "-h", "kv-1", "-p", "6379", "CLIENT", "INFO"], env=env,
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    # The server saw a genuine local connection from the agent's TCP socket; the client saw
+    # the overlay name resolve and connect.
+    assert "addr=127.0.0.1:" in r.stdout, r.stdout
+    assert ("CONNECT", KV, 6379) in agent.ops()
