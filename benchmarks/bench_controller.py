@@ -88,7 +88,7 @@ def measure(size: int, ticks: int) -> dict[str, float]:
 
 def _seed(spec: Deployment, size: int, state: ControllerState) -> ControllerState:
     """Feed 60 one-second ticks of the running fleet so the windows are full."""
-    for t in range(0, 60):
+    for t in range(60):
         outcome = decide(spec, Signals(fleet(size, float(t), 10)), state, float(t))
         if outcome.decisions:
             raise RuntimeError(f"warm-up tick {t} decided {outcome.decisions[:3]}")

@@ -39,6 +39,7 @@ __all__ = [
     "Outcome",
     "Start",
     "Stop",
+    "DEFAULT_TIMINGS",
     "Timings",
     "decide",
     "pick_instance",
@@ -49,14 +50,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Start:
-    """Start one instance. `instance_id` is new; `name`/`index` are its identity in the app."""
+    """Start one instance. `instance_id` is new; `name`/`index` are its identity in the app
+    (what `Service.render` fills into `{name}`/`{index}`)."""
 
     service: str
     placement: Placement
     reason: str
-    instance_id: str = ""
-    name: str = ""
-    index: int = 0
+    instance_id: str
+    name: str
+    index: int
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ class Timings:
     drain_timeout: float = 60.0  # a draining instance still holding connections is stopped
 
 
+DEFAULT_TIMINGS = Timings()
+
+
 @dataclass(frozen=True)
 class Outcome:
     decisions: tuple[Decision, ...]
@@ -101,7 +106,7 @@ def decide(
     signals: Signals,
     state: ControllerState,
     now: float,
-    timings: Timings = Timings(),
+    timings: Timings = DEFAULT_TIMINGS,
 ) -> Outcome:
     """Turn this tick's signals into decisions and the controller's next state."""
     by_service: dict[str, list[InstanceSignals]] = {name: [] for name in policy.services}
@@ -140,7 +145,7 @@ def pick_instance(
     service: str,
     now: float,
     state: ControllerState | None = None,
-    timings: Timings = Timings(),
+    timings: Timings = DEFAULT_TIMINGS,
 ) -> InstanceSignals | None:
     """The instance a new connection to `service` goes to: least active connections among live,
     ready, non-draining instances (ties: lowest index). None when there is none."""
@@ -297,9 +302,10 @@ class _ServiceTick:
     def _scale(self, live: list[InstanceSignals], pending: list[PendingConnect]) -> None:
         svc = self.service
         st = self.state
-        leaving = set(st.renewing) | set(st.stopping)
-        serving = [i for i in live if not self._draining(i) and i.id not in st.stopping]
-        counted = [i for i in serving if i.id not in leaving]
+        # `live` excludes stopped instances; draining ones serve no new connections, and an
+        # instance being renewed is already counted through its replacement.
+        serving = [i for i in live if not self._draining(i)]
+        counted = [i for i in serving if i.id not in st.renewing]
         current = len(counted) + len(st.starting)
         ceiling = max(0, svc.effective_max_instances - st.retired)
         floor = min(svc.min_instances, ceiling)
@@ -313,7 +319,6 @@ class _ServiceTick:
                             f"connect to {host} waiting since"
                             f" {min(p.since for p in pending):.3f}", index=index)
                 current += 1
-            st = self.state
 
         if svc.autoscale is None:
             target = floor  # a fixed-size service: exactly minInstances

@@ -93,12 +93,8 @@ def stabilize(
             up = min(up, count)
         if at >= now - down_window:
             down = max(down, count)
-    result = current
-    if result < up:
-        result = up
-    if result > down:
-        result = down
-    return result
+    # Rise to the lowest recent wish, fall to the highest: between the two, stay.
+    return min(max(current, up), down)
 
 
 def rate_limit(

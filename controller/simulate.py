@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from controller.policy import Decision, Drain, Start, Stop, Timings, decide
+from controller.policy import DEFAULT_TIMINGS, Decision, Drain, Start, Stop, Timings, decide
 from controller.signals import ControllerState, InstanceSignals, PendingConnect, Signals
 from controller.spec import Deployment, Placement
 
@@ -35,6 +35,9 @@ class World:
     )
     accepts_per_connection: float = 0.1  # new connections per second per held connection
     cpu_per_connection: float = 1.0  # percent of an instance's CPU per held connection
+
+
+_DEFAULT_WORLD = World()
 
 
 @dataclass
@@ -78,8 +81,8 @@ class Simulation:
         self,
         deployment: Deployment,
         loads: Mapping[str, LoadCurve],
-        world: World = World(),
-        timings: Timings = Timings(),
+        world: World = _DEFAULT_WORLD,
+        timings: Timings = DEFAULT_TIMINGS,
         start: float = 0.0,
     ) -> None:
         unknown = set(loads) - set(deployment.services)

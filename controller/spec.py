@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "LAMBDA_MAX_LIFETIME_SECONDS",
     "AutoscalePolicy",
     "Backend",
     "Behavior",
@@ -29,7 +30,6 @@ __all__ = [
     "ScalingPolicy",
     "ScalingRules",
     "Service",
-    "LAMBDA_MAX_LIFETIME_SECONDS",
 ]
 
 # AWS Lambda stops an invocation after 900 s; a `function` instance cannot live longer.

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from controller.policy import Drain, Outcome, Start, Stop, Timings, decide, pick_instance
+from controller.policy import DEFAULT_TIMINGS, Drain, Outcome, Start, Stop, Timings, decide, pick_instance
 from controller.signals import ControllerState, InstanceSignals, PendingConnect, Signals
 from controller.spec import Deployment, Placement
 from controller.validate import parse_deployment
@@ -34,7 +34,7 @@ def inst(name: str, serial: int, *, now: float, conns: int = 0, ready: bool = Tr
 class Controller:
     """Carries the state between ticks, as the runtime will."""
 
-    def __init__(self, spec: Deployment, timings: Timings = Timings()) -> None:
+    def __init__(self, spec: Deployment, timings: Timings = DEFAULT_TIMINGS) -> None:
         self.spec, self.timings, self.state = spec, timings, ControllerState()
 
     def tick(self, now: float, *instances: InstanceSignals,

@@ -40,10 +40,10 @@ def test_unknown_field_gets_did_you_mean_and_allowed_list() -> None:
               stableWindow: 30
         """)
     assert found == [
-        "d.yaml:6: services.web.autoscale.stableWindow: unknown field 'stableWindow'; did you"
-        " mean 'stableWindowSeconds'? allowed here: metric, target, stableWindowSeconds,"
-        " panicWindowSeconds, panicThresholdPercentage, activationThreshold,"
-        " scaleToZeroGracePeriodSeconds, scaleFromZeroTimeoutSeconds, behavior"
+        ("d.yaml:6: services.web.autoscale.stableWindow: unknown field 'stableWindow'; did you"
+         " mean 'stableWindowSeconds'? allowed here: metric, target, stableWindowSeconds,"
+         " panicWindowSeconds, panicThresholdPercentage, activationThreshold,"
+         " scaleToZeroGracePeriodSeconds, scaleFromZeroTimeoutSeconds, behavior")
     ]
 
 
@@ -72,13 +72,13 @@ def test_several_errors_at_once_in_file_order() -> None:
               target: 0
         """)
     assert found == [
-        "d.yaml:1: backend: got 'lamda': Input should be 'local', 'lambda' or 'lambda-local';"
-        " did you mean 'lambda'?",
-        "d.yaml:5: services.web.placement: got 'functon': Input should be 'vm' or 'function';"
-        " did you mean 'function'?",
+        ("d.yaml:1: backend: got 'lamda': Input should be 'local', 'lambda' or 'lambda-local';"
+         " did you mean 'lambda'?"),
+        ("d.yaml:5: services.web.placement: got 'functon': Input should be 'vm' or 'function';"
+         " did you mean 'function'?"),
         "d.yaml:6: services.web.minInstances: got -1: Input should be greater than or equal to 0",
-        "d.yaml:8: services.web.autoscale.metric: got 'connections': Input should be"
-        " 'activeConnections', 'connectionsPerSecond' or 'cpu'; did you mean 'activeConnections'?",
+        ("d.yaml:8: services.web.autoscale.metric: got 'connections': Input should be"
+         " 'activeConnections', 'connectionsPerSecond' or 'cpu'; did you mean 'activeConnections'?"),
         "d.yaml:9: services.web.autoscale.target: got 0: Input should be greater than 0",
     ]
 
@@ -93,8 +93,8 @@ def test_missing_and_wrongly_typed_fields() -> None:
         """)
     assert found == [
         "d.yaml:2: services.web.command: required field is missing",
-        "d.yaml:3: services.web.env.PORT: got True: Input should be a valid string (YAML reads"
-        " yes/no/on/off/true/false as booleans: quote the text)",
+        ("d.yaml:3: services.web.env.PORT: got True: Input should be a valid string (YAML reads"
+         " yes/no/on/off/true/false as booleans: quote the text)"),
         "d.yaml:5: services.db.command: got 'redis-server': Input should be a list",
     ]
 
@@ -107,11 +107,11 @@ def test_bad_names() -> None:
             env: {9LIVES: x}
         """)
     assert found == [
-        "d.yaml:2: services.Web_1: got 'Web_1': invalid name: use lowercase letters, digits and"
-        " '-', not at either end, at most 63 characters (a DNS label: this name is a host name"
-        " on the overlay)",
-        "d.yaml:4: services.Web_1.env.9LIVES: got '9LIVES': invalid name: use letters, digits"
-        " and '_', not starting with a digit",
+        ("d.yaml:2: services.Web_1: got 'Web_1': invalid name: use lowercase letters, digits and"
+         " '-', not at either end, at most 63 characters (a DNS label: this name is a host name"
+         " on the overlay)"),
+        ("d.yaml:4: services.Web_1.env.9LIVES: got '9LIVES': invalid name: use letters, digits"
+         " and '_', not starting with a digit"),
     ]
 
 
@@ -135,17 +135,17 @@ def test_cross_field_messages_show_the_values() -> None:
             maxLifetimeSeconds: 100
         """)
     assert found == [
-        "d.yaml:5: services.web.maxLifetimeSeconds: maxLifetimeSeconds applies to `function`"
-        " placement only; this service has placement `vm`, whose instances have no lifetime"
-        " limit",
+        ("d.yaml:5: services.web.maxLifetimeSeconds: maxLifetimeSeconds applies to `function`"
+         " placement only; this service has placement `vm`, whose instances have no lifetime"
+         " limit"),
         "d.yaml:6: services.web.minInstances: minInstances (5) must be <= maxInstances (3)",
-        "d.yaml:9: services.web.autoscale.target: target 120 for metric cpu is a utilisation in"
-        " percent of one instance's CPU; allowed: above 0 and at most 100",
-        "d.yaml:11: services.web.autoscale.panicWindowSeconds: panicWindowSeconds (60) must be"
-        " shorter than stableWindowSeconds (30)",
-        "d.yaml:15: services.api.renewalMarginSeconds: renewalMarginSeconds (120) must be below"
-        " the instance lifetime maxLifetimeSeconds (100), or every instance would be renewed as"
-        " soon as it starts",
+        ("d.yaml:9: services.web.autoscale.target: target 120 for metric cpu is a utilisation in"
+         " percent of one instance's CPU; allowed: above 0 and at most 100"),
+        ("d.yaml:11: services.web.autoscale.panicWindowSeconds: panicWindowSeconds (60) must be"
+         " shorter than stableWindowSeconds (30)"),
+        ("d.yaml:15: services.api.renewalMarginSeconds: renewalMarginSeconds (120) must be below"
+         " the instance lifetime maxLifetimeSeconds (100), or every instance would be renewed as"
+         " soon as it starts"),
     ]
 
 
@@ -165,14 +165,14 @@ def test_fixed_size_rules_and_name_clashes() -> None:
             maxInstances: 2
         """)
     assert found == [
-        "d.yaml:4: services.kv.minInstances: minInstances 0 needs an autoscale block (scaling"
-        " from and to zero is part of the autoscale policy); add `autoscale:` or use"
-        " minInstances >= 1",
-        "d.yaml:7: services.web.maxInstances: maxInstances (3) is above minInstances (1) but the"
-        " service has no autoscale block, so nothing would ever scale it; add `autoscale:` or"
-        " set maxInstances to 1",
-        "d.yaml:10: services.api.hostnames[0]: host name 'web-2' is used twice: by service"
-        " 'web' and by service 'api'; service and instance names must be unique",
+        ("d.yaml:4: services.kv.minInstances: minInstances 0 needs an autoscale block (scaling"
+         " from and to zero is part of the autoscale policy); add `autoscale:` or use"
+         " minInstances >= 1"),
+        ("d.yaml:7: services.web.maxInstances: maxInstances (3) is above minInstances (1) but the"
+         " service has no autoscale block, so nothing would ever scale it; add `autoscale:` or"
+         " set maxInstances to 1"),
+        ("d.yaml:10: services.api.hostnames[0]: host name 'web-2' is used twice: by service"
+         " 'web' and by service 'api'; service and instance names must be unique"),
     ]
 
 
@@ -184,8 +184,8 @@ def test_duplicate_keys_are_reported() -> None:
             command: [b]
         """)
     assert found == [
-        "d.yaml:4: services.web.command: field written twice (first on line 3); YAML keeps only"
-        " the last one, so remove one of them"
+        ("d.yaml:4: services.web.command: field written twice (first on line 3); YAML keeps only"
+         " the last one, so remove one of them")
     ]
 
 
@@ -197,8 +197,8 @@ def test_yaml_syntax_error_and_wrong_top_level() -> None:
         "d.yaml:1: (top level): the file must be a mapping with at least `services:`; got list"
     ]
     assert problems("") == [
-        "d.yaml:1: (top level): the file must be a mapping with at least `services:`; got"
-        " NoneType"
+        ("d.yaml:1: (top level): the file must be a mapping with at least `services:`; got"
+         " NoneType")
     ]
 
 
@@ -235,9 +235,9 @@ class TestCheckCommand:
         assert result.output.splitlines() == [
             f"{bad}: 2 problems",
             f"{bad}:2: services.web.command: required field is missing",
-            f"{bad}:3: services.web.comand: unknown field 'comand'; did you mean 'command'?"
-            " allowed here: command, env, placement, baseCapacity, minInstances, maxInstances,"
-            " restartPolicy, hostnames, autoscale, maxLifetimeSeconds, renewalMarginSeconds",
+            (f"{bad}:3: services.web.comand: unknown field 'comand'; did you mean 'command'?"
+             " allowed here: command, env, placement, baseCapacity, minInstances, maxInstances,"
+             " restartPolicy, hostnames, autoscale, maxLifetimeSeconds, renewalMarginSeconds"),
         ]
 
     def test_json_output(self, tmp_path: Path) -> None:
@@ -247,8 +247,8 @@ class TestCheckCommand:
         assert result.exit_code == 1
         assert json.loads(result.output) == {"valid": False, "errors": [{
             "file": str(bad), "line": 4, "path": "services.web.minInstances", "value": "many",
-            "message": "got 'many': Input should be a valid integer, unable to parse string as"
-                       " an integer",
+            "message": ("got 'many': Input should be a valid integer, unable to parse string as"
+                       " an integer"),
         }]}
         good = CliRunner().invoke(main, ["check", "-o", "json", str(EXAMPLE)])
         assert good.exit_code == 0
