@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from controller.errors import DeploymentFileError
-from controller.spec import Deployment
-from controller.validate import load_deployment
+if TYPE_CHECKING:
+    from controller.spec import Deployment
 
 
 @click.command("check")
@@ -24,6 +24,10 @@ def check_command(file: Path, output: str) -> None:
     Exits 0 and prints a short summary when FILE is valid; exits 1 and lists every problem
     (file:line, field, bad value, what is allowed) otherwise.
     """
+    # Imported here: pydantic costs start-up time every other boxer command should not pay.
+    from controller.errors import DeploymentFileError
+    from controller.validate import load_deployment
+
     try:
         deployment = load_deployment(file)
     except DeploymentFileError as exc:
@@ -39,19 +43,23 @@ def check_command(file: Path, output: str) -> None:
                 click.echo(str(issue), err=True)
         raise SystemExit(1) from None
     if output == "json":
-        click.echo(json.dumps({"valid": True, **_summary(deployment)}, indent=2))
+        click.echo(json.dumps(
+            {"valid": True, "backend": deployment.backend.value, "services": _rows(deployment)},
+            indent=2,
+        ))
         return
     click.echo(f"{file}: valid, backend {deployment.backend.value},"
                f" {len(deployment.services)} services")
-    for row in _summary(deployment)["services"]:
+    for row in _rows(deployment):
         click.echo(
             f"  {row['name']:<16} {row['placement']:<9} instances {row['minInstances']}"
             f"..{row['maxInstances']}  {row['autoscale']}"
         )
 
 
-def _summary(deployment: Deployment) -> dict[str, object]:
-    rows = []
+def _rows(deployment: Deployment) -> list[dict[str, object]]:
+    """One summary row per service, shared by the text and json outputs."""
+    rows: list[dict[str, object]] = []
     for name, svc in deployment.services.items():
         policy = svc.autoscale
         placement = svc.placement.value
@@ -66,4 +74,4 @@ def _summary(deployment: Deployment) -> dict[str, object]:
                 f"{policy.metric.value} target {policy.target:g}" if policy else "fixed size"
             ),
         })
-    return {"backend": deployment.backend.value, "services": rows}
+    return rows
