@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from boxer import _aio as aio
+
 from boxer.agent.child import InterposerMissing, interposer_path
 from boxer.agent.control import parse_endpoint
 from boxer.wrapcheck import UnwrappableError, check_wrappable
@@ -91,7 +93,7 @@ def run_command(name, service, coordinator, secret_file, lifetime, connect_timeo
     opts = RunOptions(argv=argv, name=name, service=service, coordinator=_endpoint(coordinator, "--coordinator"),
                       secret=secret, lifetime=lifetime, connect_timeout=connect_timeout)
     try:
-        status = asyncio.run(run_instance(opts))
+        status = aio.run(run_instance(opts))
     except RunError as exc:
         raise SystemExit(_fail(str(exc), exc.status))
     except ValueError as exc:  # an invalid name/service, caught by message validation
@@ -134,4 +136,4 @@ def coordinator_command(listen, secret_file, prefix, ready_file, verbose) -> Non
         raise SystemExit(_fail(f"--prefix: {exc}", 2))
     if network.num_addresses < 4:
         raise SystemExit(_fail(f"--prefix {prefix} is too small for any instance", 2))
-    asyncio.run(serve(host, port, secret, str(network), ready_file))
+    aio.run(serve(host, port, secret, str(network), ready_file))

@@ -75,6 +75,7 @@ class Ticket:
     session: str
     endpoint: str
     cid: int  # the rendezvous connection
+    purpose: str = "outgoing"
 
 
 @dataclass
@@ -84,6 +85,7 @@ class PendingConnect:
     server_cid: int
     client_ticket: str
     deadline: float
+    punching: bool = False  # both sides were told to punch; only a Refuse can still come
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,8 @@ class Broker:
         actions: list[Action] = []
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
             del self._pending[pending.conn]
+            if pending.punching:  # the punch has its own deadline at the client
+                continue
             log.info("connect %s timed out waiting for the server agent", pending.conn)
             actions.append(Send(pending.client_cid, m.ConnectFailed(conn=pending.conn, error="ETIMEDOUT")))
         return actions
@@ -202,7 +206,7 @@ class Broker:
             return self._refuse(conn, "rendezvous refused: ticket already in use")
         conn.state = ConnState.RENDEZVOUS
         conn.session = msg.session
-        self._tickets[msg.ticket] = Ticket(msg.ticket, msg.session, conn.endpoint, conn.cid)
+        self._tickets[msg.ticket] = Ticket(msg.ticket, msg.session, conn.endpoint, conn.cid, msg.purpose)
         return [Send(conn.cid, m.Observed(endpoint=conn.endpoint))]
 
     def _refuse(self, conn: Connection, reason: str) -> list[Action]:
@@ -280,15 +284,32 @@ class Broker:
         server = self._by_addr.get(msg.dst_addr)
         if server is None:
             return fail("EHOSTUNREACH")
-        self._pending[msg.conn] = PendingConnect(
-            msg.conn, conn.cid, server.cid, msg.ticket, now + self.timeouts.broker)
-        incoming = m.Incoming(conn=msg.conn, src_addr=conn.instance.addr, src_port=msg.src_port,
-                              dst_port=msg.dst_port)
-        return [Send(server.cid, incoming)]
+        pending = PendingConnect(msg.conn, conn.cid, server.cid, msg.ticket, now + self.timeouts.broker)
+        self._pending[msg.conn] = pending
+        server_ticket = self._take_incoming_ticket(server.cid)
+        if server_ticket is None:  # slow path: ask the server agent for a ticket first
+            return [Send(server.cid, m.Incoming(conn=msg.conn, src_addr=conn.instance.addr,
+                                                src_port=msg.src_port, dst_port=msg.dst_port))]
+        # Fast path: the server deposited a ticket in advance, so both sides punch now; one hop.
+        del self._tickets[msg.ticket]
+        pending.punching = True
+        return [
+            Send(conn.cid, m.Punch(conn=msg.conn, role="client", peer=server_ticket.endpoint, ticket=msg.ticket)),
+            Send(server.cid, m.Incoming(conn=msg.conn, src_addr=conn.instance.addr, src_port=msg.src_port,
+                                        dst_port=msg.dst_port, ticket=server_ticket.ticket, peer=ticket.endpoint)),
+        ]
+
+    def _take_incoming_ticket(self, server_cid: int) -> Ticket | None:
+        session = self._connections[server_cid].session
+        for ticket in self._tickets.values():
+            if ticket.session == session and ticket.purpose == "incoming":
+                del self._tickets[ticket.ticket]
+                return ticket
+        return None
 
     def _on_accept(self, conn: Connection, msg: m.Accept, now: float) -> list[Action]:
         pending = self._pending.get(msg.conn)
-        if pending is None or pending.server_cid != conn.cid:
+        if pending is None or pending.server_cid != conn.cid or pending.punching:
             return []  # timed out meanwhile, or not addressed to this agent: nothing to do
         server_ticket = self._tickets.pop(msg.ticket, None)
         client_ticket = self._tickets.pop(pending.client_ticket, None)

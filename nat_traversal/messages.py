@@ -25,6 +25,7 @@ PROTOCOL_VERSION = 1
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TOKEN_RE = re.compile(r"^[0-9a-f]{8,64}$")
 # errno names an application may see for a failed overlay connect, and why each arises.
+TICKET_PURPOSES = ("outgoing", "incoming")
 CONNECT_ERRORS = ("ECONNREFUSED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ECONNABORTED")
 
 
@@ -225,18 +226,29 @@ class Connect(Message):
 
 @dataclass(frozen=True)
 class Incoming(Message):
-    """coordinator -> server agent: someone wants dst_port; accept with a ticket or refuse."""
+    """coordinator -> server agent: someone wants dst_port.
+
+    Fast path: `ticket` names one of the server's incoming tickets and `peer` the client's public
+    endpoint; the client was told to punch at the same moment, so the server punches at once (or
+    refuses). Without them, the server answers Accept with a ticket of its own, or Refuse."""
     TYPE: ClassVar[str] = "incoming"
     conn: str
     src_addr: str
     src_port: int
     dst_port: int
+    ticket: Optional[str] = None
+    peer: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_token(self.conn, "conn")
         check_ipv4(self.src_addr, "src_addr")
         check_port(self.src_port, "src_port")
         check_port(self.dst_port, "dst_port")
+        if (self.ticket is None) != (self.peer is None):
+            raise ValueError("ticket and peer come together or not at all")
+        if self.ticket is not None and self.peer is not None:
+            check_token(self.ticket, "ticket")
+            check_endpoint(self.peer, "peer")
 
 
 @dataclass(frozen=True)
@@ -299,17 +311,21 @@ class Observe(Message):
     """agent -> coordinator, first frame of a rendezvous connection.
 
     mac = HMAC(secret, observe-proof | session | ticket) binds the ticket to an authenticated
-    session without a second round trip."""
+    session without a second round trip. `purpose` keeps the agent's own connects and the
+    coordinator's choice of a ticket for an incoming connection from ever racing for one ticket."""
     TYPE: ClassVar[str] = "observe"
     v: int
     session: str
     ticket: str
     mac: str
+    purpose: str = "outgoing"
 
     def __post_init__(self) -> None:
         check_token(self.session, "session")
         check_token(self.ticket, "ticket")
         check_token(self.mac, "mac")
+        if self.purpose not in TICKET_PURPOSES:
+            raise ValueError(f"purpose must be one of {', '.join(TICKET_PURPOSES)}, got {self.purpose!r}")
 
 
 @dataclass(frozen=True)

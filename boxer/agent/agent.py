@@ -45,7 +45,7 @@ class Agent:
     coordinator: tuple[str, int]
     secret: bytes
     timeouts: Timeouts = field(default_factory=Timeouts)
-    ticket_pool_size: int = 4
+    ticket_pool_size: int = 8
 
     def __post_init__(self) -> None:
         reg = self.session.registration
@@ -54,9 +54,16 @@ class Agent:
         self.listeners: dict[int, int] = {}  # real port -> LISTEN count
         self.hellos: set[int] = set()
         self.hello_event = asyncio.Event()
-        self._awaiting: dict[str, asyncio.Future] = {}  # conn id -> Punch | ConnectFailed
+        # conn id -> the coordinator's messages about it (Punch, then maybe a late ConnectFailed)
+        self._awaiting: dict[str, asyncio.Queue[m.Message]] = {}
         self._accepts: dict[tuple[int, int], _PendingAccept] = {}  # (port, wake port) -> socket
-        self._tickets: asyncio.Queue[Ticket] = asyncio.Queue()
+        # Tickets for our own connects, and tickets deposited for incoming ones (the coordinator
+        # hands one to a client's connect without asking us first: one hop saved).
+        self._outgoing: list[Ticket] = []
+        # Keyed before the coordinator can know the ticket: it may hand one to a client before
+        # our open_ticket() has even returned.
+        self._incoming: dict[str, asyncio.Future[Ticket]] = {}
+        self._refill = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.stats = {"connects": 0, "accepts": 0, "refused": 0, "failed": 0}
 
@@ -71,7 +78,7 @@ class Agent:
     # --- background work ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._spawn(self._keep_ticket_pool())
+        self._spawn(self._keep_ticket_pools())
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -79,33 +86,53 @@ class Agent:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _keep_ticket_pool(self) -> None:
-        """Keeps a few ports with observed public endpoints ready, so a connect needs no extra
-        round trip to learn one. A failure here only costs latency: take_ticket opens its own."""
+    async def _keep_ticket_pools(self) -> None:
+        """Keeps ports with observed public endpoints ready, so a connect needs no extra round
+        trip to learn one. A failure here only costs latency: connects open their own."""
         while True:
-            if self._tickets.qsize() < self.ticket_pool_size:
-                try:
-                    self._tickets.put_nowait(await self._open_ticket())
-                    continue
-                except Exception as exc:
-                    log.warning("could not open a rendezvous connection: %s", exc)
-                    await asyncio.sleep(1.0)
-            await asyncio.sleep(0.05)
+            self._refill.clear()
+            try:
+                while len(self._outgoing) < self.ticket_pool_size:
+                    self._outgoing.append(await self._open_ticket("outgoing"))
+                while len(self._incoming) < self.ticket_pool_size:
+                    await self._open_incoming_ticket()
+            except Exception as exc:
+                log.warning("could not open a rendezvous connection: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            await self._refill.wait()
 
-    async def _open_ticket(self) -> Ticket:
-        return await open_ticket(self.coordinator, self.secret, self.session.registration.session)
+    async def _open_incoming_ticket(self) -> None:
+        ticket_id = auth.new_token()
+        future: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+        self._incoming[ticket_id] = future
+        try:
+            future.set_result(await open_ticket(self.coordinator, self.secret,
+                                                self.session.registration.session, "incoming", ticket_id))
+        except BaseException as exc:
+            self._incoming.pop(ticket_id, None)
+            future.set_exception(exc)
+            future.exception()  # retrieved: whoever awaits it gets it too
+            raise
+
+    async def _open_ticket(self, purpose: str) -> Ticket:
+        return await open_ticket(self.coordinator, self.secret, self.session.registration.session, purpose)
 
     async def _take_ticket(self) -> Ticket:
-        try:
-            return self._tickets.get_nowait()
-        except asyncio.QueueEmpty:
-            return await self._open_ticket()
+        # The pool is refilled once the connection is made (see callers), not now: opening a
+        # rendezvous connection would compete with this connect for both event loops.
+        if self._outgoing:
+            return self._outgoing.pop()
+        return await self._open_ticket("outgoing")
 
     def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        while not self._tickets.empty():
-            self._tickets.get_nowait().close()
+        for ticket in self._outgoing:
+            ticket.close()
+        for future in self._incoming.values():
+            if future.done() and not future.exception():
+                future.result().close()
         for pending in self._accepts.values():
             pending.sock.close()
             pending.wake.close()
@@ -116,15 +143,15 @@ class Agent:
         if isinstance(msg, m.Members):
             self.names.update(msg.hosts)
         elif isinstance(msg, (m.Punch, m.ConnectFailed)):
-            future = self._awaiting.pop(msg.conn, None)
-            if future is not None and not future.done():
-                future.set_result(msg)
+            queue = self._awaiting.get(msg.conn)
+            if queue is not None:
+                queue.put_nowait(msg)
         elif isinstance(msg, m.Incoming):
             self._spawn(self._serve_incoming(msg))
         elif isinstance(msg, m.Error):
-            future = self._awaiting.pop(msg.ref, None)
-            if future is not None and not future.done():
-                future.set_result(m.ConnectFailed(conn=msg.ref, error="ECONNABORTED"))
+            queue = self._awaiting.get(msg.ref)
+            if queue is not None:
+                queue.put_nowait(m.ConnectFailed(conn=msg.ref, error="ECONNABORTED"))
             log.warning("coordinator error for %s: %s", msg.ref, msg.reason)
         elif isinstance(msg, m.Pong):
             pass
@@ -198,27 +225,48 @@ class Agent:
         return req.reply(addr=self.addr, port=sock.getsockname()[1]), sock
 
     async def _connect_overlay(self, addr: str, port: int, deadline: float) -> tuple[socket.socket, int]:
+        t0 = time.monotonic()
         ticket = await self._take_ticket()
+        t1 = time.monotonic()
         conn = auth.new_token()
         try:
-            future: asyncio.Future = asyncio.get_running_loop().create_future()
-            self._awaiting[conn] = future
+            queue: asyncio.Queue[m.Message] = asyncio.Queue()
+            self._awaiting[conn] = queue
             await self.session.send(m.Connect(conn=conn, dst_addr=addr, dst_port=port,
                                               src_port=ticket.local_port, ticket=ticket.ticket))
-            answer = await future
+            answer = await queue.get()
             if isinstance(answer, m.ConnectFailed):
                 raise PunchError(answer.error, "refused by the coordinator or the peer")
-            sock = await self._punch(answer, ticket.local_port, min(deadline, time.monotonic() + self.timeouts.punch))
+            t2 = time.monotonic()
+            # On the fast path the server may still refuse (nothing listens) while we punch.
+            refusal = asyncio.ensure_future(queue.get())
+            punch = asyncio.ensure_future(self._punch(answer, ticket.local_port,
+                                                      min(deadline, time.monotonic() + self.timeouts.punch)))
+            await asyncio.wait({punch, refusal}, return_when=asyncio.FIRST_COMPLETED)
+            if not punch.done():
+                punch.cancel()
+                failed = refusal.result()
+                raise PunchError(getattr(failed, "error", "ECONNABORTED"), "refused by the peer")
+            refusal.cancel()
+            sock = punch.result()
+            t3 = time.monotonic()
+            log.debug("connect %s: ticket %.3f ms, broker %.3f ms, punch+auth %.3f ms", conn,
+                      (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
             return sock, ticket.local_port
         finally:
             self._awaiting.pop(conn, None)
             ticket.close()
+            self._refill.set()
 
     async def _punch(self, punch: m.Punch, local_port: int, deadline: float) -> socket.socket:
         host, _, port = punch.peer.rpartition(":")
+        t0 = time.monotonic()
         sock = await simultaneous_open(local_port, (host, int(port)), deadline)
+        t1 = time.monotonic()
         try:
             await authenticate(sock, self.secret, punch.conn, punch.role, deadline)
+            log.debug("punch %s (%s): open %.3f ms, auth %.3f ms", punch.conn, punch.role,
+                      (t1 - t0) * 1e3, (time.monotonic() - t1) * 1e3)
         except BaseException:
             sock.close()
             raise
@@ -229,24 +277,49 @@ class Agent:
     async def _serve_incoming(self, msg: m.Incoming) -> None:
         if msg.dst_port not in self.listeners:
             self.stats["refused"] += 1
+            if msg.ticket is not None:
+                self._release_incoming(msg.ticket)
             await self.session.send(m.Refuse(conn=msg.conn, error="ECONNREFUSED"))
             return
-        ticket = await self._take_ticket()
         try:
-            future: asyncio.Future = asyncio.get_running_loop().create_future()
-            self._awaiting[msg.conn] = future
-            await self.session.send(m.Accept(conn=msg.conn, ticket=ticket.ticket))
-            answer = await asyncio.wait_for(future, self.timeouts.connect)
-            if not isinstance(answer, m.Punch):
-                return
-            sock = await self._punch(answer, ticket.local_port, time.monotonic() + self.timeouts.punch)
+            if msg.ticket is not None and msg.peer is not None:
+                pending = self._incoming.pop(msg.ticket, None)
+                ticket = await pending if pending is not None else None
+                if ticket is None:  # its rendezvous connection died meanwhile
+                    await self.session.send(m.Refuse(conn=msg.conn, error="ECONNABORTED"))
+                    return
+                punch = m.Punch(conn=msg.conn, role="server", peer=msg.peer, ticket=msg.ticket)
+            else:
+                ticket = await self._take_ticket()
+                punch = await self._accept_slow_path(msg, ticket)
+                if punch is None:
+                    ticket.close()
+                    return
+            try:
+                sock = await self._punch(punch, ticket.local_port, time.monotonic() + self.timeouts.punch)
+            finally:
+                ticket.close()
+                self._refill.set()
         except (PunchError, asyncio.TimeoutError, OSError) as exc:
             log.info("incoming connection %s from %s failed: %s", msg.conn, msg.src_addr, exc)
             return
+        await self._wake_app(sock, msg)
+
+    def _release_incoming(self, ticket_id: str) -> None:
+        pending = self._incoming.pop(ticket_id, None)
+        if pending is not None:
+            pending.add_done_callback(lambda f: f.exception() or f.result().close())
+        self._refill.set()
+
+    async def _accept_slow_path(self, msg: m.Incoming, ticket: Ticket) -> m.Punch | None:
+        queue: asyncio.Queue[m.Message] = asyncio.Queue()
+        self._awaiting[msg.conn] = queue
+        try:
+            await self.session.send(m.Accept(conn=msg.conn, ticket=ticket.ticket))
+            answer = await asyncio.wait_for(queue.get(), self.timeouts.connect)
         finally:
             self._awaiting.pop(msg.conn, None)
-            ticket.close()
-        await self._wake_app(sock, msg)
+        return answer if isinstance(answer, m.Punch) else None
 
     async def _wake_app(self, sock: socket.socket, msg: m.Incoming) -> None:
         """Make the app's own listening socket fire (poll/epoll/accept wake as for a real

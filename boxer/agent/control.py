@@ -172,14 +172,16 @@ class Ticket:
 
 
 async def open_ticket(coordinator: tuple[str, int], secret: bytes, session: str,
+                      purpose: str = "outgoing", ticket: str | None = None,
                       timeout: float = 5.0) -> Ticket:
     sock = await _connect(coordinator, True, timeout)
     local_port = sock.getsockname()[1]
     framed = FramedSocket(sock)
-    ticket = auth.new_token()
+    ticket = ticket or auth.new_token()
     try:
         await framed.send(m.Observe(v=m.PROTOCOL_VERSION, session=session, ticket=ticket,
-                                    mac=auth.mac(secret, auth.OBSERVE_PROOF, session, ticket)))
+                                    mac=auth.mac(secret, auth.OBSERVE_PROOF, session, ticket),
+                                    purpose=purpose))
         while True:
             reply = await asyncio.wait_for(framed.receive(), timeout)
             if isinstance(reply, m.Observed):

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Awaitable, Callable
 
 from boxer.ipc import SIZE, IpcError, Message
@@ -52,8 +53,10 @@ class IpcServer:
                     return
                 data += chunk
             request = Message.unpack(data)
+            t0 = time.monotonic()
             reply, passed = await self._handler(request)
             await _send_with_fd(client, reply.pack(), passed)
+            log.debug("ipc %s served in %.3f ms", request.op.name, (time.monotonic() - t0) * 1e3)
         except IpcError as exc:
             log.warning("malformed request from the interposer: %s", exc)
         except Exception:

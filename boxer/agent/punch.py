@@ -67,6 +67,9 @@ async def authenticate(sock: socket.socket, secret: bytes, conn: str, role: str,
     the peer's proof stay in the kernel buffer for the application."""
     loop = asyncio.get_running_loop()
     peer_role = "server" if role == "client" else "client"
+    # Acknowledge the peer's proof at once: a delayed ACK would hold the application's first
+    # small write behind Nagle for up to 40 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
     await loop.sock_sendall(sock, auth.connection_proof(secret, conn, role))
     received = b""
     while len(received) < auth.CONNECTION_PROOF_SIZE:
