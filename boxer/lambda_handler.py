@@ -44,11 +44,11 @@ from boxer.backends.lambda_secrets import SecretFile, read_secret
 
 __all__ = [
     "NOFILE_LIMIT",
-    "HandlerTimeouts",
     "AgentLaunch",
+    "HandlerTimeouts",
     "agent_argv",
-    "make_handler",
     "handler",
+    "make_handler",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def agent_env(launch: AgentLaunch, base: Mapping[str, str]) -> dict[str, str]:
 def cap_open_files(limit: int = NOFILE_LIMIT) -> None:
     """Lower RLIMIT_NOFILE (soft and hard) to at most `limit`. Runs in the child before exec."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    cap = lambda current: limit if current == resource.RLIM_INFINITY else min(current, limit)  # noqa: E731
+    cap = lambda current: limit if current == resource.RLIM_INFINITY else min(current, limit)
     resource.setrlimit(resource.RLIMIT_NOFILE, (cap(soft), cap(hard)))
 
 
@@ -189,7 +189,8 @@ def _run_agent(
     try:
         process = subprocess.Popen(
             argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=cap_open_files,  # the handler is single-threaded here
+            # The handler thread is the only one running here, so preexec_fn is safe.
+            preexec_fn=cap_open_files,  # noqa: PLW1509
         )
     except OSError as exc:
         log.error("cannot start the agent %r: %s", argv[0], exc)

@@ -181,8 +181,8 @@ def test_throttling_that_never_ends_fails_and_frees_the_slot(aws: Path) -> None:
 @pytest.mark.parametrize(
     ("code", "message"),
     [
-        ("ResourceNotFoundException", "Function not found: arn:aws:lambda:eu-west-1:"
-                                      "123456789012:function:boxer-demo"),
+        ("ResourceNotFoundException",
+         "Function not found: arn:aws:lambda:eu-west-1:123456789012:function:boxer-demo"),
         ("AccessDeniedException", "not authorized to perform: lambda:InvokeFunction"),
     ],
 )

@@ -107,8 +107,8 @@ def test_every_bad_field_is_reported_at_once() -> None:
     [
         ({}, "secret must be exactly one of"),
         ({"ssm_parameter": "a", "file": "b"}, "secret must be exactly one of"),
-        ({"vault": "x"}, "secret kind 'vault' is not one of ssm_parameter, "
-                         "secretsmanager_arn, file"),
+        ({"vault": "x"},
+         "secret kind 'vault' is not one of ssm_parameter, secretsmanager_arn, file"),
         ({"ssm_parameter": ""}, "secret ssm_parameter must be a non-empty string"),
         ("plain-secret", "secret must be exactly one of"),
     ],

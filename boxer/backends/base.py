@@ -18,14 +18,14 @@ from typing import Any, Protocol, runtime_checkable
 from boxer.backends.errors import UnknownBackend
 
 __all__ = [
-    "Placement",
-    "InstanceSpec",
+    "Backend",
     "HandleState",
     "InstanceHandle",
-    "Backend",
-    "register_backend",
+    "InstanceSpec",
+    "Placement",
     "get_backend",
     "known_backends",
+    "register_backend",
 ]
 
 log = logging.getLogger(__name__)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
-    "UnknownBackend",
-    "LaunchError",
     "CapacityError",
-    "FactsError",
     "EventError",
+    "FactsError",
+    "LaunchError",
     "SecretError",
+    "UnknownBackend",
 ]
 
 

@@ -32,8 +32,13 @@ from boxer.backends.errors import CapacityError, LaunchError
 from boxer.backends.facts import LambdaFacts
 from boxer.backends.lambda_event import SecretRef, event_for
 
-__all__ = ["RetryPolicy", "ConcurrencyState", "ConcurrencyLimiter", "LambdaBackend",
-           "MAX_ASYNC_PAYLOAD"]
+__all__ = [
+    "MAX_ASYNC_PAYLOAD",
+    "ConcurrencyLimiter",
+    "ConcurrencyState",
+    "LambdaBackend",
+    "RetryPolicy",
+]
 
 log = logging.getLogger(__name__)
 

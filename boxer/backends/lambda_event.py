@@ -28,7 +28,7 @@ from typing import Any
 from boxer.backends.base import InstanceSpec
 from boxer.backends.errors import EventError
 
-__all__ = ["EVENT_VERSION", "SECRET_KINDS", "SecretRef", "LambdaEvent", "event_for"]
+__all__ = ["EVENT_VERSION", "SECRET_KINDS", "LambdaEvent", "SecretRef", "event_for"]
 
 EVENT_VERSION = 1
 SECRET_KINDS = ("ssm_parameter", "secretsmanager_arn", "file")

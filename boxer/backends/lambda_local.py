@@ -42,7 +42,7 @@ from boxer.backends.lambda_event import SecretRef, event_for
 from boxer.backends.lambda_secrets import ALLOW_FILE_SECRET_ENV
 from boxer.backends.runtime_api import RuntimeApiServer
 
-__all__ = ["DEFAULT_HANDLER", "MAX_TIMEOUT", "LocalResult", "invoke_local", "LocalLambdaBackend"]
+__all__ = ["DEFAULT_HANDLER", "MAX_TIMEOUT", "LocalLambdaBackend", "LocalResult", "invoke_local"]
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,9 @@ def invoke_local(
         argv = [*wrap_argv, python, "-m", "awslambdaric", handler]
         log.info("local lambda: starting %s (timeout %g s)", argv, timeout)
         runtime = subprocess.Popen(argv, env=child_env, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, preexec_fn=_cap_open_files)
+                                   start_new_session=True,
+                                   # setrlimit only: safe even with the server thread
+                                   preexec_fn=_cap_open_files)  # noqa: PLW1509
         try:
             return _wait(runtime, outcome, started, timeout, stop)
         finally:
@@ -137,7 +139,7 @@ def _since(started: float) -> float:
 
 def _cap_open_files() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = lambda v: NOFILE_LIMIT if v == resource.RLIM_INFINITY else min(v, NOFILE_LIMIT)  # noqa: E731
+    limit = lambda v: NOFILE_LIMIT if v == resource.RLIM_INFINITY else min(v, NOFILE_LIMIT)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit(soft), limit(hard)))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from boxer.backends.errors import SecretError
 from boxer.backends.lambda_event import SecretRef
 
-__all__ = ["ALLOW_FILE_SECRET_ENV", "read_secret", "SecretFile"]
+__all__ = ["ALLOW_FILE_SECRET_ENV", "SecretFile", "read_secret"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class SecretFile:
     def remove(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> SecretFile:
+    def __enter__(self) -> SecretFile:  # noqa: PYI034 (typing.Self is 3.11+; we support 3.10)
         return self
 
     def __exit__(self, *exc: object) -> None:

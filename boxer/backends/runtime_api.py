@@ -69,7 +69,7 @@ class RuntimeApiServer:
     def address(self) -> str:
         """host:port for AWS_LAMBDA_RUNTIME_API."""
         host, port = self._httpd.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host!s}:{port}"
 
     def start(self) -> RuntimeApiServer:
         self._thread.start()
@@ -84,7 +84,7 @@ class RuntimeApiServer:
                 if not invocation.future.done():
                     invocation.future.cancel()
 
-    def __enter__(self) -> RuntimeApiServer:
+    def __enter__(self) -> RuntimeApiServer:  # noqa: PYI034 (typing.Self is 3.11+)
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
