@@ -220,8 +220,8 @@ class _ServiceTick:
             stopping=frozenset(i for i in st.stopping if i in present),
             draining=MappingProxyType({i: t for i, t in st.draining.items() if i in present}),
             # A renewal whose replacement vanished is forgotten, so it is tried again.
-            renewing={old: new for old, new in st.renewing.items()
-                      if old in present and new in awaited},
+            renewing=MappingProxyType({old: new for old, new in st.renewing.items()
+                                       if old in present and new in awaited}),
         )
         for start in starting:
             if self.now - start.requested_at > self.timings.start_timeout:
@@ -275,8 +275,8 @@ class _ServiceTick:
                     instance.placement,
                     f"renew {instance.name}: lifetime left {left:.0f} s < margin {margin:g} s",
                 )
-                self.state = replace(self.state, renewing={**self.state.renewing,
-                                                           instance.id: new_id})
+                self.state = replace(self.state, renewing=MappingProxyType(
+                    {**self.state.renewing, instance.id: new_id}))
             elif replacement is not None:
                 if replacement in ready_ids:
                     self._drain(instance.id, f"renewed: replacement {replacement} is ready")

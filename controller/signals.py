@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from controller.spec import Placement
 
@@ -108,7 +109,7 @@ class StartingInstance:
     requested_at: float
 
 
-def _frozen_map(data: Mapping[str, float] | None = None) -> Mapping[str, float]:
+def _frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(data or {}))
 
 
@@ -130,7 +131,7 @@ class ServiceState:
     starting: tuple[StartingInstance, ...] = ()
     draining: Mapping[str, float] = field(default_factory=_frozen_map)  # id -> drain requested
     stopping: frozenset[str] = frozenset()  # ids told to stop, until they vanish from signals
-    renewing: Mapping[str, str] = field(default_factory=dict)  # old id -> replacement id
+    renewing: Mapping[str, str] = field(default_factory=_frozen_map)  # old id -> replacement
     retired: int = 0  # instances that ended and, by restart policy, are not to be replaced
 
     @property
@@ -142,7 +143,7 @@ class ServiceState:
 class ControllerState:
     """The controller's memory: one ServiceState per service, and a serial for instance ids."""
 
-    services: Mapping[str, ServiceState] = field(default_factory=dict)
+    services: Mapping[str, ServiceState] = field(default_factory=_frozen_map)
     serial: int = 0
 
     def service(self, name: str) -> ServiceState:
