@@ -13,7 +13,7 @@ fi
 repo=$(cd "$(dirname "$0")/.." && pwd)
 services="redis-server nginx memcached"
 packages="iproute2 iptables nftables conntrack redis-server redis-tools iperf3 nginx-light curl
-memcached libmemcached-tools python3-dev gcc"
+memcached libmemcached-tools python3-dev python3-venv gcc libc6-dev dnsutils"
 
 # Debian starts a daemon as soon as its package is installed. redis, nginx and memcached would
 # then hold ports 6379, 80 and 11211 in the machine's own namespace, where nothing of ours should
@@ -52,6 +52,17 @@ else
     done
 fi
 
+# boxer goes into its own virtual environment (.venv in the repository): Debian's python3 refuses
+# pip installs into the system (PEP 668), and a venv keeps our versions apart from the machine's.
+# The editable install compiles the C interposer into boxer/libboxer_preload.so.
 cd "$repo"
-python3 -m pip install -e '.[test]'
-echo "install-deps.sh: done; try: sudo boxer lab up --hosts 2"
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+.venv/bin/python -c 'import boxer.agent.child as c; c.interposer_path()' || {
+    echo "install-deps.sh: the interposer was not built (is gcc installed?)" >&2
+    exit 1
+}
+echo "install-deps.sh: done; put $repo/.venv/bin on PATH, then try: boxer lab up --hosts 2"
