@@ -65,4 +65,10 @@ fi
     echo "install-deps.sh: the interposer was not built (is gcc installed?)" >&2
     exit 1
 }
+# checkov (static checks of terraform/) lives in a venv of its own: it pins older boto3 and
+# packaging than boxer's tests use. tests/test_terraform.py finds it at /opt/checkov-venv.
+if [ ! -x /opt/checkov-venv/bin/checkov ]; then
+    python3 -m venv /opt/checkov-venv
+    /opt/checkov-venv/bin/python -m pip install --quiet checkov
+fi
 echo "install-deps.sh: done; put $repo/.venv/bin on PATH, then try: boxer lab up --hosts 2"
