@@ -358,10 +358,17 @@ def test_up_twice_is_refused_and_keeps_the_first(small_lab: Lab, standin_coordin
 def test_down_removes_everything_and_is_idempotent(small_lab: Lab) -> None:
     coordinator = small_lab.processes[0].pid
     assert _process.alive(coordinator)
-    helper = small_lab.popen("h1", ["sleep", "60"])  # something a user left running inside
-    report = lab_down(small_lab.name)
-    assert report.found and coordinator in report.killed and helper.pid in report.killed
-    assert helper.wait(timeout=5) != 0
+    # Something a user left running inside; wait until it runs in h1 (past `ip netns exec`).
+    helper = small_lab.popen("h1", ["sh", "-c", "echo inside; exec sleep 60"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert helper.stdout is not None and helper.stdout.readline() == "inside\n"
+        report = lab_down(small_lab.name)
+        assert report.found and coordinator in report.killed and helper.pid in report.killed
+        assert helper.wait(timeout=5) != 0
+    finally:
+        helper.kill()
+        helper.communicate()
     assert lab_namespaces(small_lab.name) == []
     assert not _process.alive(coordinator)
     assert not _state.state_dir(small_lab.name).exists()
