@@ -136,18 +136,28 @@ static int recv_all(int s, void *buf, size_t len, int *fd)
     return 0;
 }
 
-int boxer_agent_call(const struct boxer_msg *req, struct boxer_msg *reply, int *fd_out)
+int boxer_agent_send(const struct boxer_msg *req)
 {
-    int fd = -1;
     int s = open_agent(req->op);
     if (s < 0) {
         BOXER_LOG(WARN, "%s: cannot reach the agent at %s: %s", boxer_op_name(req->op),
                   boxer_config()->agent_sock, strerror(errno));
         return -1;
     }
-    int rc = send_all(s, req, sizeof *req);
-    if (rc == 0)
-        rc = recv_all(s, reply, sizeof *reply, &fd);
+    if (send_all(s, req, sizeof *req) < 0) {
+        int saved = errno;
+        BOXER_LOG(WARN, "%s: agent exchange failed: %s", boxer_op_name(req->op), strerror(saved));
+        libc_close(s);
+        errno = saved;
+        return -1;
+    }
+    return s;
+}
+
+int boxer_agent_finish(int s, const struct boxer_msg *req, struct boxer_msg *reply, int *fd_out)
+{
+    int fd = -1;
+    int rc = recv_all(s, reply, sizeof *reply, &fd);
     int saved = errno;
     libc_close(s);
     if (rc < 0) {
@@ -172,4 +182,15 @@ int boxer_agent_call(const struct boxer_msg *req, struct boxer_msg *reply, int *
         *fd_out = fd;
     errno = saved;
     return rc;
+}
+
+int boxer_agent_call(const struct boxer_msg *req, struct boxer_msg *reply, int *fd_out)
+{
+    int s = boxer_agent_send(req);
+    if (s < 0) {
+        if (fd_out != NULL)
+            *fd_out = -1;
+        return -1;
+    }
+    return boxer_agent_finish(s, req, reply, fd_out);
 }

@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
 
@@ -49,6 +50,7 @@
     X(int, setsockopt, (int fd, int level, int name, const void *val, socklen_t len),             \
       (fd, level, name, val, len))                                                                \
     X(ssize_t, recvmsg, (int fd, struct msghdr *msg, int flags), (fd, msg, flags))                \
+    X(int, epoll_ctl, (int epfd, int op, int fd, struct epoll_event *ev), (epfd, op, fd, ev))     \
     X(int, getaddrinfo,                                                                           \
       (const char *node, const char *service, const struct addrinfo *hints,                       \
        struct addrinfo **res),                                                                    \
@@ -106,6 +108,8 @@ BOXER_HIDDEN void boxer_log_impl(enum boxer_log_level level, const char *func, c
 
 /* ---- fdtable.c ----------------------------------------------------------------------- */
 
+#define BOXER_EPOLL_MAX 4 /* epoll sets one unconnected socket may be in, for replay */
+
 /* What we know about one tracked socket (AF_INET/AF_INET6, SOCK_STREAM). Shared by all fds
  * that refer to it in this process (dup), refcount = number of table slots pointing here. */
 struct boxer_sock {
@@ -118,6 +122,18 @@ struct boxer_sock {
     bool connected;           /* the fd is an overlay connection (CONNECT or ACCEPT) */
     struct sockaddr_in local; /* overlay addresses when connected */
     struct sockaddr_in peer;
+    /* Asynchronous connect (O_NONBLOCK socket, see sockets.c). */
+    uint32_t connect_id;      /* nonzero while the agent works on it: the fd is a placeholder */
+    int connect_error;        /* its failure, reported once by SO_ERROR or the next connect */
+    bool connect_unreported;  /* finished; the next connect() reports the outcome (kernel-like) */
+    /* epoll registrations of this fd made while it could still be swapped (not connected, not
+     * listening), replayed onto the socket that replaces it. Kept by fdtable.c only:
+     * boxer_fd_update never overwrites them. */
+    int nepoll;
+    struct {
+        int epfd;
+        struct epoll_event ev;
+    } epoll[BOXER_EPOLL_MAX];
 };
 
 /* All functions take the table mutex themselves and never block otherwise. */
@@ -136,6 +152,23 @@ BOXER_HIDDEN bool boxer_fd_drop_range(unsigned int *next, unsigned int last, uin
 /* newfd now refers to the same socket as oldfd (dup family). Returns the port to UNLISTEN if
  * newfd was the last reference to a listener before, or 0. */
 BOXER_HIDDEN uint16_t boxer_fd_dup(int oldfd, int newfd);
+/* epoll_ctl on fd, if fd is a tracked socket that may still be swapped: performs it under the
+ * table lock, records the registration, sets *rc and returns true. false: not ours, call libc. */
+BOXER_HIDDEN bool boxer_fd_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev, int *rc);
+/* Puts `received` (a connected socket from the agent) in place of fd, atomically with respect
+ * to close/epoll_ctl: keeps fd's FD_CLOEXEC and O_NONBLOCK as they are now, moves fd's recorded
+ * epoll registrations to the new socket and marks it connected (local/peer: overlay
+ * addresses). connect_id != 0: only if fd still carries that asynchronous connect (the app may
+ * have closed it meanwhile), and pollers of the placeholder are woken. Closes `received`.
+ * Returns 0, or -1 with errno (ECANCELED: the connect was abandoned). */
+BOXER_HIDDEN int boxer_fd_finish_connect(int fd, uint32_t connect_id, int received,
+                                         const struct sockaddr_in *local,
+                                         const struct sockaddr_in *peer);
+/* An asynchronous connect failed with err: if fd still carries connect_id, records the error
+ * for SO_ERROR and makes the placeholder ready (POLLOUT|POLLHUP), as a failed connect is. */
+BOXER_HIDDEN void boxer_fd_fail_connect(int fd, uint32_t connect_id, int err);
+/* SO_ERROR: if fd has a recorded connect error, returns true with it in *err and clears it. */
+BOXER_HIDDEN bool boxer_fd_take_error(int fd, int *err);
 /* Lists registry for addrinfo results we allocated (freeaddrinfo must tell them apart). */
 /* false when out of memory: the caller then frees the list and fails with EAI_MEMORY. */
 BOXER_HIDDEN bool boxer_ai_register(struct addrinfo *ai);
@@ -150,6 +183,11 @@ BOXER_HIDDEN void boxer_msg_init(struct boxer_msg *m, enum boxer_op op);
  * could not be reached or broke the protocol. reply->status is the agent's answer. */
 BOXER_HIDDEN int boxer_agent_call(const struct boxer_msg *req, struct boxer_msg *reply,
                                   int *fd_out);
+/* The same exchange in two halves, for the asynchronous connect: send returns the agent
+ * connection (or -1 with errno), finish reads the reply on it and closes it. */
+BOXER_HIDDEN int boxer_agent_send(const struct boxer_msg *req);
+BOXER_HIDDEN int boxer_agent_finish(int s, const struct boxer_msg *req, struct boxer_msg *reply,
+                                    int *fd_out);
 BOXER_HIDDEN const char *boxer_op_name(uint32_t op);
 
 /* ---- sockets.c / names.c helpers ----------------------------------------------------- */

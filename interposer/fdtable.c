@@ -11,10 +11,12 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "boxer_internal.h"
@@ -166,9 +168,12 @@ void boxer_fd_update(int fd, const struct boxer_sock *info)
         slots[fd] = s;
     }
     if (s != NULL) {
-        int refcount = s->refcount;
+        /* The epoll records belong to this module: the caller's copy may be stale. */
+        struct boxer_sock keep = *s;
         *s = *info;
-        s->refcount = refcount;
+        s->refcount = keep.refcount;
+        s->nepoll = keep.nepoll;
+        memcpy(s->epoll, keep.epoll, sizeof s->epoll);
     }
     unlock();
     free(fresh);
@@ -214,6 +219,147 @@ uint16_t boxer_fd_dup(int oldfd, int newfd)
     unlock();
     errno = saved;
     return port;
+}
+
+/* ---- swapping sockets under the app's feet -------------------------------------------- */
+
+static bool swappable(const struct boxer_sock *s) { return !s->connected && !s->listening; }
+
+bool boxer_fd_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev, int *rc)
+{
+    int saved = errno;
+    lock_table();
+    struct boxer_sock *s = slot(fd);
+    if (s == NULL || !swappable(s)) {
+        unlock();
+        errno = saved;
+        return false;
+    }
+    /* Under the lock so that a concurrent swap (boxer_fd_finish_connect) sees every
+     * registration that reached the kernel, and none that did not. epoll_ctl never blocks. */
+    *rc = libc_epoll_ctl(epfd, op, fd, ev);
+    saved = errno;
+    if (*rc == 0) {
+        int i = 0;
+        while (i < s->nepoll && s->epoll[i].epfd != epfd)
+            i++;
+        if (op == EPOLL_CTL_DEL && i < s->nepoll) {
+            s->epoll[i] = s->epoll[--s->nepoll];
+        } else if ((op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD) && ev != NULL) {
+            if (i == s->nepoll && i < BOXER_EPOLL_MAX)
+                s->nepoll++;
+            if (i < s->nepoll)
+                s->epoll[i] = (typeof(s->epoll[0])){.epfd = epfd, .ev = *ev};
+            else
+                BOXER_LOG(WARN, "fd %d is in more than %d epoll sets; epoll fd %d will not "
+                          "follow its overlay connection", fd, BOXER_EPOLL_MAX, epfd);
+        }
+    }
+    unlock();
+    errno = saved;
+    return true;
+}
+
+int boxer_fd_finish_connect(int fd, uint32_t connect_id, int received,
+                            const struct sockaddr_in *local, const struct sockaddr_in *peer)
+{
+    int saved = errno;
+    int rc = -1, err = 0, old = -1;
+    struct boxer_sock *fresh = calloc(1, sizeof *fresh);
+    lock_table();
+    struct boxer_sock *s = slot(fd);
+    if (s == NULL || (connect_id != 0 && s->connect_id != connect_id)) {
+        err = ECANCELED; /* closed (and maybe reused) meanwhile: not our fd any more */
+        goto out;
+    }
+    if (s->refcount > 1) {
+        if (fresh == NULL) {
+            err = ENOMEM;
+            goto out;
+        }
+        /* dups of fd keep the old socket: fd alone gets the connection. */
+        *fresh = *s;
+        fresh->refcount = 1;
+        s->refcount--;
+        s = slots[fd] = fresh;
+        fresh = NULL;
+    }
+    int fdflags = libc_fcntl(fd, F_GETFD, NULL);
+    int flflags = libc_fcntl(fd, F_GETFL, NULL);
+    if (fdflags < 0 || flflags < 0) {
+        err = errno;
+        goto out;
+    }
+    /* A reference to the placeholder, to wake poll()/select() callers already sleeping on it
+     * after the swap: they re-read the fd table when woken, and find the new socket. */
+    if (connect_id != 0)
+        old = libc_fcntl(fd, F_DUPFD_CLOEXEC, NULL);
+    /* epoll keys registrations by open file: those on the placeholder would stay with it (and
+     * report its HUP under the app's data), so they are moved, not left behind. */
+    for (int i = 0; i < s->nepoll; i++)
+        (void)libc_epoll_ctl(s->epoll[i].epfd, EPOLL_CTL_DEL, fd, NULL);
+    if (libc_dup3(received, fd, (fdflags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
+        err = errno;
+        goto out;
+    }
+    long fl = libc_fcntl(fd, F_GETFL, NULL);
+    long want = (flflags & O_NONBLOCK) ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+    if (fl >= 0 && want != fl)
+        libc_fcntl(fd, F_SETFL, (void *)want);
+    for (int i = 0; i < s->nepoll; i++) {
+        if (libc_epoll_ctl(s->epoll[i].epfd, EPOLL_CTL_ADD, fd, &s->epoll[i].ev) < 0)
+            BOXER_LOG(WARN, "fd %d: cannot re-register with epoll fd %d: %s", fd, s->epoll[i].epfd,
+                      strerror(errno));
+    }
+    s->nepoll = 0;
+    s->connected = true;
+    s->bound_overlay = false;
+    s->connect_id = 0;
+    s->connect_error = 0;
+    s->connect_unreported = connect_id != 0;
+    s->local = *local;
+    s->peer = *peer;
+    rc = 0;
+out:
+    unlock();
+    free(fresh);
+    if (old >= 0) {
+        shutdown(old, SHUT_RDWR); /* the listening placeholder closes: its waiters wake */
+        libc_close(old);
+    }
+    libc_close(received);
+    errno = rc == 0 ? saved : err;
+    return rc;
+}
+
+void boxer_fd_fail_connect(int fd, uint32_t connect_id, int err)
+{
+    int saved = errno;
+    lock_table();
+    struct boxer_sock *s = slot(fd);
+    if (s != NULL && s->connect_id == connect_id) {
+        s->connect_id = 0;
+        s->connect_error = err;
+        s->connect_unreported = true;
+        /* The listening placeholder goes to CLOSE: POLLOUT|POLLHUP for poll, select and the
+         * epoll registrations already on it, as for a refused connect. Never blocks. */
+        shutdown(fd, SHUT_RDWR);
+    }
+    unlock();
+    errno = saved;
+}
+
+bool boxer_fd_take_error(int fd, int *err)
+{
+    lock_table();
+    struct boxer_sock *s = slot(fd);
+    bool have = s != NULL && s->connect_error != 0;
+    if (have) {
+        *err = s->connect_error;
+        s->connect_error = 0;
+    }
+    unlock();
+    return have;
 }
 
 bool boxer_ai_register(struct addrinfo *ai)

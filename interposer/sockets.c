@@ -10,8 +10,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "boxer_internal.h"
@@ -332,43 +337,231 @@ static int boxer_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int 
 
 /* ---- connect ------------------------------------------------------------------------------ */
 
-static int boxer_connect(int fd, const struct sockaddr *addr, socklen_t len)
+/* Asynchronous connect (O_NONBLOCK sockets).
+ *
+ * connect() sends CONNECT to the agent and returns -1/EINPROGRESS at once; the app then waits
+ * for writability in its own event loop (poll, select, epoll) and reads SO_ERROR. Until the
+ * agent answers, the app's own socket is the placeholder: bound to loopback and *listening*
+ * (backlog 1, nothing connects to it), which is the one TCP state that reports neither POLLOUT
+ * nor POLLHUP, and on which the app's setsockopt calls still work (they are copied over).
+ *
+ * One worker thread per process waits for all outstanding agent replies (poll over their Unix
+ * connections; never one thread per connect: Lambda allows 1024 threads). On success it puts
+ * the agent's socket in place of the app's fd (boxer_fd_finish_connect: dup3 under the table
+ * lock, epoll registrations moved over, then the placeholder shut down so poll()/select()
+ * sleepers wake and re-read the fd); the new socket is connected, hence writable, from the
+ * moment it has the fd's number, so the app can never write into the placeholder. On failure
+ * the placeholder is shut down (POLLOUT|POLLHUP) and SO_ERROR reports the agent's errno.
+ *
+ * epoll_ctl is interposed for this only (a control call): epoll registers open files, not
+ * numbers, so registrations of a socket that may still be swapped are recorded and replayed,
+ * as ip2unix does. nginx registers an upstream socket *before* connect, hence every tracked
+ * unconnected socket is recorded, not only pending ones.
+ *
+ * Locks: worker.mutex guards the job list only; it is never held with the table mutex. */
+
+struct connect_job {
+    int agent;    /* the agent connection the reply comes on */
+    int fd;       /* the app's fd */
+    uint32_t id;  /* the fd's connect_id: the app may close fd (and reuse the number) meanwhile */
+    struct boxer_msg req;
+    struct connect_job *next;
+};
+
+static struct {
+    pthread_mutex_t mutex;
+    pid_t pid;   /* the process the worker runs in (0: none); a fork child starts its own */
+    int wake;    /* eventfd: a job was added */
+    struct connect_job *jobs;
+} worker = {.mutex = PTHREAD_MUTEX_INITIALIZER};
+
+static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
+static uint32_t next_connect_id;
+
+static void worker_prepare(void) { pthread_mutex_lock(&worker.mutex); }
+static void worker_parent(void) { pthread_mutex_unlock(&worker.mutex); }
+static void worker_child(void)
 {
-    struct boxer_sock info;
-    struct sockaddr_in dst;
-    if (!boxer_enabled() || !boxer_fd_get(fd, &info) || addr == NULL ||
-        addr->sa_family != info.family || !boxer_sockaddr_v4(addr, len, &dst) ||
-        !boxer_in_overlay(dst.sin_addr) || info.listening)
-        return libc_connect(fd, addr, len);
-    if (info.connected) {
-        errno = EISCONN;
-        return -1;
+    pthread_mutex_init(&worker.mutex, NULL);
+    /* The worker thread did not survive fork. The parent completes its connects (its dup3 is
+     * its own; the child's copies of those fds stay placeholders and see the HUP). */
+    for (struct connect_job *j = worker.jobs, *next; j != NULL; j = next) {
+        next = j->next;
+        libc_close(j->agent);
+        free(j);
     }
+    worker.jobs = NULL;
+    if (worker.pid != 0)
+        libc_close(worker.wake);
+    worker.pid = 0;
+}
+static void worker_atfork(void) { pthread_atfork(worker_prepare, worker_parent, worker_child); }
 
-    int fdflags = libc_fcntl(fd, F_GETFD, NULL);
-    int flflags = libc_fcntl(fd, F_GETFL, NULL);
-    if (fdflags < 0 || flflags < 0)
-        return -1; /* EBADF: as the kernel would say */
-
-    /* TODO(async-connect): a non-blocking socket should return -1/EINPROGRESS here and complete
-     * in the background (the agent's fd arriving later, installed with dup3, then the socket
-     * becoming writable). For now we block until the agent answers and return 0, which POSIX
-     * allows and which every event loop we know handles. */
-    struct boxer_msg req, reply;
-    boxer_msg_init(&req, BOXER_OP_CONNECT);
-    msg_set_addr(&req, dst.sin_addr);
-    req.port = ntohs(dst.sin_port);
+static void complete(struct connect_job *job)
+{
+    struct boxer_msg reply;
     int received = -1;
-    if (boxer_agent_call(&req, &reply, &received) < 0) {
+    const char *what = inet_ntoa(*(struct in_addr *)job->req.addr);
+    int err = 0;
+    if (boxer_agent_finish(job->agent, &job->req, &reply, &received) < 0)
+        err = ENETUNREACH;
+    else if (reply.status != 0)
+        err = (int)reply.status;
+    else if (received < 0)
+        err = ENETUNREACH;
+    if (err != 0) {
+        if (received >= 0)
+            libc_close(received);
+        BOXER_LOG(INFO, "fd %d: connect to %s:%u: %s", job->fd, what, job->req.port,
+                  strerror(err));
+        boxer_fd_fail_connect(job->fd, job->id, err);
+        return;
+    }
+    copy_sockopts(job->fd, received); /* what the app set on the placeholder meanwhile */
+    struct sockaddr_in local = {.sin_family = AF_INET, .sin_port = htons(reply.port)};
+    local.sin_addr = msg_addr(&reply);
+    struct sockaddr_in peer = {.sin_family = AF_INET, .sin_port = htons(job->req.port)};
+    peer.sin_addr = msg_addr(&job->req);
+    if (boxer_fd_finish_connect(job->fd, job->id, received, &local, &peer) < 0)
+        BOXER_LOG(INFO, "fd %d: connect to %s:%u completed but not installed: %s", job->fd,
+                  what, job->req.port, strerror(errno));
+    else
+        BOXER_LOG(DEBUG, "fd %d: connected to %s:%u (async)", job->fd, what, job->req.port);
+}
+
+static void *worker_main(void *arg)
+{
+    (void)arg;
+    struct pollfd *pfds = NULL;
+    struct connect_job **index = NULL;
+    size_t cap = 0;
+    for (;;) {
+        pthread_mutex_lock(&worker.mutex);
+        size_t n = 1;
+        for (struct connect_job *j = worker.jobs; j != NULL; j = j->next)
+            n++;
+        if (n > cap) {
+            size_t want = n * 2;
+            struct pollfd *p = realloc(pfds, want * sizeof *p);
+            struct connect_job **x = p ? realloc(index, want * sizeof *x) : NULL;
+            if (p != NULL)
+                pfds = p;
+            if (x != NULL) {
+                index = x;
+                cap = want;
+            }
+        }
+        size_t k = 0;
+        pfds[k++] = (struct pollfd){.fd = worker.wake, .events = POLLIN};
+        for (struct connect_job *j = worker.jobs; j != NULL && k < cap; j = j->next) {
+            index[k] = j;
+            pfds[k++] = (struct pollfd){.fd = j->agent, .events = POLLIN};
+        }
+        pthread_mutex_unlock(&worker.mutex);
+        if (poll(pfds, k, -1) < 0)
+            continue; /* EINTR (signals are blocked here, but be safe) */
+        if (pfds[0].revents & POLLIN) {
+            uint64_t v;
+            (void)!read(worker.wake, &v, sizeof v);
+        }
+        for (size_t i = 1; i < k; i++) {
+            if (pfds[i].revents == 0)
+                continue;
+            struct connect_job *job = index[i];
+            pthread_mutex_lock(&worker.mutex);
+            for (struct connect_job **pp = &worker.jobs; *pp != NULL; pp = &(*pp)->next) {
+                if (*pp == job) {
+                    *pp = job->next;
+                    break;
+                }
+            }
+            pthread_mutex_unlock(&worker.mutex);
+            complete(job); /* the reply is there: one sendmsg of 300 bytes */
+            free(job);
+        }
+    }
+    return NULL;
+}
+
+/* Hands the job to this process's worker (started on first use). false: no worker could be
+ * started; the caller completes the connect itself. */
+static bool worker_submit(struct connect_job *job)
+{
+    pthread_once(&worker_once, worker_atfork);
+    pthread_mutex_lock(&worker.mutex);
+    if (worker.pid != getpid()) {
+        worker.wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (worker.wake < 0) {
+            pthread_mutex_unlock(&worker.mutex);
+            return false;
+        }
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+        /* The app's signal handlers must never run on our thread. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        pthread_t t;
+        int rc = pthread_create(&t, &attr, worker_main, NULL);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) {
+            BOXER_LOG(WARN, "cannot start the connect worker: %s", strerror(rc));
+            libc_close(worker.wake);
+            pthread_mutex_unlock(&worker.mutex);
+            return false;
+        }
+        worker.pid = getpid();
+    }
+    job->next = worker.jobs;
+    worker.jobs = job;
+    uint64_t one = 1;
+    (void)!write(worker.wake, &one, sizeof one);
+    pthread_mutex_unlock(&worker.mutex);
+    return true;
+}
+
+/* Turns the app's (unconnected) socket into the never-ready placeholder: bound to loopback if
+ * it is not bound yet, listening with backlog 1. */
+static int make_placeholder(int fd, int family)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (libc_getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return -1;
+    if (port_of(&ss) == 0) {
+        struct sockaddr_in in = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        struct sockaddr_in6 in6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+        int rc = family == AF_INET6 ? libc_bind(fd, (struct sockaddr *)&in6, sizeof in6)
+                                    : libc_bind(fd, (struct sockaddr *)&in, sizeof in);
+        if (rc < 0 && family == AF_INET6) { /* no ::1 here: the v4-mapped loopback */
+            in6.sin6_addr = (struct in6_addr){.s6_addr = {[10] = 0xff, [11] = 0xff, [12] = 127,
+                                                          [15] = 1}};
+            rc = libc_bind(fd, (struct sockaddr *)&in6, sizeof in6);
+        }
+        if (rc < 0)
+            return -1;
+    }
+    return libc_listen(fd, 1);
+}
+
+/* Reads the agent's reply to a CONNECT and installs the socket: the synchronous path. */
+static int connect_wait(int fd, int s, const struct boxer_msg *req, const struct sockaddr_in *dst)
+{
+    struct boxer_msg reply;
+    int received = -1;
+    if (boxer_agent_finish(s, req, &reply, &received) < 0) {
         BOXER_LOG(ERROR, "fd %d: connect to %s:%u: the agent is unreachable", fd,
-                  inet_ntoa(dst.sin_addr), req.port);
+                  inet_ntoa(dst->sin_addr), req->port);
         errno = ENETUNREACH;
         return -1;
     }
     if (reply.status != 0) {
         if (received >= 0)
             libc_close(received);
-        BOXER_LOG(INFO, "fd %d: connect to %s:%u: %s", fd, inet_ntoa(dst.sin_addr), req.port,
+        BOXER_LOG(INFO, "fd %d: connect to %s:%u: %s", fd, inet_ntoa(dst->sin_addr), req->port,
                   strerror((int)reply.status));
         errno = (int)reply.status;
         return -1;
@@ -379,20 +572,116 @@ static int boxer_connect(int fd, const struct sockaddr *addr, socklen_t len)
         return -1;
     }
     copy_sockopts(fd, received);
-    if (install(received, fd, fdflags & FD_CLOEXEC, flflags & O_NONBLOCK) < 0) {
+    struct sockaddr_in local = {.sin_family = AF_INET, .sin_port = htons(reply.port)};
+    local.sin_addr = msg_addr(&reply);
+    if (boxer_fd_finish_connect(fd, 0, received, &local, dst) < 0) {
         BOXER_LOG(ERROR, "fd %d: cannot install the overlay connection: %s", fd, strerror(errno));
         errno = ENETUNREACH;
         return -1;
     }
-    info.connected = true;
-    info.bound_overlay = false;
-    info.local.sin_family = AF_INET;
-    info.local.sin_addr = msg_addr(&reply);
-    info.local.sin_port = htons(reply.port);
+    BOXER_LOG(DEBUG, "fd %d: connected to %s:%u", fd, inet_ntoa(dst->sin_addr), req->port);
+    return 0;
+}
+
+static int boxer_connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    struct boxer_sock info;
+    struct sockaddr_in dst;
+    if (!boxer_enabled() || !boxer_fd_get(fd, &info))
+        return libc_connect(fd, addr, len);
+    /* The outcome of an asynchronous connect, as the kernel reports it to a second connect():
+     * EALREADY while in progress, then 0 (or the error) once, then EISCONN. */
+    if (info.connect_id != 0) {
+        errno = EALREADY;
+        return -1;
+    }
+    if (info.connect_unreported) {
+        int err = info.connect_error;
+        info.connect_unreported = false;
+        info.connect_error = 0;
+        boxer_fd_update(fd, &info);
+        if (err != 0) {
+            errno = err;
+            return -1;
+        }
+        if (info.connected)
+            return 0;
+    }
+    if (addr == NULL || addr->sa_family != info.family || !boxer_sockaddr_v4(addr, len, &dst) ||
+        !boxer_in_overlay(dst.sin_addr) || info.listening)
+        return libc_connect(fd, addr, len);
+    if (info.connected) {
+        errno = EISCONN;
+        return -1;
+    }
+    int flflags = libc_fcntl(fd, F_GETFL, NULL);
+    if (flflags < 0)
+        return -1; /* EBADF: as the kernel would say */
+
+    struct boxer_msg req;
+    boxer_msg_init(&req, BOXER_OP_CONNECT);
+    msg_set_addr(&req, dst.sin_addr);
+    req.port = ntohs(dst.sin_port);
+    int s = boxer_agent_send(&req);
+    if (s < 0) {
+        BOXER_LOG(ERROR, "fd %d: connect to %s:%u: the agent is unreachable", fd,
+                  inet_ntoa(dst.sin_addr), req.port);
+        errno = ENETUNREACH;
+        return -1;
+    }
+    if (!(flflags & O_NONBLOCK))
+        return connect_wait(fd, s, &req, &dst);
+
+    struct connect_job *job = calloc(1, sizeof *job);
+    if (job == NULL || make_placeholder(fd, info.family) < 0) {
+        /* No placeholder (e.g. the app bound a port that cannot listen): block instead, which
+         * POSIX allows for a non-blocking connect that completes at once. */
+        BOXER_LOG(INFO, "fd %d: asynchronous connect not possible (%s); waiting", fd,
+                  strerror(errno));
+        free(job);
+        return connect_wait(fd, s, &req, &dst);
+    }
+    job->agent = s;
+    job->fd = fd;
+    job->req = req;
+    do
+        job->id = __atomic_add_fetch(&next_connect_id, 1, __ATOMIC_RELAXED);
+    while (job->id == 0);
+    info.connect_id = job->id;
+    info.connect_error = 0;
+    info.connect_unreported = false;
     info.peer = dst;
     boxer_fd_update(fd, &info);
-    BOXER_LOG(DEBUG, "fd %d: connected to %s:%u", fd, inet_ntoa(dst.sin_addr), req.port);
+    if (!worker_submit(job)) {
+        info.connect_id = 0;
+        boxer_fd_update(fd, &info);
+        free(job);
+        return connect_wait(fd, s, &req, &dst);
+    }
+    errno = EINPROGRESS;
+    return -1;
+}
+
+/* SO_ERROR after an asynchronous connect reports the agent's errno (ETIMEDOUT, EHOSTUNREACH...
+ * cannot be produced on a local placeholder); everything else is the kernel's. */
+static int boxer_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+    int err;
+    if (level != SOL_SOCKET || name != SO_ERROR || !boxer_enabled() || val == NULL ||
+        len == NULL || (int)*len < 0 || !boxer_fd_take_error(fd, &err))
+        return libc_getsockopt(fd, level, name, val, len);
+    memcpy(val, &err, *len < sizeof err ? *len : sizeof err);
+    if (*len > sizeof err)
+        *len = sizeof err;
     return 0;
+}
+
+static int boxer_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+    int rc;
+    if (boxer_enabled() && boxer_fd_epoll_ctl(epfd, op, fd, ev, &rc))
+        return rc;
+    return libc_epoll_ctl(epfd, op, fd, ev);
 }
 
 /* ---- names of sockets ------------------------------------------------------------------- */
@@ -402,6 +691,12 @@ static int boxer_getsockname(int fd, struct sockaddr *addr, socklen_t *len)
     struct boxer_sock info;
     if (!boxer_enabled() || !boxer_fd_get(fd, &info))
         return libc_getsockname(fd, addr, len);
+    if (info.connect_id != 0 && boxer_config()->have_addr && len != NULL) {
+        /* In progress: our address, port not known yet (not the placeholder's loopback). */
+        struct sockaddr_in v4 = {.sin_family = AF_INET, .sin_addr = boxer_config()->addr};
+        boxer_sockaddr_out(info.family, &v4, addr, len);
+        return 0;
+    }
     if (info.connected) {
         if (len == NULL) {
             errno = EFAULT;
@@ -516,6 +811,14 @@ BOXER_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flag
 BOXER_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     return boxer_connect(fd, addr, len);
+}
+BOXER_EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+    return boxer_getsockopt(fd, level, name, val, len);
+}
+BOXER_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+    return boxer_epoll_ctl(epfd, op, fd, ev);
 }
 BOXER_EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 {

@@ -83,6 +83,7 @@ static void bind_all(void)
 #define BOXER_PICK_getsockopt BOXER_DEFINE_LIBC
 #define BOXER_PICK_setsockopt BOXER_DEFINE_LIBC
 #define BOXER_PICK_recvmsg BOXER_DEFINE_LIBC
+#define BOXER_PICK_epoll_ctl BOXER_DEFINE_LIBC
 #define BOXER_PICK_getaddrinfo BOXER_DEFINE_LIBC
 #define BOXER_PICK_getnameinfo BOXER_DEFINE_LIBC
 #define BOXER_PICK_gethostbyname BOXER_DEFINE_LIBC_PTR

@@ -6,7 +6,8 @@ sockets, but its answers come from dicts the test fills in instead of the coordi
 - RESOLVE/REVERSE from `names` / `reverse`; names starting with "mark." are NONAME and serve as
   markers a test program can drop into the request log (`ops()` shows them in order).
 - CONNECT to an overlay (addr, port) in `routes` opens a real TCP connection to the mapped
-  loopback port and passes its fd; `connect_errors` answers with an errno instead.
+  loopback port and passes its fd; `connect_errors` answers with an errno instead;
+  `connect_delay` holds every answer back, as a punch in progress does.
 - LISTEN/UNLISTEN/HELLO are recorded.
 - `deliver(port, peer)` does what the real agent does for an inbound overlay connection: makes
   a real wake connection from 127.0.0.2 to the app's listener and, when the app's interposer
@@ -67,6 +68,7 @@ class FakeAgent:
         self.reverse: dict[str, str] = {}  # overlay address -> name
         self.routes: dict[tuple[str, int], int] = {}  # overlay (addr, port) -> loopback port
         self.connect_errors: dict[tuple[str, int], int] = {}
+        self.connect_delay = 0.0  # seconds before a CONNECT is answered (a punch in progress)
         self.requests: list[Message] = []
         self._pending: dict[int, _Pending] = {}
         self._next_port = 50000
@@ -198,6 +200,7 @@ class FakeAgent:
                 return req.reply(flags=Resolution.FOUND, name=self.reverse[req.addr]), None
             return req.reply(flags=Resolution.NONAME), None
         if req.op == Op.CONNECT:
+            time.sleep(self.connect_delay)
             key = (req.addr, req.port)
             if key in self.connect_errors:
                 return req.reply(status=self.connect_errors[key]), None

@@ -264,7 +264,7 @@ def test_agent_absent_fails_calls_like_syscalls(probe, lib, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["inet", "inet6"])
-@pytest.mark.parametrize("flags", [[], ["nonblock", "cloexec"]])
+@pytest.mark.parametrize("flags", [[], ["cloexec"]])
 def test_connect_overlay_keeps_fd_flags_and_reports_overlay_addresses(
         probe, lib, agent, echo_port, family, flags):
     out = run(probe, env_for(agent, lib), "connect", family, KV, "6379", *flags)
@@ -293,6 +293,62 @@ def test_connect_errors_come_from_the_agent(probe, lib, agent, err, name):
         agent.connect_errors[(KV, 80)] = err
     out = run(probe, env_for(agent, lib), "connect", "inet", KV, "80")
     assert out["connect"] == name
+
+
+# ---- non-blocking connect: EINPROGRESS, then the outcome through the app's own event loop ------
+
+
+@pytest.mark.parametrize("family", ["inet", "inet6"])
+@pytest.mark.parametrize("mode,opts", [("poll", []), ("select", []), ("epoll", []),
+                                       ("epollet", ["early"]), ("epoll", ["early", "nodelay"])])
+def test_nonblocking_connect_completes_in_the_apps_event_loop(
+        probe, lib, agent, echo_port, family, mode, opts):
+    agent.connect_delay = 0.3  # the punch: the app's thread must not wait for it
+    out = run(probe, env_for(agent, lib), "aconnect", family, KV, "6379", mode, *opts)
+    assert out["connect"] == "EINPROGRESS"
+    assert int(out["stall_us"]) < 100_000, "connect() waited for the agent"
+    assert out["connect_again"] == "EALREADY"
+    assert out["peername_pending"] == "ENOTCONN"
+    assert out["wake_out"] == "1"
+    assert 200_000 < int(out["wait_us"]) < 5_000_000
+    if mode.startswith("epoll"):
+        assert out["wake_data"] == "feed"  # the app's own epoll data, on the swapped socket
+        assert out["wake_hup"] == "0"  # the placeholder's HUP never reaches the app
+        assert out["epoll_after"] == "1"
+    assert out["so_error"] == "OK" and out["so_error_again"] == "OK"
+    assert out["connect_after"] == "OK"  # like the kernel: 0 once, then EISCONN
+    assert out["connect_after2"] == "EISCONN"
+    assert out["nodelay"] == ("1" if "nodelay" in opts else "0")
+    assert out["nonblock"] == "1" and out["cloexec"] == "1"
+    if family == "inet":
+        assert re.fullmatch(r"100\.64\.0\.3:5\d{4}", out["sockname"])
+        assert out["peername"] == f"{KV}:6379"
+    else:
+        assert out["peername"] == f"[::ffff:{KV}]:6379"
+    assert out["echo"] == "OK"
+
+
+@pytest.mark.parametrize("mode", ["poll", "epoll"])
+@pytest.mark.parametrize("err,name", [(None, "ECONNREFUSED"), (110, "ETIMEDOUT"),
+                                      (113, "EHOSTUNREACH")])
+def test_nonblocking_connect_failure_is_so_error(probe, lib, agent, mode, err, name):
+    agent.connect_delay = 0.2
+    if err is not None:
+        agent.connect_errors[(KV, 80)] = err
+    out = run(probe, env_for(agent, lib), "aconnect", "inet", KV, "80", mode)
+    assert out["connect"] == "EINPROGRESS"
+    assert out["wake_out"] == "1"
+    assert out["so_error"] == name
+    assert out["so_error_again"] == "OK"
+
+
+def test_nonblocking_connect_closed_while_pending_leaves_the_number_alone(probe, lib, agent,
+                                                                          echo_port):
+    agent.connect_delay = 0.1
+    out = run(probe, env_for(agent, lib), "aconnect", "inet", KV, "6379", "poll", "closefirst")
+    assert out["connect"] == "EINPROGRESS"
+    assert out["other_revents_hup"] == "1"  # still a fresh socket, not our connection
+    assert out["other_peername"] == "ENOTCONN"
 
 
 def test_connect_outside_the_overlay_goes_to_libc(probe, lib, agent, echo_port):

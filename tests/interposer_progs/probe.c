@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -15,9 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CHECK(cond, ...)                                                                       \
@@ -57,6 +60,8 @@ static const char *errname(int e)
     case ERANGE: return "ERANGE";
     case EBADF: return "EBADF";
     case ENOTCONN: return "ENOTCONN";
+    case EINPROGRESS: return "EINPROGRESS";
+    case EALREADY: return "EALREADY";
     default: return strerror(e);
     }
 }
@@ -217,6 +222,142 @@ static int cmd_connect(int argc, char **argv)
     echo_roundtrip(fd, "ping through the app's own fd");
     say("echo", "OK");
     CHECK(close(fd) == 0, "close");
+    return 0;
+}
+
+static long now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000L + ts.tv_nsec / 1000;
+}
+
+/* aconnect FAMILY ADDR PORT poll|select|epoll|epollet [early] [nodelay] [closefirst]:
+ * a non-blocking connect completed through the app's own event loop, as event loops do it:
+ * EINPROGRESS, wait for writability, SO_ERROR. "early" registers with epoll before connect
+ * (nginx does); "nodelay" sets TCP_NODELAY while the connect is in progress; "closefirst"
+ * closes the fd right after EINPROGRESS and checks the number's next owner is left alone. */
+static int cmd_aconnect(int argc, char **argv)
+{
+    CHECK(argc >= 4, "usage: aconnect inet|inet6 addr port poll|select|epoll|epollet [opts]");
+    int family = strcmp(argv[0], "inet6") == 0 ? AF_INET6 : AF_INET;
+    const char *mode = argv[3];
+    bool early = false, nodelay = false, closefirst = false;
+    for (int i = 4; i < argc; i++) {
+        early |= strcmp(argv[i], "early") == 0;
+        nodelay |= strcmp(argv[i], "nodelay") == 0;
+        closefirst |= strcmp(argv[i], "closefirst") == 0;
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0, "socket");
+    int ep = -1;
+    bool use_epoll = strncmp(mode, "epoll", 5) == 0;
+    struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN | EPOLLRDHUP, .data.u64 = 0xfeed};
+    if (strcmp(mode, "epollet") == 0)
+        ev.events |= EPOLLET;
+    if (use_epoll) {
+        ep = epoll_create1(EPOLL_CLOEXEC);
+        CHECK(ep >= 0, "epoll_create1");
+        if (early)
+            CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll_ctl early");
+    }
+    socklen_t len;
+    struct sockaddr_storage dst = make_addr(family, argv[1], atoi(argv[2]), &len);
+    long t0 = now_us();
+    int rc = connect(fd, (struct sockaddr *)&dst, len);
+    long t1 = now_us();
+    say("connect", "%s", rc == 0 ? "OK" : errname(errno));
+    say("stall_us", "%ld", t1 - t0);
+    if (rc != 0 && errno != EINPROGRESS)
+        return 0;
+    if (rc != 0) {
+        errno = 0;
+        int again = connect(fd, (struct sockaddr *)&dst, len);
+        say("connect_again", "%s", again == 0 ? "OK" : errname(errno));
+        say("peername_pending", "%s", peername(fd));
+    }
+    if (closefirst) {
+        CHECK(close(fd) == 0, "close pending");
+        int other = socket(AF_INET, SOCK_STREAM, 0);
+        CHECK(other == fd, "the number was not reused (%d vs %d)", other, fd);
+        usleep(300000); /* the agent answers meanwhile */
+        struct pollfd p = {.fd = other, .events = POLLOUT};
+        CHECK(poll(&p, 1, 0) == 1, "poll other");
+        /* A fresh unconnected socket: POLLOUT|POLLHUP, and no peer. */
+        say("other_revents_hup", "%d", (p.revents & POLLHUP) != 0);
+        say("other_peername", "%s", peername(other));
+        close(other);
+        return 0;
+    }
+    if (nodelay) {
+        int one = 1;
+        CHECK(setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0, "nodelay");
+    }
+    if (use_epoll && !early)
+        CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll_ctl");
+    long t2 = now_us();
+    if (rc != 0) {
+        if (use_epoll) {
+            struct epoll_event out;
+            int n = epoll_wait(ep, &out, 1, 10000);
+            CHECK(n == 1, "epoll_wait: %d events", n);
+            say("wake_data", "%llx", (unsigned long long)out.data.u64);
+            say("wake_out", "%d", (out.events & EPOLLOUT) != 0);
+            say("wake_hup", "%d", (out.events & EPOLLHUP) != 0);
+        } else if (strcmp(mode, "select") == 0) {
+            fd_set w;
+            FD_ZERO(&w);
+            FD_SET(fd, &w);
+            struct timeval tv = {.tv_sec = 10};
+            CHECK(select(fd + 1, NULL, &w, NULL, &tv) == 1, "select");
+            say("wake_out", "%d", FD_ISSET(fd, &w) != 0);
+        } else {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            CHECK(poll(&p, 1, 10000) == 1, "poll");
+            say("wake_out", "%d", (p.revents & POLLOUT) != 0);
+            say("wake_hup", "%d", (p.revents & POLLHUP) != 0);
+        }
+    }
+    say("wait_us", "%ld", now_us() - t2);
+    int err = -1, err2 = -1;
+    socklen_t elen = sizeof err;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0, "SO_ERROR");
+    say("so_error", "%s", errname(err));
+    elen = sizeof err2;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err2, &elen) == 0, "SO_ERROR 2");
+    say("so_error_again", "%s", errname(err2)); /* SO_ERROR is read-and-clear */
+    if (err != 0) {
+        close(fd);
+        return 0;
+    }
+    errno = 0;
+    rc = connect(fd, (struct sockaddr *)&dst, len);
+    say("connect_after", "%s", rc == 0 ? "OK" : errname(errno));
+    errno = 0;
+    rc = connect(fd, (struct sockaddr *)&dst, len);
+    say("connect_after2", "%s", rc == 0 ? "OK" : errname(errno));
+    int nd = 0;
+    socklen_t ndlen = sizeof nd;
+    CHECK(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nd, &ndlen) == 0, "get nodelay");
+    say("nodelay", "%d", nd != 0);
+    say("nonblock", "%d", (fcntl(fd, F_GETFL) & O_NONBLOCK) != 0);
+    say("cloexec", "%d", (fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+    say("sockname", "%s", sockname(fd));
+    say("peername", "%s", peername(fd));
+    echo_roundtrip(fd, "ping through the async-connected fd");
+    say("echo", "OK");
+    if (use_epoll) {
+        /* The registration followed the swap: MOD finds it (ENOENT otherwise) and the echo's
+         * answer wakes the same epoll set. */
+        struct epoll_event in = {.events = EPOLLIN, .data.u64 = 0xfeed};
+        CHECK(epoll_ctl(ep, EPOLL_CTL_MOD, fd, &in) == 0, "epoll_ctl MOD after the swap");
+        CHECK(write(fd, "x", 1) == 1, "write");
+        struct epoll_event out;
+        int n = epoll_wait(ep, &out, 1, 5000);
+        say("epoll_after", "%d", n == 1 && (out.events & EPOLLIN) && out.data.u64 == 0xfeed);
+        close(ep);
+    }
+    close(fd);
     return 0;
 }
 
@@ -696,7 +837,7 @@ int main(int argc, char **argv)
         {"connect", cmd_connect}, {"listen", cmd_listen},     {"bind", cmd_bind},
         {"dup", cmd_dup},         {"dupconn", cmd_dupconn},   {"gai", cmd_gai},
         {"hostent", cmd_hostent}, {"nameinfo", cmd_nameinfo}, {"hostname", cmd_hostname},
-        {"threads", cmd_threads}, {"fork", cmd_fork},
+        {"threads", cmd_threads}, {"fork", cmd_fork},       {"aconnect", cmd_aconnect},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(argv[1], cmds[i].name) == 0)
