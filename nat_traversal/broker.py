@@ -58,6 +58,7 @@ class Connection:
     state: ConnState = ConnState.AWAIT_FIRST
     session: str | None = None
     instance: "Instance | None" = None
+    last_heard: float = 0.0
 
 
 @dataclass
@@ -92,6 +93,8 @@ class PendingConnect:
 class Timeouts:
     # How long a server agent may take to answer Incoming before the client gets ETIMEDOUT.
     broker: float = 3.0
+    # A control session silent this long is dead (agents ping every 5 s): its instance leaves.
+    silence: float = 15.0
 
 
 class Broker:
@@ -147,6 +150,7 @@ class Broker:
         conn = self._connections.get(cid)
         if conn is None:
             return []
+        conn.last_heard = now
         if conn.state is ConnState.AWAIT_FIRST:
             if isinstance(message, m.Auth):
                 return self._on_auth(conn, message)
@@ -170,6 +174,11 @@ class Broker:
 
     def expire(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        for conn in list(self._connections.values()):
+            if conn.state is ConnState.CONTROL and now - conn.last_heard > self.timeouts.silence:
+                log.warning("%s silent for %.0f s: closing its session", conn.endpoint, now - conn.last_heard)
+                actions.append(Close(conn.cid, "silent"))
+                actions += self.connection_lost(conn.cid)
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
             del self._pending[pending.conn]
             if pending.punching:  # the punch has its own deadline at the client
@@ -219,6 +228,16 @@ class Broker:
         if conn.instance is not None:
             return [Send(conn.cid, m.Error(ref="register", reason="this session is already registered"))]
         holder = self._by_name.get(msg.name)
+        actions: list[Action] = []
+        if holder is not None and holder.instance_id == msg.instance:
+            # The same instance on a new connection (its old one died without us noticing, e.g.
+            # a NAT mapping expired while it was frozen): the new session replaces the old.
+            old = self._connections.get(holder.cid)
+            if old is not None:
+                old.instance = None
+                actions.append(Close(holder.cid, "replaced by a new session of the same instance"))
+            self._remove_instance(holder, "re-registered on a new connection")
+            holder = None
         if holder is not None:
             return [Send(conn.cid, m.Error(
                 ref="register",
@@ -230,7 +249,7 @@ class Broker:
         self._by_addr[addr] = inst
         self._by_name[inst.name] = inst
         log.info("registered %s (%s) at %s from %s", inst.name, inst.service, addr, conn.endpoint)
-        return [Send(conn.cid, m.Registered(name=inst.name, addr=addr, prefix=self.prefix)),
+        return [*actions, Send(conn.cid, m.Registered(name=inst.name, addr=addr, prefix=self.prefix)),
                 *self._broadcast_members()]
 
     def _allocate(self, wanted: str | None) -> str:

@@ -88,7 +88,7 @@ def test_registration_allocates_addresses_and_broadcasts_members(broker):
 def test_duplicate_name_is_an_error_naming_the_holder(broker):
     register(broker, 1, "kv")
     login(broker, 2)
-    error = sent(broker.message_received(2, m.Register(name="kv", service="kv", instance="12345678"), 0.0))[0]
+    error = sent(broker.message_received(2, m.Register(name="kv", service="kv", instance="87654321"), 0.0))[0]
     assert isinstance(error, m.Error) and "taken by a running instance (100.64.0.1)" in error.reason
 
 
@@ -176,3 +176,31 @@ def test_protocol_error_closes_only_that_connection(broker):
     actions = broker.protocol_error(2, "frame is not valid JSON")
     assert actions == [Close(2, "protocol error: frame is not valid JSON")]
     assert broker.members() == {"kv": "100.64.0.1"}
+
+
+def test_same_instance_re_registering_replaces_its_old_session(broker):
+    register(broker, 1, "kv")
+    login(broker, 2, "198.18.1.1:40001")
+    actions = broker.message_received(
+        2, m.Register(name="kv", service="kv", instance="12345678", addr="100.64.0.1"), 1.0)
+    assert Close(1, "replaced by a new session of the same instance") in actions
+    assert m.Registered(name="kv", addr="100.64.0.1", prefix="100.64.0.0/24") in sent(actions, 2)
+    assert broker.members() == {"kv": "100.64.0.1"}
+
+
+def test_a_different_instance_cannot_take_a_live_name(broker):
+    register(broker, 1, "kv")
+    login(broker, 2)
+    actions = broker.message_received(2, m.Register(name="kv", service="kv", instance="87654321"), 1.0)
+    assert isinstance(sent(actions, 2)[0], m.Error)
+    assert not any(isinstance(a, Close) for a in actions)
+
+
+def test_silent_session_is_closed_and_its_instance_leaves(broker):
+    register(broker, 1, "kv")  # last heard at t=0
+    register(broker, 2, "web")
+    broker.message_received(2, m.Ping(seq=1), 14.0)
+    assert broker.expire(15.0) == []
+    actions = broker.expire(15.1)
+    assert Close(1, "silent") in actions
+    assert sent(actions, 2) == [m.Members(hosts={"web": "100.64.0.2"})]

@@ -11,7 +11,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from boxer.agent.control import ControlSession, Ticket, open_ticket
+from boxer.agent.control import Ticket, open_ticket
+from boxer.agent.link import CoordinatorLink, LinkDown
 from boxer.agent.names import NameTable
 from boxer.agent.punch import PunchError, authenticate, simultaneous_open
 from boxer.ipc import Message, Op, Resolution
@@ -41,7 +42,7 @@ class _PendingAccept:
 
 @dataclass
 class Agent:
-    session: ControlSession
+    session: CoordinatorLink
     coordinator: tuple[str, int]
     secret: bytes
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -65,6 +66,9 @@ class Agent:
         self._incoming: dict[str, asyncio.Future[Ticket]] = {}
         self._refill = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        # Loops also check this: asyncio.wait_for can swallow a cancellation that arrives just as
+        # its inner future completes (Python < 3.12), and a pool loop must never outlive us.
+        self._closed = False
         self.stats = {"connects": 0, "accepts": 0, "refused": 0, "failed": 0}
 
     @property
@@ -79,6 +83,21 @@ class Agent:
 
     def start(self) -> None:
         self._spawn(self._keep_ticket_pools())
+        self._spawn(self.session.run(self.on_coordinator_message, self._on_new_session))
+
+    def _on_new_session(self) -> None:
+        """Tickets belong to the old session (and their connections died with it)."""
+        self._drop_tickets()
+        self._refill.set()
+
+    def _drop_tickets(self) -> None:
+        for ticket in self._outgoing:
+            ticket.close()
+        self._outgoing.clear()
+        for future in self._incoming.values():
+            if future.done() and not future.exception():
+                future.result().close()
+        self._incoming.clear()
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -89,7 +108,7 @@ class Agent:
     async def _keep_ticket_pools(self) -> None:
         """Keeps ports with observed public endpoints ready, so a connect needs no extra round
         trip to learn one. A failure here only costs latency: connects open their own."""
-        while True:
+        while not self._closed:
             self._refill.clear()
             try:
                 while len(self._outgoing) < self.ticket_pool_size:
@@ -98,7 +117,8 @@ class Agent:
                     await self._open_incoming_ticket()
             except Exception as exc:
                 log.warning("could not open a rendezvous connection: %s", exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.2 if not self.session.up.is_set() else 1.0)
+                await self.session.up.wait()
                 continue
             await self._refill.wait()
 
@@ -126,13 +146,10 @@ class Agent:
         return await self._open_ticket("outgoing")
 
     def close(self) -> None:
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
-        for ticket in self._outgoing:
-            ticket.close()
-        for future in self._incoming.values():
-            if future.done() and not future.exception():
-                future.result().close()
+        self._drop_tickets()
         for pending in self._accepts.values():
             pending.sock.close()
             pending.wake.close()
@@ -203,6 +220,9 @@ class Agent:
         except asyncio.TimeoutError:
             self.stats["failed"] += 1
             return req.reply(status=errno.ETIMEDOUT), None
+        except LinkDown:
+            self.stats["failed"] += 1
+            return req.reply(status=errno.ENETUNREACH), None
         except PunchError as exc:
             self.stats["failed"] += 1
             log.info("connect to %s:%d failed: %s", req.addr, req.port, exc)
@@ -300,7 +320,7 @@ class Agent:
             finally:
                 ticket.close()
                 self._refill.set()
-        except (PunchError, asyncio.TimeoutError, OSError) as exc:
+        except (PunchError, LinkDown, asyncio.TimeoutError, OSError) as exc:
             log.info("incoming connection %s from %s failed: %s", msg.conn, msg.src_addr, exc)
             return
         await self._wake_app(sock, msg)

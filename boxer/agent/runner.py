@@ -14,6 +14,7 @@ from boxer.agent.agent import WAKE_ADDR, Agent, Timeouts
 from boxer.agent.child import child_environment, exit_status, start_child, stop_child
 from boxer.agent.control import CoordinatorError, open_session
 from boxer.agent.ipc_server import IpcServer
+from boxer.agent.link import CoordinatorLink
 from nat_traversal import auth
 from nat_traversal import messages as m
 
@@ -47,7 +48,8 @@ async def run_instance(opts: RunOptions) -> int:
         raise RunError(f"{exc}; {opts.argv[0]} was not started") from None
     reg = session.registration
     log.info("registered as %s at %s", reg.name, reg.addr)
-    agent = Agent(session, opts.coordinator, opts.secret,
+    link = CoordinatorLink(session, opts.coordinator, opts.secret, register)
+    agent = Agent(link, opts.coordinator, opts.secret,
                   timeouts=Timeouts(connect=opts.connect_timeout, punch=min(3.0, opts.connect_timeout)))
     workdir = tempfile.mkdtemp(prefix="boxer-agent-")
     server = IpcServer(os.path.join(workdir, "agent.sock"), agent.handle_ipc)
@@ -55,35 +57,21 @@ async def run_instance(opts: RunOptions) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    dispatcher = None
     proc = None
     try:
         await server.start()
         agent.start()
-        dispatcher = asyncio.create_task(session.dispatch_forever(agent.on_coordinator_message))
         env = child_environment(dict(os.environ), agent_sock=server.path, name=reg.name, addr=reg.addr,
                                 prefix=reg.prefix, wake_addr=WAKE_ADDR)
         proc = await start_child(opts.argv, env)
         await _confirm_interposer(agent, proc, opts.argv[0])
-        waiters = {asyncio.create_task(proc.wait()): "exit", asyncio.create_task(stopping.wait()): "signal",
-                   dispatcher: "coordinator"}
+        waiters = {asyncio.create_task(proc.wait()): "exit", asyncio.create_task(stopping.wait()): "signal"}
         if opts.lifetime is not None:
             waiters[asyncio.create_task(asyncio.sleep(opts.lifetime))] = "lifetime"
         done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
-            if task is not dispatcher:
-                task.cancel()
+            task.cancel()
         reason = waiters[next(iter(done))]
-        if reason == "coordinator":
-            # Established connections do not pass through the coordinator; the app keeps running.
-            exc = dispatcher.exception()
-            log.warning("lost the coordinator (%s); the application keeps running, new overlay "
-                        "connections will fail until it returns", exc)
-            waiters = {asyncio.create_task(proc.wait()): "exit", asyncio.create_task(stopping.wait()): "signal"}
-            done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            reason = waiters[next(iter(done))]
         if reason != "exit":
             log.info("stopping %s (%s)", opts.argv[0], reason)
             await stop_child(proc)
@@ -92,14 +80,8 @@ async def run_instance(opts: RunOptions) -> int:
     finally:
         if proc is not None and proc.returncode is None:
             await stop_child(proc)
-        try:
-            await asyncio.wait_for(session.send(m.Bye(reason="stopped")), 1.0)
-        except Exception:
-            pass
-        if dispatcher is not None:
-            dispatcher.cancel()
         agent.close()
-        session.close()
+        await link.close()
         server.close()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -1,0 +1,132 @@
+"""The agent's lasting link to the coordinator: keepalives, and reconnection after any loss.
+
+The coordinator is soft state. When its connection drops (it restarted, or a NAT mapping
+expired while the instance was frozen), the agent reconnects with backoff and re-registers under
+the same name, instance id and overlay address, so nothing an application holds goes stale.
+Established connections never pass through the coordinator and are not affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from boxer.agent.control import ControlSession, CoordinatorError, Registration, open_session
+from nat_traversal import messages as m
+from nat_traversal.wire import ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LinkTimeouts:
+    ping_interval: float = 5.0  # also keeps the control connection's NAT mapping warm
+    silence: float = 15.0  # no frame for this long: the link is dead even without a FIN/RST
+    backoff_first: float = 0.05
+    backoff_max: float = 1.0  # keeps "new connections work within 2 s of the coordinator's return"
+
+
+class LinkDown(Exception):
+    pass
+
+
+class CoordinatorLink:
+    def __init__(self, session: ControlSession, coordinator: tuple[str, int], secret: bytes,
+                 register: m.Register, timeouts: LinkTimeouts = LinkTimeouts()) -> None:
+        self.session = session
+        self.coordinator = coordinator
+        self.secret = secret
+        self.timeouts = timeouts
+        # Re-registration keeps the address we were given.
+        self._register = m.Register(name=register.name, service=register.service,
+                                    instance=register.instance, addr=session.registration.addr)
+        self.up = asyncio.Event()
+        self.up.set()
+        self.reconnects = 0
+        self.closed = False
+        self._last_heard = asyncio.get_running_loop().time()
+
+    @property
+    def registration(self) -> Registration:
+        return self.session.registration
+
+    @property
+    def members(self) -> dict[str, str]:
+        return self.session.members
+
+    async def send(self, message: m.Message, wait: float = 2.0) -> None:
+        """Sends on the current session; while reconnecting, waits up to `wait` for it."""
+        if not self.up.is_set():
+            try:
+                await asyncio.wait_for(self.up.wait(), wait)
+            except asyncio.TimeoutError:
+                raise LinkDown("the coordinator is unreachable") from None
+        try:
+            await self.session.send(message)
+        except OSError as exc:
+            raise LinkDown(f"the coordinator link failed: {exc}") from None
+
+    async def run(self, on_message: Callable[[m.Message], None],
+                  on_new_session: Callable[[], None]) -> None:
+        """Until closed: serve the session; when it dies, reconnect and call on_new_session."""
+        while not self.closed:
+            try:
+                await self._serve(on_message)
+            except (OSError, ProtocolError, LinkDown, asyncio.IncompleteReadError) as exc:
+                log.warning("lost the coordinator (%s); reconnecting", exc or type(exc).__name__)
+            self.up.clear()
+            self.session.close()
+            await self._reconnect()
+            if self.closed:
+                return
+            self.reconnects += 1
+            on_message(m.Members(hosts=self.session.members))
+            on_new_session()
+            self.up.set()
+
+    async def _serve(self, on_message: Callable[[m.Message], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_heard = loop.time()
+
+        def heard(message: m.Message) -> None:
+            self._last_heard = loop.time()
+            on_message(message)
+
+        reader = asyncio.create_task(self.session.dispatch_forever(heard))
+        try:
+            seq = 0
+            while not reader.done():
+                done, _ = await asyncio.wait({reader}, timeout=self.timeouts.ping_interval)
+                if done:
+                    break
+                if loop.time() - self._last_heard > self.timeouts.silence:
+                    raise LinkDown(f"no word from the coordinator for {self.timeouts.silence:g} s")
+                seq += 1
+                await self.session.send(m.Ping(seq=seq))
+            reader.result()
+        finally:
+            reader.cancel()
+
+    async def _reconnect(self) -> None:
+        delay = self.timeouts.backoff_first
+        while not self.closed:
+            try:
+                self.session = await open_session(self.coordinator, self.secret, self._register, timeout=2.0)
+                log.warning("reconnected to the coordinator as %s at %s", self.registration.name,
+                            self.registration.addr)
+                return
+            except CoordinatorError as exc:
+                log.info("coordinator not back yet: %s", exc)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.timeouts.backoff_max)
+
+    async def close(self) -> None:
+        self.closed = True
+        try:
+            await asyncio.wait_for(self.session.send(m.Bye(reason="stopped")), 1.0)
+        except Exception:
+            pass
+        self.session.close()
