@@ -141,8 +141,12 @@ class Agent:
     async def _take_ticket(self) -> Ticket:
         # The pool is refilled once the connection is made (see callers), not now: opening a
         # rendezvous connection would compete with this connect for both event loops.
-        if self._outgoing:
-            return self._outgoing.pop()
+        current = self.session.registration.session
+        while self._outgoing:
+            ticket = self._outgoing.pop()
+            if ticket.session == current:
+                return ticket
+            ticket.close()
         return await self._open_ticket("outgoing")
 
     def close(self) -> None:

@@ -166,6 +166,7 @@ class Ticket:
     local_port: int
     public_endpoint: str
     rendezvous: FramedSocket
+    session: str  # tickets die with the session they were observed in
 
     def close(self) -> None:
         self.rendezvous.close()
@@ -185,7 +186,7 @@ async def open_ticket(coordinator: tuple[str, int], secret: bytes, session: str,
         while True:
             reply = await asyncio.wait_for(framed.receive(), timeout)
             if isinstance(reply, m.Observed):
-                return Ticket(ticket, local_port, reply.endpoint, framed)
+                return Ticket(ticket, local_port, reply.endpoint, framed, session)
             if isinstance(reply, m.Refused):
                 raise CoordinatorError(f"rendezvous refused: {reply.reason}")
             # the Challenge every connection starts with needs no answer on a rendezvous

@@ -78,6 +78,47 @@ def cmd_connect(host, port, timeout="10"):
         s.close()
 
 
+def cmd_stream(host, port, seconds):
+    """Echo 1 KiB every 20 ms on one connection for `seconds`, checking every byte."""
+    sent = 0
+    with connect(host, port) as s:
+        s.sendall(b"ECHO\n")
+        end = time.monotonic() + float(seconds)
+        while time.monotonic() < end:
+            block = (f"{sent:016d}" * 64).encode()
+            s.sendall(block)
+            got = b""
+            while len(got) < len(block):
+                chunk = s.recv(len(block) - len(got))
+                if not chunk:
+                    return {"ok": False, "bytes": sent, "error": "connection closed"}
+                got += chunk
+            if got != block:
+                return {"ok": False, "bytes": sent, "error": "corrupted"}
+            sent += len(block)
+            time.sleep(0.02)
+    return {"ok": True, "bytes": sent}
+
+
+def cmd_retry_connect(host, port, after, seconds):
+    """From wall-clock time `after` on, connect every 20 ms until one succeeds; report when."""
+    while time.time() < float(after):
+        time.sleep(0.01)
+    end = time.monotonic() + float(seconds)
+    attempts = 0
+    while time.monotonic() < end:
+        attempts += 1
+        try:
+            with connect(host, port, timeout=2) as s:
+                s.sendall(b"ECHO\nx")
+                if s.recv(1) == b"x":
+                    return {"connected_at": time.time(), "attempts": attempts}
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return {"connected_at": None, "attempts": attempts}
+
+
 def cmd_resolve(name):
     try:
         infos = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)
