@@ -1,0 +1,259 @@
+"""Real applications, unmodified, in the lab (issue 3): every program is a Debian binary (or a
+JVM/Python program using only the standard library) under `boxer run` on a host behind its own
+NAT. One 5-host lab for the module:
+
+    h1  nginx reverse proxy "proxy" (master + 2 workers sharing the listener)
+    h2  backend "b1" (python http.server), redis primary "kv"
+    h3  backend "b2", redis replica "kvr", asyncio server "aio"
+    h4  backend "b3", memcached "mc" (4 threads, libevent), Java server "jsrv"
+    h5  the clients: curl, redis-cli, memcslap/memccapable, Java client, asyncio client
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "apps_data"
+BOXER = [sys.executable, "-m", "boxer"]
+pytestmark = pytest.mark.lab
+
+if os.geteuid() != 0:
+    print("skipping: application lab tests need root (network namespaces, iptables)")
+    pytest.skip("application lab tests need root (network namespaces, iptables)", allow_module_level=True)
+for _tool in ("iptables", "redis-server", "redis-cli", "nginx", "curl", "memcached"):
+    if shutil.which(_tool) is None:
+        print(f"skipping: application lab tests need {_tool} (scripts/install-deps.sh)")
+        pytest.skip(f"application lab tests need {_tool}", allow_module_level=True)
+
+
+def boxer_run(name: str, *argv: str) -> list[str]:
+    return [*BOXER, "run", "--name", name, "--", *argv]
+
+
+def app(lab, host: str, name: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return lab.run(host, boxer_run(name, *argv), capture_output=True, text=True, timeout=timeout)
+
+
+PROBE = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 5).close()"
+
+
+def wait_listening(lab, target: str, port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = app(lab, "h5", "probe", sys.executable, "-c", PROBE, target, str(port), timeout=30)
+        if proc.returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"{target}:{port} did not come up: {proc.stderr[-2000:]}"
+        time.sleep(0.3)
+
+
+class Apps:
+    def __init__(self, lab, tmp: Path) -> None:
+        self.lab = lab
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, host: str, name: str, *argv: str, **kw) -> subprocess.Popen:
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        proc = self.lab.popen(host, boxer_run(name, *argv), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def apps(tmp_path_factory):
+    from boxer.lab import lab_down, lab_up
+
+    name = f"ap{os.getpid() % 100000}"
+    tmp = tmp_path_factory.mktemp("apps")
+    lab = lab_up(name, hosts=5)
+    running = Apps(lab, tmp)
+    try:
+        for i, host in ((1, "h2"), (2, "h3"), (3, "h4")):
+            root = tmp / f"b{i}"
+            root.mkdir()
+            (root / "who").write_text(f"backend b{i}\n")
+            running.start(host, f"b{i}", sys.executable, "-m", "http.server", "8081", "--directory", str(root))
+        running.start("h2", "kv", "redis-server", "--port", "6379", "--save", "", "--appendonly", "no",
+                      "--protected-mode", "no")
+        running.start("h4", "mc", "memcached", "-u", "root", "-p", "11211", "-U", "0", "-t", "4")
+        running.start("h3", "aio", sys.executable, str(DATA / "aio.py"), "server", "9000")
+        for target, port in (("b1", 8081), ("b2", 8081), ("b3", 8081), ("kv", 6379), ("mc", 11211),
+                             ("aio", 9000)):
+            wait_listening(lab, target, port)
+        yield running
+    finally:
+        running.stop()
+        lab_down(name)
+
+
+# ---- nginx ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nginx(apps):
+    d = apps.tmp / "nginx"
+    d.mkdir()
+    (d / "nginx.conf").write_text((DATA / "nginx.conf.in").read_text().format(dir=d))
+    with open(d / "stderr", "w") as err:
+        proc = apps.start("h1", "proxy", "nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", "stderr",
+                          stderr=err)
+    try:
+        wait_listening(apps.lab, "proxy", 8080)
+    finally:
+        assert proc.poll() is None, (d / "stderr").read_text()
+    return d
+
+
+def test_nginx_reverse_proxy_reaches_every_overlay_backend(apps, nginx):
+    n = 12
+    script = f"for i in $(seq {n}); do curl -sS --max-time 10 http://proxy:8080/who; done"
+    proc = app(apps.lab, "h5", "curler", "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    answers = proc.stdout.splitlines()
+    assert len(answers) == n
+    assert set(answers) == {"backend b1", "backend b2", "backend b3"}  # round robin: all three
+    # Every connection accepted exactly once, by some worker, from the client's overlay address.
+    deadline = time.monotonic() + 5
+    while len((nginx / "access.log").read_text().splitlines()) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = [line.split() for line in (nginx / "access.log").read_text().splitlines()]
+    assert len(log) == n
+    assert {fields[3] for fields in log} == {"200"}
+    assert all(re.fullmatch(r"100\.\d+\.\d+\.\d+", fields[1]) for fields in log)
+    assert all(re.fullmatch(r"100\.\d+\.\d+\.\d+:8081", fields[2]) for fields in log)
+    master = int((nginx / "nginx.pid").read_text())
+    assert master not in {int(fields[0]) for fields in log}  # served by the workers, not the master
+
+
+def test_nginx_concurrent_clients_each_answered_once(apps, nginx):
+    before = len((nginx / "access.log").read_text().splitlines())
+    script = ("for i in $(seq 24); do curl -sS --max-time 10 -o /dev/null -w '%{http_code}\\n' "
+              "http://proxy:8080/who & done; wait")
+    proc = app(apps.lab, "h5", "burst", "sh", "-c", script)
+    assert proc.stdout.split() == ["200"] * 24, proc.stderr
+    deadline = time.monotonic() + 5
+    while len((nginx / "access.log").read_text().splitlines()) < before + 24 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len((nginx / "access.log").read_text().splitlines()) == before + 24
+
+
+# ---- redis replication ---------------------------------------------------------------------------
+
+
+def test_redis_replica_follows_the_primary_by_overlay_name(apps):
+    apps.start("h3", "kvr", "redis-server", "--port", "6379", "--save", "", "--appendonly", "no",
+               "--protected-mode", "no", "--replicaof", "kv", "6379")
+    lab = apps.lab
+    deadline = time.monotonic() + 30
+    while True:
+        info = app(lab, "h5", "rcli", "redis-cli", "-h", "kvr", "info", "replication").stdout
+        if "master_link_status:up" in info:
+            break
+        assert time.monotonic() < deadline, f"replica never linked: {info}"
+        time.sleep(0.5)
+    replica_addr = app(lab, "h5", "rcli", "getent", "hosts", "kvr").stdout.split()[0]
+    primary = app(lab, "h5", "rcli", "redis-cli", "-h", "kv", "info", "replication").stdout
+    assert f"slave0:ip={replica_addr},port=6379,state=online" in primary, primary
+    assert app(lab, "h5", "rcli", "redis-cli", "-h", "kv", "set", "city", "zurich").stdout.strip() == "OK"
+    deadline = time.monotonic() + 10
+    while app(lab, "h5", "rcli", "redis-cli", "-h", "kvr", "get", "city").stdout.strip() != "zurich":
+        assert time.monotonic() < deadline, "write to the primary never reached the replica"
+        time.sleep(0.2)
+    # BGSAVE forks the primary while the replica's connection is open; both keep working.
+    assert "Background saving started" in app(lab, "h5", "rcli", "redis-cli", "-h", "kv", "bgsave").stdout
+    assert app(lab, "h5", "rcli", "redis-cli", "-h", "kv", "set", "after", "fork").stdout.strip() == "OK"
+    deadline = time.monotonic() + 10
+    while app(lab, "h5", "rcli", "redis-cli", "-h", "kvr", "get", "after").stdout.strip() != "fork":
+        assert time.monotonic() < deadline, "replication stopped after BGSAVE"
+        time.sleep(0.2)
+
+
+# ---- memcached -----------------------------------------------------------------------------------
+
+
+def test_memcached_under_memcslap_load(apps):
+    proc = app(apps.lab, "h5", "slap", "memcslap", "--servers=mc:11211", "--concurrency=8",
+               "--execute-number=500", "--non-blocking", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"Time to set\s+4000 keys by\s+8 threads", proc.stdout), proc.stdout
+    stats = app(apps.lab, "h5", "stat", "memcstat", "--servers=mc:11211").stdout
+    sets = int(re.search(r"cmd_set: (\d+)", stats).group(1))
+    assert sets >= 8 * 500  # every client's load reached the server
+    assert int(re.search(r"threads: (\d+)", stats).group(1)) == 4
+
+
+def test_memcached_protocol_conformance(apps):
+    tool = shutil.which("memccapable") or shutil.which("memcapable")
+    if tool is None:
+        pytest.skip("memccapable not installed (libmemcached-tools)")
+    proc = app(apps.lab, "h5", "capable", tool, "-h", "mc", "-p", "11211", "-a", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "failed" not in proc.stdout.lower().replace("0 failed", ""), proc.stdout
+
+
+# ---- the JVM -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def java_classes(apps):
+    if shutil.which("javac") is None or shutil.which("java") is None:
+        print("skipping: no JDK (javac/java) on this machine")
+        pytest.skip("no JDK (javac/java) on this machine")
+    out = apps.tmp / "classes"
+    out.mkdir()
+    subprocess.run(["javac", "-d", str(out), str(DATA / "EchoServer.java"), str(DATA / "EchoClient.java")],
+                   check=True, capture_output=True, timeout=120)
+    return out
+
+
+def test_java_dual_stack_sockets(apps, java_classes):
+    apps.start("h4", "jsrv", "java", "-cp", str(java_classes), "EchoServer", "7070")
+    wait_listening(apps.lab, "jsrv", 7070, timeout=60)
+    proc = app(apps.lab, "h5", "jcli", "java", "-cp", str(java_classes), "EchoClient", "jsrv", "7070",
+               timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    jsrv = lines["resolved"]
+    assert re.fullmatch(r"100\.\d+\.\d+\.\d+", jsrv)
+    own = lines["local"]
+    assert re.fullmatch(r"100\.\d+\.\d+\.\d+", own)  # the v4-mapped overlay address, shown as v4
+    for kind, word in (("blocking", "hello"), ("timeout", "timed"), ("nio", "nio")):
+        assert lines[kind] == f"{word} from {own} at {jsrv} on jsrv", lines
+
+
+# ---- asyncio -------------------------------------------------------------------------------------
+
+
+def test_asyncio_server_and_client(apps):
+    proc = app(apps.lab, "h5", "aioc", sys.executable, str(DATA / "aio.py"), "client", "aio", "9000", "50")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["errors"] == []
+    assert len(result["answers"]) == 50
+    own = result["own"]
+    assert re.fullmatch(r"100\.\d+\.\d+\.\d+", own)
+    # The server saw each client's overlay address (getpeername on the accepted socket).
+    assert sorted(result["answers"]) == sorted(f"msg{i} {own} aio" for i in range(50))
+    assert result["refused_errno"] == 111  # ECONNREFUSED through the event loop
