@@ -373,6 +373,7 @@ static struct {
     pid_t pid;   /* the process the worker runs in (0: none); a fork child starts its own */
     int wake;    /* eventfd: a job was added */
     struct connect_job *jobs;
+    int outstanding; /* jobs in the list */
 } worker = {.mutex = PTHREAD_MUTEX_INITIALIZER};
 
 static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
@@ -391,6 +392,7 @@ static void worker_child(void)
         free(j);
     }
     worker.jobs = NULL;
+    worker.outstanding = 0;
     if (worker.pid != 0)
         libc_close(worker.wake);
     worker.pid = 0;
@@ -472,6 +474,7 @@ static void *worker_main(void *arg)
             for (struct connect_job **pp = &worker.jobs; *pp != NULL; pp = &(*pp)->next) {
                 if (*pp == job) {
                     *pp = job->next;
+                    worker.outstanding--;
                     break;
                 }
             }
@@ -483,12 +486,23 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* At most this many asynchronous connects in flight per process: each holds an agent
+ * connection (a descriptor) until the punch is done, and with Lambda's 1024 descriptors a
+ * burst of hundreds of connects must not exhaust them. Beyond it, connect() waits (as POSIX
+ * allows a non-blocking connect to do); the app's thread stalls, its descriptors do not run out. */
+#define ASYNC_CONNECT_MAX 64
+
 /* Hands the job to this process's worker (started on first use). false: no worker could be
- * started; the caller completes the connect itself. */
+ * started, or too many connects are in flight; the caller completes the connect itself. */
 static bool worker_submit(struct connect_job *job)
 {
     pthread_once(&worker_once, worker_atfork);
     pthread_mutex_lock(&worker.mutex);
+    if (worker.outstanding >= ASYNC_CONNECT_MAX && worker.pid == getpid()) {
+        pthread_mutex_unlock(&worker.mutex);
+        errno = EAGAIN;
+        return false;
+    }
     if (worker.pid != getpid()) {
         worker.wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (worker.wake < 0) {
@@ -517,6 +531,7 @@ static bool worker_submit(struct connect_job *job)
     }
     job->next = worker.jobs;
     worker.jobs = job;
+    worker.outstanding++;
     uint64_t one = 1;
     (void)!write(worker.wake, &one, sizeof one);
     pthread_mutex_unlock(&worker.mutex);
@@ -656,7 +671,13 @@ static int boxer_connect(int fd, const struct sockaddr *addr, socklen_t len)
         info.connect_id = 0;
         boxer_fd_update(fd, &info);
         free(job);
-        return connect_wait(fd, s, &req, &dst);
+        int rc = connect_wait(fd, s, &req, &dst);
+        if (rc < 0) { /* the placeholder must not stay listening */
+            int saved = errno;
+            shutdown(fd, SHUT_RDWR);
+            errno = saved;
+        }
+        return rc;
     }
     errno = EINPROGRESS;
     return -1;

@@ -351,6 +351,20 @@ def test_nonblocking_connect_closed_while_pending_leaves_the_number_alone(probe,
     assert out["other_peername"] == "ENOTCONN"
 
 
+def test_nonblocking_connect_burst_stays_within_rlimit_nofile_1024(probe, lib, agent, echo_port):
+    """900 connects at once with 1024 descriptors: in-flight connects are capped (each holds an
+    agent connection), the rest wait; all complete, nothing leaks."""
+    agent.connect_delay = 0.005
+    out = run(probe, env_for(agent, lib), "aburst", KV, "6379", "900", timeout=120)
+    assert int(out["inprogress"]) >= 64
+    assert int(out["inprogress"]) + int(out["immediate"]) == 900
+    assert out["failed"] == "0"
+    # The app's sockets and the connect worker's eventfd (one per process): no agent connection
+    # or placeholder left over.
+    assert out["fds_open"] == "901"
+    assert out["fds_leaked"] == "1"
+
+
 def test_connect_outside_the_overlay_goes_to_libc(probe, lib, agent, echo_port):
     out = run(probe, env_for(agent, lib), "connect", "inet", "127.0.0.1", str(echo_port))
     assert out["connect"] == "OK" and out["echo"] == "OK"

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
@@ -358,6 +359,67 @@ static int cmd_aconnect(int argc, char **argv)
         close(ep);
     }
     close(fd);
+    return 0;
+}
+
+static int count_fds(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 4096; fd++)
+        n += fcntl(fd, F_GETFD) >= 0;
+    return n;
+}
+
+/* aburst ADDR PORT N: N non-blocking overlay connects at once under RLIMIT_NOFILE 1024, all
+ * waited for with one poll() set; no descriptor may leak or run out. */
+static int cmd_aburst(int argc, char **argv)
+{
+    CHECK(argc >= 3, "usage: aburst addr port n");
+    int n = atoi(argv[2]);
+    struct rlimit rl = {.rlim_cur = 1024, .rlim_max = 1024};
+    CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0, "setrlimit");
+    int before = count_fds();
+    int *fds = calloc((size_t)n, sizeof *fds);
+    struct pollfd *p = calloc((size_t)n, sizeof *p);
+    int inprogress = 0, ok = 0, failed = 0;
+    socklen_t len;
+    struct sockaddr_storage dst = make_addr(AF_INET, argv[0], atoi(argv[1]), &len);
+    for (int i = 0; i < n; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        CHECK(fds[i] >= 0, "socket %d", i);
+        int rc = connect(fds[i], (struct sockaddr *)&dst, len);
+        if (rc == 0)
+            ok++;
+        else if (errno == EINPROGRESS)
+            inprogress++;
+        else
+            CHECK(0, "connect %d", i);
+        p[i] = (struct pollfd){.fd = fds[i], .events = POLLOUT};
+    }
+    int pending = n;
+    while (pending > 0) {
+        CHECK(poll(p, (nfds_t)n, 10000) > 0, "poll timed out with %d pending", pending);
+        for (int i = 0; i < n; i++) {
+            if (p[i].fd < 0 || p[i].revents == 0)
+                continue;
+            int err = -1;
+            socklen_t elen = sizeof err;
+            CHECK(getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &err, &elen) == 0, "SO_ERROR");
+            if (err != 0)
+                failed++;
+            p[i].fd = -1;
+            pending--;
+        }
+    }
+    say("inprogress", "%d", inprogress);
+    say("immediate", "%d", ok);
+    say("failed", "%d", failed);
+    say("fds_open", "%d", count_fds() - before);
+    for (int i = 0; i < n; i++)
+        echo_roundtrip(fds[i], "burst");
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    say("fds_leaked", "%d", count_fds() - before);
     return 0;
 }
 
@@ -838,6 +900,7 @@ int main(int argc, char **argv)
         {"dup", cmd_dup},         {"dupconn", cmd_dupconn},   {"gai", cmd_gai},
         {"hostent", cmd_hostent}, {"nameinfo", cmd_nameinfo}, {"hostname", cmd_hostname},
         {"threads", cmd_threads}, {"fork", cmd_fork},       {"aconnect", cmd_aconnect},
+        {"aburst", cmd_aburst},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(argv[1], cmds[i].name) == 0)
