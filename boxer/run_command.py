@@ -115,8 +115,10 @@ def _fail(message: str, status: int) -> int:
               help="Overlay prefix instance addresses are allocated from.")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="Write the bound HOST:PORT to this file once listening (for scripts).")
+@click.option("--relay-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Port of the relay and NAT probes [default: the listen port + 1].")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
-def coordinator_command(listen, secret_file, prefix, ready_file, verbose) -> None:
+def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, verbose) -> None:
     """Run the coordinator: membership, names, endpoint discovery and hole-punch brokering.
 
     It holds no data of its own (agents re-register after a restart) and application bytes never
@@ -136,4 +138,4 @@ def coordinator_command(listen, secret_file, prefix, ready_file, verbose) -> Non
         raise SystemExit(_fail(f"--prefix: {exc}", 2))
     if network.num_addresses < 4:
         raise SystemExit(_fail(f"--prefix {prefix} is too small for any instance", 2))
-    aio.run(serve(host, port, secret, str(network), ready_file))
+    aio.run(serve(host, port, secret, str(network), ready_file, relay_port))

@@ -17,6 +17,7 @@ AGENT_PROOF = b"boxer-v1-agent"
 COORDINATOR_PROOF = b"boxer-v1-coordinator"
 OBSERVE_PROOF = b"boxer-v1-observe"
 CONNECTION_PROOF = b"boxer-v1-connection"
+RELAY_PROOF = b"boxer-v1-relay"
 CONNECTION_PROOF_SIZE = 32
 
 

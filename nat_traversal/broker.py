@@ -68,6 +68,7 @@ class Instance:
     addr: str
     instance_id: str
     cid: int
+    nat: str = "unknown"  # the agent's NatReport: "eim", "symmetric" or "unknown"
 
 
 @dataclass
@@ -99,8 +100,9 @@ class Timeouts:
 
 class Broker:
     def __init__(self, secret: bytes, prefix: str = DEFAULT_PREFIX, timeouts: Timeouts = Timeouts(),
-                 new_token: Callable[[], str] = auth.new_token) -> None:
+                 new_token: Callable[[], str] = auth.new_token, relay_port: int | None = None) -> None:
         self.secret = secret
+        self.relay_port = relay_port
         self.prefix = prefix
         self.timeouts = timeouts
         self.new_token = new_token
@@ -156,6 +158,8 @@ class Broker:
                 return self._on_auth(conn, message)
             if isinstance(message, m.Observe):
                 return self._on_observe(conn, message)
+            if isinstance(message, m.Probe):  # reveals to a peer only its own public endpoint
+                return [Send(cid, m.Observed(endpoint=conn.endpoint)), Close(cid, "probe answered")]
             return self._refuse(conn, f"expected auth or observe first, got {message.TYPE}")
         if conn.state is ConnState.CONTROL:
             handler = self._CONTROL_HANDLERS.get(type(message))
@@ -249,7 +253,8 @@ class Broker:
         self._by_addr[addr] = inst
         self._by_name[inst.name] = inst
         log.info("registered %s (%s) at %s from %s", inst.name, inst.service, addr, conn.endpoint)
-        return [*actions, Send(conn.cid, m.Registered(name=inst.name, addr=addr, prefix=self.prefix)),
+        return [*actions, Send(conn.cid, m.Registered(name=inst.name, addr=addr, prefix=self.prefix,
+                                                 relay_port=self.relay_port)),
                 *self._broadcast_members()]
 
     def _allocate(self, wanted: str | None) -> str:
@@ -284,6 +289,12 @@ class Broker:
         inst, conn.instance = conn.instance, None
         return self._remove_instance(inst, msg.reason or "bye")
 
+    def _on_nat_report(self, conn: Connection, msg: m.NatReport, now: float) -> list[Action]:
+        if conn.instance is not None:
+            conn.instance.nat = msg.mapping
+            log.info("%s is behind a NAT with %s mapping", conn.instance.name, msg.mapping)
+        return []
+
     def _on_ping(self, conn: Connection, msg: m.Ping, now: float) -> list[Action]:
         return [Send(conn.cid, m.Pong(seq=msg.seq))]
 
@@ -312,11 +323,19 @@ class Broker:
         # Fast path: the server deposited a ticket in advance, so both sides punch now; one hop.
         del self._tickets[msg.ticket]
         pending.punching = True
+        mode = self._path_mode(conn.instance, server)
         return [
-            Send(conn.cid, m.Punch(conn=msg.conn, role="client", peer=server_ticket.endpoint, ticket=msg.ticket)),
+            Send(conn.cid, m.Punch(conn=msg.conn, role="client", peer=server_ticket.endpoint, ticket=msg.ticket,
+                                   mode=mode)),
             Send(server.cid, m.Incoming(conn=msg.conn, src_addr=conn.instance.addr, src_port=msg.src_port,
-                                        dst_port=msg.dst_port, ticket=server_ticket.ticket, peer=ticket.endpoint)),
+                                        dst_port=msg.dst_port, ticket=server_ticket.ticket, peer=ticket.endpoint,
+                                        mode=mode)),
         ]
+
+    @staticmethod
+    def _path_mode(client: Instance, server: Instance) -> str:
+        """A NAT that maps each destination to a new port defeats punching: relay at once."""
+        return "relay" if "symmetric" in (client.nat, server.nat) else "direct"
 
     def _take_incoming_ticket(self, server_cid: int) -> Ticket | None:
         session = self._connections[server_cid].session
@@ -337,11 +356,13 @@ class Broker:
             return [Send(pending.client_cid, m.ConnectFailed(conn=msg.conn, error="ECONNABORTED"))]
         if client_ticket is None:  # the client's rendezvous connection died meanwhile
             return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error="ECONNABORTED"))]
+        client = self._connections[pending.client_cid].instance
+        mode = self._path_mode(client, conn.instance) if client and conn.instance else "direct"
         return [
             Send(pending.client_cid, m.Punch(conn=msg.conn, role="client", peer=server_ticket.endpoint,
-                                             ticket=client_ticket.ticket)),
+                                             ticket=client_ticket.ticket, mode=mode)),
             Send(conn.cid, m.Punch(conn=msg.conn, role="server", peer=client_ticket.endpoint,
-                                   ticket=server_ticket.ticket)),
+                                   ticket=server_ticket.ticket, mode=mode)),
         ]
 
     def _on_refuse(self, conn: Connection, msg: m.Refuse, now: float) -> list[Action]:
@@ -363,6 +384,7 @@ class Broker:
         m.Register: _on_register,
         m.Bye: _on_bye,
         m.Ping: _on_ping,
+        m.NatReport: _on_nat_report,
         m.Connect: _on_connect,
         m.Accept: _on_accept,
         m.Refuse: _on_refuse,

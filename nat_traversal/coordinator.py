@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nat_traversal import messages as m
 from nat_traversal.broker import Broker, Close, Send
+from nat_traversal.relay import RelayServer
 from nat_traversal.wire import FrameDecoder, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,18 @@ class CoordinatorServer:
             self.apply(self.broker.expire(self.now()))
 
 
-async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: str | None = None) -> None:
-    server = CoordinatorServer(Broker(secret, prefix=prefix))
+async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: str | None = None,
+                relay_port: int | None = None) -> None:
+    """Serve until SIGINT/SIGTERM. relay_port: the relay and NAT-probe port (default port + 1)."""
     loop = asyncio.get_running_loop()
+    relay = RelayServer(secret)
+    relay_bound = await relay.start(host, port + 1 if relay_port is None else relay_port)
+    server = CoordinatorServer(Broker(secret, prefix=prefix, relay_port=relay_bound))
     listener = await loop.create_server(lambda: _PeerProtocol(server), host, port,
                                         reuse_address=True, backlog=1024)
     bound = listener.sockets[0].getsockname()
-    log.info("coordinator listening on %s:%d (overlay prefix %s)", bound[0], bound[1], prefix)
+    log.info("coordinator listening on %s:%d, relay on port %d (overlay prefix %s)",
+             bound[0], bound[1], relay_bound, prefix)
     if ready_file:
         Path(ready_file).write_text(f"{bound[0]}:{bound[1]}\n")
     stop = asyncio.Event()
@@ -105,4 +111,5 @@ async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: st
     finally:
         expirer.cancel()
         listener.close()
+        relay.close()
         log.info("coordinator stopped")

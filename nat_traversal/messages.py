@@ -56,6 +56,16 @@ def check_endpoint(value: str, what: str = "endpoint") -> str:
     return value
 
 
+PATH_MODES = ("direct", "relay")
+NAT_MAPPINGS = ("eim", "symmetric", "unknown")
+
+
+def check_mode(value: str) -> str:
+    if value not in PATH_MODES:
+        raise ValueError(f"mode must be one of {', '.join(PATH_MODES)}, got {value!r}")
+    return value
+
+
 def check_port(value: int, what: str = "port") -> int:
     if not 0 < value < 65536:
         raise ValueError(f"{what} must be in 1..65535, got {value}")
@@ -149,10 +159,13 @@ class Register(Message):
 
 @dataclass(frozen=True)
 class Registered(Message):
+    """coordinator -> agent: you are `name` at `addr`; the relay listens on the coordinator's
+    address at `relay_port` (it also answers NAT probes there)."""
     TYPE: ClassVar[str] = "registered"
     name: str
     addr: str
     prefix: str
+    relay_port: Optional[int] = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -180,6 +193,17 @@ class Members(Message):
         for name, addr in self.hosts.items():
             check_name(name)
             check_ipv4(addr)
+
+
+@dataclass(frozen=True)
+class NatReport(Message):
+    """agent -> coordinator: how our NAT maps ports, measured against the coordinator's two ports."""
+    TYPE: ClassVar[str] = "nat_report"
+    mapping: str
+
+    def __post_init__(self) -> None:
+        if self.mapping not in NAT_MAPPINGS:
+            raise ValueError(f"mapping must be one of {', '.join(NAT_MAPPINGS)}, got {self.mapping!r}")
 
 
 @dataclass(frozen=True)
@@ -238,8 +262,10 @@ class Incoming(Message):
     dst_port: int
     ticket: Optional[str] = None
     peer: Optional[str] = None
+    mode: str = "direct"
 
     def __post_init__(self) -> None:
+        check_mode(self.mode)
         check_token(self.conn, "conn")
         check_ipv4(self.src_addr, "src_addr")
         check_port(self.src_port, "src_port")
@@ -276,12 +302,16 @@ class Refuse(Message):
 
 @dataclass(frozen=True)
 class Punch(Message):
-    """coordinator -> both agents: open TCP toward `peer` from the ticket's port, now."""
+    """coordinator -> both agents: open TCP toward `peer` from the ticket's port, now.
+
+    mode "relay": a side's NAT maps each destination to a new port (symmetric), so a punch
+    cannot work; both go straight to the relay. With "direct" they fall back to it on a timeout."""
     TYPE: ClassVar[str] = "punch"
     conn: str
     role: str
     peer: str
     ticket: str
+    mode: str = "direct"
 
     def __post_init__(self) -> None:
         check_token(self.conn, "conn")
@@ -289,6 +319,7 @@ class Punch(Message):
             raise ValueError(f"role must be 'client' or 'server', got {self.role!r}")
         check_endpoint(self.peer, "peer")
         check_token(self.ticket, "ticket")
+        check_mode(self.mode)
 
 
 @dataclass(frozen=True)
@@ -338,11 +369,40 @@ class Observed(Message):
         check_endpoint(self.endpoint)
 
 
+# --- the relay port: NAT probes and relayed connections ------------------------------------------
+
+@dataclass(frozen=True)
+class Probe(Message):
+    """agent -> relay port: which public endpoint do you see? (answered with Observed)"""
+    TYPE: ClassVar[str] = "probe"
+    v: int
+
+
+@dataclass(frozen=True)
+class Relay(Message):
+    """agent -> relay port, the only frame: pair me with the other side of `conn`.
+
+    mac = HMAC(secret, relay-proof | conn | role). After it, the relay splices the two sockets;
+    the agents then authenticate end to end exactly as on a direct connection."""
+    TYPE: ClassVar[str] = "relay"
+    v: int
+    conn: str
+    role: str
+    mac: str
+
+    def __post_init__(self) -> None:
+        check_token(self.conn, "conn")
+        if self.role not in ("client", "server"):
+            raise ValueError(f"role must be 'client' or 'server', got {self.role!r}")
+        check_token(self.mac, "mac")
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Challenge, Auth, Welcome, Refused, Register, Registered, Error, Members, Ping, Pong, Bye,
-        Connect, Incoming, Accept, Refuse, Punch, ConnectFailed, Observe, Observed,
+        Connect, Incoming, Accept, Refuse, Punch, ConnectFailed, Observe, Observed, NatReport,
+        Probe, Relay,
     )
 }
 

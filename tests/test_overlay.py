@@ -138,20 +138,40 @@ def test_no_such_instance_is_ehostunreach(lab):
     assert result["errno"] == "EHOSTUNREACH"
 
 
-def test_failed_punch_is_etimedout(lab):
-    # Drop everything from h1's router at h2's router: the coordinator still brokers, but no SYN
-    # can cross, as behind a NAT that filters what we cannot punch.
+def _iptables(netns: str, *rule: str) -> None:
+    subprocess.run(["ip", "netns", "exec", netns, "iptables", *rule], check=True)
+
+
+def test_blocked_direct_path_falls_back_to_the_relay_byte_exact(lab):
+    # h2's router drops everything from h3's router (where echo runs): no punch can succeed, as
+    # behind a NAT that filters what we cannot punch. The relay on the coordinator's host carries it.
     r2 = lab.host("h2").router_netns
-    rule = ["-s", lab.host("h1").public_address, "-j", "DROP"]
-    subprocess.run(["ip", "netns", "exec", r2, "iptables", "-I", "FORWARD", *rule], check=True)
+    rule = ["FORWARD", "-s", lab.host("h3").public_address, "-j", "DROP"]
+    before = lab.coordinator_log.read_text().count("relay: joined")
+    _iptables(r2, "-I", *rule)
+    try:
+        result = client(lab, "h2", "relayed", "bulk", "echo", "7777", str(10 * 1024 * 1024))
+        assert result["match"] is True
+    finally:
+        _iptables(r2, "-D", *rule)
+    assert lab.coordinator_log.read_text().count("relay: joined") > before
+
+
+def test_failed_punch_and_unreachable_relay_is_etimedout(lab):
+    r2 = lab.host("h2").router_netns
+    direct = ["FORWARD", "-s", lab.host("h1").public_address, "-j", "DROP"]
+    relay = ["FORWARD", "-p", "tcp", "--dport", str(int(lab.coordinator.rpartition(":")[2]) + 1), "-j", "DROP"]
+    _iptables(r2, "-I", *direct)
+    _iptables(r2, "-I", *relay)
     try:
         proc = app(lab, "h2", "blocked", sys.executable, str(APPS / "client.py"), "connect", "kv", "6379",
-                   extra=("--connect-timeout", "1.5"))
+                   extra=("--connect-timeout", "2.5"))
         result = json.loads(proc.stdout)
         assert result["errno"] == "ETIMEDOUT"
-        assert 1.0 < result["seconds"] < 3.0
+        assert 1.5 < result["seconds"] < 4.0
     finally:
-        subprocess.run(["ip", "netns", "exec", r2, "iptables", "-D", "FORWARD", *rule], check=True)
+        _iptables(r2, "-D", *direct)
+        _iptables(r2, "-D", *relay)
 
 
 def test_exit_status_is_the_applications(lab):

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from boxer.agent.control import Ticket, open_ticket
 from boxer.agent.link import CoordinatorLink, LinkDown
 from boxer.agent.names import NameTable
-from boxer.agent.punch import PunchError, authenticate, simultaneous_open
+from boxer.agent.natprobe import probe_mapping
+from boxer.agent.punch import PunchError, authenticate, relay_open, simultaneous_open
 from boxer.ipc import Message, Op, Resolution
 from nat_traversal import auth
 from nat_traversal import messages as m
@@ -27,7 +28,8 @@ WAKE_ADDR = "127.0.0.2"  # source of wake connections; the interposer recognises
 @dataclass(frozen=True)
 class Timeouts:
     connect: float = 5.0  # whole overlay connect, from the app's call to a connected socket
-    punch: float = 3.0  # simultaneous open + authentication, once the coordinator said go
+    punch: float = 3.0  # direct or relayed path + authentication, once the coordinator said go
+    direct: float = 1.5  # a direct punch not through by then falls back to the relay
     accept_pickup: float = 10.0  # an accepted connection not fetched by the app by then is dropped
 
 
@@ -69,7 +71,8 @@ class Agent:
         # Loops also check this: asyncio.wait_for can swallow a cancellation that arrives just as
         # its inner future completes (Python < 3.12), and a pool loop must never outlive us.
         self._closed = False
-        self.stats = {"connects": 0, "accepts": 0, "refused": 0, "failed": 0}
+        self.stats = {"connects": 0, "accepts": 0, "refused": 0, "failed": 0, "direct": 0, "relayed": 0}
+        self.nat_mapping = "unknown"
 
     @property
     def addr(self) -> str:
@@ -84,11 +87,34 @@ class Agent:
     def start(self) -> None:
         self._spawn(self._keep_ticket_pools())
         self._spawn(self.session.run(self.on_coordinator_message, self._on_new_session))
+        self._spawn(self._probe_nat())
 
     def _on_new_session(self) -> None:
         """Tickets belong to the old session (and their connections died with it)."""
         self._drop_tickets()
         self._refill.set()
+        if self.nat_mapping != "unknown":
+            self._spawn(self.session.send(m.NatReport(mapping=self.nat_mapping)))
+
+    @property
+    def relay(self) -> tuple[str, int] | None:
+        port = self.session.registration.relay_port
+        return (self.coordinator[0], port) if port else None
+
+    async def _probe_nat(self) -> None:
+        """Learn whether our NAT maps ports independently of the destination; if it does not,
+        the coordinator sends our connections straight to the relay."""
+        if self.relay is None:
+            return
+        try:
+            probe = await probe_mapping(self.coordinator, self.relay[1])
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            log.info("NAT probe failed (%s); assuming punchable", exc)
+            return
+        self.nat_mapping = probe.mapping
+        log.info("NAT: %s mapping, public %s from local port %d", probe.mapping, probe.endpoint_main,
+                 probe.local_port)
+        await self.session.send(m.NatReport(mapping=probe.mapping))
 
     def _drop_tickets(self) -> None:
         for ticket in self._outgoing:
@@ -283,17 +309,32 @@ class Agent:
             self._refill.set()
 
     async def _punch(self, punch: m.Punch, local_port: int, deadline: float) -> socket.socket:
+        """Direct first (unless a symmetric NAT rules it out), the relay if that fails."""
         host, _, port = punch.peer.rpartition(":")
+        sock = None
         t0 = time.monotonic()
-        sock = await simultaneous_open(local_port, (host, int(port)), deadline)
+        if punch.mode == "direct" or self.relay is None:
+            direct_deadline = deadline if self.relay is None else min(deadline, t0 + self.timeouts.direct)
+            try:
+                sock = await simultaneous_open(local_port, (host, int(port)), direct_deadline)
+            except PunchError as exc:
+                if self.relay is None or time.monotonic() >= deadline:
+                    raise
+                log.info("direct path for %s failed (%s); using the relay", punch.conn, exc)
+        path = "direct"
+        if sock is None:
+            assert self.relay is not None
+            sock = await relay_open(self.relay, self.secret, punch.conn, punch.role, deadline)
+            path = "relayed"
         t1 = time.monotonic()
         try:
             await authenticate(sock, self.secret, punch.conn, punch.role, deadline)
-            log.debug("punch %s (%s): open %.3f ms, auth %.3f ms", punch.conn, punch.role,
-                      (t1 - t0) * 1e3, (time.monotonic() - t1) * 1e3)
         except BaseException:
             sock.close()
             raise
+        self.stats[path] += 1
+        log.debug("punch %s (%s, %s): open %.3f ms, auth %.3f ms", punch.conn, punch.role, path,
+                  (t1 - t0) * 1e3, (time.monotonic() - t1) * 1e3)
         return sock
 
     # --- incoming connections -----------------------------------------------------------------
@@ -312,7 +353,7 @@ class Agent:
                 if ticket is None:  # its rendezvous connection died meanwhile
                     await self.session.send(m.Refuse(conn=msg.conn, error="ECONNABORTED"))
                     return
-                punch = m.Punch(conn=msg.conn, role="server", peer=msg.peer, ticket=msg.ticket)
+                punch = m.Punch(conn=msg.conn, role="server", peer=msg.peer, ticket=msg.ticket, mode=msg.mode)
             else:
                 ticket = await self._take_ticket()
                 punch = await self._accept_slow_path(msg, ticket)

@@ -81,6 +81,7 @@ class Registration:
     name: str
     addr: str
     prefix: str
+    relay_port: int | None = None
 
 
 class ControlSession:
@@ -151,7 +152,7 @@ async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, 
     while True:
         reply = await framed.receive()
         if isinstance(reply, m.Registered):
-            registration = Registration(welcome.session, reply.name, reply.addr, reply.prefix)
+            registration = Registration(welcome.session, reply.name, reply.addr, reply.prefix, reply.relay_port)
             return ControlSession(framed, registration, members)
         if isinstance(reply, m.Error):
             raise CoordinatorError(f"registration refused: {reply.reason}")

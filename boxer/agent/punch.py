@@ -16,6 +16,8 @@ import socket
 import time
 
 from nat_traversal import auth
+from nat_traversal import messages as m
+from nat_traversal.wire import encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,26 @@ async def simultaneous_open(local_port: int, peer: tuple[str, int], deadline: fl
             sock.close()
             log.debug("punch attempt %d to %s:%d: %s", attempts, peer[0], peer[1], exc)
             await asyncio.sleep(min(RETRY_DELAY * attempts, 0.1))
+
+
+async def relay_open(relay: tuple[str, int], secret: bytes, conn: str, role: str,
+                     deadline: float) -> socket.socket:
+    """A socket to the relay, paired there with the other side of `conn` (once it arrives)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, relay), max(0.0, deadline - time.monotonic()))
+        frame = m.Relay(v=m.PROTOCOL_VERSION, conn=conn, role=role,
+                        mac=auth.mac(secret, auth.RELAY_PROOF, conn, role))
+        await loop.sock_sendall(sock, encode_frame(frame.to_wire()))
+        return sock
+    except asyncio.TimeoutError:
+        sock.close()
+        raise PunchError("ETIMEDOUT", f"relay {relay[0]}:{relay[1]} did not answer in time") from None
+    except OSError as exc:
+        sock.close()
+        raise PunchError("ETIMEDOUT", f"relay {relay[0]}:{relay[1]} unreachable: {exc}") from None
 
 
 async def authenticate(sock: socket.socket, secret: bytes, conn: str, role: str, deadline: float) -> None:

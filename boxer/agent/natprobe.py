@@ -1,0 +1,81 @@
+"""How does our NAT map ports? Measured against the coordinator's two ports.
+
+From one local port we ask the coordinator's main port and its relay port which public endpoint
+they see. The same endpoint from both means endpoint-independent mapping (what TCP hole punching
+needs, and what Lambda is believed to have); two different ports mean a symmetric NAT, which maps
+each destination to a new port, so punching cannot work and connections go through the relay.
+
+Filtering is measured too (for `boxer probe-nat`): while we listen on the mapped local port, the
+coordinator's relay host connects to our public endpoint from a port we never talked to; getting
+through means endpoint-independent filtering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import asdict, dataclass
+
+from nat_traversal import messages as m
+from nat_traversal.wire import FrameDecoder, encode_frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NatProbe:
+    local_port: int
+    endpoint_main: str  # public endpoint seen by the coordinator's main port
+    endpoint_relay: str  # ... and by its relay port, from the same local port
+
+    @property
+    def mapping(self) -> str:
+        return "eim" if self.endpoint_main == self.endpoint_relay else "symmetric"
+
+    @property
+    def port_preserved(self) -> bool:
+        return int(self.endpoint_main.rpartition(":")[2]) == self.local_port
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "mapping": self.mapping, "port_preserved": self.port_preserved}
+
+
+async def _observe_from(local_port: int, target: tuple[str, int], timeout: float) -> str:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(("0.0.0.0", local_port))
+        await asyncio.wait_for(loop.sock_connect(sock, target), timeout)
+        await loop.sock_sendall(sock, encode_frame(m.Probe(v=m.PROTOCOL_VERSION).to_wire()))
+        decoder = FrameDecoder()
+        while True:
+            frame = decoder.next_frame()
+            if frame is not None:
+                message = m.decode(frame)
+                if isinstance(message, m.Observed):
+                    return message.endpoint
+                continue  # the main port greets every connection with a challenge first
+            data = await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout)
+            if not data:
+                raise ConnectionResetError(f"{target[0]}:{target[1]} closed before answering the probe")
+            decoder.receive_data(data)
+    finally:
+        sock.close()
+
+
+async def probe_mapping(coordinator: tuple[str, int], relay_port: int, timeout: float = 2.0) -> NatProbe:
+    reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserve.bind(("0.0.0.0", 0))  # holds the port for both probes
+    local_port = reserve.getsockname()[1]
+    try:
+        main = await _observe_from(local_port, coordinator, timeout)
+        relay = await _observe_from(local_port, (coordinator[0], relay_port), timeout)
+    finally:
+        reserve.close()
+    return NatProbe(local_port, main, relay)
