@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from boxer.lab.commands import lab
+from boxer.probe_command import probe_nat_command
 from boxer.run_command import coordinator_command, run_command
 from controller.commands import check_command
 
@@ -28,3 +29,4 @@ main.add_command(run_command)
 main.add_command(coordinator_command)
 main.add_command(lab)
 main.add_command(check_command)
+main.add_command(probe_nat_command)

@@ -373,9 +373,17 @@ class Observed(Message):
 
 @dataclass(frozen=True)
 class Probe(Message):
-    """agent -> relay port: which public endpoint do you see? (answered with Observed)"""
+    """agent -> relay port: which public endpoint do you see? (answered with Observed)
+
+    With `again_after`, the relay answers a second time after that many idle seconds: if the
+    second answer arrives, the NAT kept the mapping through that much idleness."""
     TYPE: ClassVar[str] = "probe"
     v: int
+    again_after: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.again_after is not None and not 0 < self.again_after <= 3600:
+            raise ValueError(f"again_after must be 1..3600 seconds, got {self.again_after}")
 
 
 @dataclass(frozen=True)

@@ -123,9 +123,17 @@ class RelayServer:
             sock.close()
             return
         if isinstance(message, m.Probe):
-            await loop.sock_sendall(sock, encode_frame(m.Observed(endpoint=f"{peer[0]}:{peer[1]}").to_wire()))
-            # the prober closes when it has read the answer; keep nothing
-            asyncio.get_running_loop().call_later(PAIRING_TIMEOUT, sock.close)
+            observed = encode_frame(m.Observed(endpoint=f"{peer[0]}:{peer[1]}").to_wire())
+            try:
+                await loop.sock_sendall(sock, observed)
+                if message.again_after is not None:
+                    await asyncio.sleep(message.again_after)
+                    await loop.sock_sendall(sock, observed)
+                await asyncio.sleep(PAIRING_TIMEOUT)  # the prober closes once it has its answer
+            except OSError:
+                pass
+            finally:
+                sock.close()
             return
         if not isinstance(message, m.Relay) or not auth.verify(
                 auth.mac(self.secret, auth.RELAY_PROOF, message.conn, message.role), message.mac):

@@ -67,6 +67,35 @@ async def _observe_from(local_port: int, target: tuple[str, int], timeout: float
         sock.close()
 
 
+async def idle_mapping_survives(relay: tuple[str, int], idle: int) -> bool:
+    """Does a TCP mapping idle for `idle` seconds still carry traffic from outside?"""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, relay), 5.0)
+        await loop.sock_sendall(sock, encode_frame(m.Probe(v=m.PROTOCOL_VERSION, again_after=idle).to_wire()))
+        decoder = FrameDecoder()
+        answers = 0
+        deadline = loop.time() + idle + 3.0
+        while answers < 2:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 4096), remaining)
+            except asyncio.TimeoutError:
+                return False
+            if not data:
+                return False
+            decoder.receive_data(data)
+            while decoder.next_frame() is not None:
+                answers += 1
+        return True
+    finally:
+        sock.close()
+
+
 async def probe_mapping(coordinator: tuple[str, int], relay_port: int, timeout: float = 2.0) -> NatProbe:
     reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
