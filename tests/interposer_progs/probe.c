@@ -414,6 +414,9 @@ static int cmd_aburst(int argc, char **argv)
     say("inprogress", "%d", inprogress);
     say("immediate", "%d", ok);
     say("failed", "%d", failed);
+    /* The worker closes its transient copies (the agent's socket, the placeholder) right after
+     * the swap that woke us: give it a moment before counting. */
+    usleep(200000);
     say("fds_open", "%d", count_fds() - before);
     for (int i = 0; i < n; i++)
         echo_roundtrip(fds[i], "burst");
