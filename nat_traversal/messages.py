@@ -187,12 +187,13 @@ class Members(Message):
     Agents answer name lookups from it locally, so a getaddrinfo costs no network round trip."""
     TYPE: ClassVar[str] = "members"
     hosts: dict
-
+    services: dict = dataclasses.field(default_factory=dict)  # service name -> its virtual address
 
     def __post_init__(self) -> None:
-        for name, addr in self.hosts.items():
-            check_name(name)
-            check_ipv4(addr)
+        for table in (self.hosts, self.services):
+            for name, addr in table.items():
+                check_name(name)
+                check_ipv4(addr)
 
 
 @dataclass(frozen=True)
@@ -369,6 +370,120 @@ class Observed(Message):
         check_endpoint(self.endpoint)
 
 
+# --- signals and the controller ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Report(Message):
+    """agent -> coordinator, every second: what the application is doing (never asked of it)."""
+    TYPE: ClassVar[str] = "report"
+    active: int  # overlay connections open now (both directions)
+    accepted: int  # incoming overlay connections since start
+    connected: int  # outgoing overlay connections since start
+    cpu: float  # percent of one CPU, app process tree, over the last interval
+    rss: int  # bytes, app process tree
+    listening: list  # ports the app listens on
+    idle: float  # seconds without any open connection or CPU use
+    direct: int  # connections set up on a direct (punched) path since start
+    relayed: int  # ... and through the relay
+    draining: bool = False
+    lifetime_left: Optional[float] = None  # seconds, when the instance has a lifetime cap
+    exited: Optional[int] = None  # the app's exit status, in the agent's last report
+
+    def __post_init__(self) -> None:
+        for name in ("active", "accepted", "connected", "rss", "direct", "relayed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for port in self.listening:
+            if not isinstance(port, int) or isinstance(port, bool):
+                raise ValueError(f"listening ports must be integers, got {port!r}")
+            check_port(port, "listening port")
+
+
+@dataclass(frozen=True)
+class Watch(Message):
+    """controller -> coordinator, after auth instead of Register: send me the deployment's state
+    (a Snapshot), then every InstanceUp/InstanceDown/InstanceReport/Demand as it happens."""
+    TYPE: ClassVar[str] = "watch"
+
+
+@dataclass(frozen=True)
+class Snapshot(Message):
+    """coordinator -> controller: every instance (name, service, addr, instance, nat, draining,
+    report or null) and the services' virtual addresses."""
+    TYPE: ClassVar[str] = "snapshot"
+    instances: list
+    services: dict
+
+
+@dataclass(frozen=True)
+class InstanceUp(Message):
+    TYPE: ClassVar[str] = "instance_up"
+    name: str
+    service: str
+    addr: str
+    instance: str
+
+
+@dataclass(frozen=True)
+class InstanceDown(Message):
+    TYPE: ClassVar[str] = "instance_down"
+    name: str
+    service: str
+    instance: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class InstanceReport(Message):
+    """coordinator -> controller: an agent's Report, with who sent it."""
+    TYPE: ClassVar[str] = "instance_report"
+    name: str
+    service: str
+    instance: str
+    report: dict
+
+
+@dataclass(frozen=True)
+class Declare(Message):
+    """controller -> coordinator: these services exist (name -> seconds a connect to it may wait
+    for a first instance). Their names resolve, to a virtual address, even with no instance."""
+    TYPE: ClassVar[str] = "declare"
+    services: dict
+
+    def __post_init__(self) -> None:
+        for name, hold in self.services.items():
+            check_name(name, "service")
+            if not isinstance(hold, (int, float)) or isinstance(hold, bool) or not 0 <= hold <= 900:
+                raise ValueError(f"hold time for {name} must be 0..900 seconds, got {hold!r}")
+
+
+@dataclass(frozen=True)
+class Demand(Message):
+    """coordinator -> controller: a connect to `service` is waiting for an instance listening on
+    `port` (scale from zero)."""
+    TYPE: ClassVar[str] = "demand"
+    service: str
+    port: int
+    waiting: int  # connects held for this service now
+
+
+@dataclass(frozen=True)
+class Drain(Message):
+    """controller -> coordinator -> agent: no new connections for `instance`; its agent stops the
+    app once its connections are gone or after `grace` seconds."""
+    TYPE: ClassVar[str] = "drain"
+    instance: str
+    grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class Stop(Message):
+    """controller -> coordinator -> agent: stop the app now (SIGTERM, then SIGKILL)."""
+    TYPE: ClassVar[str] = "stop"
+    instance: str
+    reason: str = ""
+
+
 # --- the relay port: NAT probes and relayed connections ------------------------------------------
 
 @dataclass(frozen=True)
@@ -410,7 +525,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     for cls in (
         Challenge, Auth, Welcome, Refused, Register, Registered, Error, Members, Ping, Pong, Bye,
         Connect, Incoming, Accept, Refuse, Punch, ConnectFailed, Observe, Observed, NatReport,
-        Probe, Relay,
+        Probe, Relay, Report, Watch, Snapshot, InstanceUp, InstanceDown, InstanceReport, Declare,
+        Demand, Drain, Stop,
     )
 }
 
@@ -428,8 +544,7 @@ def decode(wire: dict[str, Any]) -> Message:
                 continue
             raise ProtocolError(f"{kind}: missing field {field.name!r}")
         value = wire[field.name]
-        expected = _expected_type(hints[field.name])
-        if not isinstance(value, expected) or isinstance(value, bool):
+        if not _has_type(value, hints[field.name]):
             raise ProtocolError(f"{kind}: field {field.name!r} has the wrong type ({value!r})")
         kwargs[field.name] = value
     extra = set(wire) - {"t"} - set(kwargs) - {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -441,9 +556,18 @@ def decode(wire: dict[str, Any]) -> Message:
         raise ProtocolError(f"{kind}: {exc}") from None
 
 
-def _expected_type(hint: Any) -> Any:
-    if hint is str or hint is int or hint is dict:
-        return hint
+def _has_type(value: Any, hint: Any) -> bool:
+    """JSON value vs a field's annotation. bool is not an int here, an int is a float."""
     if typing.get_origin(hint) is typing.Union:
-        return tuple(a for a in typing.get_args(hint))
+        return any(_has_type(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))
+    if hint in (str, int, dict, list):
+        return isinstance(value, hint)
     raise TypeError(f"unsupported field type {hint!r}")

@@ -131,7 +131,39 @@ async def open_session(coordinator: tuple[str, int], secret: bytes, register: m.
         raise
 
 
-async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, where: str) -> ControlSession:
+async def open_controller_session(coordinator: tuple[str, int], secret: bytes,
+                                  timeout: float = 5.0) -> tuple[FramedSocket, m.Snapshot]:
+    """The controller's session: authenticated like an agent's, then Watch instead of Register.
+
+    Returns the framed socket (send Declare/Drain/Stop on it; receive InstanceUp/InstanceDown/
+    InstanceReport/Demand/Members/Pong from it) and the first Snapshot."""
+    where = f"{coordinator[0]}:{coordinator[1]}"
+    try:
+        sock = await _connect(coordinator, False, timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise CoordinatorError(f"cannot reach the coordinator at {where}: {exc or 'timed out'}") from None
+    framed = FramedSocket(sock)
+    try:
+        await asyncio.wait_for(_authenticate(framed, secret, where), timeout)
+        await framed.send(m.Watch())
+        while True:
+            reply = await asyncio.wait_for(framed.receive(), timeout)
+            if isinstance(reply, m.Snapshot):
+                return framed, reply
+            if isinstance(reply, (m.Error, m.Refused)):
+                raise CoordinatorError(f"the coordinator refused to be watched: {reply.reason}")
+    except asyncio.TimeoutError:
+        framed.close()
+        raise CoordinatorError(f"the coordinator at {where} did not answer in time") from None
+    except (ProtocolError, OSError) as exc:
+        framed.close()
+        raise CoordinatorError(f"session with the coordinator at {where} failed: {exc}") from None
+    except BaseException:
+        framed.close()
+        raise
+
+
+async def _authenticate(framed: FramedSocket, secret: bytes, where: str) -> m.Welcome:
     challenge = await framed.receive()
     if not isinstance(challenge, m.Challenge):
         raise ProtocolError(f"expected a challenge, got {challenge.TYPE}")
@@ -147,6 +179,11 @@ async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, 
     if not auth.verify(expected, welcome.mac):
         raise CoordinatorError(f"the peer at {where} does not hold the deployment secret: "
                                "not our coordinator")
+    return welcome
+
+
+async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, where: str) -> ControlSession:
+    welcome = await _authenticate(framed, secret, where)
     await framed.send(register)
     members: dict[str, str] = {}
     while True:
