@@ -14,6 +14,7 @@ The peer's first frame says what the connection is:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import logging
@@ -22,6 +23,7 @@ from typing import Callable, Union
 
 from nat_traversal import auth
 from nat_traversal import messages as m
+from nat_traversal.services import Load, ServiceTable, pick
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ class Instance:
     instance_id: str
     cid: int
     nat: str = "unknown"  # the agent's NatReport: "eim", "symmetric" or "unknown"
+    draining: bool = False
+    load: Load = dataclasses.field(default_factory=Load)
+    report: dict | None = None  # its last Report, as sent
 
 
 @dataclass
@@ -88,6 +93,15 @@ class PendingConnect:
     client_ticket: str
     deadline: float
     punching: bool = False  # both sides were told to punch; only a Refuse can still come
+
+
+@dataclass
+class HeldConnect:
+    """A connect to a service with no instance listening on the port yet (scale from zero)."""
+    msg: m.Connect
+    client_cid: int
+    service: str
+    deadline: float
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,9 @@ class Broker:
         self._by_name: dict[str, Instance] = {}
         self._tickets: dict[str, Ticket] = {}
         self._pending: dict[str, PendingConnect] = {}
+        self._held: dict[str, HeldConnect] = {}
+        self._watchers: set[int] = set()
+        self.services = ServiceTable(self._network)
         self._next_host = 1
 
     # --- queries (for status and tests) -------------------------------------------------------
@@ -137,6 +154,9 @@ class Broker:
             return []
         conn.state = ConnState.CLOSED
         actions: list[Action] = []
+        self._watchers.discard(cid)
+        for held in [h for h in self._held.values() if h.client_cid == cid]:
+            del self._held[held.msg.conn]
         if conn.session is not None and self._sessions.get(conn.session) == cid:
             del self._sessions[conn.session]
             for ticket in [t for t in self._tickets.values() if t.session == conn.session]:
@@ -183,6 +203,10 @@ class Broker:
                 log.warning("%s silent for %.0f s: closing its session", conn.endpoint, now - conn.last_heard)
                 actions.append(Close(conn.cid, "silent"))
                 actions += self.connection_lost(conn.cid)
+        for held in [h for h in self._held.values() if h.deadline <= now]:
+            del self._held[held.msg.conn]
+            log.info("no instance of %s came up in time for a held connect", held.service)
+            actions.append(Send(held.client_cid, m.ConnectFailed(conn=held.msg.conn, error="ETIMEDOUT")))
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
             del self._pending[pending.conn]
             if pending.punching:  # the punch has its own deadline at the client
@@ -192,7 +216,8 @@ class Broker:
         return actions
 
     def next_deadline(self) -> float | None:
-        return min((p.deadline for p in self._pending.values()), default=None)
+        return min([p.deadline for p in self._pending.values()] + [h.deadline for h in self._held.values()],
+                   default=None)
 
     # --- session set-up -----------------------------------------------------------------------
 
@@ -247,27 +272,34 @@ class Broker:
                 ref="register",
                 reason=f"the name {msg.name!r} is taken by a running instance ({holder.addr}); "
                        "choose another with --name"))]
+        if conn.cid in self._watchers:
+            return [Send(conn.cid, m.Error(ref="register", reason="a watching session cannot register"))]
         addr = self._allocate(msg.addr)
         inst = Instance(msg.name, msg.service, addr, msg.instance, conn.cid)
         conn.instance = inst
         self._by_addr[addr] = inst
         self._by_name[inst.name] = inst
+        if inst.service != inst.name:
+            self.services.ensure(inst.service)
         log.info("registered %s (%s) at %s from %s", inst.name, inst.service, addr, conn.endpoint)
         return [*actions, Send(conn.cid, m.Registered(name=inst.name, addr=addr, prefix=self.prefix,
                                                  relay_port=self.relay_port)),
-                *self._broadcast_members()]
+                *self._broadcast_members(),
+                *self._tell_watchers(m.InstanceUp(name=inst.name, service=inst.service, addr=addr,
+                                                  instance=inst.instance_id))]
 
     def _allocate(self, wanted: str | None) -> str:
         if wanted is not None:
             ip = ipaddress.IPv4Address(wanted)
-            if ip in self._network and wanted not in self._by_addr and ip != self._network.network_address:
+            if (ip in self._network and wanted not in self._by_addr and ip != self._network.network_address
+                    and not self.services.is_vip(wanted)):
                 return wanted
         size = self._network.num_addresses
         for _ in range(size):
             offset = self._next_host
             self._next_host = self._next_host % (size - 2) + 1
             addr = str(self._network.network_address + offset)
-            if addr not in self._by_addr:
+            if addr not in self._by_addr and not self.services.is_vip(addr):
                 return addr
         raise RuntimeError(f"overlay prefix {self.prefix} is full")
 
@@ -276,12 +308,16 @@ class Broker:
             del self._by_addr[inst.addr]
             del self._by_name[inst.name]
             log.info("deregistered %s at %s: %s", inst.name, inst.addr, why)
-            return self._broadcast_members()
+            gone = m.InstanceDown(name=inst.name, service=inst.service, instance=inst.instance_id, reason=why)
+            return [*self._broadcast_members(), *self._tell_watchers(gone)]
         return []
 
     def _broadcast_members(self) -> list[Action]:
-        members = m.Members(hosts=self.members())
-        return [Send(inst.cid, members) for inst in self._by_addr.values()]
+        members = m.Members(hosts=self.members(), services=self.services.vips())
+        return [Send(cid, members) for cid in [i.cid for i in self._by_addr.values()] + sorted(self._watchers)]
+
+    def _tell_watchers(self, message: m.Message) -> list[Action]:
+        return [Send(cid, message) for cid in sorted(self._watchers)]
 
     def _on_bye(self, conn: Connection, msg: m.Bye, now: float) -> list[Action]:
         if conn.instance is None:
@@ -294,6 +330,52 @@ class Broker:
             conn.instance.nat = msg.mapping
             log.info("%s is behind a NAT with %s mapping", conn.instance.name, msg.mapping)
         return []
+
+    def _on_report(self, conn: Connection, msg: m.Report, now: float) -> list[Action]:
+        inst = conn.instance
+        if inst is None:
+            return []
+        inst.report = msg.to_wire()
+        del inst.report["t"]
+        inst.load = Load(active=msg.active, listening=frozenset(msg.listening), reported=True)
+        actions = self._tell_watchers(m.InstanceReport(name=inst.name, service=inst.service,
+                                                       instance=inst.instance_id, report=inst.report))
+        if self._held and msg.listening:
+            actions += self._release_held(now)
+        return actions
+
+    def _on_watch(self, conn: Connection, msg: m.Watch, now: float) -> list[Action]:
+        if conn.instance is not None:
+            return [Send(conn.cid, m.Error(ref="watch", reason="a registered instance cannot watch"))]
+        self._watchers.add(conn.cid)
+        instances = [{"name": i.name, "service": i.service, "addr": i.addr, "instance": i.instance_id,
+                      "nat": i.nat, "draining": i.draining, "report": i.report}
+                     for i in self._by_addr.values()]
+        log.info("controller watching from %s", conn.endpoint)
+        return [Send(conn.cid, m.Snapshot(instances=instances, services=self.services.vips()))]
+
+    def _on_declare(self, conn: Connection, msg: m.Declare, now: float) -> list[Action]:
+        if conn.cid not in self._watchers:
+            return [Send(conn.cid, m.Error(ref="declare", reason="only a watching controller may declare"))]
+        for name, hold in msg.services.items():
+            self.services.ensure(name, hold=float(hold), declared=True)
+        return self._broadcast_members()
+
+    def _on_drain(self, conn: Connection, msg: m.Drain, now: float) -> list[Action]:
+        inst = self._by_instance_id(msg.instance)
+        if conn.cid not in self._watchers or inst is None:
+            return []
+        inst.draining = True
+        return [Send(inst.cid, msg)]
+
+    def _on_stop(self, conn: Connection, msg: m.Stop, now: float) -> list[Action]:
+        inst = self._by_instance_id(msg.instance)
+        if conn.cid not in self._watchers or inst is None:
+            return []
+        return [Send(inst.cid, msg)]
+
+    def _by_instance_id(self, instance_id: str) -> Instance | None:
+        return next((i for i in self._by_addr.values() if i.instance_id == instance_id), None)
 
     def _on_ping(self, conn: Connection, msg: m.Ping, now: float) -> list[Action]:
         return [Send(conn.cid, m.Pong(seq=msg.seq))]
@@ -311,9 +393,51 @@ class Broker:
             return [Send(conn.cid, m.Error(ref=msg.conn, reason="unknown ticket"))]
         if msg.conn in self._pending:
             return [Send(conn.cid, m.Error(ref=msg.conn, reason="connection id already in use"))]
+        service = self.services.by_vip(msg.dst_addr)
+        if service is not None:
+            return self._connect_to_service(conn, msg, service, now)
         server = self._by_addr.get(msg.dst_addr)
         if server is None:
             return fail("EHOSTUNREACH")
+        return self._broker(conn, msg, server, now)
+
+    def _connect_to_service(self, conn: Connection, msg: m.Connect, service, now: float) -> list[Action]:
+        server = self._pick_instance(service.name, msg.dst_port)
+        if server is not None:
+            return self._broker(conn, msg, server, now)
+        if service.hold <= 0:
+            return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error="ECONNREFUSED"))]
+        self._held[msg.conn] = HeldConnect(msg, conn.cid, service.name, now + service.hold)
+        waiting = sum(1 for h in self._held.values() if h.service == service.name)
+        log.info("holding a connect to %s:%d until an instance listens", service.name, msg.dst_port)
+        return self._tell_watchers(m.Demand(service=service.name, port=msg.dst_port, waiting=waiting))
+
+    def _pick_instance(self, service: str, port: int) -> Instance | None:
+        candidates = [(i.addr, i.load) for i in self._by_addr.values()
+                      if i.service == service and not i.draining]
+        addr = pick(candidates, port)
+        if addr is None:
+            return None
+        chosen = self._by_addr[addr]
+        chosen.load.assigned += 1
+        return chosen
+
+    def _release_held(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for held in list(self._held.values()):
+            server = self._pick_instance(held.service, held.msg.dst_port)
+            client = self._connections.get(held.client_cid)
+            if server is None or client is None:
+                continue
+            del self._held[held.msg.conn]
+            actions += self._broker(client, held.msg, server, now)
+        return actions
+
+    def _broker(self, conn: Connection, msg: m.Connect, server: Instance, now: float) -> list[Action]:
+        assert conn.instance is not None
+        ticket = self._tickets.get(msg.ticket)
+        if ticket is None:
+            return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error="ECONNABORTED"))]
         pending = PendingConnect(msg.conn, conn.cid, server.cid, msg.ticket, now + self.timeouts.broker)
         self._pending[msg.conn] = pending
         server_ticket = self._take_incoming_ticket(server.cid)
@@ -385,6 +509,11 @@ class Broker:
         m.Bye: _on_bye,
         m.Ping: _on_ping,
         m.NatReport: _on_nat_report,
+        m.Report: _on_report,
+        m.Watch: _on_watch,
+        m.Declare: _on_declare,
+        m.Drain: _on_drain,
+        m.Stop: _on_stop,
         m.Connect: _on_connect,
         m.Accept: _on_accept,
         m.Refuse: _on_refuse,

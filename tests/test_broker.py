@@ -204,3 +204,102 @@ def test_silent_session_is_closed_and_its_instance_leaves(broker):
     actions = broker.expire(15.1)
     assert Close(1, "silent") in actions
     assert sent(actions, 2) == [m.Members(hosts={"web": "100.64.0.2"})]
+
+
+# --- services, signals and the controller ---------------------------------------------------------
+
+def report(broker, cid, active=0, listening=(80,), now=0.0):
+    return broker.message_received(cid, m.Report(active=active, accepted=0, connected=0, cpu=0.0, rss=0,
+                                                 listening=list(listening), idle=0.0, direct=0, relayed=0), now)
+
+
+def watch(broker, cid):
+    login(broker, cid, "198.18.0.9:1000")
+    return sent(broker.message_received(cid, m.Watch(), 0.0), cid)
+
+
+def web_instances(broker):
+    """web-1 (cid 1), web-2 (cid 2), and a client (cid 3) with an outgoing ticket."""
+    for cid, name in ((1, "web-1"), (2, "web-2")):
+        login(broker, cid)
+        broker.message_received(cid, m.Register(name=name, service="web", instance=f"{cid:08x}"), 0.0)
+    session, _ = register(broker, 3, "client")
+    observe(broker, 13, session, "cccc0001", "198.18.1.3:50003")
+    return session
+
+
+def test_instances_of_a_service_give_it_a_virtual_address_from_the_top_of_the_prefix(broker):
+    web_instances(broker)
+    assert broker.services.vips() == {"web": "100.64.0.254"}
+    members = [msg for msg in sent(broker.message_received(3, m.Ping(seq=1), 0.0))]
+    assert members == [m.Pong(seq=1)]
+
+
+def test_connect_to_a_service_goes_to_the_least_loaded_listening_instance(broker):
+    web_instances(broker)
+    report(broker, 1, active=5)
+    report(broker, 2, active=1)
+    actions = broker.message_received(
+        3, m.Connect(conn="c0ffee01", dst_addr="100.64.0.254", dst_port=80, src_port=50003, ticket="cccc0001"), 0.0)
+    assert [a.cid for a in actions] == [2]  # slow path Incoming to web-2
+    assert isinstance(sent(actions)[0], m.Incoming)
+
+
+def test_draining_instances_get_no_new_connections(broker):
+    web_instances(broker)
+    assert watch(broker, 9)[0].TYPE == "snapshot"
+    report(broker, 1, active=0)
+    report(broker, 2, active=9)
+    assert sent(broker.message_received(9, m.Drain(instance="00000001", grace=5.0), 0.0), 1) == \
+        [m.Drain(instance="00000001", grace=5.0)]
+    actions = broker.message_received(
+        3, m.Connect(conn="c0ffee01", dst_addr="100.64.0.254", dst_port=80, src_port=50003, ticket="cccc0001"), 0.0)
+    assert [a.cid for a in actions] == [2]
+
+
+def test_connect_to_a_declared_service_without_instances_is_held_then_released(broker):
+    session, _ = register(broker, 3, "client")
+    observe(broker, 13, session, "cccc0001", "198.18.1.3:50003")
+    watch(broker, 9)
+    declared = broker.message_received(9, m.Declare(services={"api": 10}), 0.0)
+    assert m.Members(hosts={"client": "100.64.0.1"}, services={"api": "100.64.0.254"}) in sent(declared, 3)
+    actions = broker.message_received(
+        3, m.Connect(conn="c0ffee01", dst_addr="100.64.0.254", dst_port=8080, src_port=50003, ticket="cccc0001"), 1.0)
+    assert actions == [Send(9, m.Demand(service="api", port=8080, waiting=1))]
+    login(broker, 4)
+    up = broker.message_received(4, m.Register(name="api-1", service="api", instance="0000000a"), 1.5)
+    assert m.InstanceUp(name="api-1", service="api", addr="100.64.0.2", instance="0000000a") in sent(up, 9)
+    assert report(broker, 4, listening=(9999,), now=1.6)[1:] == []  # not the port asked for: still held
+    released = report(broker, 4, listening=(8080,), now=1.7)
+    assert isinstance(released[0], Send) and released[0].message.TYPE == "instance_report"
+    assert any(isinstance(a, Send) and a.cid == 4 and isinstance(a.message, m.Incoming) for a in released)
+
+
+def test_held_connect_times_out_with_etimedout(broker):
+    session, _ = register(broker, 3, "client")
+    observe(broker, 13, session, "cccc0001", "198.18.1.3:50003")
+    watch(broker, 9)
+    broker.message_received(9, m.Declare(services={"api": 10}), 0.0)
+    broker.message_received(
+        3, m.Connect(conn="c0ffee01", dst_addr="100.64.0.254", dst_port=8080, src_port=50003, ticket="cccc0001"), 1.0)
+    assert broker.next_deadline() == 11.0
+    assert broker.expire(11.0) == [Send(3, m.ConnectFailed(conn="c0ffee01", error="ETIMEDOUT"))]
+
+
+def test_undeclared_service_with_nothing_listening_refuses(broker):
+    web_instances(broker)
+    actions = broker.message_received(
+        3, m.Connect(conn="c0ffee01", dst_addr="100.64.0.254", dst_port=80, src_port=50003, ticket="cccc0001"), 0.0)
+    assert actions == [Send(3, m.ConnectFailed(conn="c0ffee01", error="ECONNREFUSED"))]
+
+
+def test_watchers_see_reports_and_departures_and_only_they_may_declare(broker):
+    web_instances(broker)
+    snapshot = watch(broker, 9)[0]
+    assert sorted(i["name"] for i in snapshot.instances) == ["client", "web-1", "web-2"]
+    forwarded = sent(report(broker, 1, active=3), 9)[0]
+    assert forwarded.name == "web-1" and forwarded.report["active"] == 3
+    gone = sent(broker.connection_lost(1), 9)
+    assert m.InstanceDown(name="web-1", service="web", instance="00000001", reason="connection lost") in gone
+    refused = sent(broker.message_received(3, m.Declare(services={"x": 1}), 0.0))[0]
+    assert isinstance(refused, m.Error)
