@@ -7,6 +7,11 @@ Lambda functions); anything unsolicited from the internet side is dropped withou
 (no RST, no ICMP), so a connection attempt to a NATed host times out, exactly as on Lambda.
 Conntrack matches a peer's SYN that arrives after our own SYN to it as part of our connection
 (simultaneous open), which is what lets two NATed hosts punch through to each other.
+
+A symmetric router (`nat="symmetric"`) masquerades with --random-fully (nft: `masquerade
+fully-random`): every new connection gets a random public port, even from the same local port,
+so the public port the coordinator saw is useless to a peer and hole punching fails. Filtering
+is the same conntrack-based address-and-port-dependent filtering in both types.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import subprocess
 from collections.abc import Sequence
 
 from boxer.lab import _netns
+from boxer.lab._conditions import DEFAULT_NAT, NAT_SYMMETRIC, validate_nat
 from boxer.lab._plan import LAN_IF, UPLINK_IF
 from boxer.lab.errors import LabSetupError
 
@@ -24,8 +30,11 @@ log = logging.getLogger(__name__)
 IPTABLES_RESTORE = "iptables-restore"  # the nf_tables backend on Debian 12
 
 
-def router_rules(uplink: str = UPLINK_IF, lan: str = LAN_IF) -> str:
+def router_rules(uplink: str = UPLINK_IF, lan: str = LAN_IF, nat: str = DEFAULT_NAT) -> str:
     """The full ruleset of one router (both tables, default policies included)."""
+    masquerade = "-j MASQUERADE" + (
+        " --random-fully" if validate_nat(nat) == NAT_SYMMETRIC else ""
+    )
     return "\n".join(
         [
             "*nat",
@@ -33,7 +42,7 @@ def router_rules(uplink: str = UPLINK_IF, lan: str = LAN_IF) -> str:
             ":INPUT ACCEPT [0:0]",
             ":OUTPUT ACCEPT [0:0]",
             ":POSTROUTING ACCEPT [0:0]",
-            f"-A POSTROUTING -o {uplink} -j MASQUERADE",
+            f"-A POSTROUTING -o {uplink} {masquerade}",
             "COMMIT",
             "*filter",
             # The router itself serves nobody on the internet side: DROP, never REJECT.

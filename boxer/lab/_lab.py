@@ -7,22 +7,26 @@ import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from boxer.lab import _firewall, _netns, _process, _state
+from boxer.lab import _firewall, _netns, _process, _shaping, _state
+from boxer.lab._conditions import LinkConditions, validate_mapping_timeout
 from boxer.lab._plan import (
     COORDINATOR_HOST,
     DEFAULT_NAME,
     LabHost,
     LabPlan,
+    PublicHost,
     lab_plan,
     netns_prefix,
+    parse_endpoint,
     parse_host_name,
     validate_name,
 )
@@ -69,6 +73,9 @@ class Lab:
     setup_seconds: float
     processes: tuple[LabProcess, ...] = ()
     port_forwards: tuple[tuple[str, int], ...] = field(default=())
+    # Per endpoint ("coord", "h<i>", "p<k>"); a missing one is a clean link.
+    links: Mapping[str, LinkConditions] = field(default_factory=dict)
+    mapping_timeout: int | None = None  # seconds; None: the kernel's conntrack defaults
 
     @property
     def name(self) -> str:
@@ -103,18 +110,100 @@ class Lab:
     def coordinator_log(self) -> Path:
         return _state.coordinator_log(self.name)
 
+    @property
+    def public_hosts(self) -> tuple[PublicHost, ...]:
+        return self.plan.public_hosts
+
     def host(self, name: str) -> LabHost:
-        """The host called `name` ("h1", "h2", ...)."""
+        """The NATed host called `name` ("h1", "h2", ...)."""
+        if name.startswith("p") and self.public_hosts:
+            parse_endpoint(name, len(self.hosts), len(self.public_hosts))  # or a usage error
+            raise LabUsageError(f"{name!r} is a public host: use Lab.public_host({name!r})")
         index = parse_host_name(name, len(self.hosts))
         if index is None:
             raise LabUsageError(f"{name!r} is the coordinator host, not an instance host")
         return self.hosts[index - 1]
 
+    def public_host(self, name: str) -> PublicHost:
+        """The public (no NAT) host called `name` ("p1", "p2", ...)."""
+        kind, index = parse_endpoint(name, len(self.hosts), len(self.public_hosts))
+        if kind != "p":
+            raise LabUsageError(f"{name!r} is a NATed host: use Lab.host({name!r})")
+        return self.public_hosts[index - 1]
+
     def netns(self, host: str) -> str:
-        """The namespace of `host`: "coord" or "h<i>"."""
-        if host == COORDINATOR_HOST:
-            return self.coordinator_netns
-        return self.host(host).netns
+        """The namespace of `host`: "coord", "h<i>" or "p<k>"."""
+        return self.plan.netns_of(host)
+
+    def link(self, host: str) -> LinkConditions:
+        """The conditions `host`'s link adds (see boxer.lab._conditions)."""
+        self.netns(host)  # validates the host name
+        return self.links.get(host, LinkConditions())
+
+    def set_link(
+        self, host: str, *, rtt: float = 0.0, jitter: float = 0.0, loss: float = 0.0
+    ) -> LinkConditions:
+        """Give `host`'s link (h<i>: its router's uplink; p<k>, coord: their own) exactly
+        these conditions now: RTT and jitter in ms, loss in percent; all zero cleans it.
+        Open connections see the new delay and loss at once."""
+        self.netns(host)
+        link = LinkConditions(rtt=rtt, jitter=jitter, loss=loss)
+        if link.clean:  # stop queueing first: nothing new waits for the shaper
+            _shaping.apply_queue_rules(self.plan, {host: link})
+        with _state.locked(self.name):
+            data = _state.read(self.name) or {}
+            _put_link(data, host, link)
+            _state.write(self.name, data)
+            shaper = self._shaper()
+            if shaper is not None:
+                before = _shaping.reload_count(self.state_dir)
+                os.kill(shaper.pid, signal.SIGHUP)
+                _shaping.wait_reloaded(shaper.pid, self.state_dir, before, self.shaper_log)
+            elif not link.clean:
+                shaper = _start_shaper(self)
+                data = _state.read(self.name) or {}
+                data.setdefault("processes", []).append(_process_entry(shaper))
+                _state.write(self.name, data)
+                object.__setattr__(self, "processes", (*self.processes, shaper))
+        if not link.clean:  # the shaper listens now: queue
+            _shaping.apply_queue_rules(self.plan, {host: link})
+        object.__setattr__(self, "links", {**self.links, host: link})
+        log.info("lab %s: %s link %s", self.name, host, link.summary())
+        return link
+
+    @property
+    def shaper_log(self) -> Path:
+        return self.state_dir / "shaper.log"
+
+    def _shaper(self) -> LabProcess | None:
+        for process in self.processes:
+            if process.role == "shaper" and _process.is_ours(process.pid, process.netns,
+                                                              process.argv):
+                return process
+        return None
+
+    def flush_mappings(self, host: str) -> None:
+        """Drop every NAT mapping of NATed `host`'s router at once, as if all had expired."""
+        _shaping.flush_mappings(self.host(host).router_netns)
+
+    def freeze(self, host: str) -> list[int]:
+        """SIGSTOP every process inside `host`, as Lambda freezes a sandbox between
+        invocations; return their pids. `thaw` resumes them."""
+        return self._signal_inside(host, signal.SIGSTOP)
+
+    def thaw(self, host: str) -> list[int]:
+        return self._signal_inside(host, signal.SIGCONT)
+
+    def _signal_inside(self, host: str, signum: int) -> list[int]:
+        pids = [pid for pid in _netns.pids_inside([self.netns(host)]) if pid != os.getpid()]
+        signalled = []
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+                signalled.append(pid)
+            except ProcessLookupError:
+                pass
+        return signalled
 
     def env(self, host: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """`base` (default: ours) plus the BOXER_* variables a program in `host` sees."""
@@ -173,6 +262,8 @@ class Lab:
             "state_dir": str(self.state_dir),
             "created_at": self.created_at,
             "setup_seconds": round(self.setup_seconds, 3),
+            "mapping_timeout": self.mapping_timeout,
+            "coordinator_link": self.link(COORDINATOR_HOST).describe(),
             "hosts": [
                 {
                     "name": h.name,
@@ -180,8 +271,22 @@ class Lab:
                     "address": h.address,
                     "public_address": h.public_address,
                     "router_netns": h.router_netns,
+                    "nat": h.nat,
+                    "link": self.link(h.name).describe(),
                 }
                 for h in self.hosts
+            ]
+            + [
+                {
+                    "name": p.name,
+                    "netns": p.netns,
+                    "address": p.address,
+                    "public_address": p.public_address,
+                    "router_netns": None,
+                    "nat": None,  # reachable from anywhere on the internet segment
+                    "link": self.link(p.name).describe(),
+                }
+                for p in self.public_hosts
             ],
         }
 
@@ -190,12 +295,31 @@ class Lab:
             "version": _state.STATE_VERSION,
             **self.describe(),
             "host_count": len(self.hosts),
-            "processes": [
-                {"role": p.role, "pid": p.pid, "netns": p.netns, "argv": list(p.argv)}
-                for p in self.processes
-            ],
+            "public_count": len(self.public_hosts),
+            "processes": [_process_entry(p) for p in self.processes],
             "port_forwards": [list(pf) for pf in self.port_forwards],
         }
+
+
+def _process_entry(p: LabProcess) -> dict[str, Any]:
+    return {"role": p.role, "pid": p.pid, "netns": p.netns, "argv": list(p.argv)}
+
+
+def _start_shaper(lab: Lab) -> LabProcess:
+    """The link emulator, inside the internet namespace (so `down` finds it there too)."""
+    pid, argv = _shaping.start_shaper(lab.internet_netns, lab.state_dir, lab.shaper_log)
+    log.info("lab %s: shaper pid %d", lab.name, pid)
+    return LabProcess(role="shaper", pid=pid, netns=lab.internet_netns, argv=tuple(argv))
+
+
+def _put_link(data: dict[str, Any], host: str, link: LinkConditions) -> None:
+    """Record `host`'s link in lab.json data (the shape `describe` gives it)."""
+    if host == COORDINATOR_HOST:
+        data["coordinator_link"] = link.describe()
+        return
+    for entry in data.get("hosts", []):
+        if entry.get("name") == host:
+            entry["link"] = link.describe()
 
 
 def _require_root() -> None:
@@ -207,14 +331,28 @@ def lab_up(
     name: str = DEFAULT_NAME,
     hosts: int = 1,
     *,
+    nat: str | Mapping[str, str] | None = None,
+    public: int = 0,
+    rtt: float = 0.0,
+    jitter: float = 0.0,
+    loss: float = 0.0,
+    mapping_timeout: int | None = None,
     coordinator_cmd: Sequence[str] | None = None,
     ready_timeout: float = COORDINATOR_READY_TIMEOUT,
 ) -> Lab:
     """Create lab `name` with `hosts` NATed hosts and start its coordinator.
 
+    `nat`: "eim" (default), "symmetric", or per host, "eim,h2=symmetric" or {"h2": "symmetric"}.
+    `public`: that many hosts p1..pK with a public address and no NAT.
+    `rtt`, `jitter` (ms) and `loss` (percent): conditions of every endpoint's link, so that
+    any two endpoints see that RTT and one-way loss (see boxer.lab._conditions).
+    `mapping_timeout` (s): idle NAT mappings (TCP established, UDP) expire after it.
     `coordinator_cmd` replaces the coordinator program (see `default_coordinator_cmd`).
     On any failure everything created so far is removed again before the error propagates."""
-    plan = lab_plan(name, hosts)
+    plan = lab_plan(name, hosts, nat=nat, public=public)
+    link = LinkConditions(rtt=rtt, jitter=jitter, loss=loss)
+    timeout = validate_mapping_timeout(mapping_timeout)
+    links = {endpoint: link for endpoint in plan.endpoint_names()}
     _require_root()
     if _netns.list_names(netns_prefix(name)) or not _state.claim(name):
         raise LabExistsError(name)
@@ -226,10 +364,15 @@ def lab_up(
         _topology.build(plan)
         for host in plan.hosts:
             _firewall.enable_forwarding(host.router_netns)
-        _firewall.apply([(h.router_netns, _firewall.router_rules()) for h in plan.hosts])
+        _firewall.apply(
+            [(h.router_netns, _firewall.router_rules(nat=h.nat)) for h in plan.hosts]
+        )
+        if timeout is not None:
+            _shaping.apply_mapping_timeout(plan, timeout)
         network_seconds = time.monotonic() - started
         _state.write_secret(name)
-        lab = Lab(plan=plan, created_at=time.time(), setup_seconds=network_seconds)
+        lab = Lab(plan=plan, created_at=time.time(), setup_seconds=network_seconds,
+                  links=links, mapping_timeout=timeout)
         _state.write(name, lab._to_state())
         log.info("lab %s: network of %d hosts ready in %.3f s", name, hosts, network_seconds)
 
@@ -239,11 +382,18 @@ def lab_up(
             created_at=lab.created_at,
             setup_seconds=time.monotonic() - started,
             processes=(coordinator,),
+            links=links,
+            mapping_timeout=timeout,
         )
         _state.write(name, lab._to_state())
         _wait_ready(lab, coordinator, ready_timeout)
+        processes: tuple[LabProcess, ...] = (coordinator,)
+        if not link.clean:
+            processes += (_start_shaper(lab),)
+            _state.write(name, replace(lab, processes=processes)._to_state())
+            _shaping.apply_queue_rules(plan, links)
         lab = Lab(plan=plan, created_at=lab.created_at, setup_seconds=time.monotonic() - started,
-                  processes=(coordinator,))
+                  processes=processes, links=links, mapping_timeout=timeout)
         _state.write(name, lab._to_state())
     except BaseException:
         log.info("lab %s: setup failed, removing what was created", name)
@@ -295,8 +445,16 @@ def load_lab(name: str = DEFAULT_NAME) -> Lab:
         raise LabNotFoundError(name) from exc
     if data is None:
         raise LabNotFoundError(name)
+    # Labs made before NAT types and public hosts existed have neither recorded: eim, none.
+    entries = data.get("hosts", [])
+    nat = {h["name"]: h["nat"] for h in entries if h.get("nat")}
+    links = {h["name"]: LinkConditions.from_description(h.get("link")) for h in entries}
+    links[COORDINATOR_HOST] = LinkConditions.from_description(data.get("coordinator_link"))
     return Lab(
-        plan=lab_plan(name, int(data["host_count"])),
+        plan=lab_plan(name, int(data["host_count"]), nat=nat,
+                      public=int(data.get("public_count", 0))),
+        links=links,
+        mapping_timeout=data.get("mapping_timeout"),
         created_at=float(data["created_at"]),
         setup_seconds=float(data["setup_seconds"]),
         processes=tuple(
@@ -356,7 +514,7 @@ def lab_down(name: str = DEFAULT_NAME) -> DownReport:
     return report
 
 
-_LAB_NETNS_RE = re.compile(r"bx-([a-z0-9]{1,10})-(?:inet|coord|[rh][0-9]+)")
+_LAB_NETNS_RE = re.compile(r"bx-([a-z0-9]{1,10})-(?:inet|coord|[rhp][0-9]+)")
 
 
 def list_labs() -> list[str]:

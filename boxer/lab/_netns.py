@@ -181,6 +181,17 @@ def write_sysctl(name: str, key: str, value: str) -> None:
     in_thread(body)
 
 
+def read_sysctl(name: str, key: str) -> str:
+    """A per-namespace sysctl's value as seen inside namespace `name`."""
+
+    def body() -> str:
+        _enter(name)
+        with open(f"/proc/sys/{key}", encoding="ascii") as f:
+            return f.read().strip()
+
+    return in_thread(body)
+
+
 def pids_inside(names: Iterable[str]) -> list[int]:
     """Pids of processes whose network namespace is one of `names` (like `ip netns pids`)."""
     inodes = set()

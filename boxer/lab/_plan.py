@@ -9,17 +9,22 @@ Topology of lab N with K hosts::
                                         (bx-N-inet)                  [bx-lan 10.0.<i>.1/24]
                                                                               |
                                                                      [bx-lan 10.0.<i>.2/24] bx-N-h<i>
+
+    public hosts (no NAT, the VM tier):  [bx-p<k>] bx-br  ---  [bx-up 198.18.2.<k>/16] bx-N-p<k>
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from boxer.lab._conditions import DEFAULT_NAT, parse_nat, validate_nat
 from boxer.lab.errors import LabUsageError
 
 NAME_RE = re.compile(r"[a-z0-9]{1,10}")
 MAX_HOSTS = 200  # one octet of 198.18.1.<i> and 10.0.<i>.0/24, with room to spare
+MAX_PUBLIC = 200  # one octet of 198.18.2.<k>
 DEFAULT_NAME = "default"
 
 INTERNET_PREFIX = 16  # 198.18.0.0/16: RFC 2544 benchmarking space, never routed on the internet
@@ -68,9 +73,47 @@ class LabHost:
     router_netns: str
     public_address: str  # the router's uplink address: what the NAT maps the host to
     bridge_port: str  # the router's port on the bridge, inside the internet namespace
+    nat: str = DEFAULT_NAT  # "eim" or "symmetric" (see _conditions.NAT_TYPES)
 
 
-def host_plan(lab: str, index: int) -> LabHost:
+@dataclass(frozen=True)
+class PublicHost:
+    """A host with a public address on the internet segment and no NAT (the VM tier): anyone
+    can connect to it. Its address is its public address."""
+
+    name: str  # "p<k>"
+    index: int
+    netns: str
+    address: str
+    bridge_port: str
+
+    @property
+    def public_address(self) -> str:
+        return self.address
+
+
+def validate_public_count(public: int) -> int:
+    if isinstance(public, bool) or not isinstance(public, int) or not 0 <= public <= MAX_PUBLIC:
+        raise LabUsageError(
+            f"invalid public host count {public!r}: a lab has 0 to {MAX_PUBLIC} public hosts"
+        )
+    return public
+
+
+def public_host_plan(lab: str, index: int) -> PublicHost:
+    """The names and addresses of public host `index` (1-based) in lab `lab`."""
+    if not 1 <= index <= MAX_PUBLIC:
+        raise LabUsageError(f"public host index {index} out of range 1..{MAX_PUBLIC}")
+    return PublicHost(
+        name=f"p{index}",
+        index=index,
+        netns=f"{netns_prefix(lab)}p{index}",
+        address=f"198.18.2.{index}",
+        bridge_port=f"bx-p{index}",
+    )
+
+
+def host_plan(lab: str, index: int, nat: str = DEFAULT_NAT) -> LabHost:
     """The names and addresses of host `index` (1-based) in lab `lab`: the one mapping."""
     if not 1 <= index <= MAX_HOSTS:
         raise LabUsageError(f"host index {index} out of range 1..{MAX_HOSTS}")
@@ -84,6 +127,7 @@ def host_plan(lab: str, index: int) -> LabHost:
         router_netns=f"{prefix}r{index}",
         public_address=f"198.18.1.{index}",
         bridge_port=f"bx-r{index}",
+        nat=validate_nat(nat, f" for h{index}"),
     )
 
 
@@ -93,6 +137,7 @@ class LabPlan:
 
     name: str
     hosts: tuple[LabHost, ...]
+    public_hosts: tuple[PublicHost, ...] = ()
 
     @property
     def internet_netns(self) -> str:
@@ -110,14 +155,40 @@ class LabPlan:
         names = [self.internet_netns, self.coordinator_netns]
         for host in self.hosts:
             names += [host.router_netns, host.netns]
+        names += [public.netns for public in self.public_hosts]
         return names
 
+    def endpoint_names(self) -> list[str]:
+        """Everything with a leg on the internet segment: "coord", h<i>, p<k>."""
+        return [COORDINATOR_HOST, *(h.name for h in self.hosts),
+                *(p.name for p in self.public_hosts)]
 
-def lab_plan(name: str, hosts: int) -> LabPlan:
-    """Validate the inputs and lay out the lab."""
+    def netns_of(self, host: str) -> str:
+        """The namespace a program of `host` ("coord", "h<i>", "p<k>") runs in."""
+        if host == COORDINATOR_HOST:
+            return self.coordinator_netns
+        kind, index = parse_endpoint(host, len(self.hosts), len(self.public_hosts))
+        return (self.hosts if kind == "h" else self.public_hosts)[index - 1].netns
+
+
+def lab_plan(
+    name: str,
+    hosts: int,
+    *,
+    nat: str | Mapping[str, str] | None = None,
+    public: int = 0,
+) -> LabPlan:
+    """Validate the inputs and lay out the lab: `hosts` NATed hosts (NAT types per
+    `_conditions.parse_nat`, eim by default) and `public` hosts without NAT."""
     validate_name(name)
     validate_host_count(hosts)
-    return LabPlan(name=name, hosts=tuple(host_plan(name, i) for i in range(1, hosts + 1)))
+    validate_public_count(public)
+    nats = parse_nat(nat, [f"h{i}" for i in range(1, hosts + 1)])
+    return LabPlan(
+        name=name,
+        hosts=tuple(host_plan(name, i, nats[f"h{i}"]) for i in range(1, hosts + 1)),
+        public_hosts=tuple(public_host_plan(name, k) for k in range(1, public + 1)),
+    )
 
 
 def parse_host_name(host: str, hosts: int) -> int | None:
@@ -130,3 +201,18 @@ def parse_host_name(host: str, hosts: int) -> int | None:
             f"no host {host!r} in this lab: use {COORDINATOR_HOST!r} or h1..h{hosts}"
         )
     return int(match.group(1))
+
+
+def _choices(hosts: int, public: int) -> str:
+    return f"{COORDINATOR_HOST!r}, h1..h{hosts}" + (f" or p1..p{public}" if public else "")
+
+
+def parse_endpoint(host: str, hosts: int, public: int) -> tuple[str, int]:
+    """`"h3"` -> ("h", 3), `"p1"` -> ("p", 1); anything else is a usage error (the
+    coordinator is handled by the callers, it has no index)."""
+    match = re.fullmatch(r"([hp])([1-9][0-9]*)", host)
+    if match:
+        kind, index = match.group(1), int(match.group(2))
+        if index <= (hosts if kind == "h" else public):
+            return kind, index
+    raise LabUsageError(f"no host {host!r} in this lab: use {_choices(hosts, public)}")

@@ -89,6 +89,8 @@ def terminate(pids: Iterable[int], grace: float = 2.0) -> list[int]:
     for pid in set(pids):
         try:
             os.kill(pid, signal.SIGTERM)
+            # A process frozen by Lab.freeze (SIGSTOP) would only act on SIGTERM once resumed.
+            os.kill(pid, signal.SIGCONT)
             signalled.append(pid)
         except ProcessLookupError:
             pass

@@ -23,6 +23,7 @@ from boxer.lab._plan import (
     UPLINK_IF,
     LabHost,
     LabPlan,
+    PublicHost,
 )
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,14 @@ def _build_host(ns: _Namespaces, plan: LabPlan, host: LabHost, bridge: int) -> N
     ns[lan].route("add", dst="0.0.0.0/0", gateway=host.gateway)
 
 
+def _build_public(ns: _Namespaces, plan: LabPlan, public: PublicHost, bridge: int) -> None:
+    # Straight on the bridge like the coordinator: no router, no NAT, no firewall.
+    _veth(ns, plan.internet_netns, public.bridge_port, public.netns, UPLINK_IF,
+          master=bridge, state="up")
+    _up(ns[public.netns], "lo")
+    _up(ns[public.netns], UPLINK_IF, public.address, INTERNET_PREFIX)
+
+
 def build(plan: LabPlan) -> None:
     """Create the interfaces, addresses and routes of `plan` in its (existing) namespaces."""
     ns = _Namespaces()
@@ -113,6 +122,10 @@ def build(plan: LabPlan) -> None:
             # Close as we go: a 200-host lab would otherwise hold 400 netlink sockets open.
             for name in (host.router_netns, host.netns):
                 ns.close(name)
-        log.debug("wired lab %s: %d hosts", plan.name, len(plan.hosts))
+        for public in plan.public_hosts:
+            _build_public(ns, plan, public, bridge)
+            ns.close(public.netns)
+        log.debug("wired lab %s: %d hosts, %d public", plan.name, len(plan.hosts),
+                  len(plan.public_hosts))
     finally:
         ns.close_all()

@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import click
 
+from boxer.lab._conditions import MAX_MAPPING_TIMEOUT, MAX_RTT_MS, LinkConditions
 from boxer.lab._lab import Lab, lab_down, lab_down_all, lab_up, load_lab
-from boxer.lab._plan import DEFAULT_NAME, MAX_HOSTS
+from boxer.lab._plan import DEFAULT_NAME, MAX_HOSTS, MAX_PUBLIC
 from boxer.lab.errors import LabError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,9 +55,24 @@ def lab() -> None:
     """The local cloud: instance hosts behind real NAT routers (network namespaces).
 
     Each host h<i> sits behind its own router that masquerades it to a public address and
-    silently drops unsolicited inbound traffic, like AWS Lambda. The coordinator runs on the
-    public segment at 198.18.0.1:7000. Needs root.
+    silently drops unsolicited inbound traffic, like AWS Lambda. Public hosts p<k> (--public)
+    sit on the internet segment without NAT, like VMs. The coordinator runs on the public
+    segment at 198.18.0.1:7000. Needs root. Details: docs/lab.md.
     """
+
+
+def _link_options(fn: F) -> F:
+    for option in reversed([
+        click.option("--rtt", type=click.FloatRange(0, MAX_RTT_MS), default=0.0, metavar="MS",
+                     help="Round-trip time between any two endpoints (half of it added on "
+                          "each endpoint's egress)."),
+        click.option("--jitter", type=click.FloatRange(0, MAX_RTT_MS), default=0.0,
+                     metavar="MS", help="The RTT varies uniformly by up to +-MS."),
+        click.option("--loss", type=click.FloatRange(0, 100), default=0.0, metavar="PCT",
+                     help="Percent of packets lost on every one-way trip."),
+    ]):
+        fn = option(fn)
+    return fn
 
 
 @lab.command("up")
@@ -68,15 +84,53 @@ def lab() -> None:
     show_default=True,
     help="Number of NATed instance hosts.",
 )
+@click.option(
+    "--nat",
+    default="eim",
+    show_default=True,
+    metavar="SPEC",
+    help="NAT type of the hosts: eim (endpoint-independent mapping, port kept, like Lambda) "
+         "or symmetric (a new random port per connection). Per host: a comma-separated list "
+         "of TYPE (the default) and HOST=TYPE items, e.g. 'eim,h2=symmetric'.",
+)
+@click.option(
+    "--public",
+    type=click.IntRange(0, MAX_PUBLIC),
+    default=0,
+    show_default=True,
+    metavar="K",
+    help="Public hosts p1..pK: a public address, no NAT, reachable inbound (the VM tier).",
+)
+@_link_options
+@click.option(
+    "--mapping-timeout",
+    type=click.IntRange(1, MAX_MAPPING_TIMEOUT),
+    default=None,
+    metavar="SECONDS",
+    help="Idle NAT mappings (TCP established, UDP) expire after SECONDS, and stay expired.",
+)
 @_verbose_option
 @_user_errors
-def up_command(name: str, hosts: int, verbose: int) -> None:
+def up_command(
+    name: str,
+    hosts: int,
+    nat: str,
+    public: int,
+    rtt: float,
+    jitter: float,
+    loss: float,
+    mapping_timeout: int | None,
+    verbose: int,
+) -> None:
     """Create a lab and start its coordinator."""
     _setup_logging(verbose)
-    created = lab_up(name, hosts)
+    created = lab_up(name, hosts, nat=nat, public=public, rtt=rtt, jitter=jitter, loss=loss,
+                     mapping_timeout=mapping_timeout)
     coordinator = created.processes[0].pid if created.processes else None
     click.echo(
-        f"lab {created.name} up: {len(created.hosts)} hosts in {created.setup_seconds:.2f} s; "
+        f"lab {created.name} up: {len(created.hosts)} hosts"
+        + (f", {len(created.public_hosts)} public" if created.public_hosts else "")
+        + f" in {created.setup_seconds:.2f} s; "
         f"coordinator {created.coordinator} (pid {coordinator}, log {created.coordinator_log})"
     )
     click.echo(f"try: boxer lab exec --name {created.name} h1 -- ip addr")
@@ -115,7 +169,9 @@ _HOST_COLUMNS = (
     _Column("ADDRESS", lambda h: h["address"]),
     _Column("PUBLIC", lambda h: h["public_address"]),
     _Column("NETNS", lambda h: h["netns"]),
-    _Column("ROUTER", lambda h: h["router_netns"]),
+    _Column("ROUTER", lambda h: h["router_netns"] or "-"),
+    _Column("NAT", lambda h: h["nat"] or "none"),
+    _Column("LINK", lambda h: LinkConditions.from_description(h["link"]).summary()),
 )
 
 
@@ -135,6 +191,11 @@ def _show_table(current: Lab) -> str:
         f"coordinator  {info['coordinator']} (netns {info['coordinator_netns']})",
         f"internet     198.18.0.0/16 (netns {info['internet_netns']})",
         f"secret       {info['secret_file']}",
+        "coord link   "
+        + LinkConditions.from_description(info["coordinator_link"]).summary(),
+        "mappings     "
+        + (f"expire after {info['mapping_timeout']} s idle" if info["mapping_timeout"]
+           else "kernel defaults (TCP established 5 days, UDP 30/120 s)"),
         "",
     ]
     return "\n".join(head) + _table(_HOST_COLUMNS, info["hosts"])
@@ -153,6 +214,18 @@ def show_command(name: str, output: str) -> None:
         click.echo(json.dumps(current.describe(), indent=2))
     else:
         click.echo(_show_table(current))
+
+
+@lab.command("link")
+@_name_option
+@click.argument("host")
+@_link_options
+@_user_errors
+def link_command(name: str, host: str, rtt: float, jitter: float, loss: float) -> None:
+    """Set HOST's link conditions now (h<i>, p<k> or coord); no options makes it clean.
+    Open connections are affected at once."""
+    link = load_lab(name).set_link(host, rtt=rtt, jitter=jitter, loss=loss)
+    click.echo(f"lab {name}: {host} link {link.summary()}")
 
 
 @lab.command("down")
