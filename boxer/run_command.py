@@ -56,9 +56,12 @@ def _endpoint(value: str, what: str) -> tuple[str, int]:
               help="Stop the application after this long (Lambda's cap is 900 s).")
 @click.option("--connect-timeout", type=float, default=5.0, show_default=True, metavar="SECONDS",
               help="How long an overlay connect may take before the app sees ETIMEDOUT.")
+@click.option("--instance-id", metavar="HEX", help="Identity of this instance (8-64 lowercase hex; "
+              "default random). Controllers set it to tell a replacement from the instance it replaces.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_command(name, service, coordinator, secret_file, lifetime, connect_timeout, verbose, command) -> None:
+def run_command(name, service, coordinator, secret_file, lifetime, connect_timeout, instance_id, verbose,
+                command) -> None:
     """Run COMMAND, unmodified, as a host of the overlay.
 
     The program listens and connects as on any network; boxer registers it under NAME, answers
@@ -91,7 +94,8 @@ def run_command(name, service, coordinator, secret_file, lifetime, connect_timeo
     name = (name or _default_name(argv)).lower()
     service = (service or re.sub(r"-\d+$", "", name)).lower()
     opts = RunOptions(argv=argv, name=name, service=service, coordinator=_endpoint(coordinator, "--coordinator"),
-                      secret=secret, lifetime=lifetime, connect_timeout=connect_timeout)
+                      secret=secret, lifetime=lifetime, connect_timeout=connect_timeout,
+                      instance_id=instance_id)
     try:
         status = aio.run(run_instance(opts))
     except RunError as exc:

@@ -16,13 +16,15 @@ from boxer.agent.link import CoordinatorLink, LinkDown
 from boxer.agent.names import NameTable
 from boxer.agent.natprobe import probe_mapping
 from boxer.agent.punch import PunchError, authenticate, relay_open, simultaneous_open
+from boxer.agent.signals import ConnectionTracker, IdleClock, ProcessSampler
 from boxer.ipc import Message, Op, Resolution
 from nat_traversal import auth
 from nat_traversal import messages as m
 
 log = logging.getLogger(__name__)
 
-WAKE_ADDR = "127.0.0.2"  # source of wake connections; the interposer recognises them by it
+WAKE_ADDR = "127.0.0.2"
+SERVICE_HOLD_LIMIT = 120.0  # source of wake connections; the interposer recognises them by it
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,12 @@ class Agent:
     secret: bytes
     timeouts: Timeouts = field(default_factory=Timeouts)
     ticket_pool_size: int = 8
+    report_interval: float = 1.0
 
     def __post_init__(self) -> None:
         reg = self.session.registration
         self.names = NameTable(ipaddress.IPv4Network(reg.prefix), reg.name, reg.addr)
-        self.names.update(self.session.members)
+        self.names.update(self.session.members, self.session.session.services)
         self.listeners: dict[int, int] = {}  # real port -> LISTEN count
         self.hellos: set[int] = set()
         self.hello_event = asyncio.Event()
@@ -73,6 +76,13 @@ class Agent:
         self._closed = False
         self.stats = {"connects": 0, "accepts": 0, "refused": 0, "failed": 0, "direct": 0, "relayed": 0}
         self.nat_mapping = "unknown"
+        self.draining = False
+        # ("drain", grace seconds) or ("stop", reason), from the controller; the runner acts on it.
+        self.stop_request: asyncio.Future[tuple[str, object]] = asyncio.get_running_loop().create_future()
+        self.tracker = ConnectionTracker()
+        self._sampler: ProcessSampler | None = None
+        self._idle = IdleClock()
+        self.lifetime_deadline: float | None = None  # time.monotonic() at which we must be gone
 
     @property
     def addr(self) -> str:
@@ -95,6 +105,40 @@ class Agent:
         self._refill.set()
         if self.nat_mapping != "unknown":
             self._spawn(self.session.send(m.NatReport(mapping=self.nat_mapping)))
+
+    # --- signals --------------------------------------------------------------------------------
+
+    def attach_app(self, pid: int, lifetime: float | None) -> None:
+        """The app is running: sample it and report every `report_interval` seconds."""
+        self._sampler = ProcessSampler(pid)
+        if lifetime is not None:
+            self.lifetime_deadline = time.monotonic() + lifetime
+        self._spawn(self._report_forever())
+
+    def build_report(self, exited: int | None = None) -> m.Report:
+        active = self.tracker.count_open()
+        cpu, rss = self._sampler.sample() if self._sampler else (0.0, 0)
+        left = None if self.lifetime_deadline is None else max(0.0, self.lifetime_deadline - time.monotonic())
+        return m.Report(active=active, accepted=self.stats["accepts"], connected=self.stats["connects"],
+                        cpu=round(cpu, 1), rss=rss, listening=sorted(self.listeners),
+                        idle=round(self._idle.observe(active, cpu), 2), direct=self.stats["direct"],
+                        relayed=self.stats["relayed"], draining=self.draining,
+                        lifetime_left=None if left is None else round(left, 1), exited=exited)
+
+    async def send_report(self, exited: int | None = None) -> None:
+        try:
+            await self.session.send(self.build_report(exited), wait=0.0)
+        except LinkDown:
+            pass  # the next report, after reconnection, tells the same story
+
+    async def _report_forever(self) -> None:
+        while not self._closed:
+            await self.send_report()
+            await asyncio.sleep(self.report_interval)
+
+    def _request_stop(self, kind: str, detail: object) -> None:
+        if not self.stop_request.done():
+            self.stop_request.set_result((kind, detail))
 
     @property
     def relay(self) -> tuple[str, int] | None:
@@ -188,7 +232,12 @@ class Agent:
 
     def on_coordinator_message(self, msg: m.Message) -> None:
         if isinstance(msg, m.Members):
-            self.names.update(msg.hosts)
+            self.names.update(msg.hosts, msg.services)
+        elif isinstance(msg, m.Drain):
+            self.draining = True
+            self._request_stop("drain", msg.grace)
+        elif isinstance(msg, m.Stop):
+            self._request_stop("stop", msg.reason or "stopped by the controller")
         elif isinstance(msg, (m.Punch, m.ConnectFailed)):
             queue = self._awaiting.get(msg.conn)
             if queue is not None:
@@ -237,16 +286,19 @@ class Agent:
                 return req.reply(status=errno.ECONNABORTED), None
             pending.wake.close()
             self.stats["accepts"] += 1
+            self.tracker.handed(pending.sock)
             return req.reply(addr=pending.peer_addr, port=pending.peer_port), pending.sock
         return req.reply(status=errno.EINVAL), None
 
     async def _connect_for_app(self, req: Message) -> tuple[Message, socket.socket | None]:
         if req.addr == self.addr:
             return await self._connect_locally(req)
-        deadline = time.monotonic() + self.timeouts.connect
+        # A connect to a service may be held by the coordinator while an instance starts (scale from
+        # zero); the coordinator bounds that wait, we only guard against losing it meanwhile.
+        wait = self.timeouts.connect + (SERVICE_HOLD_LIMIT if self.names.is_service_address(req.addr) else 0)
+        deadline = time.monotonic() + wait
         try:
-            sock, local_port = await asyncio.wait_for(self._connect_overlay(req.addr, req.port, deadline),
-                                                      self.timeouts.connect)
+            sock, local_port = await asyncio.wait_for(self._connect_overlay(req.addr, req.port, deadline), wait)
         except asyncio.TimeoutError:
             self.stats["failed"] += 1
             return req.reply(status=errno.ETIMEDOUT), None
@@ -258,6 +310,7 @@ class Agent:
             log.info("connect to %s:%d failed: %s", req.addr, req.port, exc)
             return req.reply(status=getattr(errno, exc.errno_name)), None
         self.stats["connects"] += 1
+        self.tracker.handed(sock)
         sock.setblocking(True)
         return req.reply(addr=self.addr, port=local_port), sock
 

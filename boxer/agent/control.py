@@ -85,10 +85,12 @@ class Registration:
 
 
 class ControlSession:
-    def __init__(self, framed: FramedSocket, registration: Registration, members: dict[str, str]):
+    def __init__(self, framed: FramedSocket, registration: Registration, members: dict[str, str],
+                 services: dict[str, str] | None = None):
         self.framed = framed
         self.registration = registration
         self.members = members
+        self.services = services or {}
 
     async def send(self, message: m.Message) -> None:
         await self.framed.send(message)
@@ -186,15 +188,19 @@ async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, 
     welcome = await _authenticate(framed, secret, where)
     await framed.send(register)
     members: dict[str, str] = {}
+    services: dict[str, str] = {}
+    registration = None
     while True:
         reply = await framed.receive()
         if isinstance(reply, m.Registered):
             registration = Registration(welcome.session, reply.name, reply.addr, reply.prefix, reply.relay_port)
-            return ControlSession(framed, registration, members)
-        if isinstance(reply, m.Error):
+        elif isinstance(reply, m.Error):
             raise CoordinatorError(f"registration refused: {reply.reason}")
-        if isinstance(reply, m.Members):
-            members.update(reply.hosts)
+        elif isinstance(reply, m.Members):
+            # The coordinator sends the membership, including us, right after Registered.
+            members, services = dict(reply.hosts), dict(reply.services)
+            if registration is not None:
+                return ControlSession(framed, registration, members, services)
 
 
 @dataclass

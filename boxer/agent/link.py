@@ -60,6 +60,8 @@ class CoordinatorLink:
     async def send(self, message: m.Message, wait: float = 2.0) -> None:
         """Sends on the current session; while reconnecting, waits up to `wait` for it."""
         if not self.up.is_set():
+            if wait <= 0:
+                raise LinkDown("the coordinator is unreachable")
             try:
                 await asyncio.wait_for(self.up.wait(), wait)
             except asyncio.TimeoutError:
@@ -83,7 +85,7 @@ class CoordinatorLink:
             if self.closed:
                 return
             self.reconnects += 1
-            on_message(m.Members(hosts=self.session.members))
+            on_message(m.Members(hosts=self.session.members, services=self.session.services))
             on_new_session()
             self.up.set()
 

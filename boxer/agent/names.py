@@ -34,11 +34,17 @@ class NameTable:
     own_name: str
     own_addr: str
     members: dict[str, str] = field(default_factory=dict)  # name -> overlay address
+    services: dict[str, str] = field(default_factory=dict)  # service name -> virtual address
     local_names: frozenset[str] = frozenset()
 
-    def update(self, members: dict[str, str]) -> None:
+    def update(self, members: dict[str, str], services: dict[str, str] | None = None) -> None:
         self.members = dict(members)
         self.members[self.own_name] = self.own_addr
+        if services is not None:
+            self.services = dict(services)
+
+    def is_service_address(self, addr: str) -> bool:
+        return addr in self.services.values()
 
     def resolve(self, name: str) -> tuple[Resolution, str]:
         key = name.lower().rstrip(".")
@@ -47,7 +53,8 @@ class NameTable:
             authoritative = True
         else:
             authoritative = "." not in key and key not in self.local_names
-        addr = self.members.get(key)
+        # An instance's own name wins over a service of the same name.
+        addr = self.members.get(key) or self.services.get(key)
         if addr is not None:
             return Resolution.FOUND, addr
         return (Resolution.NONAME if authoritative and key else Resolution.PASS), ""
@@ -59,9 +66,10 @@ class NameTable:
             return Resolution.PASS, ""
         if ip not in self.prefix:
             return Resolution.PASS, ""
-        for name, member_addr in self.members.items():
-            if member_addr == addr:
-                return Resolution.FOUND, name
+        for table in (self.members, self.services):
+            for name, member_addr in table.items():
+                if member_addr == addr:
+                    return Resolution.FOUND, name
         return Resolution.NONAME, ""
 
     def is_overlay(self, addr: str) -> bool:

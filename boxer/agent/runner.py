@@ -38,10 +38,11 @@ class RunOptions:
     secret: bytes
     lifetime: float | None = None
     connect_timeout: float = 5.0
+    instance_id: str | None = None
 
 
 async def run_instance(opts: RunOptions) -> int:
-    register = m.Register(name=opts.name, service=opts.service, instance=auth.new_token(8))
+    register = m.Register(name=opts.name, service=opts.service, instance=opts.instance_id or auth.new_token(8))
     try:
         session = await open_session(opts.coordinator, opts.secret, register)
     except CoordinatorError as exc:
@@ -65,17 +66,26 @@ async def run_instance(opts: RunOptions) -> int:
                                 prefix=reg.prefix, wake_addr=WAKE_ADDR)
         proc = await start_child(opts.argv, env)
         await _confirm_interposer(agent, proc, opts.argv[0])
-        waiters = {asyncio.create_task(proc.wait()): "exit", asyncio.create_task(stopping.wait()): "signal"}
+        agent.attach_app(proc.pid, opts.lifetime)
+        waiters = {asyncio.create_task(proc.wait()): "exit", asyncio.create_task(stopping.wait()): "signal",
+                   agent.stop_request: "controller"}
         if opts.lifetime is not None:
             waiters[asyncio.create_task(asyncio.sleep(opts.lifetime))] = "lifetime"
         done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
-            task.cancel()
+            if task is not agent.stop_request:
+                task.cancel()
         reason = waiters[next(iter(done))]
+        if reason == "controller":
+            kind, detail = agent.stop_request.result()
+            if kind == "drain":
+                await _drain(agent, proc, float(detail))  # type: ignore[arg-type]
+            reason = f"{kind} requested by the controller"
         if reason != "exit":
             log.info("stopping %s (%s)", opts.argv[0], reason)
             await stop_child(proc)
         assert proc.returncode is not None
+        await agent.send_report(exited=exit_status(proc.returncode))
         return exit_status(proc.returncode)
     finally:
         if proc is not None and proc.returncode is None:
@@ -84,6 +94,19 @@ async def run_instance(opts: RunOptions) -> int:
         await link.close()
         server.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _drain(agent: Agent, proc: asyncio.subprocess.Process, grace: float) -> None:
+    """No new connections come (the coordinator stopped routing them here); let the open ones
+    finish, up to `grace` seconds, or until the app exits on its own."""
+    deadline = asyncio.get_running_loop().time() + grace
+    while proc.returncode is None and asyncio.get_running_loop().time() < deadline:
+        if agent.tracker.count_open() == 0:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), 0.2)
+        except asyncio.TimeoutError:
+            pass
 
 
 async def _confirm_interposer(agent: Agent, proc: asyncio.subprocess.Process, program: str) -> None:

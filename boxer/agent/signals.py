@@ -1,0 +1,81 @@
+"""What the agent observes of its application, without its cooperation: open overlay
+connections, CPU and memory, idleness. Sent to the coordinator as a Report every second."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import psutil
+
+ESTABLISHED_STATES = {"ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT",
+                      "CLOSING", "LAST_ACK"}
+
+
+class ConnectionTracker:
+    """Counts the overlay connections we handed to the app that are still open.
+
+    We never see the app close a socket (read/write/close of connected sockets are not ours), so
+    we look the connections up by their local port in the kernel's table once per report."""
+
+    def __init__(self) -> None:
+        self._ports: set[int] = set()
+
+    def handed(self, sock: socket.socket) -> None:
+        try:
+            self._ports.add(sock.getsockname()[1])
+        except OSError:
+            pass
+
+    def count_open(self) -> int:
+        if not self._ports:
+            return 0
+        try:
+            conns = psutil.net_connections(kind="tcp4")
+        except (psutil.AccessDenied, OSError):
+            return len(self._ports)
+        live = {c.laddr.port for c in conns if c.laddr and c.laddr.port in self._ports
+                and c.status in ESTABLISHED_STATES}
+        self._ports &= live
+        return len(self._ports)
+
+
+class ProcessSampler:
+    """CPU (percent of one CPU) and resident memory of the app and all its descendants."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._procs: dict[int, psutil.Process] = {}
+
+    def sample(self) -> tuple[float, int]:
+        try:
+            root = psutil.Process(self._pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0.0, 0
+        cpu, rss = 0.0, 0
+        seen = {}
+        for proc in tree:
+            known = self._procs.get(proc.pid, proc)
+            seen[proc.pid] = known
+            try:
+                cpu += known.cpu_percent(interval=None)  # since the previous sample of this process
+                rss += known.memory_info().rss
+            except psutil.Error:
+                pass
+        self._procs = seen
+        return cpu, rss
+
+
+class IdleClock:
+    """Seconds since the app last had a connection open or used CPU."""
+
+    def __init__(self, cpu_threshold: float = 2.0) -> None:
+        self._busy_at = time.monotonic()
+        self._threshold = cpu_threshold
+
+    def observe(self, active: int, cpu: float) -> float:
+        now = time.monotonic()
+        if active > 0 or cpu > self._threshold:
+            self._busy_at = now
+        return now - self._busy_at
