@@ -3,10 +3,12 @@ at once with asyncio.open_connection and prints a JSON summary of what came back
 
     aio.py server PORT
     aio.py client HOST PORT N
+    aio.py hold HOST PORT N     N connections open at the same time, then all closed
 """
 
 import asyncio
 import json
+import os
 import socket
 import sys
 
@@ -16,12 +18,14 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     peer = writer.get_extra_info("peername")
     writer.write(f"{line.decode().strip()} {peer[0]} {socket.gethostname()}\n".encode())
     await writer.drain()
+    if line.startswith(b"hold"):
+        await reader.read()  # until the client closes: the connection stays open meanwhile
     writer.close()
     await writer.wait_closed()
 
 
 async def server(port: int) -> None:
-    srv = await asyncio.start_server(handle, port=port)
+    srv = await asyncio.start_server(handle, port=port, backlog=int(os.environ.get("BACKLOG", "100")))
     async with srv:
         await srv.serve_forever()
 
@@ -55,8 +59,33 @@ async def client(host: str, port: int, n: int) -> None:
                       "refused_errno": refused, "own": ",".join(sorted(OWN))}))
 
 
+async def hold(host: str, port: int, n: int) -> None:
+    # Connections are opened 50 at a time (all stay open): the point is how many are open at
+    # once, not how many punches run at once.
+    opening = asyncio.Semaphore(50)
+
+    async def open_one(i: int):
+        async with opening:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 30)
+        writer.write(f"hold{i}\n".encode())
+        await writer.drain()
+        answer = (await asyncio.wait_for(reader.readline(), 30)).decode()
+        return writer, answer.startswith(f"hold{i} ")
+
+    results = await asyncio.gather(*(open_one(i) for i in range(n)), return_exceptions=True)
+    opened = [r for r in results if not isinstance(r, BaseException)]
+    errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    print(json.dumps({"open": len(opened), "answered": sum(ok for _, ok in opened), "errors": errors[:5]}),
+          flush=True)
+    sys.stdin.readline()  # the test says when to close: all connections are open until then
+    for writer, _ in opened:
+        writer.close()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
         asyncio.run(server(int(sys.argv[2])))
+    elif sys.argv[1] == "hold":
+        asyncio.run(hold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
     else:
         asyncio.run(client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
