@@ -88,3 +88,45 @@ def test_symmetric_nat_goes_to_the_relay_without_trying_to_punch(lab):
     assert json.loads(proc.stdout)["seconds"] < 1.0
     assert time.monotonic() - started < 10
     assert lab.coordinator_log.read_text().count("relay: joined") > before
+
+
+def test_lossy_slow_links_redis_and_10_mb_direct_and_relayed():
+    """20 ms RTT and 2 % loss on every link (the issue's bar): redis, and bulk on both paths."""
+    from boxer.lab import lab_down, lab_up
+
+    name = f"nl{os.getpid() % 100000}"
+    lab = lab_up(name, hosts=3, nat={"h2": "symmetric"}, rtt=20, loss=2)
+    procs = []
+    try:
+        procs.append(lab.popen("h1", [*BOXER, "run", "--name", "kv", "--", "redis-server", "--port", "6379",
+                                      "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+                               stdout=subprocess.DEVNULL))
+        procs.append(lab.popen("h2", [*BOXER, "run", "--name", "sym-srv", "--", sys.executable,
+                                      str(APPS / "echo_server.py"), "7777"]))
+        procs.append(lab.popen("h1", [*BOXER, "run", "--name", "eim-srv", "--", sys.executable,
+                                      str(APPS / "echo_server.py"), "7777"]))
+        deadline = time.monotonic() + 30
+        while True:
+            ping = lab.run("h3", [*BOXER, "run", "--name", "cli", "--", "redis-cli", "-h", "kv", "ping"],
+                           capture_output=True, text=True, timeout=60)
+            if ping.stdout.strip() == "PONG":
+                break
+            assert time.monotonic() < deadline, ping.stderr
+            time.sleep(0.5)
+        for server in ("eim-srv", "sym-srv"):
+            started = time.monotonic()
+            proc = lab.run("h3", [*BOXER, "run", "--name", f"bulk-{server}", "--", sys.executable,
+                                  str(APPS / "client.py"), "bulk", server, "7777", str(10 * 1024 * 1024)],
+                           capture_output=True, text=True, timeout=240)
+            assert proc.returncode == 0, proc.stderr
+            assert json.loads(proc.stdout)["match"] is True
+            print(f"10 MB to {server} over 20 ms / 2 % loss links: {time.monotonic() - started:.1f} s")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        lab_down(name)
