@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from boxer.deploy_commands import COMMANDS as deploy_commands
 from boxer.lab.commands import lab
 from boxer.probe_command import probe_nat_command
 from boxer.run_command import coordinator_command, run_command
@@ -30,3 +31,5 @@ main.add_command(coordinator_command)
 main.add_command(lab)
 main.add_command(check_command)
 main.add_command(probe_nat_command)
+for _command in deploy_commands:
+    main.add_command(_command)
