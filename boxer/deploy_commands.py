@@ -1,0 +1,508 @@
+"""`boxer up / status / top / down / report`: a whole deployment from its file.
+
+A thin click layer. `up` validates the file, makes a lab sized for it (local backend), and
+starts the controller (`controller.daemon`) beside the coordinator; it shows progress until
+the services are up, then stays in the foreground (Ctrl-C = down) unless --detach. The
+controller writes status.json and timeline.jsonl under /run/boxer/deploy/<name>/ (see
+controller/paths.py); `status`, `top` and `report` only read those files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEBUG_ENV = "BOXER_DEBUG"  # set it to see tracebacks instead of one-line errors
+UP_TIMEOUT = 60.0  # seconds `boxer up` waits for the services' first instances
+
+
+class DeployError(click.ClickException):
+    """A user error: shown as one line, no traceback (unless BOXER_DEBUG is set)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"boxer: {self.message}", err=True)
+
+
+def _paths(name: str) -> Any:
+    from controller.paths import DeployPaths
+
+    try:
+        return DeployPaths(name)
+    except ValueError as exc:
+        raise DeployError(str(exc)) from None
+
+
+def _default_name(file: Path, declared: str | None) -> str:
+    if declared:
+        return declared
+    stem = re.sub(r"[^a-z0-9-]+", "-", file.resolve().parent.name.lower()
+                  if file.stem == "deploy" else file.stem.lower()).strip("-")
+    return stem[:63] or "deployment"
+
+
+def _lab_name(name: str) -> str:
+    """Lab names are 1-10 of a-z0-9: squeeze the deployment's name into that."""
+    squeezed = re.sub(r"[^a-z0-9]", "", name)
+    return (squeezed[:8] or "deploy") + "d"  # `d` marks a deployment's lab in `boxer lab ls`
+
+
+def _controller_alive(info: dict[str, Any] | None) -> bool:
+    pid = (info or {}).get("controller_pid")
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"controller.daemon" in cmdline  # a recycled pid is not ours
+
+
+def _resolve_name(name: str | None) -> str:
+    from controller.paths import list_deployments, read_json
+
+    if name:
+        return name
+    running = [n for n in list_deployments()
+               if _controller_alive(read_json(_paths(n).deployment))]
+    if len(running) == 1:
+        return running[0]
+    if not running:
+        known = list_deployments()
+        if len(known) == 1:
+            return known[0]
+        raise DeployError("no deployment is running: start one with `boxer up FILE`")
+    raise DeployError(f"several deployments run ({', '.join(running)}): pick one with --name")
+
+
+# -- up --------------------------------------------------------------------------------------
+
+@click.command("up")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", help="Deployment name [default: `name` in FILE, else the file's name].")
+@click.option("--backend", type=click.Choice(["local", "lambda", "lambda-local"]),
+              help="Where instances run [default: `backend` in FILE, i.e. local].")
+@click.option("--detach", is_flag=True, help="Return once up; `boxer down` stops it.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Serve Prometheus metrics on 127.0.0.1:PORT (/metrics).")
+@click.option("--tick", type=click.FloatRange(0.05, 5.0), default=0.25, show_default=True,
+              metavar="SECONDS", help="How often the controller decides.")
+def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
+               metrics_port: int | None, tick: float) -> None:
+    """Bring up the deployment in FILE and run its controller.
+
+    \b
+    Examples:
+      boxer up examples/web-autoscale/deploy.yaml          # foreground; Ctrl-C takes it down
+      boxer up --detach deploy.yaml && boxer status
+    """
+    from controller.errors import DeploymentFileError
+    from controller.validate import load_deployment
+
+    try:
+        deployment = load_deployment(file)
+    except DeploymentFileError as exc:
+        click.echo(f"{file}: {len(exc.issues)} problem(s)", err=True)
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        raise SystemExit(1) from None
+    name = name or _default_name(file, deployment.name)
+    backend = backend or deployment.backend.value
+    if backend != "local":
+        raise DeployError(f"`boxer up` drives the local backend so far; {backend!r} instances "
+                          "are started by the controller runtime once its backend is wired "
+                          "(see docs/controller.md)")
+    if os.geteuid() != 0:
+        raise DeployError("the local backend runs instances in a lab, which needs root "
+                          "(network namespaces, iptables)")
+    started = time.monotonic()
+    up = _bring_up(file, deployment, name, metrics_port, tick, detach)
+    try:
+        ready = _show_progress(up.paths, deployment, started, up.proc)
+        if not detach:
+            click.echo("controller running; Ctrl-C takes the deployment down")
+            _wait_foreground(up)
+            return
+        if not ready:
+            click.echo("boxer: not every service came up in time; see `boxer status` and "
+                       f"{up.paths.root}/", err=True)
+        click.echo(f"detached: `boxer status --name {name}`, `boxer down --name {name}`")
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: taking the deployment down", err=True)
+        _down(name)
+        raise SystemExit(130) from None
+
+
+@dataclass
+class _Up:
+    paths: Any
+    proc: subprocess.Popen[bytes]
+    name: str
+
+
+def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, tick: float,
+              detach: bool) -> _Up:
+    from boxer.backends.local import lab_size
+    from boxer.lab import LabError, lab_down, lab_up
+    from controller.paths import read_json, write_json_atomic
+
+    paths = _paths(name)
+    info = read_json(paths.deployment)
+    if _controller_alive(info):
+        raise DeployError(f"deployment {name!r} is already up: `boxer down --name {name}` first")
+    if info and info.get("lab"):
+        lab_down(info["lab"])  # what a crashed run left behind
+    hosts, public = lab_size([
+        (svc.placement.value, svc.effective_max_instances, svc.base_capacity,
+         svc.lifetime_seconds is not None)
+        for svc in deployment.services.values()
+    ])
+    lab_name = _lab_name(name)
+    paths.make()
+    paths.timeline.write_text("")  # a new run, a new timeline
+    paths.status.unlink(missing_ok=True)
+    click.echo(f"lab {lab_name}: {hosts} NATed hosts (function), {public} public hosts (vm)")
+    try:
+        lab = lab_up(lab_name, hosts, public=public)
+    except LabError as exc:
+        raise DeployError(f"cannot create lab {lab_name}: {exc}") from None
+    record = {"name": name, "file": str(file.resolve()), "dir": str(file.resolve().parent),
+              "lab": lab.name, "backend": "local", "created_at": time.time(),
+              "metrics_port": metrics_port, "controller_pid": None}
+    write_json_atomic(paths.deployment, record)
+    metrics_sock = None
+    try:
+        argv = [sys.executable, "-m", "controller.daemon", "--name", name, "--tick", str(tick)]
+        pass_fds: tuple[int, ...] = ()
+        if metrics_port is not None:
+            # Bound here, in the machine's own namespace, so the metrics are on this host's
+            # loopback while the controller itself runs inside the lab's coordinator namespace.
+            metrics_sock = socket.socket()
+            metrics_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            metrics_sock.bind(("127.0.0.1", metrics_port))
+            metrics_sock.listen(16)
+            argv += ["--metrics-fd", str(metrics_sock.fileno())]
+            pass_fds = (metrics_sock.fileno(),)
+        with open(paths.log, "ab") as log_file:
+            proc = subprocess.Popen(
+                lab.command("coord", argv), env=lab.env("coord"), stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=subprocess.STDOUT, pass_fds=pass_fds,
+                start_new_session=True,  # Ctrl-C reaches `boxer up`, which stops it in order
+            )
+    except OSError as exc:
+        lab_down(lab.name)
+        raise DeployError(f"cannot start the controller: {exc}") from None
+    finally:
+        if metrics_sock is not None:
+            metrics_sock.close()
+    record["controller_pid"] = proc.pid
+    write_json_atomic(paths.deployment, record)
+    if detach:
+        # Nobody will wait() for it from here: it must not become our zombie either way.
+        proc.returncode = 0  # Popen's finalizer then leaves it alone
+    return _Up(paths, proc, name)
+
+
+def _service_line(status: dict[str, Any] | None, deployment: Any) -> tuple[str, bool]:
+    """One progress line, and whether every service has its wanted instances ready."""
+    if not status:
+        return "starting the controller ...", False
+    parts, done = [], True
+    instances = status.get("instances", [])
+    for name, svc in status.get("services", {}).items():
+        ready = sum(1 for i in instances if i["service"] == name and i["state"] == "ready")
+        want = max(svc.get("desired", 0), deployment.services[name].min_instances)
+        done = done and ready >= want
+        parts.append(f"{name} {ready}/{want}")
+    if not status.get("connected"):
+        done = False
+        parts.append(f"(coordinator: {status.get('error') or 'connecting'})")
+    return "  ".join(parts), done
+
+
+def _show_progress(paths: Any, deployment: Any, started: float,
+                   proc: subprocess.Popen[bytes]) -> bool:
+    from controller.paths import read_json
+
+    tty = sys.stdout.isatty()
+    last = None
+    while True:
+        status = read_json(paths.status)
+        line, done = _service_line(status, deployment)
+        elapsed = time.monotonic() - started
+        text = f"[{elapsed:5.1f} s] {line}"
+        if tty:
+            click.echo("\r" + text.ljust(78), nl=False)
+        elif line != last:
+            click.echo(text)
+        last = line
+        if done or proc.poll() is not None or elapsed > UP_TIMEOUT:
+            break
+        time.sleep(0.1)
+    if tty:
+        click.echo()
+    if proc.poll() is not None and proc.returncode != 0:
+        raise DeployError(f"the controller exited with status {proc.returncode}; see "
+                          f"{paths.log}")
+    status = read_json(paths.status)
+    if status:
+        _print_status(status, wide=False)
+    return done
+
+
+def _wait_foreground(up: _Up) -> None:
+    # SIGTERM to `boxer up` is a Ctrl-C too: take the deployment down in order.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        up.proc.wait()
+    except KeyboardInterrupt:
+        click.echo("\ntaking the deployment down ...", err=True)
+    _down(up.name)
+
+
+# -- down ------------------------------------------------------------------------------------
+
+@click.command("down")
+@click.option("--name", help="Deployment to stop [default: the only one running].")
+def down_command(name: str | None) -> None:
+    """Stop every instance of a deployment, its controller, and remove its lab.
+
+    The timeline stays, so `boxer report` still works afterwards."""
+    name = _resolve_name(name)
+    summary = _down(name)
+    click.echo(summary)
+
+
+def _down(name: str) -> str:
+    from boxer.lab import lab_down
+    from controller.paths import read_json, write_json_atomic
+
+    paths = _paths(name)
+    info = read_json(paths.deployment)
+    if info is None:
+        raise DeployError(f"no deployment called {name!r}")
+    pid = info.get("controller_pid")
+    stopped = False
+    if pid and _controller_alive(info):
+        os.kill(pid, signal.SIGTERM)  # it stops its instances first
+        deadline = time.monotonic() + 20
+        while _controller_alive(info) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            _reap(pid)
+        if _controller_alive(info):
+            os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+        stopped = True
+    report = lab_down(info["lab"]) if info.get("lab") else None
+    info["controller_pid"] = None
+    info["down_at"] = time.time()
+    write_json_atomic(paths.deployment, info)
+    status = read_json(paths.status)
+    if status:
+        status["running"] = False
+        status["instances"] = []
+        write_json_atomic(paths.status, status)
+    parts = [f"deployment {name} down"]
+    if stopped:
+        parts.append("controller stopped")
+    if report is not None:
+        parts.append(f"lab {report.name}: {len(report.namespaces)} namespaces removed")
+    return "; ".join(parts)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # our child when down runs from `boxer up` itself
+    except ChildProcessError:
+        pass
+
+
+# -- status and top --------------------------------------------------------------------------
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    value: Callable[[dict[str, Any]], str]
+    wide: bool = False  # only with -o wide
+    right: bool = False
+
+
+# The instance table, declared as data: name, how to get the value, shown when.
+INSTANCE_COLUMNS = (
+    Column("SERVICE", lambda r: r["service"]),
+    Column("NAME", lambda r: r["name"]),
+    Column("STATE", lambda r: r["state"]),
+    Column("PLACEMENT", lambda r: r["placement"]),
+    Column("ADDRESS", lambda r: r["address"] or "-"),
+    Column("CONNS", lambda r: str(r["connections"]), right=True),
+    Column("CPU", lambda r: f"{r['cpu']:.0f}%", right=True),
+    Column("AGE", lambda r: _age(r["age"]), right=True),
+    Column("LIFETIME", lambda r: _age(r["lifetime_left"]), right=True),
+    Column("READY-IN", lambda r: "-" if r["ready_after"] is None else f"{r['ready_after']:.2f}s",
+           wide=True, right=True),
+    Column("DIRECT", lambda r: str(r["direct"]), wide=True, right=True),
+    Column("RELAYED", lambda r: str(r["relayed"]), wide=True, right=True),
+    Column("RSS", lambda r: f"{r['rss'] / 2**20:.0f}Mi", wide=True, right=True),
+    Column("INSTANCE-ID", lambda r: r["instance_id"], wide=True),
+    Column("HOST", lambda r: r["host"] or "-", wide=True),
+)
+
+SERVICE_COLUMNS = (
+    Column("SERVICE", lambda s: s["name"]),
+    Column("PLACEMENT", lambda s: s["placement"]),
+    Column("READY", lambda s: f"{s['ready']}/{s['desired']}", right=True),
+    Column("MIN..MAX", lambda s: f"{s['min']}..{s['max']}", right=True),
+    Column("LOAD", lambda s: f"{s['load']:g}", right=True),
+    Column("ADDRESS", lambda s: s.get("address") or "-"),
+    Column("WAITING", lambda s: "yes" if s.get("pending") else "-", wide=True),
+)
+
+
+def render_table(columns: tuple[Column, ...], rows: list[dict[str, Any]], wide: bool) -> str:
+    shown = [c for c in columns if wide or not c.wide]
+    cells = [[c.header for c in shown]] + [[c.value(r) for c in shown] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(shown))]
+    lines = []
+    for row in cells:
+        parts = [cell.rjust(w) if c.right else cell.ljust(w)
+                 for cell, w, c in zip(row, widths, shown)]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _service_rows(status: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, svc in status.get("services", {}).items():
+        ready = sum(1 for i in status.get("instances", [])
+                    if i["service"] == name and i["state"] == "ready")
+        rows.append({"name": name, **svc, "ready": ready})
+    return rows
+
+
+def status_text(status: dict[str, Any] | None, wide: bool) -> str:
+    if not status or not status.get("running", True):
+        return "No deployment is running. Start one with `boxer up FILE`."
+    head = (f"deployment {status.get('name')}  lab {status.get('lab')}  coordinator "
+            f"{status.get('coordinator')} ({'connected' if status.get('connected') else 'not connected'})")
+    parts = [head, "", render_table(SERVICE_COLUMNS, _service_rows(status), wide), ""]
+    instances = status.get("instances", [])
+    if instances:
+        parts.append(render_table(INSTANCE_COLUMNS, instances, wide))
+    else:
+        parts.append("No instances run (services at zero start on their first connect).")
+    if status.get("error"):
+        parts += ["", f"last problem: {status['error']}"]
+    return "\n".join(parts)
+
+
+def _print_status(status: dict[str, Any] | None, wide: bool) -> None:
+    click.echo(status_text(status, wide))
+
+
+def _load_status(name: str | None) -> dict[str, Any] | None:
+    from controller.paths import read_json
+
+    try:
+        name = _resolve_name(name)
+    except DeployError:
+        return None
+    info = read_json(_paths(name).deployment)
+    status = read_json(_paths(name).status)
+    if status is not None and not _controller_alive(info):
+        status["running"] = False
+    return status
+
+
+@click.command("status")
+@click.option("--name", help="Deployment [default: the only one running].")
+@click.option("-o", "--output", type=click.Choice(["text", "wide", "json"]), default="text",
+              show_default=True, help="wide adds path counts, instance id and host; json for scripts.")
+@click.option("-w", "--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
+def status_command(name: str | None, output: str, watch: bool) -> None:
+    """Services and instances of a running deployment: state, placement, address, connections,
+    CPU, age and lifetime left."""
+    while True:
+        status = _load_status(name)
+        if output == "json":
+            click.echo(json.dumps(status if status and status.get("running", True)
+                                  else {"running": False, "services": {}, "instances": []},
+                                  indent=2))
+        else:
+            if watch:
+                click.clear()
+            _print_status(status, wide=output == "wide")
+        if not watch:
+            return
+        try:
+            time.sleep(1.0)
+        except KeyboardInterrupt:
+            return
+
+
+@click.command("top")
+@click.option("--name", help="Deployment [default: the only one running].")
+@click.option("--interval", type=click.FloatRange(0.1, 10), default=0.5, show_default=True)
+def top_command(name: str | None, interval: float) -> None:
+    """The live view: services and instances redrawn continuously (q or Ctrl-C quits)."""
+    try:
+        while True:
+            status = _load_status(name)
+            click.clear()
+            click.echo(time.strftime("%H:%M:%S  ") + status_text(status, wide=True))
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+# -- report ----------------------------------------------------------------------------------
+
+@click.command("report")
+@click.option("--name", help="Deployment [default: the only one].")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG to write [default: <name>-timeline.png].")
+@click.option("--timeline", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Read this timeline.jsonl instead of the deployment's.")
+@click.option("--load", "load_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Load-generator results (JSON lines: t, connections, p50_ms, p99_ms) to "
+                   "plot connect/request latency.")
+def report_command(name: str | None, out: Path | None, timeline: Path | None,
+                   load_file: Path | None) -> None:
+    """A PNG timeline of a run: load, instances per placement, start-up and request latency."""
+    from controller.report import ReportError, write_report
+
+    if timeline is None:
+        name = _resolve_name(name)
+        timeline = _paths(name).timeline
+        if load_file is None and (_paths(name).root / "load.jsonl").exists():
+            load_file = _paths(name).root / "load.jsonl"
+    out = out or Path(f"{name or timeline.stem}-timeline.png")
+    try:
+        summary = write_report(timeline, out, load_file)
+    except ReportError as exc:
+        raise DeployError(str(exc)) from None
+    click.echo(f"wrote {out}: {summary}")
+
+
+COMMANDS = (up_command, down_command, status_command, top_command, report_command)

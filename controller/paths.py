@@ -1,0 +1,81 @@
+"""Where a running deployment keeps its files: /run/boxer/deploy/<name>/.
+
+    deployment.json  what `boxer up` made (file, lab, backend, controller pid)
+    status.json      rewritten by the controller a few times a second, read by `boxer status`
+    timeline.jsonl   one JSON line per tick, read by `boxer report`
+    controller.log   the controller's log (JSON lines)
+    instances/       one log per instance (agent and app output)
+
+/run is a tmpfs like the lab's state: a reboot, which also drops the lab, forgets both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DeployPaths", "list_deployments", "read_json", "write_json_atomic"]
+
+STATE_ROOT = Path(os.environ.get("BOXER_DEPLOY_STATE_ROOT", "/run/boxer/deploy"))
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class DeployPaths:
+    name: str
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"deployment name {self.name!r} is not a DNS label (a-z, 0-9, '-')")
+
+    @property
+    def root(self) -> Path:
+        return STATE_ROOT / self.name
+
+    @property
+    def deployment(self) -> Path:
+        return self.root / "deployment.json"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def timeline(self) -> Path:
+        return self.root / "timeline.jsonl"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "controller.log"
+
+    @property
+    def instances(self) -> Path:
+        return self.root / "instances"
+
+    def make(self) -> None:
+        self.instances.mkdir(parents=True, exist_ok=True)
+
+
+def list_deployments() -> list[str]:
+    if not STATE_ROOT.is_dir():
+        return []
+    return sorted(p.name for p in STATE_ROOT.iterdir() if (p / "deployment.json").exists())
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in `path`, or None when it is missing or half written."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write then rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)

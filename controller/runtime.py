@@ -1,0 +1,428 @@
+"""The controller at run time: watch the coordinator, tick `decide()`, act through a backend.
+
+    runtime = ControllerRuntime(deployment, backend, coordinator=("198.18.0.1", 7000),
+                                secret=secret, paths=DeployPaths("web"))
+    await runtime.run(stop_event)        # until stop_event is set; then stops every instance
+
+The I/O lives here and only here: the session with the coordinator (`Watch`, then InstanceUp/
+InstanceReport/InstanceDown/Demand in, `Declare`/`Drain`/`Stop`/`Ping` out), the backend calls,
+the timeline and status files, the metrics. What to do is decided by `controller.book` (messages
+-> Signals, decisions -> actions) and `controller.policy.decide`, which are pure.
+
+While the session with the coordinator is down the controller does not tick: without reports
+every instance would look silent and be replaced. It reconnects with backoff, and the first
+Snapshot brings it up to date (the coordinator is soft state; the agents re-register).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from boxer.backends.base import Backend, InstanceHandle, InstanceSpec
+from boxer.backends.base import Placement as BackendPlacement
+from controller.book import Book, DrainInstance, Launch, Record, StopInstance, actions_for
+from controller.metrics import Metrics, serve_metrics
+from controller.paths import DeployPaths, write_json_atomic
+from controller.policy import DEFAULT_TIMINGS, Drain, Start, Stop, Timings, decide
+from controller.signals import ControllerState
+from controller.spec import Deployment, Placement
+
+__all__ = ["ControllerRuntime", "INSTANCE_ID_ENV"]
+
+log = logging.getLogger(__name__)
+
+# The local backend turns this into `boxer run --instance-id`; other backends pass it on in the
+# environment (see docs/controller.md: `boxer run` should read it as the option's default).
+INSTANCE_ID_ENV = "BOXER_INSTANCE_ID"
+PING_EVERY = 1.0
+RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
+DEFAULT_HOLD = 10.0  # seconds a connect to a fixed-size service waits while it (re)starts
+
+
+class ControllerRuntime:
+    def __init__(
+        self,
+        deployment: Deployment,
+        backend: Backend,
+        *,
+        coordinator: tuple[str, int],
+        secret: bytes,
+        paths: DeployPaths | None = None,
+        tick: float = 0.25,
+        timings: Timings = DEFAULT_TIMINGS,
+        metrics_sock: socket.socket | None = None,
+        info: dict[str, Any] | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.deployment = deployment
+        self.backend = backend
+        self.coordinator = coordinator
+        self.secret = secret
+        self.paths = paths
+        self.tick_seconds = tick
+        self.timings = timings
+        self.metrics = Metrics()
+        self.metrics_sock = metrics_sock
+        self.info = dict(info or {})
+        self.wall = wall
+        self.book = Book(deployment)
+        self.state = ControllerState()
+        self.desired: dict[str, int] = {}
+        self.handles: dict[str, InstanceHandle] = {}
+        self.connected = asyncio.Event()
+        self._session: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping_ids: set[str] = set()
+        self._started_at = wall()
+        self._timeline: Any = None
+        self._last_error: str | None = None
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        if self.paths is not None:
+            self.paths.make()
+            self._timeline = open(self.paths.timeline, "a", buffering=1)  # noqa: SIM115
+        metrics_server = None
+        if self.metrics_sock is not None:
+            metrics_server = await serve_metrics(self.metrics, self.metrics_sock)
+        session_task = loop.create_task(self._session_forever(stop))
+        try:
+            while not stop.is_set():
+                began = loop.time()
+                if self.connected.is_set():
+                    await self.tick(loop.time())
+                self._write_status()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(),
+                                           max(0.0, self.tick_seconds - (loop.time() - began)))
+        finally:
+            session_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session_task
+            await self.shutdown()
+            if metrics_server is not None:
+                metrics_server.close()
+            if self._timeline is not None:
+                self._timeline.close()
+
+    async def tick(self, now: float) -> None:
+        """One round: exits noticed by the backend, decide(), act, record."""
+        began = time.perf_counter()
+        self._collect_exits(now)
+        signals = self.book.signals(now)
+        outcome = decide(self.deployment, signals, self.state, now, self.timings)
+        self.state = outcome.state
+        self.desired = dict(outcome.desired)
+        actions = actions_for(outcome.decisions, self.deployment, self.book,
+                              drain_grace=self.timings.drain_timeout)
+        for decision in outcome.decisions:
+            kind = {Start: "start", Drain: "drain", Stop: "stop"}[type(decision)]
+            service = getattr(decision, "service", None) or self._service_of(decision.instance)
+            self.metrics.inc("boxer_controller_decisions_total", service=service, kind=kind)
+            log.info("%s %s: %s", kind, getattr(decision, "instance_id", None)
+                     or getattr(decision, "instance", ""), decision.reason)
+        for action in actions:
+            self._apply(action, now)
+        self.metrics.inc("boxer_controller_ticks_total")
+        self.metrics.inc("boxer_controller_tick_seconds_total", time.perf_counter() - began)
+        self._record(now, outcome.decisions)
+
+    def _service_of(self, instance_id: str) -> str:
+        record = self.book.records.get(instance_id)
+        return record.service if record else "unknown"
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def _apply(self, action: Launch | DrainInstance | StopInstance, now: float) -> None:
+        if isinstance(action, Launch):
+            self.book.launched(action.start, action.agent_id, now)
+            self._spawn(self._launch(action))
+        elif isinstance(action, DrainInstance):
+            record = self.book.records[action.instance]
+            record.draining = True
+            self._send_soon("drain", action.agent_id, action.grace)
+        elif isinstance(action, StopInstance):
+            record = self.book.records[action.instance]
+            record.stopping = True
+            if not record.exited:
+                self._send_soon("stop", action.agent_id, action.reason)
+            self._spawn(self._stop(action.instance))
+
+    async def _launch(self, action: Launch) -> None:
+        start = action.start
+        spec = InstanceSpec(
+            name=start.name, service=start.service, index=start.index,
+            command=action.command, env={**action.env, INSTANCE_ID_ENV: action.agent_id},
+            placement=BackendPlacement(start.placement.value), max_lifetime=action.max_lifetime,
+        )
+        try:
+            handle = await self.backend.launch(spec)
+        except Exception as exc:  # any backend failure: the instance counts as failed at once
+            log.warning("launch of %s failed: %s", start.name, exc)
+            self.metrics.inc("boxer_controller_launch_failures_total", service=start.service)
+            self.book.launch_failed(start.instance_id, str(exc))
+            self._last_error = f"launch of {start.name}: {exc}"
+            return
+        record = self.book.records.get(start.instance_id)
+        if record is None or record.stopping:
+            await self.backend.stop(handle)  # told to stop while it was being launched
+            return
+        self.handles[start.instance_id] = handle
+        record.host = str(handle.details.get("host") or "") or None
+
+    async def _stop(self, instance_id: str) -> None:
+        self._stopping_ids.add(instance_id)
+        handle = self.handles.get(instance_id)
+        try:
+            if handle is not None:
+                await self.backend.stop(handle)
+        finally:
+            self.handles.pop(instance_id, None)
+            self._stopping_ids.discard(instance_id)
+            self.book.forget(instance_id)
+
+    def _collect_exits(self, now: float) -> None:
+        for instance_id, handle in list(self.handles.items()):
+            if handle.ended and instance_id not in self._stopping_ids:
+                status = handle.details.get("exit_status")
+                self.book.exited(instance_id, status if isinstance(status, int) else None, now)
+
+    def _send_soon(self, kind: str, agent_id: str, arg: Any) -> None:
+        from nat_traversal import messages as m
+
+        message = m.Drain(instance=agent_id, grace=float(arg)) if kind == "drain" \
+            else m.Stop(instance=agent_id, reason=str(arg)[:200])
+        self._spawn(self._send(message))
+
+    async def _send(self, message: Any) -> None:
+        session = self._session
+        if session is None:
+            return
+        try:
+            await session.send(message)
+        except OSError as exc:
+            log.info("could not send %s to the coordinator: %s", message.TYPE, exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def shutdown(self) -> None:
+        """Stop every instance we started (coordinator Stop, then the backend), wait for them."""
+        for record in list(self.book.records.values()):
+            if not record.exited:
+                await self._send(_stop_message(record.agent_id, "deployment going down"))
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:  # launches in flight finish first, so their handles can be stopped
+            await asyncio.wait(pending, timeout=10)
+        await asyncio.gather(*(self._stop(i) for i in list(self.handles)),
+                             return_exceptions=True)
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            await close()
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        self._write_status(final=True)
+
+    # -- the coordinator session -----------------------------------------------------------
+
+    async def _session_forever(self, stop: asyncio.Event) -> None:
+        from boxer.agent.control import CoordinatorError, open_controller_session
+        from nat_traversal import messages as m
+        from nat_traversal.wire import ProtocolError
+
+        attempt = 0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                framed, snapshot = await open_controller_session(self.coordinator, self.secret)
+            except CoordinatorError as exc:
+                self._last_error = str(exc)
+                delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+                attempt += 1
+                log.warning("coordinator: %s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self._session = framed
+            self._last_error = None
+            try:
+                await framed.send(m.Declare(services=self._holds()))
+                self.book.on_message(snapshot, loop.time())
+                self.connected.set()
+                self.metrics.set("boxer_controller_coordinator_connected", 1)
+                log.info("watching the coordinator at %s:%d", *self.coordinator)
+                pinger = loop.create_task(self._ping(framed))
+                try:
+                    while True:
+                        message = await framed.receive()
+                        self.book.on_message(message, loop.time())
+                finally:
+                    pinger.cancel()
+            except (OSError, ProtocolError, ConnectionError) as exc:
+                log.warning("lost the coordinator session: %s; reconnecting", exc)
+                self._last_error = f"coordinator session lost: {exc}"
+            finally:
+                self.connected.clear()
+                self.metrics.set("boxer_controller_coordinator_connected", 0)
+                self._session = None
+                framed.close()
+
+    async def _ping(self, framed: Any) -> None:
+        from nat_traversal import messages as m
+
+        seq = 0
+        with contextlib.suppress(OSError):
+            while True:
+                await asyncio.sleep(PING_EVERY)
+                seq += 1
+                await framed.send(m.Ping(seq=seq))
+
+    def _holds(self) -> dict[str, float]:
+        holds = {}
+        for name, service in self.deployment.services.items():
+            policy = service.autoscale
+            holds[name] = policy.scale_from_zero_timeout_seconds if policy else DEFAULT_HOLD
+        return holds
+
+    # -- what we write down ----------------------------------------------------------------
+
+    def _record(self, now: float, decisions: Any) -> None:
+        services = {}
+        for name in self.deployment.services:
+            counts = {"vm": 0, "function": 0}
+            starting = draining = 0
+            for record in self.book.records.values():
+                if record.service != name:
+                    continue
+                state = record.state
+                if state == "ready":
+                    counts[record.placement.value] += 1
+                elif state == "starting":
+                    starting += 1
+                elif state in ("draining", "stopping"):
+                    draining += 1
+            load = self.book.service_load(name)
+            services[name] = {"load": load, "desired": self.desired.get(name, 0),
+                              "ready": counts, "starting": starting, "draining": draining,
+                              "pending": name in self.book.demand}
+            self.metrics.set("boxer_controller_desired_instances", self.desired.get(name, 0),
+                             service=name)
+            self.metrics.set("boxer_controller_service_load", load, service=name)
+            self.metrics.set("boxer_controller_pending_connects",
+                             1 if name in self.book.demand else 0, service=name)
+        self.metrics.clear("boxer_controller_instances")
+        for record in self.book.records.values():
+            key = dict(service=record.service, placement=record.placement.value,
+                       state=record.state)
+            current = self.metrics.gauges.get(
+                ("boxer_controller_instances", tuple(sorted(key.items()))), 0)
+            self.metrics.set("boxer_controller_instances", current + 1, **key)
+        latencies = self.book.take_ready_latencies()
+        for _, seconds in latencies:
+            self.metrics.inc("boxer_controller_start_to_ready_seconds_total", seconds)
+            self.metrics.inc("boxer_controller_instances_ready_total")
+        if self._timeline is None:
+            return
+        line = {
+            "t": round(self.wall(), 3),
+            "services": services,
+            "decisions": [_describe(d) for d in decisions],
+            "ready_latencies": [[n, round(s, 4)] for n, s in latencies],
+        }
+        self._timeline.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+    def status(self, final: bool = False) -> dict[str, Any]:
+        now_mono = asyncio.get_running_loop().time()
+        now = self.wall()
+        rows = []
+        for record in sorted(self.book.records.values(), key=lambda r: (r.service, r.index)):
+            rows.append(_status_row(record, now_mono, now, self.wall() - now_mono))
+        return {
+            **self.info,
+            "deployment": self.deployment.name,
+            "updated_at": now,
+            "started_at": self._started_at,
+            "running": not final,
+            "coordinator": f"{self.coordinator[0]}:{self.coordinator[1]}",
+            "connected": self.connected.is_set(),
+            "error": self._last_error,
+            "services": {
+                name: {
+                    "placement": svc.placement.value,
+                    "min": svc.min_instances,
+                    "max": svc.effective_max_instances,
+                    "desired": self.desired.get(name, svc.min_instances),
+                    "address": self.book.services_addr.get(name),
+                    "load": self.book.service_load(name),
+                    "pending": name in self.book.demand,
+                }
+                for name, svc in self.deployment.services.items()
+            },
+            "instances": rows,
+        }
+
+    def _write_status(self, final: bool = False) -> None:
+        if self.paths is None:
+            return
+        try:
+            write_json_atomic(self.paths.status, self.status(final))
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.paths.status, exc)
+
+
+def _stop_message(agent_id: str, reason: str) -> Any:
+    from nat_traversal import messages as m
+
+    return m.Stop(instance=agent_id, reason=reason)
+
+
+def _describe(decision: Any) -> dict[str, Any]:
+    if isinstance(decision, Start):
+        return {"kind": "start", "service": decision.service, "instance": decision.instance_id,
+                "placement": decision.placement.value, "reason": decision.reason}
+    return {"kind": type(decision).__name__.lower(), "instance": decision.instance,
+            "reason": decision.reason}
+
+
+def _status_row(record: Record, now_mono: float, now: float, offset: float) -> dict[str, Any]:
+    """One instance as `boxer status` shows it (times turned from the loop clock to wall)."""
+    report = record.report or {}
+    return {
+        "service": record.service,
+        "name": record.name,
+        "id": record.id,
+        "instance_id": record.agent_id,
+        "state": record.state,
+        "placement": record.placement.value,
+        "address": record.addr,
+        "host": record.host,
+        "connections": int(report.get("active", 0)),
+        "cpu": float(report.get("cpu", 0.0)),
+        "rss": int(report.get("rss", 0)),
+        "listening": sorted(record.listening),
+        "direct": int(report.get("direct", 0)),
+        "relayed": int(report.get("relayed", 0)),
+        "accepted": int(report.get("accepted", 0)),
+        "started_at": record.requested_at + offset,
+        "age": now_mono - record.requested_at,
+        "ready_after": None if record.ready_at is None else record.ready_at - record.requested_at,
+        "lifetime_left": record.lifetime_left(now_mono),
+        "exit_status": record.exit_status,
+        "error": record.launch_failed,
+    }
+
+
+# Placement of the spec is the controller's enum; keep the two in step (checked at import).
+assert {p.value for p in Placement} == {p.value for p in BackendPlacement}
