@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -81,14 +82,17 @@ LabFactory = Callable[..., Lab]
 
 @pytest.fixture
 def lab_factory(require_lab: None) -> Iterator[LabFactory]:
-    """Make labs with unique names: `lab_factory(hosts=2, coordinator_cmd=None)`.
-    `coordinator_cmd=None` runs the real coordinator. All are downed at teardown."""
+    """Make labs with unique names: `lab_factory(hosts=2, coordinator_cmd=None, **options)`.
+    `coordinator_cmd=None` runs the real coordinator; `options` go to `lab_up` (nat, public,
+    rtt, jitter, loss, mapping_timeout). All are downed at teardown."""
     names: list[str] = []
 
-    def make(hosts: int = 2, coordinator_cmd: Sequence[str] | None = None) -> Lab:
+    def make(
+        hosts: int = 2, coordinator_cmd: Sequence[str] | None = None, **options: Any
+    ) -> Lab:
         name = unique_lab_name()
         names.append(name)  # before lab_up: if it fails half way, teardown still runs
-        return lab_up(name, hosts, coordinator_cmd=coordinator_cmd)
+        return lab_up(name, hosts, coordinator_cmd=coordinator_cmd, **options)
 
     yield make
     for name in names:

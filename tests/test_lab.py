@@ -327,9 +327,13 @@ def test_show_json_and_table(small_lab: Lab) -> None:
     assert shown["hosts"][1] == {
         "name": "h2", "netns": f"bx-{small_lab.name}-h2", "address": "10.0.2.2",
         "public_address": "198.18.1.2", "router_netns": f"bx-{small_lab.name}-r2",
+        "nat": "eim", "link": {"rtt_ms": 0.0, "jitter_ms": 0.0, "loss_pct": 0.0},
     }
+    assert shown["mapping_timeout"] is None
     table = runner.invoke(lab_cli, ["show", "--name", small_lab.name]).output
     assert "h2    10.0.2.2  198.18.1.2" in table
+    h2_row = next(line for line in table.splitlines() if line.startswith("h2 "))
+    assert h2_row.split()[4:] == [f"bx-{small_lab.name}-r2", "eim", "-"]  # ROUTER, NAT, LINK
 
 
 @pytest.mark.lab

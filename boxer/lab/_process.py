@@ -80,7 +80,15 @@ def is_ours(pid: int, netns: str, argv: Sequence[str]) -> bool:
 
 
 def alive(pid: int) -> bool:
-    return cmdline(pid) is not None
+    """Running (not gone, not a zombie). Not judged by cmdline: it reads empty for an instant
+    while a process execs (`ip netns exec` execs the command), which made a starting
+    coordinator look dead now and then."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(b")", 1)[-1].split()[:1] not in ([b"Z"], [b"X"], [])
 
 
 def terminate(pids: Iterable[int], grace: float = 2.0) -> list[int]:
