@@ -138,6 +138,8 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
             click.echo("boxer: not every service came up in time; see `boxer status` and "
                        f"{up.paths.root}/", err=True)
         click.echo(f"detached: `boxer status --name {name}`, `boxer down --name {name}`")
+        # We exit without waiting for it (init adopts it); tell Popen so, or it would warn.
+        up.proc.returncode = 0
     except KeyboardInterrupt:
         click.echo("\ninterrupted: taking the deployment down", err=True)
         _down(name)
@@ -208,9 +210,6 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
             metrics_sock.close()
     record["controller_pid"] = proc.pid
     write_json_atomic(paths.deployment, record)
-    if detach:
-        # Nobody will wait() for it from here: it must not become our zombie either way.
-        proc.returncode = 0  # Popen's finalizer then leaves it alone
     return _Up(paths, proc, name)
 
 

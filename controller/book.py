@@ -58,6 +58,7 @@ class Record:
     placement: Placement
     requested_at: float
     host: str | None = None  # where the backend put it (a lab host, a request id)
+    pid: int | None = None  # the local backend's process (`boxer run`), for operators
     addr: str | None = None  # overlay address, once registered
     registered_at: float | None = None
     ready_at: float | None = None  # first report with a listening port
@@ -232,6 +233,10 @@ class Book:
             report = record.report or {}
             exited = record.exited or bool(record.launch_failed)
             heard = record.last_heard if record.last_heard is not None else record.requested_at
+            if record.registered and record.report is None and not record.down_reason:
+                # Registered, first report not in yet (the app is still starting): its
+                # session is up, so it is not silent; decide()'s start timeout still applies.
+                heard = now
             if record.down_reason and not exited:
                 heard = min(heard, now - 10.0)  # deregistered: as good as silent
             instances.append(InstanceSignals(

@@ -30,7 +30,7 @@ from boxer.backends.base import Placement as BackendPlacement
 from controller.book import Book, DrainInstance, Launch, Record, StopInstance, actions_for
 from controller.metrics import Metrics, serve_metrics
 from controller.paths import DeployPaths, write_json_atomic
-from controller.policy import DEFAULT_TIMINGS, Drain, Start, Stop, Timings, decide
+from controller.policy import Drain, Start, Stop, Timings, decide
 from controller.signals import ControllerState
 from controller.spec import Deployment, Placement
 
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 INSTANCE_ID_ENV = "BOXER_INSTANCE_ID"
 PING_EVERY = 1.0
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
+# Agents report once a second, so "silent" must allow for a late report or two. An app that
+# exits, or an agent whose session drops, is noticed at once anyway (process exit, the agent's
+# last report, InstanceDown); only a frozen or cut-off host waits for this.
+RUNTIME_TIMINGS = Timings(silent_after=2.5)
 DEFAULT_HOLD = 10.0  # seconds a connect to a fixed-size service waits while it (re)starts
 
 
@@ -56,7 +60,7 @@ class ControllerRuntime:
         secret: bytes,
         paths: DeployPaths | None = None,
         tick: float = 0.25,
-        timings: Timings = DEFAULT_TIMINGS,
+        timings: Timings = RUNTIME_TIMINGS,
         metrics_sock: socket.socket | None = None,
         info: dict[str, Any] | None = None,
         wall: Callable[[], float] = time.time,
@@ -178,6 +182,8 @@ class ControllerRuntime:
             return
         self.handles[start.instance_id] = handle
         record.host = str(handle.details.get("host") or "") or None
+        pid = handle.details.get("pid")
+        record.pid = pid if isinstance(pid, int) else None
 
     async def _stop(self, instance_id: str) -> None:
         self._stopping_ids.add(instance_id)
@@ -408,6 +414,7 @@ def _status_row(record: Record, now_mono: float, now: float, offset: float) -> d
         "placement": record.placement.value,
         "address": record.addr,
         "host": record.host,
+        "pid": record.pid,
         "connections": int(report.get("active", 0)),
         "cpu": float(report.get("cpu", 0.0)),
         "rss": int(report.get("rss", 0)),

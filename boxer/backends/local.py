@@ -47,6 +47,7 @@ class LocalBackend:
         log_dir: Path | None = None,
         cwd: str | Path | None = None,
         stop_grace: float = 3.0,
+        host_wait: float = 10.0,
         base_env: Mapping[str, str] | None = None,
         run_options: Sequence[str] = (),
     ) -> None:
@@ -62,6 +63,8 @@ class LocalBackend:
         self.log_dir = log_dir
         self.cwd = str(cwd) if cwd is not None else None
         self.stop_grace = stop_grace
+        self.host_wait = host_wait
+        self._freed = asyncio.Event()  # set whenever a host becomes free
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.run_options = tuple(run_options)
         public = [h.name for h in lab.public_hosts]
@@ -98,12 +101,24 @@ class LocalBackend:
     def _free_host(self, placement: Placement) -> str | None:
         return next((h for h in self.pools[placement] if h not in self.busy), None)
 
+    async def _claim_host(self, spec: InstanceSpec) -> str:
+        """A free host of the spec's placement. A replacement is usually asked for in the same
+        tick its predecessor is told to stop, so wait (up to `host_wait`) for one to free up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.host_wait
+        while (host := self._free_host(spec.placement)) is None:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise CapacityError(spec.name, len(self.pools[spec.placement]), self.host_wait)
+            self._freed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), left)
+        return host
+
     async def launch(self, spec: InstanceSpec) -> InstanceHandle:
-        host = self._free_host(spec.placement)
-        if host is None:
-            raise CapacityError(spec.name, len(self.pools[spec.placement]), 0.0)
+        host = await self._claim_host(spec)
         handle = InstanceHandle(spec=spec, backend=self.name, details={"host": host})
-        self.busy[host] = handle  # claimed before the first await: no double booking
+        self.busy[host] = handle  # claimed before the next await: no double booking
         env = self.lab.env(host, {**self.base_env, **spec.env})
         out: Any = asyncio.subprocess.DEVNULL
         if self.log_dir is not None:
@@ -137,6 +152,7 @@ class LocalBackend:
         self._procs.pop(id(handle), None)
         if self.busy.get(host) is handle:
             del self.busy[host]
+            self._freed.set()
         # Shell convention for signals (128 + n), the status an exited app is known by.
         status = code if code >= 0 else 128 - code
         handle.details["exit_status"] = status
