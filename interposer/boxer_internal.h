@@ -72,6 +72,10 @@
       (name, af, ret, buf, buflen, result, h_errnop))                                             \
     X(struct hostent *, gethostbyaddr, (const void *addr, socklen_t len, int type),               \
       (addr, len, type))                                                                          \
+    X(int, gethostbyaddr_r,                                                                       \
+      (const void *addr, socklen_t len, int type, struct hostent *ret, char *buf, size_t buflen,  \
+       struct hostent **result, int *h_errnop),                                                   \
+      (addr, len, type, ret, buf, buflen, result, h_errnop))                                      \
     X(int, gethostname, (char *name, size_t len), (name, len))                                    \
     X(int, uname, (struct utsname * buf), (buf))
 

@@ -353,6 +353,8 @@ BOXER_EXPORT int gethostbyname_r(const char *name, struct hostent *ret, char *bu
         return libc_gethostbyname_r(name, ret, buf, buflen, result, h_errnop);
     if (h_errnop != NULL)
         *h_errnop = herr;
+    if (*result == NULL)
+        h_errno = herr; /* glibc's NSS sets it too, and CPython reads it, not *h_errnop */
     return rc;
 }
 
@@ -366,39 +368,80 @@ BOXER_EXPORT int gethostbyname2_r(const char *name, int af, struct hostent *ret,
         return libc_gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop);
     if (h_errnop != NULL)
         *h_errnop = herr;
+    if (*result == NULL)
+        h_errno = herr; /* glibc's NSS sets it too, and CPython reads it, not *h_errnop */
     return rc;
 }
 
-BOXER_EXPORT struct hostent *gethostbyaddr(const void *addr, socklen_t len, int type)
+/* The common core of gethostbyaddr(_r) for overlay addresses, like host_lookup. */
+static int addr_lookup(const void *addr, socklen_t len, int type, struct hostent *ret, char *buf,
+                       size_t buflen, struct hostent **result, int *herr, bool *pass)
 {
     struct in_addr a;
+    *pass = true;
+    *result = NULL;
     if (!boxer_enabled() || addr == NULL)
-        return libc_gethostbyaddr(addr, len, type);
+        return 0;
     if (type == AF_INET && len == 4)
         memcpy(&a, addr, 4);
     else if (type == AF_INET6 && len == 16 && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)addr))
         memcpy(&a, (const char *)addr + 12, 4);
     else
-        return libc_gethostbyaddr(addr, len, type);
+        return 0;
     if (!boxer_in_overlay(a))
-        return libc_gethostbyaddr(addr, len, type);
-
+        return 0;
     char name[BOXER_NAME_MAX];
     switch (reverse(a, name)) {
     case BOXER_RES_PASS:
-        return libc_gethostbyaddr(addr, len, type);
+        return 0;
     case BOXER_RES_FOUND:
-        if (fill_hostent(&tls_host.h, tls_host.buf, sizeof tls_host.buf, name, type, a) == 0)
-            return &tls_host.h;
-        h_errno = NETDB_INTERNAL;
-        return NULL;
+        *pass = false;
+        if (fill_hostent(ret, buf, buflen, name, type, a) != 0) {
+            *herr = NETDB_INTERNAL;
+            return ERANGE;
+        }
+        *result = ret;
+        *herr = NETDB_SUCCESS;
+        return 0;
     case BOXER_RES_NONAME:
-        h_errno = HOST_NOT_FOUND;
-        return NULL;
+        *pass = false;
+        *herr = HOST_NOT_FOUND;
+        return 0;
     default:
-        h_errno = TRY_AGAIN;
-        return NULL;
+        *pass = false;
+        *herr = TRY_AGAIN;
+        return EAGAIN;
     }
+}
+
+BOXER_EXPORT struct hostent *gethostbyaddr(const void *addr, socklen_t len, int type)
+{
+    bool pass;
+    struct hostent *result;
+    int herr = 0;
+    addr_lookup(addr, len, type, &tls_host.h, tls_host.buf, sizeof tls_host.buf, &result, &herr,
+                &pass);
+    if (pass)
+        return libc_gethostbyaddr(addr, len, type);
+    if (result == NULL)
+        h_errno = herr;
+    return result;
+}
+
+/* CPython's socket.gethostbyaddr and most threaded programs use the reentrant form. */
+BOXER_EXPORT int gethostbyaddr_r(const void *addr, socklen_t len, int type, struct hostent *ret,
+                                 char *buf, size_t buflen, struct hostent **result, int *h_errnop)
+{
+    bool pass;
+    int herr = 0;
+    int rc = addr_lookup(addr, len, type, ret, buf, buflen, result, &herr, &pass);
+    if (pass)
+        return libc_gethostbyaddr_r(addr, len, type, ret, buf, buflen, result, h_errnop);
+    if (h_errnop != NULL)
+        *h_errnop = herr;
+    if (*result == NULL)
+        h_errno = herr; /* glibc's NSS sets it too, and CPython reads it, not *h_errnop */
+    return rc;
 }
 
 /* ---- getnameinfo ------------------------------------------------------------------------- */

@@ -91,6 +91,7 @@ static void bind_all(void)
 #define BOXER_PICK_gethostbyname_r BOXER_DEFINE_LIBC
 #define BOXER_PICK_gethostbyname2_r BOXER_DEFINE_LIBC
 #define BOXER_PICK_gethostbyaddr BOXER_DEFINE_LIBC_PTR
+#define BOXER_PICK_gethostbyaddr_r BOXER_DEFINE_LIBC
 #define BOXER_PICK_gethostname BOXER_DEFINE_LIBC
 #define BOXER_PICK_uname BOXER_DEFINE_LIBC
 #define BOXER_PICK_freeaddrinfo(ret, name, params, args)                                        \

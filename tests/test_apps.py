@@ -334,3 +334,28 @@ def test_900_concurrent_connections_under_rlimit_nofile_1024(apps):
                 f.close()
     assert settle(app_pid) == app_before
     assert settle(agent_pid) <= agent_before + 2  # ticket pools may differ by a refill in flight
+
+
+# ---- names ---------------------------------------------------------------------------------------
+
+
+def test_name_lookups_as_applications_make_them(apps):
+    proc = app(apps.lab, "h5", "namer", sys.executable, str(DATA / "names.py"))
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    kv = seen["byname"]
+    assert re.fullmatch(r"100\.\d+\.\d+\.\d+", kv)
+    assert seen["hostname"] == "namer"
+    assert seen["fqdn"] == "namer"
+    assert seen["unspec"] == [kv]
+    assert seen["v6mapped"] == [f"::ffff:{kv}"]
+    assert seen["v6_only"] == socket_eai_noname_or_nodata()
+    assert seen["byaddr"] == "kv"
+    assert seen["nameinfo"] == "kv"
+
+
+def socket_eai_noname_or_nodata() -> int:
+    import socket
+
+    # AF_INET6 without AI_V4MAPPED: an IPv4-only host has no answer, as glibc says for one.
+    return socket.EAI_NONAME

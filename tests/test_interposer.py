@@ -586,6 +586,21 @@ def test_real_python_binary(lib, agent, echo_port):
                                      f"py ('{KV}', 6379) {OWN}", "refused 111"]
 
 
+def test_python_reverse_lookups_use_the_reentrant_calls(lib, agent):
+    # CPython's gethostbyaddr is gethostbyaddr_r underneath: it must see overlay names too.
+    code = ("import socket\n"
+            f"print(socket.gethostbyaddr('{KV}')[0])\n"
+            f"print(socket.getnameinfo(('{KV}', 6379), 0)[0])\n"
+            "try:\n"
+            "    socket.gethostbyaddr('100.64.9.9')\n"
+            "except socket.herror as e:\n"
+            "    print('herror', e.errno)\n")
+    r = subprocess.run([sys.executable, "-c", code], env=env_for(agent, lib),
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["kv-1", "kv-1", "herror 1"]  # 1: HOST_NOT_FOUND
+
+
 def test_real_getent_and_hostname(lib, agent):
     if shutil.which("getent") is None:
         pytest.skip("getent not installed")
