@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from boxer.lab import lab_down, lab_up  # noqa: E402
+from boxer.lab import lab_down, lab_up
 
 BOXER = [sys.executable, "-m", "boxer", "run"]
 ECHO = [sys.executable, str(ROOT / "tests" / "apps" / "echo_server.py")]

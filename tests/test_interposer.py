@@ -19,9 +19,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from fake_agent import FakeAgent
 
 from boxer import ipc
-from fake_agent import FakeAgent
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "boxer" / "libboxer_preload.so"
@@ -134,7 +134,7 @@ def parse(stdout: str) -> dict[str, str]:
 
 
 def run(probe: Path, env: dict[str, str], *args: str, timeout: float = 20) -> dict[str, str]:
-    r = subprocess.run([str(probe), *args], env=env, capture_output=True, text=True,
+    r = subprocess.run(check=False, args=[str(probe), *args], env=env, capture_output=True, text=True,
                        timeout=timeout)
     assert r.returncode == 0, f"probe {args} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
     return parse(r.stdout)
@@ -250,7 +250,7 @@ def test_hello_carries_the_pid(probe, lib, agent, background):
 
 def test_agent_absent_fails_calls_like_syscalls(probe, lib, tmp_path):
     env = env_for(None, lib, BOXER_AGENT_SOCK=str(tmp_path / "nobody.sock"))
-    r = subprocess.run([str(probe), "connect", "inet", KV, "6379"], env=env,
+    r = subprocess.run(check=False, args=[str(probe), "connect", "inet", KV, "6379"], env=env,
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stderr
     assert parse(r.stdout)["connect"] == "ENETUNREACH"
@@ -468,7 +468,7 @@ def test_local_connections_are_untouched_and_failed_accept_aborts(probe, lib, ag
         c.sendall(b"local")
         assert c.recv(100) == b"local"
         assert r.expect("accept") == "OK"
-        assert r.expect("peername") == "%s:%d" % c.getsockname()
+        assert r.expect("peername") == "{}:{}".format(*c.getsockname())
     # 2: a wake connection the agent has nothing for: the app sees ECONNABORTED.
     with agent.wake_without_connection(port):
         assert r.expect("accept") == "ECONNABORTED"
@@ -579,7 +579,7 @@ def test_real_python_binary(lib, agent, echo_port):
         "except ConnectionRefusedError as e:\n"
         "    print('refused', e.errno)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], env=env_for(agent, lib),
+    r = subprocess.run(check=False, args=[sys.executable, "-c", code], env=env_for(agent, lib),
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["kv-3", KV, f"('{KV}', 6379)",
@@ -595,7 +595,7 @@ def test_python_reverse_lookups_use_the_reentrant_calls(lib, agent):
             "    socket.gethostbyaddr('100.64.9.9')\n"
             "except socket.herror as e:\n"
             "    print('herror', e.errno)\n")
-    r = subprocess.run([sys.executable, "-c", code], env=env_for(agent, lib),
+    r = subprocess.run(check=False, args=[sys.executable, "-c", code], env=env_for(agent, lib),
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["kv-1", "kv-1", "herror 1"]  # 1: HOST_NOT_FOUND
@@ -605,17 +605,17 @@ def test_real_getent_and_hostname(lib, agent):
     if shutil.which("getent") is None:
         pytest.skip("getent not installed")
     env = env_for(agent, lib)
-    r = subprocess.run(["getent", "hosts", "kv-1"], env=env, capture_output=True, text=True,
+    r = subprocess.run(check=False, args=["getent", "hosts", "kv-1"], env=env, capture_output=True, text=True,
                        timeout=10)
     assert r.returncode == 0 and r.stdout.split() == [KV, "kv-1"], r.stderr
-    r = subprocess.run(["getent", "ahostsv4", "kv-1"], env=env, capture_output=True, text=True,
+    r = subprocess.run(check=False, args=["getent", "ahostsv4", "kv-1"], env=env, capture_output=True, text=True,
                        timeout=10)
     assert r.returncode == 0 and r.stdout.split()[:3] == [KV, "STREAM", "kv-1"], r.stderr
-    r = subprocess.run(["getent", "hosts", "nx-missing"], env=env, capture_output=True,
+    r = subprocess.run(check=False, args=["getent", "hosts", "nx-missing"], env=env, capture_output=True,
                        timeout=10)
     assert r.returncode == 2  # "key not found"
     if shutil.which("hostname"):
-        r = subprocess.run(["hostname"], env=env, capture_output=True, text=True, timeout=10)
+        r = subprocess.run(check=False, args=["hostname"], env=env, capture_output=True, text=True, timeout=10)
         assert r.stdout.strip() == "kv-3"
 
 
@@ -625,7 +625,7 @@ def test_real_getent_and_hostname(lib, agent):
 def test_bad_environment_is_reported_not_fatal(probe, lib, agent, echo_port):
     env = env_for(agent, lib, BOXER_PREFIX="100.64.0.0/99", BOXER_LOG="loud",
                   BOXER_WAKE_ADDR="nowhere")
-    r = subprocess.run([str(probe), "connect", "inet", KV, "6379"], env=env,
+    r = subprocess.run(check=False, args=[str(probe), "connect", "inet", KV, "6379"], env=env,
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 0 and parse(r.stdout)["connect"] == "OK"
     assert "BOXER_LOG='loud' is not one of error|warn|info|debug" in r.stderr
@@ -636,12 +636,12 @@ def test_bad_environment_is_reported_not_fatal(probe, lib, agent, echo_port):
 def test_under_address_and_undefined_sanitizers(gcc, probe, agent, echo_port, background,
                                                 tmp_path):
     so = tmp_path / "libboxer_asan.so"
-    build = subprocess.run(
+    build = subprocess.run(check=False, args=
         [gcc, "-shared", "-fPIC", "-g", "-O1", "-fsanitize=address,undefined",
          "-fno-sanitize-recover=undefined", "-fvisibility=hidden", "-std=gnu11", "-pthread",
          "-Wall", "-Wextra", "-Werror", "-o", str(so), *map(str, SOURCES), "-ldl"],
         capture_output=True, text=True)
-    libasan = subprocess.run([gcc, "-print-file-name=libasan.so"], capture_output=True,
+    libasan = subprocess.run(check=False, args=[gcc, "-print-file-name=libasan.so"], capture_output=True,
                              text=True).stdout.strip()
     if build.returncode != 0 or not os.path.isabs(libasan):
         pytest.skip(f"cannot build with -fsanitize=address,undefined: {build.stderr[-500:]}")
@@ -651,7 +651,7 @@ def test_under_address_and_undefined_sanitizers(gcc, probe, agent, echo_port, ba
     for args in (["connect", "inet6", KV, "6379", "nonblock"], ["gai", "kv-1"], ["dup"],
                  ["dupconn", "inet", KV, "6379"], ["hostent", "kv-1", KV], ["nameinfo", KV],
                  ["threads", "8", "inet", KV, "6379"]):
-        r = subprocess.run([str(probe), *args], env=env, capture_output=True, text=True,
+        r = subprocess.run(check=False, args=[str(probe), *args], env=env, capture_output=True, text=True,
                            timeout=30)
         assert r.returncode == 0, f"{args}: {r.stderr[-3000:]}"
         assert "runtime error" not in r.stderr and "Sanitizer" not in r.stderr, r.stderr
@@ -698,7 +698,7 @@ def test_real_redis_server_and_cli(lib, agent, request, tmp_path):
         info = remote.recv(4096).decode()
     assert f"addr={PEER[0]}:{PEER[1]}" in info and f"laddr={OWN}:{port}" in info, info
     agent.routes[(KV, 6379)] = port
-    r = subprocess.run([cli, "-h", "kv-1", "-p", "6379", "CLIENT", "INFO"], env=env,
+    r = subprocess.run(check=False, args=[cli, "-h", "kv-1", "-p", "6379", "CLIENT", "INFO"], env=env,
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stderr
     # The server saw a genuine local connection from the agent's TCP socket; the client saw

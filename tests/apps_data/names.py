@@ -1,6 +1,8 @@
 """Name lookups an application makes, printed as JSON (run under boxer run in the lab)."""
 
-import json, socket
+import json
+import socket
+
 out = {}
 out["fqdn"] = socket.getfqdn()
 out["hostname"] = socket.gethostname()
