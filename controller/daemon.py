@@ -45,7 +45,7 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float) -> int:
     deployment = load_deployment(Path(info["file"]))
     lab = load_lab(info["lab"])
     host, _, port = lab.coordinator.rpartition(":")
-    backend = LocalBackend(lab, log_dir=paths.instances, cwd=info["dir"])
+    backend = LocalBackend(lab, log_dir=paths.instances, cwd=info["dir"], spare_hosts=1)
     metrics_sock = None
     if metrics_fd is not None:
         metrics_sock = socket.socket(fileno=metrics_fd)

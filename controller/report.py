@@ -93,10 +93,10 @@ def write_report(timeline: Path, out: Path, load_file: Path | None = None) -> st
     if ready_t:
         lat_ax.scatter(ready_t, ready_s, s=12, label="launch -> listening (ms)")
     if load_rows:
-        lt = [x["t"] - t0 for x in load_rows]
         for key in ("p50_ms", "p99_ms"):
-            if any(key in x for x in load_rows):
-                lat_ax.plot(lt, [x.get(key) for x in load_rows], marker=".", label=f"request {key}")
+            points = [(x["t"] - t0, x[key]) for x in load_rows if x.get(key) is not None]
+            if points:
+                lat_ax.plot(*zip(*points), marker="o", label=f"request {key} (per load step)")
     lat_ax.set_ylabel("latency (ms)")
     lat_ax.set_xlabel("seconds since the first tick")
     if ready_t or load_rows:

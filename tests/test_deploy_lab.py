@@ -90,8 +90,7 @@ def client(name: str, *argv: str, timeout: float = 30) -> subprocess.CompletedPr
 
     lab = read_json(DeployPaths(name).deployment)["lab"]
     hosts = int(read_json(Path(f"/run/boxer/lab/{lab}/lab.json"))["host_count"])
-    # The last NATed host is left to clients: the deployment's 2 api slots + 1 renewal spare
-    # take h1..h3 at most, and api never grows past 1 instance here.
+    # The last NATed host is left to clients (LocalBackend(spare_hosts=1)).
     return subprocess.run([*BOXER, "lab", "exec", "--name", lab, f"h{hosts}", "--", *BOXER,
                            "run", "--name", f"cli{time.monotonic_ns() % 10000}", "--", *argv],
                           capture_output=True, text=True, timeout=timeout)

@@ -50,6 +50,7 @@ class LocalBackend:
         host_wait: float = 10.0,
         base_env: Mapping[str, str] | None = None,
         run_options: Sequence[str] = (),
+        spare_hosts: int = 0,
     ) -> None:
         """`lab`: a boxer.lab.Lab (or its name). `cwd`: where instances start (the deployment
         file's folder, so relative paths in commands work). `run_options`: extra `boxer run`
@@ -68,7 +69,9 @@ class LocalBackend:
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.run_options = tuple(run_options)
         public = [h.name for h in lab.public_hosts]
-        nated = [h.name for h in lab.hosts]
+        # The last `spare_hosts` NATed hosts are never used: they are for the user's clients
+        # (`boxer lab exec --name LAB h<N> -- boxer run -- wrk ...`).
+        nated = [h.name for h in lab.hosts][: max(1, len(lab.hosts) - spare_hosts)]
         # Without public hosts the VM tier shares the NATed ones (said in `describe()`).
         self.pools: dict[Placement, list[str]] = {
             Placement.VM: public or nated,
@@ -192,8 +195,8 @@ class LocalBackend:
 def lab_size(services: Sequence[tuple[str, int, int, bool]], max_hosts: int = 200) -> tuple[int, int]:
     """(NATed hosts, public hosts) a lab needs for services given as (placement, maxInstances,
     baseCapacity, has_lifetime): one host per instance slot, plus room for the replacements that
-    overlap a renewal (a tenth, at least one) on lifetime-capped services. At least one NATed
-    host, since a lab cannot have none; capped at the lab's limits."""
+    overlap a renewal (a tenth, at least one) on lifetime-capped services, plus one last NATed
+    host for clients (LocalBackend(spare_hosts=1) leaves it alone). Capped at the lab's limits."""
     hosts = public = 0
     for placement, maximum, base, lifetime in services:
         overlap = max(1, maximum // 10) if lifetime else 0
@@ -202,4 +205,4 @@ def lab_size(services: Sequence[tuple[str, int, int, bool]], max_hosts: int = 20
         else:
             public += min(base, maximum)
             hosts += maximum - min(base, maximum) + overlap
-    return max(1, min(hosts, max_hosts)), min(public, max_hosts)
+    return max(1, min(hosts, max_hosts - 1)) + 1, min(public, max_hosts)
