@@ -15,6 +15,7 @@
 #define BOXER_INTERNAL_H
 
 #include <netdb.h>
+#include <stdio.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -76,6 +77,8 @@
       (const void *addr, socklen_t len, int type, struct hostent *ret, char *buf, size_t buflen,  \
        struct hostent **result, int *h_errnop),                                                   \
       (addr, len, type, ret, buf, buflen, result, h_errnop))                                      \
+    X(FILE *, fopen, (const char *path, const char *mode), (path, mode))                          \
+    X(FILE *, fopen64, (const char *path, const char *mode), (path, mode))                        \
     X(int, gethostname, (char *name, size_t len), (name, len))                                    \
     X(int, uname, (struct utsname * buf), (buf))
 
@@ -83,6 +86,11 @@
 BOXER_LIBC_SYMBOLS(BOXER_DECLARE_LIBC)
 #undef BOXER_DECLARE_LIBC
 BOXER_HIDDEN int libc_fcntl(int fd, int cmd, void *arg);
+/* open/open64/openat/openat64 are variadic (mode): declared by hand like fcntl. */
+BOXER_HIDDEN int libc_open(const char *path, int flags, mode_t mode);
+BOXER_HIDDEN int libc_open64(const char *path, int flags, mode_t mode);
+BOXER_HIDDEN int libc_openat(int dirfd, const char *path, int flags, mode_t mode);
+BOXER_HIDDEN int libc_openat64(int dirfd, const char *path, int flags, mode_t mode);
 
 /* ---- config.c ------------------------------------------------------------------------ */
 
@@ -92,6 +100,7 @@ struct boxer_config {
     bool enabled;          /* BOXER_AGENT_SOCK set: otherwise every call goes straight to libc */
     char agent_sock[108];  /* sun_path */
     const char *name;      /* BOXER_NAME or NULL */
+    const char *resolv_conf; /* BOXER_RESOLV_CONF (absolute path) or NULL */
     bool have_addr;        /* BOXER_ADDR parsed */
     struct in_addr addr;   /* BOXER_ADDR */
     uint32_t prefix_net;   /* BOXER_PREFIX, host order, masked */

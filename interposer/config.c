@@ -73,6 +73,12 @@ static void load(void)
         }
     }
 
+    const char *resolv = getenv("BOXER_RESOLV_CONF");
+    if (resolv != NULL && *resolv == '/')
+        config.resolv_conf = resolv;
+    else if (resolv != NULL && *resolv != '\0')
+        BOXER_LOG(ERROR, "BOXER_RESOLV_CONF='%s' is not an absolute path; ignored", resolv);
+
     const char *name = getenv("BOXER_NAME");
     if (name != NULL && *name != '\0')
         config.name = name; /* environ outlives us; no copy needed */

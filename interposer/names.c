@@ -5,6 +5,8 @@
  * (Resolution PASS) goes to libc untouched, so DNS, /etc/hosts and numeric addresses behave as
  * without us. Results we build follow glibc's shape and semantics as closely as is sensible. */
 #define _GNU_SOURCE
+#include <stdarg.h>
+#include <fcntl.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -533,3 +535,66 @@ BOXER_EXPORT int getnameinfo(const struct sockaddr *sa, socklen_t salen, char *h
 }
 BOXER_EXPORT int gethostname(char *name, size_t len) { return boxer_gethostname(name, len); }
 BOXER_EXPORT int uname(struct utsname *buf) { return boxer_uname(buf); }
+
+/* ---- /etc/resolv.conf ------------------------------------------------------------------- */
+
+/* Programs that send their own DNS queries (dig, nginx's resolver) read /etc/resolv.conf
+ * themselves; with BOXER_RESOLV_CONF set they get the agent's file instead, which names the
+ * agent's DNS responder (boxer/agent/dns.py). glibc's own resolver reads the real file through
+ * internal calls that never reach us, which is right: getaddrinfo is answered above. Only the
+ * exact path, opened read-only, is remapped. */
+static const char *resolv_path(const char *path, int flags)
+{
+    const char *alt = boxer_config()->resolv_conf;
+    if (alt == NULL || path == NULL || (flags & O_ACCMODE) != O_RDONLY ||
+        strcmp(path, "/etc/resolv.conf") != 0)
+        return path;
+    BOXER_LOG(DEBUG, "/etc/resolv.conf -> %s", alt);
+    return alt;
+}
+
+static const char *resolv_path_mode(const char *path, const char *mode)
+{
+    return mode != NULL && mode[0] == 'r' && strchr(mode, '+') == NULL ? resolv_path(path, O_RDONLY)
+                                                                         : path;
+}
+
+/* The mode argument exists only with O_CREAT/O_TMPFILE; reading it otherwise is harmless on
+ * the ABIs we support (a register), as for fcntl. */
+#define BOXER_OPEN_MODE(flags, last)                                                           \
+    mode_t mode = 0;                                                                            \
+    if ((flags) & (O_CREAT | O_TMPFILE)) {                                                      \
+        va_list ap;                                                                             \
+        va_start(ap, last);                                                                     \
+        mode = (mode_t)va_arg(ap, int);                                                         \
+        va_end(ap);                                                                             \
+    }
+
+BOXER_EXPORT int open(const char *path, int flags, ...)
+{
+    BOXER_OPEN_MODE(flags, flags)
+    return libc_open(resolv_path(path, flags), flags, mode);
+}
+BOXER_EXPORT int open64(const char *path, int flags, ...)
+{
+    BOXER_OPEN_MODE(flags, flags)
+    return libc_open64(resolv_path(path, flags), flags, mode);
+}
+BOXER_EXPORT int openat(int dirfd, const char *path, int flags, ...)
+{
+    BOXER_OPEN_MODE(flags, flags)
+    return libc_openat(dirfd, resolv_path(path, flags), flags, mode);
+}
+BOXER_EXPORT int openat64(int dirfd, const char *path, int flags, ...)
+{
+    BOXER_OPEN_MODE(flags, flags)
+    return libc_openat64(dirfd, resolv_path(path, flags), flags, mode);
+}
+BOXER_EXPORT FILE *fopen(const char *path, const char *mode)
+{
+    return libc_fopen(resolv_path_mode(path, mode), mode);
+}
+BOXER_EXPORT FILE *fopen64(const char *path, const char *mode)
+{
+    return libc_fopen64(resolv_path_mode(path, mode), mode);
+}

@@ -16,6 +16,10 @@
 static struct {
     BOXER_LIBC_SYMBOLS(BOXER_POINTER)
     int (*fcntl)(int fd, int cmd, ...);
+    int (*open)(const char *path, int flags, ...);
+    int (*open64)(const char *path, int flags, ...);
+    int (*openat)(int dirfd, const char *path, int flags, ...);
+    int (*openat64)(int dirfd, const char *path, int flags, ...);
 } libc;
 #undef BOXER_POINTER
 
@@ -42,6 +46,10 @@ static void bind_all(void)
     BOXER_LIBC_SYMBOLS(BOXER_BIND)
 #undef BOXER_BIND
     *(void **)(&libc.fcntl) = bind_symbol("fcntl");
+    *(void **)(&libc.open) = bind_symbol("open");
+    *(void **)(&libc.open64) = bind_symbol("open64");
+    *(void **)(&libc.openat) = bind_symbol("openat");
+    *(void **)(&libc.openat64) = bind_symbol("openat64");
 }
 
 #define BOXER_DEFINE_LIBC(ret, name, params, args)                                              \
@@ -92,6 +100,8 @@ static void bind_all(void)
 #define BOXER_PICK_gethostbyname2_r BOXER_DEFINE_LIBC
 #define BOXER_PICK_gethostbyaddr BOXER_DEFINE_LIBC_PTR
 #define BOXER_PICK_gethostbyaddr_r BOXER_DEFINE_LIBC
+#define BOXER_PICK_fopen BOXER_DEFINE_LIBC_PTR
+#define BOXER_PICK_fopen64 BOXER_DEFINE_LIBC_PTR
 #define BOXER_PICK_gethostname BOXER_DEFINE_LIBC
 #define BOXER_PICK_uname BOXER_DEFINE_LIBC
 #define BOXER_PICK_freeaddrinfo(ret, name, params, args)                                        \
@@ -113,3 +123,20 @@ int libc_fcntl(int fd, int cmd, void *arg)
     }
     return libc.fcntl(fd, cmd, arg);
 }
+
+#define BOXER_DEFINE_OPEN(name, params, args)                                                   \
+    int libc_##name params                                                                      \
+    {                                                                                           \
+        pthread_once(&bind_once, bind_all);                                                     \
+        if (libc.name == NULL) {                                                                \
+            errno = ENOSYS;                                                                     \
+            return -1;                                                                          \
+        }                                                                                       \
+        return libc.name args;                                                                  \
+    }
+BOXER_DEFINE_OPEN(open, (const char *path, int flags, mode_t mode), (path, flags, mode))
+BOXER_DEFINE_OPEN(open64, (const char *path, int flags, mode_t mode), (path, flags, mode))
+BOXER_DEFINE_OPEN(openat, (int dirfd, const char *path, int flags, mode_t mode),
+                  (dirfd, path, flags, mode))
+BOXER_DEFINE_OPEN(openat64, (int dirfd, const char *path, int flags, mode_t mode),
+                  (dirfd, path, flags, mode))
