@@ -159,6 +159,20 @@ def test_nginx_concurrent_clients_each_answered_once(apps, nginx):
     assert len((nginx / "access.log").read_text().splitlines()) == before + 24
 
 
+def test_nginx_reuseport_listeners_share_one_overlay_port(apps, nginx):
+    """`listen 8090 reuseport`: several sockets on one port (SO_REUSEPORT), one per worker; the
+    kernel spreads the agent's wake connections over them and each request is served once."""
+    before = len((nginx / "access.log").read_text().splitlines())
+    script = ("for i in $(seq 16); do curl -sS --max-time 10 -o /dev/null -w '%{http_code}\\n' "
+              "http://proxy:8090/who & done; wait")
+    proc = app(apps.lab, "h5", "reuse", "sh", "-c", script)
+    assert proc.stdout.split() == ["200"] * 16, proc.stderr
+    deadline = time.monotonic() + 5
+    while len((nginx / "access.log").read_text().splitlines()) < before + 16 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len((nginx / "access.log").read_text().splitlines()) == before + 16
+
+
 # ---- redis replication ---------------------------------------------------------------------------
 
 
