@@ -7,7 +7,7 @@ import click
 from boxer.deploy_commands import COMMANDS as deploy_commands
 from boxer.lab.commands import lab
 from boxer.probe_command import probe_nat_command
-from boxer.run_command import coordinator_command, run_command
+from boxer.run_command import coordinator_command, relay_command, run_command
 from controller.commands import check_command
 
 
@@ -28,6 +28,7 @@ def main() -> None:
 
 main.add_command(run_command)
 main.add_command(coordinator_command)
+main.add_command(relay_command)
 main.add_command(lab)
 main.add_command(check_command)
 main.add_command(probe_nat_command)

@@ -121,8 +121,11 @@ def _fail(message: str, status: int) -> int:
               help="Write the bound HOST:PORT to this file once listening (for scripts).")
 @click.option("--relay-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Port of the relay and NAT probes [default: the listen port + 1].")
+@click.option("--relay", "relay_mode", type=click.Choice(["embedded", "external"]), default="embedded",
+              show_default=True, help="Serve the relay in this process, or leave it to a separate "
+              "`boxer relay` on --relay-port (relayed connections then survive a coordinator restart).")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
-def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, verbose) -> None:
+def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, relay_mode, verbose) -> None:
     """Run the coordinator: membership, names, endpoint discovery and hole-punch brokering.
 
     It holds no data of its own (agents re-register after a restart) and application bytes never
@@ -142,4 +145,25 @@ def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, ver
         raise SystemExit(_fail(f"--prefix: {exc}", 2))
     if network.num_addresses < 4:
         raise SystemExit(_fail(f"--prefix {prefix} is too small for any instance", 2))
-    aio.run(serve(host, port, secret, str(network), ready_file, relay_port))
+    aio.run(serve(host, port, secret, str(network), ready_file, relay_port, relay_mode == "embedded"))
+
+
+@click.command("relay")
+@click.option("--listen", default=f"0.0.0.0:{DEFAULT_PORT + 1}", show_default=True, metavar="HOST:PORT",
+              help="Address to listen on (the coordinator's --relay-port).")
+@click.option("--secret-file", envvar="BOXER_SECRET_FILE", type=click.Path(dir_okay=False),
+              help="File holding the deployment secret (hex) [env BOXER_SECRET_FILE].")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr.")
+def relay_command(listen, secret_file, verbose) -> None:
+    """Run the relay on its own: it joins the two halves of connections that cannot be punched
+    (symmetric NATs, filtering) with splice(2), and answers NAT probes. Pair it with
+    `boxer coordinator --relay external`."""
+    from nat_traversal.coordinator import serve_relay
+
+    setup_logging(verbose + 1, "relay")
+    host, port = _endpoint(listen, "--listen")
+    try:
+        secret = load_secret(secret_file, os.environ.get("BOXER_SECRET"))
+    except SecretError as exc:
+        raise SystemExit(_fail(str(exc), 2))
+    aio.run(serve_relay(host, port, secret))

@@ -89,11 +89,14 @@ class CoordinatorServer:
 
 
 async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: str | None = None,
-                relay_port: int | None = None) -> None:
-    """Serve until SIGINT/SIGTERM. relay_port: the relay and NAT-probe port (default port + 1)."""
+                relay_port: int | None = None, embedded_relay: bool = True) -> None:
+    """Serve until SIGINT/SIGTERM. relay_port: the relay and NAT-probe port (default port + 1);
+    with embedded_relay False a separate `boxer relay` serves it (and relayed connections then
+    survive a restart of the coordinator)."""
     loop = asyncio.get_running_loop()
     relay = RelayServer(secret)
-    relay_bound = await relay.start(host, port + 1 if relay_port is None else relay_port)
+    relay_port = port + 1 if relay_port is None else relay_port
+    relay_bound = await relay.start(host, relay_port) if embedded_relay else relay_port
     server = CoordinatorServer(Broker(secret, prefix=prefix, relay_port=relay_bound))
     listener = await loop.create_server(lambda: _PeerProtocol(server), host, port,
                                         reuse_address=True, backlog=1024)
@@ -111,5 +114,20 @@ async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: st
     finally:
         expirer.cancel()
         listener.close()
+        relay.close()
+
+
+async def serve_relay(host: str, port: int, secret: bytes) -> None:
+    """A stand-alone relay (`boxer relay`), until SIGINT/SIGTERM."""
+    loop = asyncio.get_running_loop()
+    relay = RelayServer(secret)
+    bound = await relay.start(host, port)
+    log.info("relay listening on %s:%d", host, bound)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
         relay.close()
         log.info("coordinator stopped")

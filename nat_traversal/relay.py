@@ -187,13 +187,15 @@ class _Splice:
                 fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
             except OSError:
                 pass
+            # Not SPLICE_F_MORE: it corks small writes (up to 200 ms) waiting for more data.
+            flags = os.SPLICE_F_MOVE
             while True:
-                n = os.splice(src.fileno(), w, PIPE_SIZE)
+                n = os.splice(src.fileno(), w, PIPE_SIZE, flags=flags)
                 if n == 0:
                     break
                 self.stats.add_bytes(n)
                 while n:
-                    n -= os.splice(r, dst.fileno(), n)
+                    n -= os.splice(r, dst.fileno(), n, flags=flags)
         except OSError:
             pass
         finally:
