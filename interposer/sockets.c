@@ -133,9 +133,18 @@ static void copy_sockopts(int from, int to)
         {SOL_SOCKET, SO_PRIORITY},    {SOL_SOCKET, SO_OOBINLINE},
     };
     int saved = errno;
+    /* The keepalive timings have non-zero kernel defaults (7200/75/9): copying them from a socket
+     * whose app never enabled keepalive would undo the agent's NAT-friendly keepalives. */
+    int app_keepalive = 0;
+    socklen_t klen = sizeof app_keepalive;
+    libc_getsockopt(from, SOL_SOCKET, SO_KEEPALIVE, &app_keepalive, &klen);
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
         int val;
         socklen_t len = sizeof val;
+        int timing = opts[i].level == IPPROTO_TCP && (opts[i].name == TCP_KEEPIDLE ||
+                     opts[i].name == TCP_KEEPINTVL || opts[i].name == TCP_KEEPCNT);
+        if (timing && !app_keepalive)
+            continue;
         if (libc_getsockopt(from, opts[i].level, opts[i].name, &val, &len) == 0 && val != 0)
             libc_setsockopt(to, opts[i].level, opts[i].name, &val, len);
     }
