@@ -7,6 +7,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -27,11 +28,31 @@ WAKE_ADDR = "127.0.0.2"
 SERVICE_HOLD_LIMIT = 120.0  # source of wake connections; the interposer recognises them by it
 
 
+# The shortest idle lifetime of a NAT mapping we must survive (seconds). Everything that keeps
+# mappings warm is derived from it: keepalives on app connections, control pings, ticket renewal.
+# Lambda's NAT is undocumented; a NAT Gateway's is 350 s; 60 s is a conservative default.
+NAT_IDLE_TIMEOUT = float(os.environ.get("BOXER_NAT_IDLE_TIMEOUT", "60"))
+
+
+def enable_keepalive(sock: socket.socket, nat_idle: float = NAT_IDLE_TIMEOUT) -> None:
+    """TCP keepalives on every connection we hand over: an idle application connection would
+    otherwise lose its NAT mappings (both ends are behind NATs) and die silently. The app may
+    still change these options afterwards."""
+    idle = max(1, int(nat_idle / 3))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+
+
 @dataclass(frozen=True)
 class Timeouts:
     connect: float = 5.0  # whole overlay connect, from the app's call to a connected socket
     punch: float = 3.0  # direct or relayed path + authentication, once the coordinator said go
     direct: float = 1.5  # a direct punch not through by then falls back to the relay
+    # A ticket's NAT mapping is kept by its idle rendezvous connection; NATs expire idle mappings
+    # (Lambda's is undocumented, a NAT Gateway's is 350 s), so tickets are renewed well before.
+    ticket_max_age: float = NAT_IDLE_TIMEOUT / 3
     accept_pickup: float = 10.0  # an accepted connection not fetched by the app by then is dropped
 
 
@@ -180,6 +201,7 @@ class Agent:
         trip to learn one. A failure here only costs latency: connects open their own."""
         while not self._closed:
             self._refill.clear()
+            self._retire_old_tickets()
             try:
                 while len(self._outgoing) < self.ticket_pool_size:
                     self._outgoing.append(await self._open_ticket("outgoing"))
@@ -190,7 +212,21 @@ class Agent:
                 await asyncio.sleep(0.2 if not self.session.up.is_set() else 1.0)
                 await self.session.up.wait()
                 continue
-            await self._refill.wait()
+            try:
+                await asyncio.wait_for(self._refill.wait(), self.timeouts.ticket_max_age / 2)
+            except asyncio.TimeoutError:
+                pass
+
+    def _retire_old_tickets(self) -> None:
+        cutoff = time.monotonic() - self.timeouts.ticket_max_age
+        for ticket in [t for t in self._outgoing if t.opened_at < cutoff]:
+            self._outgoing.remove(ticket)
+            ticket.close()
+        for ticket_id, future in list(self._incoming.items()):
+            if future.done() and not future.exception() and future.result().opened_at < cutoff:
+                # Closing its rendezvous connection withdraws it at the coordinator too.
+                del self._incoming[ticket_id]
+                future.result().close()
 
     async def _open_incoming_ticket(self) -> None:
         ticket_id = auth.new_token()
@@ -287,6 +323,7 @@ class Agent:
             pending.wake.close()
             self.stats["accepts"] += 1
             self.tracker.handed(pending.sock)
+            enable_keepalive(pending.sock)
             return req.reply(addr=pending.peer_addr, port=pending.peer_port), pending.sock
         return req.reply(status=errno.EINVAL), None
 
@@ -298,7 +335,14 @@ class Agent:
         wait = self.timeouts.connect + (SERVICE_HOLD_LIMIT if self.names.is_service_address(req.addr) else 0)
         deadline = time.monotonic() + wait
         try:
-            sock, local_port = await asyncio.wait_for(self._connect_overlay(req.addr, req.port, deadline), wait)
+            try:
+                sock, local_port = await asyncio.wait_for(self._connect_overlay(req.addr, req.port, deadline), wait)
+            except PunchError as exc:
+                if exc.errno_name != "ECONNABORTED" or time.monotonic() > deadline - 1.0:
+                    raise
+                # A ticket retired or a peer's rendezvous lost at the very moment: try once more.
+                sock, local_port = await asyncio.wait_for(self._connect_overlay(req.addr, req.port, deadline),
+                                                          max(0.1, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             self.stats["failed"] += 1
             return req.reply(status=errno.ETIMEDOUT), None
@@ -311,6 +355,7 @@ class Agent:
             return req.reply(status=getattr(errno, exc.errno_name)), None
         self.stats["connects"] += 1
         self.tracker.handed(sock)
+        enable_keepalive(sock)
         sock.setblocking(True)
         return req.reply(addr=self.addr, port=local_port), sock
 

@@ -9,8 +9,10 @@ connection stays open because it holds the NAT mapping the punch will reuse.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -211,6 +213,7 @@ class Ticket:
     public_endpoint: str
     rendezvous: FramedSocket
     session: str  # tickets die with the session they were observed in
+    opened_at: float = dataclasses.field(default_factory=time.monotonic)
 
     def close(self) -> None:
         self.rendezvous.close()

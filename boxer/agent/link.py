@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class LinkTimeouts:
     ping_interval: float = 5.0  # also keeps the control connection's NAT mapping warm
-    silence: float = 15.0  # no frame for this long: the link is dead even without a FIN/RST
+    silence_pings: float = 3.0  # no frame for this many intervals: dead, even without a FIN/RST
+
+    @property
+    def silence(self) -> float:
+        return self.ping_interval * self.silence_pings
     backoff_first: float = 0.05
     backoff_max: float = 1.0  # keeps "new connections work within 2 s of the coordinator's return"
 
@@ -101,9 +105,15 @@ class CoordinatorLink:
         try:
             seq = 0
             while not reader.done():
+                before = loop.time()
                 done, _ = await asyncio.wait({reader}, timeout=self.timeouts.ping_interval)
                 if done:
                     break
+                slept = loop.time() - before
+                if slept > 2 * self.timeouts.ping_interval + 1.0:
+                    # We were frozen (Lambda freezes sandboxes between invocations; SIGSTOP does
+                    # the same): our NAT mappings have likely expired, so do not wait to find out.
+                    raise LinkDown(f"frozen for about {slept:.0f} s")
                 if loop.time() - self._last_heard > self.timeouts.silence:
                     raise LinkDown(f"no word from the coordinator for {self.timeouts.silence:g} s")
                 seq += 1

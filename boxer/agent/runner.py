@@ -10,11 +10,11 @@ import signal
 import tempfile
 from dataclasses import dataclass
 
-from boxer.agent.agent import WAKE_ADDR, Agent, Timeouts
+from boxer.agent.agent import NAT_IDLE_TIMEOUT, WAKE_ADDR, Agent, Timeouts
 from boxer.agent.child import child_environment, exit_status, start_child, stop_child
 from boxer.agent.control import CoordinatorError, open_session
 from boxer.agent.ipc_server import IpcServer
-from boxer.agent.link import CoordinatorLink
+from boxer.agent.link import CoordinatorLink, LinkTimeouts
 from nat_traversal import auth
 from nat_traversal import messages as m
 
@@ -49,7 +49,8 @@ async def run_instance(opts: RunOptions) -> int:
         raise RunError(f"{exc}; {opts.argv[0]} was not started") from None
     reg = session.registration
     log.info("registered as %s at %s", reg.name, reg.addr)
-    link = CoordinatorLink(session, opts.coordinator, opts.secret, register)
+    link = CoordinatorLink(session, opts.coordinator, opts.secret, register,
+                           LinkTimeouts(ping_interval=min(5.0, NAT_IDLE_TIMEOUT / 3)))
     agent = Agent(link, opts.coordinator, opts.secret,
                   timeouts=Timeouts(connect=opts.connect_timeout, punch=min(3.0, opts.connect_timeout)))
     workdir = tempfile.mkdtemp(prefix="boxer-agent-")

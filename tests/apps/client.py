@@ -119,6 +119,21 @@ def cmd_retry_connect(host, port, after, seconds):
     return {"connected_at": None, "attempts": attempts}
 
 
+def cmd_idle(host, port, seconds):
+    """Echo a block, stay idle for `seconds`, echo another: does an idle connection survive?"""
+    with connect(host, port) as s:
+        s.sendall(b"ECHO\nfirst")
+        first = s.recv(5)
+        time.sleep(float(seconds))
+        s.settimeout(5)
+        try:
+            s.sendall(b"again")
+            second = s.recv(5)
+        except OSError as exc:
+            return {"first": first.decode(), "error": str(exc)}
+    return {"first": first.decode(), "second": second.decode()}
+
+
 def cmd_resolve(name):
     try:
         infos = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)
