@@ -349,6 +349,11 @@ class Agent:
         except LinkDown:
             self.stats["failed"] += 1
             return req.reply(status=errno.ENETUNREACH), None
+        except OSError as exc:  # our own resources (ports, descriptors): the app sees a plain failure
+            self.stats["failed"] += 1
+            log.warning("connect to %s:%d failed locally: %s", req.addr, req.port, exc)
+            return req.reply(status=errno.ECONNABORTED if exc.errno == errno.EADDRINUSE
+                             else (exc.errno or errno.ECONNABORTED)), None
         except PunchError as exc:
             self.stats["failed"] += 1
             log.info("connect to %s:%d failed: %s", req.addr, req.port, exc)

@@ -48,7 +48,12 @@ async def simultaneous_open(local_port: int, peer: tuple[str, int], deadline: fl
         if remaining <= 0:
             raise PunchError("ETIMEDOUT", f"no path to {peer[0]}:{peer[1]} after {attempts} attempt(s)")
         attempts += 1
-        sock = _bound_socket(local_port)
+        try:
+            sock = _bound_socket(local_port)
+        except OSError as exc:  # e.g. EADDRINUSE while an earlier attempt's socket is torn down
+            log.debug("punch attempt %d: cannot bind port %d: %s", attempts, local_port, exc)
+            await asyncio.sleep(RETRY_DELAY)
+            continue
         try:
             await asyncio.wait_for(loop.sock_connect(sock, peer), remaining)
             if attempts > 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import shutil
 import signal
 import tempfile
@@ -41,7 +42,16 @@ class RunOptions:
     instance_id: str | None = None
 
 
+def _raise_fd_limit() -> None:
+    """The agent holds a few descriptors per connection in flight: use all the hard limit allows
+    (on Lambda both are 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def run_instance(opts: RunOptions) -> int:
+    _raise_fd_limit()
     register = m.Register(name=opts.name, service=opts.service, instance=opts.instance_id or auth.new_token(8))
     try:
         session = await open_session(opts.coordinator, opts.secret, register)
@@ -60,11 +70,13 @@ async def run_instance(opts: RunOptions) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     proc = None
+    dns_server = None
     try:
         await server.start()
         agent.start()
         env = child_environment(dict(os.environ), agent_sock=server.path, name=reg.name, addr=reg.addr,
                                 prefix=reg.prefix, wake_addr=WAKE_ADDR)
+        dns_server = await _start_dns(agent, reg.addr, workdir, env)
         proc = await start_child(opts.argv, env)
         await _confirm_interposer(agent, proc, opts.argv[0])
         agent.attach_app(proc.pid, opts.lifetime)
@@ -91,10 +103,33 @@ async def run_instance(opts: RunOptions) -> int:
     finally:
         if proc is not None and proc.returncode is None:
             await stop_child(proc)
+        if dns_server is not None:
+            dns_server[0].close()
+            dns_server[1].close()
         agent.close()
         await link.close()
         server.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _start_dns(agent: Agent, addr: str, workdir: str, env: dict[str, str]):
+    """A DNS responder for programs that send their own queries (nginx `resolver`, dig): on a
+    loopback address of this instance's own, and a resolv.conf naming it, which the interposer
+    shows the app in place of /etc/resolv.conf. Port 53 needs privileges (not on Lambda): then
+    such programs simply keep the machine's resolver."""
+    from boxer.agent import dns
+
+    host = dns.loopback_for(addr)
+    try:
+        served = await dns.serve_dns(agent.names, host, 53, upstream=dns.first_nameserver())
+    except OSError as exc:
+        log.info("no DNS responder on %s:53 (%s); getaddrinfo still resolves overlay names", host, exc)
+        return None
+    resolv = os.path.join(workdir, "resolv.conf")
+    with open(resolv, "w") as f:
+        f.write(f"# written by boxer: overlay names first, the rest forwarded\nnameserver {host}\n")
+    env["BOXER_RESOLV_CONF"] = resolv
+    return served
 
 
 async def _drain(agent: Agent, proc: asyncio.subprocess.Process, grace: float) -> None:
