@@ -56,7 +56,7 @@ def _endpoint(value: str, what: str) -> tuple[str, int]:
               help="Stop the application after this long (Lambda's cap is 900 s).")
 @click.option("--connect-timeout", type=float, default=5.0, show_default=True, metavar="SECONDS",
               help="How long an overlay connect may take before the app sees ETIMEDOUT.")
-@click.option("--instance-id", metavar="HEX", help="Identity of this instance (8-64 lowercase hex; "
+@click.option("--instance-id", envvar="BOXER_INSTANCE_ID", metavar="HEX", help="Identity of this instance (8-64 lowercase hex; "
               "default random). Controllers set it to tell a replacement from the instance it replaces.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)

@@ -547,7 +547,7 @@ def test_flush_mappings_freeze_and_thaw(lab_factory, standin_coordinator) -> Non
         assert sleeper.pid in lab.freeze("h1")
         assert state() == "T"
         assert sleeper.pid in lab.thaw("h1")
-        assert state() == "S"
+        assert state() in ("S", "R")  # running again (it may be mid-wakeup when we look)
         assert connect_result(lab, "h1", "198.18.0.1", 7000, timeout=1).startswith("ok")
         lab.flush_mappings("h1")
         listing = subprocess.run(["ip", "netns", "exec", lab.host("h1").router_netns,

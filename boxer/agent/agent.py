@@ -306,6 +306,9 @@ class Agent:
         if req.op is Op.LISTEN:
             self.listeners[req.port] = self.listeners.get(req.port, 0) + 1
             log.info("app listens on port %d", req.port)
+            if self.listeners[req.port] == 1 and self._sampler is not None:
+                # Ready now: say so at once, not at the next report (held connects wait on it).
+                self._spawn(self.send_report())
             return req.reply(), None
         if req.op is Op.UNLISTEN:
             count = self.listeners.get(req.port, 0) - 1

@@ -141,6 +141,7 @@ class Backend(Protocol):
 _REGISTRY: dict[str, str] = {
     "lambda": "boxer.backends.lambda_backend:LambdaBackend",
     "lambda-local": "boxer.backends.lambda_local:LocalLambdaBackend",
+    "local": "boxer.backends.local:LocalBackend",
 }
 
 
