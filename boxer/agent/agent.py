@@ -208,6 +208,8 @@ class Agent:
                 while len(self._incoming) < self.ticket_pool_size:
                     await self._open_incoming_ticket()
             except Exception as exc:
+                if self._closed:
+                    return
                 log.warning("could not open a rendezvous connection: %s", exc)
                 await asyncio.sleep(0.2 if not self.session.up.is_set() else 1.0)
                 await self.session.up.wait()

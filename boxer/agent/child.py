@@ -62,3 +62,60 @@ async def start_child(argv: list[str], env: dict[str, str]) -> asyncio.subproces
 
 def ensure_dir(path: str) -> None:
     os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+# --- programs that daemonize -----------------------------------------------------------------
+# A daemon forks, its parent (our direct child) exits, and the daemon carries on. As the child
+# subreaper, the agent becomes the daemon's parent, so it can keep serving it, report on it and
+# stop it, instead of leaving it running outside any agent.
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants(except_pid: int | None = None) -> list[int]:
+    """Our living descendants (adopted daemons included); exited ones are reaped on the way."""
+    import psutil
+
+    alive = []
+    for proc in psutil.Process().children(recursive=True):
+        if proc.pid == except_pid:
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(proc.pid, os.WNOHANG)
+                continue
+        except (psutil.Error, ChildProcessError):
+            continue
+        alive.append(proc.pid)
+    return alive
+
+
+async def wait_descendants(until: asyncio.Future | asyncio.Event | None = None, poll: float = 0.25) -> None:
+    while descendants():
+        if until is not None and (until.done() if isinstance(until, asyncio.Future) else until.is_set()):
+            return
+        await asyncio.sleep(poll)
+
+
+async def stop_descendants(grace: float = 5.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in descendants():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = asyncio.get_running_loop().time() + grace
+        while descendants() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        if not descendants():
+            return

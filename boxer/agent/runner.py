@@ -12,7 +12,8 @@ import tempfile
 from dataclasses import dataclass
 
 from boxer.agent.agent import NAT_IDLE_TIMEOUT, WAKE_ADDR, Agent, Timeouts
-from boxer.agent.child import child_environment, exit_status, start_child, stop_child
+from boxer.agent.child import (become_subreaper, child_environment, descendants, exit_status, start_child,
+                               stop_child, stop_descendants, wait_descendants)
 from boxer.agent.control import CoordinatorError, open_session
 from boxer.agent.ipc_server import IpcServer
 from boxer.agent.link import CoordinatorLink, LinkTimeouts
@@ -52,6 +53,7 @@ def _raise_fd_limit() -> None:
 
 async def run_instance(opts: RunOptions) -> int:
     _raise_fd_limit()
+    become_subreaper()
     register = m.Register(name=opts.name, service=opts.service, instance=opts.instance_id or auth.new_token(8))
     try:
         session = await open_session(opts.coordinator, opts.secret, register)
@@ -89,6 +91,8 @@ async def run_instance(opts: RunOptions) -> int:
             if task is not agent.stop_request:
                 task.cancel()
         reason = waiters[next(iter(done))]
+        if reason == "exit" and descendants():
+            reason = await _follow_daemon(opts, agent, stopping)
         if reason == "controller":
             kind, detail = agent.stop_request.result()
             if kind == "drain":
@@ -98,6 +102,8 @@ async def run_instance(opts: RunOptions) -> int:
             log.info("stopping %s (%s)", opts.argv[0], reason)
             await stop_child(proc)
         assert proc.returncode is not None
+        if descendants():
+            await stop_descendants()
         await agent.send_report(exited=exit_status(proc.returncode))
         return exit_status(proc.returncode)
     finally:
@@ -130,6 +136,20 @@ async def _start_dns(agent: Agent, addr: str, workdir: str, env: dict[str, str])
         f.write(f"# written by boxer: overlay names first, the rest forwarded\nnameserver {host}\n")
     env["BOXER_RESOLV_CONF"] = resolv
     return served
+
+
+async def _follow_daemon(opts: RunOptions, agent: Agent, stopping: asyncio.Event) -> str:
+    """The program daemonized: keep serving its descendants until they are gone, or we are told
+    to stop (their exit status is not ours to know; the direct child's is reported)."""
+    log.info("%s daemonized; following its descendants %s", opts.argv[0], descendants())
+    stop = asyncio.create_task(stopping.wait())
+    gone = asyncio.create_task(wait_descendants())
+    done, _ = await asyncio.wait({stop, gone, agent.stop_request}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    gone.cancel()
+    if agent.stop_request in done:
+        return "controller"
+    return "signal" if stopping.is_set() else "exit"
 
 
 async def _drain(agent: Agent, proc: asyncio.subprocess.Process, grace: float) -> None:
