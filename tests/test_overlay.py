@@ -174,6 +174,27 @@ def test_failed_punch_and_unreachable_relay_is_etimedout(lab):
         _iptables(r2, "-D", *relay)
 
 
+def test_daemonizing_redis_stays_in_the_overlay_and_is_stopped_with_its_agent(lab, tmp_path):
+    pidfile = tmp_path / "redis.pid"
+    agent = lab.popen("h1", boxer_run("kvd", "redis-server", "--port", "6380", "--daemonize", "yes", "--save", "",
+                                      "--protected-mode", "no", "--pidfile", str(pidfile)),
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while app(lab, "h2", "dcli", "redis-cli", "-h", "kvd", "-p", "6380", "ping").stdout.strip() != "PONG":
+            assert time.monotonic() < deadline, "the daemonized redis never answered"
+            time.sleep(0.3)
+        daemon = int(pidfile.read_text())
+        assert agent.poll() is None  # the agent outlives the daemon's short-lived parent
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{daemon}") and "Z" not in open(f"/proc/{daemon}/stat").read().split()[2]:
+        assert time.monotonic() < deadline, "the daemon outlived its agent"
+        time.sleep(0.1)
+
+
 def test_exit_status_is_the_applications(lab):
     assert app(lab, "h2", "exiter", "sh", "-c", "exit 7").returncode == 7
 
