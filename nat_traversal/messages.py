@@ -385,6 +385,7 @@ class Report(Message):
     idle: float  # seconds without any open connection or CPU use
     direct: int  # connections set up on a direct (punched) path since start
     relayed: int  # ... and through the relay
+    first_try: int = 0  # direct connections whose first simultaneous open succeeded
     draining: bool = False
     lifetime_left: Optional[float] = None  # seconds, when the instance has a lifetime cap
     exited: Optional[int] = None  # the app's exit status, in the agent's last report

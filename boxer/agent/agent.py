@@ -95,7 +95,8 @@ class Agent:
         # Loops also check this: asyncio.wait_for can swallow a cancellation that arrives just as
         # its inner future completes (Python < 3.12), and a pool loop must never outlive us.
         self._closed = False
-        self.stats = {"connects": 0, "accepts": 0, "refused": 0, "failed": 0, "direct": 0, "relayed": 0}
+        self.stats = {"connects": 0, "accepts": 0, "refused": 0, "failed": 0, "direct": 0, "relayed": 0,
+                      "first_try": 0}
         self.nat_mapping = "unknown"
         self.draining = False
         # ("drain", grace seconds) or ("stop", reason), from the controller; the runner acts on it.
@@ -143,7 +144,8 @@ class Agent:
         return m.Report(active=active, accepted=self.stats["accepts"], connected=self.stats["connects"],
                         cpu=round(cpu, 1), rss=rss, listening=sorted(self.listeners),
                         idle=round(self._idle.observe(active, cpu), 2), direct=self.stats["direct"],
-                        relayed=self.stats["relayed"], draining=self.draining,
+                        relayed=self.stats["relayed"], first_try=self.stats["first_try"],
+                        draining=self.draining,
                         lifetime_left=None if left is None else round(left, 1), exited=exited)
 
     async def send_report(self, exited: int | None = None) -> None:
@@ -424,7 +426,9 @@ class Agent:
         if punch.mode == "direct" or self.relay is None:
             direct_deadline = deadline if self.relay is None else min(deadline, t0 + self.timeouts.direct)
             try:
-                sock = await simultaneous_open(local_port, (host, int(port)), direct_deadline)
+                sock, attempts = await simultaneous_open(local_port, (host, int(port)), direct_deadline)
+                if attempts == 1:
+                    self.stats["first_try"] += 1
             except PunchError as exc:
                 if self.relay is None or time.monotonic() >= deadline:
                     raise

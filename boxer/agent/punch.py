@@ -39,8 +39,9 @@ def _bound_socket(local_port: int) -> socket.socket:
     return sock
 
 
-async def simultaneous_open(local_port: int, peer: tuple[str, int], deadline: float) -> socket.socket:
-    """A connected socket from local_port to peer, or PunchError('ETIMEDOUT') at the deadline."""
+async def simultaneous_open(local_port: int, peer: tuple[str, int], deadline: float) -> tuple[socket.socket, int]:
+    """A connected socket from local_port to peer and the number of attempts it took, or
+    PunchError('ETIMEDOUT') at the deadline."""
     loop = asyncio.get_running_loop()
     attempts = 0
     while True:
@@ -58,7 +59,7 @@ async def simultaneous_open(local_port: int, peer: tuple[str, int], deadline: fl
             await asyncio.wait_for(loop.sock_connect(sock, peer), remaining)
             if attempts > 1:
                 log.debug("punch to %s:%d succeeded at attempt %d", peer[0], peer[1], attempts)
-            return sock
+            return sock, attempts
         except asyncio.TimeoutError:
             sock.close()
         except OSError as exc:
