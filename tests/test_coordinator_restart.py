@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from labkit import stop_all
+
 APPS = Path(__file__).parent / "apps"
 BOXER = [sys.executable, "-m", "boxer"]
 pytestmark = pytest.mark.lab
@@ -78,14 +80,7 @@ def test_coordinator_restart_keeps_connections_and_recovers_within_2_s():
         print(f"new connections work again {recovery:.2f} s after the coordinator's return")
         assert recovery < 2.0
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         lab_down(name)
 
 
@@ -132,12 +127,5 @@ def test_relayed_connection_survives_a_coordinator_restart_with_an_external_rela
         assert streamed["ok"] is True, streamed
         assert streamed["bytes"] > 100_000
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         lab_down(name)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from labkit import stop_all
+
 APPS = Path(__file__).parent / "apps"
 BOXER = [sys.executable, "-m", "boxer"]
 pytestmark = pytest.mark.lab
@@ -63,11 +65,5 @@ def test_idle_connections_survive_and_a_frozen_instance_recovers_on_thaw():
         print(f"new connections to the thawed instance work {recovery:.2f} s after thaw")
         assert recovery < 5.0
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         lab_down(name)

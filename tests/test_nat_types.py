@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from labkit import stop_all
+
 APPS = Path(__file__).parent / "apps"
 BOXER = [sys.executable, "-m", "boxer"]
 pytestmark = pytest.mark.lab
@@ -37,13 +39,7 @@ def lab():
         time.sleep(2.0)
         yield lab
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         lab_down(name)
 
 
@@ -122,11 +118,5 @@ def test_lossy_slow_links_redis_and_10_mb_direct_and_relayed():
             assert json.loads(proc.stdout)["match"] is True
             print(f"10 MB to {server} over 20 ms / 2 % loss links: {time.monotonic() - started:.1f} s")
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         lab_down(name)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from labkit import stop_all
+
 APPS = Path(__file__).parent / "apps"
 BOXER = [sys.executable, "-m", "boxer"]
 pytestmark = pytest.mark.lab
@@ -64,13 +66,7 @@ def lab():
                 time.sleep(0.2)
         yield lab
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         lab_down(name)
 
 
