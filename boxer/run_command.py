@@ -124,8 +124,9 @@ def _fail(message: str, status: int) -> int:
 @click.option("--relay", "relay_mode", type=click.Choice(["embedded", "external"]), default="embedded",
               show_default=True, help="Serve the relay in this process, or leave it to a separate "
               "`boxer relay` on --relay-port (relayed connections then survive a coordinator restart).")
+@click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
-def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, relay_mode, verbose) -> None:
+def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, relay_mode, metrics, verbose) -> None:
     """Run the coordinator: membership, names, endpoint discovery and hole-punch brokering.
 
     It holds no data of its own (agents re-register after a restart) and application bytes never
@@ -145,7 +146,8 @@ def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, rel
         raise SystemExit(_fail(f"--prefix: {exc}", 2))
     if network.num_addresses < 4:
         raise SystemExit(_fail(f"--prefix {prefix} is too small for any instance", 2))
-    aio.run(serve(host, port, secret, str(network), ready_file, relay_port, relay_mode == "embedded"))
+    metrics_at = _endpoint(metrics, "--metrics") if metrics else None
+    aio.run(serve(host, port, secret, str(network), ready_file, relay_port, relay_mode == "embedded", metrics_at))
 
 
 @click.command("relay")

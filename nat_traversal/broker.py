@@ -14,6 +14,7 @@ The peer's first frame says what the connection is:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import ipaddress
@@ -131,6 +132,8 @@ class Broker:
         self._watchers: set[int] = set()
         self.services = ServiceTable(self._network)
         self._next_host = 1
+        self.connect_results: collections.Counter[str] = collections.Counter()
+        self._retired_paths = collections.Counter({"direct": 0, "relayed": 0})
 
     # --- queries (for status and tests) -------------------------------------------------------
 
@@ -140,6 +143,23 @@ class Broker:
 
     def members(self) -> dict[str, str]:
         return {inst.name: inst.addr for inst in self._by_addr.values()}
+
+    @property
+    def held_count(self) -> int:
+        return len(self._held)
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def path_totals(self) -> collections.Counter[str]:
+        """Connections set up per path, over every instance that ever reported."""
+        totals = collections.Counter(self._retired_paths)
+        for inst in self._by_addr.values():
+            if inst.report:
+                totals["direct"] += inst.report.get("direct", 0)
+                totals["relayed"] += inst.report.get("relayed", 0)
+        return totals
 
     # --- events -------------------------------------------------------------------------------
 
@@ -306,6 +326,9 @@ class Broker:
     def _remove_instance(self, inst: Instance, why: str) -> list[Action]:
         if self._by_addr.get(inst.addr) is inst:
             del self._by_addr[inst.addr]
+            if inst.report:
+                self._retired_paths["direct"] += inst.report.get("direct", 0)
+                self._retired_paths["relayed"] += inst.report.get("relayed", 0)
             del self._by_name[inst.name]
             log.info("deregistered %s at %s: %s", inst.name, inst.addr, why)
             gone = m.InstanceDown(name=inst.name, service=inst.service, instance=inst.instance_id, reason=why)
@@ -384,6 +407,7 @@ class Broker:
 
     def _on_connect(self, conn: Connection, msg: m.Connect, now: float) -> list[Action]:
         def fail(error: str) -> list[Action]:
+            self.connect_results[error] += 1
             return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error=error))]
 
         if conn.instance is None:
@@ -406,6 +430,7 @@ class Broker:
         if server is not None:
             return self._broker(conn, msg, server, now)
         if service.hold <= 0:
+            self.connect_results["ECONNREFUSED"] += 1
             return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error="ECONNREFUSED"))]
         self._held[msg.conn] = HeldConnect(msg, conn.cid, service.name, now + service.hold)
         waiting = sum(1 for h in self._held.values() if h.service == service.name)
@@ -440,6 +465,7 @@ class Broker:
             return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error="ECONNABORTED"))]
         pending = PendingConnect(msg.conn, conn.cid, server.cid, msg.ticket, now + self.timeouts.broker)
         self._pending[msg.conn] = pending
+        self.connect_results["brokered"] += 1
         server_ticket = self._take_incoming_ticket(server.cid)
         if server_ticket is None:  # slow path: ask the server agent for a ticket first
             return [Send(server.cid, m.Incoming(conn=msg.conn, src_addr=conn.instance.addr,
@@ -494,6 +520,7 @@ class Broker:
         if pending is None or pending.server_cid != conn.cid:
             return []
         del self._pending[msg.conn]
+        self.connect_results[msg.error] += 1
         return [Send(pending.client_cid, m.ConnectFailed(conn=msg.conn, error=msg.error))]
 
     def _fail_pending_of(self, cid: int, error: str) -> list[Action]:

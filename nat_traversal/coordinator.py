@@ -89,7 +89,8 @@ class CoordinatorServer:
 
 
 async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: str | None = None,
-                relay_port: int | None = None, embedded_relay: bool = True) -> None:
+                relay_port: int | None = None, embedded_relay: bool = True,
+                metrics: tuple[str, int] | None = None) -> None:
     """Serve until SIGINT/SIGTERM. relay_port: the relay and NAT-probe port (default port + 1);
     with embedded_relay False a separate `boxer relay` serves it (and relayed connections then
     survive a restart of the coordinator)."""
@@ -101,6 +102,12 @@ async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: st
     listener = await loop.create_server(lambda: _PeerProtocol(server), host, port,
                                         reuse_address=True, backlog=1024)
     bound = listener.sockets[0].getsockname()
+    metrics_server = None
+    if metrics is not None:
+        from nat_traversal.metrics import render, serve_metrics
+
+        metrics_server = await serve_metrics(
+            metrics[0], metrics[1], lambda: render(server.broker, relay.stats if embedded_relay else None))
     log.info("coordinator listening on %s:%d, relay on port %d (overlay prefix %s)",
              bound[0], bound[1], relay_bound, prefix)
     if ready_file:
@@ -115,6 +122,8 @@ async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: st
         expirer.cancel()
         listener.close()
         relay.close()
+        if metrics_server is not None:
+            metrics_server.close()
 
 
 async def serve_relay(host: str, port: int, secret: bytes) -> None:

@@ -303,3 +303,21 @@ def test_watchers_see_reports_and_departures_and_only_they_may_declare(broker):
     assert m.InstanceDown(name="web-1", service="web", instance="00000001", reason="connection lost") in gone
     refused = sent(broker.message_received(3, m.Declare(services={"x": 1}), 0.0))[0]
     assert isinstance(refused, m.Error)
+
+
+def test_metrics_count_outcomes_and_paths(broker):
+    from nat_traversal.metrics import render
+    from nat_traversal.relay import RelayStats
+
+    web_instances(broker)
+    broker.message_received(
+        3, m.Connect(conn="c0ffee01", dst_addr="100.64.0.254", dst_port=80, src_port=50003, ticket="cccc0001"), 0.0)
+    broker.message_received(1, m.Report(active=0, accepted=3, connected=0, cpu=0.0, rss=0, listening=[80], idle=0.0,
+                                        direct=2, relayed=1), 0.0)
+    text = render(broker, RelayStats())
+    assert 'boxer_coordinator_connects_total{result="ECONNREFUSED"} 1' in text
+    assert 'boxer_connections_total{path="direct"} 2' in text
+    assert 'boxer_connections_total{path="relayed"} 1' in text
+    assert 'boxer_coordinator_instances{service="web"} 2' in text
+    broker.connection_lost(1)  # its counts outlive it
+    assert 'boxer_connections_total{path="direct"} 2' in render(broker, None)
