@@ -12,6 +12,7 @@ not speak with a message naming both versions, so mismatched deployments fail lo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 import typing
@@ -537,9 +538,9 @@ def decode(wire: dict[str, Any]) -> Message:
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(f"unknown message type {kind!r}")
-    hints = typing.get_type_hints(cls)
+    hints, fields = _schema(cls)
     kwargs: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for field in fields:
         if field.name not in wire:
             if field.default is not dataclasses.MISSING:
                 continue
@@ -548,13 +549,20 @@ def decode(wire: dict[str, Any]) -> Message:
         if not _has_type(value, hints[field.name]):
             raise ProtocolError(f"{kind}: field {field.name!r} has the wrong type ({value!r})")
         kwargs[field.name] = value
-    extra = set(wire) - {"t"} - set(kwargs) - {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    extra = set(wire) - {"t"} - set(kwargs) - {f.name for f in fields}
     if extra:
         raise ProtocolError(f"{kind}: unknown field(s) {', '.join(sorted(extra))}")
     try:
         return cls(**kwargs)
     except ValueError as exc:
         raise ProtocolError(f"{kind}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _schema(cls: type[Message]) -> tuple[dict[str, Any], tuple[dataclasses.Field, ...]]:
+    """Field types and fields of a message class, resolved once: get_type_hints() evaluates the
+    (postponed) annotations on every call, which cost ~0.2 ms per message on the connect path."""
+    return typing.get_type_hints(cls), dataclasses.fields(cls)  # type: ignore[arg-type]
 
 
 def _has_type(value: Any, hint: Any) -> bool:
