@@ -70,6 +70,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="iperf3 duration per run")
     parser.add_argument("--connects", type=int, default=300, help="new connections for the latency test")
     parser.add_argument("--rtts", type=int, default=2000, help="round trips on an open connection")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/overlay rounds")
     parser.add_argument("--out", default=str(HERE / "results" / "overlay.json"))
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -98,18 +99,24 @@ def main() -> int:
         client = BOXER + ["--name", "client", "--"]
 
         results: dict[str, dict] = {}
-        base_bps = iperf(lab, ["iperf3", "-c", pub, "-p", "5201"], args.seconds)
-        agent_pids = [iperf_agent.pid]
-        before = sum(cpu_seconds(p) for p in agent_pids)
-        over_bps = iperf(lab, client + ["iperf3", "-c", "perf", "-p", "5202"], args.seconds)
-        agent_cpu = sum(cpu_seconds(p) for p in agent_pids) - before
+        # Alternate baseline and overlay runs and take medians: one lab run on a shared 2-core
+        # machine varies by +-25 % from one iperf3 run to the next.
+        base_runs, over_runs, agent_cpu = [], [], 0.0
+        for _ in range(args.rounds):
+            base_runs.append(iperf(lab, ["iperf3", "-c", pub, "-p", "5201"], args.seconds))
+            before = cpu_seconds(iperf_agent.pid)
+            over_runs.append(iperf(lab, client + ["iperf3", "-c", "perf", "-p", "5202"], args.seconds))
+            agent_cpu += cpu_seconds(iperf_agent.pid) - before
+        base_bps, over_bps = statistics.median(base_runs), statistics.median(over_runs)
         results["throughput_mbit_s"] = {"baseline": base_bps / 1e6, "overlay": over_bps / 1e6,
                                         "ratio": over_bps / base_bps, "target": ">= 0.97"}
-        results["server_agent_cpu_s_during_bulk"] = {"overlay": agent_cpu, "seconds": args.seconds,
+        results["server_agent_cpu_s_during_bulk"] = {"overlay": agent_cpu, "seconds": args.seconds * args.rounds,
                                                      "target": "~0"}
 
-        base_rtt = probe(lab, PROBE + ["rtt", pub, "7001", str(args.rtts)])
-        over_rtt = probe(lab, client + PROBE + ["rtt", "echo", "7002", str(args.rtts)])
+        base_rtt, over_rtt = [], []
+        for _ in range(args.rounds):
+            base_rtt += probe(lab, PROBE + ["rtt", pub, "7001", str(args.rtts)])
+            over_rtt += probe(lab, client + PROBE + ["rtt", "echo", "7002", str(args.rtts)])
         results["rtt_us_p50"] = {"baseline": statistics.median(base_rtt) * 1e6,
                                  "overlay": statistics.median(over_rtt) * 1e6,
                                  "ratio": statistics.median(over_rtt) / statistics.median(base_rtt),
