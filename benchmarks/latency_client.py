@@ -2,7 +2,8 @@
 the baseline). Prints JSON.
 
   rtt HOST PORT N       N one-byte request/response round trips on one open connection
-  connect HOST PORT N   N new connections: connect, send, wait for the first byte back
+  connect HOST PORT N [GAP]  N new connections, GAP seconds apart: connect, send, wait for the
+                             first byte back
 """
 
 import json
@@ -27,9 +28,10 @@ def rtt(host, port, n):
     return samples
 
 
-def connect(host, port, n):
+def connect(host, port, n, gap=0.0):
     samples = []
     for _ in range(n):
+        time.sleep(gap)
         t0 = time.perf_counter()
         with socket.create_connection((host, port), timeout=10) as s:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -41,4 +43,5 @@ def connect(host, port, n):
 
 if __name__ == "__main__":
     mode, host, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    print(json.dumps({"mode": mode, "samples": {"rtt": rtt, "connect": connect}[mode](host, port, n)}))
+    extra = [float(a) for a in sys.argv[5:]]  # connect: the gap between connects, in seconds
+    print(json.dumps({"mode": mode, "samples": {"rtt": rtt, "connect": connect}[mode](host, port, n, *extra)}))

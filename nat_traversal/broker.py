@@ -469,7 +469,7 @@ class Broker:
         server_ticket = self._take_incoming_ticket(server.cid)
         if server_ticket is None:  # slow path: ask the server agent for a ticket first
             return [Send(server.cid, m.Incoming(conn=msg.conn, src_addr=conn.instance.addr,
-                                                src_port=msg.src_port, dst_port=msg.dst_port))]
+                                                src_port=msg.src_port, dst_port=msg.dst_port, warm=msg.warm))]
         # Fast path: the server deposited a ticket in advance, so both sides punch now; one hop.
         del self._tickets[msg.ticket]
         pending.punching = True
@@ -479,7 +479,7 @@ class Broker:
                                    mode=mode)),
             Send(server.cid, m.Incoming(conn=msg.conn, src_addr=conn.instance.addr, src_port=msg.src_port,
                                         dst_port=msg.dst_port, ticket=server_ticket.ticket, peer=ticket.endpoint,
-                                        mode=mode)),
+                                        mode=mode, warm=msg.warm)),
         ]
 
     @staticmethod

@@ -234,13 +234,15 @@ class Connect(Message):
     """client agent -> coordinator: connect me to dst_addr:dst_port.
 
     `ticket` names one of the client's rendezvous connections: the coordinator has observed its
-    public endpoint, which is where the peer will aim its SYNs."""
+    public endpoint, which is where the peer will aim its SYNs. `warm`: a spare connection made
+    ahead of the app's next connect; the server agent holds it until the client's go byte."""
     TYPE: ClassVar[str] = "connect"
     conn: str
     dst_addr: str
     dst_port: int
     src_port: int
     ticket: str
+    warm: bool = False
 
     def __post_init__(self) -> None:
         check_token(self.conn, "conn")
@@ -265,6 +267,7 @@ class Incoming(Message):
     ticket: Optional[str] = None
     peer: Optional[str] = None
     mode: str = "direct"
+    warm: bool = False
 
     def __post_init__(self) -> None:
         check_mode(self.mode)

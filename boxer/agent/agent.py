@@ -18,6 +18,7 @@ from boxer.agent.names import NameTable
 from boxer.agent.natprobe import probe_mapping
 from boxer.agent.punch import PunchError, authenticate, relay_open, simultaneous_open
 from boxer.agent.signals import ConnectionTracker, IdleClock, ProcessSampler
+from boxer.agent.warm import GO, Spare, SparePool
 from boxer.ipc import Message, Op, Resolution
 from nat_traversal import auth
 from nat_traversal import messages as m
@@ -25,7 +26,10 @@ from nat_traversal import messages as m
 log = logging.getLogger(__name__)
 
 WAKE_ADDR = "127.0.0.2"
-SERVICE_HOLD_LIMIT = 120.0  # source of wake connections; the interposer recognises them by it
+SERVICE_HOLD_LIMIT = 120.0
+WARM_SPARES = int(os.environ.get("BOXER_WARM_SPARES", "1"))  # per (peer, port); 0 turns spares off
+MAX_HELD_SPARES = 64  # server side: spares held for clients, at most
+WARM_DELAY = 0.01  # seconds between using a spare and starting to make its replacement  # source of wake connections; the interposer recognises them by it
 
 
 # The shortest idle lifetime of a NAT mapping we must survive (seconds). Everything that keeps
@@ -102,6 +106,11 @@ class Agent:
         # ("drain", grace seconds) or ("stop", reason), from the controller; the runner acts on it.
         self.stop_request: asyncio.Future[tuple[str, object]] = asyncio.get_running_loop().create_future()
         self.tracker = ConnectionTracker()
+        # Spares age out well before NAT mappings could (keepalives also run on them).
+        self.spares = SparePool(per_target=WARM_SPARES, max_age=self.timeouts.ticket_max_age)
+        self._warming: set[tuple[str, int]] = set()
+        self._held_spares = 0  # server side: warm connections held for a client's app
+        self._holders: dict[int, set[asyncio.Task]] = {}  # port -> tasks holding spares for it
         self._sampler: ProcessSampler | None = None
         self._idle = IdleClock()
         self.lifetime_deadline: float | None = None  # time.monotonic() at which we must be gone
@@ -222,6 +231,7 @@ class Agent:
                 pass
 
     def _retire_old_tickets(self) -> None:
+        self.spares.expire()
         cutoff = time.monotonic() - self.timeouts.ticket_max_age
         for ticket in [t for t in self._outgoing if t.opened_at < cutoff]:
             self._outgoing.remove(ticket)
@@ -264,6 +274,7 @@ class Agent:
         for task in list(self._tasks):
             task.cancel()
         self._drop_tickets()
+        self.spares.close()
         for pending in self._accepts.values():
             pending.sock.close()
             pending.wake.close()
@@ -320,6 +331,8 @@ class Agent:
                 self.listeners[req.port] = count
             else:
                 self.listeners.pop(req.port, None)
+                for holder in self._holders.pop(req.port, set()):
+                    holder.cancel()  # close spares held for it: clients fall back to a refusal
             return req.reply(), None
         if req.op is Op.CONNECT:
             return await self._connect_for_app(req)
@@ -337,6 +350,12 @@ class Agent:
     async def _connect_for_app(self, req: Message) -> tuple[Message, socket.socket | None]:
         if req.addr == self.addr:
             return await self._connect_locally(req)
+        target = (req.addr, req.port)
+        spare = self.spares.take(target)
+        if spare is not None:
+            spare.sock.send(GO)  # one byte into an empty send buffer: never blocks
+            self._warm_up(target)
+            return self._hand_over(req, spare.sock, spare.local_port)
         # A connect to a service may be held by the coordinator while an instance starts (scale from
         # zero); the coordinator bounds that wait, we only guard against losing it meanwhile.
         wait = self.timeouts.connect + (SERVICE_HOLD_LIMIT if self.names.is_service_address(req.addr) else 0)
@@ -365,11 +384,37 @@ class Agent:
             self.stats["failed"] += 1
             log.info("connect to %s:%d failed: %s", req.addr, req.port, exc)
             return req.reply(status=getattr(errno, exc.errno_name)), None
+        if not self.names.is_service_address(req.addr):
+            self._warm_up(target)
+        return self._hand_over(req, sock, local_port)
+
+    def _hand_over(self, req: Message, sock: socket.socket, local_port: int) -> tuple[Message, socket.socket]:
         self.stats["connects"] += 1
         self.tracker.handed(sock)
         enable_keepalive(sock)
         sock.setblocking(True)
         return req.reply(addr=self.addr, port=local_port), sock
+
+    def _warm_up(self, target: tuple[str, int]) -> None:
+        """Make spares for this target in the background (one maker per target at a time)."""
+        if self.spares.wanted(target) <= 0 or target in self._warming or self._closed:
+            return
+        self._warming.add(target)
+        self._spawn(self._make_spares(target))
+
+    async def _make_spares(self, target: tuple[str, int]) -> None:
+        try:
+            # Not in the same instant as the connect that used the last spare: both agents would be
+            # punching the new one while the app's connection is being woken and accepted.
+            await asyncio.sleep(WARM_DELAY)
+            while self.spares.wanted(target) > 0 and not self._closed:
+                deadline = time.monotonic() + self.timeouts.connect
+                sock, local_port = await self._connect_overlay(*target, deadline, warm=True)
+                self.spares.put(target, Spare(sock, local_port))
+        except (PunchError, LinkDown, OSError, asyncio.TimeoutError) as exc:
+            log.debug("no spare for %s:%d: %s", target[0], target[1], exc)
+        finally:
+            self._warming.discard(target)
 
     async def _connect_locally(self, req: Message) -> tuple[Message, socket.socket | None]:
         """A connect to our own overlay address: a plain loopback connection to our app."""
@@ -384,7 +429,8 @@ class Agent:
         sock.setblocking(True)
         return req.reply(addr=self.addr, port=sock.getsockname()[1]), sock
 
-    async def _connect_overlay(self, addr: str, port: int, deadline: float) -> tuple[socket.socket, int]:
+    async def _connect_overlay(self, addr: str, port: int, deadline: float,
+                               warm: bool = False) -> tuple[socket.socket, int]:
         t0 = time.monotonic()
         ticket = await self._take_ticket()
         t1 = time.monotonic()
@@ -393,7 +439,7 @@ class Agent:
             queue: asyncio.Queue[m.Message] = asyncio.Queue()
             self._awaiting[conn] = queue
             await self.session.send(m.Connect(conn=conn, dst_addr=addr, dst_port=port,
-                                              src_port=ticket.local_port, ticket=ticket.ticket))
+                                              src_port=ticket.local_port, ticket=ticket.ticket, warm=warm))
             answer = await queue.get()
             if isinstance(answer, m.ConnectFailed):
                 raise PunchError(answer.error, "refused by the coordinator or the peer")
@@ -452,6 +498,11 @@ class Agent:
     # --- incoming connections -----------------------------------------------------------------
 
     async def _serve_incoming(self, msg: m.Incoming) -> None:
+        if msg.warm and self._held_spares >= MAX_HELD_SPARES:
+            await self.session.send(m.Refuse(conn=msg.conn, error="ECONNABORTED"))
+            if msg.ticket is not None:
+                self._release_incoming(msg.ticket)
+            return
         if msg.dst_port not in self.listeners:
             self.stats["refused"] += 1
             if msg.ticket is not None:
@@ -480,6 +531,36 @@ class Agent:
         except (PunchError, LinkDown, asyncio.TimeoutError, OSError) as exc:
             log.info("incoming connection %s from %s failed: %s", msg.conn, msg.src_addr, exc)
             return
+        if msg.warm:
+            await self._hold_spare(sock, msg)
+        else:
+            await self._wake_app(sock, msg)
+
+    async def _hold_spare(self, sock: socket.socket, msg: m.Incoming) -> None:
+        """A client's spare: wait for its GO byte (read exactly one), then wake our app."""
+        self._held_spares += 1
+        holders = self._holders.setdefault(msg.dst_port, set())
+        me = asyncio.current_task()
+        assert me is not None
+        holders.add(me)
+        try:
+            enable_keepalive(sock)
+            go = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 1),
+                                        self.timeouts.ticket_max_age * 2)
+        except (OSError, asyncio.TimeoutError):
+            go = b""
+        except asyncio.CancelledError:  # the app stopped listening: the client must see that
+            sock.close()
+            raise
+        finally:
+            self._held_spares -= 1
+            holders.discard(me)
+        if go != GO or msg.dst_port not in self.listeners:
+            sock.close()  # unused, or the app stopped listening meanwhile: the client sees a reset
+            return
+        # ACK the GO byte now: a delayed ACK would hold the client app's first small write behind
+        # Nagle for up to 40 ms (setting TCP_QUICKACK sends a pending ACK at once).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         await self._wake_app(sock, msg)
 
     def _release_incoming(self, ticket_id: str) -> None:
