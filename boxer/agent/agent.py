@@ -17,7 +17,7 @@ from boxer.agent.link import CoordinatorLink, LinkDown
 from boxer.agent.names import NameTable
 from boxer.agent.natprobe import probe_mapping
 from boxer.agent.punch import PunchError, authenticate, relay_open, simultaneous_open
-from boxer.agent.signals import ConnectionTracker, IdleClock, ProcessSampler
+from boxer.agent.signals import ConnectionTracker, IdleClock, ProcessSampler, open_local_ports
 from boxer.agent.warm import GO, Spare, SparePool
 from boxer.ipc import Message, Op, Resolution
 from nat_traversal import auth
@@ -146,9 +146,12 @@ class Agent:
             self.lifetime_deadline = time.monotonic() + lifetime
         self._spawn(self._report_forever())
 
-    def build_report(self, exited: int | None = None) -> m.Report:
-        active = self.tracker.count_open()
-        cpu, rss = self._sampler.sample() if self._sampler else (0.0, 0)
+    def build_report(self, exited: int | None = None, sample: tuple | None = None) -> m.Report:
+        """sample: (open local ports, cpu, rss) measured off the event loop, or None to measure here."""
+        if sample is None:
+            sample = self._sample()
+        live, cpu, rss = sample
+        active = self.tracker.count_open(live)
         left = None if self.lifetime_deadline is None else max(0.0, self.lifetime_deadline - time.monotonic())
         return m.Report(active=active, accepted=self.stats["accepts"], connected=self.stats["connects"],
                         cpu=round(cpu, 1), rss=rss, listening=sorted(self.listeners),
@@ -157,9 +160,19 @@ class Agent:
                         draining=self.draining,
                         lifetime_left=None if left is None else round(left, 1), exited=exited)
 
-    async def send_report(self, exited: int | None = None) -> None:
+    def _sample(self) -> tuple[set[int] | None, float, int]:
         try:
-            await self.session.send(self.build_report(exited), wait=0.0)
+            live = open_local_ports()
+        except OSError:
+            live = None
+        cpu, rss = self._sampler.sample() if self._sampler else (0.0, 0)
+        return live, cpu, rss
+
+    async def send_report(self, exited: int | None = None) -> None:
+        # Reading /proc costs milliseconds: do it in a thread, not on the connect path's loop.
+        sample = await asyncio.to_thread(self._sample)
+        try:
+            await self.session.send(self.build_report(exited, sample), wait=0.0)
         except LinkDown:
             pass  # the next report, after reconnection, tells the same story
 

@@ -111,3 +111,6 @@ async def authenticate(sock: socket.socket, secret: bytes, conn: str, role: str,
         received += chunk
     if not auth.verify(auth.connection_proof(secret, conn, peer_role), received):
         raise PunchError("ECONNABORTED", "peer failed to authenticate: not part of this deployment")
+    # And acknowledge it now (setting TCP_QUICKACK sends a pending ACK at once): otherwise the
+    # peer's proof may sit unacknowledged for up to 40 ms, holding its app's first write.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
