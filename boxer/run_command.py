@@ -16,9 +16,9 @@ from boxer.agent.child import InterposerMissing, interposer_path
 from boxer.agent.control import parse_endpoint
 from boxer.wrapcheck import UnwrappableError, check_wrappable
 from nat_traversal.auth import SecretError, load_secret
-from nat_traversal.broker import DEFAULT_PREFIX
 
 DEFAULT_PORT = 7000
+DEFAULT_PREFIX = "100.64.0.0/10"  # nat_traversal.broker.DEFAULT_PREFIX, without importing the broker
 
 
 def setup_logging(verbose: int, who: str) -> None:

@@ -98,3 +98,10 @@ def test_fuzz_message_fields_only_ever_raise_protocol_error(wire):
         m.decode(json.loads(json.dumps(wire)))
     except ProtocolError:
         pass
+
+
+def test_cli_default_prefix_matches_the_broker():
+    from boxer.run_command import DEFAULT_PREFIX
+    from nat_traversal.broker import DEFAULT_PREFIX as BROKER_PREFIX
+
+    assert DEFAULT_PREFIX == BROKER_PREFIX
