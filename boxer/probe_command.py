@@ -21,22 +21,25 @@ from boxer.agent.control import parse_endpoint
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def probe_nat_command(coordinator, relay_port, idle, output) -> None:
     """Measure this host's NAT against the coordinator: port mapping (endpoint-independent, which
-    hole punching needs, or symmetric), port preservation, and how long idle mappings live.
+    hole punching needs, or symmetric), filtering (does it let in what we never sent to), port
+    preservation, and how long idle mappings live.
 
     \b
     Examples:
       boxer lab exec h1 -- boxer probe-nat
       boxer probe-nat --coordinator 203.0.113.7:7000 --idle 60 --idle 300 -o json
     """
-    from boxer.agent.natprobe import idle_mapping_survives, probe_mapping
+    from boxer.agent.natprobe import idle_mapping_survives, probe_filtering, probe_mapping
 
     host, port = parse_endpoint(coordinator)
     relay = relay_port or port + 1
 
     async def measure() -> dict:
         probe = await probe_mapping((host, port), relay)
+        filtering = await probe_filtering((host, relay))
         survived = await asyncio.gather(*(idle_mapping_survives((host, relay), s) for s in idle))
-        return {**probe.as_dict(), "idle_checks": {str(s): ok for s, ok in zip(idle, survived)}}
+        return {**probe.as_dict(), "filtering": filtering,
+                "idle_checks": {str(s): ok for s, ok in zip(idle, survived)}}
 
     try:
         result = aio.run(measure())
@@ -50,6 +53,7 @@ def probe_nat_command(coordinator, relay_port, idle, output) -> None:
         ("mapping", {"eim": "endpoint-independent", "symmetric": "symmetric (new port per destination)"}
          [result["mapping"]]),
         ("hole punching works", punchable),
+        ("filtering", result["filtering"]),
         ("port preserved", "yes" if result["port_preserved"] else "no"),
         ("local port", str(result["local_port"])),
         ("public endpoint (main port)", result["endpoint_main"]),

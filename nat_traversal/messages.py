@@ -500,6 +500,9 @@ class Probe(Message):
     TYPE: ClassVar[str] = "probe"
     v: int
     again_after: Optional[int] = None
+    # The relay also connects back to the observed endpoint from a port of its own: a prober
+    # listening there learns whether its NAT lets in what it never sent to (filtering).
+    call_back: bool = False
 
     def __post_init__(self) -> None:
         if self.again_after is not None and not 0 < self.again_after <= 3600:

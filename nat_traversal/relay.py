@@ -77,6 +77,21 @@ async def _read_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n:
     return data
 
 
+async def _call_back(peer: tuple[str, int], timeout: float = 2.0) -> None:
+    """One unsolicited connection to a prober's public endpoint, from a port it never talked to.
+    Only ever to the prober's own address, and one SYN: nothing to amplify."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, peer), timeout)
+        await loop.sock_sendall(sock, b"!")
+    except (OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        sock.close()
+
+
 class RelayServer:
     def __init__(self, secret: bytes) -> None:
         self.secret = secret
@@ -126,6 +141,8 @@ class RelayServer:
             observed = encode_frame(m.Observed(endpoint=f"{peer[0]}:{peer[1]}").to_wire())
             try:
                 await loop.sock_sendall(sock, observed)
+                if message.call_back:
+                    asyncio.create_task(_call_back(peer))
                 if message.again_after is not None:
                     await asyncio.sleep(message.again_after)
                     await loop.sock_sendall(sock, observed)

@@ -52,11 +52,13 @@ def probe(lab, host):
 def test_probe_nat_tells_eim_from_symmetric(lab):
     eim = probe(lab, "h1")
     assert eim["mapping"] == "eim" and eim["port_preserved"] is True
+    assert eim["filtering"] == "address-and-port-dependent"  # the lab's routers, like Lambda's NAT
     sym = probe(lab, "h2")
     assert sym["mapping"] == "symmetric"
     assert sym["endpoint_main"] != sym["endpoint_relay"]
     public = probe(lab, "p1")
     assert public["mapping"] == "eim" and public["port_preserved"] is True
+    assert public["filtering"] == "endpoint-independent"  # no NAT at all
 
 
 @pytest.mark.parametrize("client_host, server", [

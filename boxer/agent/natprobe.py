@@ -96,6 +96,39 @@ async def idle_mapping_survives(relay: tuple[str, int], idle: int) -> bool:
         sock.close()
 
 
+async def probe_filtering(relay: tuple[str, int], wait: float = 1.5) -> str:
+    """Does our NAT let in a connection from an endpoint we never sent to? We listen on a local
+    port, reach the relay from it, and the relay connects back from a port of its own.
+
+    "endpoint-independent": it got in (or there is no NAT); "address-and-port-dependent": only
+    the exact endpoint we sent to may answer (one coordinator address cannot tell
+    address-dependent from endpoint-independent filtering apart: both let it in)."""
+    loop = asyncio.get_running_loop()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(("0.0.0.0", 0))
+    listener.listen(4)
+    listener.setblocking(False)
+    out = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    out.setblocking(False)
+    out.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    out.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        out.bind(("0.0.0.0", listener.getsockname()[1]))
+        await asyncio.wait_for(loop.sock_connect(out, relay), 5.0)
+        await loop.sock_sendall(out, encode_frame(m.Probe(v=m.PROTOCOL_VERSION, call_back=True).to_wire()))
+        try:
+            conn, _ = await asyncio.wait_for(loop.sock_accept(listener), wait)
+            conn.close()
+            return "endpoint-independent"
+        except asyncio.TimeoutError:
+            return "address-and-port-dependent"
+    finally:
+        out.close()
+        listener.close()
+
+
 async def probe_mapping(coordinator: tuple[str, int], relay_port: int, timeout: float = 2.0) -> NatProbe:
     reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
