@@ -119,15 +119,15 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
         raise SystemExit(1) from None
     name = name or _default_name(file, deployment.name)
     backend = backend or deployment.backend.value
-    if backend != "local":
-        raise DeployError(f"`boxer up` drives the local backend so far; {backend!r} instances "
-                          "are started by the controller runtime once its backend is wired "
-                          "(see docs/controller.md)")
+    if backend == "lambda":
+        raise DeployError("`boxer up --backend lambda` is not wired yet: the controller must run "
+                          "beside the coordinator on AWS (see docs/aws.md). Use `lambda-local` to run "
+                          "the same image path (awslambdaric + handler) in the lab.")
     if os.geteuid() != 0:
         raise DeployError("the local backend runs instances in a lab, which needs root "
                           "(network namespaces, iptables)")
     started = time.monotonic()
-    up = _bring_up(file, deployment, name, metrics_port, tick, detach)
+    up = _bring_up(file, deployment, name, metrics_port, tick, detach, backend)
     try:
         ready = _show_progress(up.paths, deployment, started, up.proc)
         if not detach:
@@ -154,7 +154,7 @@ class _Up:
 
 
 def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, tick: float,
-              detach: bool) -> _Up:
+              detach: bool, backend: str = "local") -> _Up:
     from boxer.backends.local import lab_size
     from boxer.lab import LabError, lab_down, lab_up
     from controller.paths import read_json, write_json_atomic
@@ -180,7 +180,7 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
     except LabError as exc:
         raise DeployError(f"cannot create lab {lab_name}: {exc}") from None
     record = {"name": name, "file": str(file.resolve()), "dir": str(file.resolve().parent),
-              "lab": lab.name, "backend": "local", "created_at": time.time(),
+              "lab": lab.name, "backend": backend, "created_at": time.time(),
               "metrics_port": metrics_port, "controller_pid": None}
     write_json_atomic(paths.deployment, record)
     metrics_sock = None

@@ -32,7 +32,7 @@ class _JsonLines(logging.Formatter):
 
 
 async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float) -> int:
-    from boxer.backends.local import LocalBackend
+    from boxer.backends.local import LabLambdaBackend, LocalBackend
     from boxer.lab import load_lab
     from controller.runtime import ControllerRuntime
     from controller.validate import load_deployment
@@ -45,7 +45,9 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float) -> int:
     deployment = load_deployment(Path(info["file"]))
     lab = load_lab(info["lab"])
     host, _, port = lab.coordinator.rpartition(":")
-    backend = LocalBackend(lab, log_dir=paths.instances, cwd=info["dir"], spare_hosts=1)
+    kind = info.get("backend", "local")
+    backend_class = LabLambdaBackend if kind == "lambda-local" else LocalBackend
+    backend = backend_class(lab, log_dir=paths.instances, cwd=info["dir"], spare_hosts=1)
     metrics_sock = None
     if metrics_fd is not None:
         metrics_sock = socket.socket(fileno=metrics_fd)
@@ -54,7 +56,7 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float) -> int:
         deployment, backend, coordinator=(host, int(port)),
         secret=load_secret(str(lab.secret_file), None), paths=paths, tick=tick,
         metrics_sock=metrics_sock,
-        info={"name": paths.name, "lab": lab.name, "backend": "local", "file": info["file"],
+        info={"name": paths.name, "lab": lab.name, "backend": kind, "file": info["file"],
               "pid": None, "hosts": backend.describe()},
     )
     stop = asyncio.Event()

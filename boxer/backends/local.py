@@ -17,6 +17,7 @@ instances. Only pids this backend started are ever signalled.
 from __future__ import annotations
 
 import asyncio
+import json
 import contextlib
 import logging
 import os
@@ -29,7 +30,7 @@ from typing import Any
 from boxer.backends.base import InstanceHandle, InstanceSpec, Placement
 from boxer.backends.errors import CapacityError, LaunchError
 
-__all__ = ["INSTANCE_ID_ENV", "LocalBackend"]
+__all__ = ["INSTANCE_ID_ENV", "LabLambdaBackend", "LocalBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,10 @@ class LocalBackend:
             argv += ["--lifetime", f"{spec.max_lifetime:g}"]
         return [*argv, *self.run_options, "--", *spec.command]
 
+    def stdin_for(self, spec: InstanceSpec) -> bytes | None:
+        """What the instance's process reads on stdin (nothing, for `boxer run`)."""
+        return None
+
     def _free_host(self, placement: Placement) -> str | None:
         return next((h for h in self.pools[placement] if h not in self.busy), None)
 
@@ -123,13 +128,15 @@ class LocalBackend:
         handle = InstanceHandle(spec=spec, backend=self.name, details={"host": host})
         self.busy[host] = handle  # claimed before the next await: no double booking
         env = self.lab.env(host, {**self.base_env, **spec.env})
+        stdin_data = self.stdin_for(spec)
         out: Any = asyncio.subprocess.DEVNULL
         if self.log_dir is not None:
             out = open(self.log_dir / f"{spec.name}.{handle.details['host']}.log", "ab")  # noqa: SIM115
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.lab.command(host, self.argv(spec)), env=env, cwd=self.cwd,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
+                stdout=out, stderr=asyncio.subprocess.STDOUT,
                 # Its own process group: a Ctrl-C meant for `boxer up` must not reach the
                 # instances directly; the controller stops them in order.
                 start_new_session=True,
@@ -141,6 +148,10 @@ class LocalBackend:
         finally:
             if out is not asyncio.subprocess.DEVNULL:
                 out.close()
+        if stdin_data is not None and proc.stdin is not None:
+            proc.stdin.write(stdin_data)
+            await proc.stdin.drain()
+            proc.stdin.close()
         handle.details["pid"] = proc.pid
         self._procs[id(handle)] = proc
         waiter = asyncio.get_running_loop().create_task(self._wait(handle, proc, host))
@@ -190,6 +201,28 @@ class LocalBackend:
         await asyncio.gather(*(self.stop(h) for h in running), return_exceptions=True)
         for task in list(self._waiters):
             task.cancel()
+
+
+class LabLambdaBackend(LocalBackend):
+    """`lambda-local` under `boxer up`: each instance is one local Lambda invocation inside its own
+    lab host: the Runtime API, the real awslambdaric runtime client and our handler, which
+    starts `boxer run` with the event's command, as on AWS, behind the host's NAT."""
+
+    name = "lambda-local"
+
+    def __init__(self, lab: Any, *, timeout: float = 900.0, **options: Any) -> None:
+        super().__init__(lab, **options)
+        self.timeout = timeout
+
+    def argv(self, spec: InstanceSpec) -> list[str]:
+        return [self.python, "-m", "boxer.backends.lambda_local", "--timeout", f"{self.timeout:g}"]
+
+    def stdin_for(self, spec: InstanceSpec) -> bytes | None:
+        from boxer.backends.lambda_event import SecretRef, event_for
+
+        event = event_for(spec, coordinator=self.lab.coordinator,
+                          secret=SecretRef("file", str(self.lab.secret_file)))
+        return json.dumps(event.to_dict()).encode()
 
 
 def lab_size(services: Sequence[tuple[str, int, int, bool]], max_hosts: int = 200) -> tuple[int, int]:

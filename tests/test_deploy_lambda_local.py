@@ -1,0 +1,69 @@
+"""`boxer up --backend lambda-local`: the deployment's instances run as local Lambda invocations
+(Runtime API + awslambdaric + our handler) inside NATed lab hosts, and serve another instance."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+BOXER = [sys.executable, "-m", "boxer"]
+pytestmark = pytest.mark.lab
+
+if os.geteuid() != 0:
+    pytest.skip("deployment lab tests need root (network namespaces, iptables)", allow_module_level=True)
+if importlib.util.find_spec("awslambdaric") is None:
+    pytest.skip("awslambdaric is not installed (pip install '.[test]')", allow_module_level=True)
+
+DEPLOY = """
+name: {name}
+services:
+  kv:
+    command: [redis-server, --port, "6379", --save, "", --protected-mode, "no"]
+    placement: function
+    minInstances: 1
+    maxInstances: 1
+"""
+
+
+def test_up_with_lambda_local_serves_redis_from_an_invocation(tmp_path):
+    from controller.paths import DeployPaths, read_json
+
+    name = f"dl{os.getpid() % 100000}"
+    (tmp_path / "deploy.yaml").write_text(DEPLOY.format(name=name))
+    up = subprocess.run([*BOXER, "up", "--detach", "--backend", "lambda-local", str(tmp_path / "deploy.yaml")],
+                        capture_output=True, text=True, timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr + up.stdout
+        info = read_json(DeployPaths(name).deployment)
+        assert info["backend"] == "lambda-local"
+        lab = info["lab"]
+        hosts = int(read_json(__import__("pathlib").Path(f"/run/boxer/lab/{lab}/lab.json"))["host_count"])
+        deadline = time.monotonic() + 45
+        answer = ""
+        while answer != "PONG":
+            assert time.monotonic() < deadline, "the lambda-local instance never answered"
+            proc = subprocess.run([*BOXER, "lab", "exec", "--name", lab, f"h{hosts}", "--", *BOXER, "run",
+                                   "--name", f"cli{time.monotonic_ns() % 10000}", "--", "redis-cli", "-h", "kv",
+                                   "ping"], capture_output=True, text=True, timeout=30)
+            answer = proc.stdout.strip()
+            time.sleep(0.3)
+        status = json.loads(subprocess.run([*BOXER, "status", "--name", name, "-o", "json"], capture_output=True,
+                                           text=True, timeout=30, check=True).stdout)
+        kv = [i for i in status["instances"] if i["service"] == "kv"]
+        assert kv and kv[0]["state"] == "ready"
+        # the instance really is an invocation: its host runs the local Lambda sandbox
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert "boxer.backends.lambda_local" in ps and "awslambdaric" in ps
+    finally:
+        subprocess.run([*BOXER, "down", "--name", name], capture_output=True, timeout=90)
+        info = read_json(DeployPaths(name).deployment) or {}
+        if info.get("lab"):
+            from boxer.lab import lab_down
+
+            lab_down(info["lab"])
