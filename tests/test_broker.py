@@ -70,14 +70,14 @@ def test_unauthenticated_peer_cannot_register(broker):
 
 
 def test_old_protocol_version_is_refused_with_both_versions(broker):
-    challenge = sent(broker.connection_made(1, "198.18.1.9:1234"))[0]
+    broker.connection_made(1, "198.18.1.9:1234")
     refused = sent(broker.message_received(1, m.Auth(v=7, nonce="ab" * 16, mac="00" * 32), 0.0))[0]
     assert "version 7" in refused.reason and "speaks 1" in refused.reason
 
 
 def test_registration_allocates_addresses_and_broadcasts_members(broker):
     register(broker, 1, "kv")
-    session, addr = login(broker, 2), None
+    login(broker, 2)
     replies = broker.message_received(2, m.Register(name="web", service="web", instance="12345678"), 0.0)
     assert sent(replies, 2)[0] == m.Registered(name="web", addr="100.64.0.2", prefix="100.64.0.0/24")
     expected = m.Members(hosts={"kv": "100.64.0.1", "web": "100.64.0.2"})

@@ -19,7 +19,7 @@ from boxer.agent.natprobe import probe_mapping
 from boxer.agent.punch import PunchError, authenticate, relay_open, simultaneous_open
 from boxer.agent.signals import ConnectionTracker, IdleClock, ProcessSampler, open_local_ports
 from boxer.agent.warm import GO, Spare, SparePool
-from boxer.ipc import Message, Op, Resolution
+from boxer.ipc import Message, Op
 from nat_traversal import auth
 from nat_traversal import messages as m
 
@@ -66,7 +66,6 @@ class _PendingAccept:
     wake: socket.socket
     peer_addr: str
     peer_port: int
-    expires: float
 
 
 @dataclass
@@ -603,8 +602,7 @@ class Agent:
         try:
             wake.bind((WAKE_ADDR, 0))
             key = (msg.dst_port, wake.getsockname()[1])
-            self._accepts[key] = _PendingAccept(
-                sock, wake, msg.src_addr, msg.src_port, time.monotonic() + self.timeouts.accept_pickup)
+            self._accepts[key] = _PendingAccept(sock, wake, msg.src_addr, msg.src_port)
             await loop.sock_connect(wake, ("127.0.0.1", msg.dst_port))
         except OSError as exc:
             log.info("app no longer listens on %d (%s): dropping connection %s", msg.dst_port, exc, msg.conn)

@@ -60,9 +60,6 @@ async def start_child(argv: list[str], env: dict[str, str]) -> asyncio.subproces
     return await asyncio.create_subprocess_exec(*argv, env=env)
 
 
-def ensure_dir(path: str) -> None:
-    os.makedirs(path, mode=0o700, exist_ok=True)
-
 
 # --- programs that daemonize -----------------------------------------------------------------
 # A daemon forks, its parent (our direct child) exits, and the daemon carries on. As the child
