@@ -173,6 +173,7 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
     lab_name = _lab_name(name)
     paths.make()
     paths.timeline.write_text("")  # a new run, a new timeline
+    (paths.root / "load.jsonl").unlink(missing_ok=True)  # and no load steps of an earlier run
     paths.status.unlink(missing_ok=True)
     click.echo(f"lab {lab_name}: {hosts} NATed hosts (function), {public} public hosts (vm)")
     try:
