@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <time.h>
 
 #include "boxer_internal.h"
 
@@ -25,12 +26,87 @@ static bool is_numeric(const char *node)
     return strchr(node, ':') != NULL || inet_aton(node, &a) != 0;
 }
 
+/* A short-lived answer cache, like a resolver's TTL: apps that look the same name up before
+ * every connect (most clients) would otherwise pay an agent round trip each time, on the path
+ * of every new connection. Per thread, so it needs no lock and survives fork() consistently.
+ * BOXER_NAME_TTL_MS (default 1000; 0 disables) bounds how stale an answer may be. */
+#define NAME_CACHE_SLOTS 8
+struct cached_name {
+    char name[BOXER_NAME_MAX];
+    char canon[BOXER_NAME_MAX];
+    struct in_addr addr;
+    int resolution;
+    struct timespec at;
+};
+static __thread struct cached_name name_cache[NAME_CACHE_SLOTS];
+static __thread unsigned name_cache_next;
+
+static long name_ttl_ms(void)
+{
+    static long ttl = -1;
+    if (ttl < 0) {
+        const char *env = getenv("BOXER_NAME_TTL_MS");
+        ttl = env && *env ? strtol(env, NULL, 10) : 1000;
+    }
+    return ttl;
+}
+
+static long ms_since(const struct timespec *then)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - then->tv_sec) * 1000 + (now.tv_nsec - then->tv_nsec) / 1000000;
+}
+
+static struct cached_name *cache_find(const char *name)
+{
+    for (unsigned i = 0; i < NAME_CACHE_SLOTS; i++) {
+        struct cached_name *c = &name_cache[i];
+        if (c->name[0] && strcmp(c->name, name) == 0)
+            return ms_since(&c->at) < name_ttl_ms() ? c : NULL;
+    }
+    return NULL;
+}
+
+static void cache_store(const char *name, int resolution, struct in_addr addr, const char *canon)
+{
+    if (name_ttl_ms() <= 0)
+        return;
+    struct cached_name *c = &name_cache[name_cache_next++ % NAME_CACHE_SLOTS];
+    strcpy(c->name, name);
+    strcpy(c->canon, resolution == BOXER_RES_FOUND ? canon : "");
+    c->addr = addr;
+    c->resolution = resolution;
+    clock_gettime(CLOCK_MONOTONIC, &c->at);
+}
+
+static int lookup_agent(const char *name, struct in_addr *addr, char canon[BOXER_NAME_MAX]);
+
 /* RESOLVE: returns a BOXER_RES_* value or LOOKUP_ERROR; FOUND fills *addr and canon. */
 static int lookup(const char *name, struct in_addr *addr, char canon[BOXER_NAME_MAX])
 {
     size_t len = strlen(name);
     if (len == 0 || len >= BOXER_NAME_MAX)
         return BOXER_RES_PASS; /* cannot be ours: the protocol carries at most 255 bytes */
+    struct cached_name *hit = cache_find(name);
+    if (hit) {
+        if (hit->resolution == BOXER_RES_FOUND) {
+            *addr = hit->addr;
+            strcpy(canon, hit->canon);
+        }
+        return hit->resolution;
+    }
+    int resolution = lookup_agent(name, addr, canon);
+    if (resolution != LOOKUP_ERROR) {
+        struct in_addr none = {0};
+        cache_store(name, resolution, resolution == BOXER_RES_FOUND ? *addr : none, canon);
+    }
+    return resolution;
+}
+
+static int lookup_agent(const char *name, struct in_addr *addr, char canon[BOXER_NAME_MAX])
+{
+    size_t len = strlen(name);
     struct boxer_msg req, reply;
     boxer_msg_init(&req, BOXER_OP_RESOLVE);
     memcpy(req.name, name, len + 1);
