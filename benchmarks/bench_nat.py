@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import percentile, stop_all, write_results  # noqa: E402
 from boxer.lab import lab_down, lab_up  # noqa: E402
 
 BOXER = [sys.executable, "-m", "boxer", "run"]
@@ -36,11 +37,6 @@ PROBE = [sys.executable, str(HERE / "latency_client.py")]
 WATCHER = [sys.executable, str(ROOT / "tests" / "apps" / "watcher.py")]
 
 CONDITIONS = {"clean": {}, "20ms-2%loss": {"rtt": 20, "loss": 2}}
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def run_json(lab, host: str, argv: list[str], timeout: float = 300) -> dict:
@@ -84,13 +80,7 @@ def measure(condition: str, options: dict, connects: int, seconds: int) -> dict:
         result["relayed_over_direct"] = result["sym"]["throughput_mbit_s"] / result["eim"]["throughput_mbit_s"]
         return result
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         lab_down(name)
 
 
@@ -114,10 +104,7 @@ def main() -> int:
             print(f"{cond:14} {label:10} {path:8} {first:>9} {r['connect_p50_ms']:8.2f} {r['connect_p99_ms']:8.2f} "
                   f"{r['throughput_mbit_s']:9.0f}")
         print(f"{cond:14} relayed/direct throughput: {res['relayed_over_direct']:.2f} (target >= 0.8)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_results(args.out, results)
     return 0
 
 

@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import percentile, stop_all, write_results  # noqa: E402
 from boxer.lab import lab_down, lab_up  # noqa: E402
 
 BOXER = [sys.executable, "-m", "boxer", "run"]
@@ -36,11 +37,6 @@ PROBE = [sys.executable, str(HERE / "latency_client.py")]
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def iperf(lab, argv: list[str], seconds: int) -> float:
@@ -138,13 +134,7 @@ def main() -> int:
             "overlay_p50": percentile(over_conn, 0.5) * 1e3, "overlay_p99": percentile(over_conn, 0.99) * 1e3,
             "gap_s": args.gap, "target": "overlay p50 <= 2, p99 <= 10"}
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         lab_down(name)
 
     print(f"\n{'measure':38} {'baseline':>12} {'overlay':>12} {'ratio':>8}  target")
@@ -158,10 +148,7 @@ def main() -> int:
     print(f"{'  cold (no spare) p50 / p99 (ms)':38} {'':12} {c['cold_p50']:5.2f} / {c['cold_p99']:5.2f}")
     a = results["server_agent_cpu_s_during_bulk"]
     print(f"{'server agent CPU during bulk (s)':38} {'':>12} {a['overlay']:12.3f} {'':8}  ~0 over {a['seconds']} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_results(args.out, results)
     return 0
 
 
