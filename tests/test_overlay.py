@@ -73,9 +73,18 @@ def lab():
 def test_the_nat_is_real_without_boxer(lab):
     h1 = lab.host("h1")
     for target in (h1.address, h1.public_address):
-        proc = lab.run("h2", ["redis-cli", "-h", target, "-p", "6379", "-t", "1", "ping"],
+        proc = lab.run("h2", ["timeout", "2", "redis-cli", "-h", target, "-p", "6379", "ping"],
                        capture_output=True, text=True, timeout=20)
         assert "PONG" not in proc.stdout, f"{target} was reachable directly: the lab NAT is not real"
+        assert proc.returncode != 0, (proc.stdout, proc.stderr)
+    # The private address is not even routed on the "internet" (network unreachable). The public
+    # one is, and its NAT drops the unsolicited SYN silently: the connect hangs until `timeout`
+    # kills it (exit 124), never refused, exactly as Lambda behaves.
+    assert proc.returncode == 124, (proc.returncode, proc.stdout, proc.stderr)
+    # and the same command does work where there is a path: h1 to its own redis, locally
+    local = lab.run("h1", ["timeout", "2", "redis-cli", "-p", "6379", "ping"], capture_output=True, text=True,
+                    timeout=20)
+    assert local.stdout.strip() == "PONG"
 
 
 def test_redis_cli_talks_to_redis_server_across_two_nats(lab):

@@ -56,10 +56,11 @@ def main() -> int:
                                stdout=subprocess.DEVNULL)
         try:
             time.sleep(0.3)
-            probe = lab.run("h2", ["redis-cli", "-h", h1.public_address, "-p", "6379", "-t", "1", "ping"],
+            probe = lab.run("h2", ["timeout", "2", "redis-cli", "-h", h1.public_address, "-p", "6379", "ping"],
                             capture_output=True, text=True, timeout=10)
+            answer = (probe.stdout + probe.stderr).strip()
             print(f"   redis-cli -h {h1.public_address} ping -> "
-                  f"{(probe.stdout + probe.stderr).strip() or 'no answer'}")
+                  f"{answer or 'no answer in 2 s (the SYN was silently dropped)'}")
         finally:
             raw.terminate()
             raw.wait()
@@ -91,6 +92,9 @@ def main() -> int:
         bench = lab.run("h2", [*BOXER, "run", "--name", "bench", "--", "redis-benchmark", "-h", "kv",
                                "-n", "20000", "-c", "20", "-t", "set,get", "-q"],
                         capture_output=True, text=True, timeout=120)
+        # -q still draws a progress line per second (with \r); keep the summaries
+        bench.stdout = "\n".join(line.rsplit("\r", 1)[-1].strip() for line in bench.stdout.splitlines()
+                                 if "requests per second" in line)
         show(bench)
         print("\nEvery connection above was a direct TCP connection between two NATed hosts,\n"
               "hole-punched through both routers; no byte of redis traffic went through boxer.")
