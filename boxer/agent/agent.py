@@ -25,11 +25,11 @@ from nat_traversal import messages as m
 
 log = logging.getLogger(__name__)
 
-WAKE_ADDR = "127.0.0.2"
-SERVICE_HOLD_LIMIT = 120.0
+WAKE_ADDR = "127.0.0.2"  # source of wake connections; the interposer recognises them by it
+SERVICE_HOLD_LIMIT = 120.0  # seconds we wait for the coordinator on a connect to a service
 WARM_SPARES = int(os.environ.get("BOXER_WARM_SPARES", "1"))  # per (peer, port); 0 turns spares off
 MAX_HELD_SPARES = 64  # server side: spares held for clients, at most
-WARM_DELAY = 0.01  # seconds between using a spare and starting to make its replacement  # source of wake connections; the interposer recognises them by it
+WARM_DELAY = 0.01  # seconds between using a spare and starting to make its replacement
 
 
 # The shortest idle lifetime of a NAT mapping we must survive (seconds). Everything that keeps
