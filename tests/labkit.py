@@ -24,3 +24,6 @@ def stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):  # a failed test may never have read them
+            if pipe is not None:
+                pipe.close()

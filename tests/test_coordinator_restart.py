@@ -143,13 +143,17 @@ def test_ten_megabytes_on_lossy_links_across_a_coordinator_restart():
         procs.append(lab.popen("h1", [*BOXER, "run", "--name", "sink", "--", sys.executable,
                                       str(APPS / "echo_server.py"), "7777"]))
         wait_registered(lab.coordinator_log, "sink")
+        # 32 MB (>= the 10 MB) so that the transfer surely spans the restart
         bulk = lab.popen("h2", [*BOXER, "run", "--name", "bulk", "--", sys.executable, str(APPS / "client.py"),
-                                "bulk", "sink", "7777", str(10 * 1024 * 1024)], stdout=subprocess.PIPE, text=True)
+                                "bulk", "sink", "7777", str(32 * 1024 * 1024)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(bulk)
-        wait_registered(lab.coordinator_log, "bulk")
-        time.sleep(1.0)  # connected and transferring (10 MB takes seconds on these links)
-        assert bulk.poll() is None, "the transfer ended before the restart: nothing was tested"
+        assert bulk.stderr is not None
+        for line in bulk.stderr:  # the client says when its connection is up
+            if line.strip() == "connected":
+                break
         os.kill(lab.processes[0].pid, signal.SIGKILL)
+        assert bulk.poll() is None, "the transfer ended before the restart: nothing was tested"
         time.sleep(0.5)
         procs.append(lab.popen("coord", [*BOXER, "coordinator", "--listen", lab.coordinator,
                                          "--secret-file", str(lab.secret_file)], stderr=subprocess.DEVNULL))

@@ -49,6 +49,7 @@ def cmd_bulk(host, port, nbytes):
     data = (block * (nbytes // len(block) + 1))[:nbytes]
     started = time.monotonic()
     with connect(host, port, timeout=60) as s:
+        print("connected", file=sys.stderr, flush=True)  # tests that act mid-transfer wait for it
         s.sendall(f"SHA {nbytes}\n".encode())
         s.sendall(data)
         answer = s.makefile().readline().strip()
