@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from labkit import stop_all
+
 APPS = Path(__file__).parent / "apps"
 BOXER = [sys.executable, "-m", "boxer"]
 pytestmark = pytest.mark.lab
@@ -51,14 +53,7 @@ def lab():
     try:
         yield lab
     finally:
-        for proc in lab.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in lab.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(lab.procs)
         lab_down(name)
 
 
@@ -78,7 +73,7 @@ def test_scale_from_zero_holds_the_connect_until_an_instance_listens(lab):
     client = lab.popen("h2", [*BOXER, "run", "--name", "caller", "--", sys.executable, str(APPS / "client.py"),
                               "connect", "api", "8080", "15"], stdout=subprocess.PIPE, text=True)
     lab.procs.append(client)
-    time.sleep(1.0)  # the connect is now held by the coordinator; start an instance "in response"
+    time.sleep(2.0)  # the connect is now held by the coordinator (its client took ~0.5 s to start); start an instance "in response"
     started = time.monotonic()
     start(lab, "h1", "api-1", sys.executable, "-m", "http.server", "8080", service="api")
     result = json.loads(client.communicate(timeout=30)[0])
