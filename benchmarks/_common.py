@@ -13,15 +13,9 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 def stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    from boxer.lab import stop_processes
+
+    stop_processes(procs, grace)
 
 
 def write_results(path: str, results: dict) -> None:

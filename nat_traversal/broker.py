@@ -25,6 +25,7 @@ from typing import Callable, Union
 from nat_traversal import auth
 from nat_traversal import messages as m
 from nat_traversal.services import Load, ServiceTable, pick
+from nat_traversal.tickets import Ticket, TicketTable
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,6 @@ class Instance:
     report: dict | None = None  # its last Report, as sent
 
 
-@dataclass
-class Ticket:
-    ticket: str
-    session: str
-    endpoint: str
-    cid: int  # the rendezvous connection
-    purpose: str = "outgoing"
 
 
 @dataclass
@@ -126,7 +120,7 @@ class Broker:
         self._sessions: dict[str, int] = {}  # session id -> control cid
         self._by_addr: dict[str, Instance] = {}
         self._by_name: dict[str, Instance] = {}
-        self._tickets: dict[str, Ticket] = {}
+        self._tickets = TicketTable()
         self._pending: dict[str, PendingConnect] = {}
         self._held: dict[str, HeldConnect] = {}
         self._watchers: set[int] = set()
@@ -179,13 +173,11 @@ class Broker:
             del self._held[held.msg.conn]
         if conn.session is not None and self._sessions.get(conn.session) == cid:
             del self._sessions[conn.session]
-            for ticket in [t for t in self._tickets.values() if t.session == conn.session]:
-                del self._tickets[ticket.ticket]
+            self._tickets.drop_session(conn.session)
             actions += self._fail_pending_of(cid, "EHOSTUNREACH")
         if conn.instance is not None:
             actions += self._remove_instance(conn.instance, "connection lost")
-        for ticket in [t for t in self._tickets.values() if t.cid == cid]:
-            del self._tickets[ticket.ticket]
+        self._tickets.drop_cid(cid)
         return actions
 
     def message_received(self, cid: int, message: m.Message, now: float) -> list[Action]:
@@ -264,7 +256,7 @@ class Broker:
             return self._refuse(conn, "rendezvous refused: ticket already in use")
         conn.state = ConnState.RENDEZVOUS
         conn.session = msg.session
-        self._tickets[msg.ticket] = Ticket(msg.ticket, msg.session, conn.endpoint, conn.cid, msg.purpose)
+        self._tickets.add(Ticket(msg.ticket, msg.session, conn.endpoint, conn.cid, msg.purpose))
         return [Send(conn.cid, m.Observed(endpoint=conn.endpoint))]
 
     def _refuse(self, conn: Connection, reason: str) -> list[Action]:
@@ -471,7 +463,7 @@ class Broker:
             return [Send(server.cid, m.Incoming(conn=msg.conn, src_addr=conn.instance.addr,
                                                 src_port=msg.src_port, dst_port=msg.dst_port, warm=msg.warm))]
         # Fast path: the server deposited a ticket in advance, so both sides punch now; one hop.
-        del self._tickets[msg.ticket]
+        self._tickets.pop(msg.ticket)
         pending.punching = True
         mode = self._path_mode(conn.instance, server)
         return [
@@ -488,19 +480,14 @@ class Broker:
         return "relay" if "symmetric" in (client.nat, server.nat) else "direct"
 
     def _take_incoming_ticket(self, server_cid: int) -> Ticket | None:
-        session = self._connections[server_cid].session
-        for ticket in self._tickets.values():
-            if ticket.session == session and ticket.purpose == "incoming":
-                del self._tickets[ticket.ticket]
-                return ticket
-        return None
+        return self._tickets.take_incoming(self._connections[server_cid].session)
 
     def _on_accept(self, conn: Connection, msg: m.Accept, now: float) -> list[Action]:
         pending = self._pending.get(msg.conn)
         if pending is None or pending.server_cid != conn.cid or pending.punching:
             return []  # timed out meanwhile, or not addressed to this agent: nothing to do
-        server_ticket = self._tickets.pop(msg.ticket, None)
-        client_ticket = self._tickets.pop(pending.client_ticket, None)
+        server_ticket = self._tickets.pop(msg.ticket)
+        client_ticket = self._tickets.pop(pending.client_ticket)
         del self._pending[msg.conn]
         if server_ticket is None or server_ticket.session != conn.session:
             return [Send(pending.client_cid, m.ConnectFailed(conn=msg.conn, error="ECONNABORTED"))]

@@ -15,15 +15,6 @@ def boxer_run(name: str, *argv: str, extra: tuple[str, ...] = ()) -> list[str]:
 
 def stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
     """Terminate every process a test started (those still running), then kill stragglers."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):  # a failed test may never have read them
-            if pipe is not None:
-                pipe.close()
+    from boxer.lab import stop_processes
+
+    stop_processes(procs, grace)

@@ -20,6 +20,7 @@ from boxer.lab._lab import (
     list_labs,
     load_lab,
 )
+from boxer.lab._process import stop_processes
 from boxer.lab._plan import (
     COORDINATOR_HOST,
     LabHost,
@@ -65,6 +66,7 @@ __all__ = [
     "lab_down_all",
     "lab_plan",
     "lab_up",
+    "stop_processes",
     "list_labs",
     "load_lab",
     "parse_nat",

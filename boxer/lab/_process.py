@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +123,20 @@ def tail(path: Path, lines: int = 20) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[Any]], grace: float = 10.0) -> None:
+    """Stop processes started in the lab (`Lab.popen`): SIGTERM to those still running, SIGKILL
+    after `grace`, and close the pipes nobody read (a failed test or benchmark leaves them)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
