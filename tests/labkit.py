@@ -18,3 +18,25 @@ def stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
     from boxer.lab import stop_processes
 
     stop_processes(procs, grace)
+
+
+def wait_serving(lab, host: str, target: str, port: int | str, timeout: float = 30.0) -> None:
+    """Until an overlay connect from HOST to TARGET:PORT succeeds.
+
+    Instances come up on their own schedule (on lossy links registration alone can take seconds
+    of SYN retransmits); a test that measures a transfer must not race the server's start.
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    client = Path(__file__).parent / "apps" / "client.py"
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = lab.run(host, boxer_run("probe", sys.executable, str(client), "connect", target, str(port)),
+                       capture_output=True, text=True, timeout=timeout + 30)
+        if proc.returncode == 0 and json.loads(proc.stdout)["errno"] is None:
+            return
+        assert time.monotonic() < deadline, (
+            f"{target}:{port} did not start serving within {timeout:g} s: {proc.stdout} {proc.stderr[-2000:]}")
+        time.sleep(0.3)

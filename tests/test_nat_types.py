@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import stop_all
+from labkit import stop_all, wait_serving
 
 APPS = Path(__file__).parent / "apps"
 BOXER = [sys.executable, "-m", "boxer"]
@@ -111,6 +111,8 @@ def test_lossy_slow_links_redis_and_10_mb_direct_and_relayed():
                 break
             assert time.monotonic() < deadline, ping.stderr
             time.sleep(0.5)
+        for server in ("eim-srv", "sym-srv"):
+            wait_serving(lab, "h3", server, 7777, timeout=60)
         for server in ("eim-srv", "sym-srv"):
             started = time.monotonic()
             proc = lab.run("h3", [*BOXER, "run", "--name", f"bulk-{server}", "--", sys.executable,

@@ -444,6 +444,9 @@ class Agent:
     async def _connect_overlay(self, addr: str, port: int, deadline: float,
                                warm: bool = False) -> tuple[socket.socket, int]:
         t0 = time.monotonic()
+        # A ticket belongs to one coordinator session: while the link is reconnecting, wait for
+        # the new session rather than take a ticket the coordinator will not know.
+        await self.session.wait_up(max(0.0, deadline - t0))
         ticket = await self._take_ticket()
         t1 = time.monotonic()
         conn = auth.new_token()
