@@ -1,9 +1,10 @@
-"""Builds the C interposer as part of the package's own build.
+"""Builds the package's two C libraries as part of its own build.
 
-The interposer is not a Python extension: it is a plain shared library that the agent preloads
-into the application (LD_PRELOAD). We still let setuptools' build_ext compile it, because that is
-what runs on `pip install .` and `pip install -e .`; we only override the file name so the library
-lands at a stable path inside the package (boxer/libboxer_preload.so).
+Neither is a Python extension: the interposer is a plain shared library that the agent preloads
+into the application (LD_PRELOAD), and the agent's fast path (boxer/agent/fastpath.c) is loaded
+with ctypes. We still let setuptools' build_ext compile them, because that is what runs on
+`pip install .` and `pip install -e .`; we only override the file names so the libraries land at
+stable paths inside the package (boxer/libboxer_preload.so, boxer/libboxer_fastpath.so).
 """
 
 import os
@@ -12,18 +13,21 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 PRELOAD_NAME = "boxer.libboxer_preload"
+FASTPATH_NAME = "boxer.libboxer_fastpath"  # the agent's native fast path, loaded with ctypes
+PLAIN_LIBRARIES = {PRELOAD_NAME, FASTPATH_NAME}
+C_FLAGS = ["-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-std=gnu11", "-pthread"]
 
 
 class BuildPreload(build_ext):
     def get_ext_filename(self, fullname: str) -> str:
         # setuptools asks both with the dotted full name and with the last component only.
         *package, leaf = fullname.split(".")
-        if leaf == PRELOAD_NAME.rsplit(".", 1)[1]:
+        if leaf in {name.rsplit(".", 1)[1] for name in PLAIN_LIBRARIES}:
             return os.path.join(*package, leaf + ".so")
         return super().get_ext_filename(fullname)
 
-    def get_export_symbols(self, ext):  # no PyInit_* symbol: this is not a Python module
-        if ext.name == PRELOAD_NAME:
+    def get_export_symbols(self, ext):  # no PyInit_* symbol: these are not Python modules
+        if ext.name in PLAIN_LIBRARIES:
             return []
         return super().get_export_symbols(ext)
 
@@ -42,11 +46,17 @@ setup(
                 "interposer/preload.c",
             ],
             depends=["interposer/boxer_internal.h", "interposer/boxer_proto.h"],
-            extra_compile_args=[
-                "-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-std=gnu11", "-pthread",
-            ],
+            extra_compile_args=C_FLAGS,
             extra_link_args=["-ldl", "-pthread"],
-        )
+        ),
+        Extension(
+            FASTPATH_NAME,
+            sources=["boxer/agent/fastpath.c"],
+            include_dirs=["interposer"],
+            depends=["interposer/boxer_proto.h"],
+            extra_compile_args=C_FLAGS,
+            extra_link_args=["-pthread"],
+        ),
     ],
     cmdclass={"build_ext": BuildPreload},
 )

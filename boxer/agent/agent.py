@@ -18,7 +18,7 @@ from boxer.agent.names import NameTable
 from boxer.agent.natprobe import probe_mapping
 from boxer.agent.punch import PunchError, authenticate, relay_open, simultaneous_open
 from boxer.agent.signals import ConnectionTracker, IdleClock, ProcessSampler, open_local_ports
-from boxer.agent.warm import GO, Spare, SparePool
+from boxer.agent.fastpath import EventKind, FastEvent, FastPath
 from boxer.ipc import Message, Op
 from nat_traversal import auth
 from nat_traversal import messages as m
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 WAKE_ADDR = "127.0.0.2"  # source of wake connections; the interposer recognises them by it
 SERVICE_HOLD_LIMIT = 120.0  # seconds we wait for the coordinator on a connect to a service
-WARM_SPARES = int(os.environ.get("BOXER_WARM_SPARES", "1"))  # per (peer, port); 0 turns spares off
+WARM_SPARES = int(os.environ.get("BOXER_WARM_SPARES", "1"))  # per (peer, port) at first; 0: none
+MAX_WARM_SPARES = 4  # per (peer, port), for apps that connect faster than one spare is remade
 MAX_HELD_SPARES = 64  # server side: spares held for clients, at most
 WARM_DELAY = 0.01  # seconds between using a spare and starting to make its replacement
 
@@ -61,18 +62,12 @@ class Timeouts:
 
 
 @dataclass
-class _PendingAccept:
-    sock: socket.socket
-    wake: socket.socket
-    peer_addr: str
-    peer_port: int
-
-
-@dataclass
 class Agent:
     session: CoordinatorLink
     coordinator: tuple[str, int]
     secret: bytes
+    # Serves warm connects and accepts natively (fastpath.c); we keep its tables filled.
+    fast: FastPath
     timeouts: Timeouts = field(default_factory=Timeouts)
     ticket_pool_size: int = 8
     report_interval: float = 1.0
@@ -86,7 +81,6 @@ class Agent:
         self.hello_event = asyncio.Event()
         # conn id -> the coordinator's messages about it (Punch, then maybe a late ConnectFailed)
         self._awaiting: dict[str, asyncio.Queue[m.Message]] = {}
-        self._accepts: dict[tuple[int, int], _PendingAccept] = {}  # (port, wake port) -> socket
         # Tickets for our own connects, and tickets deposited for incoming ones (the coordinator
         # hands one to a client's connect without asking us first: one hop saved).
         self._outgoing: list[Ticket] = []
@@ -105,11 +99,9 @@ class Agent:
         # ("drain", grace seconds) or ("stop", reason), from the controller; the runner acts on it.
         self.stop_request: asyncio.Future[tuple[str, object]] = asyncio.get_running_loop().create_future()
         self.tracker = ConnectionTracker()
-        # Spares age out well before NAT mappings could (keepalives also run on them).
-        self.spares = SparePool(per_target=WARM_SPARES, max_age=self.timeouts.ticket_max_age)
-        self._warming: set[tuple[str, int]] = set()
-        self._held_spares = 0  # server side: warm connections held for a client's app
-        self._holders: dict[int, set[asyncio.Task]] = {}  # port -> tasks holding spares for it
+        self._warming: set[tuple[str, int]] = set()  # targets we are making spares for
+        # Spares wanted per target: grows when the app's connects outrun the spare making.
+        self._spare_goal: dict[tuple[str, int], int] = {}
         self._sampler: ProcessSampler | None = None
         self._idle = IdleClock()
         self.lifetime_deadline: float | None = None  # time.monotonic() at which we must be gone
@@ -243,7 +235,6 @@ class Agent:
                 pass
 
     def _retire_old_tickets(self) -> None:
-        self.spares.expire()
         cutoff = time.monotonic() - self.timeouts.ticket_max_age
         for ticket in [t for t in self._outgoing if t.opened_at < cutoff]:
             self._outgoing.remove(ticket)
@@ -286,10 +277,6 @@ class Agent:
         for task in list(self._tasks):
             task.cancel()
         self._drop_tickets()
-        self.spares.close()
-        for pending in self._accepts.values():
-            pending.sock.close()
-            pending.wake.close()
 
     # --- coordinator messages -----------------------------------------------------------------
 
@@ -332,6 +319,7 @@ class Agent:
             return req.reply(flags=resolution, name=name), None
         if req.op is Op.LISTEN:
             self.listeners[req.port] = self.listeners.get(req.port, 0) + 1
+            self.fast.set_listening(req.port, self.listeners[req.port])
             log.info("app listens on port %d", req.port)
             if self.listeners[req.port] == 1 and self._sampler is not None:
                 # Ready now: say so at once, not at the next report (held connects wait on it).
@@ -343,31 +331,38 @@ class Agent:
                 self.listeners[req.port] = count
             else:
                 self.listeners.pop(req.port, None)
-                for holder in self._holders.pop(req.port, set()):
-                    holder.cancel()  # close spares held for it: clients fall back to a refusal
+            # At 0 the spares held for the port are closed: their clients fall back to a refusal.
+            self.fast.set_listening(req.port, max(count, 0))
             return req.reply(), None
         if req.op is Op.CONNECT:
             return await self._connect_for_app(req)
         if req.op is Op.ACCEPT:
-            pending = self._accepts.pop((req.port, req.token), None)
-            if pending is None:
-                return req.reply(status=errno.ECONNABORTED), None
-            pending.wake.close()
-            self.stats["accepts"] += 1
-            self.tracker.handed(pending.sock)
-            enable_keepalive(pending.sock)
-            return req.reply(addr=pending.peer_addr, port=pending.peer_port), pending.sock
+            # The fast path answers every ACCEPT it has a connection for; this one expired, or
+            # its wake connection was not ours.
+            return req.reply(status=errno.ECONNABORTED), None
         return req.reply(status=errno.EINVAL), None
+
+    def on_fast_event(self, event: FastEvent) -> None:
+        """What the fast path did without us: counters, tracking, and the next spare."""
+        if event.kind is EventKind.SPARE_USED:
+            self.stats["connects"] += 1
+            self.tracker.handed_port(event.local_port)
+            self._warm_up((event.addr, event.port))
+        elif event.kind is EventKind.ACCEPTED:
+            self.stats["accepts"] += 1
+            self.tracker.handed_port(event.local_port)
+        elif event.kind is EventKind.WAKE_FAILED:
+            log.info("the app did not take a connection on port %d (not listening, or not accepting)",
+                     event.port)
 
     async def _connect_for_app(self, req: Message) -> tuple[Message, socket.socket | None]:
         if req.addr == self.addr:
             return await self._connect_locally(req)
-        target = (req.addr, req.port)
-        spare = self.spares.take(target)
-        if spare is not None:
-            spare.sock.send(GO)  # one byte into an empty send buffer: never blocks
-            self._warm_up(target)
-            return self._hand_over(req, spare.sock, spare.local_port)
+        target = (req.addr, req.port)  # no spare for it (the fast path would have used it)
+        if target in self._warming:
+            # The app connected again before its spare was remade: keep one more from now on.
+            goal = self._spare_goal.get(target, WARM_SPARES)
+            self._spare_goal[target] = min(MAX_WARM_SPARES, goal + 1)
         # A connect to a service may be held by the coordinator while an instance starts (scale from
         # zero); the coordinator bounds that wait, we only guard against losing it meanwhile.
         wait = self.timeouts.connect + (SERVICE_HOLD_LIMIT if self.names.is_service_address(req.addr) else 0)
@@ -409,7 +404,7 @@ class Agent:
 
     def _warm_up(self, target: tuple[str, int]) -> None:
         """Make spares for this target in the background (one maker per target at a time)."""
-        if self.spares.wanted(target) <= 0 or target in self._warming or self._closed:
+        if self._spares_wanted(target) <= 0 or target in self._warming or self._closed:
             return
         self._warming.add(target)
         self._spawn(self._make_spares(target))
@@ -419,14 +414,21 @@ class Agent:
             # Not in the same instant as the connect that used the last spare: both agents would be
             # punching the new one while the app's connection is being woken and accepted.
             await asyncio.sleep(WARM_DELAY)
-            while self.spares.wanted(target) > 0 and not self._closed:
+            while self._spares_wanted(target) > 0 and not self._closed:
                 deadline = time.monotonic() + self.timeouts.connect
                 sock, local_port = await self._connect_overlay(*target, deadline, warm=True)
-                self.spares.put(target, Spare(sock, local_port))
+                enable_keepalive(sock)
+                # Spares age out well before NAT mappings could (keepalives also run on them).
+                self.fast.put_spare(target, sock, local_port, self.timeouts.ticket_max_age)
         except (PunchError, LinkDown, OSError, asyncio.TimeoutError) as exc:
             log.debug("no spare for %s:%d: %s", target[0], target[1], exc)
         finally:
             self._warming.discard(target)
+
+    def _spares_wanted(self, target: tuple[str, int]) -> int:
+        if WARM_SPARES <= 0:
+            return 0
+        return self._spare_goal.get(target, WARM_SPARES) - self.fast.spare_count(target)
 
     async def _connect_locally(self, req: Message) -> tuple[Message, socket.socket | None]:
         """A connect to our own overlay address: a plain loopback connection to our app."""
@@ -513,7 +515,7 @@ class Agent:
     # --- incoming connections -----------------------------------------------------------------
 
     async def _serve_incoming(self, msg: m.Incoming) -> None:
-        if msg.warm and self._held_spares >= MAX_HELD_SPARES:
+        if msg.warm and self.fast.held_count() >= MAX_HELD_SPARES:
             await self.session.send(m.Refuse(conn=msg.conn, error="ECONNABORTED"))
             if msg.ticket is not None:
                 self._release_incoming(msg.ticket)
@@ -546,37 +548,13 @@ class Agent:
         except (PunchError, LinkDown, asyncio.TimeoutError, OSError) as exc:
             log.info("incoming connection %s from %s failed: %s", msg.conn, msg.src_addr, exc)
             return
+        enable_keepalive(sock)
+        peer = (msg.src_addr, msg.src_port)
         if msg.warm:
-            await self._hold_spare(sock, msg)
-        else:
-            await self._wake_app(sock, msg)
-
-    async def _hold_spare(self, sock: socket.socket, msg: m.Incoming) -> None:
-        """A client's spare: wait for its GO byte (read exactly one), then wake our app."""
-        self._held_spares += 1
-        holders = self._holders.setdefault(msg.dst_port, set())
-        me = asyncio.current_task()
-        assert me is not None
-        holders.add(me)
-        try:
-            enable_keepalive(sock)
-            go = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 1),
-                                        self.timeouts.ticket_max_age * 2)
-        except (OSError, asyncio.TimeoutError):
-            go = b""
-        except asyncio.CancelledError:  # the app stopped listening: the client must see that
-            sock.close()
-            raise
-        finally:
-            self._held_spares -= 1
-            holders.discard(me)
-        if go != GO or msg.dst_port not in self.listeners:
-            sock.close()  # unused, or the app stopped listening meanwhile: the client sees a reset
-            return
-        # ACK the GO byte now: a delayed ACK would hold the client app's first small write behind
-        # Nagle for up to 40 ms (setting TCP_QUICKACK sends a pending ACK at once).
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        await self._wake_app(sock, msg)
+            # A client's spare: the fast path reads its GO byte, then wakes our app.
+            self.fast.hold(sock, msg.dst_port, peer, self.timeouts.ticket_max_age * 2)
+        elif not self.fast.wake(sock, msg.dst_port, peer):
+            log.info("app no longer listens on %d: dropping connection %s", msg.dst_port, msg.conn)
 
     def _release_incoming(self, ticket_id: str) -> None:
         pending = self._incoming.pop(ticket_id, None)
@@ -593,32 +571,3 @@ class Agent:
         finally:
             self._awaiting.pop(msg.conn, None)
         return answer if isinstance(answer, m.Punch) else None
-
-    async def _wake_app(self, sock: socket.socket, msg: m.Incoming) -> None:
-        """Make the app's own listening socket fire (poll/epoll/accept wake as for a real
-        connection) with a loopback connection from WAKE_ADDR; the interposer trades it for
-        the real socket, found by the wake connection's source port."""
-        loop = asyncio.get_running_loop()
-        wake = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        wake.setblocking(False)
-        key = (msg.dst_port, 0)
-        try:
-            wake.bind((WAKE_ADDR, 0))
-            key = (msg.dst_port, wake.getsockname()[1])
-            self._accepts[key] = _PendingAccept(sock, wake, msg.src_addr, msg.src_port)
-            await loop.sock_connect(wake, ("127.0.0.1", msg.dst_port))
-        except OSError as exc:
-            log.info("app no longer listens on %d (%s): dropping connection %s", msg.dst_port, exc, msg.conn)
-            self._accepts.pop(key, None)
-            sock.close()
-            wake.close()
-            return
-        self._spawn(self._expire_accept(key))
-
-    async def _expire_accept(self, key: tuple[int, int]) -> None:
-        await asyncio.sleep(self.timeouts.accept_pickup)
-        pending = self._accepts.pop(key, None)
-        if pending is not None:
-            log.warning("app did not accept connection from %s in time; dropped", pending.peer_addr)
-            pending.sock.close()
-            pending.wake.close()

@@ -1,4 +1,9 @@
-"""The agent's Unix socket server for the interposer: one request and one reply per connection."""
+"""The agent's Unix socket server for the interposer: one request and one reply per connection.
+
+The listener is served by the native fast path (boxer/agent/fastpath.c), which answers warm
+CONNECTs and ACCEPTs itself and forwards every other request here with the interposer's
+connection attached; we answer on that connection and close it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import socket
 import time
 from typing import Awaitable, Callable
 
+from boxer.agent.fastpath import FastEvent, FastPath
 from boxer.ipc import SIZE, IpcError, Message
 
 log = logging.getLogger(__name__)
@@ -20,38 +26,34 @@ Handler = Callable[[Message], Awaitable[tuple[Message, socket.socket | None]]]
 
 
 class IpcServer:
-    def __init__(self, path: str, handler: Handler) -> None:
+    def __init__(self, path: str, handler: Handler, fast: FastPath,
+                 on_fast_event: Callable[[FastEvent], None]) -> None:
         self.path = path
         self._handler = handler
+        self._fast = fast
+        self._on_fast_event = on_fast_event
         self._listener: socket.socket | None = None
-        self._task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.path)
         os.chmod(self.path, 0o600)
         listener.listen(1024)
-        listener.setblocking(False)
         self._listener = listener
-        self._task = asyncio.create_task(self._accept_forever())
+        self._fast.start(listener, self._forwarded, self._on_fast_event)
 
-    async def _accept_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._listener is not None
-        while True:
-            client, _ = await loop.sock_accept(self._listener)
-            asyncio.create_task(self._serve(client))
+    def _forwarded(self, data: bytes, client: socket.socket) -> None:
+        client.setblocking(False)
+        task = asyncio.get_running_loop().create_task(self._serve(data, client))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, client: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+    async def _serve(self, data: bytes, client: socket.socket) -> None:
         passed: socket.socket | None = None
         try:
-            data = b""
-            while len(data) < SIZE:
-                chunk = await loop.sock_recv(client, SIZE - len(data))
-                if not chunk:
-                    return
-                data += chunk
+            if len(data) != SIZE:
+                raise IpcError(f"request of {len(data)} bytes, expected {SIZE}")
             request = Message.unpack(data)
             t0 = time.monotonic()
             reply, passed = await self._handler(request)
@@ -67,8 +69,9 @@ class IpcServer:
                 passed.close()
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._fast.stop()
+        for task in self._tasks:
+            task.cancel()
         if self._listener is not None:
             self._listener.close()
         try:

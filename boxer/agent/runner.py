@@ -15,6 +15,7 @@ from boxer.agent.agent import NAT_IDLE_TIMEOUT, WAKE_ADDR, Agent, Timeouts
 from boxer.agent.child import (become_subreaper, child_environment, descendants, exit_status, start_child,
                                stop_child, stop_descendants, wait_descendants)
 from boxer.agent.control import CoordinatorError, open_session
+from boxer.agent.fastpath import FastPath
 from boxer.agent.ipc_server import IpcServer
 from boxer.agent.link import CoordinatorLink, LinkTimeouts
 from nat_traversal import auth
@@ -63,10 +64,11 @@ async def run_instance(opts: RunOptions) -> int:
     log.info("registered as %s at %s", reg.name, reg.addr)
     link = CoordinatorLink(session, opts.coordinator, opts.secret, register,
                            LinkTimeouts(ping_interval=min(5.0, NAT_IDLE_TIMEOUT / 3)))
-    agent = Agent(link, opts.coordinator, opts.secret,
-                  timeouts=Timeouts(connect=opts.connect_timeout, punch=min(3.0, opts.connect_timeout)))
+    timeouts = Timeouts(connect=opts.connect_timeout, punch=min(3.0, opts.connect_timeout))
+    fast = FastPath(reg.addr, WAKE_ADDR, timeouts.accept_pickup)
+    agent = Agent(link, opts.coordinator, opts.secret, fast, timeouts=timeouts)
     workdir = tempfile.mkdtemp(prefix="boxer-agent-")
-    server = IpcServer(os.path.join(workdir, "agent.sock"), agent.handle_ipc)
+    server = IpcServer(os.path.join(workdir, "agent.sock"), agent.handle_ipc, fast, agent.on_fast_event)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -44,6 +44,11 @@ class ConnectionTracker:
         except OSError:
             pass
 
+    def handed_port(self, local_port: int) -> None:
+        """A connection the fast path handed over, known by its local port."""
+        if local_port:
+            self._ports.add(local_port)
+
     def count_open(self, live: set[int] | None = None) -> int:
         """How many handed connections are still open; `live` from open_local_ports() (read
         off the event loop: the kernel's table takes milliseconds to read)."""
