@@ -22,6 +22,7 @@ COMMANDS = {
     "top": ("boxer.deploy_commands", "top_command"),
     "down": ("boxer.deploy_commands", "down_command"),
     "report": ("boxer.deploy_commands", "report_command"),
+    "lambda-local": ("boxer.lambda_commands", "lambda_local"),
 }
 
 
