@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from controller.spec import Deployment, Metric, Placement, Service
+from controller.spec import Backend, Deployment, Metric, Placement, Service
 
-__all__ = ["cross_field_issues"]
+__all__ = ["cross_field_issues", "lambda_backend_issues"]
 
 Finding = tuple[tuple[str | int, ...], object, str]
 
@@ -22,6 +22,30 @@ def cross_field_issues(deployment: Deployment) -> list[Finding]:
     for name, service in deployment.services.items():
         findings.extend(_service_issues(name, service))
     findings.extend(_name_clashes(deployment))
+    if deployment.backend is Backend.LAMBDA:
+        findings.extend(lambda_backend_issues(deployment))
+    return findings
+
+
+def lambda_backend_issues(deployment: Deployment) -> list[Finding]:
+    """The `lambda` backend starts instances on Lambda only: `vm` placement (long-running hosts
+    with a public address) is something it cannot give, so such services are refused rather
+    than quietly run on functions or on the controller's machine (docs/aws.md)."""
+    findings: list[Finding] = []
+    for name, svc in deployment.services.items():
+        if svc.placement is Placement.VM:
+            findings.append((
+                ("services", name, "placement"), "vm",
+                "the lambda backend runs `function` placement only (Lambda has no long-running"
+                " public hosts): use placement `function`, or run this service yourself with"
+                " `boxer run` on a host you keep (docs/aws.md)",
+            ))
+        elif svc.base_capacity:
+            findings.append((
+                ("services", name, "baseCapacity"), svc.base_capacity,
+                "baseCapacity places instances on `vm`, which the lambda backend cannot start"
+                " (it runs `function` placement only): remove it (docs/aws.md)",
+            ))
     return findings
 
 

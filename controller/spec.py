@@ -23,6 +23,7 @@ __all__ = [
     "Backend",
     "Behavior",
     "Deployment",
+    "LambdaSettings",
     "Metric",
     "Placement",
     "RenderedInstance",
@@ -261,9 +262,23 @@ class Service(_Model):
         )
 
 
+class LambdaSettings(_Model):
+    """`lambda:`: how `boxer up --backend lambda` reaches the deployment made by terraform."""
+
+    # `terraform output -json` saved to a file; relative to the deployment file's folder.
+    # `boxer up --outputs` and BOXER_TF_OUTPUTS take precedence.
+    outputs: str | None = Field(default=None, min_length=1)
+    # Invocations in flight at once (the function's share of the account's concurrency).
+    max_concurrency: int = Field(default=100, ge=1, le=10000)
+    # An invocation whose agent has not registered with the coordinator by then has failed
+    # (Lambda cold starts of an image take a few seconds; 30 s leaves room for slow pulls).
+    register_timeout_seconds: float = Field(default=30, gt=0, le=900)
+
+
 class Deployment(_Model):
     """The whole deployment file."""
 
     name: HostName | None = None
     backend: Backend = Backend.LOCAL
+    lambda_: LambdaSettings | None = Field(default=None, alias="lambda")
     services: dict[HostName, Service] = Field(min_length=1)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from controller._yaml import Located, load_with_lines
 from controller.checks import cross_field_issues
 from controller.errors import DeploymentFileError, Issue
-from controller.spec import _DNS_LABEL, _ENV_NAME, Deployment
+from controller.spec import _DNS_LABEL, _ENV_NAME, Backend, Deployment
 
 __all__ = ["load_deployment", "parse_deployment"]
 
@@ -37,8 +37,11 @@ _PATTERN_HELP = {
 }
 
 
-def load_deployment(path: str | Path) -> Deployment:
-    """Read and validate a deployment file; raises DeploymentFileError listing every problem."""
+def load_deployment(path: str | Path, *, backend: str | None = None) -> Deployment:
+    """Read and validate a deployment file; raises DeploymentFileError listing every problem.
+
+    `backend` overrides the file's `backend` (`boxer up --backend`) before the checks across
+    fields, so rules that depend on the backend see the one that will run."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -46,10 +49,11 @@ def load_deployment(path: str | Path) -> Deployment:
         raise DeploymentFileError(
             [Issue(str(path), None, "", None, f"cannot read the file: {exc}")]
         ) from None
-    return parse_deployment(text, str(path))
+    return parse_deployment(text, str(path), backend=backend)
 
 
-def parse_deployment(text: str, filename: str = "<deployment>") -> Deployment:
+def parse_deployment(text: str, filename: str = "<deployment>", *,
+                     backend: str | None = None) -> Deployment:
     """Validate deployment file text; `filename` only appears in messages."""
     try:
         located = load_with_lines(text)
@@ -85,6 +89,8 @@ def parse_deployment(text: str, filename: str = "<deployment>") -> Deployment:
         errors = _without_echoes(exc.errors())
         issues.extend(_schema_issue(error, located, filename) for error in errors)
         raise DeploymentFileError(_in_file_order(issues)) from None
+    if backend is not None:
+        deployment = deployment.model_copy(update={"backend": Backend(backend)})
     issues.extend(
         Issue(filename, located.line_of(path), _dotted(path), value, message)
         for path, value, message in cross_field_issues(deployment)
