@@ -33,6 +33,8 @@ METRICS: dict[str, tuple[str, str]] = {
         "counter", "Decisions taken, by service and kind (start, drain, stop)."),
     "boxer_controller_launch_failures_total": (
         "counter", "Backend launches that failed, by service."),
+    "boxer_controller_register_timeouts_total": (
+        "counter", "Instances that did not register with the coordinator in time, by service."),
     "boxer_controller_ticks_total": ("counter", "Policy ticks run."),
     "boxer_controller_tick_seconds_total": (
         "counter", "Time spent in decide() and bookkeeping, summed over ticks."),

@@ -22,10 +22,12 @@ import json
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from boxer.backends.base import Backend, InstanceHandle, InstanceSpec
+from boxer.backends.base import Backend, HandleState, InstanceHandle, InstanceSpec
 from boxer.backends.base import Placement as BackendPlacement
 from controller.book import Book, DrainInstance, Launch, Record, StopInstance, actions_for
 from controller.metrics import Metrics, serve_metrics
@@ -48,6 +50,8 @@ RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
 # last report, InstanceDown); only a frozen or cut-off host waits for this.
 RUNTIME_TIMINGS = Timings(silent_after=2.5)
 DEFAULT_HOLD = 10.0  # seconds a connect to a fixed-size service waits while it (re)starts
+FAILURES_KEPT = 20  # recent failures shown by `boxer status`
+SHUTDOWN_WAIT = 10.0  # seconds, on the way down, for instances to leave after their Stop
 
 
 class ControllerRuntime:
@@ -64,13 +68,22 @@ class ControllerRuntime:
         metrics_sock: socket.socket | None = None,
         info: dict[str, Any] | None = None,
         wall: Callable[[], float] = time.time,
+        register_timeout: float | None = None,
     ) -> None:
+        """`register_timeout`: seconds an instance has, from the launch decision, to register
+        with the coordinator; after that its handle is marked failed with the reason (which
+        gives back what the backend holds for it, e.g. a Lambda concurrency slot) and the
+        service's restart policy applies. Default: `timings.start_timeout`."""
         self.deployment = deployment
         self.backend = backend
         self.coordinator = coordinator
         self.secret = secret
         self.paths = paths
         self.tick_seconds = tick
+        if register_timeout is not None:
+            # decide()'s own start timeout is the same deadline; ours fires first in a tick
+            # (>= against its >), so the failure is reported here, with its reason.
+            timings = replace(timings, start_timeout=register_timeout)
         self.timings = timings
         self.metrics = Metrics()
         self.metrics_sock = metrics_sock
@@ -87,6 +100,7 @@ class ControllerRuntime:
         self._started_at = wall()
         self._timeline: Any = None
         self._last_error: str | None = None
+        self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -109,6 +123,7 @@ class ControllerRuntime:
                     await asyncio.wait_for(stop.wait(),
                                            max(0.0, self.tick_seconds - (loop.time() - began)))
         finally:
+            await self._stop_through_coordinator()  # while the session is still up
             session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await session_task
@@ -122,6 +137,7 @@ class ControllerRuntime:
         """One round: exits noticed by the backend, decide(), act, record."""
         began = time.perf_counter()
         self._collect_exits(now)
+        self._check_registrations(now)
         signals = self.book.signals(now)
         outcome = decide(self.deployment, signals, self.state, now, self.timings)
         self.state = outcome.state
@@ -175,13 +191,16 @@ class ControllerRuntime:
             self.metrics.inc("boxer_controller_launch_failures_total", service=start.service)
             self.book.launch_failed(start.instance_id, str(exc))
             self._last_error = f"launch of {start.name}: {exc}"
+            self._note_failure(start.name, start.service, action.agent_id, str(exc))
             return
         record = self.book.records.get(start.instance_id)
         if record is None or record.stopping:
             await self.backend.stop(handle)  # told to stop while it was being launched
             return
         self.handles[start.instance_id] = handle
-        record.host = str(handle.details.get("host") or "") or None
+        # A lab host, or for Lambda the request id (what to look for in the function's logs).
+        record.host = str(handle.details.get("host") or handle.details.get("request_id")
+                          or "") or None
         pid = handle.details.get("pid")
         record.pid = pid if isinstance(pid, int) else None
 
@@ -199,8 +218,41 @@ class ControllerRuntime:
     def _collect_exits(self, now: float) -> None:
         for instance_id, handle in list(self.handles.items()):
             if handle.ended and instance_id not in self._stopping_ids:
+                record = self.book.records.get(instance_id)
+                if (record is not None and not record.exited and not record.launch_failed
+                        and handle.state is HandleState.FAILED):
+                    self._note_failure(record.name, record.service, record.agent_id,
+                                       handle.reason or "failed")
                 status = handle.details.get("exit_status")
                 self.book.exited(instance_id, status if isinstance(status, int) else None, now)
+
+    def _check_registrations(self, now: float) -> None:
+        """An instance that has not registered with the coordinator within the deadline has
+        failed: say why, free what the backend holds for it, and let decide() apply the
+        restart policy (it sees an exited instance)."""
+        deadline = self.timings.start_timeout
+        for record in list(self.book.records.values()):
+            if (record.registered or record.exited or record.launch_failed or record.stopping
+                    or now - record.requested_at < deadline):
+                continue
+            handle = self.handles.get(record.id)
+            if handle is None:  # the backend is still at it (waiting for a slot, retrying)
+                reason = f"not launched within {deadline:g} s (the backend was still trying)"
+            else:
+                reason = f"did not register with the coordinator within {deadline:g} s"
+                request_id = handle.details.get("request_id")
+                if request_id:
+                    reason += f" (invocation {request_id}: see the function's log)"
+                handle.mark_failed(reason)
+            log.warning("%s failed: %s", record.name, reason)
+            self.metrics.inc("boxer_controller_register_timeouts_total", service=record.service)
+            self.book.launch_failed(record.id, reason)
+            self._last_error = f"{record.name}: {reason}"
+            self._note_failure(record.name, record.service, record.agent_id, reason)
+
+    def _note_failure(self, name: str, service: str, agent_id: str, reason: str) -> None:
+        self.failures.append({"at": round(self.wall(), 3), "name": name, "service": service,
+                              "instance_id": agent_id, "reason": reason})
 
     def _send_soon(self, kind: str, agent_id: str, arg: Any) -> None:
         from nat_traversal import messages as m
@@ -222,6 +274,37 @@ class ControllerRuntime:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _stop_through_coordinator(self) -> None:
+        """Send Stop to every registered instance and wait (up to SHUTDOWN_WAIT) until they
+        have left. On a backend that cannot end an instance itself (`ends_instances = False`:
+        Lambda has no call that ends an invocation) this is the only way to stop one, so an
+        instance still starting is waited for too, and told to stop once it registers (or
+        given up at its registration deadline)."""
+        if not self.connected.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        wait_for_starting = not getattr(self.backend, "ends_instances", True)
+        deadline = loop.time() + SHUTDOWN_WAIT
+        sent: set[str] = set()
+        while self.connected.is_set():
+            now = loop.time()
+            pending = False
+            for record in list(self.book.records.values()):
+                if record.exited or record.launch_failed or record.down_reason:
+                    continue
+                if record.registered:
+                    pending = True
+                    if record.id not in sent:
+                        sent.add(record.id)
+                        record.stopping = True
+                        await self._send(_stop_message(record.agent_id, "deployment going down"))
+                elif wait_for_starting and now - record.requested_at < self.timings.start_timeout:
+                    pending = True  # it may register any moment; it gets its Stop then
+            if not pending or now >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        log.info("stopped %d instance(s) through the coordinator", len(sent))
 
     async def shutdown(self) -> None:
         """Stop every instance we started (coordinator Stop, then the backend), wait for them."""
@@ -364,6 +447,9 @@ class ControllerRuntime:
             "coordinator": f"{self.coordinator[0]}:{self.coordinator[1]}",
             "connected": self.connected.is_set(),
             "error": self._last_error,
+            "register_timeout": self.timings.start_timeout,
+            "backend_status": self._backend_status(),
+            "failures": list(self.failures),
             "services": {
                 name: {
                     "placement": svc.placement.value,
@@ -378,6 +464,18 @@ class ControllerRuntime:
             },
             "instances": rows,
         }
+
+    def _backend_status(self) -> dict[str, Any] | None:
+        """The backend's own figures (the lambda backend: concurrency and throttling)."""
+        status = getattr(self.backend, "status", None)
+        if status is None:
+            return None
+        try:
+            figures: dict[str, Any] = status()
+        except Exception as exc:  # a status table must not take the controller down
+            log.warning("backend status: %s", exc)
+            return None
+        return figures
 
     def _write_status(self, final: bool = False) -> None:
         if self.paths is None:

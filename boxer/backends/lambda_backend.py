@@ -121,6 +121,8 @@ class ConcurrencyLimiter:
 
 class LambdaBackend:
     name = "lambda"
+    # stop() cannot end an invocation: the controller stops instances through the coordinator.
+    ends_instances = False
 
     def __init__(
         self,
