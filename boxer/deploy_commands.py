@@ -1,10 +1,13 @@
 """`boxer up / status / top / down / report`: a whole deployment from its file.
 
-A thin click layer. `up` validates the file, makes a lab sized for it (local backend), and
-starts the controller (`controller.daemon`) beside the coordinator; it shows progress until
-the services are up, then stays in the foreground (Ctrl-C = down) unless --detach. The
-controller writes status.json and timeline.jsonl under /run/boxer/deploy/<name>/ (see
-controller/paths.py); `status`, `top` and `report` only read those files.
+A thin click layer. `up` validates the file; for the lab backends (`local`, `lambda-local`) it
+makes a lab sized for it and starts the controller (`controller.daemon`) beside the coordinator;
+for `lambda` it checks the terraform outputs, the secret in SSM, the function and the
+coordinator (one clear line on the first problem, nothing started) and runs the controller
+here. It shows progress until the services are up, then stays in the foreground (Ctrl-C =
+down) unless --detach. The controller writes status.json and timeline.jsonl under
+/run/boxer/deploy/<name>/ (see controller/paths.py); `status`, `top` and `report` only read
+those files.
 """
 
 from __future__ import annotations
@@ -98,36 +101,46 @@ def _resolve_name(name: str | None) -> str:
               help="Serve Prometheus metrics on 127.0.0.1:PORT (/metrics).")
 @click.option("--tick", type=click.FloatRange(0.05, 5.0), default=0.25, show_default=True,
               metavar="SECONDS", help="How often the controller decides.")
+@click.option("--outputs", type=click.Path(dir_okay=False, path_type=Path),
+              help="lambda backend: the `terraform output -json` file [default: "
+                   "$BOXER_TF_OUTPUTS, else `lambda.outputs` in FILE].")
+@click.option("--register-timeout", type=click.FloatRange(1, 900), metavar="SECONDS",
+              help="An instance that has not registered with the coordinator this long after "
+                   "its launch has failed [default: lambda.registerTimeoutSeconds, 30].")
 def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
-               metrics_port: int | None, tick: float) -> None:
+               metrics_port: int | None, tick: float, outputs: Path | None,
+               register_timeout: float | None) -> None:
     """Bring up the deployment in FILE and run its controller.
 
     \b
     Examples:
       boxer up examples/web-autoscale/deploy.yaml          # foreground; Ctrl-C takes it down
       boxer up --detach deploy.yaml && boxer status
+      boxer up deploy.yaml --backend lambda --outputs outputs.json   # AWS (docs/aws.md)
     """
     from controller.errors import DeploymentFileError
     from controller.validate import load_deployment
 
     try:
-        deployment = load_deployment(file)
+        deployment = load_deployment(file, backend=backend)
     except DeploymentFileError as exc:
         click.echo(f"{file}: {len(exc.issues)} problem(s)", err=True)
         for issue in exc.issues:
             click.echo(str(issue), err=True)
         raise SystemExit(1) from None
     name = name or _default_name(file, deployment.name)
-    backend = backend or deployment.backend.value
+    backend = deployment.backend.value
+    lambda_record: dict[str, Any] | None = None
     if backend == "lambda":
-        raise DeployError("`boxer up --backend lambda` is not wired yet: the controller must run "
-                          "beside the coordinator on AWS (see docs/aws.md). Use `lambda-local` to run "
-                          "the same image path (awslambdaric + handler) in the lab.")
-    if os.geteuid() != 0:
-        raise DeployError("the local backend runs instances in a lab, which needs root "
+        lambda_record = _lambda_preflight(file, deployment, outputs)
+        if register_timeout is None:
+            register_timeout = lambda_record.pop("register_timeout")
+    elif os.geteuid() != 0:
+        raise DeployError(f"the {backend} backend runs instances in a lab, which needs root "
                           "(network namespaces, iptables)")
     started = time.monotonic()
-    up = _bring_up(file, deployment, name, metrics_port, tick, detach, backend)
+    up = _bring_up(file, deployment, name, metrics_port, tick, detach, backend,
+                   register_timeout=register_timeout, lambda_record=lambda_record)
     try:
         ready = _show_progress(up.paths, deployment, started, up.proc)
         if not detach:
@@ -146,6 +159,26 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
         raise SystemExit(130) from None
 
 
+def _lambda_preflight(file: Path, deployment: Any, outputs: Path | None) -> dict[str, Any]:
+    """Everything `--backend lambda` needs, checked before anything starts: the outputs file,
+    the secret in SSM (standard credential chain), the function, the coordinator. The secret
+    is only used to open a test session; the controller reads it again itself."""
+    from boxer.backends.lambda_setup import SetupError, load_facts, outputs_path, preflight
+    from controller.spec import LambdaSettings
+
+    settings = deployment.lambda_ or LambdaSettings()
+    try:
+        path = outputs_path(outputs, os.environ, settings.outputs, file.resolve().parent)
+        facts = load_facts(path)
+        preflight(facts, path)
+    except SetupError as exc:
+        raise DeployError(str(exc)) from None
+    return {"outputs": str(path.resolve()), "function": facts.function_name,
+            "region": facts.region, "coordinator": facts.coordinator_address,
+            "max_concurrency": settings.max_concurrency,
+            "register_timeout": settings.register_timeout_seconds}
+
+
 @dataclass
 class _Up:
     paths: Any
@@ -154,9 +187,8 @@ class _Up:
 
 
 def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, tick: float,
-              detach: bool, backend: str = "local") -> _Up:
-    from boxer.backends.local import lab_size
-    from boxer.lab import LabError, lab_down, lab_up
+              detach: bool, backend: str = "local", *, register_timeout: float | None = None,
+              lambda_record: dict[str, Any] | None = None) -> _Up:
     from controller.paths import read_json, write_json_atomic
 
     paths = _paths(name)
@@ -164,25 +196,26 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
     if _controller_alive(info):
         raise DeployError(f"deployment {name!r} is already up: `boxer down --name {name}` first")
     if info and info.get("lab"):
+        from boxer.lab import lab_down
+
         lab_down(info["lab"])  # what a crashed run left behind
-    hosts, public = lab_size([
-        (svc.placement.value, svc.effective_max_instances, svc.base_capacity,
-         svc.lifetime_seconds is not None)
-        for svc in deployment.services.values()
-    ])
-    lab_name = _lab_name(name)
     paths.make()
     paths.timeline.write_text("")  # a new run, a new timeline
     (paths.root / "load.jsonl").unlink(missing_ok=True)  # and no load steps of an earlier run
     paths.status.unlink(missing_ok=True)
-    click.echo(f"lab {lab_name}: {hosts} NATed hosts (function), {public} public hosts (vm)")
-    try:
-        lab = lab_up(lab_name, hosts, public=public)
-    except LabError as exc:
-        raise DeployError(f"cannot create lab {lab_name}: {exc}") from None
-    record = {"name": name, "file": str(file.resolve()), "dir": str(file.resolve().parent),
-              "lab": lab.name, "backend": backend, "created_at": time.time(),
-              "metrics_port": metrics_port, "controller_pid": None}
+    record: dict[str, Any] = {
+        "name": name, "file": str(file.resolve()), "dir": str(file.resolve().parent),
+        "lab": None, "backend": backend, "created_at": time.time(),
+        "metrics_port": metrics_port, "controller_pid": None,
+        "register_timeout": register_timeout, **(lambda_record or {})}
+    lab = None
+    if backend == "lambda":
+        assert lambda_record is not None
+        click.echo(f"lambda function {lambda_record['function']} ({lambda_record['region']}), "
+                   f"coordinator {lambda_record['coordinator']}")
+    else:
+        lab = _make_lab(deployment, name)
+        record["lab"] = lab.name
     write_json_atomic(paths.deployment, record)
     metrics_sock = None
     try:
@@ -197,14 +230,21 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
             metrics_sock.listen(16)
             argv += ["--metrics-fd", str(metrics_sock.fileno())]
             pass_fds = (metrics_sock.fileno(),)
+        # lambda: right here, with our environment (AWS credentials, region, endpoints);
+        # the lab backends: beside the lab's coordinator, which only lab namespaces reach.
+        command = argv if lab is None else lab.command("coord", argv)
+        env = dict(os.environ) if lab is None else lab.env("coord")
         with open(paths.log, "ab") as log_file:
             proc = subprocess.Popen(
-                lab.command("coord", argv), env=lab.env("coord"), stdin=subprocess.DEVNULL,
+                command, env=env, stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=subprocess.STDOUT, pass_fds=pass_fds,
                 start_new_session=True,  # Ctrl-C reaches `boxer up`, which stops it in order
             )
     except OSError as exc:
-        lab_down(lab.name)
+        if lab is not None:
+            from boxer.lab import lab_down
+
+            lab_down(lab.name)
         raise DeployError(f"cannot start the controller: {exc}") from None
     finally:
         if metrics_sock is not None:
@@ -212,6 +252,39 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
     record["controller_pid"] = proc.pid
     write_json_atomic(paths.deployment, record)
     return _Up(paths, proc, name)
+
+
+def _make_lab(deployment: Any, name: str) -> Any:
+    from boxer.backends.local import lab_size
+    from boxer.lab import LabError, lab_up
+
+    hosts, public = lab_size([
+        (svc.placement.value, svc.effective_max_instances, svc.base_capacity,
+         svc.lifetime_seconds is not None)
+        for svc in deployment.services.values()
+    ])
+    lab_name = _lab_name(name)
+    click.echo(f"lab {lab_name}: {hosts} NATed hosts (function), {public} public hosts (vm)")
+    try:
+        return lab_up(lab_name, hosts, public=public)
+    except LabError as exc:
+        raise DeployError(f"cannot create lab {lab_name}: {exc}") from None
+
+
+def _last_log_error(path: Path) -> str | None:
+    """The message of the last error line in the controller's log (JSON lines)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
+            return str(entry.get("message"))
+    return None
 
 
 def _service_line(status: dict[str, Any] | None, deployment: Any) -> tuple[str, bool]:
@@ -253,8 +326,9 @@ def _show_progress(paths: Any, deployment: Any, started: float,
     if tty:
         click.echo()
     if proc.poll() is not None and proc.returncode != 0:
-        raise DeployError(f"the controller exited with status {proc.returncode}; see "
-                          f"{paths.log}")
+        why = _last_log_error(paths.log)
+        raise DeployError(f"the controller exited with status {proc.returncode}"
+                          f"{': ' + why if why else ''}; see {paths.log}")
     status = read_json(paths.status)
     if status:
         _print_status(status, wide=False)
@@ -404,7 +478,9 @@ def _service_rows(status: dict[str, Any]) -> list[dict[str, Any]]:
 def status_text(status: dict[str, Any] | None, wide: bool) -> str:
     if not status or not status.get("running", True):
         return "No deployment is running. Start one with `boxer up FILE`."
-    head = (f"deployment {status.get('name')}  lab {status.get('lab')}  coordinator "
+    where = (f"lambda function {status.get('function')} ({status.get('region')})"
+             if status.get("backend") == "lambda" else f"lab {status.get('lab')}")
+    head = (f"deployment {status.get('name')}  {where}  coordinator "
             f"{status.get('coordinator')} ({'connected' if status.get('connected') else 'not connected'})")
     parts = [head, "", render_table(SERVICE_COLUMNS, _service_rows(status), wide), ""]
     instances = status.get("instances", [])
@@ -412,9 +488,28 @@ def status_text(status: dict[str, Any] | None, wide: bool) -> str:
         parts.append(render_table(INSTANCE_COLUMNS, instances, wide))
     else:
         parts.append("No instances run (services at zero start on their first connect).")
+    backend_line = _backend_line(status.get("backend_status"))
+    if backend_line:
+        parts += ["", backend_line]
+    failures = status.get("failures") or []
+    if failures:
+        now = status.get("updated_at") or time.time()
+        parts += ["", "recent failures:"]
+        parts += [f"  {f['name']:<16} {_age(now - f['at']):>6} ago  {f['reason']}"
+                  for f in failures[-5:]]
     if status.get("error"):
         parts += ["", f"last problem: {status['error']}"]
     return "\n".join(parts)
+
+
+def _backend_line(figures: dict[str, Any] | None) -> str | None:
+    """The backend's own figures: for lambda, concurrency slots and throttling."""
+    if not figures or "concurrency" not in figures:
+        return None
+    slots = figures["concurrency"]
+    return (f"{figures.get('backend', 'backend')} concurrency: {slots['in_use']}/{slots['limit']}"
+            f" in use, {slots['waiting']} waiting; throttled {figures.get('throttled_total', 0)}"
+            " (retried with backoff)")
 
 
 def _print_status(status: dict[str, Any] | None, wide: bool) -> None:

@@ -1,8 +1,11 @@
 """The controller process of one deployment: `python -m controller.daemon --name NAME`.
 
-`boxer up` starts it beside the coordinator (inside the lab's coordinator namespace, where the
-coordinator's address is reachable) after writing deployment.json; SIGTERM or SIGINT stop it,
-and it stops every instance it started before exiting. Logs are JSON lines on stderr.
+`boxer up` starts it after writing deployment.json: for the lab backends (`local`,
+`lambda-local`) beside the coordinator, inside the lab's coordinator namespace where the
+coordinator's address is reachable; for `lambda` right where `boxer up` runs (the user's
+machine), with the coordinator, function and secret parameter named by terraform's outputs.
+SIGTERM or SIGINT stop it, and it stops every instance it started before exiting. Logs are JSON
+lines on stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from controller.paths import DeployPaths, read_json
 
@@ -32,41 +36,77 @@ class _JsonLines(logging.Formatter):
 
 
 async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float) -> int:
-    from boxer.backends.local import LabLambdaBackend, LocalBackend
-    from boxer.lab import load_lab
     from controller.runtime import ControllerRuntime
     from controller.validate import load_deployment
-    from nat_traversal.auth import load_secret
 
     info = read_json(paths.deployment)
     if not info:
         log.error("no %s: start deployments with `boxer up`", paths.deployment)
         return 2
-    deployment = load_deployment(Path(info["file"]))
-    lab = load_lab(info["lab"])
-    host, _, port = lab.coordinator.rpartition(":")
     kind = info.get("backend", "local")
-    backend_class = LabLambdaBackend if kind == "lambda-local" else LocalBackend
-    backend = backend_class(lab, log_dir=paths.instances, cwd=info["dir"], spare_hosts=1)
+    deployment = load_deployment(Path(info["file"]), backend=kind)
+    if kind == "lambda":
+        made = _lambda_backend(info)
+    else:
+        made = _lab_backend(info, paths, kind)
+    if made is None:
+        return 2
+    backend, coordinator, secret, facts = made
     metrics_sock = None
     if metrics_fd is not None:
         metrics_sock = socket.socket(fileno=metrics_fd)
         metrics_sock.setblocking(False)
     runtime = ControllerRuntime(
-        deployment, backend, coordinator=(host, int(port)),
-        secret=load_secret(str(lab.secret_file), None), paths=paths, tick=tick,
-        metrics_sock=metrics_sock,
-        info={"name": paths.name, "lab": lab.name, "backend": kind, "file": info["file"],
-              "pid": None, "hosts": backend.describe()},
+        deployment, backend, coordinator=coordinator, secret=secret, paths=paths, tick=tick,
+        metrics_sock=metrics_sock, register_timeout=info.get("register_timeout"),
+        info={"name": paths.name, "backend": kind, "file": info["file"], "pid": None,
+              **facts},
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("controller of %s up: lab %s, coordinator %s", paths.name, lab.name, lab.coordinator)
+    log.info("controller of %s up: backend %s, coordinator %s:%d", paths.name, kind,
+             *coordinator)
     await runtime.run(stop)
     log.info("controller of %s stopped", paths.name)
     return 0
+
+
+def _lab_backend(info: dict[str, Any], paths: DeployPaths, kind: str) -> Any:
+    """`local` and `lambda-local`: instances in the hosts of the deployment's lab, whose
+    coordinator (and its secret file) the lab made."""
+    from boxer.backends.local import LabLambdaBackend, LocalBackend
+    from boxer.lab import load_lab
+    from nat_traversal.auth import load_secret
+
+    lab = load_lab(info["lab"])
+    host, _, port = lab.coordinator.rpartition(":")
+    backend_class = LabLambdaBackend if kind == "lambda-local" else LocalBackend
+    backend = backend_class(lab, log_dir=paths.instances, cwd=info["dir"], spare_hosts=1)
+    return (backend, (host, int(port)), load_secret(str(lab.secret_file), None),
+            {"lab": lab.name, "hosts": backend.describe()})
+
+
+def _lambda_backend(info: dict[str, Any]) -> Any:
+    """`lambda`: instances are invocations of the function in outputs.json; the coordinator
+    is the one terraform made, the secret is read from SSM (standard credential chain), here
+    on the user's machine: no lab, no root."""
+    from boxer.agent.control import parse_endpoint
+    from boxer.backends.lambda_backend import LambdaBackend
+    from boxer.backends.lambda_setup import SetupError, load_facts, read_deployment_secret
+
+    outputs = info["outputs"]
+    try:
+        facts = load_facts(outputs)
+        secret = read_deployment_secret(facts, outputs=outputs)
+    except SetupError as exc:
+        log.error("%s", exc)
+        return None
+    backend = LambdaBackend(facts, max_concurrency=int(info.get("max_concurrency") or 100))
+    return (backend, parse_endpoint(facts.coordinator_address), secret,
+            {"lab": None, "function": facts.function_name, "region": facts.region,
+             "outputs": str(outputs)})
 
 
 def main(argv: list[str] | None = None) -> int:

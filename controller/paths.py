@@ -6,7 +6,9 @@
     controller.log   the controller's log (JSON lines)
     instances/       one log per instance (agent and app output)
 
-/run is a tmpfs like the lab's state: a reboot, which also drops the lab, forgets both.
+/run is a tmpfs like the lab's state: a reboot, which also drops the lab, forgets both. Users
+other than root (the lambda backend needs no root) keep them under $XDG_RUNTIME_DIR/boxer/deploy
+or ~/.local/state/boxer/deploy; BOXER_DEPLOY_STATE_ROOT overrides both.
 """
 
 from __future__ import annotations
@@ -18,9 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeployPaths", "list_deployments", "read_json", "write_json_atomic"]
+__all__ = ["DeployPaths", "default_state_root", "list_deployments", "read_json",
+           "write_json_atomic"]
 
-STATE_ROOT = Path(os.environ.get("BOXER_DEPLOY_STATE_ROOT", "/run/boxer/deploy"))
+def default_state_root() -> Path:
+    """/run/boxer/deploy for root (the lab backends need root anyway); for anyone else, who can
+    only use the lambda backend, $XDG_RUNTIME_DIR/boxer/deploy or ~/.local/state/boxer/deploy."""
+    if os.environ.get("BOXER_DEPLOY_STATE_ROOT"):
+        return Path(os.environ["BOXER_DEPLOY_STATE_ROOT"])
+    if os.geteuid() == 0:
+        return Path("/run/boxer/deploy")
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "boxer" / "deploy"
+    return Path.home() / ".local" / "state" / "boxer" / "deploy"
+
+
+STATE_ROOT = default_state_root()
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
