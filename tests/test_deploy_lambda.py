@@ -1,0 +1,328 @@
+"""`boxer up --backend lambda` end to end, without AWS: the real boto3 client and LambdaBackend
+call a local Lambda Invoke API (`boxer lambda-local serve`, via AWS_ENDPOINT_URL_LAMBDA), which
+runs each event under the real awslambdaric and our handler in a NATed lab host; the secret
+comes from moto's SSM (AWS_ENDPOINT_URL_SSM).
+
+    h1      the function's sandbox (one slot): Runtime API, awslambdaric, handler, boxer run
+    h2      "the user's machine": `boxer up` and the controller, as an unprivileged user, with
+            the Invoke API on its own loopback; it reaches the coordinator through its NAT
+    h3      a client under `boxer run`
+    coord   the coordinator, and moto's SSM on the lab's public segment (every host reaches it,
+            as every host reaches AWS)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labkit import BOXER, boxer_run
+
+pytestmark = pytest.mark.lab
+
+if os.geteuid() != 0:
+    pytest.skip("deployment lab tests need root (network namespaces, iptables)",
+                allow_module_level=True)
+for _module, _why in (("awslambdaric", "awslambdaric is not installed (pip install '.[test]')"),
+                      ("flask", "moto's server needs flask (pip install '.[test]')")):
+    if importlib.util.find_spec(_module) is None:
+        pytest.skip(_why, allow_module_level=True)
+
+REGION = "eu-west-1"
+FUNCTION = "boxer-lt"
+PARAMETER = "/boxer/lt/secret"
+STANDIN = Path(__file__).parent / "apps" / "aws_standin.py"
+NOBODY = 65534
+
+DEPLOY = """
+name: {name}
+backend: lambda
+lambda:
+  outputs: outputs.json
+  maxConcurrency: {concurrency}
+  registerTimeoutSeconds: {register_timeout}
+services:
+  kv:
+    command: [redis-server, --port, "6379", --save, "", --protected-mode, "no"]
+    placement: function
+    restartPolicy: {restart}
+    minInstances: 1
+    maxInstances: 1
+    maxLifetimeSeconds: 300
+"""
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float, what: str) -> str:
+    """The first line `proc` prints, within `timeout` s."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"{what} printed nothing within {timeout:g} s"
+    line = proc.stdout.readline().strip()
+    assert line, f"{what} exited ({proc.wait()}) before it was ready"
+    return line
+
+
+class Aws:
+    """Everything a test needs around one lab: moto's SSM, the Invoke API, the env and files."""
+
+    def __init__(self, lab: Any, root: Path) -> None:
+        self.lab = lab
+        self.root = root  # readable by the unprivileged user; holds deploy files and state
+        self.procs: list[subprocess.Popen[str]] = []
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("BOXER_", "AWS_"))}
+        self.env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                        AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/dev/null",
+                        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+                        BOXER_DEPLOY_STATE_ROOT=str(root / "state"))
+        self.ssm_url = ""
+        self.lambda_url = ""
+
+    def _popen(self, host: str, argv: list[str], log: str) -> subprocess.Popen[str]:
+        with open(self.root / log, "w") as log_file:
+            proc = subprocess.Popen(self.lab.command(host, argv), env=self.env,
+                                    stdout=subprocess.PIPE, stderr=log_file, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def start_ssm(self) -> None:
+        proc = self._popen("coord", [sys.executable, str(STANDIN), "--listen",
+                                     f"{self.lab.coordinator.rpartition(':')[0]}:0",
+                                     "--region", REGION, "--parameter", PARAMETER,
+                                     "--value-file", str(self.lab.secret_file)], "ssm.log")
+        line = _read_line(proc, 30, "moto's SSM")
+        assert line.startswith("ready http://"), line
+        self.ssm_url = line.split()[1]
+        self.env["AWS_ENDPOINT_URL_SSM"] = self.ssm_url
+
+    def start_invoke_api(self, *options: str) -> None:
+        argv = [*BOXER, "lambda-local", "serve", "--function", FUNCTION, "--listen",
+                "127.0.0.1:0", "--lab", self.lab.name, "--hosts", "h1", "--region", REGION,
+                "--timeout", "120", "--log-dir", str(self.root / "invocations"), *options]
+        proc = self._popen("h2", argv, "invoke-api.log")
+        line = _read_line(proc, 30, "boxer lambda-local serve")
+        assert line.startswith("AWS_ENDPOINT_URL_LAMBDA=http://127.0.0.1:"), line
+        self.lambda_url = line.split()[0].partition("=")[2]
+        self.env["AWS_ENDPOINT_URL_LAMBDA"] = self.lambda_url
+
+    def invoke_stats(self) -> dict[str, Any]:
+        """The Invoke API's counters (it listens on h2's loopback: ask from inside h2)."""
+        code = (f"import urllib.request; print(urllib.request.urlopen("
+                f"'{self.lambda_url}/_boxer/stats', timeout=5).read().decode())")
+        out = subprocess.run(self.lab.command("h2", [sys.executable, "-c", code]),
+                             capture_output=True, text=True, timeout=30, check=True)
+        return json.loads(out.stdout)
+
+    def deploy_file(self, name: str, **values: Any) -> Path:
+        folder = self.root / name
+        folder.mkdir(mode=0o755)
+        (folder / "outputs.json").write_text(json.dumps({
+            "function_name": {"sensitive": False, "type": "string", "value": FUNCTION},
+            "coordinator_address": {"sensitive": False, "type": "string",
+                                    "value": self.lab.coordinator},
+            "secret_parameter_name": {"sensitive": False, "type": "string", "value": PARAMETER},
+            "region": {"sensitive": False, "type": "string", "value": REGION},
+        }))
+        path = folder / "deploy.yaml"
+        path.write_text(DEPLOY.format(name=name, **{"concurrency": 5, "register_timeout": 30,
+                                                    "restart": "always", **values}))
+        for item in (folder, folder / "outputs.json", path):
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        return path
+
+    def up_as_user(self, *args: str) -> list[str]:
+        """`boxer up ARGS` in h2 as an unprivileged user: the lambda backend needs no root."""
+        python, path = _unprivileged_python()
+        env = ["env", f"PYTHONPATH={path}"] if path else []
+        return self.lab.command("h2", [*SETPRIV, *env, python, "-m", "boxer", "up", *args])
+
+    def boxer(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*BOXER, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def status(self, name: str) -> dict[str, Any]:
+        out = self.boxer("status", "--name", name, "-o", "json")
+        assert out.returncode == 0, out.stderr
+        status: dict[str, Any] = json.loads(out.stdout)
+        return status
+
+    def stop(self) -> None:
+        from boxer.lab import stop_processes
+
+        stop_processes(self.procs, 20)
+
+
+@pytest.fixture
+def aws(lab_factory: Any) -> Any:
+    lab = lab_factory(hosts=3)
+    root = Path(tempfile.mkdtemp(prefix="boxer-lt-"))
+    root.chmod(0o755)
+    (root / "state").mkdir()
+    os.chown(root / "state", NOBODY, NOBODY)
+    aws = Aws(lab, root)
+    try:
+        aws.start_ssm()
+        yield aws
+    finally:
+        aws.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+SETPRIV = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+_PROBE = "import os, sys; os.execv(sys.executable, [sys.executable, '-c', 'import boxer, boto3'])"
+
+
+def _unprivileged_python() -> tuple[str, str | None]:
+    """A Python the unprivileged user can run, which can also run itself (`boxer up` starts
+    the controller with sys.executable), and the PYTHONPATH it needs. Our venv's interpreter
+    may link into a directory only root may enter (a pyenv under /root): then the system's
+    Python of the same version, with the venv's packages and this checkout on its path."""
+    root = str(Path(__file__).resolve().parents[1])
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python, path in ((sys.executable, root), (f"/usr/bin/{version}", f"{root}:{site}")):
+        probe = subprocess.run([*SETPRIV, "env", f"PYTHONPATH={path}", python, "-c", _PROBE],
+                               capture_output=True, timeout=60)
+        if probe.returncode == 0:
+            return python, path
+    pytest.fail(f"no Python that user {NOBODY} can run: {probe.stderr.decode()[-500:]}")
+
+
+def _down(aws: Aws, name: str) -> subprocess.CompletedProcess[str]:
+    return aws.boxer("down", "--name", name, timeout=90)
+
+
+def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
+        time.sleep(interval)
+
+
+def _pids_in(lab: Any, host: str) -> list[str]:
+    """Command lines of the processes inside `host`'s namespace."""
+    out = subprocess.run(["ip", "netns", "pids", lab.netns(host)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    lines = []
+    for pid in out:
+        try:
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            pass
+    return lines
+
+
+def test_up_with_lambda_serves_redis_from_an_invocation_through_the_invoke_api(aws: Aws) -> None:
+    name = f"lt{os.getpid() % 100000}"
+    aws.start_invoke_api("--throttle-first", "2")
+    deploy = aws.deploy_file(name)
+    up = subprocess.run(aws.up_as_user("--detach", str(deploy)), env=aws.env,
+                        capture_output=True, text=True, timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr + up.stdout
+        assert f"lambda function {FUNCTION} ({REGION}), coordinator {aws.lab.coordinator}" \
+            in up.stdout
+        answer = ""
+        deadline = time.monotonic() + 45
+        while answer != "PONG":
+            assert time.monotonic() < deadline, "the Lambda instance never answered"
+            proc = aws.lab.run("h3", boxer_run(f"cli{uuid.uuid4().hex[:6]}", "redis-cli", "-h",
+                                               "kv", "ping"),
+                               capture_output=True, text=True, timeout=30)
+            answer = proc.stdout.strip()
+            time.sleep(0.3)
+
+        status = aws.status(name)
+        assert status["backend"] == "lambda" and status["lab"] is None
+        assert (status["function"], status["region"]) == (FUNCTION, REGION)
+        assert status["connected"] is True
+        (kv,) = status["instances"]
+        assert (kv["name"], kv["state"], kv["placement"]) == ("kv-1", "ready", "function")
+        uuid.UUID(kv["host"])  # the Invoke request id stands where a lab host would
+        backend = status["backend_status"]
+        # Invoke was answered 429 twice, then accepted: the backend retried with backoff.
+        assert backend["throttled_total"] == 2
+        assert backend["concurrency"] == {"limit": 5, "in_use": 1, "waiting": 0}
+        assert status["failures"] == []
+        text = aws.boxer("status", "--name", name)
+        assert "lambda concurrency: 1/5 in use, 0 waiting; throttled 2" in text.stdout, text.stdout
+        assert f"lambda function {FUNCTION} ({REGION})" in text.stdout
+
+        stats = aws.invoke_stats()
+        assert (stats["throttled"], stats["events"]) == (2, 1)
+        assert stats["functions"][FUNCTION]["running"] == 1
+        # The instance really runs in an invocation in h1: awslambdaric, handler, agent, app.
+        inside = " ".join(_pids_in(aws.lab, "h1"))
+        for part in ("awslambdaric", "boxer.lambda_handler.handler", "boxer run", "redis-server"):
+            assert part in inside, inside
+        # ... and the controller runs as the unprivileged user, in h2, no lab of its own.
+        info = json.loads((aws.root / "state" / name / "deployment.json").read_text())
+        assert os.stat(f"/proc/{info['controller_pid']}").st_uid == NOBODY
+        assert info["lab"] is None and info["outputs"].endswith("outputs.json")
+    finally:
+        down = _down(aws, name)
+    assert down.returncode == 0, down.stderr
+    assert f"deployment {name} down; controller stopped" in down.stdout
+    # The controller stopped the instance through the coordinator: the handler returned, the
+    # invocation ended by itself (Lambda has no call to end one), and h1 is empty.
+    result = _wait(lambda: aws.invoke_stats()["results"], 30, "the invocation did not end")
+    assert result[0]["status"] == "ok", result
+    assert result[0]["payload"]["instance"] == "kv-1"
+    assert _wait(lambda: not _pids_in(aws.lab, "h1"), 15, "h1 still runs processes")
+
+
+def test_an_invocation_that_never_registers_fails_with_its_reason_and_is_relaunched(
+        aws: Aws) -> None:
+    name = f"lv{os.getpid() % 100000}"
+    aws.start_invoke_api("--drop")  # 202 for every event, and nothing runs
+    # One concurrency slot: the relaunch can only happen if the failure gave the slot back.
+    deploy = aws.deploy_file(name, concurrency=1, register_timeout=3, restart="on-failure")
+    started = time.monotonic()
+    up = subprocess.Popen(aws.up_as_user("--detach", str(deploy)), env=aws.env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = aws.root / "state" / name / "status.json"
+
+    def failures() -> list[dict[str, Any]]:
+        try:
+            return list(json.loads(state.read_text()).get("failures") or [])
+        except (OSError, ValueError):
+            return []
+
+    try:
+        (first,) = _wait(failures, 20, "no failure was reported", interval=0.1)
+        elapsed = time.monotonic() - started
+        assert first["name"] == "kv-1" and first["service"] == "kv"
+        assert first["reason"].startswith("did not register with the coordinator within 3 s "
+                                          "(invocation "), first
+        assert first["reason"].endswith(": see the function's log)")
+        assert 3.0 <= elapsed < 15.0, elapsed
+        # on-failure: relaunched (same name), through the one slot the failure gave back.
+        _wait(lambda: aws.invoke_stats()["events"] >= 2, 10, "kv-1 was not relaunched")
+        status = aws.status(name)
+        assert status["register_timeout"] == 3
+        assert status["backend_status"]["concurrency"]["limit"] == 1
+        assert status["backend_status"]["concurrency"]["in_use"] <= 1
+        assert [i["name"] for i in status["instances"]] == ["kv-1"]
+        assert status["error"].startswith("kv-1: did not register")
+        text = aws.boxer("status", "--name", name).stdout
+        assert "recent failures:" in text and "did not register with the coordinator" in text
+        assert aws.invoke_stats()["dropped"] >= 2
+    finally:
+        down = _down(aws, name)
+        up.communicate(timeout=90)
+    assert down.returncode == 0, down.stderr
