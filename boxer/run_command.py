@@ -124,14 +124,22 @@ def _fail(message: str, status: int) -> int:
               show_default=True, help="Serve the relay in this process, or leave it to a separate "
               "`boxer relay` on --relay-port (relayed connections then survive a coordinator restart).")
 @click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@click.option("--heartbeat", type=click.FloatRange(0, 60), default=0.2, show_default=True, metavar="SECONDS",
+              help="Agents send a heartbeat this often (0: none, and no instance is ever reported quiet). "
+              "Each costs the coordinator one small read (benchmarks/bench_heartbeat.py measures it).")
+@click.option("--quiet-after", type=click.FloatRange(0.05, 60), default=0.8, show_default=True, metavar="SECONDS",
+              help="An instance not heard from for this long is reported quiet to the controller, which "
+              "replaces it. Keep it several heartbeats long.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
-def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, relay_mode, metrics, verbose) -> None:
+def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, relay_mode, metrics, heartbeat,
+                        quiet_after, verbose) -> None:
     """Run the coordinator: membership, names, endpoint discovery and hole-punch brokering.
 
     It holds no data of its own (agents re-register after a restart) and application bytes never
     pass through it."""
     import ipaddress
 
+    from nat_traversal.broker import Timeouts
     from nat_traversal.coordinator import serve
 
     setup_logging(verbose + 1, "coordinator")
@@ -146,7 +154,14 @@ def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, rel
     if network.num_addresses < 4:
         raise SystemExit(_fail(f"--prefix {prefix} is too small for any instance", 2))
     metrics_at = _endpoint(metrics, "--metrics") if metrics else None
-    aio.run(serve(host, port, secret, str(network), ready_file, relay_port, relay_mode == "embedded", metrics_at))
+    if heartbeat and quiet_after < 2 * heartbeat:
+        raise SystemExit(_fail(f"--quiet-after {quiet_after:g} is less than two heartbeats ({heartbeat:g} s each): "
+                               "every late beat would report an instance quiet", 2))
+    if heartbeat and heartbeat < 0.01:
+        raise SystemExit(_fail("--heartbeat must be 0 (off) or at least 0.01 s", 2))
+    timeouts = Timeouts(beat=heartbeat or None, quiet=quiet_after)
+    aio.run(serve(host, port, secret, str(network), ready_file, relay_port, relay_mode == "embedded", metrics_at,
+                  timeouts))
 
 
 @click.command("relay")

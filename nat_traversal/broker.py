@@ -10,6 +10,11 @@ The peer's first frame says what the connection is:
   - Auth: a control session of an agent (mutual challenge-response, then Register, Connect...);
   - Observe: a rendezvous connection, opened from a port the agent wants punched; the coordinator
     records the public endpoint it came from under the frame's ticket.
+
+Liveness: registered agents send a Beat every `Timeouts.beat` seconds from their event loop. An
+instance not heard from (any frame counts) for `Timeouts.quiet` seconds is quiet: watchers (the
+controller) get InstanceQuiet at once, and again when it is heard from again. Its session stays
+open (a frozen instance may thaw); only `Timeouts.silence` closes it.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ class Instance:
     draining: bool = False
     load: Load = dataclasses.field(default_factory=Load)
     report: dict | None = None  # its last Report, as sent
+    quiet: bool = False  # not heard from for Timeouts.quiet; watchers were told
 
 
 
@@ -105,6 +111,15 @@ class Timeouts:
     broker: float = 3.0
     # A control session silent this long is dead (agents ping every 5 s): its instance leaves.
     silence: float = 15.0
+    # Agents send a Beat this often (told in Registered); None: no heartbeats, no quiet.
+    beat: float | None = 0.2
+    # An instance not heard from for this long is quiet (watchers are told). Four beats: a late
+    # beat or two on a loaded machine is no failure, and quiet + one expire tick (0.1 s) stays
+    # under the 1 s in which the controller must notice a silent agent.
+    quiet: float = 0.8
+    # expire() calls further apart than this mean the coordinator itself stalled (its frames
+    # are still unread in socket buffers): silence is then counted from when it resumed.
+    stall: float = 0.3
 
 
 class Broker:
@@ -128,6 +143,8 @@ class Broker:
         self._next_host = 1
         self.connect_results: collections.Counter[str] = collections.Counter()
         self._retired_paths = collections.Counter({"direct": 0, "relayed": 0})
+        self._last_expire: float | None = None
+        self._resumed_at = float("-inf")  # silence is counted from no earlier than this
 
     # --- queries (for status and tests) -------------------------------------------------------
 
@@ -145,6 +162,10 @@ class Broker:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+    @property
+    def quiet_count(self) -> int:
+        return sum(1 for inst in self._by_addr.values() if inst.quiet)
 
     def path_totals(self) -> collections.Counter[str]:
         """Connections set up per path, over every instance that ever reported."""
@@ -184,7 +205,13 @@ class Broker:
         conn = self._connections.get(cid)
         if conn is None:
             return []
-        conn.last_heard = now
+        previous, conn.last_heard = conn.last_heard, now
+        if conn.instance is not None and conn.instance.quiet:
+            return [*self._heard_again(conn.instance, now - previous), *self._dispatch(conn, message, now)]
+        return self._dispatch(conn, message, now)
+
+    def _dispatch(self, conn: Connection, message: m.Message, now: float) -> list[Action]:
+        cid = conn.cid
         if conn.state is ConnState.AWAIT_FIRST:
             if isinstance(message, m.Auth):
                 return self._on_auth(conn, message)
@@ -209,7 +236,7 @@ class Broker:
         return [Close(cid, f"protocol error: {error}")]
 
     def expire(self, now: float) -> list[Action]:
-        actions: list[Action] = []
+        actions: list[Action] = self._find_quiet(now)
         for conn in list(self._connections.values()):
             if conn.state is ConnState.CONTROL and now - conn.last_heard > self.timeouts.silence:
                 log.warning("%s silent for %.0f s: closing its session", conn.endpoint, now - conn.last_heard)
@@ -226,6 +253,41 @@ class Broker:
             log.info("connect %s timed out waiting for the server agent", pending.conn)
             actions.append(Send(pending.client_cid, m.ConnectFailed(conn=pending.conn, error="ETIMEDOUT")))
         return actions
+
+    def _find_quiet(self, now: float) -> list[Action]:
+        """Instances not heard from for `timeouts.quiet` become quiet (watchers are told)."""
+        if self._last_expire is None:
+            self._resumed_at = now  # silence counts from our first look
+        elif now - self._last_expire > self.timeouts.stall:
+            # We did not run for a while: the agents' beats wait unread in our sockets.
+            log.warning("coordinator stalled for %.2f s: silence counted from now", now - self._last_expire)
+            self._resumed_at = now
+        self._last_expire = now
+        if self.timeouts.beat is None:
+            return []
+        actions: list[Action] = []
+        limit = self.timeouts.quiet
+        since = self._resumed_at
+        for inst in self._by_addr.values():
+            if inst.quiet:
+                continue
+            conn = self._connections.get(inst.cid)
+            if conn is None:
+                continue
+            silent = now - max(conn.last_heard, since)
+            if silent > limit:
+                inst.quiet = True
+                log.warning("%s quiet: nothing heard for %.2f s", inst.name, now - conn.last_heard)
+                actions += self._tell_watchers(m.InstanceQuiet(
+                    name=inst.name, service=inst.service, instance=inst.instance_id, quiet=True,
+                    silent=round(now - conn.last_heard, 3)))
+        return actions
+
+    def _heard_again(self, inst: Instance, silent: float) -> list[Action]:
+        inst.quiet = False
+        log.info("%s heard from again after %.2f s", inst.name, silent)
+        return self._tell_watchers(m.InstanceQuiet(name=inst.name, service=inst.service, instance=inst.instance_id,
+                                                   quiet=False, silent=round(max(0.0, silent), 3)))
 
     def next_deadline(self) -> float | None:
         return min([p.deadline for p in self._pending.values()] + [h.deadline for h in self._held.values()],
@@ -295,7 +357,7 @@ class Broker:
             self.services.ensure(inst.service)
         log.info("registered %s (%s) at %s from %s", inst.name, inst.service, addr, conn.endpoint)
         return [*actions, Send(conn.cid, m.Registered(name=inst.name, addr=addr, prefix=self.prefix,
-                                                 relay_port=self.relay_port)),
+                                                 relay_port=self.relay_port, beat=self.timeouts.beat)),
                 *self._broadcast_members(),
                 *self._tell_watchers(m.InstanceUp(name=inst.name, service=inst.service, addr=addr,
                                                   instance=inst.instance_id))]
@@ -364,7 +426,7 @@ class Broker:
             return [Send(conn.cid, m.Error(ref="watch", reason="a registered instance cannot watch"))]
         self._watchers.add(conn.cid)
         instances = [{"name": i.name, "service": i.service, "addr": i.addr, "instance": i.instance_id,
-                      "nat": i.nat, "draining": i.draining, "report": i.report}
+                      "nat": i.nat, "draining": i.draining, "quiet": i.quiet, "report": i.report}
                      for i in self._by_addr.values()]
         log.info("controller watching from %s", conn.endpoint)
         return [Send(conn.cid, m.Snapshot(instances=instances, services=self.services.vips()))]
@@ -394,6 +456,9 @@ class Broker:
 
     def _on_ping(self, conn: Connection, msg: m.Ping, now: float) -> list[Action]:
         return [Send(conn.cid, m.Pong(seq=msg.seq))]
+
+    def _on_beat(self, conn: Connection, msg: m.Beat, now: float) -> list[Action]:
+        return []  # being heard is all a beat is for (message_received noted the time)
 
     # --- brokering ----------------------------------------------------------------------------
 
@@ -522,6 +587,7 @@ class Broker:
         m.Register: _on_register,
         m.Bye: _on_bye,
         m.Ping: _on_ping,
+        m.Beat: _on_beat,
         m.NatReport: _on_nat_report,
         m.Report: _on_report,
         m.Watch: _on_watch,

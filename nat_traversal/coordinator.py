@@ -14,13 +14,17 @@ import socket
 from pathlib import Path
 
 from nat_traversal import messages as m
-from nat_traversal.broker import Broker, Close, Send
+from nat_traversal.broker import Broker, Close, Send, Timeouts
 from nat_traversal.relay import RelayServer
 from nat_traversal.wire import FrameDecoder, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
 
-TICK = 0.1  # how often pending connects are checked against their deadlines
+TICK = 0.1  # how often pending connects and quiet instances are checked
+# A Beat as every agent encodes it: most reads of a control connection are exactly this, and
+# comparing bytes spares the JSON parse and the decoder (its result would be this message).
+BEAT_FRAME = encode_frame(m.Beat().to_wire())
+_BEAT = m.Beat()
 
 
 class _PeerProtocol(asyncio.Protocol):
@@ -41,6 +45,13 @@ class _PeerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         broker = self._server.broker
+        if data == BEAT_FRAME and not self._decoder.buffered:
+            try:
+                self._server.apply(broker.message_received(self.cid, _BEAT, self._server.now()))
+            except Exception:
+                log.exception("internal error while serving connection %d; closing it", self.cid)
+                self._server.close(self.cid)
+            return
         self._decoder.receive_data(data)
         try:
             while (frame := self._decoder.next_frame()) is not None:
@@ -90,15 +101,15 @@ class CoordinatorServer:
 
 async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: str | None = None,
                 relay_port: int | None = None, embedded_relay: bool = True,
-                metrics: tuple[str, int] | None = None) -> None:
+                metrics: tuple[str, int] | None = None, timeouts: Timeouts = Timeouts()) -> None:
     """Serve until SIGINT/SIGTERM. relay_port: the relay and NAT-probe port (default port + 1);
     with embedded_relay False a separate `boxer relay` serves it (and relayed connections then
-    survive a restart of the coordinator)."""
+    survive a restart of the coordinator). timeouts: heartbeat interval, quiet limit and the rest."""
     loop = asyncio.get_running_loop()
     relay = RelayServer(secret)
     relay_port = port + 1 if relay_port is None else relay_port
     relay_bound = await relay.start(host, relay_port) if embedded_relay else relay_port
-    server = CoordinatorServer(Broker(secret, prefix=prefix, relay_port=relay_bound))
+    server = CoordinatorServer(Broker(secret, prefix=prefix, relay_port=relay_bound, timeouts=timeouts))
     listener = await loop.create_server(lambda: _PeerProtocol(server), host, port,
                                         reuse_address=True, backlog=1024)
     bound = listener.sockets[0].getsockname()

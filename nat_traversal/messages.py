@@ -7,6 +7,7 @@ building a bad message in our own code raises ValueError (our fault).
 
 Versioning: the first frame each side sends carries `v`; a coordinator refuses versions it does
 not speak with a message naming both versions, so mismatched deployments fail loudly.
+Version 2 added heartbeats: `Registered.beat`, `Beat`, `InstanceQuiet`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, ClassVar, Optional
 
 from nat_traversal.wire import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TOKEN_RE = re.compile(r"^[0-9a-f]{8,64}$")
@@ -161,16 +162,20 @@ class Register(Message):
 @dataclass(frozen=True)
 class Registered(Message):
     """coordinator -> agent: you are `name` at `addr`; the relay listens on the coordinator's
-    address at `relay_port` (it also answers NAT probes there)."""
+    address at `relay_port` (it also answers NAT probes there). `beat`: send a Beat every that
+    many seconds (None: the coordinator wants none)."""
     TYPE: ClassVar[str] = "registered"
     name: str
     addr: str
     prefix: str
     relay_port: Optional[int] = None
+    beat: Optional[float] = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
         check_ipv4(self.addr)
+        if self.beat is not None and not 0.01 <= self.beat <= 60:
+            raise ValueError(f"beat must be 0.01..60 seconds, got {self.beat!r}")
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,13 @@ class Ping(Message):
 class Pong(Message):
     TYPE: ClassVar[str] = "pong"
     seq: int
+
+
+@dataclass(frozen=True)
+class Beat(Message):
+    """agent -> coordinator, every `Registered.beat` seconds, sent from the agent's event loop
+    (so it proves the loop runs, not just the process): I am alive. Never answered."""
+    TYPE: ClassVar[str] = "beat"
 
 
 @dataclass(frozen=True)
@@ -414,7 +426,7 @@ class Watch(Message):
 @dataclass(frozen=True)
 class Snapshot(Message):
     """coordinator -> controller: every instance (name, service, addr, instance, nat, draining,
-    report or null) and the services' virtual addresses."""
+    quiet, report or null) and the services' virtual addresses."""
     TYPE: ClassVar[str] = "snapshot"
     instances: list
     services: dict
@@ -446,6 +458,23 @@ class InstanceReport(Message):
     service: str
     instance: str
     report: dict
+
+
+@dataclass(frozen=True)
+class InstanceQuiet(Message):
+    """coordinator -> controller: the instance's agent has sent nothing (no Beat, no frame at all)
+    for `silent` seconds (quiet: true), or has been heard from again after that (quiet: false).
+    Its session stays open: quiet is a judgement for the controller, not a disconnection."""
+    TYPE: ClassVar[str] = "instance_quiet"
+    name: str
+    service: str
+    instance: str
+    quiet: bool
+    silent: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.silent < 1e9:
+            raise ValueError(f"silent must be >= 0 seconds, got {self.silent!r}")
 
 
 @dataclass(frozen=True)
@@ -531,10 +560,10 @@ class Relay(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Challenge, Auth, Welcome, Refused, Register, Registered, Error, Members, Ping, Pong, Bye,
-        Connect, Incoming, Accept, Refuse, Punch, ConnectFailed, Observe, Observed, NatReport,
-        Probe, Relay, Report, Watch, Snapshot, InstanceUp, InstanceDown, InstanceReport, Declare,
-        Demand, Drain, Stop,
+        Challenge, Auth, Welcome, Refused, Register, Registered, Error, Members, Ping, Pong, Beat,
+        Bye, Connect, Incoming, Accept, Refuse, Punch, ConnectFailed, Observe, Observed, NatReport,
+        Probe, Relay, Report, Watch, Snapshot, InstanceUp, InstanceDown, InstanceReport,
+        InstanceQuiet, Declare, Demand, Drain, Stop,
     )
 }
 

@@ -34,6 +34,9 @@ def render(broker, relay_stats) -> str:
            [({}, broker.held_count)])
     metric("boxer_coordinator_sessions", "gauge", "Control sessions (agents and controllers).",
            [({}, broker.session_count)])
+    metric("boxer_coordinator_quiet_instances", "gauge",
+           "Registered instances whose agent has sent nothing (no heartbeat) for the quiet limit.",
+           [({}, broker.quiet_count)])
     if relay_stats is not None:
         metric("boxer_relay_connections", "gauge", "Relayed connections open now.", [({}, relay_stats.active)])
         metric("boxer_relay_connections_total", "counter", "Relayed connections joined.", [({}, relay_stats.total)])

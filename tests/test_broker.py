@@ -31,7 +31,7 @@ def login(broker: Broker, cid: int, endpoint: str = "198.18.1.1:40000") -> str:
     challenge = sent(broker.connection_made(cid, endpoint))[0]
     nonce = "ab" * 16
     welcome = sent(broker.message_received(
-        cid, m.Auth(v=1, nonce=nonce, mac=auth.mac(SECRET, auth.AGENT_PROOF, challenge.nonce, nonce)), 0.0))[0]
+        cid, m.Auth(v=m.PROTOCOL_VERSION, nonce=nonce, mac=auth.mac(SECRET, auth.AGENT_PROOF, challenge.nonce, nonce)), 0.0))[0]
     assert isinstance(welcome, m.Welcome)
     assert welcome.mac == auth.mac(SECRET, auth.COORDINATOR_PROOF, nonce, challenge.nonce)
     return welcome.session
@@ -47,7 +47,7 @@ def register(broker: Broker, cid: int, name: str, endpoint: str = "198.18.1.1:40
 def observe(broker: Broker, cid: int, session: str, ticket: str, endpoint: str) -> m.Message:
     broker.connection_made(cid, endpoint)
     return sent(broker.message_received(
-        cid, m.Observe(v=1, session=session, ticket=ticket,
+        cid, m.Observe(v=m.PROTOCOL_VERSION, session=session, ticket=ticket,
                        mac=auth.mac(SECRET, auth.OBSERVE_PROOF, session, ticket)), 0.0))[0]
 
 
@@ -55,7 +55,7 @@ def test_wrong_secret_is_refused_and_closed(broker):
     challenge = sent(broker.connection_made(1, "198.18.1.9:1234"))[0]
     nonce = "cd" * 16
     actions = broker.message_received(
-        1, m.Auth(v=1, nonce=nonce, mac=auth.mac(b"x" * 32, auth.AGENT_PROOF, challenge.nonce, nonce)), 0.0)
+        1, m.Auth(v=m.PROTOCOL_VERSION, nonce=nonce, mac=auth.mac(b"x" * 32, auth.AGENT_PROOF, challenge.nonce, nonce)), 0.0)
     assert sent(actions) == [m.Refused(reason="authentication failed: wrong deployment secret")]
     assert actions[-1] == Close(1, "authentication failed: wrong deployment secret")
     assert broker.instances == []
@@ -72,14 +72,14 @@ def test_unauthenticated_peer_cannot_register(broker):
 def test_old_protocol_version_is_refused_with_both_versions(broker):
     broker.connection_made(1, "198.18.1.9:1234")
     refused = sent(broker.message_received(1, m.Auth(v=7, nonce="ab" * 16, mac="00" * 32), 0.0))[0]
-    assert "version 7" in refused.reason and "speaks 1" in refused.reason
+    assert "version 7" in refused.reason and f"speaks {m.PROTOCOL_VERSION}" in refused.reason
 
 
 def test_registration_allocates_addresses_and_broadcasts_members(broker):
     register(broker, 1, "kv")
     login(broker, 2)
     replies = broker.message_received(2, m.Register(name="web", service="web", instance="12345678"), 0.0)
-    assert sent(replies, 2)[0] == m.Registered(name="web", addr="100.64.0.2", prefix="100.64.0.0/24")
+    assert sent(replies, 2)[0] == m.Registered(name="web", addr="100.64.0.2", prefix="100.64.0.0/24", beat=Timeouts().beat)
     expected = m.Members(hosts={"kv": "100.64.0.1", "web": "100.64.0.2"})
     assert sent(replies, 1) == [expected]
     assert expected in sent(replies, 2)
@@ -166,7 +166,7 @@ def test_server_vanishing_fails_its_pending_connects(broker):
 def test_rendezvous_with_a_forged_proof_is_refused(broker):
     session, _ = register(broker, 1, "web")
     broker.connection_made(5, "198.18.1.1:50001")
-    actions = broker.message_received(5, m.Observe(v=1, session=session, ticket="aaaa0001", mac="00" * 32), 0.0)
+    actions = broker.message_received(5, m.Observe(v=m.PROTOCOL_VERSION, session=session, ticket="aaaa0001", mac="00" * 32), 0.0)
     assert isinstance(sent(actions)[0], m.Refused) and isinstance(actions[-1], Close)
 
 
@@ -184,7 +184,7 @@ def test_same_instance_re_registering_replaces_its_old_session(broker):
     actions = broker.message_received(
         2, m.Register(name="kv", service="kv", instance="12345678", addr="100.64.0.1"), 1.0)
     assert Close(1, "replaced by a new session of the same instance") in actions
-    assert m.Registered(name="kv", addr="100.64.0.1", prefix="100.64.0.0/24") in sent(actions, 2)
+    assert m.Registered(name="kv", addr="100.64.0.1", prefix="100.64.0.0/24", beat=Timeouts().beat) in sent(actions, 2)
     assert broker.members() == {"kv": "100.64.0.1"}
 
 
@@ -321,3 +321,125 @@ def test_metrics_count_outcomes_and_paths(broker):
     assert 'boxer_coordinator_instances{service="web"} 2' in text
     broker.connection_lost(1)  # its counts outlive it
     assert 'boxer_connections_total{path="direct"} 2' in render(broker, None)
+
+
+# --- heartbeats: quiet instances ------------------------------------------------------------------
+
+def run_until(broker, start, end, beats=(), step=0.1):
+    """Drive the broker as the coordinator does: expire() every `step`; each cid in `beats` sends a
+    Beat every 0.2 s. Returns every action with the time it happened."""
+    out = []
+    now, next_beat = start, start
+    while now <= end + 1e-9:
+        if now >= next_beat - 1e-9:
+            for cid in beats:
+                out += [(round(now, 3), a) for a in broker.message_received(cid, m.Beat(), now)]
+            next_beat += 0.2
+        out += [(round(now, 3), a) for a in broker.expire(now)]
+        now = round(now + step, 6)
+    return out
+
+
+def quiet_messages(timed, cid=9):
+    return [(t, a.message) for t, a in timed if isinstance(a, Send) and a.cid == cid
+            and isinstance(a.message, m.InstanceQuiet)]
+
+
+def test_registered_tells_the_agent_how_often_to_beat(broker):
+    login(broker, 1)
+    replies = sent(broker.message_received(1, m.Register(name="kv", service="kv", instance="12345678"), 0.0), 1)
+    assert replies[0].beat == Timeouts().beat == 0.2
+
+
+def test_a_silent_instance_is_quiet_after_the_limit_and_heard_again_later(broker):
+    register(broker, 1, "kv")
+    register(broker, 2, "web")
+    watch(broker, 9)
+    # Both beat until t=1; then kv stops (SIGSTOP), web goes on.
+    timed = run_until(broker, 0.0, 1.0, beats=(1, 2))
+    timed += run_until(broker, 1.1, 3.0, beats=(2,))
+    quiet = quiet_messages(timed)
+    assert [(msg.name, msg.quiet) for _, msg in quiet] == [("kv", True)]
+    at, msg = quiet[0]
+    # Last beat at 1.0: quiet once more than 0.8 s passed, seen by the next 0.1 s tick.
+    assert 1.8 <= at <= 1.9 and msg.silent == pytest.approx(at - 1.0)
+    assert msg.service == "kv" and msg.instance == "12345678"
+    assert [i.name for i in broker.instances if i.quiet] == ["kv"]
+    assert broker.quiet_count == 1
+    # Its session is not closed for being quiet: only `silence` (15 s) does that.
+    assert not any(isinstance(a, Close) for _, a in timed)
+    # Any frame from it (a thaw) ends the quiet, and watchers hear that too.
+    again = broker.message_received(1, m.Beat(), 3.05)
+    assert sent(again, 9) == [m.InstanceQuiet(name="kv", service="kv", instance="12345678", quiet=False,
+                                              silent=2.05)]
+    assert broker.quiet_count == 0
+    assert quiet_messages(run_until(broker, 3.1, 4.0, beats=(1, 2))) == []
+
+
+def test_beats_are_never_answered_and_keep_an_instance_from_going_quiet(broker):
+    register(broker, 1, "kv")
+    watch(broker, 9)
+    assert broker.message_received(1, m.Beat(), 0.1) == []
+    timed = run_until(broker, 0.0, 10.0, beats=(1,))
+    assert [a for _, a in timed] == []
+
+
+def test_a_report_or_any_frame_counts_as_being_heard(broker):
+    register(broker, 1, "kv")
+    watch(broker, 9)
+    timed = []
+    for i in range(40):  # a frame every 0.7 s, no beats: never quiet
+        now = round(i * 0.1, 3)
+        if i % 7 == 0:
+            report(broker, 1, now=now)
+        timed += [(now, a) for a in broker.expire(now)]
+    assert quiet_messages(timed) == []
+
+
+def test_a_coordinator_stall_is_not_blamed_on_the_agents(broker):
+    register(broker, 1, "kv")
+    watch(broker, 9)
+    timed = run_until(broker, 0.0, 1.0, beats=(1,))
+    # The coordinator's own loop stops for 2 s: the agent's beats wait unread in the socket, and
+    # the first expire() after the stall runs before they are read.
+    timed += [(3.0, a) for a in broker.expire(3.0)]
+    timed += [(3.0, a) for a in broker.message_received(1, m.Beat(), 3.0)]
+    timed += run_until(broker, 3.1, 5.0, beats=(1,))
+    assert quiet_messages(timed) == []
+    # ...but an agent that really stopped during the stall is quiet 0.8 s after it.
+    timed = run_until(broker, 5.1, 5.5, beats=())
+    timed += [(8.0, a) for a in broker.expire(8.0)]
+    timed += run_until(broker, 8.1, 9.0, beats=())
+    [(at, _)] = quiet_messages(timed)
+    assert 8.8 <= at <= 8.9
+
+
+def test_the_snapshot_says_which_instances_are_quiet(broker):
+    register(broker, 1, "kv")
+    register(broker, 2, "web")
+    run_until(broker, 0.0, 2.0, beats=(2,))
+    snapshot = watch(broker, 9)[0]
+    assert {i["name"]: i["quiet"] for i in snapshot.instances} == {"kv": True, "web": False}
+
+
+def test_unregistered_sessions_and_watchers_are_never_quiet(broker):
+    login(broker, 1)  # authenticated, not registered
+    watch(broker, 9)
+    assert quiet_messages(run_until(broker, 0.0, 5.0)) == []
+
+
+def test_no_beat_configured_means_no_quiet():
+    broker = Broker(SECRET, prefix="100.64.0.0/24", timeouts=Timeouts(beat=None), new_token=tokens())
+    login(broker, 1)
+    registered = sent(broker.message_received(1, m.Register(name="kv", service="kv", instance="12345678"), 0.0), 1)
+    assert registered[0].beat is None
+    watch(broker, 9)
+    assert quiet_messages(run_until(broker, 0.0, 5.0)) == []
+
+
+def test_metrics_count_quiet_instances(broker):
+    from nat_traversal.metrics import render
+
+    register(broker, 1, "kv")
+    run_until(broker, 0.0, 2.0)
+    assert "boxer_coordinator_quiet_instances 1" in render(broker, None)

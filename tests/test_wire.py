@@ -13,13 +13,16 @@ from nat_traversal import messages as m
 from nat_traversal.wire import MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
 
 SAMPLES = [
-    m.Challenge(v=1, nonce="ab" * 16),
+    m.Challenge(v=m.PROTOCOL_VERSION, nonce="ab" * 16),
     m.Register(name="kv-1", service="kv", instance="12345678"),
     m.Register(name="kv-1", service="kv", instance="12345678", addr="100.64.0.9"),
     m.Members(hosts={"kv-1": "100.64.0.1"}),
     m.Connect(conn="c0ffee01", dst_addr="100.64.0.1", dst_port=6379, src_port=40000, ticket="aaaa0001"),
     m.Punch(conn="c0ffee01", role="server", peer="198.18.1.1:40000", ticket="bbbb0001"),
     m.ConnectFailed(conn="c0ffee01", error="ECONNREFUSED"),
+    m.Registered(name="kv-1", addr="100.64.0.1", prefix="100.64.0.0/10", relay_port=7001, beat=0.2),
+    m.Beat(),
+    m.InstanceQuiet(name="kv-1", service="kv", instance="12345678", quiet=True, silent=0.81),
 ]
 
 
@@ -61,6 +64,17 @@ def test_oversized_frame_is_rejected_before_buffering_it():
     ({"t": "connect", "conn": "c0ffee01", "dst_addr": "1.2.3", "dst_port": 1, "src_port": 1, "ticket": "aaaa0001"},
      "dst_addr must be an IPv4 address"),
     ({"t": "punch", "conn": "c0ffee01", "role": "boss", "peer": "1.2.3.4:5", "ticket": "aaaa0001"}, "role must be"),
+    ({"t": "beat", "seq": 1}, "beat: unknown field(s) seq"),
+    ({"t": "registered", "name": "kv", "addr": "100.64.0.1", "prefix": "100.64.0.0/10", "beat": 0},
+     "beat must be 0.01..60 seconds"),
+    ({"t": "registered", "name": "kv", "addr": "100.64.0.1", "prefix": "100.64.0.0/10", "beat": "0.2"},
+     "registered: field 'beat' has the wrong type"),
+    ({"t": "instance_quiet", "name": "kv", "service": "kv", "instance": "12345678", "quiet": 1, "silent": 1.0},
+     "instance_quiet: field 'quiet' has the wrong type"),
+    ({"t": "instance_quiet", "name": "kv", "service": "kv", "instance": "12345678", "quiet": True, "silent": -1},
+     "silent must be >= 0"),
+    ({"t": "instance_quiet", "name": "kv", "service": "kv", "instance": "12345678", "quiet": True,
+      "silent": float("nan")}, "silent must be >= 0"),
 ])
 def test_malformed_messages_name_the_problem(wire, error):
     with pytest.raises(ProtocolError) as info:
@@ -90,14 +104,25 @@ def test_fuzz_decoder_only_ever_raises_protocol_error(data):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(["t", "conn", "seq", "name", "v", "nonce", "hosts", "peer", "role"]),
-                       st.one_of(st.text(max_size=10), st.integers(), st.none(), st.booleans(),
+@given(st.dictionaries(st.sampled_from(["t", "conn", "seq", "name", "v", "nonce", "hosts", "peer", "role",
+                                        "beat", "quiet", "silent", "service", "instance"]),
+                       st.one_of(st.text(max_size=10), st.integers(), st.none(), st.booleans(), st.floats(),
                                  st.sampled_from(list(m.MESSAGE_TYPES)))))
 def test_fuzz_message_fields_only_ever_raise_protocol_error(wire):
     try:
         m.decode(json.loads(json.dumps(wire)))
     except ProtocolError:
         pass
+
+
+def test_the_coordinators_beat_fast_path_is_exactly_a_decoded_beat():
+    from boxer.agent.link import BEAT_FRAME as AGENT_BEAT
+    from nat_traversal.coordinator import BEAT_FRAME
+
+    assert BEAT_FRAME == AGENT_BEAT
+    decoder = FrameDecoder()
+    decoder.receive_data(BEAT_FRAME)
+    assert m.decode(decoder.next_frame()) == m.Beat()
 
 
 def test_cli_default_prefix_matches_the_broker():

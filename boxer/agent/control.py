@@ -45,6 +45,10 @@ class FramedSocket:
     async def send(self, message: m.Message) -> None:
         await self._loop.sock_sendall(self.sock, encode_frame(message.to_wire()))
 
+    async def send_frame(self, frame: bytes) -> None:
+        """An already encoded frame (one sent often, like a Beat)."""
+        await self._loop.sock_sendall(self.sock, frame)
+
     async def receive(self) -> m.Message:
         while True:
             frame = self._decoder.next_frame()
@@ -84,6 +88,7 @@ class Registration:
     addr: str
     prefix: str
     relay_port: int | None = None
+    beat: float | None = None  # seconds between the Beats the coordinator wants; None: none
 
 
 class ControlSession:
@@ -96,6 +101,9 @@ class ControlSession:
 
     async def send(self, message: m.Message) -> None:
         await self.framed.send(message)
+
+    async def send_frame(self, frame: bytes) -> None:
+        await self.framed.send_frame(frame)
 
     async def dispatch_forever(self, handle: Callable[[m.Message], Awaitable[None] | None]) -> None:
         """Hands every message to `handle` until the connection ends (then raises)."""
@@ -195,7 +203,8 @@ async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, 
     while True:
         reply = await framed.receive()
         if isinstance(reply, m.Registered):
-            registration = Registration(welcome.session, reply.name, reply.addr, reply.prefix, reply.relay_port)
+            registration = Registration(welcome.session, reply.name, reply.addr, reply.prefix, reply.relay_port,
+                                        reply.beat)
         elif isinstance(reply, m.Error):
             raise CoordinatorError(f"registration refused: {reply.reason}")
         elif isinstance(reply, m.Members):

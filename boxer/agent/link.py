@@ -1,4 +1,11 @@
-"""The agent's lasting link to the coordinator: keepalives, and reconnection after any loss.
+"""The agent's lasting link to the coordinator: heartbeats, keepalives, and reconnection after
+any loss.
+
+Heartbeats: the coordinator says in Registered how often it wants a Beat (0.2 s by default); the
+link sends them from the event loop, so a beat proves the agent's loop runs, and the
+coordinator tells the controller when an instance has gone quiet (SIGSTOP, a freeze, a hung
+loop) well within a second. Every `ping_interval` a Ping goes instead, which the coordinator
+answers: that is how the link notices a coordinator that went away without a FIN/RST.
 
 The coordinator is soft state. When its connection drops (it restarted, or a NAT mapping
 expired while the instance was frozen), the agent reconnects with backoff and re-registers under
@@ -16,9 +23,11 @@ from typing import Callable
 
 from boxer.agent.control import ControlSession, CoordinatorError, Registration, open_session
 from nat_traversal import messages as m
-from nat_traversal.wire import ProtocolError
+from nat_traversal.wire import ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
+
+BEAT_FRAME = encode_frame(m.Beat().to_wire())
 
 
 @dataclass(frozen=True)
@@ -109,22 +118,30 @@ class CoordinatorLink:
             on_message(message)
 
         reader = asyncio.create_task(self.session.dispatch_forever(heard))
+        ping_interval = self.timeouts.ping_interval
+        beat = self.session.registration.beat  # None: this coordinator wants no heartbeats
+        step = min(beat, ping_interval) if beat else ping_interval
         try:
             seq = 0
+            next_ping = loop.time() + ping_interval
             while not reader.done():
                 before = loop.time()
-                done, _ = await asyncio.wait({reader}, timeout=self.timeouts.ping_interval)
+                done, _ = await asyncio.wait({reader}, timeout=step)
                 if done:
                     break
-                slept = loop.time() - before
-                if slept > 2 * self.timeouts.ping_interval + 1.0:
+                now = loop.time()
+                if now - before - step > ping_interval + 1.0:
                     # We were frozen (Lambda freezes sandboxes between invocations; SIGSTOP does
                     # the same): our NAT mappings have likely expired, so do not wait to find out.
-                    raise LinkDown(f"frozen for about {slept:.0f} s")
-                if loop.time() - self._last_heard > self.timeouts.silence:
+                    raise LinkDown(f"frozen for about {now - before:.0f} s")
+                if now - self._last_heard > self.timeouts.silence:
                     raise LinkDown(f"no word from the coordinator for {self.timeouts.silence:g} s")
-                seq += 1
-                await self.session.send(m.Ping(seq=seq))
+                if now >= next_ping - step / 2:  # (a timer may fire a hair early)
+                    seq += 1
+                    next_ping = now + ping_interval
+                    await self.session.send(m.Ping(seq=seq))
+                elif beat:
+                    await self.session.send_frame(BEAT_FRAME)
             reader.result()
         finally:
             reader.cancel()
