@@ -1,7 +1,7 @@
 """The controller's bookkeeping at run time, without I/O: messages in, Signals and actions out.
 
 `Book` is fed what the coordinator forwards (Snapshot, InstanceUp, InstanceReport,
-InstanceDown, Demand) and what the backend notices (a process exited), and turns it into the
+InstanceQuiet, InstanceDown, Demand) and what the backend notices (a process exited), and turns it into the
 `Signals` that `decide()` wants. `actions_for()` turns `decide()`'s decisions into the calls the
 runtime makes on the backend and the coordinator. Both are plain functions of their inputs and a
 `now` passed in, so the whole mapping signals -> decisions -> actions is tested without sockets,
@@ -63,6 +63,7 @@ class Record:
     registered_at: float | None = None
     ready_at: float | None = None  # first report with a listening port
     last_heard: float | None = None
+    quiet_since: float | None = None  # the coordinator stopped hearing the agent's heartbeat
     report: Mapping[str, Any] | None = None
     report_at: float | None = None
     accepts_per_second: float = 0.0
@@ -158,10 +159,24 @@ class Book:
                 self._registered(record, entry.get("addr"), now)
                 if entry.get("report"):
                     self._reported(record, entry["report"], now)
+                if not entry.get("quiet"):
+                    record.quiet_since = None
+                elif record.quiet_since is None:  # quiet for how long, a snapshot does not say
+                    record.quiet_since = now
         elif kind == "instance_up":
             record = self._find(message.instance, message.name, message.service)
             if record is not None:
                 self._registered(record, message.addr, now)
+                record.quiet_since = None  # a new session: it is heard
+        elif kind == "instance_quiet":
+            record = self._find(message.instance, message.name, message.service)
+            if record is not None and message.quiet:
+                if record.quiet_since is None:
+                    record.quiet_since = now - message.silent
+                    log.info("%s quiet for %.2f s (no heartbeat)", record.name, message.silent)
+            elif record is not None:
+                record.quiet_since = None
+                record.last_heard = now
         elif kind == "instance_report":
             record = self._find(message.instance, message.name, message.service)
             if record is not None:
@@ -214,6 +229,7 @@ class Book:
             gained = int(report.get("accepted", 0)) - int(previous.get("accepted", 0))
             record.accepts_per_second = max(0, gained) / (now - previous_at)
         record.report, record.report_at, record.last_heard = dict(report), now, now
+        record.quiet_since = None  # a report is a frame from the agent: it is heard
         if record.ready_at is None and report.get("listening"):
             record.ready_at = now
             self.ready_latencies.append((record.name, now - record.requested_at))
@@ -253,6 +269,7 @@ class Book:
                 idle_seconds=max(0.0, float(report.get("idle", 0.0))),
                 lifetime_left=record.lifetime_left(now),
                 draining=bool(report.get("draining")) or record.draining,
+                quiet_since=None if exited else record.quiet_since,
             ))
         for service, (_, until) in list(self.demand.items()):
             if until < now:

@@ -2,7 +2,8 @@
 
 Each tick, per service, in this order:
 1. bookkeeping: forget instances that are gone, notice ones that started, time out silent starts;
-2. failures: an app that exited, or an agent silent for more than `Timings.silent_after`, is
+2. failures: an app that exited, an agent the coordinator reports quiet (its heartbeats
+   stopped), or one without a report for more than `Timings.silent_after` (the backstop), is
    stopped and, as the restart policy says, replaced at once (same index, so the same name);
 3. lifetime: a `function` instance with less than renewalMarginSeconds left gets a replacement
    started; once that is ready (or the end is near) the old one is drained; a drained instance
@@ -158,6 +159,7 @@ def pick_instance(
             or instance.draining
             or instance.id in memory.draining
             or instance.id in memory.stopping
+            or instance.quiet_since is not None
             or now - instance.last_heard > timings.silent_after
         ):
             continue
@@ -241,6 +243,9 @@ class _ServiceTick:
             if instance.exited:
                 why = f"exited with status {instance.exit_status}"
                 failed = instance.exit_status != 0
+            elif instance.quiet_since is not None:
+                why = f"agent quiet for {max(0.0, self.now - instance.quiet_since):.1f} s (no heartbeat)"
+                failed = True
             elif silent > self.timings.silent_after:
                 why = f"silent for {silent:.1f} s (limit {self.timings.silent_after:g} s)"
                 failed = True

@@ -45,10 +45,13 @@ log = logging.getLogger(__name__)
 INSTANCE_ID_ENV = "BOXER_INSTANCE_ID"
 PING_EVERY = 1.0
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
-# Agents report once a second, so "silent" must allow for a late report or two. An app that
-# exits, or an agent whose session drops, is noticed at once anyway (process exit, the agent's
-# last report, InstanceDown); only a frozen or cut-off host waits for this.
+# Agents report once a second, so "silent" must allow for a late report or two. It is only the
+# backstop: an app that exits, or an agent whose session drops, is noticed at once (process exit,
+# the agent's last report, InstanceDown), and an agent that stops (SIGSTOP, a freeze, a hung
+# event loop) within a second, when the coordinator reports it quiet (no heartbeat for 0.8 s).
 RUNTIME_TIMINGS = Timings(silent_after=2.5)
+# Messages that can call for a decision at once: they wake the loop before its next tick.
+WAKE_ON = frozenset({"instance_quiet", "instance_down"})
 DEFAULT_HOLD = 10.0  # seconds a connect to a fixed-size service waits while it (re)starts
 FAILURES_KEPT = 20  # recent failures shown by `boxer status`
 SHUTDOWN_WAIT = 10.0  # seconds, on the way down, for instances to leave after their Stop
@@ -100,6 +103,7 @@ class ControllerRuntime:
         self._started_at = wall()
         self._timeline: Any = None
         self._last_error: str | None = None
+        self._wake = asyncio.Event()  # set: tick now, not at the next tick's time
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
 
     # -- the loop --------------------------------------------------------------------------
@@ -113,16 +117,20 @@ class ControllerRuntime:
         if self.metrics_sock is not None:
             metrics_server = await serve_metrics(self.metrics, self.metrics_sock)
         session_task = loop.create_task(self._session_forever(stop))
+        stopper = loop.create_task(stop.wait())
+        stopper.add_done_callback(lambda _: self._wake.set())
         try:
             while not stop.is_set():
                 began = loop.time()
+                self._wake.clear()
                 if self.connected.is_set():
                     await self.tick(loop.time())
                 self._write_status()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(),
+                    await asyncio.wait_for(self._wake.wait(),
                                            max(0.0, self.tick_seconds - (loop.time() - began)))
         finally:
+            stopper.cancel()
             await self._stop_through_coordinator()  # while the session is still up
             session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -350,6 +358,7 @@ class ControllerRuntime:
                 await framed.send(m.Declare(services=self._holds()))
                 self.book.on_message(snapshot, loop.time())
                 self.connected.set()
+                self._wake.set()  # tick now, with the snapshot, not a tick later
                 self.metrics.set("boxer_controller_coordinator_connected", 1)
                 log.info("watching the coordinator at %s:%d", *self.coordinator)
                 pinger = loop.create_task(self._ping(framed))
@@ -357,6 +366,8 @@ class ControllerRuntime:
                     while True:
                         message = await framed.receive()
                         self.book.on_message(message, loop.time())
+                        if message.TYPE in WAKE_ON:
+                            self._wake.set()
                 finally:
                     pinger.cancel()
             except (OSError, ProtocolError, ConnectionError) as exc:

@@ -56,6 +56,9 @@ class InstanceSignals:
     idle_seconds: float = 0.0  # no connections and no CPU for this long
     lifetime_left: float | None = None  # seconds; None where instances have no lifetime limit
     draining: bool = False  # the agent has stopped taking new connections
+    # When the agent went quiet: the coordinator stopped hearing its heartbeat (sent every
+    # 0.2 s from the agent's event loop). None while it is heard.
+    quiet_since: float | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.id) and bool(self.name), "instance id and name must not be empty")

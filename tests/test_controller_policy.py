@@ -143,6 +143,48 @@ class TestFailures:
         assert outcome.decisions == (Stop("kv-2.2", "exited with status 1"),)
         assert ctl.state.service("kv").retired == 1
 
+    @pytest.mark.parametrize("restart", ["always", "on-failure"])
+    def test_an_agent_the_coordinator_reports_quiet_is_failed_at_once(self, restart: str) -> None:
+        # Its last report is fresh (the backstop would wait 2.5 s in the runtime): the quiet
+        # heartbeat alone fails it, and the restart policy replaces it under the same name.
+        ctl = Controller(self.spec(restart), Timings(silent_after=2.5))
+        ctl.tick(0.0)
+        kv1 = inst("kv-1", 1, now=10.0, placement=VM)
+        quiet = inst("kv-2", 2, now=10.0, placement=VM, last_heard=9.6, quiet_since=9.15)
+        why = "agent quiet for 0.9 s (no heartbeat)"
+        assert ctl.tick(10.05, kv1, quiet).decisions == (
+            Stop("kv-2.2", why),
+            Start("kv", VM, f"replace kv-2: {why}", "kv-2.3", "kv-2", 2),
+        )
+        # Next tick it is still listed, being stopped: nothing new.
+        assert ctl.tick(10.3, replace(kv1, last_heard=10.3), quiet).decisions == ()
+
+    def test_never_does_not_replace_a_quiet_agent(self) -> None:
+        ctl = self.booted("never")
+        quiet = inst("kv-2", 2, now=10.0, placement=VM, quiet_since=9.0)
+        outcome = ctl.tick(10.0, inst("kv-1", 1, now=10.0, placement=VM), quiet)
+        assert outcome.decisions == (Stop("kv-2.2", "agent quiet for 1.0 s (no heartbeat)"),)
+        assert ctl.state.service("kv").retired == 1
+
+    def test_a_quiet_instance_being_renewed_is_stopped_not_replaced_twice(self) -> None:
+        spec = deployment("""\
+            services:
+              api:
+                command: [srv]
+                placement: function
+                minInstances: 1
+                maxInstances: 1
+                maxLifetimeSeconds: 100
+                renewalMarginSeconds: 10
+            """)
+        ctl = Controller(spec)
+        ctl.tick(0.0)
+        old = inst("api-1", 1, now=1.0, lifetime_left=5.0)
+        renew = ctl.tick(1.0, old).decisions
+        assert [type(d) for d in renew] == [Start]
+        quiet = replace(old, last_heard=1.5, quiet_since=1.2)
+        assert ctl.tick(1.5, quiet).decisions == (Stop("api-1.1", "agent quiet for 0.3 s (no heartbeat)"),)
+
 
 API = """\
     services:
@@ -349,6 +391,7 @@ class TestPicker:
             inst("api-3", 3, now=now, conns=0, draining=True),
             inst("api-4", 4, now=now, conns=0, ready=False),
             inst("api-5", 5, now=now, conns=0, last_heard=3.0),
+            inst("api-7", 7, now=now, conns=0, quiet_since=4.5),
             inst("api-6", 6, now=now, conns=1),
             inst("web-1", 1, now=now, conns=0),
         ]

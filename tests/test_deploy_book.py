@@ -259,3 +259,98 @@ def test_a_failed_launch_counts_as_an_exit_and_is_retried():
         await rt.shutdown()
 
     asyncio.run(scenario())
+
+
+# -- heartbeats: the coordinator's InstanceQuiet ------------------------------------------------
+
+def test_quiet_from_the_coordinator_reaches_decide_and_being_heard_again_clears_it():
+    book = Book(deployment())
+    rec = started(book)
+    book.on_message(m.InstanceReport(name="api-1", service="api", instance=rec.agent_id,
+                                     report=report()), 1.0)
+    book.on_message(m.InstanceQuiet(name="api-1", service="api", instance=rec.agent_id,
+                                    quiet=True, silent=0.8), 1.9)
+    (sig,) = book.signals(2.0).instances
+    assert sig.quiet_since == pytest.approx(1.1) and sig.last_heard == 1.0
+    book.on_message(m.InstanceQuiet(name="api-1", service="api", instance=rec.agent_id,
+                                    quiet=False, silent=1.5), 2.6)
+    (sig,) = book.signals(2.6).instances
+    assert sig.quiet_since is None and sig.last_heard == 2.6
+    # A report is heard from the agent too; an exited instance is never "quiet".
+    book.on_message(m.InstanceQuiet(name="api-1", service="api", instance=rec.agent_id,
+                                    quiet=True, silent=0.9), 4.0)
+    book.on_message(m.InstanceReport(name="api-1", service="api", instance=rec.agent_id,
+                                     report=report()), 4.1)
+    assert book.signals(4.1).instances[0].quiet_since is None
+    book.on_message(m.InstanceQuiet(name="api-1", service="api", instance=rec.agent_id,
+                                    quiet=True, silent=0.9), 5.0)
+    book.exited(rec.id, 137, 5.1)
+    assert book.signals(5.2).instances[0].quiet_since is None
+
+
+def test_a_snapshot_after_reconnecting_carries_quiet():
+    book = Book(deployment())
+    rec = started(book)
+    entry = {"name": "api-1", "service": "api", "addr": "100.64.0.2", "instance": rec.agent_id,
+             "nat": "eim", "draining": False, "quiet": True, "report": report()}
+    book.on_message(m.Snapshot(instances=[entry], services={}), 3.0)
+    assert book.signals(3.0).instances[0].quiet_since == 3.0
+    book.on_message(m.Snapshot(instances=[{**entry, "quiet": False}], services={}), 4.0)
+    assert book.signals(4.0).instances[0].quiet_since is None
+
+
+def test_a_quiet_instance_wakes_the_runtime_and_is_replaced_before_the_next_tick(monkeypatch):
+    """The loop ticks every 5 s here: only the wake on InstanceQuiet can act within 1 s."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        backend = FakeBackend()
+        rt = ControllerRuntime(deployment(), backend, coordinator=("127.0.0.1", 1),
+                               secret=b"x" * 32, tick=5.0)
+        inbox: asyncio.Queue[m.Message] = asyncio.Queue()
+
+        class Framed:
+            def __init__(self) -> None:
+                self.sent: list[m.Message] = []
+
+            async def send(self, message: m.Message) -> None:
+                self.sent.append(message)
+
+            async def receive(self) -> m.Message:
+                return await inbox.get()
+
+            def close(self) -> None:
+                pass
+
+        framed = Framed()
+
+        async def fake_open(coordinator, secret, timeout=5.0):
+            return framed, m.Snapshot(instances=[], services={})
+
+        monkeypatch.setattr("boxer.agent.control.open_controller_session", fake_open)
+        stop = asyncio.Event()
+        running = loop.create_task(rt.run(stop))
+
+        async def until(predicate, timeout: float) -> None:
+            deadline = loop.time() + timeout
+            while not predicate():
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+
+        await until(lambda: backend.launched, 2.0)  # the first tick starts web-1
+        (web,) = backend.launched
+        agent_id = web.env[INSTANCE_ID_ENV]
+        inbox.put_nowait(m.InstanceUp(name="web-1", service="web", addr="100.64.0.2",
+                                      instance=agent_id))
+        inbox.put_nowait(m.InstanceReport(name="web-1", service="web", instance=agent_id,
+                                          report=report(listening=[80])))
+        await until(lambda: rt.book.records["web-1.1"].ready_at is not None, 1.0)
+        quiet_at = loop.time()
+        inbox.put_nowait(m.InstanceQuiet(name="web-1", service="web", instance=agent_id,
+                                         quiet=True, silent=0.8))
+        await until(lambda: len(backend.launched) == 2, 1.0)
+        assert loop.time() - quiet_at < 0.5
+        assert any(isinstance(x, m.Stop) and x.instance == agent_id for x in framed.sent)
+        stop.set()
+        await asyncio.wait_for(running, 10)
+
+    asyncio.run(scenario())

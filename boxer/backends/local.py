@@ -182,6 +182,9 @@ class LocalBackend:
             return
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)  # the agent stops its app, then exits
+            # A stopped instance (SIGSTOP, a frozen host: what the coordinator reports quiet)
+            # acts on SIGTERM only once resumed: resume its process group, app included.
+            os.killpg(proc.pid, signal.SIGCONT)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), self.stop_grace)
         except asyncio.TimeoutError:
