@@ -48,10 +48,20 @@ def event(secret: str, name: str = "kv-1") -> dict[str, Any]:
             "env": {}, "coordinator": "127.0.0.1:7000", "secret": {"file": secret}}
 
 
-def client(server: InvokeApiServer) -> Any:
-    return boto3.client("lambda", region_name=REGION, endpoint_url=server.endpoint_url,
-                        aws_access_key_id="testing", aws_secret_access_key="testing",
-                        config=Config(retries={"total_max_attempts": 1}))
+@pytest.fixture
+def clients() -> Any:
+    """boto3 clients for a server, closed at the end (their pooled sockets with them)."""
+    made: list[Any] = []
+
+    def make(server: InvokeApiServer) -> Any:
+        made.append(boto3.client("lambda", region_name=REGION, endpoint_url=server.endpoint_url,
+                                 aws_access_key_id="testing", aws_secret_access_key="testing",
+                                 config=Config(retries={"total_max_attempts": 1})))
+        return made[-1]
+
+    yield make
+    for made_client in made:
+        made_client.close()
 
 
 def wait_for(predicate: Any, timeout: float = 20.0) -> Any:
@@ -62,12 +72,12 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> Any:
     return value
 
 
-def test_answers_like_lambda(handlers: dict[str, Any]) -> None:
+def test_answers_like_lambda(handlers: dict[str, Any], clients: Any) -> None:
     functions = [LocalFunction("boxer-t", timeout=30, env=handlers["env"],
                                handler="invoke_handlers.exit3"),
                  LocalFunction("boxer-void", drop=True)]
     with InvokeApiServer(functions, region=REGION) as server:
-        lam = client(server)
+        lam = clients(server)
         # Event: 202 at once, with a request id; the handler runs in a sandbox afterwards.
         reply = lam.invoke(FunctionName="boxer-t", InvocationType="Event",
                            Payload=json.dumps(event(handlers["secret"])))
@@ -115,12 +125,12 @@ def test_answers_like_lambda(handlers: dict[str, Any]) -> None:
 
 
 def test_events_queue_for_a_free_slot_and_a_busy_function_throttles_sync_calls(
-        handlers: dict[str, Any]) -> None:
+        handlers: dict[str, Any], clients: Any) -> None:
     function = LocalFunction("boxer-t", timeout=60, env=handlers["env"],
                              handler="invoke_handlers.forever")
     server = InvokeApiServer([function], region=REGION).start()
     try:
-        lam = client(server)
+        lam = clients(server)
         for name in ("kv-1", "kv-2"):
             lam.invoke(FunctionName="boxer-t", InvocationType="Event",
                        Payload=json.dumps(event(handlers["secret"], name)))

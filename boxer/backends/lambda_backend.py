@@ -203,6 +203,9 @@ class LambdaBackend:
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self._client, "close", None)  # boto3 clients: their pooled sockets
+        if close is not None:
+            close()
 
     async def _invoke(self, instance: str, payload: bytes) -> tuple[dict[str, Any], int]:
         from botocore.exceptions import BotoCoreError, ClientError
