@@ -6,6 +6,7 @@ matters. No root needed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -58,11 +59,17 @@ class World:
                         AWS_ENDPOINT_URL_LAMBDA=url, BOXER_DEPLOY_STATE_ROOT=str(root / "state"))
         self.deploy = root / "deploy.yaml"
         self.deploy.write_text(DEPLOY.format(placement="function"))
+        self.clients: list[Any] = []
 
-    def client(self, service: str, **keys: str) -> Any:
-        return boto3.client(service, region_name=REGION, endpoint_url=self.url,
-                            aws_access_key_id=keys.get("id", "testing"),
-                            aws_secret_access_key=keys.get("secret", "testing"))
+    def client(self, service: str) -> Any:
+        self.clients.append(boto3.client(service, region_name=REGION, endpoint_url=self.url,
+                                         aws_access_key_id="testing",
+                                         aws_secret_access_key="testing"))
+        return self.clients[-1]
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
 
     def outputs(self, **over: Any) -> Path:
         values = {"function_name": "boxer-t", "coordinator_address": "127.0.0.1:1",
@@ -79,9 +86,10 @@ class World:
 
 
 @pytest.fixture
-def world(moto_url: str, tmp_path: Path) -> World:
-    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"),
-                           timeout=10).read()
+def world(moto_url: str, tmp_path: Path) -> Iterator[World]:
+    with urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset",
+                                                       method="POST"), timeout=10) as reply:
+        reply.read()
     world = World(moto_url, tmp_path)
     role = world.client("iam").create_role(RoleName="boxer-t", AssumeRolePolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
@@ -91,7 +99,8 @@ def world(moto_url: str, tmp_path: Path) -> World:
         FunctionName="boxer-t", Role=role, PackageType="Image",
         Code={"ImageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/boxer:1"}, Timeout=900)
     world.client("ssm").put_parameter(Name="/boxer/t/secret", Value=SECRET, Type="SecureString")
-    return world
+    yield world
+    world.close()
 
 
 def one_line(result: subprocess.CompletedProcess[str], world: World, *parts: str) -> str:
@@ -176,7 +185,7 @@ def test_access_denied_as_aws_words_it() -> None:
 
     ssm = boto3.client("ssm", region_name=REGION, aws_access_key_id="x",
                        aws_secret_access_key="y")
-    with Stubber(ssm) as stub:
+    with Stubber(ssm) as stub, contextlib.closing(ssm):
         stub.add_client_error("get_parameter", "AccessDeniedException", "User: arn:aws:iam::1:"
                               "user/intern is not authorized to perform: ssm:GetParameter\non it",
                               400)
