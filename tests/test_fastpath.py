@@ -69,6 +69,13 @@ class Harness:
         self.fast.stop()
         self.listener.close()
 
+    def app_listening(self) -> tuple[socket.socket, int]:
+        """The app's listener on a fresh port, announced as its LISTEN would."""
+        app = socket.create_server(("0.0.0.0", 0))
+        port = app.getsockname()[1]
+        self.fast.set_listening(port, 1)
+        return app, port
+
     async def ask(self, msg: Message) -> tuple[Message, socket.socket | None]:
         return await asyncio.to_thread(_request, self.path, msg)
 
@@ -138,9 +145,7 @@ def test_a_spare_closed_by_its_server_or_expired_is_not_used(tmp_path):
 def test_a_held_spare_wakes_the_listener_on_go_and_accept_returns_the_connection(tmp_path):
     async def main():
         async with Harness(tmp_path) as h:
-            app = socket.create_server(("0.0.0.0", 0))
-            port = app.getsockname()[1]
-            h.fast.set_listening(port, 1)
+            app, port = h.app_listening()
             ours, far = _tcp_pair()  # far plays the client agent's end
             h.fast.hold(ours, port, (PEER, 40000), max_wait=10)
             assert h.fast.held_count() == 1
@@ -171,9 +176,7 @@ def test_a_held_spare_wakes_the_listener_on_go_and_accept_returns_the_connection
 def test_unlisten_closes_held_spares_and_an_unaccepted_connection_expires(tmp_path):
     async def main():
         async with Harness(tmp_path) as h:
-            app = socket.create_server(("0.0.0.0", 0))
-            port = app.getsockname()[1]
-            h.fast.set_listening(port, 1)
+            app, port = h.app_listening()
             ours, far = _tcp_pair()
             h.fast.hold(ours, port, (PEER, 1), max_wait=10)
             h.fast.set_listening(port, 0)
