@@ -367,6 +367,24 @@ class TestLifetime:
         )
         assert ctl.tick(276.0, replace(new, last_heard=276.0)).decisions == ()
 
+    def test_no_connections_counts_only_from_a_report_after_the_drain(self) -> None:
+        # Drained one tick after the replacement starts (lifetime left <= drain_before_end): the
+        # last report, from before the drain, says 0 connections, but connects set up since
+        # would be reset by a stop. Only the agent's next report may say it is drained.
+        ctl = Controller(deployment(self.SPEC))
+        ctl.tick(0.0)
+        old = inst("api-1", 1, now=290.0, conns=0, lifetime_left=10.0)
+        assert [type(d) for d in ctl.tick(290.0, old).decisions] == [Start]
+        old = replace(old, last_heard=294.9, lifetime_left=5.0)
+        assert ctl.tick(295.0, old).decisions == (
+            Drain("api-1.1", "lifetime left 5.0 s; replacement api-2.2 not ready yet"),
+        )
+        assert ctl.tick(295.25, old).decisions == ()  # still that old report
+        assert ctl.tick(295.5, replace(old, last_heard=295.1)).decisions == ()  # sent before it
+        assert ctl.tick(296.0, replace(old, last_heard=295.9, draining=True)).decisions == (
+            Stop("api-1.1", "drained: no connections left"),
+        )
+
     def test_drain_near_the_end_even_without_replacement_then_stop_before_end(self) -> None:
         ctl = Controller(deployment(self.SPEC))
         ctl.tick(0.0)

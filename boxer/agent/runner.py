@@ -24,6 +24,9 @@ from nat_traversal import messages as m
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 5.0
+# A drain arrives while connections brokered just before it are still being punched or woken:
+# they are not counted as open yet. Wait this long before believing "no connections".
+DRAIN_SETTLE = 1.0
 
 
 class RunError(Exception):
@@ -157,9 +160,11 @@ async def _follow_daemon(opts: RunOptions, agent: Agent, stopping: asyncio.Event
 async def _drain(agent: Agent, proc: asyncio.subprocess.Process, grace: float) -> None:
     """No new connections come (the coordinator stopped routing them here); let the open ones
     finish, up to `grace` seconds, or until the app exits on its own."""
-    deadline = asyncio.get_running_loop().time() + grace
-    while proc.returncode is None and asyncio.get_running_loop().time() < deadline:
-        if agent.tracker.count_open() == 0:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    settled = loop.time() + min(grace, DRAIN_SETTLE)
+    while proc.returncode is None and loop.time() < deadline:
+        if loop.time() >= settled and agent.tracker.count_open() == 0:
             return
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), 0.2)
