@@ -12,6 +12,10 @@ hosts (p1..pK, no NAT: the VM tier) when it has any, `function` placement to the
 The process's exit is noticed at once (a task waits on it) and ends the handle with the exit
 status in `handle.details["exit_status"]`; the controller reads that to replace failed
 instances. Only pids this backend started are ever signalled.
+
+`boxer run` is forked from the lab's zygote (`boxer.backends.zygote`: the agent imported once,
+the lab's analog of Lambda's init phase) rather than started with `ip netns exec`, unless the
+instance's environment changes what the agent reads at import, or BOXER_LAB_ZYGOTE=0.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = ["INSTANCE_ID_ENV", "LabLambdaBackend", "LocalBackend"]
 log = logging.getLogger(__name__)
 
 INSTANCE_ID_ENV = "BOXER_INSTANCE_ID"  # the controller's choice of the agent's --instance-id
+ZYGOTE_ENV = "BOXER_LAB_ZYGOTE"  # "0": start every instance with `ip netns exec` instead
 
 
 class LocalBackend:
@@ -52,10 +57,12 @@ class LocalBackend:
         base_env: Mapping[str, str] | None = None,
         run_options: Sequence[str] = (),
         spare_hosts: int = 0,
+        zygote: bool | None = None,
     ) -> None:
         """`lab`: a boxer.lab.Lab (or its name). `cwd`: where instances start (the deployment
         file's folder, so relative paths in commands work). `run_options`: extra `boxer run`
-        options, e.g. ("-v",)."""
+        options, e.g. ("-v",). `zygote`: fork `boxer run` from a pre-initialised agent (default:
+        yes, unless BOXER_LAB_ZYGOTE=0); it starts now when an event loop runs."""
         if isinstance(lab, str):
             from boxer.lab import load_lab
 
@@ -81,6 +88,22 @@ class LocalBackend:
         self.busy: dict[str, InstanceHandle] = {}  # host -> the instance on it
         self._procs: dict[int, asyncio.subprocess.Process] = {}  # id(handle) -> process
         self._waiters: set[asyncio.Task[None]] = set()
+        if zygote is None:
+            zygote = os.environ.get(ZYGOTE_ENV, "1") != "0"
+        # Only plain `boxer run` is forked (a subclass running something else never starts one).
+        self._zygote_wanted = (zygote and type(self).argv is LocalBackend.argv
+                               and type(self).stdin_for is LocalBackend.stdin_for)
+        self._zygote: Any = None
+        self._zygote_start: asyncio.Task[Any] | None = None
+        self._forked: dict[int, int] = {}  # id(handle) -> pid, for instances forked by the zygote
+        self._zygote_refusals: set[str] = set()
+        if self._zygote_wanted:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # started by the first launch
+            else:
+                self._begin_zygote()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -106,6 +129,48 @@ class LocalBackend:
         """What the instance's process reads on stdin (nothing, for `boxer run`)."""
         return None
 
+    def _begin_zygote(self) -> None:
+        self._zygote_start = asyncio.get_running_loop().create_task(self._start_zygote())
+        # A failure is reported by the first launch that waits for it, if any.
+        self._zygote_start.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _start_zygote(self) -> Any:
+        from boxer.backends.zygote import Zygote
+
+        log_path = str(self.log_dir / "zygote.log") if self.log_dir is not None else None
+        zygote = Zygote(self.python, self.base_env, log_path)
+        await zygote.start()
+        log.info("zygote of lab %s ready (pid %s)", self.lab.name, zygote.pid)
+        self._zygote = zygote
+        return zygote
+
+    async def _zygote_for(self, env: Mapping[str, str]) -> Any:
+        """The zygote to fork this instance from, or None to start it with `ip netns exec`."""
+        if not self._zygote_wanted:
+            return None
+        from boxer.backends.zygote import ZygoteError, incompatibility
+
+        if self._zygote_start is None:
+            self._begin_zygote()
+        assert self._zygote_start is not None
+        try:
+            zygote = await asyncio.shield(self._zygote_start)
+        except (ZygoteError, OSError) as exc:
+            log.warning("no zygote (%s): instances start with ip netns exec", exc)
+            self._zygote_wanted = False
+            return None
+        if not zygote.alive:
+            log.warning("the zygote is gone: instances start with ip netns exec from now on")
+            self._zygote_wanted = False
+            return None
+        why = incompatibility(self.base_env, env)
+        if why is not None:
+            if why not in self._zygote_refusals:
+                self._zygote_refusals.add(why)
+                log.info("not forking from the zygote (%s): ip netns exec", why)
+            return None
+        return zygote
+
     def _free_host(self, placement: Placement) -> str | None:
         return next((h for h in self.pools[placement] if h not in self.busy), None)
 
@@ -129,9 +194,17 @@ class LocalBackend:
         self.busy[host] = handle  # claimed before the next await: no double booking
         env = self.lab.env(host, {**self.base_env, **spec.env})
         stdin_data = self.stdin_for(spec)
+        log_path = self.log_dir / f"{spec.name}.{host}.log" if self.log_dir is not None else None
+        try:
+            zygote = await self._zygote_for(env)
+        except BaseException:
+            self.busy.pop(host, None)
+            raise
+        if zygote is not None:
+            return await self._fork(zygote, handle, spec, host, env, log_path)
         out: Any = asyncio.subprocess.DEVNULL
-        if self.log_dir is not None:
-            out = open(self.log_dir / f"{spec.name}.{handle.details['host']}.log", "ab")  # noqa: SIM115
+        if log_path is not None:
+            out = open(log_path, "ab")  # noqa: SIM115
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.lab.command(host, self.argv(spec)), env=env, cwd=self.cwd,
@@ -160,10 +233,51 @@ class LocalBackend:
         log.info("launched %s in %s (pid %d)", spec.name, host, proc.pid)
         return handle
 
+    async def _fork(self, zygote: Any, handle: InstanceHandle, spec: InstanceSpec, host: str,
+                    env: Mapping[str, str], log_path: Path | None) -> InstanceHandle:
+        from boxer.backends.zygote import ZygoteError
+
+        argv = self.argv(spec)
+        try:
+            pid = await zygote.spawn(self.lab.netns(host), argv, env, self.cwd,
+                                     None if log_path is None else str(log_path))
+        except (ZygoteError, asyncio.CancelledError) as exc:
+            self.busy.pop(host, None)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise LaunchError(spec.name, f"cannot start boxer run in {host}: {exc}",
+                              code="SpawnFailed") from None
+        handle.details["pid"] = pid
+        handle.details["zygote"] = zygote.pid
+        self._forked[id(handle)] = pid
+        waiter = asyncio.get_running_loop().create_task(self._wait_forked(handle, zygote, pid, host))
+        self._waiters.add(waiter)
+        waiter.add_done_callback(self._waiters.discard)
+        log.info("launched %s in %s (pid %d, forked from the zygote)", spec.name, host, pid)
+        return handle
+
+    async def _wait_forked(self, handle: InstanceHandle, zygote: Any, pid: int, host: str) -> None:
+        from boxer.backends.zygote import ZygoteError
+
+        try:
+            code = await asyncio.shield(zygote.wait(pid))
+        except ZygoteError:
+            # Nobody can tell us when it ends now: end it, so its host can be reused safely.
+            log.error("lost the zygote while %s ran (pid %d): killing it", handle.spec.name, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            code = -signal.SIGKILL
+        zygote.forget(pid)
+        self._forked.pop(id(handle), None)
+        self._ended(handle, host, code)
+
     async def _wait(self, handle: InstanceHandle, proc: asyncio.subprocess.Process,
                     host: str) -> None:
         code = await proc.wait()
         self._procs.pop(id(handle), None)
+        self._ended(handle, host, code)
+
+    def _ended(self, handle: InstanceHandle, host: str, code: int) -> None:
         if self.busy.get(host) is handle:
             del self.busy[host]
             self._freed.set()
@@ -176,6 +290,9 @@ class LocalBackend:
             handle.mark_failed(f"exited with status {status} in {host}")
 
     async def stop(self, handle: InstanceHandle) -> None:
+        if id(handle) in self._forked:
+            await self._stop_forked(handle, self._forked[id(handle)])
+            return
         proc = self._procs.get(id(handle))
         if proc is None or proc.returncode is not None:
             handle.mark_stopped()
@@ -198,12 +315,38 @@ class LocalBackend:
         # Let the waiter record the exit and free the host before we return.
         await asyncio.sleep(0)
 
+    async def _stop_forked(self, handle: InstanceHandle, pid: int) -> None:
+        """As for a process of our own, through the zygote (the parent, which signals only an
+        unreaped child)."""
+        from boxer.backends.zygote import ZygoteError
+
+        zygote = self._zygote
+        try:
+            exited = zygote.wait(pid)
+            zygote.signal(pid, signal.SIGTERM)
+            zygote.signal(pid, signal.SIGCONT, group=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), self.stop_grace)
+            except asyncio.TimeoutError:
+                log.warning("%s ignored SIGTERM for %.1f s; killing it", handle.spec.name,
+                            self.stop_grace)
+                zygote.signal(pid, signal.SIGKILL, group=True)
+                await asyncio.shield(exited)
+        except (ZygoteError, KeyError):
+            pass  # gone already, or the zygote is (its waiter kills it)
+        handle.mark_stopped("stopped")
+        await asyncio.sleep(0)
+
     async def close(self) -> None:
         """Stop whatever still runs (the controller normally stopped everything already)."""
         running = [h for h in list(self.busy.values()) if not h.ended]
         await asyncio.gather(*(self.stop(h) for h in running), return_exceptions=True)
         for task in list(self._waiters):
             task.cancel()
+        if self._zygote_start is not None and not self._zygote_start.done():
+            self._zygote_start.cancel()
+        if self._zygote is not None:
+            await self._zygote.close()
 
 
 class LabLambdaBackend(LocalBackend):
