@@ -50,8 +50,11 @@ RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
 # the agent's last report, InstanceDown), and an agent that stops (SIGSTOP, a freeze, a hung
 # event loop) within a second, when the coordinator reports it quiet (no heartbeat for 0.8 s).
 RUNTIME_TIMINGS = Timings(silent_after=2.5)
-# Messages that can call for a decision at once: they wake the loop before its next tick.
+# Messages that can call for a decision at once: they wake the loop before its next tick (so
+# does an instance's first report that it listens: renewals, held connects and `boxer up` wait
+# on that). Woken ticks are at least WAKE_GAP apart, so a burst of messages costs few ticks.
 WAKE_ON = frozenset({"instance_quiet", "instance_down"})
+WAKE_GAP = 0.02
 DEFAULT_HOLD = 10.0  # seconds a connect to a fixed-size service waits while it (re)starts
 FAILURES_KEPT = 20  # recent failures shown by `boxer status`
 SHUTDOWN_WAIT = 10.0  # seconds, on the way down, for instances to leave after their Stop
@@ -129,6 +132,8 @@ class ControllerRuntime:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(),
                                            max(0.0, self.tick_seconds - (loop.time() - began)))
+                if not stop.is_set() and loop.time() - began < WAKE_GAP:
+                    await asyncio.sleep(WAKE_GAP - (loop.time() - began))
         finally:
             stopper.cancel()
             await self._stop_through_coordinator()  # while the session is still up
@@ -365,8 +370,9 @@ class ControllerRuntime:
                 try:
                     while True:
                         message = await framed.receive()
+                        ready = len(self.book.ready_latencies)
                         self.book.on_message(message, loop.time())
-                        if message.TYPE in WAKE_ON:
+                        if message.TYPE in WAKE_ON or len(self.book.ready_latencies) > ready:
                             self._wake.set()
                 finally:
                     pinger.cancel()
