@@ -7,13 +7,16 @@ benchmarks/results/scaling.json.
    listening (as reported to the coordinator), side by side with the same 12 processes
    started bare in 12 lab hosts (no agent, no coordinator) until each listens;
 3. kill -> replacement serving: SIGKILL an instance's app -> its replacement listening;
-4. decide() at 1000 simulated instances (benchmarks/bench_controller.py).
+4. silent agent: SIGSTOP an instance's agent -> the controller's decision, and its replacement
+   listening (the coordinator reports an agent quiet once its heartbeats stop);
+5. decide() at 1000 simulated instances (benchmarks/bench_controller.py).
 
     python benchmarks/bench_scaling.py
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -186,6 +189,32 @@ def bench_replace(folder: Path) -> dict:
         down(name)
 
 
+def bench_silent(folder: Path) -> dict:
+    name = "bsi"
+    up(name, folder, 1, 1, False)
+    try:
+        old = wait(lambda: next((i for i in status(name).get("instances", [])
+                                 if i["state"] == "ready"), None), 30)
+        stopped = time.time()
+        os.kill(old["pid"], signal.SIGSTOP)  # the agent; its app runs on
+        try:
+            wait(lambda: next((i for i in status(name).get("instances", [])
+                               if i["state"] == "ready" and i["instance_id"] != old["instance_id"]),
+                              None), 30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(old["pid"], signal.SIGCONT)
+        rows = wait(lambda: (rs := timeline(name)) and any(
+            r["ready_latencies"] for r in rs if r["t"] >= stopped) and rs, 10)
+        detected = next(r["t"] for r in rows if r["t"] >= stopped and any(
+            d["kind"] == "stop" for d in r["decisions"]))
+        ready = next(r["t"] for r in rows if r["t"] >= stopped and r["ready_latencies"])
+        return {"stop_to_decision_s": round(detected - stopped, 3),
+                "stop_to_replacement_listening_s": round(ready - stopped, 3)}
+    finally:
+        down(name)
+
+
 def bench_decide() -> dict:
     import bench_controller
 
@@ -202,14 +231,17 @@ def main() -> int:
             "scale_from_zero": bench_scale_from_zero(folder),
             "add_12": bench_add_12(folder),
             "replace_after_kill": bench_replace(folder),
+            "silent_agent": bench_silent(folder),
             "decide_1000": bench_decide(),
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
             "note": "'listening' = the agent's report that the app listens, which is when the "
-                    "coordinator routes connections to it; agents report once a second",
+                    "coordinator routes connections to it; agents report once a second, and "
+                    "beat every 0.2 s",
         }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     sz, a12, rp = results["scale_from_zero"], results["add_12"], results["replace_after_kill"]
+    si = results["silent_agent"]
     print(f"{'measure':<48} {'boxer':>9} {'bare':>9} {'target':>7}")
     print(f"{'scale from zero: connect -> answered (s)':<48} "
           f"{sz['connect_to_answer_s']:>9.3f} {'-':>9} {'':>7}")
@@ -220,6 +252,10 @@ def main() -> int:
           f" {'1.5':>7}")
     print(f"{'kill -> replacement listening (s)':<48} "
           f"{rp['kill_to_replacement_listening_s']:>9.3f} {'-':>9} {'2.0':>7}")
+    print(f"{'agent stopped -> replacement decided (s)':<48} "
+          f"{si['stop_to_decision_s']:>9.3f} {'-':>9} {'1.0':>7}")
+    print(f"{'agent stopped -> replacement listening (s)':<48} "
+          f"{si['stop_to_replacement_listening_s']:>9.3f} {'-':>9} {'':>7}")
     print(f"{'decide() at 1000 instances':<48} {json.dumps(results['decide_1000']['1000'])}")
     print(f"wrote {RESULTS}")
     return 0
