@@ -50,6 +50,7 @@ def test_only_what_the_agent_reads_at_import_keeps_an_instance_from_being_forked
     assert "BOXER_NAT_IDLE_TIMEOUT" in incompatibility(base, {**base, "BOXER_NAT_IDLE_TIMEOUT": "3"})
     assert "PYTHONUNBUFFERED" in incompatibility(base, {k: v for k, v in base.items() if k != "PYTHONUNBUFFERED"})
     assert "PYTHONPATH" in incompatibility(base, {**base, "PYTHONPATH": "/x"})
+    assert "LC_ALL" in incompatibility(base, {**base, "LC_ALL": "C"})
     assert set(IMPORT_TIME_ENV) >= {"BOXER_WARM_SPARES", "BOXER_NAT_IDLE_TIMEOUT"}
 
 

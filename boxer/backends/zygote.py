@@ -16,8 +16,8 @@ child that:
 
 The application is still exec'd fresh by the agent, under the interposer, exactly as before.
 What differs from `ip netns exec python -m boxer run ...`: the agents share the zygote's hash
-seed; variables Python or the agent read at import (`IMPORT_TIME_ENV`, PYTHON*) are the
-zygote's, so an instance whose environment sets them differently is started the old way
+seed; variables Python or the agent read at start or import (`IMPORT_TIME_ENV`, PYTHON*, LANG,
+LC_*) are the zygote's, so an instance whose environment sets them differently is started the old way
 instead; and the command line in /proc/PID/cmdline is written over the zygote's (started with
 TITLE_ROOM bytes of room for it), so it ends in NUL padding and is cut at TITLE_ROOM bytes.
 
@@ -74,7 +74,9 @@ _MNT_DETACH = 2
 def incompatibility(zygote_env: Mapping[str, str], env: Mapping[str, str]) -> str | None:
     """Why an instance with environment `env` cannot be forked from a zygote started with
     `zygote_env`, or None when it can."""
-    keys = set(IMPORT_TIME_ENV) | {k for k in (*zygote_env, *env) if k.startswith("PYTHON")}
+    # The interpreter reads PYTHON* and the locale (LANG, LC_*: its text encodings) at startup.
+    keys = set(IMPORT_TIME_ENV) | {k for k in (*zygote_env, *env) if k.startswith(("PYTHON", "LC_"))
+                                   or k == "LANG"}
     differ = sorted(k for k in keys if zygote_env.get(k) != env.get(k))
     return f"{', '.join(differ)} differ from the zygote's" if differ else None
 
