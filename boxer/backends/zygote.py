@@ -17,9 +17,9 @@ child that:
 The application is still exec'd fresh by the agent, under the interposer, exactly as before.
 What differs from `ip netns exec python -m boxer run ...`: the agents share the zygote's hash
 seed; variables Python or the agent read at start or import (`IMPORT_TIME_ENV`, PYTHON*, LANG,
-LC_*) are the zygote's, so an instance whose environment sets them differently is started the old way
-instead; and the command line in /proc/PID/cmdline is written over the zygote's (started with
-TITLE_ROOM bytes of room for it), so it ends in NUL padding and is cut at TITLE_ROOM bytes.
+LC_*) are the zygote's, so an instance whose environment sets them differently is started the
+old way instead; and the command line in /proc/PID/cmdline is written over the zygote's
+(started with TITLE_ROOM bytes of room for it), so it ends in NUL padding and may be cut.
 
 Protocol, JSON lines. Backend -> zygote (stdin):
     {"op": "spawn", "id": N, "netns": NAME, "argv": [PYTHON, "-m", "boxer", "run", ...],
