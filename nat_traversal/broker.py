@@ -286,8 +286,9 @@ class Broker:
     def _heard_again(self, inst: Instance, silent: float) -> list[Action]:
         inst.quiet = False
         log.info("%s heard from again after %.2f s", inst.name, silent)
-        return self._tell_watchers(m.InstanceQuiet(name=inst.name, service=inst.service, instance=inst.instance_id,
-                                                   quiet=False, silent=round(max(0.0, silent), 3)))
+        return self._tell_watchers(m.InstanceQuiet(
+            name=inst.name, service=inst.service, instance=inst.instance_id, quiet=False,
+            silent=round(max(0.0, silent), 3)))
 
     def next_deadline(self) -> float | None:
         return min([p.deadline for p in self._pending.values()] + [h.deadline for h in self._held.values()],
