@@ -41,7 +41,7 @@ DEPLOY = """
 name: {name}
 services:
   api:
-    command: [python3, -m, http.server, "8080"]
+    command: ["{python}", -m, http.server, "8080"]  # the baseline's interpreter, not a PATH shim
     placement: function
     minInstances: {min}
     maxInstances: {max}
@@ -52,7 +52,7 @@ AUTOSCALE = "autoscale: {target: 5, scaleToZeroGracePeriodSeconds: 600}"
 
 def up(name: str, folder: Path, minimum: int, maximum: int, autoscale: bool) -> None:
     (folder / "deploy.yaml").write_text(DEPLOY.format(
-        name=name, min=minimum, max=maximum, autoscale=AUTOSCALE if autoscale else ""))
+        name=name, python=sys.executable, min=minimum, max=maximum, autoscale=AUTOSCALE if autoscale else ""))
     subprocess.run([*BOXER, "up", "--detach", str(folder / "deploy.yaml")], check=True,
                    capture_output=True, timeout=120)
 

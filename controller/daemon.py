@@ -36,15 +36,13 @@ class _JsonLines(logging.Formatter):
 
 
 async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float) -> int:
-    from controller.runtime import ControllerRuntime
-    from controller.validate import load_deployment
-
     info = read_json(paths.deployment)
     if not info:
         log.error("no %s: start deployments with `boxer up`", paths.deployment)
         return 2
     kind = info.get("backend", "local")
-    deployment = load_deployment(Path(info["file"]), backend=kind)
+    # The backend first: the lab's agent zygote then warms up while the validator (pydantic)
+    # and the runtime are imported, instead of holding up the first instances afterwards.
     if kind == "lambda":
         made = _lambda_backend(info)
     else:
@@ -52,6 +50,11 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float) -> int:
     if made is None:
         return 2
     backend, coordinator, secret, facts = made
+
+    from controller.runtime import ControllerRuntime
+    from controller.validate import load_deployment
+
+    deployment = load_deployment(Path(info["file"]), backend=kind)
     metrics_sock = None
     if metrics_fd is not None:
         metrics_sock = socket.socket(fileno=metrics_fd)
