@@ -317,7 +317,10 @@ def test_an_invocation_that_never_registers_fails_with_its_reason_and_is_relaunc
         assert status["register_timeout"] == 3
         assert status["backend_status"]["concurrency"]["limit"] == 1
         assert status["backend_status"]["concurrency"]["in_use"] <= 1
-        assert [i["name"] for i in status["instances"]] == ["kv-1"]
+        # The failed invocation may still be listed while it is being stopped (Lambda cannot
+        # end an invocation); exactly one kv-1 is live: its relaunch.
+        live = [i["name"] for i in status["instances"] if i["state"] in ("starting", "ready")]
+        assert live == ["kv-1"], status["instances"]
         assert status["error"].startswith("kv-1: did not register")
         text = aws.boxer("status", "--name", name).stdout
         assert "recent failures:" in text and "did not register with the coordinator" in text
