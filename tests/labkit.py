@@ -40,3 +40,16 @@ def wait_serving(lab, host: str, target: str, port: int | str, timeout: float = 
         assert time.monotonic() < deadline, (
             f"{target}:{port} did not start serving within {timeout:g} s: {proc.stdout} {proc.stderr[-2000:]}")
         time.sleep(0.3)
+
+
+def wait_for(what: str, predicate, timeout: float = 20.0, interval: float = 0.1):
+    """predicate()'s first truthy value, polled every `interval` s; fails after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what} ({timeout:g} s)"
+        time.sleep(interval)

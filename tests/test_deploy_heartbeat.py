@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import labkit
 import pytest
 
 BOXER = [sys.executable, "-m", "boxer"]
@@ -43,13 +44,7 @@ def status(name: str) -> dict:
 
 
 def wait_for(what: str, predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    return labkit.wait_for(what, predicate, timeout, interval=0.02)  # decisions are timed to 20 ms
 
 
 def decisions_since(name: str, since: float) -> list[tuple[float, dict]]:

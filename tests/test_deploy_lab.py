@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from labkit import wait_for
 
 BOXER = [sys.executable, "-m", "boxer"]
 pytestmark = pytest.mark.lab
@@ -52,16 +53,6 @@ def status(name: str) -> dict:
     out = subprocess.run([*BOXER, "status", "--name", name, "-o", "json"], capture_output=True,
                          text=True, timeout=30, check=True).stdout
     return json.loads(out)
-
-
-def wait_for(what: str, predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

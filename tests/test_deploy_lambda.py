@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from labkit import BOXER, boxer_run
+from labkit import BOXER, boxer_run, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -205,13 +204,7 @@ def _down(aws: Aws, name: str) -> subprocess.CompletedProcess[str]:
 
 
 def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
-        time.sleep(interval)
+    return wait_for(what, predicate, timeout, interval)
 
 
 def _pids_in(lab: Any, host: str) -> list[str]:
