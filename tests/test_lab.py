@@ -31,6 +31,7 @@ from boxer.lab import (
     lab_up,
     load_lab,
 )
+from boxer.lab._lab import HOST_TCP_TABLE
 from boxer.lab._plan import parse_host_name
 from boxer.lab.commands import lab as lab_cli
 
@@ -56,6 +57,7 @@ def test_lab_plan_lists_every_namespace_once() -> None:
         "bx-demo-r1", "bx-demo-h1", "bx-demo-r2", "bx-demo-h2", "bx-demo-r3", "bx-demo-h3",
     ]
     assert len({h.public_address for h in lab_plan("big", 200).hosts}) == 200
+    assert lab_plan("demo", 2, public=1).instance_netns() == ["bx-demo-h1", "bx-demo-h2", "bx-demo-p1"]
 
 
 @pytest.mark.parametrize("name", ["", "UPPER", "has-dash", "x" * 11, "a b", "../etc"])
@@ -206,6 +208,24 @@ def test_three_hosts_come_up_fast(lab_factory, standin_coordinator) -> None:  # 
     state = json.loads(_state.state_file(lab.name).read_text())
     assert state["host_count"] == 3
     assert state["processes"][0]["role"] == "coordinator"
+
+
+@pytest.mark.lab
+def test_hosts_have_a_tcp_table_of_their_own(small_lab: Lab) -> None:
+    """As a VM has from its own kernel: listing a host's sockets must not walk the machine's
+    table. Only the table differs: the limits derived from it are the machine's."""
+    if not os.path.exists("/proc/sys/net/ipv4/tcp_child_ehash_entries"):
+        pytest.skip("kernel before 6.1: no per-namespace TCP tables, hosts share the machine's")
+    machine = {key: _netns._read_proc_sys(key) for key in
+               ("net/ipv4/tcp_ehash_entries", "net/ipv4/tcp_max_syn_backlog", "net/ipv4/tcp_max_tw_buckets")}
+    for host in ("h1", "h2"):
+        netns = small_lab.netns(host)
+        assert _netns.read_sysctl(netns, "net/ipv4/tcp_ehash_entries") == str(HOST_TCP_TABLE)
+        for key in ("net/ipv4/tcp_max_syn_backlog", "net/ipv4/tcp_max_tw_buckets"):
+            assert _netns.read_sysctl(netns, key) == machine[key]
+    # The coordinator's (and the routers') stay on the shared table (reported negative).
+    coord = _netns.read_sysctl(small_lab.plan.coordinator_netns, "net/ipv4/tcp_ehash_entries")
+    assert coord == str(-abs(int(machine["net/ipv4/tcp_ehash_entries"])))
 
 
 @pytest.mark.lab

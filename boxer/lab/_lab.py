@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 COORDINATOR_CMD_ENV = "BOXER_LAB_COORDINATOR_CMD"
 COORDINATOR_READY_TIMEOUT = 10.0
+# Buckets of each instance host's own TCP table: what a small VM (a Lambda sandbox) gets from
+# its own kernel, rather than a share of this machine's, which every socket listing walks.
+HOST_TCP_TABLE = 4096
 
 
 def default_coordinator_cmd() -> list[str]:
@@ -360,7 +363,9 @@ def lab_up(
     try:
         from boxer.lab import _topology  # pyroute2 is slow to import; only `up` needs it
 
-        _netns.create(plan.all_netns())
+        hosts = set(plan.instance_netns())
+        _netns.create([ns for ns in plan.all_netns() if ns not in hosts])
+        _netns.create(plan.instance_netns(), tcp_table=HOST_TCP_TABLE)
         _topology.build(plan)
         for host in plan.hosts:
             _firewall.enable_forwarding(host.router_netns)

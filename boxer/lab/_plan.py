@@ -151,6 +151,10 @@ class LabPlan:
     def coordinator(self) -> str:
         return f"{COORDINATOR_ADDRESS}:{COORDINATOR_PORT}"
 
+    def instance_netns(self) -> list[str]:
+        """The namespaces instances run in (NATed and public hosts), each a machine of its own."""
+        return [h.netns for h in self.hosts] + [p.netns for p in self.public_hosts]
+
     def all_netns(self) -> list[str]:
         names = [self.internet_netns, self.coordinator_netns]
         for host in self.hosts:
