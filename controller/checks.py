@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from controller.spec import Backend, Deployment, Metric, Placement, Service
+from controller.spec import Backend, Deployment, Metric, PartitionPolicy, Placement, Service
 
 __all__ = ["cross_field_issues", "lambda_backend_issues"]
 
@@ -22,6 +22,7 @@ def cross_field_issues(deployment: Deployment) -> list[Finding]:
     for name, service in deployment.services.items():
         findings.extend(_service_issues(name, service))
     findings.extend(_name_clashes(deployment))
+    findings.extend(_partition_issues(deployment.partition))
     if deployment.backend is Backend.LAMBDA:
         findings.extend(lambda_backend_issues(deployment))
     return findings
@@ -171,6 +172,17 @@ def _autoscale_issues(base: tuple[str, ...], svc: Service) -> Iterator[Finding]:
             policy.scale_from_zero_timeout_seconds,
             f"scaleFromZeroTimeoutSeconds ({policy.scale_from_zero_timeout_seconds:g}) must be"
             f" below the instance lifetime ({lifetime:g})",
+        )
+
+
+def _partition_issues(policy: PartitionPolicy) -> Iterator[Finding]:
+    if policy.halt_threshold_percentage < policy.quiet_threshold_percentage:
+        yield (
+            ("partition", "haltThresholdPercentage"),
+            policy.halt_threshold_percentage,
+            f"haltThresholdPercentage ({policy.halt_threshold_percentage:g}) must be >="
+            f" quietThresholdPercentage ({policy.quiet_threshold_percentage:g}): replacing none"
+            " is the step after replacing at a limited rate",
         )
 
 

@@ -4,7 +4,10 @@ Each tick, per service, in this order:
 1. bookkeeping: forget instances that are gone, notice ones that started, time out silent starts;
 2. failures: an app that exited, an agent the coordinator reports quiet (its heartbeats
    stopped), or one without a report for more than `Timings.silent_after` (the backstop), is
-   stopped and, as the restart policy says, replaced at once (same index, so the same name);
+   stopped and, as the restart policy says, replaced at once (same index, so the same name) -
+   except that quiet and silent instances, which may be alive, are first judged together,
+   deployment-wide (`controller.partition`): when many go quiet at once they are replaced at a
+   limited rate, or not at all, and kept meanwhile;
 3. lifetime: a `function` instance with less than renewalMarginSeconds left gets a replacement
    started; once that is ready (or the end is near) the old one is drained; a drained instance
    is stopped when its last connection closes (or just before its lifetime ends);
@@ -23,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from controller.partition import NORMAL, Verdict, deployment_slots, judge, unheard_instances, \
+    unheard_reason
 from controller.scaling import kpa_recommendation, rate_limit, stabilize
 from controller.signals import (
     ControllerState,
@@ -104,6 +109,8 @@ class Outcome:
     decisions: tuple[Decision, ...]
     state: ControllerState
     desired: Mapping[str, int] = field(default_factory=dict)  # per service, after all limits
+    # The judgement of quiet instances: which are replaced now, which kept, and why.
+    partition: Verdict = NORMAL
 
 
 def decide(
@@ -125,12 +132,22 @@ def decide(
     for connect in signals.pending_connects:
         pending.setdefault(connect.service, []).append(connect)
 
+    verdict, partition = judge(
+        policy.partition,
+        unheard_instances(signals, state, now, timings.silent_after),
+        deployment_slots(signals, state),
+        state.partition,
+        now,
+    )
+    if verdict.reason:
+        log.debug("quiet instances at %.3f: %s", now, verdict.reason)
+
     decisions: list[Decision] = []
     services: dict[str, ServiceState] = {}
     desired: dict[str, int] = {}
     serial = state.serial
     for name, service in policy.services.items():
-        tick = _ServiceTick(name, service, state.service(name), now, timings, serial)
+        tick = _ServiceTick(name, service, state.service(name), now, timings, serial, verdict)
         tick.run(by_service[name], pending.get(name, []))
         decisions.extend(tick.decisions)
         services[name] = tick.state
@@ -140,8 +157,10 @@ def decide(
         log.debug("decision at %.3f: %s", now, decision)
     return Outcome(
         tuple(decisions),
-        ControllerState(services=MappingProxyType(services), serial=serial),
+        ControllerState(services=MappingProxyType(services), serial=serial,
+                        partition=partition),
         MappingProxyType(desired),
+        verdict,
     )
 
 
@@ -192,6 +211,7 @@ class _ServiceTick:
         now: float,
         timings: Timings,
         serial: int,
+        verdict: Verdict = NORMAL,
     ) -> None:
         self.name = name
         self.service = service
@@ -199,6 +219,7 @@ class _ServiceTick:
         self.now = now
         self.timings = timings
         self.serial = serial
+        self.verdict = verdict
         self.decisions: list[Decision] = []
         self.desired = 0
         # Indexes taken this tick; only ever grows within a tick, so the search for the lowest
@@ -243,17 +264,14 @@ class _ServiceTick:
         survivors: list[InstanceSignals] = []
         policy = self.service.restart_policy
         for instance in live:
-            silent = self.now - instance.last_heard
-            if instance.exited:
+            unheard = unheard_reason(instance, self.now, self.timings.silent_after)
+            if instance.exited:  # certain: replaced at once, whatever else is going on
                 why = f"exited with status {instance.exit_status}"
                 failed = instance.exit_status != 0
-            elif instance.quiet_since is not None:
-                why = f"agent quiet for {max(0.0, self.now - instance.quiet_since):.1f} s (no heartbeat)"
+            elif unheard is not None and instance.id in self.verdict.replace:
+                why = unheard if self.verdict.note is None else f"{unheard}; {self.verdict.note}"
                 failed = True
-            elif silent > self.timings.silent_after:
-                why = f"silent for {silent:.1f} s (limit {self.timings.silent_after:g} s)"
-                failed = True
-            else:
+            else:  # heard, or unheard but kept for now (several quiet at once)
                 survivors.append(instance)
                 continue
             self._stop(instance.id, why)

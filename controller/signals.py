@@ -19,6 +19,7 @@ from controller.spec import Placement
 __all__ = [
     "ControllerState",
     "InstanceSignals",
+    "PartitionState",
     "PendingConnect",
     "ServiceState",
     "Signals",
@@ -142,12 +143,39 @@ class ServiceState:
         return self.panic_since is not None
 
 
+Slot = tuple[str, int]  # (service, index): an instance and its replacements share one
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """The controller's memory of instances that went quiet together (deployment-wide).
+
+    An *episode* starts at the first tick that finds an instance not heard (quiet or silent)
+    and ends `partition.windowSeconds` after the last tick that found one.
+    """
+
+    episode_since: float | None = None
+    last_unheard: float | None = None
+    # Slots whose instance was replaced for going unheard in this episode: they still count as
+    # gone quiet, or replacing them one by one would shrink the share back under the threshold
+    # and the rest would go all at once.
+    lost: frozenset[Slot] = frozenset()
+    # Judged a partition in this episode: the rate limit holds until the episode ends, also
+    # while instances come back one by one and the share drops.
+    suspected: bool = False
+    # Token bucket of rate-limited replacements; starts full (capped when first refilled).
+    tokens: float = math.inf
+    tokens_at: float = 0.0
+
+
 @dataclass(frozen=True)
 class ControllerState:
-    """The controller's memory: one ServiceState per service, and a serial for instance ids."""
+    """The controller's memory: one ServiceState per service, a serial for instance ids, and
+    what it remembers about instances that went quiet together."""
 
     services: Mapping[str, ServiceState] = field(default_factory=_frozen_map)
     serial: int = 0
+    partition: PartitionState = PartitionState()
 
     def service(self, name: str) -> ServiceState:
         return self.services.get(name, ServiceState())

@@ -25,6 +25,7 @@ __all__ = [
     "Deployment",
     "LambdaSettings",
     "Metric",
+    "PartitionPolicy",
     "Placement",
     "RenderedInstance",
     "RestartPolicy",
@@ -275,10 +276,40 @@ class LambdaSettings(_Model):
     register_timeout_seconds: float = Field(default=30, gt=0, le=900)
 
 
+class PartitionPolicy(_Model):
+    """`partition:`: what to do when many instances go quiet at once (Kubernetes' node lifecycle
+    controller: `--unhealthy-zone-threshold`, `--secondary-node-eviction-rate`, and no evictions
+    at all when a whole zone is down).
+
+    Deployment-wide, not per service: the coordinator, the network path to it and the Lambda
+    concurrency (one function runs every service) are shared by all services, so a partition
+    shows across services; a per-service share would miss one spread thinly over many small
+    services and would call a 2-instance service whose agents both hang a partition.
+    """
+
+    # Instances that go quiet within this long of the first are judged together: while more
+    # than one is quiet, none is replaced until this long after the first was noticed (quiet
+    # notices of one event reach the controller spread over ~0.3 s: 0.2 s beats, 0.1 s checks).
+    window_seconds: float = Field(default=1, ge=0, le=60)
+    # K8s `unhealthyZoneThreshold` (0.55) as a percentage, like Knative's thresholds: from this
+    # share of the deployment's instances quiet at once, a partition is suspected.
+    quiet_threshold_percentage: float = Field(default=55, gt=0, le=100)
+    # K8s needs more than 2 NotReady nodes for a zone to count as disrupted: fewer quiet
+    # instances than this are always replaced at once, whatever their share.
+    min_quiet_instances: int = Field(default=3, ge=2, le=10000)
+    # K8s `secondaryNodeEvictionRate`: while a partition is suspected, quiet instances are
+    # replaced at most this many per second (0: none).
+    replacements_per_second: float = Field(default=1, ge=0, le=1000)
+    # K8s stops evicting when a whole zone is down (the master is the likely problem): from
+    # this share quiet, none is replaced until some are heard again.
+    halt_threshold_percentage: float = Field(default=90, gt=0, le=100)
+
+
 class Deployment(_Model):
     """The whole deployment file."""
 
     name: HostName | None = None
     backend: Backend = Backend.LOCAL
     lambda_: LambdaSettings | None = Field(default=None, alias="lambda")
+    partition: PartitionPolicy = Field(default_factory=PartitionPolicy)
     services: dict[HostName, Service] = Field(min_length=1)
