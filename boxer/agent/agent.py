@@ -31,6 +31,10 @@ WARM_SPARES = int(os.environ.get("BOXER_WARM_SPARES", "1"))  # per (peer, port) 
 MAX_WARM_SPARES = 4  # per (peer, port), for apps that connect faster than one spare is remade
 MAX_HELD_SPARES = 64  # server side: spares held for clients, at most
 WARM_DELAY = 0.01  # seconds between using a spare and starting to make its replacement
+# The ticket pools are filled once the app is up (it listens or connects), or this many seconds
+# after it started: before, they would compete with the app's own start for the CPU, and a cold
+# start of many instances is CPU-bound.
+APP_START_GRACE = 1.0
 
 
 # The shortest idle lifetime of a NAT mapping we must survive (seconds). Everything that keeps
@@ -88,6 +92,7 @@ class Agent:
         # our open_ticket() has even returned.
         self._incoming: dict[str, asyncio.Future[Ticket]] = {}
         self._refill = asyncio.Event()
+        self._app_up = asyncio.Event()  # the app listens or connects: time to fill the pools
         self._tasks: set[asyncio.Task] = set()
         # Loops also check this: asyncio.wait_for can swallow a cancellation that arrives just as
         # its inner future completes (Python < 3.12), and a pool loop must never outlive us.
@@ -133,6 +138,7 @@ class Agent:
     def attach_app(self, pid: int, lifetime: float | None) -> None:
         """The app is running: sample it and report every `report_interval` seconds."""
         self._sampler = ProcessSampler(pid)
+        asyncio.get_running_loop().call_later(APP_START_GRACE, self._app_up.set)
         if lifetime is not None:
             self.lifetime_deadline = time.monotonic() + lifetime
         self._spawn(self._report_forever())
@@ -214,6 +220,7 @@ class Agent:
     async def _keep_ticket_pools(self) -> None:
         """Keeps ports with observed public endpoints ready, so a connect needs no extra round
         trip to learn one. A failure here only costs latency: connects open their own."""
+        await self._app_up.wait()
         while not self._closed:
             self._refill.clear()
             self._retire_old_tickets()
@@ -318,6 +325,7 @@ class Agent:
             resolution, name = self.names.reverse(req.addr)
             return req.reply(flags=resolution, name=name), None
         if req.op is Op.LISTEN:
+            self._app_up.set()
             self.listeners[req.port] = self.listeners.get(req.port, 0) + 1
             self.fast.set_listening(req.port, self.listeners[req.port])
             log.info("app listens on port %d", req.port)
@@ -335,6 +343,7 @@ class Agent:
             self.fast.set_listening(req.port, max(count, 0))
             return req.reply(), None
         if req.op is Op.CONNECT:
+            self._app_up.set()
             return await self._connect_for_app(req)
         if req.op is Op.ACCEPT:
             # The fast path answers every ACCEPT it has a connection for; this one expired, or
