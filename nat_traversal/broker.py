@@ -11,6 +11,14 @@ The peer's first frame says what the connection is:
   - Observe: a rendezvous connection, opened from a port the agent wants punched; the coordinator
     records the public endpoint it came from under the frame's ticket.
 
+Membership: every registered agent and every watcher holds a copy of the membership (names,
+addresses, services' virtual addresses) at some version. Changes are not sent as they happen:
+they are collected, and `flush_members()` (called once per turn of the coordinator's loop) folds
+them into the next version and sends each receiver one MembersDelta, or the full Members when
+the broker cannot prove the receiver holds the previous version (it just registered or watched,
+or asked with Resync). Each change thus costs a few bytes per receiver, not the whole
+membership: a cold start of n instances sends O(n²) bytes, not O(n³).
+
 Liveness: registered agents send a Beat every `Timeouts.beat` seconds from their event loop. An
 instance not heard from (any frame counts) for `Timeouts.quiet` seconds is quiet: watchers (the
 controller) get InstanceQuiet at once, and again when it is heard from again. Its session stays
@@ -68,6 +76,9 @@ class Connection:
     session: str | None = None
     instance: "Instance | None" = None
     last_heard: float = 0.0
+    # The membership version this peer holds, as far as we sent it (frames on one TCP connection
+    # arrive in order); None: it holds none we know of, so it gets the full Members next.
+    members_version: int | None = None
 
 
 @dataclass
@@ -124,8 +135,12 @@ class Timeouts:
 
 class Broker:
     def __init__(self, secret: bytes, prefix: str = DEFAULT_PREFIX, timeouts: Timeouts = Timeouts(),
-                 new_token: Callable[[], str] = auth.new_token, relay_port: int | None = None) -> None:
+                 new_token: Callable[[], str] = auth.new_token, relay_port: int | None = None,
+                 full_snapshots: bool = False) -> None:
         self.secret = secret
+        # Send the full Members on every change, as protocol 2 did: the baseline of
+        # benchmarks/bench_membership.py, not for production.
+        self.full_snapshots = full_snapshots
         self.relay_port = relay_port
         self.prefix = prefix
         self.timeouts = timeouts
@@ -145,6 +160,13 @@ class Broker:
         self._retired_paths = collections.Counter({"direct": 0, "relayed": 0})
         self._last_expire: float | None = None
         self._resumed_at = float("-inf")  # silence is counted from no earlier than this
+        # The membership as last published (flush_members), and what changed since.
+        self._version = 0
+        self._published: dict[str, str] = {}  # host name -> address, at _version
+        self._published_services: dict[str, str] = {}
+        self._changed: set[str] = set()  # host names that joined or left since _version
+        self._members_due = False  # something to publish, or a receiver needs the full Members
+        self._full: m.Members | None = None  # the full Members at _version, built when first needed
 
     # --- queries (for status and tests) -------------------------------------------------------
 
@@ -154,6 +176,16 @@ class Broker:
 
     def members(self) -> dict[str, str]:
         return {inst.name: inst.addr for inst in self._by_addr.values()}
+
+    @property
+    def members_version(self) -> int:
+        """The version of the membership last published by flush_members()."""
+        return self._version
+
+    @property
+    def members_due(self) -> bool:
+        """flush_members() has something to send: the I/O layer schedules it (once per turn)."""
+        return self._members_due
 
     @property
     def held_count(self) -> int:
@@ -357,9 +389,10 @@ class Broker:
         if inst.service != inst.name:
             self.services.ensure(inst.service)
         log.info("registered %s (%s) at %s from %s", inst.name, inst.service, addr, conn.endpoint)
+        self._membership_changed(inst.name)
+        self._needs_full_members(conn)  # sent by the next flush, after Registered
         return [*actions, Send(conn.cid, m.Registered(name=inst.name, addr=addr, prefix=self.prefix,
                                                  relay_port=self.relay_port, beat=self.timeouts.beat)),
-                *self._broadcast_members(),
                 *self._tell_watchers(m.InstanceUp(name=inst.name, service=inst.service, addr=addr,
                                                   instance=inst.instance_id))]
 
@@ -386,13 +419,83 @@ class Broker:
                 self._retired_paths["relayed"] += inst.report.get("relayed", 0)
             del self._by_name[inst.name]
             log.info("deregistered %s at %s: %s", inst.name, inst.addr, why)
+            self._membership_changed(inst.name)
             gone = m.InstanceDown(name=inst.name, service=inst.service, instance=inst.instance_id, reason=why)
-            return [*self._broadcast_members(), *self._tell_watchers(gone)]
+            return self._tell_watchers(gone)
         return []
 
-    def _broadcast_members(self) -> list[Action]:
-        members = m.Members(hosts=self.members(), services=self.services.vips())
-        return [Send(cid, members) for cid in [i.cid for i in self._by_addr.values()] + sorted(self._watchers)]
+    # --- membership updates: collected, then published once per turn -----------------------
+
+    def _membership_changed(self, name: str) -> None:
+        self._changed.add(name)
+        self._members_due = True
+
+    def _needs_full_members(self, conn: Connection) -> None:
+        conn.members_version = None
+        self._members_due = True
+
+    def flush_members(self) -> list[Action]:
+        """Publishes the changes collected since the last flush as the next version: one
+        MembersDelta to each receiver known to hold the previous version, the full Members to
+        the others. The I/O layer calls it once per turn of its loop (see `members_due`), so
+        registrations handled in one turn reach each receiver as one frame."""
+        if not self._members_due:
+            return []
+        self._members_due = False
+        delta = self._publish()
+        actions: list[Action] = []
+        for conn in self._membership_receivers():
+            if conn.members_version == self._version:
+                continue
+            if delta is not None and conn.members_version == delta.base and not self.full_snapshots:
+                actions.append(Send(conn.cid, delta))
+            else:
+                actions.append(Send(conn.cid, self._full_members()))
+            conn.members_version = self._version
+        return actions
+
+    def _publish(self) -> m.MembersDelta | None:
+        """Folds the changes since the last version into the next one; None if there were none
+        (a name that left and came back at the same address in one turn is no change)."""
+        hosts: dict[str, str] = {}
+        gone: list[str] = []
+        for name in sorted(self._changed):
+            inst = self._by_name.get(name)
+            addr = inst.addr if inst is not None else None
+            if addr == self._published.get(name):
+                continue
+            if addr is None:
+                gone.append(name)
+                del self._published[name]
+            else:
+                hosts[name] = addr
+                self._published[name] = addr
+        self._changed.clear()
+        # Services are few and never withdrawn: compare them all.
+        services = {name: vip for name, vip in self.services.vips().items()
+                    if self._published_services.get(name) != vip}
+        if not (hosts or gone or services):
+            return None
+        self._published_services.update(services)
+        base, self._version = self._version, self._version + 1
+        self._full = None
+        return m.MembersDelta(base=base, version=self._version, hosts=hosts, gone=gone, services=services)
+
+    def _full_members(self) -> m.Members:
+        if self._full is None:
+            self._full = m.Members(hosts=dict(self._published), version=self._version,
+                                   services=dict(self._published_services))
+        return self._full
+
+    def _membership_receivers(self) -> list[Connection]:
+        cids = [i.cid for i in self._by_addr.values()] + sorted(self._watchers)
+        return [conn for cid in cids if (conn := self._connections.get(cid)) is not None]
+
+    def _on_resync(self, conn: Connection, msg: m.Resync, now: float) -> list[Action]:
+        if conn.instance is not None or conn.cid in self._watchers:
+            log.warning("%s asked for the full membership: its copy was out of step", conn.endpoint)
+            self._needs_full_members(conn)
+        return []
 
     def _tell_watchers(self, message: m.Message) -> list[Action]:
         return [Send(cid, message) for cid in sorted(self._watchers)]
@@ -430,6 +533,7 @@ class Broker:
                       "nat": i.nat, "draining": i.draining, "quiet": i.quiet, "report": i.report}
                      for i in self._by_addr.values()]
         log.info("controller watching from %s", conn.endpoint)
+        self._needs_full_members(conn)
         return [Send(conn.cid, m.Snapshot(instances=instances, services=self.services.vips()))]
 
     def _on_declare(self, conn: Connection, msg: m.Declare, now: float) -> list[Action]:
@@ -437,7 +541,8 @@ class Broker:
             return [Send(conn.cid, m.Error(ref="declare", reason="only a watching controller may declare"))]
         for name, hold in msg.services.items():
             self.services.ensure(name, hold=float(hold), declared=True)
-        return self._broadcast_members()
+        self._members_due = True  # new services' addresses go out with the next flush
+        return []
 
     def _on_drain(self, conn: Connection, msg: m.Drain, now: float) -> list[Action]:
         inst = self._by_instance_id(msg.instance)
@@ -587,6 +692,7 @@ class Broker:
     _CONTROL_HANDLERS: dict = {
         m.Register: _on_register,
         m.Bye: _on_bye,
+        m.Resync: _on_resync,
         m.Ping: _on_ping,
         m.Beat: _on_beat,
         m.NatReport: _on_nat_report,

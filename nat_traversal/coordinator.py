@@ -2,6 +2,10 @@
 
 Kept thin on purpose: all decisions live in broker.py. One TCP port serves both agents' control
 sessions and their rendezvous connections (the broker tells them apart by the first frame).
+
+Membership updates are flushed once per turn of the event loop: every data_received of a turn
+runs before a callback scheduled with call_soon during it, so registrations read in one turn
+reach each agent as one MembersDelta.
 """
 
 from __future__ import annotations
@@ -74,19 +78,31 @@ class CoordinatorServer:
         self.peers: dict[int, _PeerProtocol] = {}
         self.cids = itertools.count(1)
         self._loop = asyncio.get_running_loop()
+        self._flush_scheduled = False
 
     def now(self) -> float:
         return self._loop.time()
 
     def apply(self, actions: list) -> None:
+        frames: dict[int, bytes] = {}  # one message sent to many (a MembersDelta) is encoded once
         for action in actions:
             peer = self.peers.get(action.cid)
             if peer is None or peer.transport is None:
                 continue
             if isinstance(action, Send):
-                peer.transport.write(encode_frame(action.message.to_wire()))
+                key = id(action.message)  # `actions` keeps every message alive: no id is reused
+                if key not in frames:
+                    frames[key] = encode_frame(action.message.to_wire())
+                peer.transport.write(frames[key])
             elif isinstance(action, Close):
                 peer.transport.close()
+        if self.broker.members_due and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_members)
+
+    def _flush_members(self) -> None:
+        self._flush_scheduled = False
+        self.apply(self.broker.flush_members())
 
     def close(self, cid: int) -> None:
         peer = self.peers.get(cid)

@@ -38,9 +38,11 @@ def login(broker: Broker, cid: int, endpoint: str = "198.18.1.1:40000") -> str:
 
 
 def register(broker: Broker, cid: int, name: str, endpoint: str = "198.18.1.1:40000") -> tuple[str, str]:
+    """Registers, then ends the coordinator's turn (flush_members), as the real one would."""
     session = login(broker, cid, endpoint)
     replies = sent(broker.message_received(cid, m.Register(name=name, service=name, instance="12345678"), 0.0), cid)
     registered = [r for r in replies if isinstance(r, m.Registered)][0]
+    broker.flush_members()
     return session, registered.addr
 
 
@@ -75,14 +77,18 @@ def test_old_protocol_version_is_refused_with_both_versions(broker):
     assert "version 7" in refused.reason and f"speaks {m.PROTOCOL_VERSION}" in refused.reason
 
 
-def test_registration_allocates_addresses_and_broadcasts_members(broker):
+def test_registration_allocates_addresses_then_the_turn_ends_with_members(broker):
     register(broker, 1, "kv")
     login(broker, 2)
     replies = broker.message_received(2, m.Register(name="web", service="web", instance="12345678"), 0.0)
-    assert sent(replies, 2)[0] == m.Registered(name="web", addr="100.64.0.2", prefix="100.64.0.0/24", beat=Timeouts().beat)
-    expected = m.Members(hosts={"kv": "100.64.0.1", "web": "100.64.0.2"})
-    assert sent(replies, 1) == [expected]
-    assert expected in sent(replies, 2)
+    assert replies == [Send(2, m.Registered(name="web", addr="100.64.0.2", prefix="100.64.0.0/24",
+                                            beat=Timeouts().beat))]
+    assert broker.members_due
+    assert broker.flush_members() == [
+        Send(1, m.MembersDelta(base=1, version=2, hosts={"web": "100.64.0.2"}, gone=[])),
+        Send(2, m.Members(hosts={"kv": "100.64.0.1", "web": "100.64.0.2"}, version=2)),
+    ]
+    assert not broker.members_due and broker.flush_members() == []
 
 
 def test_duplicate_name_is_an_error_naming_the_holder(broker):
@@ -102,8 +108,116 @@ def test_reregistration_keeps_the_address_after_a_coordinator_restart(broker):
 def test_connection_lost_deregisters_and_tells_the_others(broker):
     register(broker, 1, "kv")
     register(broker, 2, "web")
-    actions = broker.connection_lost(1)
-    assert sent(actions, 2) == [m.Members(hosts={"web": "100.64.0.2"})]
+    assert broker.connection_lost(1) == []
+    assert broker.flush_members() == [Send(2, m.MembersDelta(base=2, version=3, hosts={}, gone=["kv"]))]
+
+
+# --- membership: full Members once, then one delta per turn ----------------------------------------
+
+def test_registrations_in_one_turn_reach_each_receiver_as_one_frame(broker):
+    register(broker, 1, "kv")
+    for cid, name in ((2, "web-1"), (3, "web-2"), (4, "web-3")):
+        login(broker, cid)
+        broker.message_received(cid, m.Register(name=name, service="web", instance=f"{cid:08x}"), 0.0)
+    actions = broker.flush_members()
+    delta = m.MembersDelta(base=1, version=2, hosts={"web-1": "100.64.0.2", "web-2": "100.64.0.3",
+                                                     "web-3": "100.64.0.4"},
+                           gone=[], services={"web": "100.64.0.254"})
+    full = m.Members(hosts={"kv": "100.64.0.1", "web-1": "100.64.0.2", "web-2": "100.64.0.3",
+                            "web-3": "100.64.0.4"}, version=2, services={"web": "100.64.0.254"})
+    assert actions == [Send(1, delta), Send(2, full), Send(3, full), Send(4, full)]
+    assert sent(actions, 2)[0] is sent(actions, 3)[0]  # built once: the coordinator encodes it once
+
+
+def test_a_name_that_leaves_and_returns_at_the_same_address_in_one_turn_is_no_change(broker):
+    register(broker, 1, "kv")
+    register(broker, 2, "web")
+    login(broker, 3, "198.18.1.1:40001")
+    broker.message_received(3, m.Register(name="kv", service="kv", instance="12345678", addr="100.64.0.1"), 1.0)
+    assert broker.flush_members() == [Send(3, m.Members(hosts={"web": "100.64.0.2", "kv": "100.64.0.1"}, version=2))]
+
+
+def test_an_instance_that_moved_is_sent_with_its_new_address(broker):
+    register(broker, 1, "kv")
+    register(broker, 2, "web")
+    broker.connection_lost(1)
+    login(broker, 3)
+    broker.message_received(3, m.Register(name="kv", service="kv", instance="87654321", addr="100.64.0.9"), 1.0)
+    assert sent(broker.flush_members(), 2) == [m.MembersDelta(base=2, version=3, hosts={"kv": "100.64.0.9"}, gone=[])]
+
+
+def test_a_watcher_gets_the_full_members_then_deltas(broker):
+    register(broker, 1, "kv")
+    assert watch(broker, 9)[0].TYPE == "snapshot"
+    assert broker.flush_members() == [Send(9, m.Members(hosts={"kv": "100.64.0.1"}, version=1))]
+    register(broker, 2, "web")
+    login(broker, 3)
+    broker.message_received(3, m.Bye(reason="done"), 0.0)  # not registered: no change
+    assert broker.flush_members() == []
+    broker.message_received(2, m.Bye(reason="done"), 0.0)
+    assert sent(broker.flush_members(), 9) == [m.MembersDelta(base=2, version=3, hosts={}, gone=["web"])]
+
+
+def test_resync_gets_the_full_members_at_the_current_version(broker):
+    register(broker, 1, "kv")
+    register(broker, 2, "web")
+    assert broker.message_received(1, m.Resync(), 1.0) == []
+    assert broker.flush_members() == [Send(1, m.Members(hosts={"kv": "100.64.0.1", "web": "100.64.0.2"}, version=2))]
+    register(broker, 3, "db")
+    assert sent(broker.flush_members(), 1) == []  # register() flushed: both got the same delta
+    broker.connection_lost(3)
+    assert broker.flush_members() == [
+        Send(1, m.MembersDelta(base=3, version=4, hosts={}, gone=["db"])),
+        Send(2, m.MembersDelta(base=3, version=4, hosts={}, gone=["db"])),
+    ]
+
+
+def test_resync_from_a_session_that_holds_no_membership_is_ignored(broker):
+    login(broker, 1)
+    assert broker.message_received(1, m.Resync(), 0.0) == []
+    assert not broker.members_due
+
+
+def test_full_snapshot_mode_sends_the_whole_membership_to_everyone():
+    broker = Broker(SECRET, prefix="100.64.0.0/24", new_token=tokens(), full_snapshots=True)
+    register(broker, 1, "kv")
+    login(broker, 2)
+    broker.message_received(2, m.Register(name="web", service="web", instance="12345678"), 0.0)
+    full = m.Members(hosts={"kv": "100.64.0.1", "web": "100.64.0.2"}, version=2)
+    assert broker.flush_members() == [Send(1, full), Send(2, full)]
+
+
+def test_deltas_applied_in_order_rebuild_the_membership(broker):
+    """Random joins and leaves over many turns: a receiver that applies every delta to its first
+    full Members holds exactly the broker's membership after each flush."""
+    import random
+
+    rnd = random.Random(7)
+    register(broker, 1, "observer")  # its full Members went out at the end of that turn
+    held = {"observer": "100.64.0.1"}
+    version = broker.members_version
+    live: dict[str, int] = {}
+    next_cid = 100
+    for turn in range(60):
+        for _ in range(rnd.randint(0, 4)):
+            if live and rnd.random() < 0.4:
+                name = rnd.choice(sorted(live))
+                broker.connection_lost(live.pop(name))
+            else:
+                name = f"h{rnd.randint(0, 30)}"
+                if name in live:
+                    continue
+                next_cid += 1
+                login(broker, next_cid)
+                broker.message_received(next_cid, m.Register(name=name, service="h", instance=f"{next_cid:08x}"), 0.0)
+                live[name] = next_cid
+        for msg in sent(broker.flush_members(), 1):
+            assert isinstance(msg, m.MembersDelta) and msg.base == version
+            for name in msg.gone:
+                del held[name]
+            held.update(msg.hosts)
+            version = msg.version
+        assert held == broker.members()
 
 
 def _two_hosts_with_tickets(broker):
@@ -203,7 +317,7 @@ def test_silent_session_is_closed_and_its_instance_leaves(broker):
     assert broker.expire(15.0) == []
     actions = broker.expire(15.1)
     assert Close(1, "silent") in actions
-    assert sent(actions, 2) == [m.Members(hosts={"web": "100.64.0.2"})]
+    assert broker.flush_members() == [Send(2, m.MembersDelta(base=2, version=3, hosts={}, gone=["kv"]))]
 
 
 # --- services, signals and the controller ---------------------------------------------------------
@@ -261,8 +375,10 @@ def test_connect_to_a_declared_service_without_instances_is_held_then_released(b
     session, _ = register(broker, 3, "client")
     observe(broker, 13, session, "cccc0001", "198.18.1.3:50003")
     watch(broker, 9)
-    declared = broker.message_received(9, m.Declare(services={"api": 10}), 0.0)
-    assert m.Members(hosts={"client": "100.64.0.1"}, services={"api": "100.64.0.254"}) in sent(declared, 3)
+    assert broker.flush_members() == [Send(9, m.Members(hosts={"client": "100.64.0.1"}, version=1))]
+    assert broker.message_received(9, m.Declare(services={"api": 10}), 0.0) == []
+    delta = m.MembersDelta(base=1, version=2, hosts={}, gone=[], services={"api": "100.64.0.254"})
+    assert broker.flush_members() == [Send(3, delta), Send(9, delta)]
     actions = broker.message_received(
         3, m.Connect(conn="c0ffee01", dst_addr="100.64.0.254", dst_port=8080, src_port=50003, ticket="cccc0001"), 1.0)
     assert actions == [Send(9, m.Demand(service="api", port=8080, waiting=1))]
