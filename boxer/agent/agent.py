@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from boxer.agent.control import Ticket, open_ticket
 from boxer.agent.link import CoordinatorLink, LinkDown
-from boxer.agent.names import NameTable
+from boxer.agent.names import DeltaOutcome, NameTable
 from boxer.agent.natprobe import probe_mapping
 from boxer.agent.punch import PunchError, authenticate, relay_open, simultaneous_open
 from boxer.agent.signals import ConnectionTracker, IdleClock, ProcessSampler, open_local_ports
@@ -289,7 +289,11 @@ class Agent:
 
     def on_coordinator_message(self, msg: m.Message) -> None:
         if isinstance(msg, m.Members):
-            self.names.update(msg.hosts, msg.services)
+            self.names.update(msg.hosts, msg.services, msg.version)
+        elif isinstance(msg, m.MembersDelta):
+            if self.names.apply_delta(msg) is DeltaOutcome.GAP:
+                log.warning("membership delta from version %d, we hold another: asking for all", msg.base)
+                self._spawn(self.session.send(m.Resync()))
         elif isinstance(msg, m.Drain):
             self.draining = True
             self._request_stop("drain", msg.grace)

@@ -92,12 +92,20 @@ class Registration:
 
 
 class ControlSession:
-    def __init__(self, framed: FramedSocket, registration: Registration, members: dict[str, str],
-                 services: dict[str, str] | None = None):
+    def __init__(self, framed: FramedSocket, registration: Registration, snapshot: m.Members):
         self.framed = framed
         self.registration = registration
-        self.members = members
-        self.services = services or {}
+        # The full membership the coordinator sent after Registered; its deltas follow on this
+        # session, each applying only to the version before it.
+        self.snapshot = snapshot
+
+    @property
+    def members(self) -> dict[str, str]:
+        return self.snapshot.hosts
+
+    @property
+    def services(self) -> dict[str, str]:
+        return self.snapshot.services
 
     async def send(self, message: m.Message) -> None:
         await self.framed.send(message)
@@ -197,8 +205,6 @@ async def _authenticate(framed: FramedSocket, secret: bytes, where: str) -> m.We
 async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, where: str) -> ControlSession:
     welcome = await _authenticate(framed, secret, where)
     await framed.send(register)
-    members: dict[str, str] = {}
-    services: dict[str, str] = {}
     registration = None
     while True:
         reply = await framed.receive()
@@ -207,11 +213,9 @@ async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, 
                                         reply.beat)
         elif isinstance(reply, m.Error):
             raise CoordinatorError(f"registration refused: {reply.reason}")
-        elif isinstance(reply, m.Members):
-            # The coordinator sends the membership, including us, right after Registered.
-            members, services = dict(reply.hosts), dict(reply.services)
-            if registration is not None:
-                return ControlSession(framed, registration, members, services)
+        elif isinstance(reply, m.Members) and registration is not None:
+            # The coordinator sends the full membership, including us, right after Registered.
+            return ControlSession(framed, registration, reply)
 
 
 @dataclass

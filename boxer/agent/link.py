@@ -93,7 +93,11 @@ class CoordinatorLink:
 
     async def run(self, on_message: Callable[[m.Message], None],
                   on_new_session: Callable[[], None]) -> None:
-        """Until closed: serve the session; when it dies, reconnect and call on_new_session."""
+        """Until closed: serve the session; when it dies, reconnect and call on_new_session.
+
+        Each session starts with the full Members its handshake received: it is handed to
+        on_message first, so the deltas that follow on that session apply to its version."""
+        on_message(self.session.snapshot)
         while not self.closed:
             try:
                 await self._serve(on_message)
@@ -105,7 +109,7 @@ class CoordinatorLink:
             if self.closed:
                 return
             self.reconnects += 1
-            on_message(m.Members(hosts=self.session.members, services=self.session.services))
+            on_message(self.session.snapshot)
             on_new_session()
             self.up.set()
 

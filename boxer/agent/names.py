@@ -4,14 +4,20 @@ The agent answers the interposer's name lookups from the membership the coordina
 getaddrinfo costs no network round trip. Single-label names are ours: an unknown one is an
 authoritative "no such host" (EAI_NONAME), as a real resolver would answer. Names with dots, and
 names in /etc/hosts (localhost...), fall through to libc untouched.
+
+The coordinator sends the full membership once per session, then deltas (protocol 3). A delta
+applies only to the version it was made from; on a mismatch the table keeps serving what it has
+and the caller asks for the full membership (Resync), ignoring deltas until it comes.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from dataclasses import dataclass, field
 
 from boxer.ipc import Resolution
+from nat_traversal import messages as m
 
 OVERLAY_DOMAIN = ".boxer"  # "kv-1.boxer" is accepted as well as "kv-1"
 
@@ -28,6 +34,12 @@ def read_hosts_file(path: str = "/etc/hosts") -> frozenset[str]:
     return frozenset(names)
 
 
+class DeltaOutcome(enum.Enum):
+    APPLIED = "applied"
+    GAP = "gap"  # the delta does not follow our version: ask for the full membership now
+    WAITING = "waiting"  # ignored: the full membership was already asked for
+
+
 @dataclass
 class NameTable:
     prefix: ipaddress.IPv4Network
@@ -36,12 +48,37 @@ class NameTable:
     members: dict[str, str] = field(default_factory=dict)  # name -> overlay address
     services: dict[str, str] = field(default_factory=dict)  # service name -> virtual address
     local_names: frozenset[str] = frozenset()
+    # The coordinator's membership version we hold; None: none yet, or out of step since a gap.
+    version: int | None = None
+    resync_asked: bool = False
 
-    def update(self, members: dict[str, str], services: dict[str, str] | None = None) -> None:
+    def update(self, members: dict[str, str], services: dict[str, str] | None = None,
+               version: int | None = None) -> None:
+        """Replaces the whole membership (a full Members, at `version`)."""
         self.members = dict(members)
         self.members[self.own_name] = self.own_addr
         if services is not None:
             self.services = dict(services)
+        self.version = version
+        self.resync_asked = False
+
+    def apply_delta(self, delta: m.MembersDelta) -> DeltaOutcome:
+        """Applies a delta made from the version we hold. Any other is not applied (a missed
+        delta would leave a name pointing at a gone instance, or missing, for good)."""
+        if self.version is None or delta.base != self.version:
+            if self.resync_asked:
+                return DeltaOutcome.WAITING
+            self.version = None
+            self.resync_asked = True
+            return DeltaOutcome.GAP
+        for name in delta.gone:
+            if name != self.own_name:
+                self.members.pop(name, None)
+        self.members.update(delta.hosts)
+        self.members[self.own_name] = self.own_addr  # we know our own address best
+        self.services.update(delta.services)
+        self.version = delta.version
+        return DeltaOutcome.APPLIED
 
     def is_service_address(self, addr: str) -> bool:
         return addr in self.services.values()
