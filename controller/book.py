@@ -193,7 +193,7 @@ class Book:
                 else:
                     since = self.demand.get(message.service, (now, 0.0))[0]
                     self.demand[message.service] = (since, now + self._hold(message.service))
-        elif kind == "members":
+        elif kind in ("members", "members_delta"):  # a delta's services are the new ones
             self.services_addr.update(getattr(message, "services", {}) or {})
 
     def _hold(self, service: str) -> float:
