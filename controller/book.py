@@ -219,6 +219,10 @@ class Book:
     def _registered(self, record: Record, addr: str | None, now: float) -> None:
         if record.registered_at is None:
             record.registered_at = now
+        # Back on a new session (an agent that reconnects after a partition re-registers: the
+        # coordinator sends InstanceDown for the old session, then InstanceUp): it is heard
+        # again, and must not stay "deregistered", which would get it replaced.
+        record.down_reason = None
         if addr:
             record.addr = addr
         record.last_heard = now
