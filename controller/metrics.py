@@ -44,6 +44,16 @@ METRICS: dict[str, tuple[str, str]] = {
         "counter", "Instances that reached ready (pairs with start_to_ready_seconds_total)."),
     "boxer_controller_coordinator_connected": (
         "gauge", "1 while the controller's session with the coordinator is up."),
+    "boxer_controller_partition": (
+        "gauge", ("1 for the current handling of quiet instances (state: normal, watching,"
+                  " limited, halted), 0 for the others.")),
+    "boxer_controller_quiet_instances": (
+        "gauge", "Instances not heard (quiet heartbeat or no report), not exited, not stopped."),
+    "boxer_controller_quiet_instances_held": (
+        "gauge", "Quiet instances kept this tick instead of replaced (several quiet at once)."),
+    "boxer_controller_partitions_total": (
+        "counter", ("Times many instances went quiet at once and replacements were limited or"
+                    " halted (a suspected partition).")),
 }
 
 

@@ -34,8 +34,8 @@ from controller.signals import ControllerState, InstanceSignals, PartitionState,
 from controller.spec import PartitionPolicy
 
 __all__ = [
-    "Mode",
     "NORMAL",
+    "Mode",
     "Verdict",
     "deployment_slots",
     "judge",

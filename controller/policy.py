@@ -26,8 +26,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from controller.partition import NORMAL, Verdict, deployment_slots, judge, unheard_instances, \
-    unheard_reason
+from controller.partition import (
+    NORMAL,
+    Verdict,
+    deployment_slots,
+    judge,
+    unheard_instances,
+    unheard_reason,
+)
 from controller.scaling import kpa_recommendation, rate_limit, stabilize
 from controller.signals import (
     ControllerState,

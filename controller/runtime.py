@@ -31,6 +31,7 @@ from boxer.backends.base import Backend, HandleState, InstanceHandle, InstanceSp
 from boxer.backends.base import Placement as BackendPlacement
 from controller.book import Book, DrainInstance, Launch, Record, StopInstance, actions_for
 from controller.metrics import Metrics, serve_metrics
+from controller.partition import NORMAL, Mode, Verdict
 from controller.paths import DeployPaths, write_json_atomic
 from controller.policy import Drain, Start, Stop, Timings, decide
 from controller.signals import ControllerState
@@ -107,6 +108,7 @@ class ControllerRuntime:
         self._timeline: Any = None
         self._last_error: str | None = None
         self._wake = asyncio.Event()  # set: tick now, not at the next tick's time
+        self.partition: Verdict = NORMAL  # decide()'s latest judgement of quiet instances
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
 
     # -- the loop --------------------------------------------------------------------------
@@ -155,6 +157,7 @@ class ControllerRuntime:
         outcome = decide(self.deployment, signals, self.state, now, self.timings)
         self.state = outcome.state
         self.desired = dict(outcome.desired)
+        self._note_partition(outcome.partition)
         actions = actions_for(outcome.decisions, self.deployment, self.book,
                               drain_grace=self.timings.drain_timeout)
         for decision in outcome.decisions:
@@ -168,6 +171,29 @@ class ControllerRuntime:
         self.metrics.inc("boxer_controller_ticks_total")
         self.metrics.inc("boxer_controller_tick_seconds_total", time.perf_counter() - began)
         self._record(now, outcome.decisions)
+
+    def _note_partition(self, verdict: Verdict) -> None:
+        """Make decide()'s judgement of quiet instances visible: metrics every tick; the log
+        and `boxer status`'s recent failures when the handling changes (its counts change every
+        tick, its mode seldom)."""
+        for mode in Mode:
+            self.metrics.set("boxer_controller_partition", 1 if verdict.mode is mode else 0,
+                             state=mode.value)
+        self.metrics.set("boxer_controller_quiet_instances", verdict.quiet)
+        self.metrics.set("boxer_controller_quiet_instances_held", verdict.held)
+        previous, self.partition = self.partition.mode, verdict
+        if verdict.mode is previous:
+            return
+        suspected = (Mode.LIMITED, Mode.HALTED)
+        if verdict.mode in suspected:
+            log.warning("%s", verdict.reason)
+            self._note_failure("partition", "", "", verdict.reason or verdict.mode.value)
+            if previous not in suspected:
+                self.metrics.inc("boxer_controller_partitions_total")
+        elif verdict.mode is Mode.WATCHING:
+            log.info("%s", verdict.reason)
+        else:
+            log.info("quiet instances: replaced at once again (was %s)", previous.value)
 
     def _service_of(self, instance_id: str) -> str:
         record = self.book.records.get(instance_id)
@@ -447,6 +473,8 @@ class ControllerRuntime:
             "decisions": [_describe(d) for d in decisions],
             "ready_latencies": [[n, round(s, 4)] for n, s in latencies],
         }
+        if self.partition.mode is not Mode.NORMAL:
+            line["partition"] = _partition_summary(self.partition)
         self._timeline.write(json.dumps(line, separators=(",", ":")) + "\n")
 
     def status(self, final: bool = False) -> dict[str, Any]:
@@ -467,6 +495,7 @@ class ControllerRuntime:
             "register_timeout": self.timings.start_timeout,
             "backend_status": self._backend_status(),
             "failures": list(self.failures),
+            "partition": _partition_summary(self.partition),
             "services": {
                 name: {
                     "placement": svc.placement.value,
@@ -507,6 +536,11 @@ def _stop_message(agent_id: str, reason: str) -> Any:
     from nat_traversal import messages as m
 
     return m.Stop(instance=agent_id, reason=reason)
+
+
+def _partition_summary(verdict: Verdict) -> dict[str, Any]:
+    return {"mode": verdict.mode.value, "quiet": verdict.quiet, "held": verdict.held,
+            "lost": verdict.lost, "instances": verdict.instances, "reason": verdict.reason}
 
 
 def _describe(decision: Any) -> dict[str, Any]:

@@ -231,8 +231,8 @@ def test_silent_instances_count_as_quiet() -> None:
     outcome = decide(fleet.spec, Signals(silent), watching.state, 12.0)
     assert outcome.partition.mode is Mode.LIMITED
     assert [d.reason for d in outcome.decisions if isinstance(d, Stop)] == [
-        "silent for 7.0 s (limit 1 s); suspected partition (16 of 20 went quiet at once): at"
-        " most 1 replaced per second"]
+        ("silent for 7.0 s (limit 1 s); suspected partition (16 of 20 went quiet at once): at"
+         " most 1 replaced per second")]
 
 
 def test_rate_and_thresholds_come_from_the_file() -> None:
@@ -298,3 +298,26 @@ def test_an_agent_back_on_a_new_session_is_heard_again() -> None:
                                  instance=record.agent_id), 20.0)
     back = book.signals(20.5).instances[0]
     assert (back.quiet_since, back.last_heard) == (None, 20.5)
+
+
+def test_the_runtime_shows_the_judgement_in_metrics_log_and_recent_failures(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from controller.partition import NORMAL, Verdict
+    from controller.runtime import ControllerRuntime
+
+    runtime = ControllerRuntime(deployment(), backend=object(),  # type: ignore[arg-type]
+                                coordinator=("127.0.0.1", 1), secret=b"s", wall=lambda: 100.0)
+    halted = Verdict(Mode.HALTED, 20, 20, 20, reason="suspected partition at the coordinator")
+    with caplog.at_level("INFO", logger="controller.runtime"):
+        runtime._note_partition(halted)
+        runtime._note_partition(replace(halted, quiet=19, lost=19))  # same mode: said once
+        runtime._note_partition(NORMAL)
+    text = runtime.metrics.render()
+    assert 'boxer_controller_partition{state="halted"} 0' in text
+    assert 'boxer_controller_partition{state="normal"} 1' in text
+    assert "boxer_controller_partitions_total 1" in text
+    assert "boxer_controller_quiet_instances_held 0" in text
+    assert [f["reason"] for f in runtime.failures] == ["suspected partition at the coordinator"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "suspected partition at the coordinator",
+        "quiet instances: replaced at once again (was halted)"]
