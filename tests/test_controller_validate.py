@@ -255,3 +255,48 @@ class TestCheckCommand:
         assert json.loads(good.output)["services"][1] == {
             "name": "api", "placement": "function", "minInstances": 0, "maxInstances": 40,
             "autoscale": "activeConnections target 10"}
+
+
+def test_partition_fields_are_checked_with_file_line_and_field() -> None:
+    found = problems("""\
+        partition:
+          quietThreshold: 50
+          replacementsPerSecond: -1
+          minQuietInstances: 1
+          windowSeconds: 120
+        services:
+          web:
+            command: [srv]
+        """)
+    assert found == [
+        ("d.yaml:2: partition.quietThreshold: unknown field 'quietThreshold'; did you mean"
+         " 'quietThresholdPercentage'? allowed here: windowSeconds, quietThresholdPercentage,"
+         " minQuietInstances, replacementsPerSecond, haltThresholdPercentage"),
+        ("d.yaml:3: partition.replacementsPerSecond: got -1: Input should be greater than or"
+         " equal to 0"),
+        "d.yaml:4: partition.minQuietInstances: got 1: Input should be greater than or equal to 2",
+        "d.yaml:5: partition.windowSeconds: got 120: Input should be less than or equal to 60",
+    ]
+
+
+def test_partition_halt_threshold_is_not_below_the_quiet_threshold() -> None:
+    found = problems("""\
+        services:
+          web:
+            command: [srv]
+        partition:
+          quietThresholdPercentage: 80
+          haltThresholdPercentage: 60
+        """)
+    assert found == [
+        "d.yaml:6: partition.haltThresholdPercentage: haltThresholdPercentage (60) must be >="
+        " quietThresholdPercentage (80): replacing none is the step after replacing at a"
+        " limited rate"
+    ]
+
+
+def test_partition_defaults_follow_kubernetes() -> None:
+    policy = parse_deployment("services: {web: {command: [srv]}}\n").partition
+    assert (policy.quiet_threshold_percentage, policy.min_quiet_instances,
+            policy.replacements_per_second, policy.halt_threshold_percentage,
+            policy.window_seconds) == (55, 3, 1, 90, 1)
