@@ -4,7 +4,8 @@ The simulation stands in for agents and a backend so the policy can be exercised
 with thousands of instances and no processes: a load curve says how many connections each
 service holds at time t, ready instances share them evenly (what least-connections balancing
 converges to), `function` instances end at their lifetime, and faults can silence or kill an
-instance. Everything runs on a simulated clock.
+instance, or make many quiet at once (a partition between them and the coordinator) and heal
+it. Everything runs on a simulated clock.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from controller.partition import Verdict
 from controller.policy import DEFAULT_TIMINGS, Decision, Drain, Start, Stop, Timings, decide
 from controller.signals import ControllerState, InstanceSignals, PendingConnect, Signals
 from controller.spec import Deployment, Placement
@@ -55,6 +57,7 @@ class SimInstance:
     exited: bool = False
     exit_status: int | None = None
     silent_since: float | None = None  # a fault: the agent stopped reporting
+    quiet_since: float | None = None  # a fault: the coordinator stopped hearing its heartbeat
     last_busy: float = 0.0
 
     def ready(self, now: float) -> bool:
@@ -97,6 +100,7 @@ class Simulation:
         self.instances: dict[str, SimInstance] = {}
         self.rows: list[Row] = []
         self.decisions: list[tuple[float, Decision]] = []
+        self.verdicts: list[tuple[float, Verdict]] = []  # decide()'s judgement of quiet ones
         self._pending_since: dict[str, float] = {}
 
     # -- faults ----------------------------------------------------------------------------
@@ -110,6 +114,17 @@ class Simulation:
         """The agent stops reporting (host lost)."""
         self.instances[instance_id].silent_since = self.now
 
+    def partition(self, instance_ids: list[str]) -> None:
+        """The coordinator stops hearing these agents (their heartbeats and reports), as in a
+        network partition between them; they live on."""
+        for instance_id in instance_ids:
+            self.instances[instance_id].quiet_since = self.now
+
+    def heal(self) -> None:
+        """The partition ends: every quiet agent that is still running is heard again."""
+        for instance in self.instances.values():
+            instance.quiet_since = None
+
     # -- running ---------------------------------------------------------------------------
 
     def run_until(self, end: float) -> None:
@@ -122,6 +137,7 @@ class Simulation:
         unserved = {name: self._serve(name, now) for name in self.deployment.services}
         outcome = decide(self.deployment, self._signals(now), self.state, now, self.timings)
         self.state = outcome.state
+        self.verdicts.append((now, outcome.partition))
         for decision in outcome.decisions:
             self._apply(decision, now)
             self.decisions.append((now, decision))
@@ -156,7 +172,7 @@ class Simulation:
                 instance.connections = 0  # short connections: they finish within a tick
         targets = sorted(
             (i for i in self.live(service) if i.ready(now) and not i.draining
-             and i.silent_since is None),
+             and i.silent_since is None and i.quiet_since is None),
             key=lambda i: i.index,
         )
         if not targets:
@@ -175,10 +191,8 @@ class Simulation:
     def _signals(self, now: float) -> Signals:
         reports: list[InstanceSignals] = []
         for i in self.instances.values():
-            if i.silent_since is not None:
-                heard = i.silent_since
-            else:
-                heard = now
+            unheard = [t for t in (i.silent_since, i.quiet_since) if t is not None]
+            heard = min(unheard) if unheard else now
             ready = i.ready(now)
             reports.append(
                 InstanceSignals(
@@ -191,7 +205,7 @@ class Simulation:
                     exited=i.exited, exit_status=i.exit_status,
                     idle_seconds=0.0 if i.connections else now - max(i.last_busy, i.started_at),
                     lifetime_left=None if i.lifetime_end is None else i.lifetime_end - now,
-                    draining=i.draining,
+                    draining=i.draining, quiet_since=i.quiet_since,
                 )
             )
         pending = tuple(PendingConnect(service, since)

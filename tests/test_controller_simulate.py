@@ -138,3 +138,46 @@ def test_load_curve_for_unknown_service_is_refused() -> None:
     spec = deployment("services:\n  api:\n    command: [srv]\n")
     with pytest.raises(ValueError, match="load curves for unknown services: db"):
         Simulation(spec, {"db": lambda t: 1.0})
+
+
+PARTITIONED = """\
+    services:
+      web:
+        command: [nginx]
+        placement: vm
+        minInstances: 4
+        maxInstances: 4
+      api:
+        command: [srv]
+        minInstances: 196
+        maxInstances: 196
+    """
+
+
+def test_a_partition_that_heals_costs_a_replacement_a_second_not_a_burst() -> None:
+    # 160 of the 200 instances (80 %, all of them api) go quiet at t=5 and are heard again at
+    # t=15. Judged deployment-wide: web's 4 and api's other 36 are heard.
+    sim = Simulation(deployment(PARTITIONED), {"api": lambda t: 400.0}, World(tick=0.25))
+    sim.run_until(5)
+    sim.partition([i.id for i in sim.live("api")][:160])
+    sim.run_until(15)
+    sim.heal()
+    sim.run_until(40)
+    starts = [t for t, d in sim.decisions if isinstance(d, Start) and t >= 5]
+    assert starts == [float(t) for t in range(6, 15)]  # after the 1 s window, one a second
+    modes = {t: v.mode.value for t, v in sim.verdicts if 5 <= t < 16}
+    assert (modes[5.0], modes[5.75], modes[6.0], modes[14.75], modes[15.0]) == (
+        "watching", "watching", "limited", "limited", "normal")
+    last = sim.rows[-1]
+    assert last.service == "api" and last.ready[FN] == 196  # the 151 that came back stayed
+
+
+def test_a_partition_of_everything_replaces_nothing() -> None:
+    sim = Simulation(deployment(PARTITIONED), {"api": lambda t: 400.0}, World(tick=0.25))
+    sim.run_until(5)
+    sim.partition(list(sim.instances))
+    sim.run_until(60)
+    assert [d for t, d in sim.decisions if t >= 5] == []
+    assert sim.verdicts[-1][1].reason == (
+        "suspected partition at the coordinator: 200 of 200 instances (100 %) went quiet at"
+        " once (halt threshold 90 %): replacing none until some are heard again")

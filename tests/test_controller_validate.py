@@ -289,9 +289,9 @@ def test_partition_halt_threshold_is_not_below_the_quiet_threshold() -> None:
           haltThresholdPercentage: 60
         """)
     assert found == [
-        "d.yaml:6: partition.haltThresholdPercentage: haltThresholdPercentage (60) must be >="
-        " quietThresholdPercentage (80): replacing none is the step after replacing at a"
-        " limited rate"
+        ("d.yaml:6: partition.haltThresholdPercentage: haltThresholdPercentage (60) must be >="
+         " quietThresholdPercentage (80): replacing none is the step after replacing at a"
+         " limited rate")
     ]
 
 
