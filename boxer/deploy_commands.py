@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -112,11 +113,16 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
                register_timeout: float | None) -> None:
     """Bring up the deployment in FILE and run its controller.
 
+    On a deployment that is already up, apply the edited FILE to it instead: instance counts,
+    `autoscale`, `restartPolicy` and `partition` change at the controller's next tick; changes
+    to what instances run (command, env, placement, ...) are refused, naming the fields.
+
     \b
     Examples:
       boxer up examples/web-autoscale/deploy.yaml          # foreground; Ctrl-C takes it down
       boxer up --detach deploy.yaml && boxer status
       boxer up deploy.yaml --backend lambda --outputs outputs.json   # AWS (docs/aws.md)
+      boxer up deploy.yaml     # again, after raising minInstances: applied while it runs
     """
     from controller.errors import DeploymentFileError
     from controller.validate import load_deployment
@@ -129,6 +135,11 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
             click.echo(str(issue), err=True)
         raise SystemExit(1) from None
     name = name or _default_name(file, deployment.name)
+    from controller.paths import read_json
+
+    if _controller_alive(read_json(_paths(name).deployment)):
+        _reapply(file, deployment, name)
+        return
     backend = deployment.backend.value
     lambda_record: dict[str, Any] | None = None
     if backend == "lambda":
@@ -200,6 +211,9 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
 
         lab_down(info["lab"])  # what a crashed run left behind
     paths.make()
+    shutil.copyfile(file, paths.applied_file)  # what runs, whatever happens to FILE later
+    paths.next_file.unlink(missing_ok=True)
+    paths.reapplied.unlink(missing_ok=True)
     paths.timeline.write_text("")  # a new run, a new timeline
     (paths.root / "load.jsonl").unlink(missing_ok=True)  # and no load steps of an earlier run
     paths.status.unlink(missing_ok=True)
@@ -254,15 +268,86 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
     return _Up(paths, proc, name)
 
 
-def _make_lab(deployment: Any, name: str) -> Any:
-    from boxer.backends.local import lab_size
-    from boxer.lab import LabError, lab_up
+REAPPLY_ANSWER_TIMEOUT = 10.0  # seconds the controller has to answer a reapply
 
-    hosts, public = lab_size([
+
+def _reapply(file: Path, deployment: Any, name: str) -> None:
+    """`boxer up FILE` on a deployment that is up: hand the edited file to its controller
+    (SIGHUP), which applies what can change live (controller.reapply), then show progress."""
+    from controller.paths import read_json, write_json_atomic
+    from controller.reapply import plan_reapply
+    from controller.validate import load_deployment
+
+    paths = _paths(name)
+    info = read_json(paths.deployment) or {}
+    if not paths.applied_file.exists():
+        raise DeployError(f"deployment {name!r} was started by an older boxer that cannot apply "
+                          f"changes while it runs: `boxer down --name {name}` first")
+    running = load_deployment(paths.applied_file, backend=info.get("backend"))
+    plan = plan_reapply(running, deployment)
+    if not plan.ok:
+        raise DeployError(
+            f"deployment {name!r} is up, and these cannot change while it runs: "
+            f"{', '.join(plan.refused)}. `boxer down --name {name}`, then `boxer up {file}`")
+    if not plan.changes:
+        click.echo(f"deployment {name!r} is up and already runs {file}: nothing to apply")
+        return
+    if info.get("lab"):
+        _check_lab_room(deployment, info["lab"], name)
+    generation = int(info.get("generation", 0)) + 1
+    shutil.copyfile(file, paths.next_file)
+    write_json_atomic(paths.deployment, {**info, "file": str(file.resolve()), "generation": generation})
+    started = time.monotonic()
+    os.kill(int(info["controller_pid"]), signal.SIGHUP)
+    answer = None
+    while time.monotonic() - started < REAPPLY_ANSWER_TIMEOUT:
+        answer = read_json(paths.reapplied)
+        if answer and answer.get("generation") == generation:
+            break
+        time.sleep(0.05)
+    else:
+        raise DeployError(f"the controller of {name!r} did not answer within "
+                          f"{REAPPLY_ANSWER_TIMEOUT:g} s; see {paths.log}")
+    if answer.get("error") or answer.get("refused"):
+        raise DeployError(f"the controller refused the change: "
+                          f"{answer.get('error') or ', '.join(answer['refused'])}")
+    for change in answer.get("changes", []):
+        click.echo(f"applied {change}")
+    if not _show_progress(paths, deployment, started, None):
+        click.echo("boxer: not every service came up in time; see `boxer status` and "
+                   f"{paths.root}/", err=True)
+
+
+def _check_lab_room(deployment: Any, lab_name: str, name: str) -> None:
+    """A lab is built for the deployment's maxInstances; a reapply must fit in it."""
+    from boxer.lab import LabError, load_lab
+
+    try:
+        lab = load_lab(lab_name)
+    except LabError as exc:
+        raise DeployError(f"cannot read lab {lab_name} of deployment {name!r}: {exc}") from None
+    hosts, public = _lab_size_for(deployment)
+    if hosts > len(lab.hosts) or public > len(lab.public_hosts):
+        raise DeployError(
+            f"lab {lab_name} was built with {len(lab.hosts)} NATed and {len(lab.public_hosts)} "
+            f"public hosts; the edited maxInstances need {hosts} and {public}. "
+            f"`boxer down --name {name}`, then `boxer up` again builds a lab that size")
+
+
+def _lab_size_for(deployment: Any) -> tuple[int, int]:
+    from boxer.backends.local import lab_size
+
+    return lab_size([
         (svc.placement.value, svc.effective_max_instances, svc.base_capacity,
          svc.lifetime_seconds is not None)
         for svc in deployment.services.values()
     ])
+
+
+def _make_lab(deployment: Any, name: str) -> Any:
+    from boxer.lab import LabError, lab_up
+
+    hosts, public = _lab_size_for(deployment)
     lab_name = _lab_name(name)
     click.echo(f"lab {lab_name}: {hosts} NATed hosts (function), {public} public hosts (vm)")
     try:
@@ -305,8 +390,15 @@ def _service_line(status: dict[str, Any] | None, deployment: Any) -> tuple[str, 
 
 
 def _show_progress(paths: Any, deployment: Any, started: float,
-                   proc: subprocess.Popen[bytes]) -> bool:
+                   proc: subprocess.Popen[bytes] | None) -> bool:
+    """Redraw the services' ready counts until every one has what it wants. `proc`: the
+    controller we started, or None for one already running (reapply)."""
     from controller.paths import read_json
+
+    def exited() -> bool:
+        if proc is not None:
+            return proc.poll() is not None
+        return not _controller_alive(read_json(paths.deployment))
 
     tty = sys.stdout.isatty()
     last = None
@@ -320,12 +412,14 @@ def _show_progress(paths: Any, deployment: Any, started: float,
         elif line != last:
             click.echo(text)
         last = line
-        if done or proc.poll() is not None or elapsed > UP_TIMEOUT:
+        if done or exited() or elapsed > UP_TIMEOUT:
             break
         time.sleep(0.1)
     if tty:
         click.echo()
-    if proc.poll() is not None and proc.returncode != 0:
+    if proc is None and exited():
+        raise DeployError(f"the controller exited; see {paths.log}")
+    if proc is not None and proc.poll() is not None and proc.returncode != 0:
         why = _last_log_error(paths.log)
         raise DeployError(f"the controller exited with status {proc.returncode}"
                           f"{': ' + why if why else ''}; see {paths.log}")

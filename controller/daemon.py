@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.paths import DeployPaths, read_json
+from controller.paths import DeployPaths, read_json, write_json_atomic
 
 log = logging.getLogger("controller.daemon")
 
@@ -54,7 +55,8 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float) -> int:
     from controller.runtime import ControllerRuntime
     from controller.validate import load_deployment
 
-    deployment = load_deployment(Path(info["file"]), backend=kind)
+    applied = paths.applied_file if paths.applied_file.exists() else Path(info["file"])
+    deployment = load_deployment(applied, backend=kind)
     metrics_sock = None
     if metrics_fd is not None:
         metrics_sock = socket.socket(fileno=metrics_fd)
@@ -69,11 +71,40 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reapply, paths, runtime, kind)
     log.info("controller of %s up: backend %s, coordinator %s:%d", paths.name, kind,
              *coordinator)
     await runtime.run(stop)
     log.info("controller of %s stopped", paths.name)
     return 0
+
+
+def _reapply(paths: DeployPaths, runtime: Any, kind: str) -> None:
+    """SIGHUP: `boxer up` left an edited deployment file at paths.next_file. Apply what can be
+    applied to a running deployment (controller.reapply), or nothing; answer in paths.reapplied."""
+    from controller.errors import DeploymentFileError
+    from controller.reapply import plan_reapply
+    from controller.validate import load_deployment
+
+    answer: dict[str, Any] = {"generation": (read_json(paths.deployment) or {}).get("generation", 0)}
+    try:
+        edited = load_deployment(paths.next_file, backend=kind)
+    except (DeploymentFileError, OSError) as exc:
+        issues = getattr(exc, "issues", None)
+        answer["error"] = "; ".join(map(str, issues)) if issues else str(exc)
+        log.error("reapply refused: %s", answer["error"])
+    else:
+        plan = plan_reapply(runtime.deployment, edited)
+        answer.update(changes=list(plan.changes), refused=list(plan.refused))
+        if plan.ok:
+            runtime.apply(edited)
+            os.replace(paths.next_file, paths.applied_file)
+            log.info("reapplied: %s", "; ".join(plan.changes) or "no change")
+        else:
+            log.error("reapply refused: %s cannot change while the deployment runs",
+                      ", ".join(plan.refused))
+    paths.next_file.unlink(missing_ok=True)
+    write_json_atomic(paths.reapplied, answer)
 
 
 def _lab_backend(info: dict[str, Any], paths: DeployPaths, kind: str) -> Any:

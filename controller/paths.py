@@ -1,6 +1,9 @@
 """Where a running deployment keeps its files: /run/boxer/deploy/<name>/.
 
     deployment.json  what `boxer up` made (file, lab, backend, controller pid)
+    deployment.yaml  the deployment file as the controller runs it
+    deployment.next.yaml, reapplied.json
+                     `boxer up` again with an edited file: the edit, and the controller's answer
     status.json      rewritten by the controller a few times a second, read by `boxer status`
     timeline.jsonl   one JSON line per tick, read by `boxer report`
     controller.log   the controller's log (JSON lines)
@@ -54,6 +57,18 @@ class DeployPaths:
     @property
     def deployment(self) -> Path:
         return self.root / "deployment.json"
+
+    @property
+    def applied_file(self) -> Path:
+        return self.root / "deployment.yaml"
+
+    @property
+    def next_file(self) -> Path:
+        return self.root / "deployment.next.yaml"
+
+    @property
+    def reapplied(self) -> Path:
+        return self.root / "reapplied.json"
 
     @property
     def status(self) -> Path:

@@ -111,6 +111,13 @@ class ControllerRuntime:
         self.partition: Verdict = NORMAL  # decide()'s latest judgement of quiet instances
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
 
+    def apply(self, deployment: Deployment) -> None:
+        """Run on an edited deployment file from now on (`boxer up` again; controller.reapply
+        has checked that only what decisions read has changed): tick at once with it."""
+        self.deployment = deployment
+        self.book.deployment = deployment
+        self._wake.set()
+
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -3,7 +3,8 @@
 One small deployment for the module: a fixed service on `vm` (public hosts) and a service at
 zero on `function` that the first connect starts. Checks: up brings the fixed instances up;
 a connect to the service with no instance starts one and completes (scale from zero); killing
-an instance's app gets it replaced; `boxer down` leaves no namespace and no process behind.
+an instance's app gets it replaced; `boxer up` again applies an edited file (and refuses what
+cannot change live); `boxer down` leaves no namespace and no process behind.
 """
 
 from __future__ import annotations
@@ -129,6 +130,36 @@ def test_a_killed_instance_is_replaced(deployment):
     proc = client(deployment, "curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w",
                   "%{http_code}", "http://api:8080/")
     assert proc.stdout == "200", proc.stderr
+
+
+def test_up_again_applies_an_edited_file_while_it_runs(deployment, tmp_path):
+    from controller.paths import DeployPaths, read_json
+
+    original = Path(read_json(DeployPaths(deployment).deployment)["file"]).read_text()
+
+    def up_again(old: str, new: str) -> subprocess.CompletedProcess:
+        assert old in original
+        (tmp_path / "deploy.yaml").write_text(original.replace(old, new))
+        return subprocess.run([*BOXER, "up", str(tmp_path / "deploy.yaml")], capture_output=True,
+                              text=True, timeout=90)
+
+    raised = up_again("minInstances: 0", "minInstances: 2")
+    assert raised.returncode == 0, raised.stderr + raised.stdout
+    assert "applied services.api.minInstances: 0 -> 2" in raised.stdout
+    ready = [i["name"] for i in status(deployment)["instances"]
+             if i["service"] == "api" and i["state"] == "ready"]
+    assert sorted(ready) == ["api-1", "api-2"]  # `up` returned once they were
+
+    changed = up_again('"8080"]', '"8081"]')
+    assert changed.returncode != 0
+    assert "services.api.command" in changed.stderr and "boxer down" in changed.stderr
+
+    too_big = up_again("maxInstances: 2", "maxInstances: 9")
+    assert too_big.returncode != 0
+    assert "the edited maxInstances need" in too_big.stderr
+    # Neither refusal changed what runs.
+    assert "minInstances: 2" in DeployPaths(deployment).applied_file.read_text()
+    assert '"8080"]' in DeployPaths(deployment).applied_file.read_text()
 
 
 def test_down_leaves_nothing_behind(deployment):

@@ -1,0 +1,73 @@
+"""`boxer up FILE` on a running deployment: which edits apply live, which are refused (pure)."""
+
+from __future__ import annotations
+
+from controller.reapply import plan_reapply
+from controller.validate import parse_deployment
+
+BASE = """
+name: shop
+services:
+  api:
+    command: [srv, --port, "8080"]
+    minInstances: 1
+    maxInstances: 13
+    autoscale: {target: 5}
+  db:
+    command: [redis-server]
+    placement: vm
+"""
+
+
+def deployment(text: str = BASE):
+    return parse_deployment(text)
+
+
+def edited(old: str, new: str):
+    assert old in BASE
+    return parse_deployment(BASE.replace(old, new))
+
+
+def test_no_edit_is_no_change() -> None:
+    plan = plan_reapply(deployment(), deployment())
+    assert plan.ok and plan.changes == () and plan.refused == ()
+
+
+def test_counts_and_autoscaling_apply_live_with_old_and_new_values() -> None:
+    plan = plan_reapply(deployment(), edited("minInstances: 1\n    maxInstances: 13\n    autoscale: {target: 5}",
+                                             "minInstances: 13\n    maxInstances: 13\n    autoscale: {target: 2}"))
+    assert plan.ok
+    assert plan.changes == ("services.api.autoscale.target: 5.0 -> 2.0",
+                            "services.api.minInstances: 1 -> 13")
+
+
+def test_a_default_made_explicit_with_the_same_value_is_no_change() -> None:
+    plan = plan_reapply(deployment(), edited("autoscale: {target: 5}",
+                                             "autoscale: {target: 5, stableWindowSeconds: 60}"))
+    assert plan.ok and plan.changes == ()
+
+
+def test_adding_autoscale_to_a_fixed_service_applies() -> None:
+    plan = plan_reapply(deployment(), edited("placement: vm", "placement: vm\n    autoscale: {target: 3}"))
+    assert plan.ok
+    assert plan.changes[0].startswith("services.db.autoscale: (unset) -> {")
+
+
+def test_what_instances_run_with_is_refused_by_path() -> None:
+    plan = plan_reapply(deployment(), edited('command: [srv, --port, "8080"]', 'command: [srv, --port, "9090"]'))
+    assert not plan.ok
+    assert plan.refused == ("services.api.command",)
+    plan = plan_reapply(deployment(), edited("placement: vm", "placement: vm\n    env: {A: b}"))
+    assert plan.refused == ("services.db.env.A",)
+
+
+def test_services_added_or_removed_are_refused() -> None:
+    plan = plan_reapply(deployment(), edited("  db:\n", "  cache:\n"))
+    assert plan.refused == ("services.cache (added)", "services.db (removed)")
+
+
+def test_mixed_edits_report_both_lists() -> None:
+    plan = plan_reapply(deployment(), edited("minInstances: 1\n", "minInstances: 2\n").model_copy(
+        update={"name": "other"}))
+    assert plan.changes == ("services.api.minInstances: 1 -> 2",)
+    assert plan.refused == ("name",)
