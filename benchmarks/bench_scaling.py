@@ -3,9 +3,11 @@ benchmarks/results/scaling.json.
 
 1. scale from zero: a connect to a service with no instance -> the connect answered (curl's
    own time, the client already running under boxer), and controller start -> ready;
-2. add 12 instances: `minInstances: 12` - from the controller's start decisions to all 12
-   listening (as reported to the coordinator), side by side with the same 12 processes
-   started bare in 12 lab hosts (no agent, no coordinator) until each listens;
+2. add 12 instances: a running deployment of one instance gets `minInstances: 13` (`boxer up`
+   again with the edited file) - from the controller's start decisions to all 12 new ones
+   listening (as reported to the coordinator), side by side with the same 12 processes started
+   bare in 12 lab hosts (no agent, no coordinator) until each listens; and the same 12 in a
+   deployment brought up cold (`minInstances: 12`: its agent zygote is still starting);
 3. kill -> replacement serving: SIGKILL an instance's app -> its replacement listening;
 4. silent agent: SIGSTOP an instance's agent -> the controller's decision, and its replacement
    listening (the coordinator reports an agent quiet once its heartbeats stop);
@@ -51,6 +53,7 @@ AUTOSCALE = "autoscale: {target: 5, scaleToZeroGracePeriodSeconds: 600}"
 
 
 def up(name: str, folder: Path, minimum: int, maximum: int, autoscale: bool) -> None:
+    """`boxer up` (again, on a running deployment: applies the new counts)."""
     (folder / "deploy.yaml").write_text(DEPLOY.format(
         name=name, python=sys.executable, min=minimum, max=maximum, autoscale=AUTOSCALE if autoscale else ""))
     subprocess.run([*BOXER, "up", "--detach", str(folder / "deploy.yaml")], check=True,
@@ -117,22 +120,41 @@ def bench_scale_from_zero(folder: Path) -> dict:
         down(name)
 
 
+def ready_count(name: str) -> int:
+    return sum(1 for i in status(name).get("instances", []) if i["state"] == "ready")
+
+
+def twelve_ready(rows: list[dict], since: float, before: int) -> dict:
+    """From the first start decision after `since` to `before` + 12 instances listening."""
+    first = next(r["t"] for r in rows if r["t"] >= since
+                 and any(d["kind"] == "start" for d in r["decisions"]))
+    all_ready = next(r["t"] for r in rows if r["t"] >= first
+                     and r["services"]["api"]["ready"]["function"] >= before + 12)
+    lats = sorted(lat for r in rows if r["t"] >= first for _, lat in r["ready_latencies"])
+    return {"all_12_listening_s": round(all_ready - first, 3), "fastest_s": lats[0],
+            "slowest_s": lats[-1]}
+
+
 def bench_add_12(folder: Path) -> dict:
     name = "b12"
-    up(name, folder, 12, 12, False)
+    up(name, folder, 1, 13, False)
     try:
-        wait(lambda: sum(1 for i in status(name).get("instances", []) if i["state"] == "ready")
-             >= 12, 60)
-        rows = timeline(name)
-        first = next(r["t"] for r in rows if r["decisions"])
-        all_ready = next(r["t"] for r in rows
-                         if r["services"]["api"]["ready"]["function"] >= 12)
-        lats = sorted(lat for r in rows for _, lat in r["ready_latencies"])
-        boxer = {"all_12_listening_s": round(all_ready - first, 3),
-                 "fastest_s": lats[0], "slowest_s": lats[-1]}
+        wait(lambda: ready_count(name) >= 1, 60)
+        edited = time.time()
+        up(name, folder, 13, 13, False)  # applied to the running deployment
+        wait(lambda: ready_count(name) >= 13, 60)
+        running = twelve_ready(timeline(name), edited, 1)
     finally:
         down(name)
-    return {"boxer": boxer, "bare": bench_bare_12()}
+    name = "b12c"
+    began = time.time()
+    up(name, folder, 12, 12, False)
+    try:
+        wait(lambda: ready_count(name) >= 12, 60)
+        cold = twelve_ready(timeline(name), began, 0)
+    finally:
+        down(name)
+    return {"boxer": running, "boxer_cold_up": cold, "bare": bench_bare_12()}
 
 
 def bench_bare_12() -> dict:
@@ -250,6 +272,8 @@ def main() -> int:
     print(f"{'add 12 instances, all listening (s)':<48} "
           f"{a12['boxer']['all_12_listening_s']:>9.3f} {a12['bare']['all_12_listening_s']:>9.3f}"
           f" {'1.5':>7}")
+    print(f"{'  the same 12 at a cold `boxer up` (s)':<48} "
+          f"{a12['boxer_cold_up']['all_12_listening_s']:>9.3f} {'-':>9} {'':>7}")
     print(f"{'kill -> replacement listening (s)':<48} "
           f"{rp['kill_to_replacement_listening_s']:>9.3f} {'-':>9} {'2.0':>7}")
     print(f"{'agent stopped -> replacement decided (s)':<48} "
