@@ -137,11 +137,11 @@ def twelve_ready(rows: list[dict], since: float, before: int) -> dict:
 
 def bench_add_12(folder: Path) -> dict:
     name = "b12"
-    up(name, folder, 1, 13, False)
+    up(name, folder, 1, 13, True)  # autoscaled (no load comes): room for 13
     try:
         wait(lambda: ready_count(name) >= 1, 60)
         edited = time.time()
-        up(name, folder, 13, 13, False)  # applied to the running deployment
+        up(name, folder, 13, 13, True)  # applied to the running deployment
         wait(lambda: ready_count(name) >= 13, 60)
         running = twelve_ready(timeline(name), edited, 1)
     finally:
