@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.policy import Start
-from controller.simulate import Simulation
+from controller.simulate import Simulation, World
 from controller.spec import Deployment, Placement
 
 MIN, MAX = 1, 12
@@ -58,3 +58,31 @@ def test_counts_stay_within_min_max_and_base_capacity(plan: list[tuple[int, int]
     assert all(name.startswith("api-") for name in names)
     # Whatever happened, once the load is gone for good the fleet settles back to minInstances.
     assert sim.rows[-1].ready[Placement.VM] + sim.rows[-1].ready[Placement.FUNCTION] == MIN
+
+
+@settings(max_examples=30, deadline=None)
+@given(quiet=st.integers(0, 20), heal_after=st.integers(1, 30), exits=st.integers(0, 3))
+def test_a_partition_never_starts_more_than_the_rate_allows(quiet: int, heal_after: int,
+                                                            exits: int) -> None:
+    """Whatever share of 20 instances goes quiet and for how long, the replacements for quiet
+    instances stay within the window and the rate (1 a second, the first at once); exits are
+    replaced at once besides; once it heals, everything is running again."""
+    fleet = Deployment.model_validate({"services": {"api": {
+        "command": ["srv"], "minInstances": 20, "maxInstances": 20}}})
+    sim = Simulation(fleet, {"api": lambda t: 100.0}, World(tick=0.25))
+    sim.run_until(5)
+    ids = [i.id for i in sim.live("api")]
+    sim.partition(ids[:quiet])
+    for instance_id in ids[quiet:quiet + exits]:
+        sim.kill(instance_id)
+    sim.run_until(5 + heal_after)
+    sim.heal()
+    sim.run_until(5 + heal_after + 5)
+    during = [d for t, d in sim.decisions if isinstance(d, Start) and 5 <= t < 5 + heal_after]
+    for_quiet = [d for d in during if "quiet" in d.reason]
+    assert len(during) - len(for_quiet) == min(exits, 20 - quiet)
+    if quiet >= 3 and quiet >= 0.55 * 20:  # a suspected partition
+        allowed = 0 if quiet >= 0.9 * 20 else max(0, heal_after - 1)  # 1 s window, 1 a second
+        assert len(for_quiet) <= allowed
+    last = sim.rows[-1]
+    assert last.ready[Placement.FUNCTION] == 20
