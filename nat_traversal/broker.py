@@ -483,8 +483,10 @@ class Broker:
 
     def _full_members(self) -> m.Members:
         if self._full is None:
-            self._full = m.Members(hosts=dict(self._published), version=self._version,
-                                   services=dict(self._published_services))
+            # Every entry was checked when its instance registered (names by Register, addresses
+            # by _allocate); checking them again per registrant made a cold start O(n²) checks.
+            self._full = m.Members.of_checked(dict(self._published), self._version,
+                                              dict(self._published_services))
         return self._full
 
     def _membership_receivers(self) -> list[Connection]:

@@ -216,6 +216,20 @@ class Members(Message):
         check_addresses(self.hosts)
         check_addresses(self.services, "service")
 
+    @classmethod
+    def of_checked(cls, hosts: dict[str, str], version: int, services: dict[str, str]) -> "Members":
+        """A Members of entries that were each checked already (the broker's own table: every
+        name and address was checked when its instance registered), without checking them all
+        again. In a cold start each registrant gets the full membership, and checking n entries
+        for each of n registrants was most of the coordinator's CPU. Peers' frames are always
+        checked (decode builds with the constructor)."""
+        members = object.__new__(cls)
+        # What a frozen dataclass's own __init__ does, minus __post_init__.
+        object.__setattr__(members, "hosts", hosts)
+        object.__setattr__(members, "version", check_version(version))
+        object.__setattr__(members, "services", services)
+        return members
+
 
 @dataclass(frozen=True)
 class MembersDelta(Message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 
@@ -206,3 +207,12 @@ def test_cli_default_prefix_matches_the_broker():
     from nat_traversal.broker import DEFAULT_PREFIX as BROKER_PREFIX
 
     assert DEFAULT_PREFIX == BROKER_PREFIX
+
+
+def test_a_members_of_checked_entries_equals_one_checked_again():
+    hosts, services = {"kv-1": "100.64.0.1"}, {"kv": "100.64.255.254"}
+    trusted = m.Members.of_checked(hosts, 3, services)
+    assert trusted == m.Members(hosts=hosts, version=3, services=services)
+    assert m.decode(trusted.to_wire()) == trusted
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        trusted.version = 4  # type: ignore[misc]
