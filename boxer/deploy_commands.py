@@ -585,6 +585,11 @@ def status_text(status: dict[str, Any] | None, wide: bool) -> str:
     backend_line = _backend_line(status.get("backend_status"))
     if backend_line:
         parts += ["", backend_line]
+    partition = status.get("partition") or {}
+    if partition.get("mode", "normal") != "normal":
+        parts += ["", f"partition guard: {partition['mode']}, {partition.get('quiet', 0)} of "
+                      f"{partition.get('instances', 0)} instances quiet, {partition.get('held', 0)} "
+                      f"kept for now: {partition.get('reason') or ''}".rstrip(": ")]
     failures = status.get("failures") or []
     if failures:
         now = status.get("updated_at") or time.time()

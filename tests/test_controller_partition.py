@@ -321,3 +321,24 @@ def test_the_runtime_shows_the_judgement_in_metrics_log_and_recent_failures(
     assert [r.getMessage() for r in caplog.records] == [
         "suspected partition at the coordinator",
         "quiet instances: replaced at once again (was halted)"]
+
+
+def test_boxer_status_says_when_the_guard_holds_replacements() -> None:
+    import asyncio
+
+    from boxer.deploy_commands import status_text
+    from controller.partition import Verdict
+    from controller.runtime import ControllerRuntime
+
+    async def texts() -> tuple[str, str]:
+        runtime = ControllerRuntime(deployment(), backend=object(),  # type: ignore[arg-type]
+                                    coordinator=("127.0.0.1", 1), secret=b"s", wall=lambda: 100.0)
+        before = status_text({**runtime.status(), "name": "t"}, wide=False)
+        runtime._note_partition(Verdict(Mode.HALTED, 20, 20, 20,
+                                        reason="suspected partition at the coordinator"))
+        return before, status_text({**runtime.status(), "name": "t"}, wide=False)
+
+    before, after = asyncio.run(texts())
+    assert "partition guard" not in before
+    assert ("partition guard: halted, 20 of 20 instances quiet, 20 kept for now: "
+            "suspected partition at the coordinator") in after
