@@ -73,8 +73,8 @@ class Tally:
             # Small messages are timed several times (one timing of a few microseconds is mostly
             # noise); the best run counts, as in timeit.
             repeats = 2 if len(frame) > 2000 else 10
-            encoded = _best(lambda: encode_frame(message.to_wire()), repeats)
-            decode_s += _best(lambda: m.decode(json.loads(frame[4:])), repeats) * count
+            encoded = _best(lambda msg=message: encode_frame(msg.to_wire()), repeats)
+            decode_s += _best(lambda body=frame[4:]: m.decode(json.loads(body)), repeats) * count
             encode_s += encoded * (count if encode_every_send else 1)
             frames += count
             wire_bytes += len(frame) * count

@@ -217,7 +217,7 @@ class Members(Message):
         check_addresses(self.services, "service")
 
     @classmethod
-    def of_checked(cls, hosts: dict[str, str], version: int, services: dict[str, str]) -> "Members":
+    def of_checked(cls, hosts: dict[str, str], version: int, services: dict[str, str]) -> Members:
         """A Members of entries that were each checked already (the broker's own table: every
         name and address was checked when its instance registered), without checking them all
         again. In a cold start each registrant gets the full membership, and checking n entries

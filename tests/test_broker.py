@@ -559,3 +559,59 @@ def test_metrics_count_quiet_instances(broker):
     register(broker, 1, "kv")
     run_until(broker, 0.0, 2.0)
     assert "boxer_coordinator_quiet_instances 1" in render(broker, None)
+
+
+# --- the I/O layer: membership flushed once per turn of the event loop ----------------------------
+
+class _FakeTransport:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.written = b""
+
+    def get_extra_info(self, key):
+        return ("198.18.1.1", self.port) if key == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        pass
+
+
+def _frames(transport: _FakeTransport) -> list[m.Message]:
+    from nat_traversal.wire import FrameDecoder
+
+    decoder = FrameDecoder()
+    decoder.receive_data(transport.written)
+    transport.written = b""
+    return [m.decode(frame) for frame in iter(decoder.next_frame, None)]
+
+
+def test_the_coordinator_flushes_registrations_of_one_loop_turn_as_one_update():
+    import asyncio
+
+    from nat_traversal.coordinator import CoordinatorServer, _PeerProtocol
+    from nat_traversal.wire import encode_frame
+
+    async def scenario() -> dict[int, list[str]]:
+        server = CoordinatorServer(Broker(SECRET, prefix="100.64.0.0/24", new_token=tokens()))
+        peers = []
+        for i in range(4):
+            peer, transport = _PeerProtocol(server), _FakeTransport(40000 + i)
+            peer.connection_made(transport)  # type: ignore[arg-type]
+            (challenge,) = _frames(transport)
+            nonce = "ab" * 16
+            peer.data_received(encode_frame(m.Auth(v=m.PROTOCOL_VERSION, nonce=nonce, mac=auth.mac(
+                SECRET, auth.AGENT_PROOF, challenge.nonce, nonce)).to_wire()))
+            _frames(transport)  # Welcome
+            peers.append((peer, transport))
+        peers[0][0].data_received(encode_frame(m.Register(name="a0", service="a0", instance="00000001").to_wire()))
+        await asyncio.sleep(0)  # the turn ends: a0 gets its full Members
+        _frames(peers[0][1])
+        for i, (peer, _) in enumerate(peers[1:], 1):  # three registrations in one turn
+            peer.data_received(encode_frame(m.Register(name=f"a{i}", service=f"a{i}", instance=f"{i + 1:08x}").to_wire()))
+        await asyncio.sleep(0)
+        return {i: [f.TYPE for f in _frames(transport)] for i, (_, transport) in enumerate(peers)}
+
+    assert asyncio.run(scenario()) == {0: ["members_delta"], 1: ["registered", "members"],
+                                       2: ["registered", "members"], 3: ["registered", "members"]}
