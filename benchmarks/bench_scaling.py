@@ -8,6 +8,9 @@ benchmarks/results/scaling.json.
    listening (as reported to the coordinator), side by side with the same 12 processes started
    bare in 12 lab hosts (no agent, no coordinator) until each listens; and the same 12 in a
    deployment brought up cold (`minInstances: 12`: its agent zygote is still starting);
+2b. load step: one instance at its target (2 open connections per instance) for 3 s, then 6:
+   from the client's sixth connect to the controller's decision and to the new instance
+   listening (panicWindowSeconds 1: how soon a policy lets a step count is the user's choice);
 3. kill -> replacement serving: SIGKILL an instance's app -> its replacement listening;
 4. silent agent: SIGSTOP an instance's agent -> the controller's decision, and its replacement
    listening (the coordinator reports an agent quiet once its heartbeats stop);
@@ -50,12 +53,21 @@ services:
     {autoscale}
 """
 AUTOSCALE = "autoscale: {target: 5, scaleToZeroGracePeriodSeconds: 600}"
+STEP_AUTOSCALE = ("autoscale: {metric: activeConnections, target: 2, stableWindowSeconds: 20, "
+                  "panicWindowSeconds: 1, scaleToZeroGracePeriodSeconds: 600}")
+# The load: 2 connections to the service held open, 3 s later 4 more; prints the time of the
+# step (the last connect made).
+HOLD = ("import json,socket,time;c=lambda n:[socket.create_connection(('api',8080),timeout=10) "
+        "for _ in range(n)];a=c(2);time.sleep(3);b=c(4);"
+        "print(json.dumps(time.time()),flush=True);time.sleep(60)")
 
 
-def up(name: str, folder: Path, minimum: int, maximum: int, autoscale: bool) -> None:
-    """`boxer up` (again, on a running deployment: applies the new counts)."""
+def up(name: str, folder: Path, minimum: int, maximum: int, autoscale: bool | str) -> None:
+    """`boxer up` (again, on a running deployment: applies the new counts). `autoscale`: the
+    default block, none, or the block's text."""
+    block = autoscale if isinstance(autoscale, str) else AUTOSCALE if autoscale else ""
     (folder / "deploy.yaml").write_text(DEPLOY.format(
-        name=name, python=sys.executable, min=minimum, max=maximum, autoscale=AUTOSCALE if autoscale else ""))
+        name=name, python=sys.executable, min=minimum, max=maximum, autoscale=block))
     subprocess.run([*BOXER, "up", "--detach", str(folder / "deploy.yaml")], check=True,
                    capture_output=True, timeout=120)
 
@@ -157,6 +169,33 @@ def bench_add_12(folder: Path) -> dict:
     return {"boxer": running, "boxer_cold_up": cold, "bare": bench_bare_12()}
 
 
+def bench_load_step(folder: Path) -> dict:
+    name = "bls"
+    up(name, folder, 1, 3, STEP_AUTOSCALE)
+    client = None
+    try:
+        wait(lambda: ready_count(name) >= 1, 60)
+        lab, host = lab_of(name)
+        client = subprocess.Popen([*BOXER, "lab", "exec", "--name", lab, host, "--", *BOXER, "run",
+                                   "--name", "bls-load", "--", sys.executable, "-c", HOLD],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert client.stdout is not None
+        step = json.loads(client.stdout.readline())
+        wait(lambda: ready_count(name) >= 2, 30)
+        rows = wait(lambda: (rs := timeline(name)) and any(
+            r["ready_latencies"] for r in rs if r["t"] >= step) and rs, 10)
+        decided = next(r["t"] for r in rows if r["t"] >= step
+                       and any(d["kind"] == "start" for d in r["decisions"]))
+        ready = next(r["t"] for r in rows if r["t"] >= step and r["ready_latencies"])
+        return {"step_to_decision_s": round(decided - step, 3),
+                "step_to_new_instance_listening_s": round(ready - step, 3)}
+    finally:
+        if client is not None:
+            client.terminate()
+            client.wait(10)
+        down(name)
+
+
 def bench_bare_12() -> dict:
     """The same 12 servers started directly in 12 lab hosts: no agent, no coordinator."""
     from boxer.lab import lab_down, lab_up
@@ -251,6 +290,7 @@ def main() -> int:
         folder = Path(tmp)
         results = {
             "scale_from_zero": bench_scale_from_zero(folder),
+            "load_step": bench_load_step(folder),
             "add_12": bench_add_12(folder),
             "replace_after_kill": bench_replace(folder),
             "silent_agent": bench_silent(folder),
@@ -269,6 +309,11 @@ def main() -> int:
           f"{sz['connect_to_answer_s']:>9.3f} {'-':>9} {'':>7}")
     print(f"{'  of which start -> listening reported (s)':<48} "
           f"{sz['start_to_listening_reported_s']:>9.3f} {'-':>9} {'1.0':>7}")
+    ls = results["load_step"]
+    print(f"{'load step -> controller decides (s)':<48} "
+          f"{ls['step_to_decision_s']:>9.3f} {'-':>9} {'':>7}")
+    print(f"{'load step -> new instance listening (s)':<48} "
+          f"{ls['step_to_new_instance_listening_s']:>9.3f} {'-':>9} {'1.0':>7}")
     print(f"{'add 12 instances, all listening (s)':<48} "
           f"{a12['boxer']['all_12_listening_s']:>9.3f} {a12['bare']['all_12_listening_s']:>9.3f}"
           f" {'1.5':>7}")

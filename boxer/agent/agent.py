@@ -35,6 +35,9 @@ WARM_DELAY = 0.01  # seconds between using a spare and starting to make its repl
 # after it started: before, they would compete with the app's own start for the CPU, and a cold
 # start of many instances is CPU-bound.
 APP_START_GRACE = 1.0
+# A report sooner than the next second when connections are handed to the app (the controller
+# scales on their count, and a load step should not wait a second to be seen), at most this often.
+EARLY_REPORT_GAP = 0.2
 
 
 # The shortest idle lifetime of a NAT mapping we must survive (seconds). Everything that keeps
@@ -109,6 +112,8 @@ class Agent:
         self._spare_goal: dict[tuple[str, int], int] = {}
         self._sampler: ProcessSampler | None = None
         self._idle = IdleClock()
+        self._last_report = 0.0  # time.monotonic() of the last report sent
+        self._early_report: asyncio.TimerHandle | None = None
         self.lifetime_deadline: float | None = None  # time.monotonic() at which we must be gone
 
     @property
@@ -165,8 +170,21 @@ class Agent:
         cpu, rss = self._sampler.sample() if self._sampler else (0.0, 0)
         return live, cpu, rss
 
+    def _connections_changed(self) -> None:
+        """A connection was handed to the app: report soon (coalesced, EARLY_REPORT_GAP apart)."""
+        if self._sampler is None or self._early_report is not None or self._closed:
+            return
+        delay = max(0.0, self._last_report + EARLY_REPORT_GAP - time.monotonic())
+        self._early_report = asyncio.get_running_loop().call_later(delay, self._send_early_report)
+
+    def _send_early_report(self) -> None:
+        self._early_report = None
+        if not self._closed:
+            self._spawn(self.send_report())
+
     async def send_report(self, exited: int | None = None) -> None:
         # Reading /proc costs milliseconds: do it in a thread, not on the connect path's loop.
+        self._last_report = time.monotonic()
         sample = await asyncio.to_thread(self._sample)
         try:
             await self.session.send(self.build_report(exited, sample), wait=0.0)
@@ -281,6 +299,8 @@ class Agent:
 
     def close(self) -> None:
         self._closed = True
+        if self._early_report is not None:
+            self._early_report.cancel()
         for task in list(self._tasks):
             task.cancel()
         self._drop_tickets()
@@ -360,10 +380,12 @@ class Agent:
         if event.kind is EventKind.SPARE_USED:
             self.stats["connects"] += 1
             self.tracker.handed_port(event.local_port)
+            self._connections_changed()
             self._warm_up((event.addr, event.port))
         elif event.kind is EventKind.ACCEPTED:
             self.stats["accepts"] += 1
             self.tracker.handed_port(event.local_port)
+            self._connections_changed()
         elif event.kind is EventKind.WAKE_FAILED:
             log.info("the app did not take a connection on port %d (not listening, or not accepting)",
                      event.port)
@@ -411,6 +433,7 @@ class Agent:
     def _hand_over(self, req: Message, sock: socket.socket, local_port: int) -> tuple[Message, socket.socket]:
         self.stats["connects"] += 1
         self.tracker.handed(sock)
+        self._connections_changed()
         enable_keepalive(sock)
         sock.setblocking(True)
         return req.reply(addr=self.addr, port=local_port), sock
