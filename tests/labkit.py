@@ -53,3 +53,21 @@ def wait_for(what: str, predicate, timeout: float = 20.0, interval: float = 0.1)
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what} ({timeout:g} s)"
         time.sleep(interval)
+
+
+def deployment_down(name: str) -> None:
+    """Take a test's deployment down and leave nothing of it: `boxer down`, the lab's own
+    teardown for whatever down could not do, and the deployment's files under /run/boxer/deploy
+    (`boxer down` keeps them for `boxer report`; a test has no use for them after)."""
+    import shutil
+
+    from controller.paths import DeployPaths, read_json
+
+    subprocess.run([*BOXER, "down", "--name", name], capture_output=True, timeout=90)
+    paths = DeployPaths(name)
+    info = read_json(paths.deployment) or {}
+    if info.get("lab"):
+        from boxer.lab import lab_down
+
+        lab_down(info["lab"])
+    shutil.rmtree(paths.root, ignore_errors=True)

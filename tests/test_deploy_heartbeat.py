@@ -55,8 +55,6 @@ def decisions_since(name: str, since: float) -> list[tuple[float, dict]]:
 
 
 def test_a_stopped_agent_is_replaced_within_a_second_and_its_neighbour_is_not(tmp_path):
-    from controller.paths import DeployPaths, read_json
-
     name = f"hb{os.getpid() % 100000}"
     (tmp_path / "deploy.yaml").write_text(DEPLOY.format(name=name))
     up = subprocess.run([*BOXER, "up", "--detach", str(tmp_path / "deploy.yaml")],
@@ -105,9 +103,4 @@ def test_a_stopped_agent_is_replaced_within_a_second_and_its_neighbour_is_not(tm
                 os.kill(stopped_pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        subprocess.run([*BOXER, "down", "--name", name], capture_output=True, timeout=90)
-        info = read_json(DeployPaths(name).deployment) or {}
-        if info.get("lab"):
-            from boxer.lab import lab_down
-
-            lab_down(info["lab"])
+        labkit.deployment_down(name)

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import labkit
 import pytest
 from labkit import wait_for
 
@@ -67,14 +68,7 @@ def deployment(tmp_path_factory):
         assert up.returncode == 0, up.stderr + up.stdout
         yield name
     finally:
-        subprocess.run([*BOXER, "down", "--name", name], capture_output=True, timeout=60)
-        from controller.paths import DeployPaths, read_json
-
-        info = read_json(DeployPaths(name).deployment) or {}
-        if info.get("lab"):  # whatever down could not do, the lab's own teardown does
-            from boxer.lab import lab_down
-
-            lab_down(info["lab"])
+        labkit.deployment_down(name)
 
 
 def client(name: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import labkit
 import pytest
 
 BOXER = [sys.executable, "-m", "boxer"]
@@ -61,9 +62,4 @@ def test_up_with_lambda_local_serves_redis_from_an_invocation(tmp_path):
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
         assert "boxer.backends.lambda_local" in ps and "awslambdaric" in ps
     finally:
-        subprocess.run([*BOXER, "down", "--name", name], capture_output=True, timeout=90)
-        info = read_json(DeployPaths(name).deployment) or {}
-        if info.get("lab"):
-            from boxer.lab import lab_down
-
-            lab_down(info["lab"])
+        labkit.deployment_down(name)

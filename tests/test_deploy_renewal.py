@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import labkit
 import pytest
 
 BOXER = [sys.executable, "-m", "boxer"]
@@ -74,9 +75,4 @@ def test_renewal_replaces_an_instance_before_its_lifetime_ends_without_failed_re
         assert result["failed"] == 0, result
         assert result["ok"] > 100
     finally:
-        subprocess.run([*BOXER, "down", "--name", name], capture_output=True, timeout=90)
-        info = read_json(DeployPaths(name).deployment) or {}
-        if info.get("lab"):
-            from boxer.lab import lab_down
-
-            lab_down(info["lab"])
+        labkit.deployment_down(name)
