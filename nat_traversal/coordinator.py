@@ -20,7 +20,7 @@ from pathlib import Path
 from nat_traversal import messages as m
 from nat_traversal.broker import Broker, Close, Send, Timeouts
 from nat_traversal.relay import RelayServer
-from nat_traversal.wire import FrameDecoder, ProtocolError, encode_frame
+from nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class CoordinatorServer:
             if isinstance(action, Send):
                 key = id(action.message)  # `actions` keeps every message alive: no id is reused
                 if key not in frames:
-                    frames[key] = encode_frame(action.message.to_wire())
+                    frames[key] = encode_frame(action.message.to_wire(), MAX_DOWNSTREAM_FRAME)
                 peer.transport.write(frames[key])
             elif isinstance(action, Close):
                 peer.transport.close()

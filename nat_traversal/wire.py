@@ -11,7 +11,13 @@ import json
 import struct
 from typing import Any
 
+# What anyone may send to the coordinator: its guard against a peer that makes it buffer a lot
+# (every message to it is small).
 MAX_FRAME = 64 * 1024
+# What the coordinator may send to its agents and its controller: the full membership, and the
+# controller's first snapshot (~300 bytes per instance with its last report), grow with the fleet.
+# 64 KiB was reached at about 200 instances.
+MAX_DOWNSTREAM_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
 
@@ -19,10 +25,10 @@ class ProtocolError(Exception):
     """The peer broke the protocol. The only error the parsers let escape; the connection is closed."""
 
 
-def encode_frame(obj: dict[str, Any]) -> bytes:
+def encode_frame(obj: dict[str, Any], max_frame: int = MAX_FRAME) -> bytes:
     body = json.dumps(obj, separators=(",", ":")).encode()
-    if len(body) > MAX_FRAME:
-        raise ValueError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
+    if len(body) > max_frame:
+        raise ValueError(f"frame of {len(body)} bytes exceeds the {max_frame}-byte limit")
     return _HEADER.pack(len(body)) + body
 
 

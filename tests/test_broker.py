@@ -615,3 +615,42 @@ def test_the_coordinator_flushes_registrations_of_one_loop_turn_as_one_update():
 
     assert asyncio.run(scenario()) == {0: ["members_delta"], 1: ["registered", "members"],
                                        2: ["registered", "members"], 3: ["registered", "members"]}
+
+
+def test_a_snapshot_of_a_thousand_instances_reaches_the_controller():
+    """Frames from the coordinator grow with the fleet (here ~0.3 MB, over the 64 KiB that
+    anyone may send to the coordinator): they are allowed up to MAX_DOWNSTREAM_FRAME, and the
+    agents' and controller's side reads them."""
+    import asyncio
+
+    from boxer.agent.control import FramedSocket
+    from nat_traversal.coordinator import CoordinatorServer, _PeerProtocol
+    from nat_traversal.wire import ProtocolError
+    from nat_traversal.wire import MAX_FRAME, FrameDecoder
+
+    report = m.Report(active=3, accepted=120, connected=4, cpu=12.5, rss=31_000_000, listening=[8080],
+                      idle=0.0, direct=4, relayed=0, first_try=4, draining=False, lifetime_left=812.4,
+                      exited=None).to_wire()
+    del report["t"]
+    instances = [{"name": f"api-{i}", "service": "api", "addr": f"100.64.{i // 250}.{i % 250 + 1}",
+                  "instance": f"{i:016x}", "nat": "eim", "draining": False, "quiet": False,
+                  "report": report} for i in range(1000)]
+    snapshot = m.Snapshot(instances=instances, services={"api": "100.127.255.254"})
+
+    async def scenario() -> bytes:
+        server = CoordinatorServer(Broker(SECRET, prefix="100.64.0.0/16", new_token=tokens()))
+        peer, transport = _PeerProtocol(server), _FakeTransport(40000)
+        peer.connection_made(transport)  # type: ignore[arg-type]
+        transport.written = b""  # its Challenge
+        server.apply([Send(peer.cid, snapshot)])
+        return transport.written
+
+    written = asyncio.run(scenario())
+    assert len(written) > MAX_FRAME
+    with pytest.raises(ProtocolError):  # what the coordinator itself would accept: not this
+        refusing = FrameDecoder(MAX_FRAME)
+        refusing.receive_data(written)
+        refusing.next_frame()
+    decoder = FrameDecoder(FramedSocket.MAX_RECEIVE)  # what agents and the controller accept
+    decoder.receive_data(written)
+    assert m.decode(decoder.next_frame()) == snapshot

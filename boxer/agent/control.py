@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 
 from nat_traversal import auth
 from nat_traversal import messages as m
-from nat_traversal.wire import FrameDecoder, ProtocolError, encode_frame
+from nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,11 @@ def parse_endpoint(value: str) -> tuple[str, int]:
 class FramedSocket:
     """A non-blocking TCP socket carrying protocol frames, driven by the event loop."""
 
+    MAX_RECEIVE = MAX_DOWNSTREAM_FRAME  # we talk to the coordinator, whose frames grow with the fleet
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(self.MAX_RECEIVE)
         self._loop = asyncio.get_running_loop()
 
     async def send(self, message: m.Message) -> None:
