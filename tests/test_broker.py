@@ -625,8 +625,7 @@ def test_a_snapshot_of_a_thousand_instances_reaches_the_controller():
 
     from boxer.agent.control import FramedSocket
     from nat_traversal.coordinator import CoordinatorServer, _PeerProtocol
-    from nat_traversal.wire import ProtocolError
-    from nat_traversal.wire import MAX_FRAME, FrameDecoder
+    from nat_traversal.wire import MAX_FRAME, FrameDecoder, ProtocolError
 
     report = m.Report(active=3, accepted=120, connected=4, cpu=12.5, rss=31_000_000, listening=[8080],
                       idle=0.0, direct=4, relayed=0, first_try=4, draining=False, lifetime_left=812.4,
