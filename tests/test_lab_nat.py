@@ -116,6 +116,12 @@ def test_queue_rules_replace_only_the_mangle_table() -> None:
     assert shaped == "*mangle\n-A POSTROUTING -o bx-up -j NFQUEUE --queue-num 0\nCOMMIT\n"
     assert "bypass" not in shaped  # a dead shaper must not leave a silently clean link
     assert _shaping.queue_rules(False) == "*mangle\nCOMMIT\n"
+    assert _shaping.bridge_queue_rules({"bx-c": 0, "bx-p3": 3}) == (
+        "*mangle\n"
+        "-A FORWARD -m physdev --physdev-in bx-c -j NFQUEUE --queue-num 0\n"
+        "-A FORWARD -m physdev --physdev-in bx-p3 -j NFQUEUE --queue-num 3\n"
+        "COMMIT\n")
+    assert _shaping.bridge_queue_rules({}) == "*mangle\nCOMMIT\n"
 
 
 def test_public_hosts_in_the_plan() -> None:
@@ -127,9 +133,14 @@ def test_public_hosts_in_the_plan() -> None:
     assert plan.all_netns()[-2:] == ["bx-demo-p1", "bx-demo-p2"]
     assert plan.endpoint_names() == ["coord", "h1", "h2", "p1", "p2"]
     assert plan.netns_of("p1") == "bx-demo-p1" and plan.netns_of("h2") == "bx-demo-h2"
-    assert _shaping.queue_netns(plan, "h2") == "bx-demo-r2"  # the router carries h2's egress
-    assert _shaping.queue_netns(plan, "p1") == "bx-demo-p1"
-    assert _shaping.queue_netns(plan, "coord") == "bx-demo-coord"
+    # Every endpoint's packets wait one hop after it, never in the sender's own stack: h2's
+    # on its router, coord's and p<k>'s where they enter the bridge, one queue each.
+    assert _shaping.queue_of(plan, "h2") == ("bx-demo-r2", 0)
+    assert _shaping.queue_of(plan, "coord") == ("bx-demo-inet", 0)
+    assert _shaping.queue_of(plan, "p2") == ("bx-demo-inet", 2)
+    assert _shaping.queue_netns(plan, "p1") == "bx-demo-inet"
+    assert [_shaping.bridge_port(plan, e) for e in ("coord", "p1", "p2")] == [
+        "bx-c", "bx-p1", "bx-p2"]
     with pytest.raises(LabUsageError, match="no host 'p3' in this lab: use 'coord', h1..h2 or p1..p2"):
         plan.netns_of("p3")
     with pytest.raises(LabUsageError, match="invalid public host count 201"):
@@ -138,23 +149,26 @@ def test_public_hosts_in_the_plan() -> None:
 
 def test_shaper_parses_packets_and_builds_verdicts() -> None:
     # An NFQNL_MSG_PACKET as the kernel sends it: nlmsghdr, nfgenmsg, NFQA_PACKET_HDR first.
-    def packet(packet_id: int) -> bytes:
+    def packet(packet_id: int, queue: int = 0) -> bytes:
         attr = _shaper._attr(_shaper.NFQA_PACKET_HDR, struct.pack("!IHB", packet_id, 0x0800, 4))
         attr += _shaper._attr(11, b"\x00\x00\x00\x05")  # some other attribute after it
-        body = struct.pack("!BBH", 2, 0, 0) + attr
+        body = struct.pack("!BBH", 2, 0, queue) + attr
         return struct.pack("=IHHII", 16 + len(body), 3 << 8, 0, 0, 0) + body
 
-    assert _shaper.packet_ids(packet(7) + packet(0xFFFFFFFF)) == [7, 0xFFFFFFFF]
+    assert _shaper.packet_ids(packet(7) + packet(0xFFFFFFFF, queue=258)) == [
+        (0, 7), (258, 0xFFFFFFFF)]
     assert _shaper.packet_ids(b"") == []
     assert _shaper.packet_ids(b"\x00" * 16) == []  # a zero-length header ends the walk
-    verdict = _shaper.verdict_message(7, _shaper.NF_ACCEPT)
+    verdict = _shaper.verdict_message(258, 7, _shaper.NF_ACCEPT)
     length, kind, flags = struct.unpack_from("=IHH", verdict)
     assert (length, kind, flags) == (len(verdict), (3 << 8) | 1, 1)
+    assert struct.unpack_from("!H", verdict, 18) == (258,)  # nfgenmsg res_id: the queue
     assert verdict[-8:] == struct.pack("!II", 1, 7)  # NFQA_VERDICT_HDR: verdict, id
 
 
 def test_shaper_reads_only_shaped_links(tmp_path: Path) -> None:
     (tmp_path / "lab.json").write_text(json.dumps({
+        "name": "x", "host_count": 2, "public_count": 2,
         "coordinator_netns": "bx-x-coord",
         "coordinator_link": {"rtt_ms": 0, "jitter_ms": 0, "loss_pct": 0},
         "hosts": [
@@ -163,12 +177,15 @@ def test_shaper_reads_only_shaped_links(tmp_path: Path) -> None:
             {"name": "p1", "netns": "bx-x-p1", "router_netns": None,
              "link": {"rtt_ms": 10, "jitter_ms": 0, "loss_pct": 0}},
             {"name": "h2", "netns": "bx-x-h2", "router_netns": "bx-x-r2"},
+            {"name": "p2", "netns": "bx-x-p2", "router_netns": None,
+             "link": {"rtt_ms": 0, "jitter_ms": 0, "loss_pct": 50}},
         ],
     }))
     shapes = _shaper.read_shapes(tmp_path / "lab.json")
     assert shapes == {
-        "bx-x-r1": _shaper.Shape(delay=0.02, jitter=0.002, loss=0.02),
-        "bx-x-p1": _shaper.Shape(delay=0.005, jitter=0.0, loss=0.0),
+        ("bx-x-r1", 0): _shaper.Shape(delay=0.02, jitter=0.002, loss=0.02),
+        ("bx-x-inet", 1): _shaper.Shape(delay=0.005, jitter=0.0, loss=0.0),
+        ("bx-x-inet", 2): _shaper.Shape(delay=0.0, jitter=0.0, loss=0.5),
     }
 
 
