@@ -204,6 +204,20 @@ def test_exit_status_is_the_applications(lab):
     assert app(lab, "h2", "exiter", "sh", "-c", "exit 7").returncode == 7
 
 
+def test_the_app_holds_its_stdio_and_what_it_was_given_nothing_of_the_agents(lab):
+    """Descriptors the agent itself opened (its event loop's, copies of its stdio) must not
+    leak into the app; a descriptor handed to `boxer run` (socket activation, `3<file`) must."""
+    listing = ("import json, os; print(json.dumps(sorted("
+               "(int(f), os.readlink('/proc/self/fd/' + f)) for f in os.listdir('/proc/self/fd') "
+               "if os.path.exists('/proc/self/fd/' + f))))")
+    given = lab.run("h2", ["bash", "-c", 'exec 7</etc/hostname; exec "$@"', "-",
+                           *boxer_run("fds", sys.executable, "-c", listing)],
+                    capture_output=True, text=True, timeout=60)
+    assert given.returncode == 0, given.stderr
+    fds = dict(json.loads(given.stdout.splitlines()[-1]))  # the listing's own fd is closed by then
+    assert {fd: target for fd, target in fds.items() if fd > 2} == {7: "/etc/hostname"}, fds
+
+
 def test_wrong_secret_is_refused_and_the_app_never_starts(lab, tmp_path):
     secret = tmp_path / "wrong"
     secret.write_text("00" * 32)

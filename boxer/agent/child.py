@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from pathlib import Path
+from typing import Any
 
 PRELOAD = Path(__file__).resolve().parent.parent / "libboxer_preload.so"
 
@@ -43,7 +45,50 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-async def stop_child(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+class AppProcess:
+    """The application's process: what the runner uses of asyncio.subprocess.Process.
+
+    Started with subprocess.Popen (close_fds) rather than the event loop's subprocess support:
+    uvloop's spawn leaves inheritable copies of our stdin, stdout and stderr open in the child
+    (as fds 24-26), which the app should not find (a daemon closing "all" fds, a server counting
+    them, a pipe kept open by a grandchild). Its exit is noticed through a pidfd on the loop."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], pidfd: int) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self._pidfd = pidfd
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._loop.add_reader(pidfd, self._on_exit)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def _on_exit(self) -> None:
+        if self._popen.poll() is None:
+            return  # not yet (a pidfd is readable only once the process has exited)
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        if not self._exited.done():
+            self._exited.set_result(self._popen.returncode)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    def send_signal(self, sig: int) -> None:
+        if self._popen.returncode is not None:
+            raise ProcessLookupError(self.pid)
+        self._popen.send_signal(sig)  # only while unreaped: a recycled pid is never signalled
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+async def stop_child(proc: Any, grace: float = 5.0) -> None:
     if proc.returncode is not None:
         return
     try:
@@ -56,8 +101,44 @@ async def stop_child(proc: asyncio.subprocess.Process, grace: float = 5.0) -> No
         pass
 
 
-async def start_child(argv: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(*argv, env=env)
+async def start_child(argv: list[str], env: dict[str, str]) -> Any:
+    """The app, started with our stdio and the descriptors we were given to pass on (inheritable
+    ones: socket activation, `3<file`), nothing of our own: an AppProcess, or without pidfds
+    (Python < 3.9), the event loop's own subprocess."""
+    if not hasattr(os, "pidfd_open"):
+        return await asyncio.create_subprocess_exec(*argv, env=env)
+    popen = subprocess.Popen(argv, env=env, close_fds=True, pass_fds=inherited_fds())
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+    except OSError:  # ENOSYS: an old kernel; it runs, and is waited for in a thread
+        return _ThreadWaited(popen)
+    return AppProcess(popen, pidfd)
+
+
+def inherited_fds() -> tuple[int, ...]:
+    """Our open descriptors above stderr that are inheritable: what we were started with (every
+    descriptor Python or the agent opens is non-inheritable, PEP 446)."""
+    found = []
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        try:
+            if fd > 2 and os.get_inheritable(fd):
+                found.append(fd)
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
+    return tuple(sorted(found))
+
+
+class _ThreadWaited(AppProcess):
+    """An AppProcess without a pidfd: its exit is waited for in a thread."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self._loop = asyncio.get_running_loop()
+        self._exited = self._loop.create_future()
+        waiter = self._loop.run_in_executor(None, popen.wait)
+        waiter.add_done_callback(lambda f: self._exited.done() or self._exited.set_result(f.result()))
 
 
 

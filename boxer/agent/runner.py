@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass
 
 from boxer.agent.agent import NAT_IDLE_TIMEOUT, WAKE_ADDR, Agent, Timeouts
-from boxer.agent.child import (become_subreaper, child_environment, descendants, exit_status, start_child,
-                               stop_child, stop_descendants, wait_descendants)
+from boxer.agent.child import (AppProcess, become_subreaper, child_environment, descendants, exit_status,
+                               start_child, stop_child, stop_descendants, wait_descendants)
 from boxer.agent.control import CoordinatorError, open_session
 from boxer.agent.fastpath import FastPath
 from boxer.agent.ipc_server import IpcServer
@@ -157,7 +157,7 @@ async def _follow_daemon(opts: RunOptions, agent: Agent, stopping: asyncio.Event
     return "signal" if stopping.is_set() else "exit"
 
 
-async def _drain(agent: Agent, proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _drain(agent: Agent, proc: AppProcess, grace: float) -> None:
     """No new connections come (the coordinator stopped routing them here); let the open ones
     finish, up to `grace` seconds, or until the app exits on its own."""
     loop = asyncio.get_running_loop()
@@ -172,7 +172,7 @@ async def _drain(agent: Agent, proc: asyncio.subprocess.Process, grace: float) -
             pass
 
 
-async def _confirm_interposer(agent: Agent, proc: asyncio.subprocess.Process, program: str) -> None:
+async def _confirm_interposer(agent: Agent, proc: AppProcess, program: str) -> None:
     """glibc runs a program unwrapped when LD_PRELOAD cannot be loaded: refuse to carry on then."""
     hello = asyncio.create_task(agent.hello_event.wait())
     exited = asyncio.create_task(proc.wait())
