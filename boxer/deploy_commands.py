@@ -174,7 +174,8 @@ def _lambda_preflight(file: Path, deployment: Any, outputs: Path | None) -> dict
     """Everything `--backend lambda` needs, checked before anything starts: the outputs file,
     the secret in SSM (standard credential chain), the function, the coordinator. The secret
     is only used to open a test session; the controller reads it again itself."""
-    from boxer.backends.lambda_setup import SetupError, load_facts, outputs_path, preflight
+    from boxer.backends.lambda_setup import (SetupError, concurrency_limit, effective_concurrency,
+                                             load_facts, outputs_path, preflight)
     from controller.spec import LambdaSettings
 
     settings = deployment.lambda_ or LambdaSettings()
@@ -182,11 +183,16 @@ def _lambda_preflight(file: Path, deployment: Any, outputs: Path | None) -> dict
         path = outputs_path(outputs, os.environ, settings.outputs, file.resolve().parent)
         facts = load_facts(path)
         preflight(facts, path)
+        limit, source = concurrency_limit(facts)
+        slots, note = effective_concurrency(settings.max_concurrency, limit, source,
+                                            facts.function_name)
     except SetupError as exc:
         raise DeployError(str(exc)) from None
+    if note:
+        click.echo(note)
     return {"outputs": str(path.resolve()), "function": facts.function_name,
             "region": facts.region, "coordinator": facts.coordinator_address,
-            "max_concurrency": settings.max_concurrency,
+            "max_concurrency": slots,
             "register_timeout": settings.register_timeout_seconds}
 
 

@@ -225,3 +225,44 @@ def test_vm_placement_is_refused_by_the_lambda_backend(world: World) -> None:
     check = subprocess.run([*BOXER, "check", str(world.deploy)], capture_output=True, text=True,
                            env=world.env, timeout=60)
     assert check.returncode == 1 and "runs `function` placement only" in check.stderr + check.stdout
+
+
+def test_concurrency_comes_from_the_functions_reservation(world: World) -> None:
+    from boxer.backends.facts import LambdaFacts
+    from boxer.backends.lambda_setup import concurrency_limit
+
+    facts = LambdaFacts("boxer-t", "127.0.0.1:1", "/boxer/t/secret", REGION)
+    factory = lambda service, region: world.client(service)  # noqa: E731
+    limit, source = concurrency_limit(facts, factory)
+    # No reservation: the account's pool, which moto cannot tell (real AWS: GetAccountSettings).
+    assert limit is None and source.startswith("could not read the account's concurrency")
+    world.client("lambda").put_function_concurrency(FunctionName="boxer-t", ReservedConcurrentExecutions=3)
+    assert concurrency_limit(facts, factory) == (3, "the function's reserved concurrency")
+
+
+def test_concurrency_of_the_account_pool() -> None:
+    from boxer.backends.facts import LambdaFacts
+    from boxer.backends.lambda_setup import concurrency_limit
+
+    class Account:  # what GetFunctionConcurrency and GetAccountSettings answer without a reservation
+        def get_function_concurrency(self, FunctionName: str) -> dict:  # noqa: N803
+            return {}
+
+        def get_account_settings(self) -> dict:
+            return {"AccountLimit": {"ConcurrentExecutions": 1000, "UnreservedConcurrentExecutions": 900}}
+
+    facts = LambdaFacts("boxer-t", "127.0.0.1:1", "/boxer/t/secret", REGION)
+    assert concurrency_limit(facts, lambda *_: Account()) == (900, "the account's unreserved concurrency")
+
+
+def test_max_concurrency_is_lowered_to_what_aws_allows() -> None:
+    from boxer.backends.lambda_setup import effective_concurrency
+
+    assert effective_concurrency(100, None, "unknown", "f") == (100, None)
+    assert effective_concurrency(10, 50, "the function's reserved concurrency", "f") == (10, None)
+    slots, note = effective_concurrency(100, 3, "the function's reserved concurrency", "f")
+    assert slots == 3
+    assert note == ("lambda.maxConcurrency 100 lowered to 3: the function's reserved concurrency "
+                    "(more invocations would only be throttled)")
+    with pytest.raises(SetupError, match=r"may run no invocation at all \(the function's reserved concurrency is 0\)"):
+        effective_concurrency(100, 0, "the function's reserved concurrency", "f")

@@ -177,6 +177,46 @@ def check_function(facts: LambdaFacts, client_factory: ClientFactory = aws_clien
     return reply
 
 
+def concurrency_limit(facts: LambdaFacts, client_factory: ClientFactory = aws_client
+                      ) -> tuple[int | None, str]:
+    """How many invocations of the function AWS lets run at once, and where that comes from:
+    its reserved concurrency, else what the account leaves unreserved. (None, why) when we may
+    not look (those are separate permissions: lambda:GetFunctionConcurrency and
+    lambda:GetAccountSettings), so the caller keeps its own limit."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = client_factory("lambda", facts.region)
+    try:
+        reserved = client.get_function_concurrency(FunctionName=facts.function_name)
+    except (ClientError, BotoCoreError) as exc:
+        return None, f"could not read the function's reserved concurrency ({_one_line(str(exc), 120)})"
+    if reserved.get("ReservedConcurrentExecutions") is not None:
+        return int(reserved["ReservedConcurrentExecutions"]), "the function's reserved concurrency"
+    try:
+        account = client.get_account_settings()
+    except (ClientError, BotoCoreError) as exc:
+        return None, f"could not read the account's concurrency ({_one_line(str(exc), 120)})"
+    unreserved = account.get("AccountLimit", {}).get("UnreservedConcurrentExecutions")
+    if unreserved is None:
+        return None, "the account settings name no unreserved concurrency"
+    return int(unreserved), "the account's unreserved concurrency"
+
+
+def effective_concurrency(configured: int, limit: int | None, source: str,
+                          function_name: str) -> tuple[int, str | None]:
+    """The controller's number of concurrency slots: `lambda.maxConcurrency`, lowered to what AWS
+    allows, and a note for the user when it was. A function that may run nothing is an error:
+    every invocation would be throttled."""
+    if limit is None or limit >= configured:
+        return configured, None
+    if limit <= 0:
+        raise SetupError(f"Lambda function {function_name} may run no invocation at all ({source} "
+                         "is 0): every invocation is throttled. Raise it (terraform variable reserved_concurrency, -1 for "
+                         "the account's pool) and apply")
+    return limit, (f"lambda.maxConcurrency {configured} lowered to {limit}: {source} (more "
+                   "invocations would only be throttled)")
+
+
 async def check_coordinator(address: str, secret: bytes, timeout: float = 5.0) -> None:
     """Open (and close) a watching session with the coordinator, as the controller will."""
     from boxer.agent.control import CoordinatorError, open_controller_session, parse_endpoint
