@@ -6,9 +6,15 @@ endpoint-independent-mapping client host (h1), an eim server host (h2) and a sym
 host (h3). From h1, under `boxer run`:
   - N new connections to each server: connect-to-first-byte p50/p99, and the share of direct
     connections whose first simultaneous open succeeded (from the agent's own report);
-  - iperf3 throughput to h2 (direct, punched) and to h3 (relayed), and their ratio.
+  - iperf3 throughput to h2 (direct, punched) and to h3 (relayed), and their ratio;
+  - plain iperf3 (no boxer) between two public hosts, p2 -> p1: what the link itself allows.
 
-    sudo .venv/bin/python benchmarks/bench_nat.py [--connects 100] [--seconds 3]
+    sudo .venv/bin/python benchmarks/bench_nat.py [--connects 100] [--seconds 3] [--cc cubic]
+
+--cc has every iperf3 client send with that congestion control (iperf3 -C, per socket: the
+namespace default cannot be set to one outside net.ipv4.tcp_allowed_congestion_control, which
+is the machine's). BBR, this machine's default, ignores random loss; cubic shows what a
+loss-based sender gets. The relay's own sockets keep the default.
 
 Prints a table and writes benchmarks/results/nat.json. Targets (issue 6): relayed throughput
 >= 0.8 of direct in the lab.
@@ -46,10 +52,23 @@ def run_json(lab, host: str, argv: list[str], timeout: float = 300) -> dict:
     return json.loads(out.stdout)
 
 
-def measure(condition: str, options: dict, connects: int, seconds: int) -> dict:
+def bare_throughput(lab, seconds: int, cc_args: list[str]) -> float:
+    """Plain iperf3 p2 -> p1, no boxer: Mbit/s."""
+    server = lab.popen("p1", ["iperf3", "-s", "-1", "-p", "5202"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        perf = run_json(lab, "p2", ["iperf3", "-c", lab.public_host("p1").address, "-p", "5202",
+                                    "-t", str(seconds), "-J", *cc_args])
+    finally:
+        stop_all([server])
+    return perf["end"]["sum_received"]["bits_per_second"] / 1e6
+
+
+def measure(condition: str, options: dict, connects: int, seconds: int, cc: str | None) -> dict:
     name = f"bn{os.getpid() % 1000}{len(condition)}"
-    lab = lab_up(name, hosts=3, nat={"h3": "symmetric"}, **options)
+    lab = lab_up(name, hosts=3, nat={"h3": "symmetric"}, public=2, **options)
     procs: list[subprocess.Popen] = []
+    cc_args = ["-C", cc] if cc else []
     try:
         for host, server in (("h2", "eim"), ("h3", "sym")):
             procs.append(lab.popen(host, BOXER + ["--name", f"{server}-echo", "--"] + ECHO + ["7000"]))
@@ -69,7 +88,7 @@ def measure(condition: str, options: dict, connects: int, seconds: int) -> dict:
             report = final[-1] if final else {}
             direct, relayed = report.get("direct", 0), report.get("relayed", 0)
             perf = run_json(lab, "h1", BOXER + ["--name", f"iperf-{server}", "--", "iperf3", "-c", f"{server}-perf",
-                                                 "-p", "5201", "-t", str(seconds), "-J"])
+                                                 "-p", "5201", "-t", str(seconds), "-J", *cc_args])
             result[server] = {
                 "connect_p50_ms": percentile(samples, 0.5) * 1e3,
                 "connect_p99_ms": percentile(samples, 0.99) * 1e3,
@@ -78,6 +97,7 @@ def measure(condition: str, options: dict, connects: int, seconds: int) -> dict:
                 "throughput_mbit_s": perf["end"]["sum_received"]["bits_per_second"] / 1e6,
             }
         result["relayed_over_direct"] = result["sym"]["throughput_mbit_s"] / result["eim"]["throughput_mbit_s"]
+        result["bare_public_mbit_s"] = bare_throughput(lab, seconds, cc_args)
         return result
     finally:
         stop_all(procs)
@@ -89,11 +109,13 @@ def main() -> int:
     parser.add_argument("--connects", type=int, default=100)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--out", default=str(HERE / "results" / "nat.json"))
+    parser.add_argument("--cc", help="TCP congestion control inside the lab (e.g. cubic)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (the lab)", file=sys.stderr)
         return 2
-    results = {cond: measure(cond, opts, args.connects, args.seconds) for cond, opts in CONDITIONS.items()}
+    results = {cond: measure(cond, opts, args.connects, args.seconds, args.cc)
+               for cond, opts in CONDITIONS.items()}
     print(f"\n{'condition':14} {'path to':10} {'path':8} {'first try':>9} {'p50 ms':>8} {'p99 ms':>8} {'Mbit/s':>9}")
     for cond, res in results.items():
         for server, label in (("eim", "eim NAT"), ("sym", "symmetric")):
@@ -104,6 +126,7 @@ def main() -> int:
             print(f"{cond:14} {label:10} {path:8} {first:>9} {r['connect_p50_ms']:8.2f} {r['connect_p99_ms']:8.2f} "
                   f"{r['throughput_mbit_s']:9.0f}")
         print(f"{cond:14} relayed/direct throughput: {res['relayed_over_direct']:.2f} (target >= 0.8)")
+        print(f"{cond:14} plain TCP p2 -> p1 (no boxer): {res['bare_public_mbit_s']:.0f} Mbit/s")
     write_results(args.out, results)
     return 0
 
