@@ -187,6 +187,14 @@ data "aws_iam_policy_document" "controller" {
     resources = [aws_lambda_function.this.arn]
   }
 
+  # Without a reservation, the account's unreserved concurrency bounds the function; this call
+  # has no resource-level permissions.
+  statement {
+    sid       = "ReadAccountConcurrency"
+    actions   = ["lambda:GetAccountSettings"]
+    resources = ["*"]
+  }
+
   statement {
     sid       = "ReadDeploymentSecret"
     actions   = ["ssm:GetParameter"]
