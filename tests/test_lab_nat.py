@@ -433,6 +433,71 @@ def test_rtt_is_what_was_asked_between_any_two_endpoints(lab_factory, standin_co
     assert lab.link("h1") == LinkConditions()
 
 
+# Accepts connections on 198.18.2.1:PORT; for each, counts bytes to EOF and answers the count.
+BYTE_SINK = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("198.18.2.1", int(sys.argv[1])))
+    s.listen()
+    print("listening", flush=True)
+    while True:
+        conn, _ = s.accept()
+        total = 0
+        while data := conn.recv(1 << 16):
+            total += len(data)
+        conn.sendall(str(total).encode())
+        conn.close()
+    """
+)
+
+# Sends for SECONDS to ADDRESS:PORT (with BBR when the kernel has it, as this machine's
+# default), then waits for the sink's count; prints Mbit/s delivered.
+BULK_SENDER = textwrap.dedent(
+    """
+    import socket, sys, time
+    address, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    s = socket.create_connection((address, port), timeout=30)
+    with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+        if "bbr" in f.read().split():
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"bbr")
+    chunk = b"x" * (1 << 16)
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        s.sendall(chunk)
+    s.shutdown(socket.SHUT_WR)
+    total = int(s.recv(100))
+    print(total * 8 / (time.monotonic() - started) / 1e6)
+    """
+)
+
+
+@pytest.mark.lab
+def test_coord_and_public_senders_are_as_fast_as_nated_ones(lab_factory, standin_coordinator) -> None:  # type: ignore[no-untyped-def]
+    # Shaping in the sender's own namespace held coord and p<k> senders to ~4.5 Mbit/s at
+    # 20 ms (TCP Small Queues counts a packet waiting out its delay against its socket),
+    # loss or not, while NATed hosts, shaped on their router, ran at ~250. Compared within
+    # one run, so a loaded machine slows all three alike.
+    lab = lab_factory(hosts=1, coordinator_cmd=standin_coordinator, public=2, rtt=20, loss=2)
+    sink = lab.popen("p1", [sys.executable, "-c", BYTE_SINK, "9600"], stdout=subprocess.PIPE,
+                     text=True)
+    try:
+        assert sink.stdout is not None and sink.stdout.readline() == "listening\n"
+        rates = {
+            sender: float(lab.run(sender, [sys.executable, "-c", BULK_SENDER, "198.18.2.1",
+                                           "9600", "2"],
+                                  capture_output=True, text=True, timeout=60,
+                                  check=True).stdout)
+            for sender in ("h1", "p2", "coord")
+        }
+    finally:
+        stop(sink)
+    print("TCP to p1 at 20 ms, 2 % loss:", {k: f"{v:.0f} Mbit/s" for k, v in rates.items()})
+    assert rates["p2"] >= 0.3 * rates["h1"], rates
+    assert rates["coord"] >= 0.3 * rates["h1"], rates
+
+
 @pytest.mark.lab
 def test_loss_drops_that_share_of_packets(lab_factory, standin_coordinator) -> None:  # type: ignore[no-untyped-def]
     lab = lab_factory(hosts=1, coordinator_cmd=standin_coordinator)
