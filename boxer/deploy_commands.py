@@ -114,8 +114,9 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
     """Bring up the deployment in FILE and run its controller.
 
     On a deployment that is already up, apply the edited FILE to it instead: instance counts,
-    `autoscale`, `restartPolicy` and `partition` change at the controller's next tick; changes
-    to what instances run (command, env, placement, ...) are refused, naming the fields.
+    `autoscale`, `restartPolicy` and `partition` change at the controller's next tick; a new
+    command or env is rolled out (each instance replaced once its successor listens); a new
+    placement, services added or removed are refused, naming the fields.
 
     \b
     Examples:
@@ -319,6 +320,9 @@ def _reapply(file: Path, deployment: Any, name: str) -> None:
                           f"{answer.get('error') or ', '.join(answer['refused'])}")
     for change in answer.get("changes", []):
         click.echo(f"applied {change}")
+    for service in answer.get("rollouts", []):
+        click.echo(f"rolling out {service}: its instances are replaced, each once its successor "
+                   "listens")
     if not _show_progress(paths, deployment, started, None):
         click.echo("boxer: not every service came up in time; see `boxer status` and "
                    f"{paths.root}/", err=True)
@@ -387,8 +391,9 @@ def _service_line(status: dict[str, Any] | None, deployment: Any) -> tuple[str, 
     for name, svc in status.get("services", {}).items():
         ready = sum(1 for i in instances if i["service"] == name and i["state"] == "ready")
         want = max(svc.get("desired", 0), deployment.services[name].min_instances)
-        done = done and ready >= want
-        parts.append(f"{name} {ready}/{want}")
+        outdated = int(svc.get("outdated", 0))
+        done = done and ready >= want and outdated == 0
+        parts.append(f"{name} {ready}/{want}" + (f" ({outdated} to roll out)" if outdated else ""))
     if not status.get("connected"):
         done = False
         parts.append(f"(coordinator: {status.get('error') or 'connecting'})")

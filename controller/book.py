@@ -73,6 +73,7 @@ class Record:
     draining: bool = False  # we asked it to drain
     stopping: bool = False  # we asked it to stop
     launch_failed: str | None = None
+    revision: int = 1  # of its service's command and environment, when it was launched
 
     @property
     def registered(self) -> bool:
@@ -115,12 +116,28 @@ class Book:
     demand: dict[str, tuple[float, float]] = field(default_factory=dict)  # service -> (since, until)
     services_addr: dict[str, str] = field(default_factory=dict)  # service -> virtual address
     ready_latencies: list[tuple[str, float]] = field(default_factory=list)  # (name, s) unread
+    # Per service, the revision of its command and environment that new instances get; raised
+    # by `apply()` when they change (instances of an earlier one are rolled out).
+    revisions: dict[str, int] = field(default_factory=dict)
+
+    def revision(self, service: str) -> int:
+        return self.revisions.get(service, 1)
+
+    def apply(self, deployment: Deployment, rolled: Iterable[str] = ()) -> None:
+        """Run on an edited deployment (controller.reapply checked it); the services in
+        `rolled` have a new command or environment: a new revision."""
+        self.deployment = deployment
+        for service in rolled:
+            self.revisions[service] = self.revision(service) + 1
+
+    def outdated(self, record: Record) -> bool:
+        return record.revision < self.revision(record.service)
 
     # -- what we did -----------------------------------------------------------------------
 
     def launched(self, start: Start, agent_id: str, now: float) -> Record:
         record = Record(start.instance_id, agent_id, start.service, start.name, start.index,
-                        start.placement, requested_at=now)
+                        start.placement, requested_at=now, revision=self.revision(start.service))
         self.records[record.id] = record
         self.by_agent[agent_id] = record.id
         return record
@@ -274,6 +291,7 @@ class Book:
                 lifetime_left=record.lifetime_left(now),
                 draining=bool(report.get("draining")) or record.draining,
                 quiet_since=None if exited else record.quiet_since,
+                outdated=self.outdated(record),
             ))
         for service, (_, until) in list(self.demand.items()):
             if until < now:

@@ -95,9 +95,10 @@ def _reapply(paths: DeployPaths, runtime: Any, kind: str) -> None:
         log.error("reapply refused: %s", answer["error"])
     else:
         plan = plan_reapply(runtime.deployment, edited)
-        answer.update(changes=list(plan.changes), refused=list(plan.refused))
+        answer.update(changes=list(plan.changes), refused=list(plan.refused),
+                      rollouts=list(plan.rollouts))
         if plan.ok:
-            runtime.apply(edited)
+            runtime.apply(edited, plan.rollouts)
             os.replace(paths.next_file, paths.applied_file)
             log.info("reapplied: %s", "; ".join(plan.changes) or "no change")
         else:

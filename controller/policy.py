@@ -11,6 +11,9 @@ Each tick, per service, in this order:
 3. lifetime: a `function` instance with less than renewalMarginSeconds left gets a replacement
    started; once that is ready (or the end is near) the old one is drained; a drained instance
    is stopped when its last connection closes (or just before its lifetime ends);
+   rollout: instances of an earlier revision (`boxer up` again with a new command or environment)
+   are renewed the same way, a quarter of the service at a time (at least one), as a Kubernetes
+   Deployment's rolling update with maxSurge 25 % and maxUnavailable 0;
 4. scale from zero: a connect held for a service with no instance starts one, at once;
 5. autoscale: Knative KPA windows -> recommendation, HPA stabilization and rate limits, clip to
    min/max, scale to zero after the grace period; then Start or Drain the difference.
@@ -238,7 +241,10 @@ class _ServiceTick:
     def run(self, instances: list[InstanceSignals], pending: list[PendingConnect]) -> None:
         live = self._bookkeeping(instances)
         live = self._failures(live)
+        renewing = self.state.renewing  # renewals started in an earlier tick
         self._lifetimes(live)
+        self._finish_renewals(live, renewing)
+        self._rollout(live)
         self._drains(live)
         self._scale(live, pending)
 
@@ -297,25 +303,45 @@ class _ServiceTick:
 
     def _lifetimes(self, live: list[InstanceSignals]) -> None:
         margin = self.service.renewal_margin_seconds
-        ready_ids = {instance.id for instance in live if instance.ready}
         for instance in live:
             left = instance.lifetime_left
-            if left is None or self._draining(instance):
+            if left is None or self._draining(instance) or instance.id in self.state.renewing:
                 continue
-            replacement = self.state.renewing.get(instance.id)
-            if replacement is None and left < margin:
-                new_id = self._start(
-                    instance.placement,
-                    f"renew {instance.name}: lifetime left {left:.0f} s < margin {margin:g} s",
-                )
-                self.state = replace(self.state, renewing=MappingProxyType(
-                    {**self.state.renewing, instance.id: new_id}))
-            elif replacement is not None:
-                if replacement in ready_ids:
-                    self._drain(instance.id, f"renewed: replacement {replacement} is ready")
-                elif left <= self.timings.drain_before_end:
-                    self._drain(instance.id, f"lifetime left {left:.1f} s; replacement"
-                                             f" {replacement} not ready yet")
+            if left < margin:
+                self._renew(instance, f"renew {instance.name}: lifetime left {left:.0f} s"
+                                      f" < margin {margin:g} s")
+
+    def _rollout(self, live: list[InstanceSignals]) -> None:
+        """Renew outdated instances, oldest first, while fewer than a quarter of the service's
+        instances (at least one) are being renewed: each old one serves until its replacement
+        is ready, so capacity never drops below what runs."""
+        in_service = [i for i in live if not self._draining(i) and i.id not in self.state.stopping]
+        surge = max(1, -(-len(in_service) // 4))
+        renewing = sum(1 for i in in_service if i.id in self.state.renewing)
+        outdated = sorted((i for i in in_service if i.outdated and i.ready
+                           and i.id not in self.state.renewing), key=lambda i: i.started_at)
+        for instance in outdated[:max(0, surge - renewing)]:
+            self._renew(instance, f"roll out {instance.name}: its service's command or"
+                                  " environment changed")
+
+    def _renew(self, instance: InstanceSignals, reason: str) -> None:
+        new_id = self._start(instance.placement, reason)
+        self.state = replace(self.state, renewing=MappingProxyType(
+            {**self.state.renewing, instance.id: new_id}))
+
+    def _finish_renewals(self, live: list[InstanceSignals], renewing: Mapping[str, str]) -> None:
+        """A renewed instance is drained once its replacement is ready, or its end is near."""
+        ready_ids = {instance.id for instance in live if instance.ready}
+        for instance in live:
+            replacement = renewing.get(instance.id)
+            if replacement is None or self._draining(instance):
+                continue
+            left = instance.lifetime_left
+            if replacement in ready_ids:
+                self._drain(instance.id, f"renewed: replacement {replacement} is ready")
+            elif left is not None and left <= self.timings.drain_before_end:
+                self._drain(instance.id, f"lifetime left {left:.1f} s; replacement"
+                                         f" {replacement} not ready yet")
 
     def _drains(self, live: list[InstanceSignals]) -> None:
         for instance in live:

@@ -1,13 +1,17 @@
 """`boxer up FILE` on a deployment that is already up: which changes apply to it live (pure).
 
 What the controller decides from (instance counts, autoscaling, restart policy, the partition
-guard) changes at its next tick. What instances are started with (command, environment,
-placement, names, lifetime) would mean replacing running instances, which is not done in place
-yet: such a change is refused with the fields it touches, and the deployment runs on unchanged.
+guard) changes at its next tick. A new command, environment or lifetime of a service applies to
+the instances started from then on, and its running instances are rolled out: each is renewed
+(its replacement started, then it is drained), a quarter of the service at a time. Where
+instances run and what they are called (placement, baseCapacity, hostnames), services added or
+removed, the name and the backend: refused with the fields they touch, and the deployment runs
+on unchanged.
 
     plan = plan_reapply(running, edited)
-    plan.refused   # ["services.api.command"]: `boxer down` and `boxer up` to change these
-    plan.changes   # ["services.api.minInstances: 1 -> 13"]
+    plan.refused   # ["services.api.placement"]: `boxer down` and `boxer up` to change these
+    plan.changes   # ["services.api.minInstances: 1 -> 13", "services.web.env.LEVEL: 1 -> 2"]
+    plan.rollouts  # ["web"]: services whose running instances are replaced
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ from typing import Any
 
 from controller.spec import Deployment
 
-__all__ = ["LIVE_SERVICE_FIELDS", "LIVE_DEPLOYMENT_FIELDS", "Reapply", "plan_reapply"]
+__all__ = ["LIVE_DEPLOYMENT_FIELDS", "LIVE_SERVICE_FIELDS", "ROLLED_SERVICE_FIELDS", "Reapply",
+           "plan_reapply"]
 
 # Read by the controller's decisions only, at every tick.
-LIVE_SERVICE_FIELDS = frozenset({"minInstances", "maxInstances", "restartPolicy", "autoscale"})
+LIVE_SERVICE_FIELDS = frozenset({"minInstances", "maxInstances", "restartPolicy", "autoscale",
+                                 "renewalMarginSeconds"})
+# What instances are started with: new instances get the new values, running ones are rolled out.
+ROLLED_SERVICE_FIELDS = frozenset({"command", "env", "maxLifetimeSeconds"})
 LIVE_DEPLOYMENT_FIELDS = frozenset({"partition", "services"})
 
 
@@ -28,6 +36,7 @@ LIVE_DEPLOYMENT_FIELDS = frozenset({"partition", "services"})
 class Reapply:
     changes: tuple[str, ...]  # "path: old -> new", what will apply
     refused: tuple[str, ...]  # paths of changes that cannot apply to a running deployment
+    rollouts: tuple[str, ...] = ()  # services whose running instances are to be replaced
 
     @property
     def ok(self) -> bool:
@@ -48,16 +57,19 @@ def plan_reapply(running: Deployment, edited: Deployment) -> Reapply:
     for service in sorted(set(old_services) ^ set(new_services)):
         what = "added" if service in new_services else "removed"
         refused.append(f"services.{service} ({what})")
+    rollouts: list[str] = []
     for service in sorted(set(old_services) & set(new_services)):
         before, after = old_services[service], new_services[service]
         for field in sorted(set(before) | set(after)):
             if before.get(field) == after.get(field):
                 continue
             path = f"services.{service}.{field}"
-            live = field in LIVE_SERVICE_FIELDS
-            (changes if live else refused).extend(
-                _differences(path, before.get(field), after.get(field), as_change=live))
-    return Reapply(tuple(changes), tuple(refused))
+            applies = field in LIVE_SERVICE_FIELDS or field in ROLLED_SERVICE_FIELDS
+            (changes if applies else refused).extend(
+                _differences(path, before.get(field), after.get(field), as_change=applies))
+            if field in ROLLED_SERVICE_FIELDS and service not in rollouts:
+                rollouts.append(service)
+    return Reapply(tuple(changes), tuple(refused), tuple(rollouts))
 
 
 def _dump(deployment: Deployment) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -111,11 +111,12 @@ class ControllerRuntime:
         self.partition: Verdict = NORMAL  # decide()'s latest judgement of quiet instances
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
 
-    def apply(self, deployment: Deployment) -> None:
+    def apply(self, deployment: Deployment, rolled: Iterable[str] = ()) -> None:
         """Run on an edited deployment file from now on (`boxer up` again; controller.reapply
-        has checked that only what decisions read has changed): tick at once with it."""
+        has checked what changed): tick at once with it. The services in `rolled` have a new
+        command or environment: their running instances are rolled out (controller.policy)."""
         self.deployment = deployment
-        self.book.deployment = deployment
+        self.book.apply(deployment, rolled)
         self._wake.set()
 
     # -- the loop --------------------------------------------------------------------------
@@ -512,6 +513,10 @@ class ControllerRuntime:
                     "address": self.book.services_addr.get(name),
                     "load": self.book.service_load(name),
                     "pending": name in self.book.demand,
+                    "revision": self.book.revision(name),
+                    # Live instances of an earlier revision: a rollout in progress.
+                    "outdated": sum(1 for r in self.book.records.values() if r.service == name
+                                    and self.book.outdated(r) and r.state != "exited"),
                 }
                 for name, svc in self.deployment.services.items()
             },
@@ -584,6 +589,7 @@ def _status_row(record: Record, now_mono: float, now: float, offset: float) -> d
         "lifetime_left": record.lifetime_left(now_mono),
         "exit_status": record.exit_status,
         "error": record.launch_failed,
+        "revision": record.revision,
     }
 
 

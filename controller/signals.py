@@ -60,6 +60,9 @@ class InstanceSignals:
     # When the agent went quiet: the coordinator stopped hearing its heartbeat (sent every
     # 0.2 s from the agent's event loop). None while it is heard.
     quiet_since: float | None = None
+    # Started from an earlier revision of its service's command or environment (`boxer up` again
+    # with them changed): to be rolled out, replaced by an instance of the current one.
+    outdated: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.id) and bool(self.name), "instance id and name must not be empty")

@@ -434,3 +434,69 @@ def test_signal_validation() -> None:
         inst("api-1", 1, now=0.0, exit_status=3)
     with pytest.raises(ValueError, match="instance ids reported twice: api-1.1"):
         Signals((inst("api-1", 1, now=0.0), inst("api-1", 1, now=0.0)))
+
+
+class TestRollout:
+    """`boxer up` again with a new command: outdated instances are renewed, a quarter of the
+    service at a time (at least one), each drained only once its replacement is ready."""
+
+    SPEC = """\
+        services:
+          web:
+            command: [nginx]
+            placement: vm
+            minInstances: 5
+            maxInstances: 5
+            autoscale: {target: 10}
+        """
+    ROLL = "roll out {}: its service's command or environment changed"
+
+    def running(self) -> tuple[Controller, list[InstanceSignals]]:
+        ctl = Controller(deployment(self.SPEC))
+        ctl.tick(0.0)
+        web = [inst(f"web-{i}", i, now=1.0, placement=VM, started_at=float(i)) for i in range(1, 6)]
+        assert ctl.tick(1.0, *web).decisions == ()
+        return ctl, web
+
+    def test_up_to_a_quarter_at_a_time_oldest_first(self) -> None:
+        ctl, web = self.running()
+        old = [replace(i, outdated=True, last_heard=2.0) for i in web]
+        first = ctl.tick(2.0, *old).decisions
+        # 5 instances: ceil(5 / 4) = 2 renewed at once; web-1 and web-2 started first.
+        assert first == (Start("web", VM, self.ROLL.format("web-1"), "web-6.6", "web-6", 6),
+                         Start("web", VM, self.ROLL.format("web-2"), "web-7.7", "web-7", 7))
+        # Nothing more while those two replacements are not ready, and nothing drained.
+        assert ctl.tick(2.5, *[replace(i, last_heard=2.5) for i in old]).decisions == ()
+        new6 = inst("web-6", 6, now=3.0, placement=VM, started_at=2.0)
+        step = ctl.tick(3.0, *[replace(i, last_heard=3.0) for i in old], new6).decisions
+        assert step == (Drain("web-1.1", "renewed: replacement web-6.6 is ready"),
+                        Start("web", VM, self.ROLL.format("web-3"), "web-8.8", "web-8", 8))
+
+    def test_an_outdated_instance_that_is_not_ready_yet_waits(self) -> None:
+        ctl, web = self.running()
+        old = [replace(i, outdated=True, last_heard=2.0) for i in web]
+        old[0] = replace(old[0], listening_ports=frozenset())  # web-1 is not serving (yet)
+        first = ctl.tick(2.0, *old).decisions
+        assert [d.reason for d in first] == [self.ROLL.format("web-2"), self.ROLL.format("web-3")]
+
+    def test_capacity_never_drops_and_the_count_is_kept(self) -> None:
+        ctl, web = self.running()
+        now, instances, serial = 2.0, [replace(i, outdated=True) for i in web], 5
+        for _ in range(40):  # each replacement is ready the tick after it starts
+            outcome = ctl.tick(now, *[replace(i, last_heard=now) for i in instances])
+            for d in outcome.decisions:
+                if isinstance(d, Start):
+                    serial += 1
+                    instances.append(inst(d.name, int(d.instance_id.rsplit(".")[1]), now=now,
+                                          placement=VM, started_at=now))
+                elif isinstance(d, Stop):
+                    instances = [i for i in instances if i.id != d.instance]
+                elif isinstance(d, Drain):
+                    instances = [replace(i, draining=True) if i.id == d.instance else i
+                                 for i in instances]
+            serving = [i for i in instances if i.ready and not i.draining]
+            assert len(serving) >= 5  # maxUnavailable 0
+            assert len(serving) <= 5 + 2  # maxSurge: a quarter, rounded up (drained ones aside)
+            now += 0.25
+        assert sorted(i.index for i in instances) == [6, 7, 8, 9, 10]
+        assert not any(i.outdated for i in instances)

@@ -53,12 +53,23 @@ def test_adding_autoscale_to_a_fixed_service_applies() -> None:
     assert plan.changes[0].startswith("services.db.autoscale: (unset) -> {")
 
 
-def test_what_instances_run_with_is_refused_by_path() -> None:
+def test_a_new_command_or_environment_is_rolled_out() -> None:
     plan = plan_reapply(deployment(), edited('command: [srv, --port, "8080"]', 'command: [srv, --port, "9090"]'))
-    assert not plan.ok
-    assert plan.refused == ("services.api.command",)
+    assert plan.ok and plan.rollouts == ("api",)
+    assert plan.changes == ("services.api.command: ['srv', '--port', '8080'] -> ['srv', '--port', '9090']",)
     plan = plan_reapply(deployment(), edited("placement: vm", "placement: vm\n    env: {A: b}"))
-    assert plan.refused == ("services.db.env.A",)
+    assert plan.ok and plan.rollouts == ("db",)
+    assert plan.changes == ("services.db.env.A: (unset) -> b",)
+
+
+def test_counts_alone_roll_nothing_out() -> None:
+    assert plan_reapply(deployment(), edited("minInstances: 1\n", "minInstances: 2\n")).rollouts == ()
+
+
+def test_where_instances_run_is_refused_by_path() -> None:
+    plan = plan_reapply(deployment(), edited("placement: vm", "placement: function"))
+    assert not plan.ok
+    assert plan.refused == ("services.db.placement",)
 
 
 def test_services_added_or_removed_are_refused() -> None:

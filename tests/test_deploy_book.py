@@ -354,3 +354,21 @@ def test_a_quiet_instance_wakes_the_runtime_and_is_replaced_before_the_next_tick
         await asyncio.wait_for(running, 10)
 
     asyncio.run(scenario())
+
+
+def test_instances_of_an_earlier_revision_are_outdated_and_new_ones_are_not():
+    book = Book(deployment())
+    old = started(book)
+    book.on_message(m.InstanceUp(name="api-1", service="api", addr="100.64.0.2",
+                                 instance=old.agent_id), 1.0)
+    assert [s.outdated for s in book.signals(1.0).instances] == [False]
+    edited = deployment().model_copy(deep=True)
+    book.apply(edited, rolled=["api"])
+    assert book.deployment is edited and book.revision("api") == 2 and book.revision("web") == 1
+    assert [s.outdated for s in book.signals(1.1).instances] == [True]
+    new = started(book, index=2, agent="b2" * 4, now=1.2)
+    book.on_message(m.InstanceUp(name="api-2", service="api", addr="100.64.0.3",
+                                 instance=new.agent_id), 1.3)
+    assert {s.id: s.outdated for s in book.signals(1.3).instances} == {"api-1.1": True, "api-2.2": False}
+    book.apply(edited)  # counts only: no new revision
+    assert book.revision("api") == 2

@@ -3,8 +3,9 @@
 One small deployment for the module: a fixed service on `vm` (public hosts) and a service at
 zero on `function` that the first connect starts. Checks: up brings the fixed instances up;
 a connect to the service with no instance starts one and completes (scale from zero); killing
-an instance's app gets it replaced; `boxer up` again applies an edited file (and refuses what
-cannot change live); `boxer down` leaves no namespace and no process behind.
+an instance's app gets it replaced; `boxer up` again applies an edited file (counts at once, a new
+environment rolled out under steady requests with none failing, and refuses what cannot change
+live); `boxer down` leaves no namespace and no process behind.
 """
 
 from __future__ import annotations
@@ -126,34 +127,84 @@ def test_a_killed_instance_is_replaced(deployment):
     assert proc.stdout == "200", proc.stderr
 
 
+# Requests to the service every 50 ms until the file in argv[1] exists: {"ok": N, "failed": [...]}.
+STEADY_CLIENT = """
+import json, os, sys, time, urllib.request
+ok, failed = 0, []
+while not os.path.exists(sys.argv[1]):
+    try:
+        with urllib.request.urlopen("http://api:8080/", timeout=5) as reply:
+            reply.read()
+        ok += 1
+    except Exception as exc:
+        failed.append(repr(exc))
+    time.sleep(0.05)
+print(json.dumps({"ok": ok, "failed": failed}))
+"""
+
+
 def test_up_again_applies_an_edited_file_while_it_runs(deployment, tmp_path):
+    from boxer.lab import load_lab
     from controller.paths import DeployPaths, read_json
 
-    original = Path(read_json(DeployPaths(deployment).deployment)["file"]).read_text()
+    text = Path(read_json(DeployPaths(deployment).deployment)["file"]).read_text()
 
-    def up_again(old: str, new: str) -> subprocess.CompletedProcess:
-        assert old in original
-        (tmp_path / "deploy.yaml").write_text(original.replace(old, new))
+    def up_again(old: str, new: str, keep: bool = False) -> subprocess.CompletedProcess:
+        nonlocal text
+        assert old in text
+        edited = text.replace(old, new)
+        (tmp_path / "deploy.yaml").write_text(edited)
+        if keep:
+            text = edited
         return subprocess.run([*BOXER, "up", str(tmp_path / "deploy.yaml")], capture_output=True,
                               text=True, timeout=90)
 
-    raised = up_again("minInstances: 0", "minInstances: 2")
+    raised = up_again("minInstances: 0", "minInstances: 2", keep=True)
     assert raised.returncode == 0, raised.stderr + raised.stdout
     assert "applied services.api.minInstances: 0 -> 2" in raised.stdout
     ready = [i["name"] for i in status(deployment)["instances"]
              if i["service"] == "api" and i["state"] == "ready"]
     assert sorted(ready) == ["api-1", "api-2"]  # `up` returned once they were
 
-    changed = up_again('"8080"]', '"8081"]')
-    assert changed.returncode != 0
-    assert "services.api.command" in changed.stderr and "boxer down" in changed.stderr
-
+    moved = up_again("placement: function", "placement: vm")
+    assert moved.returncode != 0
+    assert "services.api.placement" in moved.stderr and "boxer down" in moved.stderr
     too_big = up_again("maxInstances: 2", "maxInstances: 9")
     assert too_big.returncode != 0
     assert "the edited maxInstances need" in too_big.stderr
     # Neither refusal changed what runs.
     assert "minInstances: 2" in DeployPaths(deployment).applied_file.read_text()
-    assert '"8080"]' in DeployPaths(deployment).applied_file.read_text()
+    assert "placement: function" in DeployPaths(deployment).applied_file.read_text()
+
+    # A new environment is rolled out under steady requests, none of which fails.
+    lab = load_lab(read_json(DeployPaths(deployment).deployment)["lab"])
+    (tmp_path / "steady.py").write_text(STEADY_CLIENT)
+    done = tmp_path / "done"
+    steady = lab.popen(lab.hosts[-1].name, [*BOXER, "run", "--name", "steady", "--", sys.executable,
+                                             str(tmp_path / "steady.py"), str(done)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # requests flowing before the change
+        rolled = up_again('"8080"]\n    placement: function', '"8080"]\n    env: {VERSION: "2"}\n'
+                          '    placement: function', keep=True)
+        assert rolled.returncode == 0, rolled.stderr + rolled.stdout
+        assert "applied services.api.env.VERSION: (unset) -> 2" in rolled.stdout
+        assert "rolling out api" in rolled.stdout
+        time.sleep(1.0)  # and after it
+    finally:
+        done.touch()
+        out, err = steady.communicate(timeout=30)
+    result = json.loads(out.strip().splitlines()[-1])
+    print(f"rollout under steady requests: {result['ok']} ok, {len(result['failed'])} failed")
+    assert result["failed"] == [] and result["ok"] >= 20, err[-2000:]
+    st = status(deployment)
+    assert st["services"]["api"]["revision"] == 2 and st["services"]["api"]["outdated"] == 0
+    api = [i for i in st["instances"] if i["service"] == "api" and i["state"] == "ready"]
+    assert len(api) == 2 and {i["revision"] for i in api} == {2}
+    for instance in api:  # the app itself runs with the new environment
+        app_pid = subprocess.run(["pgrep", "-P", str(instance["pid"])], capture_output=True,
+                                 text=True).stdout.split()[0]
+        assert b"VERSION=2" in Path(f"/proc/{app_pid}/environ").read_bytes().split(b"\0")
 
 
 def test_down_leaves_nothing_behind(deployment):
