@@ -546,6 +546,7 @@ INSTANCE_COLUMNS = (
     Column("RSS", lambda r: f"{r['rss'] / 2**20:.0f}Mi", wide=True, right=True),
     Column("INSTANCE-ID", lambda r: r["instance_id"], wide=True),
     Column("HOST", lambda r: r["host"] or "-", wide=True),
+    Column("REV", lambda r: str(r.get("revision", 1)), wide=True, right=True),
 )
 
 SERVICE_COLUMNS = (
@@ -556,7 +557,15 @@ SERVICE_COLUMNS = (
     Column("LOAD", lambda s: f"{s['load']:g}", right=True),
     Column("ADDRESS", lambda s: s.get("address") or "-"),
     Column("WAITING", lambda s: "yes" if s.get("pending") else "-", wide=True),
+    Column("REVISION", lambda s: _revision(s), wide=True),
 )
+
+
+def _revision(service: dict[str, Any]) -> str:
+    """The service's revision, and how many instances of earlier ones still run (a rollout)."""
+    revision = str(service.get("revision", 1))
+    outdated = int(service.get("outdated", 0))
+    return f"{revision} ({outdated} to roll out)" if outdated else revision
 
 
 def render_table(columns: tuple[Column, ...], rows: list[dict[str, Any]], wide: bool) -> str:
@@ -596,6 +605,10 @@ def status_text(status: dict[str, Any] | None, wide: bool) -> str:
     backend_line = _backend_line(status.get("backend_status"))
     if backend_line:
         parts += ["", backend_line]
+    rolling = [f"{name} (revision {svc.get('revision', 1)}: {svc['outdated']} of an earlier one left)"
+               for name, svc in status.get("services", {}).items() if svc.get("outdated")]
+    if rolling:
+        parts += ["", f"rolling out: {', '.join(rolling)}"]
     partition = status.get("partition") or {}
     if partition.get("mode", "normal") != "normal":
         parts += ["", f"partition guard: {partition['mode']}, {partition.get('quiet', 0)} of "

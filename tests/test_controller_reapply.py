@@ -82,3 +82,22 @@ def test_mixed_edits_report_both_lists() -> None:
         update={"name": "other"}))
     assert plan.changes == ("services.api.minInstances: 1 -> 2",)
     assert plan.refused == ("name",)
+
+
+def test_status_shows_a_rollout_in_progress() -> None:
+    from boxer.deploy_commands import status_text
+
+    instance = {"service": "api", "name": "api-1", "state": "ready", "placement": "function",
+                "address": "100.64.0.1", "connections": 0, "cpu": 0.0, "age": 5.0,
+                "lifetime_left": 800.0, "ready_after": 0.3, "direct": 0, "relayed": 0, "rss": 2**20,
+                "instance_id": "ab" * 8, "host": "h1", "revision": 1}
+    status = {"name": "shop", "lab": "shopd", "coordinator": "198.18.0.1:7000", "connected": True,
+              "services": {"api": {"placement": "function", "min": 1, "max": 3, "desired": 1,
+                                   "load": 0, "revision": 2, "outdated": 1}},
+              "instances": [instance]}
+    text = status_text(status, wide=False)
+    assert "rolling out: api (revision 2: 1 of an earlier one left)" in text
+    wide = status_text(status, wide=True)
+    assert "2 (1 to roll out)" in wide and "REV" in wide
+    done = {**status, "services": {"api": {**status["services"]["api"], "outdated": 0}}}
+    assert "rolling out" not in status_text(done, wide=False)
