@@ -86,22 +86,31 @@ def test_parse_refuses_a_malformed_length():
         sockdiag.parse(data, set())
 
 
+def wait_for_descendants(proc: subprocess.Popen, count: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(descendant_pids(proc.pid)) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """A test's process and everything it started (only pids below it)."""
+    for pid in descendant_pids(proc.pid):
+        psutil.Process(pid).kill()
+    proc.kill()
+    proc.wait()
+
+
 def test_descendants_include_grandchildren_and_match_psutil():
     # A shell whose child outlives nothing: sh -> sleep (and a second level: sh -> sh -> sleep).
     proc = subprocess.Popen(["sh", "-c", "sleep 30 & sh -c 'sleep 30 & wait' & wait"])
     try:
-        deadline = time.monotonic() + 5
-        while len(descendant_pids(proc.pid)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_descendants(proc, 3)
         ours = sorted(descendant_pids(proc.pid))
         theirs = sorted(p.pid for p in psutil.Process(proc.pid).children(recursive=True))
         assert len(ours) == 3
         assert ours == theirs
     finally:
-        for pid in descendant_pids(proc.pid):
-            psutil.Process(pid).kill()
-        proc.kill()
-        proc.wait()
+        kill_tree(proc)
 
 
 def test_descendants_of_a_gone_process_are_none():
@@ -115,19 +124,14 @@ def test_sampler_sees_a_busy_grandchild():
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
         sampler = ProcessSampler(proc.pid)
-        deadline = time.monotonic() + 5
-        while len(descendant_pids(proc.pid)) < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_descendants(proc, 1)
         sampler.sample()  # the first sample of a process only starts its clock
         time.sleep(0.5)
         cpu, rss = sampler.sample()
         assert cpu > 10.0  # a spinning process: near 100 % of a CPU, unless the machine is starved
         assert rss > 1_000_000
     finally:
-        for pid in descendant_pids(proc.pid):
-            psutil.Process(pid).kill()
-        proc.kill()
-        proc.wait()
+        kill_tree(proc)
 
 
 def test_sampler_of_a_gone_process_reports_nothing():
