@@ -181,4 +181,5 @@ class ControllerState:
     partition: PartitionState = PartitionState()
 
     def service(self, name: str) -> ServiceState:
-        return self.services.get(name, ServiceState())
+        found = self.services.get(name)  # not .get(name, ServiceState()): that builds one each call
+        return found if found is not None else ServiceState()
