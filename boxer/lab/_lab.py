@@ -146,8 +146,9 @@ class Lab:
     def set_link(
         self, host: str, *, rtt: float = 0.0, jitter: float = 0.0, loss: float = 0.0
     ) -> LinkConditions:
-        """Give `host`'s link (h<i>: its router's uplink; p<k>, coord: their own) exactly
-        these conditions now: RTT and jitter in ms, loss in percent; all zero cleans it.
+        """Give `host`'s link (h<i>: its router's uplink; p<k>, coord: their port on the
+        internet bridge, one hop after them) exactly these conditions now: RTT and jitter in
+        ms, loss in percent; all zero cleans it.
         Open connections see the new delay and loss at once."""
         self.netns(host)
         link = LinkConditions(rtt=rtt, jitter=jitter, loss=loss)
