@@ -183,7 +183,8 @@ class Agent:
             self._spawn(self.send_report())
 
     async def send_report(self, exited: int | None = None) -> None:
-        # Reading /proc costs milliseconds: do it in a thread, not on the connect path's loop.
+        # Sampling (sock_diag, a few /proc files) is cheap now, but a busy app's process tree or
+        # thousands of sockets still take a while: in a thread, not on the connect path's loop.
         self._last_report = time.monotonic()
         sample = await asyncio.to_thread(self._sample)
         try:
