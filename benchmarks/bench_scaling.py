@@ -73,7 +73,12 @@ def up(name: str, folder: Path, minimum: int, maximum: int, autoscale: bool | st
 
 
 def down(name: str) -> None:
+    """`boxer down`, and the deployment's files too (kept by down for `boxer report`; the
+    figures a benchmark wants are in its JSON)."""
+    import shutil
+
     subprocess.run([*BOXER, "down", "--name", name], capture_output=True, timeout=60)
+    shutil.rmtree(DeployPaths(name).root, ignore_errors=True)
 
 
 def timeline(name: str) -> list[dict]:
