@@ -18,6 +18,7 @@ import functools
 import re
 import socket
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
@@ -651,19 +652,19 @@ def decode(wire: dict[str, Any]) -> Message:
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(f"unknown message type {kind!r}")
-    hints, fields = _schema(cls)
+    fields = _schema(cls)
     kwargs: dict[str, Any] = {}
-    for field in fields:
-        if field.name not in wire:
-            if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING:
-                continue
-            raise ProtocolError(f"{kind}: missing field {field.name!r}")
-        value = wire[field.name]
-        if not _has_type(value, hints[field.name]):
-            raise ProtocolError(f"{kind}: field {field.name!r} has the wrong type ({value!r})")
-        kwargs[field.name] = value
-    extra = set(wire) - {"t"} - set(kwargs) - {f.name for f in fields}
-    if extra:
+    for name, required, check in fields:
+        if name not in wire:
+            if required:
+                raise ProtocolError(f"{kind}: missing field {name!r}")
+            continue
+        value = wire[name]
+        if not check(value):
+            raise ProtocolError(f"{kind}: field {name!r} has the wrong type ({value!r})")
+        kwargs[name] = value
+    if len(wire) != len(kwargs) + 1:  # "t" and the fields we took: anything else is extra
+        extra = set(wire) - {"t"} - set(kwargs)
         raise ProtocolError(f"{kind}: unknown field(s) {', '.join(sorted(extra))}")
     try:
         return cls(**kwargs)
@@ -672,24 +673,33 @@ def decode(wire: dict[str, Any]) -> Message:
 
 
 @functools.lru_cache(maxsize=None)
-def _schema(cls: type[Message]) -> tuple[dict[str, Any], tuple[dataclasses.Field, ...]]:
-    """Field types and fields of a message class, resolved once: get_type_hints() evaluates the
-    (postponed) annotations on every call, which cost ~0.2 ms per message on the connect path."""
-    return typing.get_type_hints(cls), dataclasses.fields(cls)  # type: ignore[arg-type]
+def _schema(cls: type[Message]) -> tuple[tuple[str, bool, Callable[[Any], bool]], ...]:
+    """(name, required, type check) of each field of a message class, built once: resolving the
+    (postponed) annotations cost ~0.2 ms per message, and interpreting them per value most of a
+    decode (a report: 26 us)."""
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (field.name,
+         field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING,
+         _type_check(hints[field.name]))
+        for field in dataclasses.fields(cls)  # type: ignore[arg-type]
+    )
 
 
-def _has_type(value: Any, hint: Any) -> bool:
-    """JSON value vs a field's annotation. bool is not an int here, an int is a float."""
+def _type_check(hint: Any) -> Callable[[Any], bool]:
+    """JSON value vs a field's annotation, as a predicate. bool is not an int here, an int is a
+    float."""
     if typing.get_origin(hint) is typing.Union:
-        return any(_has_type(value, arg) for arg in typing.get_args(hint))
+        options = tuple(_type_check(arg) for arg in typing.get_args(hint))
+        return lambda value: any(check(value) for check in options)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     if hint is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
+        return lambda value: value is True or value is False
     if hint is float:
-        return isinstance(value, (int, float))
-    if hint in (str, int, dict, list):
-        return isinstance(value, hint)
+        return lambda value: type(value) is float or (type(value) is not bool and isinstance(value, int))
+    if hint is int:
+        return lambda value: type(value) is not bool and isinstance(value, int)
+    if hint in (str, dict, list):
+        return lambda value: isinstance(value, hint)
     raise TypeError(f"unsupported field type {hint!r}")
