@@ -230,18 +230,27 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
         "metrics_port": metrics_port, "controller_pid": None,
         "register_timeout": register_timeout, **(lambda_record or {})}
     lab = None
+    zygote = _early_zygote(backend, paths)
     if backend == "lambda":
         assert lambda_record is not None
         click.echo(f"lambda function {lambda_record['function']} ({lambda_record['region']}), "
                    f"coordinator {lambda_record['coordinator']}")
     else:
-        lab = _make_lab(deployment, name)
+        try:
+            lab = _make_lab(deployment, name)
+        except BaseException:
+            _drop_zygote(zygote)
+            raise
         record["lab"] = lab.name
     write_json_atomic(paths.deployment, record)
     metrics_sock = None
     try:
         argv = [sys.executable, "-m", "controller.daemon", "--name", name, "--tick", str(tick)]
         pass_fds: tuple[int, ...] = ()
+        if zygote is not None:
+            answers, requests = zygote.stdout.fileno(), zygote.stdin.fileno()
+            argv += ["--zygote", f"{zygote.pid}:{answers}:{requests}"]
+            pass_fds += (answers, requests)
         if metrics_port is not None:
             # Bound here, in the machine's own namespace, so the metrics are on this host's
             # loopback while the controller itself runs inside the lab's coordinator namespace.
@@ -250,7 +259,7 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
             metrics_sock.bind(("127.0.0.1", metrics_port))
             metrics_sock.listen(16)
             argv += ["--metrics-fd", str(metrics_sock.fileno())]
-            pass_fds = (metrics_sock.fileno(),)
+            pass_fds += (metrics_sock.fileno(),)
         # lambda: right here, with our environment (AWS credentials, region, endpoints);
         # the lab backends: beside the lab's coordinator, which only lab namespaces reach.
         command = argv if lab is None else lab.command("coord", argv)
@@ -262,6 +271,7 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
                 start_new_session=True,  # Ctrl-C reaches `boxer up`, which stops it in order
             )
     except OSError as exc:
+        _drop_zygote(zygote)
         if lab is not None:
             from boxer.lab import lab_down
 
@@ -270,6 +280,7 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
     finally:
         if metrics_sock is not None:
             metrics_sock.close()
+    _hand_over_zygote(zygote)
     record["controller_pid"] = proc.pid
     write_json_atomic(paths.deployment, record)
     return _Up(paths, proc, name)
@@ -352,6 +363,46 @@ def _lab_size_for(deployment: Any) -> tuple[int, int]:
          svc.lifetime_seconds is not None)
         for svc in deployment.services.values()
     ])
+
+
+def _early_zygote(backend: str, paths: Any) -> subprocess.Popen[bytes] | None:
+    """The `local` backend's agent zygote (boxer.backends.zygote), started now, before the lab
+    is built, so that its imports (~0.3 s of CPU) are done by the first launch; the controller
+    adopts it. None where the backend does not fork from one."""
+    from boxer.backends.local import ZYGOTE_ENV
+    from boxer.backends.zygote import start_for_adoption
+
+    if backend != "local" or os.environ.get(ZYGOTE_ENV, "1") == "0":
+        return None
+    try:
+        return start_for_adoption(sys.executable, os.environ, str(paths.instances / "zygote.log"))
+    except OSError as exc:
+        click.echo(f"boxer: no agent zygote ({exc.strerror}): the controller starts its own", err=True)
+        return None
+
+
+def _hand_over_zygote(zygote: subprocess.Popen[bytes] | None) -> None:
+    """The controller holds the zygote's pipes now: close ours (it exits when the controller
+    closes its stdin), and do not wait for it (init reaps it once we are gone)."""
+    if zygote is None:
+        return
+    assert zygote.stdin is not None and zygote.stdout is not None
+    zygote.stdin.close()
+    zygote.stdout.close()
+    zygote.returncode = 0  # tell Popen not to warn that it still runs
+
+
+def _drop_zygote(zygote: subprocess.Popen[bytes] | None) -> None:
+    if zygote is None:
+        return
+    assert zygote.stdin is not None and zygote.stdout is not None
+    zygote.stdin.close()  # it exits at the end of its stdin
+    zygote.stdout.close()
+    try:
+        zygote.wait(5)
+    except subprocess.TimeoutExpired:
+        zygote.kill()
+        zygote.wait()
 
 
 def _make_lab(deployment: Any, name: str) -> Any:

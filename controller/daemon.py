@@ -36,7 +36,8 @@ class _JsonLines(logging.Formatter):
         return json.dumps(line)
 
 
-async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float) -> int:
+async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
+                zygote: tuple[int, int, int] | None = None) -> int:
     info = read_json(paths.deployment)
     if not info:
         log.error("no %s: start deployments with `boxer up`", paths.deployment)
@@ -47,7 +48,7 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float) -> int:
     if kind == "lambda":
         made = _lambda_backend(info)
     else:
-        made = _lab_backend(info, paths, kind)
+        made = _lab_backend(info, paths, kind, zygote)
     if made is None:
         return 2
     backend, coordinator, secret, facts = made
@@ -108,7 +109,8 @@ def _reapply(paths: DeployPaths, runtime: Any, kind: str) -> None:
     write_json_atomic(paths.reapplied, answer)
 
 
-def _lab_backend(info: dict[str, Any], paths: DeployPaths, kind: str) -> Any:
+def _lab_backend(info: dict[str, Any], paths: DeployPaths, kind: str,
+                 zygote: tuple[int, int, int] | None = None) -> Any:
     """`local` and `lambda-local`: instances in the hosts of the deployment's lab, whose
     coordinator (and its secret file) the lab made."""
     from boxer.backends.local import LabLambdaBackend, LocalBackend
@@ -118,7 +120,8 @@ def _lab_backend(info: dict[str, Any], paths: DeployPaths, kind: str) -> Any:
     lab = load_lab(info["lab"])
     host, _, port = lab.coordinator.rpartition(":")
     backend_class = LabLambdaBackend if kind == "lambda-local" else LocalBackend
-    backend = backend_class(lab, log_dir=paths.instances, cwd=info["dir"], spare_hosts=1)
+    backend = backend_class(lab, log_dir=paths.instances, cwd=info["dir"], spare_hosts=1,
+                            **({"adopt_zygote": zygote} if zygote is not None else {}))
     return (backend, (host, int(port)), load_secret(str(lab.secret_file), None),
             {"lab": lab.name, "hosts": backend.describe()})
 
@@ -149,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--metrics-fd", type=int)
     parser.add_argument("--tick", type=float, default=0.25)
+    parser.add_argument("--zygote", metavar="PID:ANSWERS_FD:REQUESTS_FD",
+                        help="an agent zygote `boxer up` started, to adopt (local backend)")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonLines())
@@ -156,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.Formatter.converter = time.gmtime
     from boxer import _aio
 
-    return _aio.run(_main(DeployPaths(args.name), args.metrics_fd, args.tick))
+    zygote = tuple(int(part) for part in args.zygote.split(":")) if args.zygote else None
+    return _aio.run(_main(DeployPaths(args.name), args.metrics_fd, args.tick, zygote))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -188,3 +188,49 @@ def test_an_instance_whose_environment_changes_import_time_settings_is_not_forke
         lab_down(name)
     assert not forked
     assert not Path(f"/proc/{pid}").exists() or b"boxer" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+@pytest.mark.lab
+@needs_lab
+def test_a_zygote_started_before_the_lab_is_adopted_by_the_backend(tmp_path):
+    """`boxer up` starts the zygote before it builds the lab and the controller adopts it from
+    the pipes it inherits: instances are forked from that one, and it ends with the backend."""
+    from boxer.backends.base import InstanceSpec, Placement
+    from boxer.backends.local import LocalBackend
+    from boxer.backends.zygote import start_for_adoption
+    from boxer.lab import lab_down, lab_up
+
+    zygote = start_for_adoption(sys.executable, os.environ, str(tmp_path / "zygote.log"))
+    name = f"za{os.getpid() % 100000}"
+    try:
+        lab = lab_up(name, hosts=1)
+        # What the controller inherits: its own copies of the two pipe ends (ours are closed).
+        adopt = (zygote.pid, os.dup(zygote.stdout.fileno()), os.dup(zygote.stdin.fileno()))
+        zygote.stdout.close()
+        zygote.stdin.close()
+
+        async def scenario() -> tuple[dict, bool]:
+            backend = LocalBackend(lab, log_dir=tmp_path, cwd=tmp_path, adopt_zygote=adopt)
+            try:
+                spec = InstanceSpec(name="app-1", service="app", index=1,
+                                    command=(sys.executable, "-c", FACTS, str(tmp_path / "a.json"), "0"),
+                                    env={"BOXER_INSTANCE_ID": "1" * 16}, placement=Placement.FUNCTION)
+                handle = await backend.launch(spec)
+                for _ in range(600):
+                    if handle.ended:
+                        break
+                    await asyncio.sleep(0.05)
+                return dict(handle.details), handle.ended
+            finally:
+                await backend.close()
+
+        details, ended = asyncio.run(scenario())
+        assert details["zygote"] == zygote.pid  # forked from the adopted one, not a new one
+        assert ended and details["exit_status"] == 0, (tmp_path / "app-1.h1.log").read_text()[-2000:]
+        assert json.loads((tmp_path / "a.json").read_text())["env"]["BOXER_LAB_HOST"] == "h1"
+        assert zygote.wait(10) == 0  # the backend closed its stdin: it is gone
+    finally:
+        if zygote.poll() is None:
+            zygote.kill()
+            zygote.wait()
+        lab_down(name)

@@ -58,11 +58,14 @@ class LocalBackend:
         run_options: Sequence[str] = (),
         spare_hosts: int = 0,
         zygote: bool | None = None,
+        adopt_zygote: tuple[int, int, int] | None = None,
     ) -> None:
         """`lab`: a boxer.lab.Lab (or its name). `cwd`: where instances start (the deployment
         file's folder, so relative paths in commands work). `run_options`: extra `boxer run`
         options, e.g. ("-v",). `zygote`: fork `boxer run` from a pre-initialised agent (default:
-        yes, unless BOXER_LAB_ZYGOTE=0); it starts now when an event loop runs."""
+        yes, unless BOXER_LAB_ZYGOTE=0); it starts now when an event loop runs. `adopt_zygote`:
+        (pid, its stdout's fd, its stdin's fd) of one already started (zygote.start_for_adoption:
+        `boxer up` starts it before it builds the lab) to use instead of starting one."""
         if isinstance(lab, str):
             from boxer.lab import load_lab
 
@@ -97,6 +100,7 @@ class LocalBackend:
         self._zygote_start: asyncio.Task[Any] | None = None
         self._forked: dict[int, int] = {}  # id(handle) -> pid, for instances forked by the zygote
         self._zygote_refusals: set[str] = set()
+        self._adopt_zygote = adopt_zygote
         if self._zygote_wanted:
             try:
                 asyncio.get_running_loop()
@@ -139,7 +143,10 @@ class LocalBackend:
 
         log_path = str(self.log_dir / "zygote.log") if self.log_dir is not None else None
         zygote = Zygote(self.python, self.base_env, log_path)
-        await zygote.start()
+        if self._adopt_zygote is not None:
+            await zygote.adopt(*self._adopt_zygote)
+        else:
+            await zygote.start()
         log.info("zygote of lab %s ready (pid %s)", self.lab.name, zygote.pid)
         self._zygote = zygote
         return zygote

@@ -40,6 +40,7 @@ exec` did, until they are stopped or `boxer down` removes the lab.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -48,8 +49,10 @@ import signal
 import sys
 import traceback
 from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["IMPORT_TIME_ENV", "Zygote", "ZygoteError", "incompatibility", "join_netns", "main"]
+__all__ = ["IMPORT_TIME_ENV", "Zygote", "ZygoteError", "incompatibility", "join_netns", "main",
+           "start_for_adoption"]
 
 # Read when the agent's modules are imported (so fixed in the zygote): an instance whose
 # environment gives any of them another value than the zygote's is not forked.
@@ -106,6 +109,8 @@ class Zygote:
         self.start_timeout = start_timeout
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
+        self._stdin: asyncio.StreamWriter | None = None  # our requests
+        self._stdout: asyncio.StreamReader | None = None  # its answers
         self._reader: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._ids = iter(range(1, 1 << 62))
@@ -129,7 +134,27 @@ class Zygote:
             if err is not asyncio.subprocess.DEVNULL:
                 err.close()
         self.pid = self._proc.pid
-        self._reader = loop.create_task(self._read())
+        self._stdin, self._stdout = self._proc.stdin, self._proc.stdout
+        await self._until_ready()
+
+    async def adopt(self, pid: int, answers_fd: int, requests_fd: int) -> None:
+        """Take over a zygote another process started (`boxer up` starts it before it builds
+        the lab, so that it has imported everything by the first launch) from the two ends of
+        its pipes we inherited: its stdout to read, its stdin to write."""
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self.pid = pid
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(answers_fd, "rb", buffering=0))
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(requests_fd, "wb", buffering=0))
+        self._stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+        self._stdout = reader
+        await self._until_ready()
+
+    async def _until_ready(self) -> None:
+        self._reader = asyncio.get_running_loop().create_task(self._read())
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.start_timeout)
         except asyncio.TimeoutError:
@@ -138,9 +163,9 @@ class Zygote:
         self.alive = True
 
     async def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._stdout is not None
         try:
-            while line := await self._proc.stdout.readline():
+            while line := await self._stdout.readline():
                 msg = json.loads(line)
                 if "ready" in msg:
                     if not self._ready.done():
@@ -168,9 +193,9 @@ class Zygote:
                     future.exception()  # retrieved: whoever awaits it gets it too
 
     def _write(self, request: dict) -> None:
-        if not self.alive or self._proc is None or self._proc.stdin is None:
+        if not self.alive or self._stdin is None:
             raise ZygoteError("the zygote is gone")
-        self._proc.stdin.write((json.dumps(request, separators=(",", ":")) + "\n").encode())
+        self._stdin.write((json.dumps(request, separators=(",", ":")) + "\n").encode())
 
     async def spawn(self, netns: str, argv: list[str], env: Mapping[str, str], cwd: str | None,
                     log: str | None) -> int:
@@ -201,23 +226,46 @@ class Zygote:
         self._exits.pop(pid, None)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Let the zygote go (its children, if any still run, are not touched)."""
+        """Let the zygote go (its children, if any still run, are not touched): it exits at the
+        end of its stdin."""
+        if self._stdin is not None and not self._stdin.is_closing():
+            self._stdin.close()
         proc = self._proc
-        if proc is None:
-            return
-        if proc.stdin is not None and not proc.stdin.is_closing():
-            proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+        if proc is not None:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        elif self.pid is not None and self._reader is not None:
+            # Adopted: not our child. Its stdout ends when it exits.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
         if self._reader is not None:
             try:
                 await asyncio.wait_for(self._reader, 1.0)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self._reader.cancel()
         self.alive = False
+
+
+def start_for_adoption(python: str, env: Mapping[str, str], log: str | None) -> Any:
+    """Start a zygote for another process to adopt (Zygote.adopt): a subprocess.Popen whose
+    stdin and stdout are pipes. Pass `proc.stdout.fileno()` and `proc.stdin.fileno()` on to
+    the adopter, then close them here: the zygote exits when its adopter closes its stdin."""
+    import subprocess
+
+    err = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen([python, "-m", "boxer.backends.zygote", "-" * TITLE_ROOM],
+                                env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=err, start_new_session=True)
+    finally:
+        if err is not subprocess.DEVNULL:
+            err.close()
 
 
 # --- the zygote ------------------------------------------------------------------------------
