@@ -314,7 +314,7 @@ def _reapply(file: Path, deployment: Any, name: str) -> None:
         _check_lab_room(deployment, info["lab"], name)
     generation = int(info.get("generation", 0)) + 1
     shutil.copyfile(file, paths.next_file)
-    write_json_atomic(paths.deployment, {**info, "file": str(file.resolve()), "generation": generation})
+    write_json_atomic(paths.deployment, {**info, "generation": generation})
     started = time.monotonic()
     os.kill(int(info["controller_pid"]), signal.SIGHUP)
     answer = None
@@ -329,6 +329,8 @@ def _reapply(file: Path, deployment: Any, name: str) -> None:
     if answer.get("error") or answer.get("refused"):
         raise DeployError(f"the controller refused the change: "
                           f"{answer.get('error') or ', '.join(answer['refused'])}")
+    write_json_atomic(paths.deployment, {**(read_json(paths.deployment) or info),
+                                         "file": str(file.resolve())})
     for change in answer.get("changes", []):
         click.echo(f"applied {change}")
     for service in answer.get("rollouts", []):

@@ -117,6 +117,9 @@ class ControllerRuntime:
         command or environment: their running instances are rolled out (controller.policy)."""
         self.deployment = deployment
         self.book.apply(deployment, rolled)
+        # Now, not at the next tick: `boxer up` watches the status for the rollout to finish,
+        # and must not take the one from before the change for "done".
+        self._write_status()
         self._wake.set()
 
     # -- the loop --------------------------------------------------------------------------

@@ -190,14 +190,14 @@ def test_up_again_applies_an_edited_file_while_it_runs(deployment, tmp_path):
         assert rolled.returncode == 0, rolled.stderr + rolled.stdout
         assert "applied services.api.env.VERSION: (unset) -> 2" in rolled.stdout
         assert "rolling out api" in rolled.stdout
-        time.sleep(1.0)  # and after it
+        st = status(deployment)  # `up` returned: the rollout is over
+        time.sleep(1.0)  # requests after it
     finally:
         done.touch()
         out, err = steady.communicate(timeout=30)
     result = json.loads(out.strip().splitlines()[-1])
     print(f"rollout under steady requests: {result['ok']} ok, {len(result['failed'])} failed")
     assert result["failed"] == [] and result["ok"] >= 20, err[-2000:]
-    st = status(deployment)
     assert st["services"]["api"]["revision"] == 2 and st["services"]["api"]["outdated"] == 0
     api = [i for i in st["instances"] if i["service"] == "api" and i["state"] == "ready"]
     assert len(api) == 2 and {i["revision"] for i in api} == {2}
