@@ -246,6 +246,7 @@ class _ServiceTick:
         self._finish_renewals(live, renewing)
         self._rollout(live)
         self._drains(live)
+        self._handovers(instances)
         self._scale(live, pending)
 
     def _bookkeeping(self, instances: list[InstanceSignals]) -> list[InstanceSignals]:
@@ -317,7 +318,7 @@ class _ServiceTick:
         is ready, so capacity never drops below what runs."""
         in_service = [i for i in live if not self._draining(i) and i.id not in self.state.stopping]
         surge = max(1, -(-len(in_service) // 4))
-        renewing = sum(1 for i in in_service if i.id in self.state.renewing)
+        renewing = sum(1 for i in in_service if i.id in self.state.renewing) + len(self.state.handover)
         outdated = sorted((i for i in in_service if i.outdated and i.ready
                            and i.id not in self.state.renewing), key=lambda i: i.started_at)
         for instance in outdated[:max(0, surge - renewing)]:
@@ -325,9 +326,35 @@ class _ServiceTick:
                                   " environment changed")
 
     def _renew(self, instance: InstanceSignals, reason: str) -> None:
+        if self._declared(instance.index):
+            # Its name is what clients know, and a name is one instance at a time: drain it now,
+            # start its successor under the same name once it has gone (_handovers).
+            self._drain(instance.id, f"{reason}; {instance.name} is a declared name: drained first,"
+                                     " then started again under it")
+            self.state = replace(self.state, handover=MappingProxyType(
+                {**self.state.handover, instance.index: instance.placement}))
+            return
         new_id = self._start(instance.placement, reason)
         self.state = replace(self.state, renewing=MappingProxyType(
             {**self.state.renewing, instance.id: new_id}))
+
+    def _declared(self, index: int) -> bool:
+        hostnames = self.service.hostnames
+        return hostnames is not None and index <= len(hostnames)
+
+    def _handovers(self, instances: list[InstanceSignals]) -> None:
+        """Start a renewed declared host again, under its name, once its old instance is gone."""
+        if not self.state.handover:
+            return
+        held = {i.index for i in instances} | {s.index for s in self.state.starting}
+        waiting = dict(self.state.handover)
+        for index, placement in self.state.handover.items():
+            if index in held:
+                continue
+            name = self.service.instance_name(self.name, index)
+            self._start(placement, f"start {name} again: renewed under its declared name", index=index)
+            del waiting[index]
+        self.state = replace(self.state, handover=MappingProxyType(waiting))
 
     def _finish_renewals(self, live: list[InstanceSignals], renewing: Mapping[str, str]) -> None:
         """A renewed instance is drained once its replacement is ready, or its end is near."""
@@ -367,7 +394,8 @@ class _ServiceTick:
         # instance being renewed is already counted through its replacement.
         serving = [i for i in live if not self._draining(i)]
         counted = [i for i in serving if i.id not in st.renewing]
-        current = len(counted) + len(st.starting)
+        # A declared host between its old instance and its new one still counts.
+        current = len(counted) + len(st.starting) + len(st.handover)
         ceiling = max(0, svc.effective_max_instances - st.retired)
         floor = min(svc.min_instances, ceiling)
 

@@ -500,3 +500,33 @@ class TestRollout:
             now += 0.25
         assert sorted(i.index for i in instances) == [6, 7, 8, 9, 10]
         assert not any(i.outdated for i in instances)
+
+
+def test_a_declared_host_is_renewed_under_its_own_name_after_it_has_gone() -> None:
+    """Clients know kv-a by name, and a name is one instance at a time: at the end of its
+    lifetime kv-a is drained first, nothing else is started meanwhile, and once it has gone
+    kv-a starts again (same index, same name)."""
+    ctl = Controller(deployment("""\
+        services:
+          kv:
+            command: [redis-server]
+            minInstances: 2
+            maxInstances: 2
+            hostnames: [kv-a, kv-b]
+            maxLifetimeSeconds: 300
+            renewalMarginSeconds: 30
+        """))
+    ctl.tick(0.0)
+    kva = replace(inst("kv-1", 1, now=271.0, lifetime_left=29.0), id="kv-a.1", name="kv-a")
+    kvb = replace(inst("kv-2", 2, now=271.0, lifetime_left=200.0), id="kv-b.2", name="kv-b")
+    assert ctl.tick(271.0, kva, kvb).decisions == (
+        Drain("kv-a.1", "renew kv-a: lifetime left 29 s < margin 30 s; kv-a is a declared name:"
+                        " drained first, then started again under it"),)
+    kva = replace(kva, last_heard=272.0, draining=True, active_connections=0)
+    kvb = replace(kvb, last_heard=272.0)
+    assert ctl.tick(272.0, kva, kvb).decisions == (Stop("kv-a.1", "drained: no connections left"),)
+    assert ctl.tick(272.5, replace(kva, last_heard=272.5), replace(kvb, last_heard=272.5)).decisions == ()
+    # kv-a has gone: it starts again, as kv-a.
+    assert ctl.tick(273.0, replace(kvb, last_heard=273.0)).decisions == (
+        Start("kv", FN, "start kv-a again: renewed under its declared name", "kv-a.3", "kv-a", 1),)
+    assert ctl.tick(273.5, replace(kvb, last_heard=273.5)).decisions == ()
