@@ -115,8 +115,8 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
 
     On a deployment that is already up, apply the edited FILE to it instead: instance counts,
     `autoscale`, `restartPolicy` and `partition` change at the controller's next tick; a new
-    command or env is rolled out (each instance replaced once its successor listens); a new
-    placement, services added or removed are refused, naming the fields.
+    command or env is rolled out (each instance replaced once its successor listens); a service
+    added starts; a new placement or a service removed is refused, naming the fields.
 
     \b
     Examples:

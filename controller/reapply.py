@@ -4,9 +4,10 @@ What the controller decides from (instance counts, autoscaling, restart policy, 
 guard) changes at its next tick. A new command, environment or lifetime of a service applies to
 the instances started from then on, and its running instances are rolled out: each is renewed
 (its replacement started, then it is drained), a quarter of the service at a time. Where
-instances run and what they are called (placement, baseCapacity, hostnames), services added or
-removed, the name and the backend: refused with the fields they touch, and the deployment runs
-on unchanged.
+instances run and what they are called (placement, baseCapacity, hostnames), services removed
+(their instances would have to be drained by hand), the name and the backend: refused with the
+fields they touch, and the deployment runs on unchanged. A service added starts as it would at
+`boxer up`.
 
     plan = plan_reapply(running, edited)
     plan.refused   # ["services.api.placement"]: `boxer down` and `boxer up` to change these
@@ -54,9 +55,10 @@ def plan_reapply(running: Deployment, edited: Deployment) -> Reapply:
             target = changes if key in LIVE_DEPLOYMENT_FIELDS else refused
             target.extend(_differences(key, old.get(key), new.get(key), as_change=target is changes))
     old_services, new_services = old["services"], new["services"]
-    for service in sorted(set(old_services) ^ set(new_services)):
-        what = "added" if service in new_services else "removed"
-        refused.append(f"services.{service} ({what})")
+    for service in sorted(set(new_services) - set(old_services)):
+        changes.append(f"services.{service}: added")
+    for service in sorted(set(old_services) - set(new_services)):
+        refused.append(f"services.{service} (removed)")
     rollouts: list[str] = []
     for service in sorted(set(old_services) & set(new_services)):
         before, after = old_services[service], new_services[service]

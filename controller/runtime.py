@@ -115,8 +115,13 @@ class ControllerRuntime:
         """Run on an edited deployment file from now on (`boxer up` again; controller.reapply
         has checked what changed): tick at once with it. The services in `rolled` have a new
         command or environment: their running instances are rolled out (controller.policy)."""
+        from nat_traversal import messages as m
+
         self.deployment = deployment
         self.book.apply(deployment, rolled)
+        # Services added, and holds changed (scaleFromZeroTimeoutSeconds): the coordinator
+        # gives new services their address, and holds connects to them while they start.
+        self._spawn(self._send(m.Declare(services=self._holds())))
         # Now, not at the next tick: `boxer up` watches the status for the rollout to finish,
         # and must not take the one from before the change for "done".
         self._write_status()

@@ -72,9 +72,12 @@ def test_where_instances_run_is_refused_by_path() -> None:
     assert plan.refused == ("services.db.placement",)
 
 
-def test_services_added_or_removed_are_refused() -> None:
+def test_a_service_added_applies_and_one_removed_is_refused() -> None:
+    plan = plan_reapply(deployment(), deployment(BASE + "  cache:\n    command: [memcached]\n"))
+    assert plan.ok and plan.changes == ("services.cache: added",) and plan.rollouts == ()
     plan = plan_reapply(deployment(), edited("  db:\n", "  cache:\n"))
-    assert plan.refused == ("services.cache (added)", "services.db (removed)")
+    assert plan.changes == ("services.cache: added",)
+    assert plan.refused == ("services.db (removed)",)
 
 
 def test_mixed_edits_report_both_lists() -> None:

@@ -372,3 +372,28 @@ def test_instances_of_an_earlier_revision_are_outdated_and_new_ones_are_not():
     assert {s.id: s.outdated for s in book.signals(1.3).instances} == {"api-1.1": True, "api-2.2": False}
     book.apply(edited)  # counts only: no new revision
     assert book.revision("api") == 2
+
+
+def test_an_applied_deployment_declares_its_services_and_starts_one_added():
+    async def scenario() -> None:
+        backend = FakeBackend()
+        rt, session = runtime(backend)
+        await rt.tick(0.0)
+        await settle()
+        assert [s.name for s in backend.launched] == ["web-1"]
+        edited = Deployment.model_validate({"services": {
+            **SPEC["services"],
+            "api": {**SPEC["services"]["api"],
+                    "autoscale": {**SPEC["services"]["api"]["autoscale"], "scaleFromZeroTimeoutSeconds": 20}},
+            "cache": {"command": ["redis-server"], "placement": "function", "minInstances": 1}}})
+        rt.apply(edited)
+        await settle()
+        (declare,) = [x for x in session.sent if isinstance(x, m.Declare)]
+        assert declare.services == {"api": 20.0, "web": 10.0, "cache": 10.0}
+        assert rt.status()["services"]["cache"]["min"] == 1
+        await rt.tick(0.25)
+        await settle()
+        assert [s.name for s in backend.launched] == ["web-1", "cache-1"]
+        await rt.shutdown()
+
+    asyncio.run(scenario())
