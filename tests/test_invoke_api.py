@@ -81,7 +81,7 @@ def test_answers_like_lambda(handlers: dict[str, Any], clients: Any) -> None:
         # Event: 202 at once, with a request id; the handler runs in a sandbox afterwards.
         reply = lam.invoke(FunctionName="boxer-t", InvocationType="Event",
                            Payload=json.dumps(event(handlers["secret"])))
-        assert reply["StatusCode"] == 202
+        assert reply["StatusCode"] == 202 and reply["Payload"].read() == b""
         assert len(reply["ResponseMetadata"]["RequestId"]) == 36
         (result,) = wait_for(lambda: server.stats()["results"])
         assert result["request_id"] == reply["ResponseMetadata"]["RequestId"]
@@ -96,7 +96,8 @@ def test_answers_like_lambda(handlers: dict[str, Any], clients: Any) -> None:
         assert json.loads(reply["Payload"].read())["errorType"] == "EventError"
         # A function by ARN, DryRun, and the configuration.
         arn = f"arn:aws:lambda:{REGION}:000000000000:function:boxer-t"
-        assert lam.invoke(FunctionName=arn, InvocationType="DryRun")["StatusCode"] == 204
+        reply = lam.invoke(FunctionName=arn, InvocationType="DryRun")
+        assert (reply["StatusCode"], reply["Payload"].read()) == (204, b"")
         config = lam.get_function_configuration(FunctionName="boxer-t")
         assert (config["FunctionName"], config["Timeout"], config["State"]) == \
             ("boxer-t", 30, "Active")
@@ -118,7 +119,7 @@ def test_answers_like_lambda(handlers: dict[str, Any], clients: Any) -> None:
         assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
         # Dropped events: accepted, never run.
         reply = lam.invoke(FunctionName="boxer-void", InvocationType="Event", Payload=b"{}")
-        assert reply["StatusCode"] == 202
+        assert reply["StatusCode"] == 202 and reply["Payload"].read() == b""
         stats = server.stats()
         assert (stats["events"], stats["dropped"], stats["requests"]) == (2, 1, 2)
         assert len(stats["results"]) == 3
@@ -132,8 +133,9 @@ def test_events_queue_for_a_free_slot_and_a_busy_function_throttles_sync_calls(
     try:
         lam = clients(server)
         for name in ("kv-1", "kv-2"):
-            lam.invoke(FunctionName="boxer-t", InvocationType="Event",
-                       Payload=json.dumps(event(handlers["secret"], name)))
+            reply = lam.invoke(FunctionName="boxer-t", InvocationType="Event",
+                               Payload=json.dumps(event(handlers["secret"], name)))
+            reply["Payload"].read()  # gives botocore its connection back
         busy = wait_for(lambda: server.stats()["functions"]["boxer-t"]["running"] == 1
                         and server.stats())
         assert busy["functions"]["boxer-t"]["queued"] == 1  # one slot: the second one waits
@@ -147,7 +149,7 @@ def test_events_queue_for_a_free_slot_and_a_busy_function_throttles_sync_calls(
     # close() ended the running sandbox (its tree with it) and dropped the queued event.
     assert time.monotonic() - began < 15
     stats = server.stats()
-    assert [r["status"] for r in stats["results"]] == ["stopped"]
+    assert [r["status"] for r in stats["results"]] == ["stopped"], stats["results"]
     assert stats["dropped_on_close"] == 1
     assert stats["functions"]["boxer-t"]["running"] == 0
 
@@ -184,6 +186,8 @@ def test_the_lambda_backend_retries_throttling_from_the_endpoint(monkeypatch, tm
         with pytest.raises(LaunchError) as caught:
             asyncio.run(backend.launch(spec))
         assert caught.value.code == "TooManyRequestsException" and caught.value.attempts == 5
+        # Ten calls, one connection: the backend reads each answer, so botocore reuses it.
+        assert server.stats()["connections"] == 1
         bad = LambdaBackend(LambdaFacts("nope", "203.0.113.7:7000", "/x", REGION))
         server.throttle(0)
         with pytest.raises(LaunchError) as caught:

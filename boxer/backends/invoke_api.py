@@ -293,6 +293,9 @@ class InvokeApiServer:
         except (IndexError, json.JSONDecodeError, UnicodeDecodeError):
             result = {"status": "crashed", "payload": {"exit_code": proc.returncode},
                       "duration": round(time.monotonic() - started, 3)}
+            if self._closing and proc.returncode == -signal.SIGTERM:
+                # close() stopped a sandbox still starting, before it could catch SIGTERM.
+                result["status"] = "stopped"
         self._finished(config.name, request_id, result)
         return dict(result)
 
@@ -325,6 +328,11 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
 def _make_handler(server: InvokeApiServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # botocore keeps its connections open
+
+        def setup(self) -> None:
+            super().setup()
+            with server._lock:  # one per TCP connection: shows whether clients reuse theirs
+                server.counts["connections"] += 1
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("invoke api: " + format, *args)

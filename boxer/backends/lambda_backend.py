@@ -234,6 +234,9 @@ class LambdaBackend:
             except BotoCoreError as exc:  # credentials, region, endpoint: not worth retrying
                 raise LaunchError(instance, str(exc), code=type(exc).__name__,
                                   attempts=attempt) from None
+            # The answer's body is empty for an event, but until it is read botocore holds
+            # the connection: every launch would open (and leak) one more instead of reusing it.
+            await loop.run_in_executor(self._pool, _drain, reply)
             status = reply.get("StatusCode")
             if status != 202:
                 raise LaunchError(instance, f"Invoke answered status {status}, expected 202 "
@@ -241,6 +244,13 @@ class LambdaBackend:
                                   code="UnexpectedStatus", attempts=attempt)
             return reply, attempt
         raise AssertionError("unreachable")
+
+
+def _drain(reply: dict[str, Any]) -> None:
+    body = reply.get("Payload")
+    if body is not None:
+        body.read()
+        body.close()
 
 
 def _make_client(region: str) -> Any:
