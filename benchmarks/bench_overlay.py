@@ -68,6 +68,10 @@ def main() -> int:
     parser.add_argument("--rtts", type=int, default=2000, help="round trips on an open connection")
     parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/overlay rounds")
     parser.add_argument("--gap", type=float, default=0.02, help="seconds between new connections")
+    parser.add_argument("--rate-seconds", type=float, default=3.0,
+                        help="seconds of back-to-back new connections for the connect-rate test")
+    parser.add_argument("--rate-clients", type=int, default=8,
+                        help="parallel clients in the connect-rate test")
     parser.add_argument("--out", default=str(HERE / "results" / "overlay.json"))
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -133,6 +137,15 @@ def main() -> int:
             "cold_p50": percentile(cold_conn, 0.5) * 1e3, "cold_p99": percentile(cold_conn, 0.99) * 1e3,
             "overlay_p50": percentile(over_conn, 0.5) * 1e3, "overlay_p99": percentile(over_conn, 0.99) * 1e3,
             "gap_s": args.gap, "target": "overlay p50 <= 2, p99 <= 10"}
+
+        # New connections back to back from parallel clients, as a web server without
+        # keep-alive makes them: each one is brokered (or taken from the spares) by the agents.
+        rate = [str(args.rate_seconds), str(args.rate_clients)]
+        base_rate = sum(probe(lab, PROBE + ["rate", pub, "7001", *rate]))
+        over_rate = sum(probe(lab, client + PROBE + ["rate", "echo", "7002", *rate]))
+        results["connects_per_second"] = {
+            "baseline": base_rate, "overlay": over_rate, "ratio": over_rate / base_rate,
+            "clients": args.rate_clients, "seconds": args.rate_seconds}
     finally:
         stop_all(procs)
         lab_down(name)
@@ -146,6 +159,9 @@ def main() -> int:
     print(f"{'connect to first byte p50 (ms)':38} {c['baseline_p50']:12.3f} {c['overlay_p50']:12.3f} {'':8}  p50 <= 2")
     print(f"{'connect to first byte p99 (ms)':38} {c['baseline_p99']:12.3f} {c['overlay_p99']:12.3f} {'':8}  p99 <= 10")
     print(f"{'  cold (no spare) p50 / p99 (ms)':38} {'':12} {c['cold_p50']:5.2f} / {c['cold_p99']:5.2f}")
+    k = results["connects_per_second"]
+    label = f"new connections/s ({k['clients']} clients)"
+    print(f"{label:38} {k['baseline']:12.0f} {k['overlay']:12.0f} {k['ratio']:8.3f}")
     a = results["server_agent_cpu_s_during_bulk"]
     print(f"{'server agent CPU during bulk (s)':38} {'':>12} {a['overlay']:12.3f} {'':8}  ~0 over {a['seconds']} s")
     write_results(args.out, results)
