@@ -114,9 +114,10 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
     """Bring up the deployment in FILE and run its controller.
 
     On a deployment that is already up, apply the edited FILE to it instead: instance counts,
-    `autoscale`, `restartPolicy` and `partition` change at the controller's next tick; a new
-    command or env is rolled out (each instance replaced once its successor listens); a service
-    added starts; a new placement or a service removed is refused, naming the fields.
+    `autoscale`, `restartPolicy`, `partition` and `lambda.maxConcurrency` change at the
+    controller's next tick; a new command or env is rolled out (each instance replaced once its
+    successor listens); a service added starts; a new placement or a service removed is
+    refused, naming the fields.
 
     \b
     Examples:
@@ -175,8 +176,14 @@ def _lambda_preflight(file: Path, deployment: Any, outputs: Path | None) -> dict
     """Everything `--backend lambda` needs, checked before anything starts: the outputs file,
     the secret in SSM (standard credential chain), the function, the coordinator. The secret
     is only used to open a test session; the controller reads it again itself."""
-    from boxer.backends.lambda_setup import (SetupError, concurrency_limit, effective_concurrency,
-                                             load_facts, outputs_path, preflight)
+    from boxer.backends.lambda_setup import (
+        SetupError,
+        concurrency_limit,
+        effective_concurrency,
+        load_facts,
+        outputs_path,
+        preflight,
+    )
     from controller.spec import LambdaSettings
 
     settings = deployment.lambda_ or LambdaSettings()
@@ -312,9 +319,12 @@ def _reapply(file: Path, deployment: Any, name: str) -> None:
         return
     if info.get("lab"):
         _check_lab_room(deployment, info["lab"], name)
+    backend_settings = {}
+    if info.get("backend") == "lambda":
+        backend_settings = _lambda_settings_again(deployment, info, plan.changes)
     generation = int(info.get("generation", 0)) + 1
     shutil.copyfile(file, paths.next_file)
-    write_json_atomic(paths.deployment, {**info, "generation": generation})
+    write_json_atomic(paths.deployment, {**info, **backend_settings, "generation": generation})
     started = time.monotonic()
     os.kill(int(info["controller_pid"]), signal.SIGHUP)
     answer = None
@@ -339,6 +349,36 @@ def _reapply(file: Path, deployment: Any, name: str) -> None:
     if not _show_progress(paths, deployment, started, None):
         click.echo("boxer: not every service came up in time; see `boxer status` and "
                    f"{paths.root}/", err=True)
+
+
+def _lambda_settings_again(deployment: Any, info: dict[str, Any],
+                           changes: tuple[str, ...]) -> dict[str, Any]:
+    """The edits to a running deployment's `lambda:` block, for its controller: the concurrency
+    it may use, looked up again as at `boxer up` (the function's reserved concurrency or the
+    account's unreserved share may have changed since), and the registration timeout."""
+    from boxer.backends.lambda_setup import (
+        SetupError,
+        concurrency_limit,
+        effective_concurrency,
+        load_facts,
+    )
+    from controller.spec import LambdaSettings
+
+    settings = deployment.lambda_ or LambdaSettings()
+    found: dict[str, Any] = {}
+    if any(change.startswith("lambda.registerTimeoutSeconds:") for change in changes):
+        found["register_timeout"] = settings.register_timeout_seconds
+    if any(change.startswith("lambda.maxConcurrency:") for change in changes):
+        try:
+            facts = load_facts(info["outputs"])
+            limit, source = concurrency_limit(facts)
+            found["max_concurrency"], note = effective_concurrency(
+                settings.max_concurrency, limit, source, facts.function_name)
+        except SetupError as exc:
+            raise DeployError(str(exc)) from None
+        if note:
+            click.echo(note)
+    return found
 
 
 def _check_lab_room(deployment: Any, lab_name: str, name: str) -> None:

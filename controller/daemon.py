@@ -100,6 +100,7 @@ def _reapply(paths: DeployPaths, runtime: Any, kind: str) -> None:
                       rollouts=list(plan.rollouts))
         if plan.ok:
             runtime.apply(edited, plan.rollouts)
+            _apply_backend_settings(runtime, read_json(paths.deployment) or {})
             os.replace(paths.next_file, paths.applied_file)
             log.info("reapplied: %s", "; ".join(plan.changes) or "no change")
         else:
@@ -107,6 +108,17 @@ def _reapply(paths: DeployPaths, runtime: Any, kind: str) -> None:
                       ", ".join(plan.refused))
     paths.next_file.unlink(missing_ok=True)
     write_json_atomic(paths.reapplied, answer)
+
+
+def _apply_backend_settings(runtime: Any, info: dict[str, Any]) -> None:
+    """What `boxer up` worked out for the backend from the edited `lambda:` block (the
+    concurrency it may use, after the function's and the account's limits) and wrote beside
+    the deployment before signalling us."""
+    set_limit = getattr(runtime.backend, "set_max_concurrency", None)
+    if set_limit is not None and info.get("max_concurrency"):
+        set_limit(int(info["max_concurrency"]))
+    if info.get("register_timeout") is not None:
+        runtime.set_register_timeout(float(info["register_timeout"]))
 
 
 def _lab_backend(info: dict[str, Any], paths: DeployPaths, kind: str,

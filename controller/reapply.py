@@ -1,11 +1,12 @@
 """`boxer up FILE` on a deployment that is already up: which changes apply to it live (pure).
 
 What the controller decides from (instance counts, autoscaling, restart policy, the partition
-guard) changes at its next tick. A new command, environment or lifetime of a service applies to
-the instances started from then on, and its running instances are rolled out: each is renewed
-(its replacement started, then it is drained), a quarter of the service at a time. Where
-instances run and what they are called (placement, baseCapacity, hostnames), services removed
-(their instances would have to be drained by hand), the name and the backend: refused with the
+guard) changes at its next tick, and so do the Lambda backend's concurrency and registration
+timeout. A new command, environment or lifetime of a service applies to the instances started
+from then on, and its running instances are rolled out: each is renewed (its replacement
+started, then it is drained), a quarter of the service at a time. Where instances run and what
+they are called (placement, baseCapacity, hostnames), services removed (their instances would
+have to be drained by hand), the name, the backend and its `lambda.outputs`: refused with the
 fields they touch, and the deployment runs on unchanged. A service added starts as it would at
 `boxer up`.
 
@@ -31,6 +32,10 @@ LIVE_SERVICE_FIELDS = frozenset({"minInstances", "maxInstances", "restartPolicy"
 # What instances are started with: new instances get the new values, running ones are rolled out.
 ROLLED_SERVICE_FIELDS = frozenset({"command", "env", "maxLifetimeSeconds"})
 LIVE_DEPLOYMENT_FIELDS = frozenset({"partition", "services"})
+# `lambda:` fields the controller applies to its backend: how many invocations may be in flight
+# (`boxer up` looks up the function's concurrency again) and how long one has to register.
+# Its `outputs` name another deployment made by terraform: refused.
+LIVE_LAMBDA_FIELDS = frozenset({"maxConcurrency", "registerTimeoutSeconds"})
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,15 @@ def plan_reapply(running: Deployment, edited: Deployment) -> Reapply:
     refused: list[str] = []
     for key in sorted(set(old) | set(new)):
         if key == "services":
+            continue
+        if key == "lambda":
+            # Unset is the defaults: writing them out is no change.
+            before, after = _lambda_settings(old), _lambda_settings(new)
+            for field in sorted(set(before) | set(after)):
+                if before.get(field) != after.get(field):
+                    live = field in LIVE_LAMBDA_FIELDS
+                    (changes if live else refused).extend(_differences(
+                        f"lambda.{field}", before.get(field), after.get(field), as_change=live))
             continue
         if old.get(key) != new.get(key):
             target = changes if key in LIVE_DEPLOYMENT_FIELDS else refused
@@ -76,6 +90,12 @@ def plan_reapply(running: Deployment, edited: Deployment) -> Reapply:
 
 def _dump(deployment: Deployment) -> dict[str, Any]:
     return deployment.model_dump(mode="json", by_alias=True)
+
+
+def _lambda_settings(dumped: dict[str, Any]) -> dict[str, Any]:
+    from controller.spec import LambdaSettings
+
+    return dumped.get("lambda") or LambdaSettings().model_dump(mode="json", by_alias=True)
 
 
 def _differences(path: str, old: Any, new: Any, *, as_change: bool) -> list[str]:

@@ -127,6 +127,10 @@ class ControllerRuntime:
         self._write_status()
         self._wake.set()
 
+    def set_register_timeout(self, seconds: float) -> None:
+        """A new `lambda.registerTimeoutSeconds`, for launches from now on (see __init__)."""
+        self.timings = replace(self.timings, start_timeout=seconds)
+
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -104,3 +104,19 @@ def test_status_shows_a_rollout_in_progress() -> None:
     assert "2 (1 to roll out)" in wide and "REV" in wide
     done = {**status, "services": {"api": {**status["services"]["api"], "outdated": 0}}}
     assert "rolling out" not in status_text(done, wide=False)
+
+
+def test_lambda_concurrency_and_registration_timeout_apply_its_outputs_are_refused() -> None:
+    lambda_base = "name: shop\nbackend: lambda\nservices:\n  api: {command: [srv]}\n"
+    running = parse_deployment(lambda_base)
+    explicit = lambda_base + "lambda: {maxConcurrency: 100, registerTimeoutSeconds: 30}\n"
+    assert plan_reapply(running, parse_deployment(explicit)).changes == ()  # the defaults
+    plan = plan_reapply(running, parse_deployment(
+        lambda_base + "lambda: {maxConcurrency: 40, registerTimeoutSeconds: 60}\n"))
+    assert plan.ok and plan.rollouts == ()
+    assert plan.changes == ("lambda.maxConcurrency: 100 -> 40",
+                            "lambda.registerTimeoutSeconds: 30.0 -> 60.0")
+    plan = plan_reapply(running, parse_deployment(
+        lambda_base + "lambda: {outputs: other/outputs.json, maxConcurrency: 40}\n"))
+    assert plan.refused == ("lambda.outputs",)
+    assert plan.changes == ("lambda.maxConcurrency: 100 -> 40",)

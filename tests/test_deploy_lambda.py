@@ -267,6 +267,20 @@ def test_up_with_lambda_serves_redis_from_an_invocation_through_the_invoke_api(a
         info = json.loads((aws.root / "state" / name / "deployment.json").read_text())
         assert os.stat(f"/proc/{info['controller_pid']}").st_uid == NOBODY
         assert info["lab"] is None and info["outputs"].endswith("outputs.json")
+
+        # `boxer up` again with more concurrency and a longer registration timeout: both
+        # apply to the running controller; the instance runs on, untouched.
+        deploy.write_text(deploy.read_text().replace("maxConcurrency: 5", "maxConcurrency: 8")
+                          .replace("registerTimeoutSeconds: 30", "registerTimeoutSeconds: 45"))
+        again = subprocess.run(aws.up_as_user("--detach", str(deploy)), env=aws.env, check=False,
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0, again.stderr + again.stdout
+        assert "applied lambda.maxConcurrency: 5 -> 8" in again.stdout, again.stdout
+        assert "applied lambda.registerTimeoutSeconds: 30.0 -> 45.0" in again.stdout
+        status = aws.status(name)
+        assert status["backend_status"]["concurrency"] == {"limit": 8, "in_use": 1, "waiting": 0}
+        assert status["register_timeout"] == 45.0
+        assert [i["instance_id"] for i in status["instances"]] == [kv["instance_id"]]
     finally:
         down = _down(aws, name)
     assert down.returncode == 0, down.stderr

@@ -250,6 +250,36 @@ def test_concurrency_limit_waits_then_fails_and_slots_come_back(aws: Path) -> No
     assert [p["name"] for p in recording.payloads] == ["kv-0", "kv-1", "kv-3"]
 
 
+def test_a_new_concurrency_limit_applies_to_waiters_and_later_launches(aws: Path) -> None:
+    """`boxer up` again with another lambda.maxConcurrency (controller.reapply)."""
+    backend, recording = make(aws, max_concurrency=1, slot_timeout=5)
+
+    async def go() -> None:
+        first = await backend.launch(spec(0))
+        waiter = asyncio.create_task(backend.launch(spec(1)))
+        await asyncio.sleep(0.05)
+        assert backend.status()["concurrency"] == {"limit": 1, "in_use": 1, "waiting": 1}
+        backend.set_max_concurrency(3)  # raised: the waiter starts now, not at a release
+        second = await asyncio.wait_for(waiter, 1)
+        await backend.launch(spec(2))
+        assert backend.status()["concurrency"] == {"limit": 3, "in_use": 3, "waiting": 0}
+        # Lowered under what is in use: nothing running is taken back, and a launch waits
+        # until enough slots are given back to be under the new limit.
+        backend.set_max_concurrency(2)
+        waiter = asyncio.create_task(backend.launch(spec(3)))
+        first.mark_stopped()
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        assert backend.status()["concurrency"] == {"limit": 2, "in_use": 2, "waiting": 1}
+        second.mark_stopped()
+        assert (await asyncio.wait_for(waiter, 1)).spec.name == "kv-3"
+        with pytest.raises(ValueError, match="max_concurrency must be >= 1"):
+            backend.set_max_concurrency(0)
+
+    asyncio.run(go())
+    assert [p["name"] for p in recording.payloads] == ["kv-0", "kv-1", "kv-2", "kv-3"]
+
+
 def test_facts_errors_name_every_problem(tmp_path: Path) -> None:
     bad = outputs()
     del bad["function_name"]

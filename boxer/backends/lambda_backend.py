@@ -78,9 +78,7 @@ class ConcurrencyLimiter:
     """A counting semaphore that can say how full it is."""
 
     def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {limit}")
-        self.limit = limit
+        self.limit = _checked_limit(limit)
         self._in_use = 0
         self._waiting = 0
         self._freed = asyncio.Condition()
@@ -114,9 +112,24 @@ class ConcurrencyLimiter:
             return
         loop.create_task(self._notify())
 
-    async def _notify(self) -> None:
+    def set_limit(self, limit: int) -> None:
+        """A new limit, from now on. Raised: waiters take the new slots at once. Lowered: the
+        slots in use above it are not taken back; new ones wait until enough are given back."""
+        self.limit = _checked_limit(limit)
+        asyncio.get_running_loop().create_task(self._notify(everyone=True))
+
+    async def _notify(self, everyone: bool = False) -> None:
         async with self._freed:
-            self._freed.notify()
+            if everyone:
+                self._freed.notify_all()
+            else:
+                self._freed.notify()
+
+
+def _checked_limit(limit: int) -> int:
+    if limit < 1:
+        raise ValueError(f"max_concurrency must be >= 1, got {limit}")
+    return limit
 
 
 class LambdaBackend:
@@ -189,6 +202,12 @@ class LambdaBackend:
         # instance through its agent (drain, deregister, exit; the handler then returns);
         # here we only give back its slot.
         handle.mark_stopped()
+
+    def set_max_concurrency(self, limit: int) -> None:
+        """`boxer up` again with a new `lambda.maxConcurrency` (see controller.reapply)."""
+        if limit != self._slots.limit:
+            log.info("concurrency limit %d -> %d", self._slots.limit, limit)
+            self._slots.set_limit(limit)
 
     def status(self) -> dict[str, Any]:
         state = self._slots.state
