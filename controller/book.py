@@ -289,7 +289,9 @@ class Book:
                 if exited else None,
                 idle_seconds=max(0.0, float(report.get("idle", 0.0))),
                 lifetime_left=record.lifetime_left(now),
-                draining=bool(report.get("draining")) or record.draining,
+                # The agent's word: its report says it took the drain (decide() remembers
+                # the drains it asked for, and counts "drained" only from such a report).
+                draining=bool(report.get("draining")),
                 quiet_since=None if exited else record.quiet_since,
                 outdated=self.outdated(record),
             ))

@@ -104,10 +104,6 @@ class Timings:
     drain_before_end: float = 5.0  # drain a renewing instance this close to its end regardless
     stop_before_end: float = 1.0  # stop a draining instance this close to its end regardless
     drain_timeout: float = 60.0  # a draining instance still holding connections is stopped
-    # "No connections" counts only from a report received this long after we asked for the
-    # drain: an older one (reports come every second) misses connections set up meanwhile, and
-    # stopping on it resets them.
-    drain_report_after: float = 0.25
 
 
 DEFAULT_TIMINGS = Timings()
@@ -377,8 +373,12 @@ class _ServiceTick:
             asked = self.state.draining.get(instance.id)
             since = self.now if asked is None else asked
             left = instance.lifetime_left
-            fresh = asked is None or instance.last_heard - asked >= self.timings.drain_report_after
-            if instance.active_connections == 0 and fresh:
+            # "No connections" counts only from a report the agent made after it took the
+            # drain (it says so: `draining`). The coordinator sent it every connection routed
+            # there before the drain first, on the same stream, and the agent counts those
+            # still being set up; an earlier report misses them, and a stop would reset them.
+            acknowledged = asked is None or instance.draining
+            if instance.active_connections == 0 and acknowledged:
                 self._stop(instance.id, "drained: no connections left")
             elif left is not None and left <= self.timings.stop_before_end:
                 self._stop(instance.id, f"lifetime ends in {left:.1f} s with"

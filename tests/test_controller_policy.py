@@ -370,7 +370,8 @@ class TestLifetime:
     def test_no_connections_counts_only_from_a_report_after_the_drain(self) -> None:
         # Drained one tick after the replacement starts (lifetime left <= drain_before_end): the
         # last report, from before the drain, says 0 connections, but connects set up since
-        # would be reset by a stop. Only the agent's next report may say it is drained.
+        # would be reset by a stop. Only a report the agent made after it took the drain (it
+        # says `draining`) may say it is drained, however late another one comes.
         ctl = Controller(deployment(self.SPEC))
         ctl.tick(0.0)
         old = inst("api-1", 1, now=290.0, conns=0, lifetime_left=10.0)
@@ -381,7 +382,8 @@ class TestLifetime:
         )
         assert ctl.tick(295.25, old).decisions == ()  # still that old report
         assert ctl.tick(295.5, replace(old, last_heard=295.1)).decisions == ()  # sent before it
-        assert ctl.tick(296.0, replace(old, last_heard=295.9, draining=True)).decisions == (
+        assert ctl.tick(296.0, replace(old, last_heard=295.9)).decisions == ()  # not taken yet
+        assert ctl.tick(296.25, replace(old, last_heard=296.2, draining=True)).decisions == (
             Stop("api-1.1", "drained: no connections left"),
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -114,6 +115,41 @@ def test_each_new_connection_to_a_service_is_balanced_across_its_instances(lab):
     counts = json.loads(proc.stdout)
     assert set(counts) == {"web-1", "web-2", "web-3"}, counts
     assert min(counts.values()) >= 5, counts
+
+
+def test_a_connect_whose_instance_dies_while_it_is_set_up_goes_to_another(lab):
+    """The app's connect to a service is not failed for an instance that went away meanwhile
+    (stopped after a drain, or crashed): its agent asks the coordinator again."""
+    import psutil
+
+    start(lab, "h1", "web-1", sys.executable, str(APPS / "echo_server.py"), "7777", service="web")
+    frozen = start(lab, "h3", "web-2", sys.executable, str(APPS / "echo_server.py"), "7777",
+                   service="web")
+    wait_serving = ("import socket, time\n"
+                    "for _ in range(200):\n"
+                    "    try: socket.create_connection(('web-2', 7777), 1).close(); break\n"
+                    "    except OSError: time.sleep(0.1)\n")
+    assert run_app(lab, "h2", "probe", sys.executable, "-c", wait_serving).returncode == 0
+    time.sleep(1.5)  # both reported, listening: both are picked
+    # web-2 hangs: connects routed to it wait, unanswered, until it dies below.
+    tree = [frozen.pid, *(p.pid for p in psutil.Process(frozen.pid).children(recursive=True))]
+    os.kill(frozen.pid, signal.SIGSTOP)
+    script = ("import socket, json, time\n"
+              "served, began = [], time.monotonic()\n"
+              "for _ in range(6):\n"
+              "    s = socket.create_connection(('web', 7777), timeout=20)\n"
+              "    s.sendall(b'PEER\\n'); served.append(s.makefile().readline().split()[4]); s.close()\n"
+              "print(json.dumps({'served': served, 'seconds': time.monotonic() - began}))\n")
+    client = lab.popen("h2", [*BOXER, "run", "--name", "caller", "--", sys.executable, "-c", script],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lab.procs.append(client)
+    time.sleep(2.5)  # the client is up, and one of its connects waits for web-2
+    for pid in tree:
+        os.kill(pid, signal.SIGKILL)
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err[-3000:]
+    result = json.loads(out)
+    assert result["served"] == ["web-1"] * 6, result
 
 
 def test_drained_instance_finishes_its_connection_then_stops(lab):

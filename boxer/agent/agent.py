@@ -30,6 +30,7 @@ SERVICE_HOLD_LIMIT = 120.0  # seconds we wait for the coordinator on a connect t
 WARM_SPARES = int(os.environ.get("BOXER_WARM_SPARES", "1"))  # per (peer, port) at first; 0: none
 MAX_WARM_SPARES = 4  # per (peer, port), for apps that connect faster than one spare is remade
 MAX_HELD_SPARES = 64  # server side: spares held for clients, at most
+CONNECT_ATTEMPTS = 3  # a connect the app made, at most, before its failure is the app's
 WARM_DELAY = 0.01  # seconds between using a spare and starting to make its replacement
 # The ticket pools are filled once the app is up (it listens or connects), or this many seconds
 # after it started: before, they would compete with the app's own start for the CPU, and a cold
@@ -107,6 +108,11 @@ class Agent:
         # ("drain", grace seconds) or ("stop", reason), from the controller; the runner acts on it.
         self.stop_request: asyncio.Future[tuple[str, object]] = asyncio.get_running_loop().create_future()
         self.tracker = ConnectionTracker()
+        # Incoming connections the app does not hold yet: being punched, and woken (the app's
+        # accept() still to come), by local port, until the fast path would drop them. They
+        # count as active: a drained instance must not be stopped with one on its way in.
+        self._incoming_in_setup = 0
+        self._woken: dict[int, float] = {}
         self._warming: set[tuple[str, int]] = set()  # targets we are making spares for
         # Spares wanted per target: grows when the app's connects outrun the spare making.
         self._spare_goal: dict[tuple[str, int], int] = {}
@@ -153,7 +159,7 @@ class Agent:
         if sample is None:
             sample = self._sample()
         live, cpu, rss = sample
-        active = self.tracker.count_open(live)
+        active = self.tracker.count_open(live) + self.connections_in_setup()
         left = None if self.lifetime_deadline is None else max(0.0, self.lifetime_deadline - time.monotonic())
         return m.Report(active=active, accepted=self.stats["accepts"], connected=self.stats["connects"],
                         cpu=round(cpu, 1), rss=rss, listening=sorted(self.listeners),
@@ -161,6 +167,12 @@ class Agent:
                         relayed=self.stats["relayed"], first_try=self.stats["first_try"],
                         draining=self.draining,
                         lifetime_left=None if left is None else round(left, 1), exited=exited)
+
+    def connections_in_setup(self) -> int:
+        now = time.monotonic()
+        for port in [port for port, until in self._woken.items() if until <= now]:
+            del self._woken[port]
+        return self._incoming_in_setup + len(self._woken)
 
     def _sample(self) -> tuple[set[int] | None, float, int]:
         try:
@@ -318,6 +330,10 @@ class Agent:
         elif isinstance(msg, m.Drain):
             self.draining = True
             self._request_stop("drain", msg.grace)
+            # Now, not at the next report: the controller stops a drained instance only on a
+            # report that says it took the drain.
+            if self._sampler is not None and not self._closed:
+                self._spawn(self.send_report())
         elif isinstance(msg, m.Stop):
             self._request_stop("stop", msg.reason or "stopped by the controller")
         elif isinstance(msg, (m.Punch, m.ConnectFailed)):
@@ -385,6 +401,7 @@ class Agent:
             self._warm_up((event.addr, event.port))
         elif event.kind is EventKind.ACCEPTED:
             self.stats["accepts"] += 1
+            self._woken.pop(event.local_port, None)
             self.tracker.handed_port(event.local_port)
             self._connections_changed()
         elif event.kind is EventKind.WAKE_FAILED:
@@ -401,17 +418,21 @@ class Agent:
             self._spare_goal[target] = min(MAX_WARM_SPARES, goal + 1)
         # A connect to a service may be held by the coordinator while an instance starts (scale from
         # zero); the coordinator bounds that wait, we only guard against losing it meanwhile.
-        wait = self.timeouts.connect + (SERVICE_HOLD_LIMIT if self.names.is_service_address(req.addr) else 0)
+        service = self.names.is_service_address(req.addr)
+        wait = self.timeouts.connect + (SERVICE_HOLD_LIMIT if service else 0)
         deadline = time.monotonic() + wait
         try:
-            try:
-                sock, local_port = await asyncio.wait_for(self._connect_overlay(req.addr, req.port, deadline), wait)
-            except PunchError as exc:
-                if exc.errno_name != "ECONNABORTED" or time.monotonic() > deadline - 1.0:
-                    raise
-                # A ticket retired or a peer's rendezvous lost at the very moment: try once more.
-                sock, local_port = await asyncio.wait_for(self._connect_overlay(req.addr, req.port, deadline),
-                                                          max(0.1, deadline - time.monotonic()))
+            for attempt in range(1, CONNECT_ATTEMPTS + 1):
+                try:
+                    sock, local_port = await asyncio.wait_for(
+                        self._connect_overlay(req.addr, req.port, deadline),
+                        max(0.1, deadline - time.monotonic()))
+                    break
+                except PunchError as exc:
+                    if (attempt == CONNECT_ATTEMPTS or time.monotonic() > deadline - 1.0
+                            or not _worth_another_try(exc.errno_name, service)):
+                        raise
+                    log.info("connect to %s:%d: %s; trying again", req.addr, req.port, exc)
         except asyncio.TimeoutError:
             self.stats["failed"] += 1
             return req.reply(status=errno.ETIMEDOUT), None
@@ -563,6 +584,13 @@ class Agent:
                 self._release_incoming(msg.ticket)
             await self.session.send(m.Refuse(conn=msg.conn, error="ECONNREFUSED"))
             return
+        self._incoming_in_setup += 1
+        try:
+            await self._set_up_incoming(msg)
+        finally:
+            self._incoming_in_setup -= 1
+
+    async def _set_up_incoming(self, msg: m.Incoming) -> None:
         try:
             if msg.ticket is not None and msg.peer is not None:
                 pending = self._incoming.pop(msg.ticket, None)
@@ -590,7 +618,11 @@ class Agent:
         if msg.warm:
             # A client's spare: the fast path reads its GO byte, then wakes our app.
             self.fast.hold(sock, msg.dst_port, peer, self.timeouts.ticket_max_age * 2)
-        elif not self.fast.wake(sock, msg.dst_port, peer):
+            return
+        local_port = sock.getsockname()[1]
+        if self.fast.wake(sock, msg.dst_port, peer):
+            self._woken[local_port] = time.monotonic() + self.timeouts.accept_pickup
+        else:
             log.info("app no longer listens on %d: dropping connection %s", msg.dst_port, msg.conn)
 
     def _release_incoming(self, ticket_id: str) -> None:
@@ -608,3 +640,11 @@ class Agent:
         finally:
             self._awaiting.pop(msg.conn, None)
         return answer if isinstance(answer, m.Punch) else None
+
+
+def _worth_another_try(error: str, service: bool) -> bool:
+    """A failed connect the app need not see, because another may succeed: ECONNABORTED (a
+    ticket retired, or a peer's rendezvous connection lost, at that very moment) and, to a
+    service, EHOSTUNREACH (the instance the coordinator chose went away while the connection
+    was set up: stopped after a drain, or crashed; the next connect goes to another one)."""
+    return error == "ECONNABORTED" or (service and error == "EHOSTUNREACH")
