@@ -255,7 +255,7 @@ class LambdaBackend:
                                   attempts=attempt) from None
             # The answer's body is empty for an event, but until it is read botocore holds
             # the connection: every launch would open (and leak) one more instead of reusing it.
-            await loop.run_in_executor(self._pool, _drain, reply)
+            await loop.run_in_executor(self._pool, _read_answer, reply)
             status = reply.get("StatusCode")
             if status != 202:
                 raise LaunchError(instance, f"Invoke answered status {status}, expected 202 "
@@ -265,7 +265,7 @@ class LambdaBackend:
         raise AssertionError("unreachable")
 
 
-def _drain(reply: dict[str, Any]) -> None:
+def _read_answer(reply: dict[str, Any]) -> None:
     body = reply.get("Payload")
     if body is not None:
         body.read()
