@@ -105,6 +105,7 @@ class PendingConnect:
     client_ticket: str
     deadline: float
     punching: bool = False  # both sides were told to punch; only a Refuse can still come
+    to_service: bool = False  # made to a service's address: another instance may take it
 
 
 @dataclass
@@ -313,6 +314,20 @@ class Broker:
                 actions += self._tell_watchers(m.InstanceQuiet(
                     name=inst.name, service=inst.service, instance=inst.instance_id, quiet=True,
                     silent=round(now - conn.last_heard, 3)))
+                actions += self._give_up_service_connects_to(inst)
+        return actions
+
+    def _give_up_service_connects_to(self, inst: Instance) -> list[Action]:
+        """Connects to a service waiting on an instance gone quiet (hung, frozen, cut off):
+        EHOSTUNREACH, which the client's agent answers by asking again, and another instance
+        takes it (_pick_instance passes over quiet ones), rather than waiting out its connect
+        timeout. A connect to the instance's own address waits on: it may yet answer."""
+        actions: list[Action] = []
+        for pending in [p for p in self._pending.values()
+                        if p.server_cid == inst.cid and p.to_service]:
+            del self._pending[pending.conn]
+            self.connect_results["EHOSTUNREACH"] += 1
+            actions.append(Send(pending.client_cid, m.ConnectFailed(conn=pending.conn, error="EHOSTUNREACH")))
         return actions
 
     def _heard_again(self, inst: Instance, silent: float) -> list[Action]:
@@ -603,9 +618,12 @@ class Broker:
         return self._tell_watchers(m.Demand(service=service.name, port=msg.dst_port, waiting=waiting))
 
     def _pick_instance(self, service: str, port: int) -> Instance | None:
-        candidates = [(i.addr, i.load) for i in self._by_addr.values()
-                      if i.service == service and not i.draining]
-        addr = pick(candidates, port)
+        """The least loaded live instance; a quiet one only when every instance is quiet (then
+        the silence is more likely ours, or the network's, than theirs)."""
+        live = [i for i in self._by_addr.values() if i.service == service and not i.draining]
+        heard = [i for i in live if not i.quiet]
+        addr = pick([(i.addr, i.load) for i in heard], port) \
+            or pick([(i.addr, i.load) for i in live if i.quiet], port)
         if addr is None:
             return None
         chosen = self._by_addr[addr]
@@ -628,7 +646,8 @@ class Broker:
         ticket = self._tickets.get(msg.ticket)
         if ticket is None:
             return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error="ECONNABORTED"))]
-        pending = PendingConnect(msg.conn, conn.cid, server.cid, msg.ticket, now + self.timeouts.broker)
+        pending = PendingConnect(msg.conn, conn.cid, server.cid, msg.ticket, now + self.timeouts.broker,
+                                 to_service=self.services.by_vip(msg.dst_addr) is not None)
         self._pending[msg.conn] = pending
         self.connect_results["brokered"] += 1
         server_ticket = self._take_incoming_ticket(server.cid)

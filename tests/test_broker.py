@@ -530,6 +530,44 @@ def test_a_coordinator_stall_is_not_blamed_on_the_agents(broker):
     assert 8.8 <= at <= 8.9
 
 
+def test_a_service_connect_waiting_on_an_instance_gone_quiet_is_failed_so_it_is_asked_again(broker):
+    web_instances(broker)
+    report(broker, 1, active=0)
+    report(broker, 2, active=5)
+    # The connect goes to web-1 (least loaded), which then hangs: no frame from it again.
+    broker.message_received(
+        3, m.Connect(conn="c0ffee01", dst_addr="100.64.0.254", dst_port=80, src_port=50003, ticket="cccc0001"), 0.0)
+    timed = run_until(broker, 0.0, 1.0, beats=(2, 3))
+    failed = [(t, a) for t, a in timed if isinstance(a, Send) and a.cid == 3]
+    # Quiet after 0.8 s (the next 0.1 s tick sees it): the client is told EHOSTUNREACH then,
+    # not at the connect's own deadline.
+    assert [(t, a.message) for t, a in failed] == [
+        (0.9, m.ConnectFailed(conn="c0ffee01", error="EHOSTUNREACH"))]
+    # Its agent asks again: the quiet web-1 is passed over, though it is the least loaded.
+    observe(broker, 14, broker._connections[3].session, "cccc0002", "198.18.1.3:50004")
+    again = broker.message_received(
+        3, m.Connect(conn="c0ffee02", dst_addr="100.64.0.254", dst_port=80, src_port=50004, ticket="cccc0002"), 1.0)
+    assert [a.cid for a in again] == [2]
+    # A connect to web-1's own address is not given up: the instance may yet answer.
+    observe(broker, 15, broker._connections[3].session, "cccc0003", "198.18.1.3:50005")
+    direct = broker.message_received(
+        3, m.Connect(conn="c0ffee03", dst_addr=broker._by_name["web-1"].addr, dst_port=80, src_port=50005,
+                     ticket="cccc0003"), 1.0)
+    assert [a.cid for a in direct] == [1]
+    assert [a for _, a in run_until(broker, 1.1, 1.5, beats=(2, 3)) if getattr(a, "cid", None) == 3] == []
+
+
+def test_when_every_instance_is_quiet_a_service_connect_still_goes_to_one(broker):
+    web_instances(broker)
+    report(broker, 1, active=0)
+    report(broker, 2, active=5)
+    run_until(broker, 0.0, 1.0, beats=(3,))  # both quiet: the silence is likelier ours
+    assert broker.quiet_count == 2
+    actions = broker.message_received(
+        3, m.Connect(conn="c0ffee01", dst_addr="100.64.0.254", dst_port=80, src_port=50003, ticket="cccc0001"), 1.0)
+    assert [a.cid for a in actions] == [1]
+
+
 def test_the_snapshot_says_which_instances_are_quiet(broker):
     register(broker, 1, "kv")
     register(broker, 2, "web")
