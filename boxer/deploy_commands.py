@@ -176,14 +176,7 @@ def _lambda_preflight(file: Path, deployment: Any, outputs: Path | None) -> dict
     """Everything `--backend lambda` needs, checked before anything starts: the outputs file,
     the secret in SSM (standard credential chain), the function, the coordinator. The secret
     is only used to open a test session; the controller reads it again itself."""
-    from boxer.backends.lambda_setup import (
-        SetupError,
-        concurrency_limit,
-        effective_concurrency,
-        load_facts,
-        outputs_path,
-        preflight,
-    )
+    from boxer.backends.lambda_setup import SetupError, load_facts, outputs_path, preflight
     from controller.spec import LambdaSettings
 
     settings = deployment.lambda_ or LambdaSettings()
@@ -191,13 +184,9 @@ def _lambda_preflight(file: Path, deployment: Any, outputs: Path | None) -> dict
         path = outputs_path(outputs, os.environ, settings.outputs, file.resolve().parent)
         facts = load_facts(path)
         preflight(facts, path)
-        limit, source = concurrency_limit(facts)
-        slots, note = effective_concurrency(settings.max_concurrency, limit, source,
-                                            facts.function_name)
     except SetupError as exc:
         raise DeployError(str(exc)) from None
-    if note:
-        click.echo(note)
+    slots = _concurrency_slots(settings, facts)
     return {"outputs": str(path.resolve()), "function": facts.function_name,
             "region": facts.region, "coordinator": facts.coordinator_address,
             "max_concurrency": slots,
@@ -321,7 +310,7 @@ def _reapply(file: Path, deployment: Any, name: str) -> None:
         _check_lab_room(deployment, info["lab"], name)
     backend_settings = {}
     if info.get("backend") == "lambda":
-        backend_settings = _lambda_settings_again(deployment, info, plan.changes)
+        backend_settings = _lambda_settings_again(running, deployment, info)
     generation = int(info.get("generation", 0)) + 1
     shutil.copyfile(file, paths.next_file)
     write_json_atomic(paths.deployment, {**info, **backend_settings, "generation": generation})
@@ -351,33 +340,39 @@ def _reapply(file: Path, deployment: Any, name: str) -> None:
                    f"{paths.root}/", err=True)
 
 
-def _lambda_settings_again(deployment: Any, info: dict[str, Any],
-                           changes: tuple[str, ...]) -> dict[str, Any]:
+def _concurrency_slots(settings: Any, facts: Any) -> int:
+    """`lambda.maxConcurrency`, lowered to what AWS lets the function run at once (its
+    reserved concurrency, else the account's unreserved share); says so when it was."""
+    from boxer.backends.lambda_setup import SetupError, concurrency_limit, effective_concurrency
+
+    try:
+        limit, source = concurrency_limit(facts)
+        slots, note = effective_concurrency(settings.max_concurrency, limit, source,
+                                            facts.function_name)
+    except SetupError as exc:
+        raise DeployError(str(exc)) from None
+    if note:
+        click.echo(note)
+    return slots
+
+
+def _lambda_settings_again(running: Any, edited: Any, info: dict[str, Any]) -> dict[str, Any]:
     """The edits to a running deployment's `lambda:` block, for its controller: the concurrency
     it may use, looked up again as at `boxer up` (the function's reserved concurrency or the
     account's unreserved share may have changed since), and the registration timeout."""
-    from boxer.backends.lambda_setup import (
-        SetupError,
-        concurrency_limit,
-        effective_concurrency,
-        load_facts,
-    )
+    from boxer.backends.lambda_setup import SetupError, load_facts
     from controller.spec import LambdaSettings
 
-    settings = deployment.lambda_ or LambdaSettings()
+    before, after = running.lambda_ or LambdaSettings(), edited.lambda_ or LambdaSettings()
     found: dict[str, Any] = {}
-    if any(change.startswith("lambda.registerTimeoutSeconds:") for change in changes):
-        found["register_timeout"] = settings.register_timeout_seconds
-    if any(change.startswith("lambda.maxConcurrency:") for change in changes):
+    if after.register_timeout_seconds != before.register_timeout_seconds:
+        found["register_timeout"] = after.register_timeout_seconds
+    if after.max_concurrency != before.max_concurrency:
         try:
             facts = load_facts(info["outputs"])
-            limit, source = concurrency_limit(facts)
-            found["max_concurrency"], note = effective_concurrency(
-                settings.max_concurrency, limit, source, facts.function_name)
         except SetupError as exc:
             raise DeployError(str(exc)) from None
-        if note:
-            click.echo(note)
+        found["max_concurrency"] = _concurrency_slots(after, facts)
     return found
 
 

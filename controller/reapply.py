@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.spec import Deployment
+from controller.spec import Deployment, LambdaSettings
 
 __all__ = ["LIVE_DEPLOYMENT_FIELDS", "LIVE_SERVICE_FIELDS", "ROLLED_SERVICE_FIELDS", "Reapply",
            "plan_reapply"]
@@ -93,8 +93,6 @@ def _dump(deployment: Deployment) -> dict[str, Any]:
 
 
 def _lambda_settings(dumped: dict[str, Any]) -> dict[str, Any]:
-    from controller.spec import LambdaSettings
-
     return dumped.get("lambda") or LambdaSettings().model_dump(mode="json", by_alias=True)
 
 

@@ -314,20 +314,11 @@ class Broker:
                 actions += self._tell_watchers(m.InstanceQuiet(
                     name=inst.name, service=inst.service, instance=inst.instance_id, quiet=True,
                     silent=round(now - conn.last_heard, 3)))
-                actions += self._give_up_service_connects_to(inst)
-        return actions
-
-    def _give_up_service_connects_to(self, inst: Instance) -> list[Action]:
-        """Connects to a service waiting on an instance gone quiet (hung, frozen, cut off):
-        EHOSTUNREACH, which the client's agent answers by asking again, and another instance
-        takes it (_pick_instance passes over quiet ones), rather than waiting out its connect
-        timeout. A connect to the instance's own address waits on: it may yet answer."""
-        actions: list[Action] = []
-        for pending in [p for p in self._pending.values()
-                        if p.server_cid == inst.cid and p.to_service]:
-            del self._pending[pending.conn]
-            self.connect_results["EHOSTUNREACH"] += 1
-            actions.append(Send(pending.client_cid, m.ConnectFailed(conn=pending.conn, error="EHOSTUNREACH")))
+                # Connects to a service waiting on it: EHOSTUNREACH now, which the client's
+                # agent answers by asking again, and another instance takes it (_pick_instance
+                # passes over quiet ones), rather than waiting out its connect timeout. A
+                # connect to the instance's own address waits on: it may yet answer.
+                actions += self._fail_pending_of(inst.cid, "EHOSTUNREACH", services_only=True)
         return actions
 
     def _heard_again(self, inst: Instance, silent: float) -> list[Action]:
@@ -702,9 +693,10 @@ class Broker:
         self.connect_results[msg.error] += 1
         return [Send(pending.client_cid, m.ConnectFailed(conn=msg.conn, error=msg.error))]
 
-    def _fail_pending_of(self, cid: int, error: str) -> list[Action]:
+    def _fail_pending_of(self, cid: int, error: str, services_only: bool = False) -> list[Action]:
         actions: list[Action] = []
-        for pending in [p for p in self._pending.values() if cid in (p.client_cid, p.server_cid)]:
+        for pending in [p for p in self._pending.values() if cid in (p.client_cid, p.server_cid)
+                        and (p.to_service or not services_only)]:
             del self._pending[pending.conn]
             if pending.client_cid != cid:
                 actions.append(Send(pending.client_cid, m.ConnectFailed(conn=pending.conn, error=error)))

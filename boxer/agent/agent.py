@@ -159,7 +159,7 @@ class Agent:
         if sample is None:
             sample = self._sample()
         live, cpu, rss = sample
-        active = self.tracker.count_open(live) + self.connections_in_setup()
+        active = self.open_connections(live)
         left = None if self.lifetime_deadline is None else max(0.0, self.lifetime_deadline - time.monotonic())
         return m.Report(active=active, accepted=self.stats["accepts"], connected=self.stats["connects"],
                         cpu=round(cpu, 1), rss=rss, listening=sorted(self.listeners),
@@ -168,11 +168,13 @@ class Agent:
                         draining=self.draining,
                         lifetime_left=None if left is None else round(left, 1), exited=exited)
 
-    def connections_in_setup(self) -> int:
+    def open_connections(self, live: set[int] | None = None) -> int:
+        """Connections the app holds (`live`: see ConnectionTracker.count_open), and incoming
+        ones on their way to it."""
         now = time.monotonic()
         for port in [port for port, until in self._woken.items() if until <= now]:
             del self._woken[port]
-        return self._incoming_in_setup + len(self._woken)
+        return self.tracker.count_open(live) + self._incoming_in_setup + len(self._woken)
 
     def _sample(self) -> tuple[set[int] | None, float, int]:
         try:

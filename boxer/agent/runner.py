@@ -164,7 +164,7 @@ async def _drain(agent: Agent, proc: AppProcess, grace: float) -> None:
     deadline = loop.time() + grace
     settled = loop.time() + min(grace, DRAIN_SETTLE)
     while proc.returncode is None and loop.time() < deadline:
-        if loop.time() >= settled and agent.tracker.count_open() + agent.connections_in_setup() == 0:
+        if loop.time() >= settled and agent.open_connections() == 0:
             return
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), 0.2)

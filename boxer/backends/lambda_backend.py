@@ -230,7 +230,7 @@ class LambdaBackend:
         from botocore.exceptions import BotoCoreError, ClientError
 
         loop = asyncio.get_running_loop()
-        call = partial(self._client.invoke, FunctionName=self.facts.function_name,
+        call = partial(_invoke_event, self._client, FunctionName=self.facts.function_name,
                        InvocationType="Event", Payload=payload)
         for attempt in range(1, self._retry.attempts + 1):
             try:
@@ -253,9 +253,6 @@ class LambdaBackend:
             except BotoCoreError as exc:  # credentials, region, endpoint: not worth retrying
                 raise LaunchError(instance, str(exc), code=type(exc).__name__,
                                   attempts=attempt) from None
-            # The answer's body is empty for an event, but until it is read botocore holds
-            # the connection: every launch would open (and leak) one more instead of reusing it.
-            await loop.run_in_executor(self._pool, _read_answer, reply)
             status = reply.get("StatusCode")
             if status != 202:
                 raise LaunchError(instance, f"Invoke answered status {status}, expected 202 "
@@ -265,11 +262,16 @@ class LambdaBackend:
         raise AssertionError("unreachable")
 
 
-def _read_answer(reply: dict[str, Any]) -> None:
+def _invoke_event(client: Any, **call: Any) -> dict[str, Any]:
+    """client.invoke, and its answer read: the body is empty for an event, but until it is
+    read botocore holds the connection, and every launch would open (and leak) one more
+    instead of reusing it."""
+    reply: dict[str, Any] = client.invoke(**call)
     body = reply.get("Payload")
     if body is not None:
         body.read()
         body.close()
+    return reply
 
 
 def _make_client(region: str) -> Any:
