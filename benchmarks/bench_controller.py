@@ -19,9 +19,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from controller.policy import decide
-from controller.signals import ControllerState, InstanceSignals, Signals
-from controller.spec import Deployment, Placement
+from boxer.controller.policy import decide
+from boxer.controller.signals import ControllerState, InstanceSignals, Signals
+from boxer.controller.spec import Deployment, Placement
 
 SIZES = (10, 100, 1000, 5000)
 RESULTS = Path(__file__).resolve().parent / "results" / "controller.json"

@@ -1,7 +1,7 @@
 """The controller: the deployment file, and the pure policy that turns signals into decisions.
 
 Runtime parts (signal collection, backends, `boxer up/status/top/down`) build on this API.
-Names are imported on first use (PEP 562) so that `import controller.commands`, which the
+Names are imported on first use (PEP 562) so that `import boxer.cli.check`, which the
 `boxer` CLI does at start-up, does not pull in pydantic for commands that never need it.
 """
 
@@ -25,7 +25,7 @@ _HOMES = {
 def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
-        raise AttributeError(f"module 'controller' has no attribute {name!r}")
+        raise AttributeError(f"module 'boxer.controller' has no attribute {name!r}")
     return getattr(importlib.import_module(f"controller.{home}"), name)
 
 

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.policy import Decision, Drain, Start, Stop
-from controller.signals import InstanceSignals, PendingConnect, Signals
-from controller.spec import Deployment, Placement
+from boxer.controller.policy import Decision, Drain, Start, Stop
+from boxer.controller.signals import InstanceSignals, PendingConnect, Signals
+from boxer.controller.spec import Deployment, Placement
 
 __all__ = [
     "Book",
@@ -124,7 +124,7 @@ class Book:
         return self.revisions.get(service, 1)
 
     def apply(self, deployment: Deployment, rolled: Iterable[str] = ()) -> None:
-        """Run on an edited deployment (controller.reapply checked it); the services in
+        """Run on an edited deployment (boxer.controller.reapply checked it); the services in
         `rolled` have a new command or environment: a new revision."""
         self.deployment = deployment
         for service in rolled:
@@ -165,7 +165,7 @@ class Book:
     # -- what the coordinator says ---------------------------------------------------------
 
     def on_message(self, message: Any, now: float) -> None:
-        """Feed one message from the controller session (messages of nat_traversal.messages)."""
+        """Feed one message from the controller session (messages of boxer.nat_traversal.messages)."""
         kind = getattr(message, "TYPE", None)
         if kind == "snapshot":
             self.services_addr.update(message.services)

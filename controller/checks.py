@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from controller.spec import Backend, Deployment, Metric, PartitionPolicy, Placement, Service
+from boxer.controller.spec import Backend, Deployment, Metric, PartitionPolicy, Placement, Service
 
 __all__ = ["cross_field_issues", "lambda_backend_issues"]
 

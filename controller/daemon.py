@@ -1,4 +1,4 @@
-"""The controller process of one deployment: `python -m controller.daemon --name NAME`.
+"""The controller process of one deployment: `python -m boxer.controller.daemon --name NAME`.
 
 `boxer up` starts it after writing deployment.json: for the lab backends (`local`,
 `lambda-local`) beside the coordinator, inside the lab's coordinator namespace where the
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.paths import DeployPaths, read_json, write_json_atomic
+from boxer.controller.paths import DeployPaths, read_json, write_json_atomic
 
-log = logging.getLogger("controller.daemon")
+log = logging.getLogger("boxer.controller.daemon")
 
 
 class _JsonLines(logging.Formatter):
@@ -53,8 +53,8 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
         return 2
     backend, coordinator, secret, facts = made
 
-    from controller.runtime import ControllerRuntime
-    from controller.validate import load_deployment
+    from boxer.controller.runtime import ControllerRuntime
+    from boxer.controller.validate import load_deployment
 
     applied = paths.applied_file if paths.applied_file.exists() else Path(info["file"])
     deployment = load_deployment(applied, backend=kind)
@@ -82,10 +82,10 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
 
 def _reapply(paths: DeployPaths, runtime: Any, kind: str) -> None:
     """SIGHUP: `boxer up` left an edited deployment file at paths.next_file. Apply what can be
-    applied to a running deployment (controller.reapply), or nothing; answer in paths.reapplied."""
-    from controller.errors import DeploymentFileError
-    from controller.reapply import plan_reapply
-    from controller.validate import load_deployment
+    applied to a running deployment (boxer.controller.reapply), or nothing; answer in paths.reapplied."""
+    from boxer.controller.errors import DeploymentFileError
+    from boxer.controller.reapply import plan_reapply
+    from boxer.controller.validate import load_deployment
 
     answer: dict[str, Any] = {"generation": (read_json(paths.deployment) or {}).get("generation", 0)}
     try:
@@ -127,7 +127,7 @@ def _lab_backend(info: dict[str, Any], paths: DeployPaths, kind: str,
     coordinator (and its secret file) the lab made."""
     from boxer.backends.local import LabLambdaBackend, LocalBackend
     from boxer.lab import load_lab
-    from nat_traversal.auth import load_secret
+    from boxer.nat_traversal.auth import load_secret
 
     lab = load_lab(info["lab"])
     host, _, port = lab.coordinator.rpartition(":")
@@ -160,7 +160,7 @@ def _lambda_backend(info: dict[str, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m controller.daemon")
+    parser = argparse.ArgumentParser(prog="python -m boxer.controller.daemon")
     parser.add_argument("--name", required=True)
     parser.add_argument("--metrics-fd", type=int)
     parser.add_argument("--tick", type=float, default=0.25)

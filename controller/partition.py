@@ -30,8 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from controller.signals import ControllerState, InstanceSignals, PartitionState, Signals, Slot
-from controller.spec import PartitionPolicy
+from boxer.controller.signals import ControllerState, InstanceSignals, PartitionState, Signals, Slot
+from boxer.controller.spec import PartitionPolicy
 
 __all__ = [
     "NORMAL",

@@ -6,7 +6,7 @@ Each tick, per service, in this order:
    stopped), or one without a report for more than `Timings.silent_after` (the backstop), is
    stopped and, as the restart policy says, replaced at once (same index, so the same name) -
    except that quiet and silent instances, which may be alive, are first judged together,
-   deployment-wide (`controller.partition`): when many go quiet at once they are replaced at a
+   deployment-wide (`boxer.controller.partition`): when many go quiet at once they are replaced at a
    limited rate, or not at all, and kept meanwhile;
 3. lifetime: a `function` instance with less than renewalMarginSeconds left gets a replacement
    started; once that is ready (or the end is near) the old one is drained; a drained instance
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from controller.partition import (
+from boxer.controller.partition import (
     NORMAL,
     Verdict,
     deployment_slots,
@@ -37,8 +37,8 @@ from controller.partition import (
     unheard_instances,
     unheard_reason,
 )
-from controller.scaling import kpa_recommendation, rate_limit, stabilize
-from controller.signals import (
+from boxer.controller.scaling import kpa_recommendation, rate_limit, stabilize
+from boxer.controller.signals import (
     ControllerState,
     InstanceSignals,
     PendingConnect,
@@ -46,7 +46,7 @@ from controller.signals import (
     Signals,
     StartingInstance,
 )
-from controller.spec import Deployment, Metric, Placement, RestartPolicy, Service
+from boxer.controller.spec import Deployment, Metric, Placement, RestartPolicy, Service
 
 __all__ = [
     "Decision",

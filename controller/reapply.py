@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.spec import Deployment, LambdaSettings
+from boxer.controller.spec import Deployment, LambdaSettings
 
 __all__ = ["LIVE_DEPLOYMENT_FIELDS", "LIVE_SERVICE_FIELDS", "ROLLED_SERVICE_FIELDS", "Reapply",
            "plan_reapply"]

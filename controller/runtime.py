@@ -6,8 +6,8 @@
 
 The I/O lives here and only here: the session with the coordinator (`Watch`, then InstanceUp/
 InstanceReport/InstanceDown/Demand in, `Declare`/`Drain`/`Stop`/`Ping` out), the backend calls,
-the timeline and status files, the metrics. What to do is decided by `controller.book` (messages
--> Signals, decisions -> actions) and `controller.policy.decide`, which are pure.
+the timeline and status files, the metrics. What to do is decided by `boxer.controller.book` (messages
+-> Signals, decisions -> actions) and `boxer.controller.policy.decide`, which are pure.
 
 While the session with the coordinator is down the controller does not tick: without reports
 every instance would look silent and be replaced. It reconnects with backoff, and the first
@@ -29,13 +29,13 @@ from typing import Any
 
 from boxer.backends.base import Backend, HandleState, InstanceHandle, InstanceSpec
 from boxer.backends.base import Placement as BackendPlacement
-from controller.book import Book, DrainInstance, Launch, Record, StopInstance, actions_for
-from controller.metrics import Metrics, serve_metrics
-from controller.partition import NORMAL, Mode, Verdict
-from controller.paths import DeployPaths, write_json_atomic
-from controller.policy import Drain, Start, Stop, Timings, decide
-from controller.signals import ControllerState
-from controller.spec import Deployment, Placement
+from boxer.controller.book import Book, DrainInstance, Launch, Record, StopInstance, actions_for
+from boxer.controller.metrics import Metrics, serve_metrics
+from boxer.controller.partition import NORMAL, Mode, Verdict
+from boxer.controller.paths import DeployPaths, write_json_atomic
+from boxer.controller.policy import Drain, Start, Stop, Timings, decide
+from boxer.controller.signals import ControllerState
+from boxer.controller.spec import Deployment, Placement
 
 __all__ = ["ControllerRuntime", "INSTANCE_ID_ENV"]
 
@@ -112,10 +112,10 @@ class ControllerRuntime:
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
 
     def apply(self, deployment: Deployment, rolled: Iterable[str] = ()) -> None:
-        """Run on an edited deployment file from now on (`boxer up` again; controller.reapply
+        """Run on an edited deployment file from now on (`boxer up` again; boxer.controller.reapply
         has checked what changed): tick at once with it. The services in `rolled` have a new
-        command or environment: their running instances are rolled out (controller.policy)."""
-        from nat_traversal import messages as m
+        command or environment: their running instances are rolled out (boxer.controller.policy)."""
+        from boxer.nat_traversal import messages as m
 
         self.deployment = deployment
         self.book.apply(deployment, rolled)
@@ -314,7 +314,7 @@ class ControllerRuntime:
                               "instance_id": agent_id, "reason": reason})
 
     def _send_soon(self, kind: str, agent_id: str, arg: Any) -> None:
-        from nat_traversal import messages as m
+        from boxer.nat_traversal import messages as m
 
         message = m.Drain(instance=agent_id, grace=float(arg)) if kind == "drain" \
             else m.Stop(instance=agent_id, reason=str(arg)[:200])
@@ -387,8 +387,8 @@ class ControllerRuntime:
 
     async def _session_forever(self, stop: asyncio.Event) -> None:
         from boxer.agent.control import CoordinatorError, open_controller_session
-        from nat_traversal import messages as m
-        from nat_traversal.wire import ProtocolError
+        from boxer.nat_traversal import messages as m
+        from boxer.nat_traversal.wire import ProtocolError
 
         attempt = 0
         loop = asyncio.get_running_loop()
@@ -432,7 +432,7 @@ class ControllerRuntime:
                 framed.close()
 
     async def _ping(self, framed: Any) -> None:
-        from nat_traversal import messages as m
+        from boxer.nat_traversal import messages as m
 
         seq = 0
         with contextlib.suppress(OSError):
@@ -557,7 +557,7 @@ class ControllerRuntime:
 
 
 def _stop_message(agent_id: str, reason: str) -> Any:
-    from nat_traversal import messages as m
+    from boxer.nat_traversal import messages as m
 
     return m.Stop(instance=agent_id, reason=reason)
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from controller.spec import AutoscalePolicy, ScalingRules
+from boxer.controller.spec import AutoscalePolicy, ScalingRules
 
 __all__ = ["KpaResult", "kpa_recommendation", "rate_limit", "stabilize"]
 

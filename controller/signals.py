@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from controller.spec import Placement
+from boxer.controller.spec import Placement
 
 __all__ = [
     "ControllerState",

@@ -14,10 +14,10 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from controller.partition import Verdict
-from controller.policy import DEFAULT_TIMINGS, Decision, Drain, Start, Stop, Timings, decide
-from controller.signals import ControllerState, InstanceSignals, PendingConnect, Signals
-from controller.spec import Deployment, Placement
+from boxer.controller.partition import Verdict
+from boxer.controller.policy import DEFAULT_TIMINGS, Decision, Drain, Start, Stop, Timings, decide
+from boxer.controller.signals import ControllerState, InstanceSignals, PendingConnect, Signals
+from boxer.controller.spec import Deployment, Placement
 
 __all__ = ["Row", "SimInstance", "Simulation", "World"]
 

@@ -5,7 +5,7 @@ Knative; the Python attributes are snake_case and carry the camelCase name as th
 model forbids unknown fields so a typo is an error, never a silently ignored setting.
 
 This module is stage one of validation (types, ranges, allowed values of single fields). Checks
-that relate several fields live in `controller.checks` so their messages can show all values.
+that relate several fields live in `boxer.controller.checks` so their messages can show all values.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Load and check a deployment file; every problem is reported with file:line, field and value.
 
 Two stages, as in SkyPilot's service spec: first the schema (pydantic: types, ranges, allowed
-values, unknown fields with a "did you mean"), then cross-field rules (`controller.checks`),
+values, unknown fields with a "did you mean"), then cross-field rules (`boxer.controller.checks`),
 which only run on a file that passed the first stage. All issues of a stage are reported at once.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from controller._yaml import Located, load_with_lines
-from controller.checks import cross_field_issues
-from controller.errors import DeploymentFileError, Issue
-from controller.spec import _DNS_LABEL, _ENV_NAME, Backend, Deployment
+from boxer.controller._yaml import Located, load_with_lines
+from boxer.controller.checks import cross_field_issues
+from boxer.controller.errors import DeploymentFileError, Issue
+from boxer.controller.spec import _DNS_LABEL, _ENV_NAME, Backend, Deployment
 
 __all__ = ["load_deployment", "parse_deployment"]
 

@@ -1,4 +1,4 @@
-/* One request/reply exchange with the agent (see boxer/ipc.py for the protocol).
+/* One request/reply exchange with the agent (see boxer/agent/ipc.py for the protocol).
  *
  * A fresh AF_UNIX stream connection per request keeps this free of shared state across threads
  * and fork. The connection is made with the real libc functions and SOCK_CLOEXEC, received fds

@@ -1,4 +1,4 @@
-/* The interposer <-> agent wire format. Mirrors boxer/ipc.py exactly (that file is the spec;
+/* The interposer <-> agent wire format. Mirrors boxer/agent/ipc.py exactly (that file is the spec;
  * tests/test_ipc.py checks that both agree). One fresh AF_UNIX stream connection per request:
  * one 300-byte request, one 300-byte reply (with at most one fd attached by SCM_RIGHTS). */
 #ifndef BOXER_PROTO_H

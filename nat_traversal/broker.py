@@ -35,14 +35,14 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Union
 
-from nat_traversal import auth
-from nat_traversal import messages as m
-from nat_traversal.services import Load, ServiceTable, pick
-from nat_traversal.tickets import Ticket, TicketTable
+from boxer.nat_traversal import auth
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.defaults import DEFAULT_PREFIX
+from boxer.nat_traversal.services import Load, ServiceTable, pick
+from boxer.nat_traversal.tickets import Ticket, TicketTable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "100.64.0.0/10"
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ import signal
 import socket
 from pathlib import Path
 
-from nat_traversal import messages as m
-from nat_traversal.broker import Broker, Close, Send, Timeouts
-from nat_traversal.relay import RelayServer
-from nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, ProtocolError, encode_frame
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.broker import Broker, Close, Send, Timeouts
+from boxer.nat_traversal.relay import RelayServer
+from boxer.nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: st
     bound = listener.sockets[0].getsockname()
     metrics_server = None
     if metrics is not None:
-        from nat_traversal.metrics import render, serve_metrics
+        from boxer.nat_traversal.metrics import render, serve_metrics
 
         metrics_server = await serve_metrics(
             metrics[0], metrics[1], lambda: render(server.broker, relay.stats if embedded_relay else None))

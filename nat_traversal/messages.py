@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
-from nat_traversal.wire import ProtocolError
+from boxer.nat_traversal.wire import ProtocolError
 
 PROTOCOL_VERSION = 3
 

@@ -21,9 +21,9 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from nat_traversal import auth
-from nat_traversal import messages as m
-from nat_traversal.wire import MAX_FRAME, ProtocolError, encode_frame
+from boxer.nat_traversal import auth
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.wire import MAX_FRAME, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A test double of the agent's interposer-facing side, for the interposer's unit tests.
 
-It speaks the real wire format (boxer.ipc) on a real Unix socket and hands over real kernel
+It speaks the real wire format (boxer.agent.ipc) on a real Unix socket and hands over real kernel
 sockets, but its answers come from dicts the test fills in instead of the coordinator:
 
 - RESOLVE/REVERSE from `names` / `reverse`; names starting with "mark." are NONAME and serve as
@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from boxer.ipc import SIZE, Message, Op, Resolution
+from boxer.agent.ipc import SIZE, Message, Op, Resolution
 
 log = logging.getLogger(__name__)
 

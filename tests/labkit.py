@@ -61,7 +61,7 @@ def deployment_down(name: str) -> None:
     (`boxer down` keeps them for `boxer report`; a test has no use for them after)."""
     import shutil
 
-    from controller.paths import DeployPaths, read_json
+    from boxer.controller.paths import DeployPaths, read_json
 
     subprocess.run([*BOXER, "down", "--name", name], capture_output=True, timeout=90)
     paths = DeployPaths(name)

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from nat_traversal import auth
-from nat_traversal import messages as m
-from nat_traversal.broker import Broker, Close, Send, Timeouts
+from boxer.nat_traversal import auth
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.broker import Broker, Close, Send, Timeouts
 
 SECRET = bytes(range(32))
 
@@ -422,8 +422,8 @@ def test_watchers_see_reports_and_departures_and_only_they_may_declare(broker):
 
 
 def test_metrics_count_outcomes_and_paths(broker):
-    from nat_traversal.metrics import render
-    from nat_traversal.relay import RelayStats
+    from boxer.nat_traversal.metrics import render
+    from boxer.nat_traversal.relay import RelayStats
 
     web_instances(broker)
     broker.message_received(
@@ -592,7 +592,7 @@ def test_no_beat_configured_means_no_quiet():
 
 
 def test_metrics_count_quiet_instances(broker):
-    from nat_traversal.metrics import render
+    from boxer.nat_traversal.metrics import render
 
     register(broker, 1, "kv")
     run_until(broker, 0.0, 2.0)
@@ -617,7 +617,7 @@ class _FakeTransport:
 
 
 def _frames(transport: _FakeTransport) -> list[m.Message]:
-    from nat_traversal.wire import FrameDecoder
+    from boxer.nat_traversal.wire import FrameDecoder
 
     decoder = FrameDecoder()
     decoder.receive_data(transport.written)
@@ -628,8 +628,8 @@ def _frames(transport: _FakeTransport) -> list[m.Message]:
 def test_the_coordinator_flushes_registrations_of_one_loop_turn_as_one_update():
     import asyncio
 
-    from nat_traversal.coordinator import CoordinatorServer, _PeerProtocol
-    from nat_traversal.wire import encode_frame
+    from boxer.nat_traversal.coordinator import CoordinatorServer, _PeerProtocol
+    from boxer.nat_traversal.wire import encode_frame
 
     async def scenario() -> dict[int, list[str]]:
         server = CoordinatorServer(Broker(SECRET, prefix="100.64.0.0/24", new_token=tokens()))
@@ -662,8 +662,8 @@ def test_a_snapshot_of_a_thousand_instances_reaches_the_controller():
     import asyncio
 
     from boxer.agent.control import FramedSocket
-    from nat_traversal.coordinator import CoordinatorServer, _PeerProtocol
-    from nat_traversal.wire import MAX_FRAME, FrameDecoder, ProtocolError
+    from boxer.nat_traversal.coordinator import CoordinatorServer, _PeerProtocol
+    from boxer.nat_traversal.wire import MAX_FRAME, FrameDecoder, ProtocolError
 
     report = m.Report(active=3, accepted=120, connected=4, cpu=12.5, rss=31_000_000, listening=[8080],
                       idle=0.0, direct=4, relayed=0, first_try=4, draining=False, lifetime_left=812.4,

@@ -7,18 +7,18 @@ import sys
 
 import pytest
 
-import controller
+from boxer import controller
 
 
 def test_every_public_name_resolves() -> None:
     for name in controller.__all__:
         assert getattr(controller, name) is not None, name
-    with pytest.raises(AttributeError, match="module 'controller' has no attribute 'nope'"):
+    with pytest.raises(AttributeError, match="module 'boxer.controller' has no attribute 'nope'"):
         controller.nope  # noqa: B018
 
 
 def test_check_command_import_does_not_load_pydantic() -> None:
-    code = "import sys, controller.commands; print('pydantic' in sys.modules)"
+    code = "import sys, boxer.cli.check; print('pydantic' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"

@@ -8,11 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from controller.partition import Mode
-from controller.policy import Outcome, Start, Stop, decide
-from controller.signals import ControllerState, InstanceSignals, Signals
-from controller.spec import Deployment, Placement
-from controller.validate import parse_deployment
+from boxer.controller.partition import Mode
+from boxer.controller.policy import Outcome, Start, Stop, decide
+from boxer.controller.signals import ControllerState, InstanceSignals, Signals
+from boxer.controller.spec import Deployment, Placement
+from boxer.controller.validate import parse_deployment
 
 FN = Placement.FUNCTION
 
@@ -280,8 +280,8 @@ def test_an_agent_back_on_a_new_session_is_heard_again() -> None:
     # After a partition the agent's link reconnects and re-registers: the coordinator ends the
     # old session (InstanceDown) and announces the new one (InstanceUp). The book must then
     # count it as heard, or decide() would replace an instance that came back.
-    from controller.book import Book
-    from nat_traversal import messages as m
+    from boxer.controller.book import Book
+    from boxer.nat_traversal import messages as m
 
     spec = deployment(20)
     book = Book(spec)
@@ -302,13 +302,13 @@ def test_an_agent_back_on_a_new_session_is_heard_again() -> None:
 
 def test_the_runtime_shows_the_judgement_in_metrics_log_and_recent_failures(
         caplog: pytest.LogCaptureFixture) -> None:
-    from controller.partition import NORMAL, Verdict
-    from controller.runtime import ControllerRuntime
+    from boxer.controller.partition import NORMAL, Verdict
+    from boxer.controller.runtime import ControllerRuntime
 
     runtime = ControllerRuntime(deployment(), backend=object(),  # type: ignore[arg-type]
                                 coordinator=("127.0.0.1", 1), secret=b"s", wall=lambda: 100.0)
     halted = Verdict(Mode.HALTED, 20, 20, 20, reason="suspected partition at the coordinator")
-    with caplog.at_level("INFO", logger="controller.runtime"):
+    with caplog.at_level("INFO", logger="boxer.controller.runtime"):
         runtime._note_partition(halted)
         runtime._note_partition(replace(halted, quiet=19, lost=19))  # same mode: said once
         runtime._note_partition(NORMAL)
@@ -326,9 +326,9 @@ def test_the_runtime_shows_the_judgement_in_metrics_log_and_recent_failures(
 def test_boxer_status_says_when_the_guard_holds_replacements() -> None:
     import asyncio
 
-    from boxer.deploy_commands import status_text
-    from controller.partition import Verdict
-    from controller.runtime import ControllerRuntime
+    from boxer.cli.deploy import status_text
+    from boxer.controller.partition import Verdict
+    from boxer.controller.runtime import ControllerRuntime
 
     async def texts() -> tuple[str, str]:
         runtime = ControllerRuntime(deployment(), backend=object(),  # type: ignore[arg-type]

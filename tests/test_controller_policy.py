@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from controller.policy import DEFAULT_TIMINGS, Drain, Outcome, Start, Stop, Timings, decide, pick_instance
-from controller.signals import ControllerState, InstanceSignals, PendingConnect, Signals
-from controller.spec import Deployment, Placement
-from controller.validate import parse_deployment
+from boxer.controller.policy import DEFAULT_TIMINGS, Drain, Outcome, Start, Stop, Timings, decide, pick_instance
+from boxer.controller.signals import ControllerState, InstanceSignals, PendingConnect, Signals
+from boxer.controller.spec import Deployment, Placement
+from boxer.controller.validate import parse_deployment
 
 FN, VM = Placement.FUNCTION, Placement.VM
 

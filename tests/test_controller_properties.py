@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.policy import Start
-from controller.simulate import Simulation, World
-from controller.spec import Deployment, Placement
+from boxer.controller.policy import Start
+from boxer.controller.simulate import Simulation, World
+from boxer.controller.spec import Deployment, Placement
 
 MIN, MAX = 1, 12
 

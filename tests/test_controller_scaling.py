@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.scaling import kpa_recommendation, rate_limit, stabilize
-from controller.spec import AutoscalePolicy, ScalingRules
+from boxer.controller.scaling import kpa_recommendation, rate_limit, stabilize
+from boxer.controller.spec import AutoscalePolicy, ScalingRules
 
 
 def policy(**fields: object) -> AutoscalePolicy:

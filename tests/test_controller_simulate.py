@@ -6,10 +6,10 @@ import textwrap
 
 import pytest
 
-from controller.policy import Drain, Start, Stop
-from controller.simulate import Simulation, World
-from controller.spec import Deployment, Placement
-from controller.validate import parse_deployment
+from boxer.controller.policy import Drain, Start, Stop
+from boxer.controller.simulate import Simulation, World
+from boxer.controller.spec import Deployment, Placement
+from boxer.controller.validate import parse_deployment
 
 FN, VM = Placement.FUNCTION, Placement.VM
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.spec import (
+from boxer.controller.spec import (
     AutoscalePolicy,
     Backend,
     Deployment,

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from boxer.cli import main
-from controller.errors import DeploymentFileError, Issue
-from controller.validate import load_deployment, parse_deployment
+from boxer.controller.errors import DeploymentFileError, Issue
+from boxer.controller.validate import load_deployment, parse_deployment
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "web-autoscale" / "deploy.yaml"
 

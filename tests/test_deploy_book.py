@@ -8,12 +8,12 @@ import asyncio
 import pytest
 
 from boxer.backends.base import InstanceHandle, InstanceSpec
-from controller.book import Book, DrainInstance, Launch, StopInstance, actions_for
-from controller.policy import Drain, Start, Stop, decide
-from controller.runtime import INSTANCE_ID_ENV, ControllerRuntime
-from controller.signals import ControllerState
-from controller.spec import Deployment, Placement
-from nat_traversal import messages as m
+from boxer.controller.book import Book, DrainInstance, Launch, StopInstance, actions_for
+from boxer.controller.policy import Drain, Start, Stop, decide
+from boxer.controller.runtime import INSTANCE_ID_ENV, ControllerRuntime
+from boxer.controller.signals import ControllerState
+from boxer.controller.spec import Deployment, Placement
+from boxer.nat_traversal import messages as m
 
 SPEC = {
     "services": {

@@ -38,7 +38,7 @@ DETECT_WITHIN = 1.0  # seconds from the stop to the decision: the issue's bound
 
 
 def status(name: str) -> dict:
-    from controller.paths import DeployPaths, read_json
+    from boxer.controller.paths import DeployPaths, read_json
 
     return read_json(DeployPaths(name).status) or {}
 
@@ -48,7 +48,7 @@ def wait_for(what: str, predicate, timeout: float = 30.0):
 
 
 def decisions_since(name: str, since: float) -> list[tuple[float, dict]]:
-    from controller.paths import DeployPaths
+    from boxer.controller.paths import DeployPaths
 
     rows = [json.loads(line) for line in DeployPaths(name).timeline.read_text().splitlines() if line]
     return [(row["t"], d) for row in rows if row["t"] >= since for d in row["decisions"]]

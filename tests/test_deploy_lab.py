@@ -73,7 +73,7 @@ def deployment(tmp_path_factory):
 
 
 def client(name: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    from controller.paths import DeployPaths, read_json
+    from boxer.controller.paths import DeployPaths, read_json
 
     lab = read_json(DeployPaths(name).deployment)["lab"]
     hosts = int(read_json(Path(f"/run/boxer/lab/{lab}/lab.json"))["host_count"])
@@ -145,7 +145,7 @@ print(json.dumps({"ok": ok, "failed": failed}))
 
 def test_up_again_applies_an_edited_file_while_it_runs(deployment, tmp_path):
     from boxer.lab import load_lab
-    from controller.paths import DeployPaths, read_json
+    from boxer.controller.paths import DeployPaths, read_json
 
     text = Path(read_json(DeployPaths(deployment).deployment)["file"]).read_text()
 
@@ -208,7 +208,7 @@ def test_up_again_applies_an_edited_file_while_it_runs(deployment, tmp_path):
 
 
 def test_down_leaves_nothing_behind(deployment):
-    from controller.paths import DeployPaths, read_json
+    from boxer.controller.paths import DeployPaths, read_json
 
     info = read_json(DeployPaths(deployment).deployment)
     pids = [i["pid"] for i in status(deployment)["instances"] if i["pid"]]

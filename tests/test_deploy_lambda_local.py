@@ -33,7 +33,7 @@ services:
 
 
 def test_up_with_lambda_local_serves_redis_from_an_invocation(tmp_path):
-    from controller.paths import DeployPaths, read_json
+    from boxer.controller.paths import DeployPaths, read_json
 
     name = f"dl{os.getpid() % 100000}"
     (tmp_path / "deploy.yaml").write_text(DEPLOY.format(name=name))

@@ -53,7 +53,7 @@ DECIDE_WITHIN = 0.8  # seconds; a report a second apart would often miss it
 
 
 def status(name: str) -> dict:
-    from controller.paths import DeployPaths, read_json
+    from boxer.controller.paths import DeployPaths, read_json
 
     return read_json(DeployPaths(name).status) or {}
 
@@ -63,7 +63,7 @@ def ready(name: str) -> list[dict]:
 
 
 def test_a_load_step_starts_a_second_instance_from_the_reported_connections(tmp_path):
-    from controller.paths import DeployPaths, read_json
+    from boxer.controller.paths import DeployPaths, read_json
 
     name = f"ld{os.getpid() % 100000}"
     (tmp_path / "deploy.yaml").write_text(DEPLOY.format(name=name))

@@ -12,10 +12,10 @@ from typing import Any
 from boxer.backends import HandleState
 from boxer.backends.facts import LambdaFacts
 from boxer.backends.lambda_backend import LambdaBackend
-from boxer.deploy_commands import status_text
-from controller.runtime import INSTANCE_ID_ENV, ControllerRuntime
-from controller.spec import Deployment
-from nat_traversal import messages as m
+from boxer.cli.deploy import status_text
+from boxer.controller.runtime import INSTANCE_ID_ENV, ControllerRuntime
+from boxer.controller.spec import Deployment
+from boxer.nat_traversal import messages as m
 
 FACTS = LambdaFacts("boxer-t", "203.0.113.7:7000", "/boxer/t/secret", "eu-west-1")
 

@@ -50,7 +50,7 @@ print(json.dumps({"ok": ok, "failed": failed, "errors": errors[:5]}))
 
 
 def test_renewal_replaces_an_instance_before_its_lifetime_ends_without_failed_requests(tmp_path):
-    from controller.paths import DeployPaths, read_json
+    from boxer.controller.paths import DeployPaths, read_json
 
     name = f"rn{os.getpid() % 100000}"
     (tmp_path / "deploy.yaml").write_text(DEPLOY.format(name=name))
@@ -96,7 +96,7 @@ services:
 def test_a_declared_host_comes_back_under_its_name_after_its_renewal(tmp_path):
     """Clients know kv-a by name: its renewal drains it, then starts it again as kv-a (not as an
     undeclared kv-2 beside it), and kv-a answers again."""
-    from controller.paths import DeployPaths, read_json
+    from boxer.controller.paths import DeployPaths, read_json
 
     name = f"rd{os.getpid() % 100000}"
     (tmp_path / "deploy.yaml").write_text(DECLARED.format(name=name))

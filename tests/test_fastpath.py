@@ -11,7 +11,7 @@ import time
 import pytest
 
 from boxer.agent.fastpath import EventKind, FastEvent, FastPath
-from boxer.ipc import SIZE, Message, Op
+from boxer.agent.ipc import SIZE, Message, Op
 
 OWN = "100.64.0.7"
 PEER = "100.64.0.9"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from fake_agent import FakeAgent
 
-from boxer import ipc
+from boxer.agent import ipc
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "boxer" / "libboxer_preload.so"
@@ -216,7 +216,7 @@ def test_proto_header_matches_ipc(gcc, tmp_path):
                     str(src)], check=True)
     out = subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True,
                          check=True).stdout.split()
-    # boxer.ipc's layout "=IIIIiHHI16s256s", field by field: offset of op, status, ... name.
+    # boxer.agent.ipc's layout "=IIIIiHHI16s256s", field by field: offset of op, status, ... name.
     codes = ["I", "I", "I", "I", "i", "H", "H", "I", "16s", "256s"]
     offsets = [struct.calcsize("=" + "".join(codes[:k])) for k in range(1, 10)]
     assert "=" + "".join(codes) == ipc._LAYOUT.format

@@ -33,7 +33,7 @@ from boxer.lab import (
 )
 from boxer.lab._lab import HOST_TCP_TABLE
 from boxer.lab._plan import parse_host_name
-from boxer.lab.commands import lab as lab_cli
+from boxer.cli.lab import lab as lab_cli
 
 # --------------------------------------------------------------------------- pure parts
 

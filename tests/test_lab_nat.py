@@ -33,7 +33,7 @@ from boxer.lab import (
     parse_nat,
 )
 from boxer.lab._conditions import mapping_timeout_sysctls, validate_mapping_timeout
-from boxer.lab.commands import lab as lab_cli
+from boxer.cli.lab import lab as lab_cli
 
 HOSTS3 = ["h1", "h2", "h3"]
 

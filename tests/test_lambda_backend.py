@@ -251,7 +251,7 @@ def test_concurrency_limit_waits_then_fails_and_slots_come_back(aws: Path) -> No
 
 
 def test_a_new_concurrency_limit_applies_to_waiters_and_later_launches(aws: Path) -> None:
-    """`boxer up` again with another lambda.maxConcurrency (controller.reapply)."""
+    """`boxer up` again with another lambda.maxConcurrency (boxer.controller.reapply)."""
     backend, recording = make(aws, max_concurrency=1, slot_timeout=5)
 
     async def go() -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import ipaddress
 
 from boxer.agent.names import DeltaOutcome, NameTable
-from boxer.ipc import Resolution
-from nat_traversal import messages as m
+from boxer.agent.ipc import Resolution
+from boxer.nat_traversal import messages as m
 
 
 def table(version: int | None = 4) -> NameTable:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nat_traversal import messages as m
-from nat_traversal.wire import MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.wire import MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
 
 SAMPLES = [
     m.Challenge(v=m.PROTOCOL_VERSION, nonce="ab" * 16),
@@ -194,7 +194,7 @@ def test_fuzz_message_fields_only_ever_raise_protocol_error(wire):
 
 def test_the_coordinators_beat_fast_path_is_exactly_a_decoded_beat():
     from boxer.agent.link import BEAT_FRAME as AGENT_BEAT
-    from nat_traversal.coordinator import BEAT_FRAME
+    from boxer.nat_traversal.coordinator import BEAT_FRAME
 
     assert BEAT_FRAME == AGENT_BEAT
     decoder = FrameDecoder()
@@ -202,11 +202,15 @@ def test_the_coordinators_beat_fast_path_is_exactly_a_decoded_beat():
     assert m.decode(decoder.next_frame()) == m.Beat()
 
 
-def test_cli_default_prefix_matches_the_broker():
-    from boxer.run_command import DEFAULT_PREFIX
-    from nat_traversal.broker import DEFAULT_PREFIX as BROKER_PREFIX
+def test_the_interposer_default_prefix_is_the_protocol_default():
+    """The C interposer cannot import Python: its copy of the default is held to this one."""
+    import re
+    from pathlib import Path
 
-    assert DEFAULT_PREFIX == BROKER_PREFIX
+    from boxer.nat_traversal.defaults import DEFAULT_PREFIX
+
+    config_c = (Path(__file__).resolve().parents[1] / "interposer" / "config.c").read_text()
+    assert re.search(r'#define DEFAULT_PREFIX "([^"]+)"', config_c).group(1) == DEFAULT_PREFIX
 
 
 def test_a_members_of_checked_entries_equals_one_checked_again():

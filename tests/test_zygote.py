@@ -60,8 +60,8 @@ def test_every_variable_the_agent_reads_at_import_is_listed():
 
     root = Path(__file__).resolve().parents[1]
     found = set()
-    for path in [*root.glob("boxer/agent/*.py"), *root.glob("nat_traversal/*.py"), root / "boxer/run_command.py",
-                 root / "boxer/cli.py", root / "boxer/ipc.py"]:
+    for path in [*root.glob("boxer/agent/*.py"), *root.glob("nat_traversal/*.py"), root / "boxer/cli/run.py", root / "boxer/cli/_common.py",
+                 root / "boxer/cli/__init__.py", root / "boxer/agent/ipc.py"]:
         for line in path.read_text().splitlines():
             if line[:1].strip() and "os.environ" in line:  # not indented: runs at import
                 found.update(re.findall(r"""os\.environ(?:\.get)?[\[(]\s*["']([A-Z0-9_]+)""", line))

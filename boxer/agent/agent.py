@@ -19,9 +19,9 @@ from boxer.agent.natprobe import probe_mapping
 from boxer.agent.punch import PunchError, authenticate, relay_open, simultaneous_open
 from boxer.agent.signals import ConnectionTracker, IdleClock, ProcessSampler, open_local_ports
 from boxer.agent.fastpath import EventKind, FastEvent, FastPath
-from boxer.ipc import Message, Op
-from nat_traversal import auth
-from nat_traversal import messages as m
+from boxer.agent.ipc import Message, Op
+from boxer.nat_traversal import auth
+from boxer.nat_traversal import messages as m
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from nat_traversal import auth
-from nat_traversal import messages as m
-from nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, ProtocolError, encode_frame
+from boxer.nat_traversal import auth
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import logging
 import struct
 
 from boxer.agent.names import NameTable
-from boxer.ipc import Resolution
+from boxer.agent.ipc import Resolution
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from boxer.ipc import SIZE
+from boxer.agent.ipc import SIZE
 
 log = logging.getLogger(__name__)
 

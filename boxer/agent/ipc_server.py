@@ -16,7 +16,7 @@ import time
 from typing import Awaitable, Callable
 
 from boxer.agent.fastpath import FastEvent, FastPath
-from boxer.ipc import SIZE, IpcError, Message
+from boxer.agent.ipc import SIZE, IpcError, Message
 
 log = logging.getLogger(__name__)
 

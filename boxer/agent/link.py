@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from boxer.agent.control import ControlSession, CoordinatorError, Registration, open_session
-from nat_traversal import messages as m
-from nat_traversal.wire import ProtocolError, encode_frame
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.wire import ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
 

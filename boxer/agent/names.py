@@ -16,8 +16,8 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
-from boxer.ipc import Resolution
-from nat_traversal import messages as m
+from boxer.agent.ipc import Resolution
+from boxer.nat_traversal import messages as m
 
 OVERLAY_DOMAIN = ".boxer"  # "kv-1.boxer" is accepted as well as "kv-1"
 

@@ -17,8 +17,8 @@ import logging
 import socket
 from dataclasses import asdict, dataclass
 
-from nat_traversal import messages as m
-from nat_traversal.wire import FrameDecoder, encode_frame
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.wire import FrameDecoder, encode_frame
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import logging
 import socket
 import time
 
-from nat_traversal import auth
-from nat_traversal import messages as m
-from nat_traversal.wire import encode_frame
+from boxer.nat_traversal import auth
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.wire import encode_frame
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from boxer.agent.control import CoordinatorError, open_session
 from boxer.agent.fastpath import FastPath
 from boxer.agent.ipc_server import IpcServer
 from boxer.agent.link import CoordinatorLink, LinkTimeouts
-from nat_traversal import auth
-from nat_traversal import messages as m
+from boxer.nat_traversal import auth
+from boxer.nat_traversal import messages as m
 
 log = logging.getLogger(__name__)
 

@@ -204,7 +204,7 @@ class LambdaBackend:
         handle.mark_stopped()
 
     def set_max_concurrency(self, limit: int) -> None:
-        """`boxer up` again with a new `lambda.maxConcurrency` (see controller.reapply)."""
+        """`boxer up` again with a new `lambda.maxConcurrency` (see boxer.controller.reapply)."""
         if limit != self._slots.limit:
             log.info("concurrency limit %d -> %d", self._slots.limit, limit)
             self._slots.set_limit(limit)

@@ -134,8 +134,8 @@ def read_deployment_secret(facts: LambdaFacts, client_factory: ClientFactory = a
     """The deployment secret from its SSM SecureString parameter, as bytes."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from nat_traversal.auth import SecretError as BadSecret
-    from nat_traversal.auth import load_secret
+    from boxer.nat_traversal.auth import SecretError as BadSecret
+    from boxer.nat_traversal.auth import load_secret
 
     name = facts.secret_parameter_name
     what = f"read SSM parameter {name} in {facts.region}"

@@ -34,7 +34,10 @@ that child is unreaped, so a recycled pid is never signalled. On EOF of its stdi
 controller stopped or died) the zygote exits; its children run on, as children of `ip netns
 exec` did, until they are stopped or `boxer down` removes the lab.
 
-    python -m boxer.backends.zygote
+    python -m boxer.cli.zygote
+
+The process itself is started through the CLI's entry (`boxer/cli/zygote.py`), which hands
+`main()` the command each child runs: this module never imports the CLI, that depends on us.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import select
 import signal
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["IMPORT_TIME_ENV", "Zygote", "ZygoteError", "incompatibility", "join_netns", "main",
@@ -58,8 +61,8 @@ __all__ = ["IMPORT_TIME_ENV", "Zygote", "ZygoteError", "incompatibility", "join_
 # environment gives any of them another value than the zygote's is not forked.
 IMPORT_TIME_ENV = ("BOXER_WARM_SPARES", "BOXER_NAT_IDLE_TIMEOUT")
 PRELOAD = (
-    "boxer.cli", "boxer.run_command", "boxer.agent.runner", "boxer.agent.dns", "boxer.agent.natprobe",
-    "boxer.agent.fastpath", "boxer._aio", "psutil", "uvloop", "ctypes", "nat_traversal.relay",
+    "boxer.agent.runner", "boxer.agent.dns", "boxer.agent.natprobe",
+    "boxer.agent.fastpath", "boxer._aio", "psutil", "uvloop", "ctypes", "boxer.nat_traversal.relay",
     "encodings.idna",  # asyncio's getaddrinfo encodes host names with it: 6 ms in every child
 )
 
@@ -125,7 +128,7 @@ class Zygote:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 # The last argument only reserves room for the children's command lines.
-                self.python, "-m", "boxer.backends.zygote", "-" * TITLE_ROOM, env=self.env,
+                self.python, "-m", "boxer.cli.zygote", "-" * TITLE_ROOM, env=self.env,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
                 start_new_session=True)
         except OSError as exc:
@@ -260,7 +263,7 @@ def start_for_adoption(python: str, env: Mapping[str, str], log: str | None) -> 
 
     err = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     try:
-        return subprocess.Popen([python, "-m", "boxer.backends.zygote", "-" * TITLE_ROOM],
+        return subprocess.Popen([python, "-m", "boxer.cli.zygote", "-" * TITLE_ROOM],
                                 env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=err, start_new_session=True)
     finally:
@@ -280,12 +283,12 @@ def _say(text: str) -> None:
     os.write(2, f"boxer zygote[{os.getpid()}]: {text}\n".encode(errors="replace"))
 
 
-def _preload() -> None:
+def _preload(extra: tuple[str, ...]) -> None:
     import importlib
 
-    for name in PRELOAD:
+    for name in (*extra, *PRELOAD):
         importlib.import_module(name)
-    from nat_traversal import messages
+    from boxer.nat_traversal import messages
 
     for cls in messages.MESSAGE_TYPES.values():  # resolve every message's type hints once
         messages._schema(cls)
@@ -298,15 +301,21 @@ def _close_from(low: int) -> None:
     os.closerange(low, max(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
 
 
-def main() -> int:
+RunCommand = Callable[[list[str]], int]
+"""Runs `boxer ARGS...` in the calling process and returns its exit status."""
+
+
+def main(run: RunCommand, preload: tuple[str, ...] = ()) -> int:
+    """The zygote's loop: import `preload` and the agent once, then fork a child per spawn
+    request, in which `run` runs the request's `boxer` arguments."""
     # Only stdin, stdout and stderr: whatever else our starter leaked (uvloop's spawn leaves the
     # other ends of our pipes open here) must not keep them open, nor pass on to the children.
     _close_from(3)
     # A Ctrl-C at `boxer up` is the controller's to handle; the backend starts us in a session
     # of our own anyway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    retitle([sys.executable, "-m", "boxer.backends.zygote"])
-    _preload()
+    retitle([sys.executable, "-m", "boxer.cli.zygote"])
+    _preload(preload)
     import gc
 
     gc.collect()
@@ -341,7 +350,7 @@ def main() -> int:
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 if line.strip():
-                    _serve(json.loads(line), children)
+                    _serve(json.loads(line), children, run)
         _reap(children)
 
 
@@ -357,7 +366,7 @@ def _reap(children: set[int]) -> None:
         _send({"exit": pid, "status": os.waitstatus_to_exitcode(status)})
 
 
-def _serve(request: dict, children: set[int]) -> None:
+def _serve(request: dict, children: set[int], run: RunCommand) -> None:
     op = request.get("op")
     if op == "signal":
         pid = int(request["pid"])
@@ -379,14 +388,14 @@ def _serve(request: dict, children: set[int]) -> None:
         _send({"id": request["id"], "error": f"fork: {exc.strerror}"})
         return
     if pid == 0:
-        os._exit(_child(request))
+        os._exit(_child(request, run))
     children.add(pid)
     _send({"id": request["id"], "pid": pid})
 
 
 # --- a child: becomes one instance's `boxer run` -----------------------------------------------
 
-def _child(request: dict) -> int:
+def _child(request: dict, run: RunCommand) -> int:
     try:
         os.setsid()
         signal.set_wakeup_fd(-1)
@@ -407,7 +416,9 @@ def _child(request: dict) -> int:
         return 1
     argv = list(request["argv"])
     retitle(argv)
-    return _run_boxer(argv[3:])
+    code = run(argv[3:])
+    _flush()
+    return code & 0xFF
 
 
 def retitle(argv: list[str]) -> None:
@@ -422,32 +433,6 @@ def retitle(argv: list[str]) -> None:
         ctypes.memmove(start, data + b"\0" * (room - len(data)), room)
     except (OSError, ValueError, IndexError):
         pass  # an odd /proc: the zygote's own command line shows, as before
-
-
-def _run_boxer(args: list[str]) -> int:
-    import logging
-
-    import boxer
-    from boxer.cli import main as cli
-
-    sys.argv = [os.path.join(os.path.dirname(boxer.__file__ or ""), "__main__.py"), *args]
-    code: int = 0
-    try:
-        cli.main(args=args, prog_name="python -m boxer", standalone_mode=True)
-    except SystemExit as exc:
-        if exc.code is None:
-            code = 0
-        elif isinstance(exc.code, int):
-            code = exc.code
-        else:
-            print(exc.code, file=sys.stderr)
-            code = 1
-    except BaseException:  # noqa: BLE001
-        traceback.print_exc()
-        code = 1
-    logging.shutdown()
-    _flush()
-    return code & 0xFF
 
 
 def _flush() -> None:
@@ -523,6 +508,3 @@ def join_netns(name: str) -> None:
             err = ctypes.get_errno()
             print(f"Bind {source} -> {target_path} failed: {os.strerror(err)}", file=sys.stderr)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

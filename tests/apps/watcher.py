@@ -8,8 +8,8 @@ import os
 import time
 
 from boxer.agent.control import open_controller_session, parse_endpoint
-from nat_traversal import messages as m
-from nat_traversal.auth import load_secret
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.auth import load_secret
 
 
 async def main(args) -> None:

@@ -1,7 +1,7 @@
 """`boxer up / status / top / down / report`: a whole deployment from its file.
 
 A thin click layer. `up` validates the file; for the lab backends (`local`, `lambda-local`) it
-makes a lab sized for it and starts the controller (`controller.daemon`) beside the coordinator;
+makes a lab sized for it and starts the controller (`boxer.controller.daemon`) beside the coordinator;
 for `lambda` it checks the terraform outputs, the secret in SSM, the function and the
 coordinator (one clear line on the first problem, nothing started) and runs the controller
 here. It shows progress until the services are up, then stays in the foreground (Ctrl-C =
@@ -40,7 +40,7 @@ class DeployError(click.ClickException):
 
 
 def _paths(name: str) -> Any:
-    from controller.paths import DeployPaths
+    from boxer.controller.paths import DeployPaths
 
     try:
         return DeployPaths(name)
@@ -70,11 +70,11 @@ def _controller_alive(info: dict[str, Any] | None) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"controller.daemon" in cmdline  # a recycled pid is not ours
+    return b"boxer.controller.daemon" in cmdline  # a recycled pid is not ours
 
 
 def _resolve_name(name: str | None) -> str:
-    from controller.paths import list_deployments, read_json
+    from boxer.controller.paths import list_deployments, read_json
 
     if name:
         return name
@@ -126,8 +126,8 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
       boxer up deploy.yaml --backend lambda --outputs outputs.json   # AWS (docs/aws.md)
       boxer up deploy.yaml     # again, after raising minInstances: applied while it runs
     """
-    from controller.errors import DeploymentFileError
-    from controller.validate import load_deployment
+    from boxer.controller.errors import DeploymentFileError
+    from boxer.controller.validate import load_deployment
 
     try:
         deployment = load_deployment(file, backend=backend)
@@ -137,7 +137,7 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
             click.echo(str(issue), err=True)
         raise SystemExit(1) from None
     name = name or _default_name(file, deployment.name)
-    from controller.paths import read_json
+    from boxer.controller.paths import read_json
 
     if _controller_alive(read_json(_paths(name).deployment)):
         _reapply(file, deployment, name)
@@ -177,7 +177,7 @@ def _lambda_preflight(file: Path, deployment: Any, outputs: Path | None) -> dict
     the secret in SSM (standard credential chain), the function, the coordinator. The secret
     is only used to open a test session; the controller reads it again itself."""
     from boxer.backends.lambda_setup import SetupError, load_facts, outputs_path, preflight
-    from controller.spec import LambdaSettings
+    from boxer.controller.spec import LambdaSettings
 
     settings = deployment.lambda_ or LambdaSettings()
     try:
@@ -203,7 +203,7 @@ class _Up:
 def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, tick: float,
               detach: bool, backend: str = "local", *, register_timeout: float | None = None,
               lambda_record: dict[str, Any] | None = None) -> _Up:
-    from controller.paths import read_json, write_json_atomic
+    from boxer.controller.paths import read_json, write_json_atomic
 
     paths = _paths(name)
     info = read_json(paths.deployment)
@@ -241,7 +241,7 @@ def _bring_up(file: Path, deployment: Any, name: str, metrics_port: int | None, 
     write_json_atomic(paths.deployment, record)
     metrics_sock = None
     try:
-        argv = [sys.executable, "-m", "controller.daemon", "--name", name, "--tick", str(tick)]
+        argv = [sys.executable, "-m", "boxer.controller.daemon", "--name", name, "--tick", str(tick)]
         pass_fds: tuple[int, ...] = ()
         if zygote is not None:
             answers, requests = zygote.stdout.fileno(), zygote.stdin.fileno()
@@ -287,10 +287,10 @@ REAPPLY_ANSWER_TIMEOUT = 10.0  # seconds the controller has to answer a reapply
 
 def _reapply(file: Path, deployment: Any, name: str) -> None:
     """`boxer up FILE` on a deployment that is up: hand the edited file to its controller
-    (SIGHUP), which applies what can change live (controller.reapply), then show progress."""
-    from controller.paths import read_json, write_json_atomic
-    from controller.reapply import plan_reapply
-    from controller.validate import load_deployment
+    (SIGHUP), which applies what can change live (boxer.controller.reapply), then show progress."""
+    from boxer.controller.paths import read_json, write_json_atomic
+    from boxer.controller.reapply import plan_reapply
+    from boxer.controller.validate import load_deployment
 
     paths = _paths(name)
     info = read_json(paths.deployment) or {}
@@ -361,7 +361,7 @@ def _lambda_settings_again(running: Any, edited: Any, info: dict[str, Any]) -> d
     it may use, looked up again as at `boxer up` (the function's reserved concurrency or the
     account's unreserved share may have changed since), and the registration timeout."""
     from boxer.backends.lambda_setup import SetupError, load_facts
-    from controller.spec import LambdaSettings
+    from boxer.controller.spec import LambdaSettings
 
     before, after = running.lambda_ or LambdaSettings(), edited.lambda_ or LambdaSettings()
     found: dict[str, Any] = {}
@@ -492,7 +492,7 @@ def _show_progress(paths: Any, deployment: Any, started: float,
                    proc: subprocess.Popen[bytes] | None) -> bool:
     """Redraw the services' ready counts until every one has what it wants. `proc`: the
     controller we started, or None for one already running (reapply)."""
-    from controller.paths import read_json
+    from boxer.controller.paths import read_json
 
     def exited() -> bool:
         if proc is not None:
@@ -553,7 +553,7 @@ def down_command(name: str | None) -> None:
 
 def _down(name: str) -> str:
     from boxer.lab import lab_down
-    from controller.paths import read_json, write_json_atomic
+    from boxer.controller.paths import read_json, write_json_atomic
 
     paths = _paths(name)
     info = read_json(paths.deployment)
@@ -728,7 +728,7 @@ def _print_status(status: dict[str, Any] | None, wide: bool) -> None:
 
 
 def _load_status(name: str | None) -> dict[str, Any] | None:
-    from controller.paths import read_json
+    from boxer.controller.paths import read_json
 
     try:
         name = _resolve_name(name)
@@ -796,7 +796,7 @@ def top_command(name: str | None, interval: float) -> None:
 def report_command(name: str | None, out: Path | None, timeline: Path | None,
                    load_file: Path | None) -> None:
     """A PNG timeline of a run: load, instances per placement, start-up and request latency."""
-    from controller.report import ReportError, write_report
+    from boxer.controller.report import ReportError, write_report
 
     if timeline is None:
         name = _resolve_name(name)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from controller.spec import Deployment
+    from boxer.controller.spec import Deployment
 
 
 @click.command("check")
@@ -25,8 +25,8 @@ def check_command(file: Path, output: str) -> None:
     (file:line, field, bad value, what is allowed) otherwise.
     """
     # Imported here: pydantic costs start-up time every other boxer command should not pay.
-    from controller.errors import DeploymentFileError
-    from controller.validate import load_deployment
+    from boxer.controller.errors import DeploymentFileError
+    from boxer.controller.validate import load_deployment
 
     try:
         deployment = load_deployment(file)

@@ -1,4 +1,5 @@
-"""The `boxer` command: a thin click layer; each command group lives with the code it drives.
+"""The `boxer` command: every click command lives in this package, thin; the logic it calls lives
+in the component that owns it (the agent, the coordinator, the lab, the controller, a backend).
 
 Subcommands are imported only when used: `boxer run` starts every instance, and importing the
 lab, the controller and the deployment commands for it cost a quarter of a second each time."""
@@ -11,18 +12,18 @@ import click
 
 # name -> (module, attribute); the order is the order `boxer --help` lists them in
 COMMANDS = {
-    "run": ("boxer.run_command", "run_command"),
-    "coordinator": ("boxer.run_command", "coordinator_command"),
-    "relay": ("boxer.run_command", "relay_command"),
-    "probe-nat": ("boxer.probe_command", "probe_nat_command"),
-    "lab": ("boxer.lab.commands", "lab"),
-    "check": ("controller.commands", "check_command"),
-    "up": ("boxer.deploy_commands", "up_command"),
-    "status": ("boxer.deploy_commands", "status_command"),
-    "top": ("boxer.deploy_commands", "top_command"),
-    "down": ("boxer.deploy_commands", "down_command"),
-    "report": ("boxer.deploy_commands", "report_command"),
-    "lambda-local": ("boxer.lambda_commands", "lambda_local"),
+    "run": ("boxer.cli.run", "run_command"),
+    "coordinator": ("boxer.cli.coordinator", "coordinator_command"),
+    "relay": ("boxer.cli.coordinator", "relay_command"),
+    "probe-nat": ("boxer.cli.probe", "probe_nat_command"),
+    "lab": ("boxer.cli.lab", "lab"),
+    "check": ("boxer.cli.check", "check_command"),
+    "up": ("boxer.cli.deploy", "up_command"),
+    "status": ("boxer.cli.deploy", "status_command"),
+    "top": ("boxer.cli.deploy", "top_command"),
+    "down": ("boxer.cli.deploy", "down_command"),
+    "report": ("boxer.cli.deploy", "report_command"),
+    "lambda-local": ("boxer.cli.lambda_local", "lambda_local"),
 }
 
 

@@ -1,0 +1,89 @@
+"""`boxer run`: the click layer over the agent."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import click
+
+from boxer import _aio as aio
+
+from boxer.agent.child import InterposerMissing, interposer_path
+from boxer.cli._common import endpoint_option, fail, setup_logging
+from boxer.agent.wrapcheck import UnwrappableError, check_wrappable
+from boxer.nat_traversal.auth import SecretError, load_secret
+
+
+
+def _default_name(argv: list[str]) -> str:
+    for var in ("BOXER_INSTANCE_NAME", "BOXER_LAB_HOST"):
+        if os.environ.get(var):
+            return os.environ[var]
+    base = re.sub(r"[^a-z0-9-]", "-", os.path.basename(argv[0]).lower()).strip("-") or "app"
+    return f"{base[:50]}-{os.urandom(2).hex()}"
+
+
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--name", help="Host name of this instance on the overlay (default: the lab host, or "
+              "the program's name with a random suffix). Other instances connect to it by this name.")
+@click.option("--service", help="Service this instance belongs to (default: the name without a "
+              "trailing -N).")
+@click.option("--coordinator", envvar="BOXER_COORDINATOR", metavar="HOST:PORT",
+              help="The coordinator's public address [env BOXER_COORDINATOR; set by `boxer lab exec`].")
+@click.option("--secret-file", envvar="BOXER_SECRET_FILE", type=click.Path(dir_okay=False),
+              help="File holding the deployment secret (hex) [env BOXER_SECRET_FILE].")
+@click.option("--lifetime", type=float, metavar="SECONDS",
+              help="Stop the application after this long (Lambda's cap is 900 s).")
+@click.option("--connect-timeout", type=float, default=5.0, show_default=True, metavar="SECONDS",
+              help="How long an overlay connect may take before the app sees ETIMEDOUT.")
+@click.option("--instance-id", envvar="BOXER_INSTANCE_ID", metavar="HEX", help="Identity of this instance (8-64 lowercase hex; "
+              "default random). Controllers set it to tell a replacement from the instance it replaces.")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run_command(name, service, coordinator, secret_file, lifetime, connect_timeout, instance_id, verbose,
+                command) -> None:
+    """Run COMMAND, unmodified, as a host of the overlay.
+
+    The program listens and connects as on any network; boxer registers it under NAME, answers
+    its name lookups for other instances, and turns its connects into direct TCP connections
+    punched through both NATs. Its exit status is boxer's.
+
+    \b
+    Examples:
+      boxer run --name kv -- redis-server --port 6379
+      boxer run -- redis-cli -h kv ping
+    """
+    from boxer.agent.runner import RunError, RunOptions, run_instance
+
+    setup_logging(verbose, "agent")
+    argv = list(command)
+    try:
+        check_wrappable(argv)
+        interposer_path()
+    except FileNotFoundError as exc:
+        raise SystemExit(fail(str(exc), 127))
+    except (UnwrappableError, InterposerMissing) as exc:
+        raise SystemExit(fail(f"refusing to run {argv[0]}: {exc}", 126))
+    if not coordinator:
+        raise SystemExit(fail("no coordinator: pass --coordinator HOST:PORT or set BOXER_COORDINATOR "
+                               "(inside the lab, `boxer lab exec HOST -- boxer run ...` sets it)", 2))
+    try:
+        secret = load_secret(secret_file, os.environ.get("BOXER_SECRET"))
+    except SecretError as exc:
+        raise SystemExit(fail(str(exc), 2))
+    name = (name or _default_name(argv)).lower()
+    service = (service or re.sub(r"-\d+$", "", name)).lower()
+    opts = RunOptions(argv=argv, name=name, service=service, coordinator=endpoint_option(coordinator, "--coordinator"),
+                      secret=secret, lifetime=lifetime, connect_timeout=connect_timeout,
+                      instance_id=instance_id)
+    try:
+        status = aio.run(run_instance(opts))
+    except RunError as exc:
+        raise SystemExit(fail(str(exc), exc.status))
+    except ValueError as exc:  # an invalid name/service, caught by message validation
+        raise SystemExit(fail(str(exc), 2))
+    raise SystemExit(status)
