@@ -35,6 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from _common import percentile, stop_all, write_results  # noqa: E402
+
 from boxer.lab import lab_down, lab_up  # noqa: E402
 
 BOXER = [sys.executable, "-m", "boxer", "run"]

@@ -143,8 +143,8 @@ def _lambda_backend(info: dict[str, Any]) -> Any:
     is the one terraform made, the secret is read from SSM (standard credential chain), here
     on the user's machine: no lab, no root."""
     from boxer.agent.control import parse_endpoint
-    from boxer.backends.lambda_backend import LambdaBackend
-    from boxer.backends.lambda_setup import SetupError, load_facts, read_deployment_secret
+    from boxer.backends.aws_lambda.backend import LambdaBackend
+    from boxer.backends.aws_lambda.preflight import SetupError, load_facts, read_deployment_secret
 
     outputs = info["outputs"]
     try:

@@ -49,12 +49,12 @@ from boxer.controller.signals import (
 from boxer.controller.spec import Deployment, Metric, Placement, RestartPolicy, Service
 
 __all__ = [
+    "DEFAULT_TIMINGS",
     "Decision",
     "Drain",
     "Outcome",
     "Start",
     "Stop",
-    "DEFAULT_TIMINGS",
     "Timings",
     "decide",
     "pick_instance",

@@ -37,7 +37,7 @@ from boxer.controller.policy import Drain, Start, Stop, Timings, decide
 from boxer.controller.signals import ControllerState
 from boxer.controller.spec import Deployment, Placement
 
-__all__ = ["ControllerRuntime", "INSTANCE_ID_ENV"]
+__all__ = ["INSTANCE_ID_ENV", "ControllerRuntime"]
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,9 @@ import dataclasses
 import enum
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Union
 
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
@@ -74,7 +75,7 @@ class Connection:
     nonce: str
     state: ConnState = ConnState.AWAIT_FIRST
     session: str | None = None
-    instance: "Instance | None" = None
+    instance: Instance | None = None
     last_heard: float = 0.0
     # The membership version this peer holds, as far as we sent it (frames on one TCP connection
     # arrive in order); None: it holds none we know of, so it gets the full Members next.

@@ -32,7 +32,7 @@ _BEAT = m.Beat()
 
 
 class _PeerProtocol(asyncio.Protocol):
-    def __init__(self, server: "CoordinatorServer") -> None:
+    def __init__(self, server: CoordinatorServer) -> None:
         self._server = server
         self._decoder = FrameDecoder()
         self.cid = next(server.cids)

@@ -17,10 +17,11 @@ import dataclasses
 import functools
 import re
 import socket
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from boxer.nat_traversal.wire import ProtocolError
 
@@ -162,7 +163,7 @@ class Register(Message):
     name: str
     service: str
     instance: str
-    addr: Optional[str] = None
+    addr: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -181,8 +182,8 @@ class Registered(Message):
     name: str
     addr: str
     prefix: str
-    relay_port: Optional[int] = None
-    beat: Optional[float] = None
+    relay_port: int | None = None
+    beat: float | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -355,8 +356,8 @@ class Incoming(Message):
     src_addr: str
     src_port: int
     dst_port: int
-    ticket: Optional[str] = None
-    peer: Optional[str] = None
+    ticket: str | None = None
+    peer: str | None = None
     mode: str = "direct"
     warm: bool = False
 
@@ -482,8 +483,8 @@ class Report(Message):
     relayed: int  # ... and through the relay
     first_try: int = 0  # direct connections whose first simultaneous open succeeded
     draining: bool = False
-    lifetime_left: Optional[float] = None  # seconds, when the instance has a lifetime cap
-    exited: Optional[int] = None  # the app's exit status, in the agent's last report
+    lifetime_left: float | None = None  # seconds, when the instance has a lifetime cap
+    exited: int | None = None  # the app's exit status, in the agent's last report
 
     def __post_init__(self) -> None:
         for name in ("active", "accepted", "connected", "rss", "direct", "relayed"):
@@ -607,7 +608,7 @@ class Probe(Message):
     second answer arrives, the NAT kept the mapping through that much idleness."""
     TYPE: ClassVar[str] = "probe"
     v: int
-    again_after: Optional[int] = None
+    again_after: int | None = None
     # The relay also connects back to the observed endpoint from a port of its own: a prober
     # listening there learns whether its NAT lets in what it never sent to (filtering).
     call_back: bool = False
@@ -672,7 +673,7 @@ def decode(wire: dict[str, Any]) -> Message:
         raise ProtocolError(f"{kind}: {exc}") from None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema(cls: type[Message]) -> tuple[tuple[str, bool, Callable[[Any], bool]], ...]:
     """(name, required, type check) of each field of a message class, built once: resolving the
     (postponed) annotations cost ~0.2 ms per message, and interpreting them per value most of a
@@ -689,7 +690,7 @@ def _schema(cls: type[Message]) -> tuple[tuple[str, bool, Callable[[Any], bool]]
 def _type_check(hint: Any) -> Callable[[Any], bool]:
     """JSON value vs a field's annotation, as a predicate. bool is not an int here, an int is a
     float."""
-    if typing.get_origin(hint) is typing.Union:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X] and X | None
         options = tuple(_type_check(arg) for arg in typing.get_args(hint))
         return lambda value: any(check(value) for check in options)
     if hint is type(None):

@@ -144,8 +144,8 @@ print(json.dumps({"ok": ok, "failed": failed}))
 
 
 def test_up_again_applies_an_edited_file_while_it_runs(deployment, tmp_path):
-    from boxer.lab import load_lab
     from boxer.controller.paths import DeployPaths, read_json
+    from boxer.lab import load_lab
 
     text = Path(read_json(DeployPaths(deployment).deployment)["file"]).read_text()
 

@@ -190,8 +190,15 @@ def _unprivileged_python() -> tuple[str, str | None]:
     Python of the same version, with the venv's packages and this checkout on its path."""
     root = str(Path(__file__).resolve().parents[1])
     site = next(p for p in sys.path if p.endswith("site-packages"))
+    # PYTHONPATH directories get no .pth processing, and the editable install maps
+    # boxer.controller and boxer.nat_traversal through one (a finder): a sitecustomize on the
+    # path adds the venv's site-packages as a site directory, .pth files included.
+    shim = Path(tempfile.mkdtemp(prefix="bx-site-"))
+    shim.chmod(0o755)
+    (shim / "sitecustomize.py").write_text(f"import site\nsite.addsitedir({site!r})\n")
+    (shim / "sitecustomize.py").chmod(0o644)
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for python, path in ((sys.executable, root), (f"/usr/bin/{version}", f"{root}:{site}")):
+    for python, path in ((sys.executable, root), (f"/usr/bin/{version}", f"{root}:{shim}")):
         probe = subprocess.run([*SETPRIV, "env", f"PYTHONPATH={path}", python, "-c", _PROBE],
                                capture_output=True, timeout=60)
         if probe.returncode == 0:
@@ -261,7 +268,7 @@ def test_up_with_lambda_serves_redis_from_an_invocation_through_the_invoke_api(a
         assert stats["functions"][FUNCTION]["running"] == 1
         # The instance really runs in an invocation in h1: awslambdaric, handler, agent, app.
         inside = " ".join(_pids_in(aws.lab, "h1"))
-        for part in ("awslambdaric", "boxer.lambda_handler.handler", "boxer run", "redis-server"):
+        for part in ("awslambdaric", "boxer.backends.aws_lambda.handler.handler", "boxer run", "redis-server"):
             assert part in inside, inside
         # ... and the controller runs as the unprivileged user, in h2, no lab of its own.
         info = json.loads((aws.root / "state" / name / "deployment.json").read_text())

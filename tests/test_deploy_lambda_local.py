@@ -60,6 +60,6 @@ def test_up_with_lambda_local_serves_redis_from_an_invocation(tmp_path):
         assert kv and kv[0]["state"] == "ready"
         # the instance really is an invocation: its host runs the local Lambda sandbox
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        assert "boxer.backends.lambda_local" in ps and "awslambdaric" in ps
+        assert "boxer.backends.emulators.lambda_local" in ps and "awslambdaric" in ps
     finally:
         labkit.deployment_down(name)

@@ -10,8 +10,8 @@ import json
 from typing import Any
 
 from boxer.backends import HandleState
-from boxer.backends.facts import LambdaFacts
-from boxer.backends.lambda_backend import LambdaBackend
+from boxer.backends.aws_lambda.backend import LambdaBackend
+from boxer.backends.aws_lambda.facts import LambdaFacts
 from boxer.cli.deploy import status_text
 from boxer.controller.runtime import INSTANCE_ID_ENV, ControllerRuntime
 from boxer.controller.spec import Deployment

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from labkit import stop_all
 
 APPS = Path(__file__).parent / "apps"

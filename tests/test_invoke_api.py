@@ -1,4 +1,4 @@
-"""The local Lambda Invoke API (boxer/backends/invoke_api.py) through the real boto3 client and
+"""The local Lambda Invoke API (boxer/backends/emulators/invoke_api.py) through the real boto3 client and
 the real LambdaBackend: answers as Lambda gives them, events run under awslambdaric, throttling
 retried by the backend, sandboxes stopped on close. No root, no lab: sandboxes run here."""
 
@@ -18,9 +18,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from boxer.backends import HandleState, InstanceSpec, LaunchError
-from boxer.backends.facts import LambdaFacts
-from boxer.backends.invoke_api import InvokeApiServer, LocalFunction
-from boxer.backends.lambda_backend import LambdaBackend, RetryPolicy
+from boxer.backends.aws_lambda.backend import LambdaBackend, RetryPolicy
+from boxer.backends.aws_lambda.facts import LambdaFacts
+from boxer.backends.emulators.invoke_api import InvokeApiServer, LocalFunction
 
 pytest.importorskip("awslambdaric", reason="awslambdaric is not installed (pip install '.[test]')")
 
@@ -32,7 +32,7 @@ SECRET = "ef" * 32
 def handlers(tmp_path: Path) -> dict[str, Any]:
     """Test handlers built with the real make_handler (a command in place of `boxer run`)."""
     (tmp_path / "invoke_handlers.py").write_text(textwrap.dedent("""
-        from boxer.lambda_handler import HandlerTimeouts, make_handler
+        from boxer.backends.aws_lambda.handler import HandlerTimeouts, make_handler
 
         FAST = HandlerTimeouts(margin=1.0, exit_grace=0.3, term_grace=0.3, min_lifetime=0.2)
         exit3 = make_handler(lambda launch: ["sh", "-c", "exit 3"], timeouts=FAST)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from boxer.cli.lab import lab as lab_cli
 from boxer.lab import (
     CoordinatorStartError,
     Lab,
@@ -33,7 +34,6 @@ from boxer.lab import (
 )
 from boxer.lab._lab import HOST_TCP_TABLE
 from boxer.lab._plan import parse_host_name
-from boxer.cli.lab import lab as lab_cli
 
 # --------------------------------------------------------------------------- pure parts
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from boxer.cli.lab import lab as lab_cli
 from boxer.lab import (
     COORDINATOR_CMD_ENV,
     Lab,
@@ -33,7 +34,6 @@ from boxer.lab import (
     parse_nat,
 )
 from boxer.lab._conditions import mapping_timeout_sysctls, validate_mapping_timeout
-from boxer.cli.lab import lab as lab_cli
 
 HOSTS3 = ["h1", "h2", "h3"]
 

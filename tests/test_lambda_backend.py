@@ -25,9 +25,9 @@ from boxer.backends import (
     UnknownBackend,
     get_backend,
 )
-from boxer.backends.facts import LambdaFacts
-from boxer.backends.lambda_backend import LambdaBackend, RetryPolicy
-from boxer.backends.lambda_event import LambdaEvent
+from boxer.backends.aws_lambda.backend import LambdaBackend, RetryPolicy
+from boxer.backends.aws_lambda.event import LambdaEvent
+from boxer.backends.aws_lambda.facts import LambdaFacts
 
 REGION = "eu-west-1"
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.002)
@@ -150,7 +150,7 @@ def test_throttling_is_retried_with_backoff(aws: Path, monkeypatch: pytest.Monke
         pauses.append(delay)
         await real_sleep(0)
 
-    monkeypatch.setattr("boxer.backends.lambda_backend.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("boxer.backends.aws_lambda.backend.asyncio.sleep", fake_sleep)
     backend, recording = make(aws, throttle_first=3,
                               retry=RetryPolicy(attempts=5, base_delay=0.1, max_delay=0.3))
     handle = asyncio.run(backend.launch(spec()))
@@ -312,7 +312,7 @@ def test_unknown_backend_lists_the_known_ones() -> None:
 def test_backend_package_does_not_import_boto3() -> None:
     import subprocess
 
-    code = ("import sys, boxer.backends, boxer.backends.lambda_local; "
+    code = ("import sys, boxer.backends, boxer.backends.emulators.lambda_local; "
             "print('boto3' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

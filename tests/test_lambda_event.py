@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from boxer.backends import EventError, InstanceSpec, Placement
-from boxer.backends.facts import LambdaFacts
-from boxer.backends.lambda_event import LambdaEvent, SecretRef, event_for
+from boxer.backends.aws_lambda.event import LambdaEvent, SecretRef, event_for
+from boxer.backends.aws_lambda.facts import LambdaFacts
 
 GOLDEN = Path(__file__).parent / "golden" / "lambda"
 REGEN = os.environ.get("BOXER_REGEN_GOLDEN") == "1"

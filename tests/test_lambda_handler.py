@@ -17,9 +17,9 @@ import pytest
 from moto import mock_aws
 
 from boxer.backends import EventError, SecretError
-from boxer.backends.lambda_event import LambdaEvent, SecretRef
-from boxer.backends.lambda_secrets import ALLOW_FILE_SECRET_ENV, SecretFile, read_secret
-from boxer.lambda_handler import AgentLaunch, HandlerTimeouts, agent_argv, agent_env, make_handler
+from boxer.backends.aws_lambda.event import LambdaEvent, SecretRef
+from boxer.backends.aws_lambda.handler import AgentLaunch, HandlerTimeouts, agent_argv, agent_env, make_handler
+from boxer.backends.aws_lambda.secrets import ALLOW_FILE_SECRET_ENV, SecretFile, read_secret
 
 SECRET = "ab" * 32
 FAST = HandlerTimeouts(margin=1.0, exit_grace=0.3, term_grace=0.3, min_lifetime=0.2)
@@ -224,7 +224,7 @@ def test_missing_ssm_parameter_is_a_clear_error_and_starts_nothing(aws: None,
 def test_handler_module_does_not_import_boto3() -> None:
     import subprocess
 
-    code = "import sys, boxer.lambda_handler; print('boto3' in sys.modules)"
+    code = "import sys, boxer.backends.aws_lambda.handler; print('boto3' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ})
     assert out.stdout.strip() == "False"

@@ -21,7 +21,7 @@ if importlib.util.find_spec("awslambdaric") is None:
 
 def test_lambda_local_instance_in_a_nated_host_serves_redis_to_another_instance():
     from boxer.backends.base import InstanceSpec
-    from boxer.backends.lambda_local import LocalLambdaBackend
+    from boxer.backends.emulators.lambda_local import LocalLambdaBackend
     from boxer.lab import lab_down, lab_up
 
     name = f"ll{os.getpid() % 100000}"

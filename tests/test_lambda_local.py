@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from boxer.backends import HandleState, InstanceSpec, get_backend
-from boxer.backends.lambda_local import LocalLambdaBackend, invoke_local
+from boxer.backends.emulators.lambda_local import LocalLambdaBackend, invoke_local
 
 try:
     import awslambdaric  # noqa: F401
@@ -30,7 +30,7 @@ def handlers(tmp_path: Path) -> dict[str, Any]:
     """A module of test handlers built with the real make_handler, and the env to find it."""
     (tmp_path / "local_handlers.py").write_text(textwrap.dedent("""
         import os
-        from boxer.lambda_handler import HandlerTimeouts, make_handler
+        from boxer.backends.aws_lambda.handler import HandlerTimeouts, make_handler
 
         FAST = HandlerTimeouts(margin=1.0, exit_grace=0.3, term_grace=0.3, min_lifetime=0.2)
         OUT = os.environ["TEST_OUT"]

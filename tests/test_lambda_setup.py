@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 
-from boxer.backends.lambda_setup import OUTPUTS_ENV, SetupError, outputs_path
+from boxer.backends.aws_lambda.preflight import OUTPUTS_ENV, SetupError, outputs_path
 
 pytest.importorskip("flask", reason="moto's server needs flask (pip install '.[test]')")
 
@@ -180,8 +180,8 @@ def test_access_denied_as_aws_words_it() -> None:
     """AWS's own answer (JSON, AccessDeniedException), through botocore's Stubber."""
     from botocore.stub import Stubber
 
-    from boxer.backends.facts import LambdaFacts
-    from boxer.backends.lambda_setup import read_deployment_secret
+    from boxer.backends.aws_lambda.facts import LambdaFacts
+    from boxer.backends.aws_lambda.preflight import read_deployment_secret
 
     ssm = boto3.client("ssm", region_name=REGION, aws_access_key_id="x",
                        aws_secret_access_key="y")
@@ -228,8 +228,8 @@ def test_vm_placement_is_refused_by_the_lambda_backend(world: World) -> None:
 
 
 def test_concurrency_comes_from_the_functions_reservation(world: World) -> None:
-    from boxer.backends.facts import LambdaFacts
-    from boxer.backends.lambda_setup import concurrency_limit
+    from boxer.backends.aws_lambda.facts import LambdaFacts
+    from boxer.backends.aws_lambda.preflight import concurrency_limit
 
     facts = LambdaFacts("boxer-t", "127.0.0.1:1", "/boxer/t/secret", REGION)
     factory = lambda service, region: world.client(service)  # noqa: E731
@@ -241,11 +241,11 @@ def test_concurrency_comes_from_the_functions_reservation(world: World) -> None:
 
 
 def test_concurrency_of_the_account_pool() -> None:
-    from boxer.backends.facts import LambdaFacts
-    from boxer.backends.lambda_setup import concurrency_limit
+    from boxer.backends.aws_lambda.facts import LambdaFacts
+    from boxer.backends.aws_lambda.preflight import concurrency_limit
 
     class Account:  # what GetFunctionConcurrency and GetAccountSettings answer without a reservation
-        def get_function_concurrency(self, FunctionName: str) -> dict:  # noqa: N803
+        def get_function_concurrency(self, FunctionName: str) -> dict:
             return {}
 
         def get_account_settings(self) -> dict:
@@ -256,7 +256,7 @@ def test_concurrency_of_the_account_pool() -> None:
 
 
 def test_max_concurrency_is_lowered_to_what_aws_allows() -> None:
-    from boxer.backends.lambda_setup import effective_concurrency
+    from boxer.backends.aws_lambda.preflight import effective_concurrency
 
     assert effective_concurrency(100, None, "unknown", "f") == (100, None)
     assert effective_concurrency(10, 50, "the function's reserved concurrency", "f") == (10, None)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from boxer.agent.names import DeltaOutcome, NameTable
 from boxer.agent.ipc import Resolution
+from boxer.agent.names import DeltaOutcome, NameTable
 from boxer.nat_traversal import messages as m
 
 

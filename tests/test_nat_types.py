@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from labkit import stop_all, wait_serving
 
 APPS = Path(__file__).parent / "apps"

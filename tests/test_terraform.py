@@ -15,7 +15,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from boxer.backends.facts import REQUIRED_OUTPUTS
+from boxer.backends.aws_lambda.facts import REQUIRED_OUTPUTS
 
 MODULE = Path(__file__).resolve().parent.parent / "terraform"
 TF_FILES = sorted(MODULE.glob("*.tf"))

@@ -220,3 +220,10 @@ def test_a_members_of_checked_entries_equals_one_checked_again():
     assert m.decode(trusted.to_wire()) == trusted
     with pytest.raises(dataclasses.FrozenInstanceError):
         trusted.version = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", sorted(m.MESSAGE_TYPES))
+def test_every_message_type_has_a_decoder_for_each_field(name: str) -> None:
+    """Each field's annotation must map to a type check, whether written Optional[X] or X | None
+    (a lint fix that rewrote one into the other once left Register undecodable)."""
+    assert len(m._schema(m.MESSAGE_TYPES[name])) == len(dataclasses.fields(m.MESSAGE_TYPES[name]))

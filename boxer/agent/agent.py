@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 
 from boxer.agent.control import Ticket, open_ticket
+from boxer.agent.fastpath import EventKind, FastEvent, FastPath
+from boxer.agent.ipc import Message, Op
 from boxer.agent.link import CoordinatorLink, LinkDown
 from boxer.agent.names import DeltaOutcome, NameTable
 from boxer.agent.natprobe import probe_mapping
 from boxer.agent.punch import PunchError, authenticate, relay_open, simultaneous_open
 from boxer.agent.signals import ConnectionTracker, IdleClock, ProcessSampler, open_local_ports
-from boxer.agent.fastpath import EventKind, FastEvent, FastPath
-from boxer.agent.ipc import Message, Op
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
 

@@ -13,8 +13,8 @@ import dataclasses
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m

@@ -31,8 +31,8 @@ import ipaddress
 import logging
 import struct
 
-from boxer.agent.names import NameTable
 from boxer.agent.ipc import Resolution
+from boxer.agent.names import NameTable
 
 log = logging.getLogger(__name__)
 

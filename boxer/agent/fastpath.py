@@ -20,9 +20,9 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from boxer.agent.ipc import SIZE
 

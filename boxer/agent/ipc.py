@@ -90,7 +90,7 @@ class Message:
         )
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Message":
+    def unpack(cls, data: bytes) -> Message:
         if len(data) != SIZE:
             raise IpcError(f"message is {len(data)} bytes, expected {SIZE}")
         magic, op, status, flags, pid, family, port, token, addr, name = _LAYOUT.unpack(data)
@@ -110,6 +110,6 @@ class Message:
         return cls(op=op, status=status, flags=flags, pid=pid, port=port, token=token,
                    addr=str(ipaddress.IPv4Address(addr[:4])), name=text)
 
-    def reply(self, **fields) -> "Message":
+    def reply(self, **fields) -> Message:
         """A reply to this request: same op, the given fields."""
         return Message(op=self.op, **fields)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from boxer.agent.control import ControlSession, CoordinatorError, Registration, open_session
 from boxer.nat_traversal import messages as m

@@ -12,8 +12,17 @@ import tempfile
 from dataclasses import dataclass
 
 from boxer.agent.agent import NAT_IDLE_TIMEOUT, WAKE_ADDR, Agent, Timeouts
-from boxer.agent.child import (AppProcess, become_subreaper, child_environment, descendants, exit_status,
-                               start_child, stop_child, stop_descendants, wait_descendants)
+from boxer.agent.child import (
+    AppProcess,
+    become_subreaper,
+    child_environment,
+    descendants,
+    exit_status,
+    start_child,
+    stop_child,
+    stop_descendants,
+    wait_descendants,
+)
 from boxer.agent.control import CoordinatorError, open_session
 from boxer.agent.fastpath import FastPath
 from boxer.agent.ipc_server import IpcServer

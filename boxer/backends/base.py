@@ -139,8 +139,8 @@ class Backend(Protocol):
 
 # name -> "module:attribute"; imported only when asked for.
 _REGISTRY: dict[str, str] = {
-    "lambda": "boxer.backends.lambda_backend:LambdaBackend",
-    "lambda-local": "boxer.backends.lambda_local:LocalLambdaBackend",
+    "lambda": "boxer.backends.aws_lambda.backend:LambdaBackend",
+    "lambda-local": "boxer.backends.emulators.lambda_local:LocalLambdaBackend",
     "local": "boxer.backends.local:LocalBackend",
 }
 

@@ -21,8 +21,8 @@ instance's environment changes what the agent reads at import, or BOXER_LAB_ZYGO
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -368,10 +368,10 @@ class LabLambdaBackend(LocalBackend):
         self.timeout = timeout
 
     def argv(self, spec: InstanceSpec) -> list[str]:
-        return [self.python, "-m", "boxer.backends.lambda_local", "--timeout", f"{self.timeout:g}"]
+        return [self.python, "-m", "boxer.backends.emulators.lambda_local", "--timeout", f"{self.timeout:g}"]
 
     def stdin_for(self, spec: InstanceSpec) -> bytes | None:
-        from boxer.backends.lambda_event import SecretRef, event_for
+        from boxer.backends.aws_lambda.event import SecretRef, event_for
 
         event = event_for(spec, coordinator=self.lab.coordinator,
                           secret=SecretRef("file", str(self.lab.secret_file)))

@@ -410,7 +410,7 @@ def _child(request: dict, run: RunCommand) -> int:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.path[0] = os.getcwd()  # as `python -m` has it
-    except BaseException:  # noqa: BLE001 - the instance fails; the zygote carries on
+    except BaseException:
         traceback.print_exc()
         _flush()
         return 1
@@ -439,7 +439,7 @@ def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 

@@ -176,7 +176,7 @@ def _lambda_preflight(file: Path, deployment: Any, outputs: Path | None) -> dict
     """Everything `--backend lambda` needs, checked before anything starts: the outputs file,
     the secret in SSM (standard credential chain), the function, the coordinator. The secret
     is only used to open a test session; the controller reads it again itself."""
-    from boxer.backends.lambda_setup import SetupError, load_facts, outputs_path, preflight
+    from boxer.backends.aws_lambda.preflight import SetupError, load_facts, outputs_path, preflight
     from boxer.controller.spec import LambdaSettings
 
     settings = deployment.lambda_ or LambdaSettings()
@@ -343,7 +343,7 @@ def _reapply(file: Path, deployment: Any, name: str) -> None:
 def _concurrency_slots(settings: Any, facts: Any) -> int:
     """`lambda.maxConcurrency`, lowered to what AWS lets the function run at once (its
     reserved concurrency, else the account's unreserved share); says so when it was."""
-    from boxer.backends.lambda_setup import SetupError, concurrency_limit, effective_concurrency
+    from boxer.backends.aws_lambda.preflight import SetupError, concurrency_limit, effective_concurrency
 
     try:
         limit, source = concurrency_limit(facts)
@@ -360,7 +360,7 @@ def _lambda_settings_again(running: Any, edited: Any, info: dict[str, Any]) -> d
     """The edits to a running deployment's `lambda:` block, for its controller: the concurrency
     it may use, looked up again as at `boxer up` (the function's reserved concurrency or the
     account's unreserved share may have changed since), and the registration timeout."""
-    from boxer.backends.lambda_setup import SetupError, load_facts
+    from boxer.backends.aws_lambda.preflight import SetupError, load_facts
     from boxer.controller.spec import LambdaSettings
 
     before, after = running.lambda_ or LambdaSettings(), edited.lambda_ or LambdaSettings()
@@ -552,8 +552,8 @@ def down_command(name: str | None) -> None:
 
 
 def _down(name: str) -> str:
-    from boxer.lab import lab_down
     from boxer.controller.paths import read_json, write_json_atomic
+    from boxer.lab import lab_down
 
     paths = _paths(name)
     info = read_json(paths.deployment)

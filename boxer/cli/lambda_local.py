@@ -1,5 +1,5 @@
 """`boxer lambda-local serve`: a local Lambda Invoke API, so `boxer up --backend lambda` (the
-real boto3 client and LambdaBackend) can run without AWS. See boxer/backends/invoke_api.py."""
+real boto3 client and LambdaBackend) can run without AWS. See boxer/backends/emulators/invoke_api.py."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def serve_command(function_name: str, listen: str, lab_name: str | None, hosts: 
     Example (docs/aws.md, "Without an AWS account"):
       boxer lambda-local serve --function boxer-demo --lab demo --hosts h1,h2
     """
-    from boxer.backends.invoke_api import InvokeApiServer, LocalFunction
+    from boxer.backends.emulators.invoke_api import InvokeApiServer, LocalFunction
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
 import click
 
 from boxer import _aio as aio
-
 from boxer.agent.child import InterposerMissing, interposer_path
-from boxer.cli._common import endpoint_option, fail, setup_logging
 from boxer.agent.wrapcheck import UnwrappableError, check_wrappable
+from boxer.cli._common import endpoint_option, fail, setup_logging
 from boxer.nat_traversal.auth import SecretError, load_secret
-
 
 
 def _default_name(argv: list[str]) -> str:

@@ -33,7 +33,7 @@ def run_boxer(args: list[str]) -> int:
         else:
             print(exc.code, file=sys.stderr)
             code = 1
-    except BaseException:  # noqa: BLE001 - the instance fails; its log says why
+    except BaseException:
         traceback.print_exc()
         code = 1
     logging.shutdown()

@@ -20,7 +20,6 @@ from boxer.lab._lab import (
     list_labs,
     load_lab,
 )
-from boxer.lab._process import stop_processes
 from boxer.lab._plan import (
     COORDINATOR_HOST,
     LabHost,
@@ -30,6 +29,7 @@ from boxer.lab._plan import (
     lab_plan,
     public_host_plan,
 )
+from boxer.lab._process import stop_processes
 from boxer.lab.errors import (
     CoordinatorStartError,
     LabError,
@@ -66,9 +66,9 @@ __all__ = [
     "lab_down_all",
     "lab_plan",
     "lab_up",
-    "stop_processes",
     "list_labs",
     "load_lab",
     "parse_nat",
     "public_host_plan",
+    "stop_processes",
 ]

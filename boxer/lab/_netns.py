@@ -56,7 +56,7 @@ def in_thread(fn: Callable[[], T]) -> T:
     def body() -> None:
         try:
             result.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+        except BaseException as exc:
             failure.append(exc)
 
     thread = threading.Thread(target=body, name="boxer-netns")

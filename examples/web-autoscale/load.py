@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from boxer.controller.paths import DeployPaths, read_json  # noqa: E402
+from boxer.controller.paths import DeployPaths, read_json
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 

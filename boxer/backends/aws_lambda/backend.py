@@ -27,10 +27,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from boxer.backends.aws_lambda.event import SecretRef, event_for
+from boxer.backends.aws_lambda.facts import LambdaFacts
 from boxer.backends.base import InstanceHandle, InstanceSpec
 from boxer.backends.errors import CapacityError, LaunchError
-from boxer.backends.facts import LambdaFacts
-from boxer.backends.lambda_event import SecretRef, event_for
 
 __all__ = [
     "MAX_ASYNC_PAYLOAD",

@@ -1,7 +1,7 @@
 """A local Lambda: run the real handler the way AWS Lambda runs it, on this machine.
 
 `invoke_local(event)` starts a Runtime API server (runtime_api.py) and, as a child process,
-`python -m awslambdaric boxer.lambda_handler.handler` - the image's own entry point - with
+`python -m awslambdaric boxer.backends.aws_lambda.handler.handler` - the image's own entry point - with
 AWS_LAMBDA_RUNTIME_API pointing at it. Like Lambda it
 
 - hands the runtime one event with a deadline (context.get_remaining_time_in_millis works),
@@ -12,7 +12,7 @@ AWS_LAMBDA_RUNTIME_API pointing at it. Like Lambda it
 To put the function behind the lab's NAT, pass `wrap_argv=["ip", "netns", "exec", "bx-lab-h1"]`.
 The child must then reach the Runtime API server: either give `listen_host` an address the
 namespace can reach, or - what LocalLambdaBackend does - run this whole module inside the
-namespace (`python -m boxer.backends.lambda_local`, event on stdin, result on stdout), so the
+namespace (`python -m boxer.backends.emulators.lambda_local`, event on stdin, result on stdout), so the
 server listens on the namespace's own loopback, as Lambda's runtime API sits inside its sandbox.
 """
 
@@ -36,17 +36,17 @@ from typing import Any
 
 import psutil
 
+from boxer.backends.aws_lambda.event import SecretRef, event_for
+from boxer.backends.aws_lambda.secrets import ALLOW_FILE_SECRET_ENV
 from boxer.backends.base import InstanceHandle, InstanceSpec
+from boxer.backends.emulators.runtime_api import RuntimeApiServer
 from boxer.backends.errors import LaunchError
-from boxer.backends.lambda_event import SecretRef, event_for
-from boxer.backends.lambda_secrets import ALLOW_FILE_SECRET_ENV
-from boxer.backends.runtime_api import RuntimeApiServer
 
 __all__ = ["DEFAULT_HANDLER", "MAX_TIMEOUT", "LocalLambdaBackend", "LocalResult", "invoke_local"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HANDLER = "boxer.lambda_handler.handler"
+DEFAULT_HANDLER = "boxer.backends.aws_lambda.handler.handler"
 MAX_TIMEOUT = 900.0  # Lambda's cap, seconds
 NOFILE_LIMIT = 1024
 _TICK = 0.05
@@ -102,7 +102,7 @@ def invoke_local(
         runtime = subprocess.Popen(argv, env=child_env, stdin=subprocess.DEVNULL,
                                    start_new_session=True,
                                    # setrlimit only: safe even with the server thread
-                                   preexec_fn=_cap_open_files)  # noqa: PLW1509
+                                   preexec_fn=_cap_open_files)
         try:
             return _wait(runtime, outcome, started, timeout, stop)
         finally:
@@ -200,7 +200,7 @@ class LocalLambdaBackend:
         return list(self._wrap(spec) if callable(self._wrap) else self._wrap)
 
     async def launch(self, spec: InstanceSpec) -> InstanceHandle:
-        argv = [*self._prefix(spec), self._python, "-m", "boxer.backends.lambda_local",
+        argv = [*self._prefix(spec), self._python, "-m", "boxer.backends.emulators.lambda_local",
                 "--timeout", str(self.timeout), "--handler", self._handler]
         env = dict(os.environ if self._env is None else self._env)
         try:
@@ -247,11 +247,11 @@ class LocalLambdaBackend:
         handle.mark_stopped()
 
 
-# -- the sandbox entry point: python -m boxer.backends.lambda_local ----------------------------
+# -- the sandbox entry point: python -m boxer.backends.emulators.lambda_local ----------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m boxer.backends.lambda_local",
+        prog="python -m boxer.backends.emulators.lambda_local",
         description="Run one Lambda invocation locally: event JSON on stdin, result on stdout.")
     parser.add_argument("--timeout", type=float, default=MAX_TIMEOUT)
     parser.add_argument("--handler", default=DEFAULT_HANDLER)

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from boxer.backends.aws_lambda.event import SecretRef
 from boxer.backends.errors import SecretError
-from boxer.backends.lambda_event import SecretRef
 
 __all__ = ["ALLOW_FILE_SECRET_ENV", "SecretFile", "read_secret"]
 
@@ -104,7 +104,7 @@ class SecretFile:
     def remove(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> SecretFile:  # noqa: PYI034 (typing.Self is 3.11+; we support 3.10)
+    def __enter__(self) -> SecretFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

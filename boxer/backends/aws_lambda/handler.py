@@ -1,8 +1,8 @@
 """The function handler: one Lambda invocation becomes one boxer instance.
 
-awslambdaric calls `handler(event, context)` (image CMD: `boxer.lambda_handler.handler`). It
+awslambdaric calls `handler(event, context)` (image CMD: `boxer.backends.aws_lambda.handler.handler`). It
 
-1. parses the event (boxer.backends.lambda_event) - a bad event raises EventError listing every
+1. parses the event (boxer.backends.aws_lambda.event) - a bad event raises EventError listing every
    problem, before anything is started;
 2. reads the deployment secret (SSM / Secrets Manager / local file) and writes it to a 0600
    file under /tmp - the only writable place - whose path goes to the agent in
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from boxer.backends.lambda_event import LambdaEvent
-from boxer.backends.lambda_secrets import SecretFile, read_secret
+from boxer.backends.aws_lambda.event import LambdaEvent
+from boxer.backends.aws_lambda.secrets import SecretFile, read_secret
 
 __all__ = [
     "NOFILE_LIMIT",
@@ -190,7 +190,7 @@ def _run_agent(
         process = subprocess.Popen(
             argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
             # The handler thread is the only one running here, so preexec_fn is safe.
-            preexec_fn=cap_open_files,  # noqa: PLW1509
+            preexec_fn=cap_open_files,
         )
     except OSError as exc:
         log.error("cannot start the agent %r: %s", argv[0], exc)

@@ -84,7 +84,7 @@ class RuntimeApiServer:
                 if not invocation.future.done():
                     invocation.future.cancel()
 
-    def __enter__(self) -> RuntimeApiServer:  # noqa: PYI034 (typing.Self is 3.11+)
+    def __enter__(self) -> RuntimeApiServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from boxer.backends.aws_lambda.facts import LambdaFacts
 from boxer.backends.errors import BackendError, FactsError
-from boxer.backends.facts import LambdaFacts
 
 __all__ = [
     "DEFAULT_REGISTER_TIMEOUT",

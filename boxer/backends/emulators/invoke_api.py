@@ -9,7 +9,7 @@ service-specific endpoint variable (botocore >= 1.31):
 
 or from the shell, `boxer lambda-local serve --function boxer-demo --lab demo --hosts h1,h2`.
 
-Each accepted event runs in a *sandbox*: `python -m boxer.backends.lambda_local` (the Runtime
+Each accepted event runs in a *sandbox*: `python -m boxer.backends.emulators.lambda_local` (the Runtime
 API, the real awslambdaric and our handler, see lambda_local.py), prefixed by one of the
 function's `slots` - e.g. `ip netns exec bx-demo-h1`, so the instance sits behind a lab NAT.
 A slot runs one invocation at a time, like one Lambda execution environment; the number of
@@ -79,7 +79,7 @@ class LocalFunction:
     env: Mapping[str, str] = field(default_factory=dict)
     drop: bool = False
     memory_mb: int = 1769
-    handler: str = "boxer.lambda_handler.handler"  # the image's CMD
+    handler: str = "boxer.backends.aws_lambda.handler.handler"  # the image's CMD
 
     def __post_init__(self) -> None:
         if not re.match(r"^[A-Za-z0-9_-]{1,64}$", self.name):
@@ -158,7 +158,7 @@ class InvokeApiServer:
         for thread in list(self._threads):
             thread.join(timeout=STOP_GRACE + 5)
 
-    def __enter__(self) -> InvokeApiServer:  # noqa: PYI034 (typing.Self is 3.11+)
+    def __enter__(self) -> InvokeApiServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -254,7 +254,7 @@ class InvokeApiServer:
              body: bytes) -> dict[str, Any]:
         """One invocation in a sandbox; its LocalResult as a dict."""
         config = function.config
-        argv = [*slot, self.python, "-m", "boxer.backends.lambda_local",
+        argv = [*slot, self.python, "-m", "boxer.backends.emulators.lambda_local",
                 "--timeout", f"{config.timeout:g}", "--handler", config.handler]
         env = dict(os.environ)
         env.update(config.env)
@@ -310,7 +310,7 @@ class InvokeApiServer:
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM a sandbox (it stops its runtime and the instance), kill its tree if it lingers."""
-    from boxer.backends.lambda_local import _kill_tree
+    from boxer.backends.emulators.lambda_local import _kill_tree
 
     if proc.poll() is not None:
         return
