@@ -9,7 +9,7 @@ from pathlib import Path
 
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:

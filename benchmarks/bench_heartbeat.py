@@ -27,11 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from boxer.nat_traversal import auth  # noqa: E402
-from boxer.nat_traversal import messages as m  # noqa: E402
-from boxer.nat_traversal.broker import Broker  # noqa: E402
-from boxer.nat_traversal.coordinator import _BEAT, BEAT_FRAME  # noqa: E402
-from boxer.nat_traversal.wire import FrameDecoder  # noqa: E402
+from boxer.nat_traversal import auth
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.broker import Broker
+from boxer.nat_traversal.coordinator import _BEAT, BEAT_FRAME
+from boxer.nat_traversal.wire import FrameDecoder
 
 RESULTS = ROOT / "benchmarks" / "results" / "heartbeat.json"
 SECRET = bytes(range(32))
@@ -108,7 +108,7 @@ async def _generate(coordinator: str, secret_file: str, sessions: int, seconds: 
     from boxer.agent.control import FramedSocket, _authenticate, _connect
     from boxer.nat_traversal.auth import load_secret
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     host, _, port = coordinator.rpartition(":")
     secret = load_secret(secret_file, None)

@@ -42,10 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from boxer.nat_traversal import auth  # noqa: E402
-from boxer.nat_traversal import messages as m  # noqa: E402
-from boxer.nat_traversal.broker import Broker, Send  # noqa: E402
-from boxer.nat_traversal.wire import encode_frame  # noqa: E402
+from boxer.nat_traversal import auth
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.broker import Broker, Send
+from boxer.nat_traversal.wire import encode_frame
 
 RESULTS = ROOT / "benchmarks" / "results" / "membership.json"
 SECRET = bytes(range(32))

@@ -34,9 +34,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import percentile, stop_all, write_results  # noqa: E402
+from _common import percentile, stop_all, write_results
 
-from boxer.lab import lab_down, lab_up  # noqa: E402
+from boxer.lab import lab_down, lab_up
 
 BOXER = [sys.executable, "-m", "boxer", "run"]
 ECHO = [sys.executable, str(ROOT / "tests" / "apps" / "echo_server.py")]

@@ -26,9 +26,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import percentile, stop_all, write_results  # noqa: E402
+from _common import percentile, stop_all, write_results
 
-from boxer.lab import lab_down, lab_up  # noqa: E402
+from boxer.lab import lab_down, lab_up
 
 BOXER = [sys.executable, "-m", "boxer", "run"]
 ECHO = [sys.executable, str(ROOT / "tests" / "apps" / "echo_server.py")]
@@ -153,9 +153,11 @@ def main() -> int:
 
     print(f"\n{'measure':38} {'baseline':>12} {'overlay':>12} {'ratio':>8}  target")
     t = results["throughput_mbit_s"]
-    print(f"{'bulk throughput (Mbit/s, iperf3)':38} {t['baseline']:12.0f} {t['overlay']:12.0f} {t['ratio']:8.3f}  {t['target']}")
+    print(f"{'bulk throughput (Mbit/s, iperf3)':38} {t['baseline']:12.0f} {t['overlay']:12.0f} "
+          f"{t['ratio']:8.3f}  {t['target']}")
     r = results["rtt_us_p50"]
-    print(f"{'round trip on open conn (us, p50)':38} {r['baseline']:12.1f} {r['overlay']:12.1f} {r['ratio']:8.3f}  {r['target']}")
+    print(f"{'round trip on open conn (us, p50)':38} {r['baseline']:12.1f} {r['overlay']:12.1f} "
+          f"{r['ratio']:8.3f}  {r['target']}")
     c = results["connect_first_byte_ms"]
     print(f"{'connect to first byte p50 (ms)':38} {c['baseline_p50']:12.3f} {c['overlay_p50']:12.3f} {'':8}  p50 <= 2")
     print(f"{'connect to first byte p99 (ms)':38} {c['baseline_p99']:12.3f} {c['overlay_p99']:12.3f} {'':8}  p99 <= 10")

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from boxer.controller.paths import DeployPaths, read_json  # noqa: E402
+from boxer.controller.paths import DeployPaths, read_json
 
 BOXER = [sys.executable, "-m", "boxer"]
 RESULTS = ROOT / "benchmarks" / "results" / "scaling.json"

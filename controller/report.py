@@ -77,7 +77,7 @@ def write_report(timeline: Path, out: Path, load_file: Path | None = None) -> st
         vm = [r["services"].get(name, {}).get("ready", {}).get("vm", 0) for r in rows]
         fn = [r["services"].get(name, {}).get("ready", {}).get("function", 0) for r in rows]
         desired = [r["services"].get(name, {}).get("desired", 0) for r in rows]
-        peak = max(peak, max(a + b for a, b in zip(vm, fn)))
+        peak = max(peak, max(a + b for a, b in zip(vm, fn, strict=False)))
         inst_ax.stackplot(t, vm, fn, labels=[f"{name} vm", f"{name} function"], alpha=0.6,
                           step="post")
         inst_ax.step(t, desired, where="post", linestyle="--", linewidth=1,
@@ -96,7 +96,7 @@ def write_report(timeline: Path, out: Path, load_file: Path | None = None) -> st
         for key in ("p50_ms", "p99_ms"):
             points = [(x["t"] - t0, x[key]) for x in load_rows if x.get(key) is not None]
             if points:
-                lat_ax.plot(*zip(*points), marker="o", label=f"request {key} (per load step)")
+                lat_ax.plot(*zip(*points, strict=False), marker="o", label=f"request {key} (per load step)")
     lat_ax.set_ylabel("latency (ms)")
     lat_ax.set_xlabel("seconds since the first tick")
     if ready_t or load_rows:

@@ -34,7 +34,7 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
+from typing import ClassVar
 
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
@@ -58,7 +58,7 @@ class Close:
     reason: str
 
 
-Action = Union[Send, Close]
+Action = Send | Close
 
 
 class ConnState(enum.Enum):
@@ -703,7 +703,7 @@ class Broker:
                 actions.append(Send(pending.client_cid, m.ConnectFailed(conn=pending.conn, error=error)))
         return actions
 
-    _CONTROL_HANDLERS: dict = {
+    _CONTROL_HANDLERS: ClassVar[dict] = {
         m.Register: _on_register,
         m.Bye: _on_bye,
         m.Resync: _on_resync,

@@ -117,10 +117,11 @@ class CoordinatorServer:
 
 async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: str | None = None,
                 relay_port: int | None = None, embedded_relay: bool = True,
-                metrics: tuple[str, int] | None = None, timeouts: Timeouts = Timeouts()) -> None:
+                metrics: tuple[str, int] | None = None, timeouts: Timeouts | None = None) -> None:
     """Serve until SIGINT/SIGTERM. relay_port: the relay and NAT-probe port (default port + 1);
     with embedded_relay False a separate `boxer relay` serves it (and relayed connections then
     survive a restart of the coordinator). timeouts: heartbeat interval, quiet limit and the rest."""
+    timeouts = timeouts or Timeouts()
     loop = asyncio.get_running_loop()
     relay = RelayServer(secret)
     relay_port = port + 1 if relay_port is None else relay_port

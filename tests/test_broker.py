@@ -41,7 +41,7 @@ def register(broker: Broker, cid: int, name: str, endpoint: str = "198.18.1.1:40
     """Registers, then ends the coordinator's turn (flush_members), as the real one would."""
     session = login(broker, cid, endpoint)
     replies = sent(broker.message_received(cid, m.Register(name=name, service=name, instance="12345678"), 0.0), cid)
-    registered = [r for r in replies if isinstance(r, m.Registered)][0]
+    registered = next(r for r in replies if isinstance(r, m.Registered))
     broker.flush_members()
     return session, registered.addr
 
@@ -198,7 +198,7 @@ def test_deltas_applied_in_order_rebuild_the_membership(broker):
     version = broker.members_version
     live: dict[str, int] = {}
     next_cid = 100
-    for turn in range(60):
+    for _turn in range(60):
         for _ in range(rnd.randint(0, 4)):
             if live and rnd.random() < 0.4:
                 name = rnd.choice(sorted(live))

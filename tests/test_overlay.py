@@ -194,7 +194,7 @@ def test_daemonizing_redis_stays_in_the_overlay_and_is_stopped_with_its_agent(la
         agent.terminate()
         agent.wait(timeout=20)
     deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{daemon}") and "Z" not in open(f"/proc/{daemon}/stat").read().split()[2]:
+    while os.path.exists(f"/proc/{daemon}") and "Z" not in Path(f"/proc/{daemon}/stat").read_text().split()[2]:
         assert time.monotonic() < deadline, "the daemon outlived its agent"
         time.sleep(0.1)
 

@@ -51,9 +51,9 @@ def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, rel
         secret = load_secret(secret_file, os.environ.get("BOXER_SECRET"))
         network = ipaddress.IPv4Network(prefix)
     except SecretError as exc:
-        raise SystemExit(fail(str(exc), 2))
+        raise SystemExit(fail(str(exc), 2)) from None
     except ValueError as exc:
-        raise SystemExit(fail(f"--prefix: {exc}", 2))
+        raise SystemExit(fail(f"--prefix: {exc}", 2)) from None
     if network.num_addresses < 4:
         raise SystemExit(fail(f"--prefix {prefix} is too small for any instance", 2))
     metrics_at = endpoint_option(metrics, "--metrics") if metrics else None
@@ -84,5 +84,5 @@ def relay_command(listen, secret_file, verbose) -> None:
     try:
         secret = load_secret(secret_file, os.environ.get("BOXER_SECRET"))
     except SecretError as exc:
-        raise SystemExit(fail(str(exc), 2))
+        raise SystemExit(fail(str(exc), 2)) from None
     aio.run(serve_relay(host, port, secret))

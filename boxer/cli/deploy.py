@@ -663,7 +663,7 @@ def render_table(columns: tuple[Column, ...], rows: list[dict[str, Any]], wide: 
     lines = []
     for row in cells:
         parts = [cell.rjust(w) if c.right else cell.ljust(w)
-                 for cell, w, c in zip(row, widths, shown)]
+                 for cell, w, c in zip(row, widths, shown, strict=False)]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 

@@ -179,7 +179,7 @@ def _table(columns: Sequence[_Column], rows: Sequence[dict[str, Any]]) -> str:
     cells = [[c.title for c in columns]] + [[c.value(row) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip()
         for line in cells
     )
 

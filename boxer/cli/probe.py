@@ -39,12 +39,12 @@ def probe_nat_command(coordinator, relay_port, idle, output) -> None:
         filtering = await probe_filtering((host, relay))
         survived = await asyncio.gather(*(idle_mapping_survives((host, relay), s) for s in idle))
         return {**probe.as_dict(), "filtering": filtering,
-                "idle_checks": {str(s): ok for s, ok in zip(idle, survived)}}
+                "idle_checks": {str(s): ok for s, ok in zip(idle, survived, strict=False)}}
 
     try:
         result = aio.run(measure())
     except (OSError, asyncio.TimeoutError) as exc:
-        raise click.ClickException(f"cannot probe against {host}:{port} / relay port {relay}: {exc}")
+        raise click.ClickException(f"cannot probe against {host}:{port} / relay port {relay}: {exc}") from None
     if output == "json":
         click.echo(json.dumps(result, indent=2))
         return

@@ -37,8 +37,9 @@ def _default_name(argv: list[str]) -> str:
               help="Stop the application after this long (Lambda's cap is 900 s).")
 @click.option("--connect-timeout", type=float, default=5.0, show_default=True, metavar="SECONDS",
               help="How long an overlay connect may take before the app sees ETIMEDOUT.")
-@click.option("--instance-id", envvar="BOXER_INSTANCE_ID", metavar="HEX", help="Identity of this instance (8-64 lowercase hex; "
-              "default random). Controllers set it to tell a replacement from the instance it replaces.")
+@click.option("--instance-id", envvar="BOXER_INSTANCE_ID", metavar="HEX",
+              help="Identity of this instance (8-64 lowercase hex; default random). Controllers set it "
+              "to tell a replacement from the instance it replaces.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_command(name, service, coordinator, secret_file, lifetime, connect_timeout, instance_id, verbose,
@@ -62,16 +63,16 @@ def run_command(name, service, coordinator, secret_file, lifetime, connect_timeo
         check_wrappable(argv)
         interposer_path()
     except FileNotFoundError as exc:
-        raise SystemExit(fail(str(exc), 127))
+        raise SystemExit(fail(str(exc), 127)) from None
     except (UnwrappableError, InterposerMissing) as exc:
-        raise SystemExit(fail(f"refusing to run {argv[0]}: {exc}", 126))
+        raise SystemExit(fail(f"refusing to run {argv[0]}: {exc}", 126)) from None
     if not coordinator:
         raise SystemExit(fail("no coordinator: pass --coordinator HOST:PORT or set BOXER_COORDINATOR "
                                "(inside the lab, `boxer lab exec HOST -- boxer run ...` sets it)", 2))
     try:
         secret = load_secret(secret_file, os.environ.get("BOXER_SECRET"))
     except SecretError as exc:
-        raise SystemExit(fail(str(exc), 2))
+        raise SystemExit(fail(str(exc), 2)) from None
     name = (name or _default_name(argv)).lower()
     service = (service or re.sub(r"-\d+$", "", name)).lower()
     opts = RunOptions(argv=argv, name=name, service=service, coordinator=endpoint_option(coordinator, "--coordinator"),
@@ -80,7 +81,7 @@ def run_command(name, service, coordinator, secret_file, lifetime, connect_timeo
     try:
         status = aio.run(run_instance(opts))
     except RunError as exc:
-        raise SystemExit(fail(str(exc), exc.status))
+        raise SystemExit(fail(str(exc), exc.status)) from None
     except ValueError as exc:  # an invalid name/service, caught by message validation
-        raise SystemExit(fail(str(exc), 2))
+        raise SystemExit(fail(str(exc), 2)) from None
     raise SystemExit(status)

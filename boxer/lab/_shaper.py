@@ -17,8 +17,9 @@ apply per wire packet, not per 64 kB burst.
 
 Its netlink sockets are opened inside each of those namespaces from a short-lived thread
 (`_netns.in_thread`, the same trick the topology code uses), one per namespace, bound to every
-queue number used there, so one process serves the whole lab. It reads the links from lab.json at start and on SIGHUP, then writes the
-reload count to `shaper.ready` so that `Lab.set_link` can wait for the change to be live.
+queue number used there, so one process serves the whole lab. It reads the links from lab.json
+at start and on SIGHUP, then writes the reload count to `shaper.ready` so that `Lab.set_link` can
+wait for the change to be live.
 
 Run as: python -m boxer.lab._shaper LAB_NAME
 """

@@ -82,6 +82,9 @@ class ConcurrencyLimiter:
         self._in_use = 0
         self._waiting = 0
         self._freed = asyncio.Condition()
+        # The loop keeps only weak references to tasks: a notification nobody holds could be
+        # collected before it runs, and a waiter would then sleep on.
+        self._notifications: set[asyncio.Task[None]] = set()
 
     @property
     def state(self) -> ConcurrencyState:
@@ -110,13 +113,18 @@ class ConcurrencyLimiter:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        loop.create_task(self._notify())
+        self._start_notify(loop)
 
     def set_limit(self, limit: int) -> None:
         """A new limit, from now on. Raised: waiters take the new slots at once. Lowered: the
         slots in use above it are not taken back; new ones wait until enough are given back."""
         self.limit = _checked_limit(limit)
-        asyncio.get_running_loop().create_task(self._notify(everyone=True))
+        self._start_notify(asyncio.get_running_loop(), everyone=True)
+
+    def _start_notify(self, loop: asyncio.AbstractEventLoop, everyone: bool = False) -> None:
+        task = loop.create_task(self._notify(everyone))
+        self._notifications.add(task)
+        task.add_done_callback(self._notifications.discard)
 
     async def _notify(self, everyone: bool = False) -> None:
         async with self._freed:

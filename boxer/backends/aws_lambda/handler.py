@@ -124,7 +124,8 @@ def agent_env(launch: AgentLaunch, base: Mapping[str, str]) -> dict[str, str]:
 def cap_open_files(limit: int = NOFILE_LIMIT) -> None:
     """Lower RLIMIT_NOFILE (soft and hard) to at most `limit`. Runs in the child before exec."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    cap = lambda current: limit if current == resource.RLIM_INFINITY else min(current, limit)
+    def cap(current):
+        return limit if current == resource.RLIM_INFINITY else min(current, limit)
     resource.setrlimit(resource.RLIMIT_NOFILE, (cap(soft), cap(hard)))
 
 

@@ -211,8 +211,8 @@ def effective_concurrency(configured: int, limit: int | None, source: str,
         return configured, None
     if limit <= 0:
         raise SetupError(f"Lambda function {function_name} may run no invocation at all ({source} "
-                         "is 0): every invocation is throttled. Raise it (terraform variable reserved_concurrency, -1 for "
-                         "the account's pool) and apply")
+                         "is 0): every invocation is throttled. Raise it (terraform variable "
+                         "reserved_concurrency, -1 for the account's pool) and apply")
     return limit, (f"lambda.maxConcurrency {configured} lowered to {limit}: {source} (more "
                    "invocations would only be throttled)")
 

@@ -139,7 +139,8 @@ def _since(started: float) -> float:
 
 def _cap_open_files() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = lambda v: NOFILE_LIMIT if v == resource.RLIM_INFINITY else min(v, NOFILE_LIMIT)
+    def limit(v):
+        return NOFILE_LIMIT if v == resource.RLIM_INFINITY else min(v, NOFILE_LIMIT)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit(soft), limit(hard)))
 
 
