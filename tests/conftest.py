@@ -37,6 +37,13 @@ def lab_skip_reason() -> str | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def _own_cli_context(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and the boxer commands it runs) keeps its current deployment and lab in a
+    folder of its own, never in the person's ~/.config/boxer, which `boxer up` would change."""
+    monkeypatch.setenv("BOXER_CONFIG_DIR", str(tmp_path_factory.mktemp("boxer-config")))
+
+
 @pytest.fixture
 def require_lab() -> None:
     reason = lab_skip_reason()

@@ -61,6 +61,9 @@ class IpcServer:
             log.debug("ipc %s served in %.3f ms", request.op.name, (time.monotonic() - t0) * 1e3)
         except IpcError as exc:
             log.warning("malformed request from the interposer: %s", exc)
+        except (BrokenPipeError, ConnectionResetError):
+            # The app died (Ctrl-C) while its call waited for us: nobody is left to answer.
+            log.debug("the interposer went away before its reply (its process exited)")
         except Exception:
             log.exception("error while serving the interposer")
         finally:

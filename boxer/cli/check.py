@@ -48,8 +48,9 @@ def check_command(file: Path, output: str) -> None:
             indent=2,
         ))
         return
+    count = len(deployment.services)
     click.echo(f"{file}: valid, backend {deployment.backend.value},"
-               f" {len(deployment.services)} services")
+               f" {count} service{'' if count == 1 else 's'}")
     for row in _rows(deployment):
         click.echo(
             f"  {row['name']:<16} {row['placement']:<9} instances {row['minInstances']}"

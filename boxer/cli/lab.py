@@ -6,17 +6,21 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from boxer.cli import _context
+from boxer.cli._common import fail
 from boxer.lab._conditions import MAX_MAPPING_TIMEOUT, MAX_RTT_MS, LinkConditions
-from boxer.lab._lab import Lab, lab_down, lab_down_all, lab_up, load_lab
+from boxer.lab._lab import Lab, lab_down, lab_up, list_labs, load_lab
 from boxer.lab._plan import DEFAULT_NAME, MAX_HOSTS, MAX_PUBLIC
-from boxer.lab.errors import LabError
+from boxer.lab.errors import LabError, LabNotFoundError, NotRootError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,9 +48,36 @@ def _setup_logging(verbose: int) -> None:
     )
 
 
-_name_option = click.option(
+_new_name_option = click.option(
     "--name", default=DEFAULT_NAME, show_default=True, help="Lab name: 1-10 of a-z, 0-9."
 )
+_name_option = click.option(
+    "--name", help="Lab name [default: the current lab (set by `boxer lab up` and `boxer up`), "
+                   "else the only one on this machine].")
+
+
+def resolve_lab(name: str | None) -> str:
+    """The lab a command means: --name, else the current one, else the only one there is.
+    When none of these tells, the error names the labs that exist and how to pick one."""
+    if name:
+        return name
+    labs = list_labs()
+    current = _context.current("lab")
+    if current and current in labs:
+        return current
+    if len(labs) == 1:
+        return labs[0]
+    if DEFAULT_NAME in labs:
+        return DEFAULT_NAME
+    if not labs:
+        raise LabNotFoundError(DEFAULT_NAME, existing=[])
+    raise LabError(f"several labs on this machine ({', '.join(labs)}) and none is current: "
+                   f"pass --name NAME, e.g. --name {labs[0]}")
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise NotRootError(f"{what} needs root (network namespaces): run it as root, e.g. with sudo")
 _verbose_option = click.option("-v", "--verbose", count=True, help="More logging on stderr.")
 
 
@@ -76,7 +107,7 @@ def _link_options(fn: F) -> F:
 
 
 @lab.command("up")
-@_name_option
+@_new_name_option
 @click.option(
     "--hosts",
     type=click.IntRange(1, MAX_HOSTS),
@@ -133,7 +164,8 @@ def up_command(
         + f" in {created.setup_seconds:.2f} s; "
         f"coordinator {created.coordinator} (pid {coordinator}, log {created.coordinator_log})"
     )
-    click.echo(f"try: boxer lab exec --name {created.name} h1 -- ip addr")
+    _context.set_current("lab", created.name)
+    click.echo(f"lab {created.name} is now the current lab; try: boxer lab exec h1 -- ip addr")
 
 
 @lab.command("exec", context_settings={"ignore_unknown_options": True})
@@ -141,16 +173,29 @@ def up_command(
 @click.argument("host")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @_user_errors
-def exec_command(name: str, host: str, command: Sequence[str]) -> None:
-    """Run COMMAND inside HOST (h<i> or coord) with BOXER_COORDINATOR, BOXER_SECRET_FILE,
-    BOXER_LAB and BOXER_LAB_HOST set. The exit status is COMMAND's.
+def exec_command(name: str | None, host: str, command: Sequence[str]) -> None:
+    """Run COMMAND inside HOST (h<i>, p<k> or coord) with BOXER_COORDINATOR, BOXER_SECRET_FILE,
+    BOXER_LAB and BOXER_LAB_HOST set.
+
+    The exit status is COMMAND's; 127 when COMMAND is not found, 126 when it cannot be run.
 
     \b
     Example: boxer lab exec h1 -- boxer run --name kv -- redis-server
     """
-    current = load_lab(name)
+    _require_root("boxer lab exec")
+    current = load_lab(resolve_lab(name))
     argv = current.command(host, command)
     env = current.env(host)
+    # `ip netns exec` says "exec of ... failed" and exits 1 or 255; a shell says 127/126, and
+    # scripts test for those. The host shares our file system, so its PATH is ours to search.
+    program = command[0]
+    found = shutil.which(program, path=env.get("PATH")) if "/" not in program else program
+    if found is None or not os.path.exists(found):
+        raise SystemExit(fail(f"{program}: command not found on {host}'s PATH ({env.get('PATH')});"
+                              " install it or give its full path", 127))
+    if not os.access(found, os.X_OK) or os.path.isdir(found):
+        raise SystemExit(fail(f"{program}: cannot run it (not an executable file); "
+                              f"check `ls -l {found}`", 126))
     sys.stdout.flush()
     try:
         os.execvpe(argv[0], argv, env)
@@ -207,9 +252,9 @@ def _show_table(current: Lab) -> str:
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @_user_errors
-def show_command(name: str, output: str) -> None:
+def show_command(name: str | None, output: str) -> None:
     """Show a lab's hosts and addresses."""
-    current = load_lab(name)
+    current = load_lab(resolve_lab(name))
     if output == "json":
         click.echo(json.dumps(current.describe(), indent=2))
     else:
@@ -221,22 +266,55 @@ def show_command(name: str, output: str) -> None:
 @click.argument("host")
 @_link_options
 @_user_errors
-def link_command(name: str, host: str, rtt: float, jitter: float, loss: float) -> None:
+def link_command(name: str | None, host: str, rtt: float, jitter: float, loss: float) -> None:
     """Set HOST's link conditions now (h<i>, p<k> or coord); no options makes it clean.
     Open connections are affected at once."""
+    name = resolve_lab(name)
     link = load_lab(name).set_link(host, rtt=rtt, jitter=jitter, loss=loss)
     click.echo(f"lab {name}: {host} link {link.summary()}")
+
+
+def _deployment_using(lab_name: str) -> str | None:
+    """The running deployment whose instances live in `lab_name`, if any."""
+    from boxer.controller.paths import DeployPaths, list_deployments, read_json
+
+    for deployment in list_deployments():
+        info = read_json(DeployPaths(deployment).deployment) or {}
+        if info.get("lab") != lab_name or not info.get("controller_pid"):
+            continue
+        try:
+            cmdline = Path(f"/proc/{info['controller_pid']}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"boxer.controller.daemon" in cmdline:  # a recycled pid is not its controller
+            return deployment
+    return None
 
 
 @lab.command("down")
 @_name_option
 @click.option("--all", "all_labs", is_flag=True, help="Remove every lab on this machine.")
+@click.option("--force", is_flag=True, help="Also a lab a running deployment uses (its controller "
+              "and instances stop without a drain).")
 @_verbose_option
 @_user_errors
-def down_command(name: str, all_labs: bool, verbose: int) -> None:
-    """Remove a lab: its processes, namespaces and state. Safe to repeat, works after a crash."""
+def down_command(name: str | None, all_labs: bool, force: bool, verbose: int) -> None:
+    """Remove a lab: its processes, namespaces and state. Safe to repeat, works after a crash.
+
+    Without --name: the current lab, else `default`. A lab that a running deployment uses is
+    refused (exit 1) unless --force: `boxer down` takes the deployment and its lab down in order.
+    """
     _setup_logging(verbose)
-    reports = lab_down_all() if all_labs else [lab_down(name)]
+    names = list_labs() if all_labs else [name or _context.current("lab") or DEFAULT_NAME]
+    if not force:
+        for lab_name in names:
+            deployment = _deployment_using(lab_name)
+            if deployment:
+                raise LabError(f"lab {lab_name} runs deployment {deployment!r}: take it down with "
+                               f"`boxer down --name {deployment}` (or pass --force)")
+    reports = [lab_down(lab_name) for lab_name in names]
+    if _context.current("lab") in names:
+        _context.set_current("lab", None)
     for report in reports:
         if report.found:
             click.echo(

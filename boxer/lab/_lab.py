@@ -448,9 +448,9 @@ def load_lab(name: str = DEFAULT_NAME) -> Lab:
     try:
         data = _state.read(name)
     except json.JSONDecodeError as exc:
-        raise LabNotFoundError(name) from exc
+        raise LabNotFoundError(name, list_labs()) from exc
     if data is None:
-        raise LabNotFoundError(name)
+        raise LabNotFoundError(name, list_labs())
     # Labs made before NAT types and public hosts existed have neither recorded: eim, none.
     entries = data.get("hosts", [])
     nat = {h["name"]: h["nat"] for h in entries if h.get("nat")}

@@ -24,9 +24,15 @@ class LabExistsError(LabError):
 class LabNotFoundError(LabError):
     """A lab that has no state on this machine."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, existing: list[str] | None = None) -> None:
         self.name = name
-        super().__init__(f"no lab named {name!r}: start one with `boxer lab up --name {name}`")
+        self.existing = existing or []
+        if self.existing:
+            hint = (f"labs on this machine: {', '.join(self.existing)}; pass --name "
+                    f"{self.existing[0]}, or start one with `boxer lab up --name {name}`")
+        else:
+            hint = f"start one with `boxer lab up --name {name}`"
+        super().__init__(f"no lab named {name!r}: {hint}")
 
 
 class LabSetupError(LabError):

@@ -1,0 +1,115 @@
+"""The CLI's rough edges a new user meets first: exit statuses, "needs root", which lab a command
+means, and no traceback when an app is interrupted mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from boxer.agent.ipc import Message, Op
+from boxer.agent.ipc_server import IpcServer
+from boxer.cli.lab import lab as lab_cli
+from boxer.lab import Lab
+
+BOXER = [sys.executable, "-m", "boxer"]
+
+
+def boxer(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BOXER, *args], capture_output=True, text=True, timeout=60, check=False,
+                          env=env, **kwargs)  # type: ignore[call-overload]
+
+
+def test_lab_exec_as_non_root_says_it_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    result = CliRunner().invoke(lab_cli, ["exec", "h1", "--", "true"])
+    assert result.exit_code == 1, result.output
+    assert result.output == ("Error: boxer lab exec needs root (network namespaces): run it as root,"
+                             " e.g. with sudo\n")
+
+
+@pytest.mark.lab
+def test_lab_exec_of_a_missing_command_exits_127(small_lab: Lab, tmp_path: Path) -> None:
+    result = boxer("lab", "exec", "--name", small_lab.name, "h1", "--", "nosuchcmd", "x")
+    assert result.returncode == 127, result.stderr
+    assert result.stderr.startswith("boxer: nosuchcmd: command not found on h1's PATH")
+    assert result.stderr.rstrip().endswith("install it or give its full path")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a program\n")
+    result = boxer("lab", "exec", "--name", small_lab.name, "h1", "--", str(text))
+    assert result.returncode == 126, result.stderr
+    assert "cannot run it (not an executable file)" in result.stderr
+
+
+@pytest.mark.lab
+def test_lab_commands_find_the_current_lab_and_name_the_ones_there_are(small_lab: Lab) -> None:
+    missing = boxer("lab", "show", "--name", "t0nosuch")
+    assert missing.returncode == 1
+    assert "no lab named 't0nosuch': labs on this machine: " in missing.stderr
+    assert small_lab.name in missing.stderr
+    # The lab made by `boxer lab up` becomes the current one: no --name needed afterwards.
+    from boxer.cli import _context
+
+    _context.set_current("lab", small_lab.name)
+    shown = boxer("lab", "show")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"lab          {small_lab.name}\n")
+    ran = boxer("lab", "exec", "h2", "--", "sh", "-c", "echo $BOXER_LAB_HOST")
+    assert (ran.returncode, ran.stdout) == (0, "h2\n")
+
+
+@pytest.mark.lab
+def test_lab_down_refuses_the_lab_of_a_running_deployment(small_lab: Lab, tmp_path: Path) -> None:
+    state = tmp_path / "deploy"
+    (state / "web").mkdir(parents=True)
+    # A process that looks like the deployment's controller (what `lab down` checks in /proc).
+    controller = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                   "boxer.controller.daemon"])
+    try:
+        (state / "web" / "deployment.json").write_text(
+            f'{{"name": "web", "lab": "{small_lab.name}", "controller_pid": {controller.pid}}}')
+        env = {**os.environ, "BOXER_DEPLOY_STATE_ROOT": str(state)}
+        refused = boxer("lab", "down", "--name", small_lab.name, env=env)
+        assert refused.returncode == 1
+        assert (f"lab {small_lab.name} runs deployment 'web': take it down with "
+                "`boxer down --name web` (or pass --force)") in refused.stderr
+        assert Path(f"/run/boxer/lab/{small_lab.name}").exists()
+        forced = boxer("lab", "down", "--name", small_lab.name, "--force", env=env)
+        assert forced.returncode == 0, forced.stderr
+        assert forced.stdout.startswith(f"lab {small_lab.name} down: ")
+    finally:
+        controller.kill()
+        controller.wait()
+
+
+def test_an_app_gone_before_its_reply_leaves_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """redis-cli interrupted by Ctrl-C while the agent answers its call: the reply meets a closed
+    socket (EPIPE), which is the app's exit, not an error of the agent."""
+
+    async def answer(request: Message) -> tuple[Message, socket.socket | None]:
+        return Message(op=request.op, status=0), None
+
+    async def serve() -> None:
+        ours, app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        app.close()  # the app is gone
+        ours.setblocking(False)
+        server = IpcServer("unused", answer, fast=None, on_fast_event=None)  # type: ignore[arg-type]
+        await server._serve(Message(op=Op.RESOLVE, name="kv").pack(), ours)
+        assert ours.fileno() == -1  # closed all the same
+
+    with caplog.at_level(logging.DEBUG, logger="boxer.agent.ipc_server"):
+        asyncio.run(serve())
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    assert "went away before its reply" in caplog.records[0].getMessage()
+
+
+@pytest.fixture
+def small_lab(lab_factory, standin_coordinator) -> Lab:  # type: ignore[no-untyped-def]
+    return lab_factory(hosts=2, coordinator_cmd=standin_coordinator)
