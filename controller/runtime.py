@@ -149,7 +149,7 @@ class ControllerRuntime:
                 began = loop.time()
                 self._wake.clear()
                 if self.connected.is_set():
-                    await self.tick(loop.time())
+                    await self._tick_guarded(loop.time())
                 self._write_status()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(),
@@ -167,6 +167,17 @@ class ControllerRuntime:
                 metrics_server.close()
             if self._timeline is not None:
                 self._timeline.close()
+
+    async def _tick_guarded(self, now: float) -> None:
+        """A tick that cannot end the controller: whatever one tick raises (a bug, a value no
+        check foresaw) is logged and counted, and the next tick runs as usual. Letting it
+        escape would run the teardown in run() and stop every instance of the deployment."""
+        try:
+            await self.tick(now)
+        except Exception as exc:
+            log.exception("controller tick failed; ticking again")
+            self.metrics.inc("boxer_controller_tick_errors_total")
+            self._last_error = f"tick failed: {type(exc).__name__}: {exc}"[:300]
 
     async def tick(self, now: float) -> None:
         """One round: exits noticed by the backend, decide(), act, record."""
@@ -395,8 +406,10 @@ class ControllerRuntime:
         while not stop.is_set():
             try:
                 framed, snapshot = await open_controller_session(self.coordinator, self.secret)
-            except CoordinatorError as exc:
-                self._last_error = str(exc)
+            except Exception as exc:  # CoordinatorError, or anything a stranger on that address causes
+                if not isinstance(exc, CoordinatorError):
+                    log.exception("opening the coordinator session failed")
+                self._last_error = str(exc)[:300]
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 attempt += 1
                 log.warning("coordinator: %s; retrying in %.1f s", exc, delay)
@@ -407,7 +420,7 @@ class ControllerRuntime:
             self._last_error = None
             try:
                 await framed.send(m.Declare(services=self._holds()))
-                self.book.on_message(snapshot, loop.time())
+                self._on_message(snapshot, loop.time())
                 self.connected.set()
                 self._wake.set()  # tick now, with the snapshot, not a tick later
                 self.metrics.set("boxer_controller_coordinator_connected", 1)
@@ -415,21 +428,37 @@ class ControllerRuntime:
                 pinger = loop.create_task(self._ping(framed))
                 try:
                     while True:
-                        message = await framed.receive()
-                        ready = len(self.book.ready_latencies)
-                        self.book.on_message(message, loop.time())
-                        if message.TYPE in WAKE_ON or len(self.book.ready_latencies) > ready:
-                            self._wake.set()
+                        message = await framed.receive_skipping(self._skipped_frame)
+                        self._on_message(message, loop.time())
                 finally:
                     pinger.cancel()
             except (OSError, ProtocolError, ConnectionError) as exc:
                 log.warning("lost the coordinator session: %s; reconnecting", exc)
                 self._last_error = f"coordinator session lost: {exc}"
+            except Exception as exc:  # whatever the peer sent: a new session, never a dead loop
+                log.exception("coordinator session failed; reconnecting")
+                self._last_error = f"coordinator session failed: {type(exc).__name__}: {exc}"[:300]
+                await asyncio.sleep(RECONNECT_DELAYS[0])
             finally:
                 self.connected.clear()
                 self.metrics.set("boxer_controller_coordinator_connected", 0)
                 self._session = None
                 framed.close()
+
+    def _on_message(self, message: Any, now: float) -> None:
+        try:
+            ready = len(self.book.ready_latencies)
+            self.book.on_message(message, now)
+        except Exception:  # a bug with one message must cost that message, not the session
+            log.exception("error while handling %s from the coordinator", message.TYPE)
+            self.metrics.inc("boxer_controller_message_errors_total", kind=message.TYPE)
+            return
+        if message.TYPE in WAKE_ON or len(self.book.ready_latencies) > ready:
+            self._wake.set()
+
+    def _skipped_frame(self, exc: Exception) -> None:
+        log.warning("skipped a malformed frame from the coordinator: %s", exc)
+        self.metrics.inc("boxer_controller_malformed_frames_total")
 
     async def _ping(self, framed: Any) -> None:
         from boxer.nat_traversal import messages as m

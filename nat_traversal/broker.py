@@ -528,7 +528,7 @@ class Broker:
         inst.report = msg.to_wire()
         del inst.report["t"]
         inst.load = Load(active=msg.active, listening=frozenset(msg.listening), reported=True)
-        actions = self._tell_watchers(m.InstanceReport(name=inst.name, service=inst.service,
+        actions = self._tell_watchers(m.InstanceReport.of_checked(name=inst.name, service=inst.service,
                                                        instance=inst.instance_id, report=inst.report))
         if self._held and msg.listening:
             actions += self._release_held(now)

@@ -31,6 +31,15 @@ _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TOKEN_RE = re.compile(r"^[0-9a-f]{8,64}$")
 # errno names an application may see for a failed overlay connect, and why each arises.
 TICKET_PURPOSES = ("outgoing", "incoming")
+# Every number on the wire is an integer or float of magnitude below 2**53 (beyond it JSON
+# numbers lose precision in most parsers, and no count, size or time of ours gets there): the
+# decoder refuses any other, so `active: 10**400` never reaches arithmetic.
+MAX_NUMBER = 2**53
+# Ports one Report may list as listening: an app with more is not one we can serve, and the
+# controller walks this list every tick.
+MAX_LISTENING = 1024
+MAX_DRAIN_GRACE = 3600.0  # seconds (a Lambda instance lives 900 s at most; a VM drains in minutes)
+MAX_SNAPSHOT = 100_000  # instances in one Snapshot
 CONNECT_ERRORS = ("ECONNREFUSED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ECONNABORTED")
 
 
@@ -269,6 +278,29 @@ class Resync(Message):
     TYPE: ClassVar[str] = "resync"
 
 
+def check_count(value: int | float, what: str) -> int | float:
+    if not 0 <= value < MAX_NUMBER:
+        raise ValueError(f"{what} must be 0..2**53, got {value!r}")
+    return value
+
+
+def check_range(value: int | float, what: str, low: float, high: float) -> int | float:
+    if not low <= value <= high:  # NaN fails both
+        raise ValueError(f"{what} must be {low:g}..{high:g}, got {value!r}")
+    return value
+
+
+def check_report(report: dict) -> dict:
+    """A Report's fields (without "t") as the coordinator forwards them to the controller."""
+    if "t" in report:
+        raise ValueError("report must not hold a 't' field")
+    try:
+        Report(**_fields(Report, "report", report))
+    except ProtocolError as exc:
+        raise ValueError(str(exc)) from None
+    return report
+
+
 def check_version(value: int, what: str = "version") -> int:
     if not 0 <= value < 2**53:  # JSON numbers beyond 2**53 lose precision in most parsers
         raise ValueError(f"{what} must be 0..2**53, got {value!r}")
@@ -487,9 +519,16 @@ class Report(Message):
     exited: int | None = None  # the app's exit status, in the agent's last report
 
     def __post_init__(self) -> None:
-        for name in ("active", "accepted", "connected", "rss", "direct", "relayed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
+        for name in ("active", "accepted", "connected", "rss", "direct", "relayed", "first_try"):
+            check_count(getattr(self, name), name)
+        check_range(self.cpu, "cpu", 0, 1e6)  # percent of one CPU: 10,000 CPUs busy
+        check_range(self.idle, "idle", 0, 1e9)
+        if self.lifetime_left is not None:
+            check_range(self.lifetime_left, "lifetime_left", -1e6, 1e6)
+        if self.exited is not None:
+            check_range(self.exited, "exited", 0, 255)  # a shell's exit status
+        if len(self.listening) > MAX_LISTENING:
+            raise ValueError(f"listening lists {len(self.listening)} ports, more than {MAX_LISTENING}")
         for port in self.listening:
             if not isinstance(port, int) or isinstance(port, bool):
                 raise ValueError(f"listening ports must be integers, got {port!r}")
@@ -510,6 +549,37 @@ class Snapshot(Message):
     TYPE: ClassVar[str] = "snapshot"
     instances: list
     services: dict
+
+    def __post_init__(self) -> None:
+        if len(self.instances) > MAX_SNAPSHOT:
+            raise ValueError(f"a snapshot of {len(self.instances)} instances is more than {MAX_SNAPSHOT}")
+        for entry in self.instances:
+            check_snapshot_entry(entry)
+        check_addresses(self.services, "service")
+
+
+_SNAPSHOT_ENTRY = {"name": str, "service": str, "addr": str, "instance": str, "nat": str,
+                   "draining": bool, "quiet": bool}
+
+
+def check_snapshot_entry(entry: Any) -> dict:
+    if not isinstance(entry, dict):
+        raise ValueError(f"snapshot instances must be objects, got {type(entry).__name__}")
+    for key, kind in _SNAPSHOT_ENTRY.items():
+        if not isinstance(entry.get(key), kind):
+            raise ValueError(f"snapshot instance field {key!r} must be a {kind.__name__}, got {entry.get(key)!r}")
+    extra = set(entry) - set(_SNAPSHOT_ENTRY) - {"report"}
+    if extra:
+        raise ValueError(f"snapshot instance has unknown field(s) {', '.join(sorted(extra))}")
+    check_name(entry["name"])
+    check_name(entry["service"], "service")
+    check_ipv4(entry["addr"])
+    report = entry.get("report")
+    if report is not None:
+        if not isinstance(report, dict):
+            raise ValueError(f"snapshot instance report must be an object, got {report!r}")
+        check_report(report)
+    return entry
 
 
 @dataclass(frozen=True)
@@ -538,6 +608,17 @@ class InstanceReport(Message):
     service: str
     instance: str
     report: dict
+
+    def __post_init__(self) -> None:
+        check_report(self.report)
+
+    @classmethod
+    def of_checked(cls, name: str, service: str, instance: str, report: dict) -> InstanceReport:
+        """One the coordinator forwards: its report came from a decoded Report, checked then."""
+        message = object.__new__(cls)
+        for field, value in (("name", name), ("service", service), ("instance", instance), ("report", report)):
+            object.__setattr__(message, field, value)
+        return message
 
 
 @dataclass(frozen=True)
@@ -580,6 +661,10 @@ class Demand(Message):
     port: int
     waiting: int  # connects held for this service now
 
+    def __post_init__(self) -> None:
+        check_port(self.port)
+        check_count(self.waiting, "waiting")
+
 
 @dataclass(frozen=True)
 class Drain(Message):
@@ -588,6 +673,9 @@ class Drain(Message):
     TYPE: ClassVar[str] = "drain"
     instance: str
     grace: float = 30.0
+
+    def __post_init__(self) -> None:
+        check_range(self.grace, "grace", 0, MAX_DRAIN_GRACE)
 
 
 @dataclass(frozen=True)
@@ -652,25 +740,33 @@ def decode(wire: dict[str, Any]) -> Message:
     kind = wire.get("t")
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message type {kind!r}")
-    fields = _schema(cls)
+        raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
+    kwargs = _fields(cls, kind, wire, skip="t")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"{kind}: {str(exc)[:300]}") from None
+
+
+def _fields(cls: type[Message], kind: str, wire: dict[str, Any], skip: str | None = None) -> dict[str, Any]:
+    """The fields of `cls` from `wire` (all there, of the right type, nothing else but `skip`)."""
     kwargs: dict[str, Any] = {}
-    for name, required, check in fields:
+    for name, required, check in _schema(cls):
         if name not in wire:
             if required:
                 raise ProtocolError(f"{kind}: missing field {name!r}")
             continue
         value = wire[name]
         if not check(value):
-            raise ProtocolError(f"{kind}: field {name!r} has the wrong type ({value!r})")
+            raise ProtocolError(f"{kind}: field {name!r} has the wrong type ({str(value)[:60]})")
+        if (type(value) is int or type(value) is float) and not -MAX_NUMBER < value < MAX_NUMBER:
+            raise ProtocolError(f"{kind}: field {name!r} must be a finite number of magnitude below 2**53, "
+                                f"got {str(value)[:60]}")
         kwargs[name] = value
-    if len(wire) != len(kwargs) + 1:  # "t" and the fields we took: anything else is extra
-        extra = set(wire) - {"t"} - set(kwargs)
-        raise ProtocolError(f"{kind}: unknown field(s) {', '.join(sorted(extra))}")
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        raise ProtocolError(f"{kind}: {exc}") from None
+    if len(wire) != len(kwargs) + (skip is not None):  # anything else is extra
+        extra = set(wire) - {skip} - set(kwargs)
+        raise ProtocolError(f"{kind}: unknown field(s) {', '.join(sorted(str(e)[:40] for e in extra))}")
+    return kwargs
 
 
 @functools.cache
@@ -698,9 +794,9 @@ def _type_check(hint: Any) -> Callable[[Any], bool]:
     if hint is bool:
         return lambda value: value is True or value is False
     if hint is float:
-        return lambda value: type(value) is float or (type(value) is not bool and isinstance(value, int))
+        return lambda value: type(value) is float or type(value) is int
     if hint is int:
-        return lambda value: type(value) is not bool and isinstance(value, int)
+        return lambda value: type(value) is int
     if hint in (str, dict, list):
         return lambda value: isinstance(value, hint)
     raise TypeError(f"unsupported field type {hint!r}")

@@ -8,6 +8,7 @@ so tests feed it a byte at a time.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -22,7 +23,26 @@ _HEADER = struct.Struct(">I")
 
 
 class ProtocolError(Exception):
-    """The peer broke the protocol. The only error the parsers let escape; the connection is closed."""
+    """The peer broke the protocol. The only error the parsers let escape.
+
+    A plain ProtocolError is about one whole frame (not JSON, not a message we know, a value out
+    of range): the stream is still in step, so a receiver that trusts its peer's session (an
+    agent, the controller) may skip that frame. FrameError is the framing itself."""
+
+
+class FrameError(ProtocolError):
+    """The stream is out of step (a length beyond the limit): the connection must be closed."""
+
+
+def _no_constant(name: str) -> Any:
+    raise ProtocolError(f"frame holds {name}, which is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise ProtocolError(f"frame holds the number {text[:40]}, too large for a float")
+    return value
 
 
 def encode_frame(obj: dict[str, Any], max_frame: int = MAX_FRAME) -> bytes:
@@ -46,16 +66,22 @@ class FrameDecoder:
             return None
         (length,) = _HEADER.unpack_from(self._buffer)
         if length > self._max_frame:
-            raise ProtocolError(f"frame length {length} exceeds the {self._max_frame}-byte limit")
+            raise FrameError(f"frame length {length} exceeds the {self._max_frame}-byte limit")
         end = _HEADER.size + length
         if len(self._buffer) < end:
             return None
         body = bytes(self._buffer[_HEADER.size:end])
         del self._buffer[:end]
         try:
-            obj = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProtocolError(f"frame is not valid JSON: {exc}") from None
+            # Python's json takes NaN and Infinity (not JSON) and turns 1e999 into inf; no
+            # number of ours is ever infinite, so they are refused here, before any check sees
+            # them. ValueError covers JSONDecodeError and integers beyond int's 4300-digit limit;
+            # RecursionError, nesting deeper than the interpreter's stack.
+            obj = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(f"frame is not valid JSON: {str(exc)[:200]}") from None
+        except RecursionError:
+            raise ProtocolError("frame is nested too deeply") from None
         if not isinstance(obj, dict):
             raise ProtocolError(f"frame must hold a JSON object, got {type(obj).__name__}")
         return obj

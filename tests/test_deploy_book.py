@@ -318,6 +318,9 @@ def test_a_quiet_instance_wakes_the_runtime_and_is_replaced_before_the_next_tick
             async def receive(self) -> m.Message:
                 return await inbox.get()
 
+            async def receive_skipping(self, skipped) -> m.Message:
+                return await inbox.get()
+
             def close(self) -> None:
                 pass
 

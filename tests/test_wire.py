@@ -77,7 +77,7 @@ def test_oversized_frame_is_rejected_before_buffering_it():
     ({"t": "instance_quiet", "name": "kv", "service": "kv", "instance": "12345678", "quiet": True, "silent": -1},
      "silent must be >= 0"),
     ({"t": "instance_quiet", "name": "kv", "service": "kv", "instance": "12345678", "quiet": True,
-      "silent": float("nan")}, "silent must be >= 0"),
+      "silent": float("nan")}, "field 'silent' must be a finite number"),
     ({"t": "members", "hosts": {"kv": "100.64.0.1"}}, "members: missing field 'version'"),
     ({"t": "members", "hosts": {"kv": "100.64.0.01"}, "version": 1}, "address must be an IPv4 address, got '100.64.0.01'"),
     ({"t": "members", "hosts": {}, "version": -1}, "version must be 0..2**53"),

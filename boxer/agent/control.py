@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
-from boxer.nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, ProtocolError, encode_frame
+from boxer.nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, FrameError, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,19 @@ class FramedSocket:
                 raise ConnectionResetError("the coordinator closed the connection")
             self._decoder.receive_data(data)
 
+    async def receive_skipping(self, skipped: Callable[[ProtocolError], None]) -> m.Message:
+        """The next message that decodes. A frame that arrived whole but is malformed is handed
+        to `skipped` and passed over: the stream is still in step, and one bad frame from an
+        authenticated coordinator (a bug, a newer version) must not cost the session. A broken
+        framing (FrameError) still raises."""
+        while True:
+            try:
+                return await self.receive()
+            except FrameError:
+                raise
+            except ProtocolError as exc:
+                skipped(exc)
+
     def close(self) -> None:
         self.sock.close()
 
@@ -96,6 +109,7 @@ class Registration:
 class ControlSession:
     def __init__(self, framed: FramedSocket, registration: Registration, snapshot: m.Members):
         self.framed = framed
+        self.skipped = 0  # malformed frames passed over on this session
         self.registration = registration
         # The full membership the coordinator sent after Registered; its deltas follow on this
         # session, each applying only to the version before it.
@@ -118,10 +132,17 @@ class ControlSession:
     async def dispatch_forever(self, handle: Callable[[m.Message], Awaitable[None] | None]) -> None:
         """Hands every message to `handle` until the connection ends (then raises)."""
         while True:
-            message = await self.framed.receive()
-            result = handle(message)
-            if result is not None:
-                await result
+            message = await self.framed.receive_skipping(self._skip)
+            try:
+                result = handle(message)
+                if result is not None:
+                    await result
+            except Exception:  # a bug handling one message must not cost the session
+                log.exception("error while handling %s from the coordinator", message.TYPE)
+
+    def _skip(self, exc: ProtocolError) -> None:
+        self.skipped += 1
+        log.warning("skipped a malformed frame from the coordinator: %s", exc)
 
     def close(self) -> None:
         self.framed.close()

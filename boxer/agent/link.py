@@ -103,6 +103,8 @@ class CoordinatorLink:
                 await self._serve(on_message)
             except (OSError, ProtocolError, LinkDown, asyncio.IncompleteReadError) as exc:
                 log.warning("lost the coordinator (%s); reconnecting", exc or type(exc).__name__)
+            except Exception:  # whatever a peer sent, the link lives on: a new session
+                log.exception("coordinator link failed; reconnecting")
             self.up.clear()
             self.session.close()
             await self._reconnect()
@@ -160,6 +162,8 @@ class CoordinatorLink:
                 return
             except CoordinatorError as exc:
                 log.info("coordinator not back yet: %s", exc)
+            except Exception:  # anything answering on the coordinator's address: try again
+                log.exception("reconnecting to the coordinator failed")
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.timeouts.backoff_max)
 
