@@ -3,8 +3,10 @@
 It speaks the real wire format (boxer.agent.ipc) on a real Unix socket and hands over real kernel
 sockets, but its answers come from dicts the test fills in instead of the coordinator:
 
-- RESOLVE/REVERSE from `names` / `reverse`; names starting with "mark." are NONAME and serve as
-  markers a test program can drop into the request log (`ops()` shows them in order).
+- RESOLVE/REVERSE are answered by the real agent's logic (boxer.agent.names.answer_lookup) from a
+  real NameTable, `names`, with the machine's real /etc/hosts and nsswitch.conf: a test fills in
+  `names.members`. Names starting with "mark." are NONAME and serve as markers a test program can
+  drop into the request log (`ops()` shows them in order).
 - CONNECT to an overlay (addr, port) in `routes` opens a real TCP connection to the mapped
   loopback port and passes its fd; `connect_errors` answers with an errno instead;
   `connect_delay` holds every answer back, as a punch in progress does.
@@ -18,6 +20,7 @@ sockets, but its answers come from dicts the test fills in instead of the coordi
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -26,6 +29,8 @@ import time
 from dataclasses import dataclass
 
 from boxer.agent.ipc import SIZE, Message, Op, Resolution
+from boxer.agent.localnames import LocalNamesSource
+from boxer.agent.names import NameTable, answer_lookup
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +65,12 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
 
 
 class FakeAgent:
-    def __init__(self, path: str, own_addr: str = "100.64.0.3") -> None:
+    def __init__(self, path: str, own_addr: str = "100.64.0.3", own_name: str = "kv-3") -> None:
         self.path = path
         self.own_addr = own_addr
-        self.names: dict[str, str] = {}  # name -> overlay address
-        self.canonical: dict[str, str] = {}  # name -> canonical name in RESOLVE replies
-        self.reverse: dict[str, str] = {}  # overlay address -> name
+        self.names = NameTable(ipaddress.IPv4Network("100.64.0.0/10"), own_name, own_addr)
+        self.names.update({})
+        self.local_names = LocalNamesSource()
         self.routes: dict[tuple[str, int], int] = {}  # overlay (addr, port) -> loopback port
         self.connect_errors: dict[tuple[str, int], int] = {}
         self.connect_delay = 0.0  # seconds before a CONNECT is answered (a punch in progress)
@@ -188,17 +193,11 @@ class FakeAgent:
                     fd.close()
 
     def _answer(self, req: Message) -> tuple[Message, socket.socket | None]:
-        if req.op == Op.RESOLVE:
-            if req.name in self.names:
-                return req.reply(flags=Resolution.FOUND, addr=self.names[req.name],
-                                 name=self.canonical.get(req.name, req.name)), None
-            if req.name.startswith("mark.") or req.name.startswith("nx-"):
-                return req.reply(flags=Resolution.NONAME), None
-            return req.reply(flags=Resolution.PASS), None
-        if req.op == Op.REVERSE:
-            if req.addr in self.reverse:
-                return req.reply(flags=Resolution.FOUND, name=self.reverse[req.addr]), None
+        if req.op == Op.RESOLVE and req.name.startswith("mark."):
             return req.reply(flags=Resolution.NONAME), None
+        if req.op in (Op.RESOLVE, Op.REVERSE):
+            self.names.local = self.local_names.current()
+            return answer_lookup(self.names, req), None
         if req.op == Op.CONNECT:
             time.sleep(self.connect_delay)
             key = (req.addr, req.port)

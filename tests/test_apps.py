@@ -373,3 +373,50 @@ def socket_eai_noname_or_nodata() -> int:
 
     # AF_INET6 without AI_V4MAPPED: an IPv4-only host has no answer, as glibc says for one.
     return socket.EAI_NONAME
+
+
+# Issue 12 item 1: the hosts file the lab host sees (bind-mounted over /etc/hosts in a mount
+# namespace of the test's own, for the agent and the app alike). "kv" is also an overlay name
+# here: with `files dns`, the file wins, as it would over DNS; "kv.boxer" is explicitly ours.
+LAB_HOSTS = """127.0.0.1 localhost
+127.0.1.1 labmachine.example.org labmachine
+::1 localhost ip6-localhost ip6-loopback
+10.9.9.9 kv printer
+"""
+
+
+def in_own_files(files: Path, *argv: str) -> list[str]:
+    """argv with files/{hosts,nsswitch.conf,resolv.conf} in place of /etc's, in a mount namespace
+    of its own (nothing outside it changes)."""
+    binds = " && ".join(f'mount --bind "$1/{f}" /etc/{f}' for f in ("hosts", "nsswitch.conf", "resolv.conf"))
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'{binds} && shift && exec "$@"', "sh",
+            str(files), *argv]
+
+
+@pytest.mark.parametrize("order", ["files dns", "dns files"])
+def test_names_in_the_hosts_file_resolve_as_without_boxer_in_nsswitch_order(apps, tmp_path, order):
+    (tmp_path / "hosts").write_text(LAB_HOSTS)
+    (tmp_path / "nsswitch.conf").write_text(f"hosts: {order}\n")
+    # A DNS server that refuses at once: `dns` before `files` must not wait out timeouts.
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    local = ["localhost", "ip6-localhost", "ip6-loopback", "labmachine", "labmachine.example.org", "printer"]
+    script = str(DATA / "local_names.py")
+    plain = apps.lab.run("h5", in_own_files(tmp_path, sys.executable, script, *local, "kv"),
+                         capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 0, plain.stderr
+    wrapped = apps.lab.run("h5", in_own_files(tmp_path, *boxer_run("own", sys.executable, script, *local,
+                                                                            "kv", "kv.boxer", "own")),
+                           capture_output=True, text=True, timeout=60)
+    assert wrapped.returncode == 0, wrapped.stderr
+    before, under = json.loads(plain.stdout), json.loads(wrapped.stdout)
+    for name in [*local, "127.0.0.1", "::1"]:
+        assert under[name] == before[name], name
+    assert before["ip6-localhost"]["inet6"] == ["AF_INET6 ::1"]  # the file did reach libc
+    overlay = under["kv.boxer"]["byname"]
+    assert re.fullmatch(r"100\.\d+\.\d+\.\d+", overlay)
+    if order == "files dns":
+        assert under["kv"] == before["kv"] and under["kv"]["byname"] == "10.9.9.9"
+    else:
+        assert under["kv"]["byname"] == overlay  # the overlay stands where dns does
+    # Our own name is our overlay address, as a host's own name is in its /etc/hosts.
+    assert re.fullmatch(r"100\.\d+\.\d+\.\d+", under["own"]["byname"]) and under["own"]["byname"] != overlay

@@ -6,6 +6,7 @@ the values and what the agent was asked, in order."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -67,8 +68,7 @@ def agent(request):
     # AF_UNIX paths are limited to 108 bytes: keep it short rather than under tmp_path.
     d = tempfile.mkdtemp(prefix="bx-")
     a = FakeAgent(os.path.join(d, "agent.sock"), own_addr=OWN)
-    a.names["kv-1"] = KV
-    a.reverse[KV] = "kv-1"
+    a.names.members["kv-1"] = KV
 
     def cleanup() -> None:
         a.close()
@@ -599,6 +599,34 @@ def test_python_reverse_lookups_use_the_reentrant_calls(lib, agent):
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["kv-1", "kv-1", "herror 1"]  # 1: HOST_NOT_FOUND
+
+
+def local_names_on_this_machine() -> list[str]:
+    """The names libc answers from files here (this machine's /etc/hosts and real host name)."""
+    from boxer.agent.localnames import HOSTS_FILE, parse_hosts
+
+    return sorted(parse_hosts(Path(HOSTS_FILE).read_text()) | {socket.gethostname()} | {"localhost"})
+
+
+def test_names_libc_answers_from_files_resolve_exactly_as_without_the_interposer(lib, agent):
+    """Issue 12 item 1: localhost, every /etc/hosts name and the machine's name, through
+    getaddrinfo (every family), gethostbyname(_ex) and getnameinfo/gethostbyaddr of loopback,
+    give what they give plain; the agent's real name table (not a test double's) decides."""
+    script = str(ROOT / "tests" / "apps_data" / "local_names.py")
+    names = local_names_on_this_machine()
+    plain_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    plain = subprocess.run([sys.executable, script, *names], env=plain_env, capture_output=True,
+                           text=True, timeout=60, check=True)
+    wrapped = subprocess.run([sys.executable, script, *names, "kv-3", "kv-1"], env=env_for(agent, lib),
+                             capture_output=True, text=True, timeout=60, check=True)
+    got = json.loads(wrapped.stdout)
+    assert {k: got[k] for k in json.loads(plain.stdout)} == json.loads(plain.stdout)
+    assert [n for n in names if ("RESOLVE", n) not in agent.ops()] == []  # asked, and told "pass"
+    # Our own overlay name resolves to our overlay address, as a host's own name does from its
+    # /etc/hosts; another instance's name to its address.
+    for name, addr in (("kv-3", OWN), ("kv-1", KV)):
+        assert got[name]["byname"] == addr and got[name]["inet"] == [f"AF_INET {addr}"], got[name]
+        assert got[name]["inet6_mapped"] == [f"AF_INET6 ::ffff:{addr}"]
 
 
 def test_real_getent_and_hostname(lib, agent):

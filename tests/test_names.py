@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 from boxer.agent.ipc import Resolution
+from boxer.agent.localnames import LocalNames, LocalNamesSource, parse_hosts, parse_nsswitch_hosts
 from boxer.agent.names import DeltaOutcome, NameTable
 from boxer.nat_traversal import messages as m
 
@@ -63,3 +64,79 @@ def test_a_second_gap_after_recovery_asks_again():
     assert names.apply_delta(delta(9, 10)) is DeltaOutcome.GAP
     names.update({}, {}, 10)
     assert names.apply_delta(delta(11, 12)) is DeltaOutcome.GAP
+
+
+# ---- names libc answers locally (issue 12 item 1) -------------------------------------------------
+
+HOSTS = """# comment
+127.0.0.1\tlocalhost
+127.0.1.1   vm.example.org vm   # the machine
+::1     localhost ip6-localhost ip6-loopback
+10.9.9.9 KV-1 printer
+"""
+
+
+def with_local(nsswitch: str | None, hostname: str = "vm") -> NameTable:
+    names = table()
+    names.local = LocalNames.from_texts(HOSTS, nsswitch, hostname)
+    return names
+
+
+def test_hosts_file_names_and_nsswitch_sources_are_parsed():
+    assert parse_hosts(HOSTS) == {"localhost", "vm.example.org", "vm", "ip6-localhost", "ip6-loopback",
+                                  "kv-1", "printer"}
+    assert parse_nsswitch_hosts("passwd: files\nhosts:  files mdns4_minimal [NOTFOUND=return] dns myhostname\n") \
+        == ["files", "mdns4_minimal", "dns", "myhostname"]
+    assert parse_nsswitch_hosts("hosts:files[!UNAVAIL=return]dns # x\n") == ["files", "dns"]
+    assert parse_nsswitch_hosts("passwd: files\n") == ["dns", "files"]  # glibc's default
+
+
+def test_files_before_dns_answers_hosts_names_before_the_overlay():
+    names = with_local("hosts: files dns\n")
+    for local in ("localhost", "ip6-localhost", "ip6-loopback", "printer", "vm", "LOCALHOST."):
+        assert names.resolve(local) == (Resolution.PASS, ""), local
+    assert names.resolve("kv-1") == (Resolution.PASS, "")  # /etc/hosts has it first
+    assert names.resolve("kv-1.boxer") == (Resolution.FOUND, "100.64.0.7")  # explicitly ours
+    assert names.resolve("kv-2") == (Resolution.FOUND, "100.64.0.8")
+    assert names.resolve("nosuch") == (Resolution.NONAME, "")
+
+
+def test_dns_before_files_answers_the_overlay_first_then_hosts_names():
+    names = with_local("hosts: dns [!UNAVAIL=return] files\n")
+    assert names.resolve("kv-1") == (Resolution.FOUND, "100.64.0.7")
+    assert names.resolve("localhost") == (Resolution.PASS, "")
+    assert names.resolve("nosuch") == (Resolution.NONAME, "")
+
+
+def test_without_files_in_nsswitch_hosts_names_are_not_local_but_the_machine_name_is():
+    names = with_local("hosts: dns\n", hostname="box7")
+    assert names.resolve("printer") == (Resolution.NONAME, "")
+    # The machine's real name: libc looks it up as it likes (plain, the overlay would not answer).
+    assert names.resolve("box7") == (Resolution.PASS, "")
+
+
+def test_myhostname_synthesizes_localhost_names():
+    names = with_local("hosts: myhostname dns\n", hostname="box7")
+    for local in ("localhost", "a.localhost", "_gateway", "box7"):
+        assert names.resolve(local) == (Resolution.PASS, ""), local
+    assert names.resolve("printer") == (Resolution.NONAME, "")  # no `files`: not libc's
+
+
+def test_our_own_name_is_ours_even_when_the_hosts_file_lists_it():
+    names = with_local("hosts: files dns\n", hostname="web-1")
+    names.local = LocalNames.from_texts(HOSTS + "127.0.1.1 web-1\n", "hosts: files dns\n", "web-1")
+    assert names.resolve("web-1") == (Resolution.FOUND, "100.64.0.3")
+    assert names.resolve("web-1.boxer") == (Resolution.FOUND, "100.64.0.3")
+
+
+def test_the_source_reads_the_files_again_when_they_change(tmp_path):
+    hosts, nss = tmp_path / "hosts", tmp_path / "nsswitch.conf"
+    hosts.write_text("127.0.0.1 localhost\n")
+    source = LocalNamesSource(str(hosts), str(nss), hostname=lambda: "vm")
+    first = source.current()
+    assert first.files == {"localhost"} and not first.files_first  # no nsswitch.conf: glibc's default
+    assert source.current() is first  # unchanged files: not parsed again
+    nss.write_text("hosts: files dns\n")
+    hosts.write_text("127.0.0.1 localhost\n10.0.0.5 db-primary\n")
+    now = source.current()
+    assert now.files == {"localhost", "db-primary"} and now.files_first

@@ -25,7 +25,8 @@ from boxer.agent.incoming import IncomingConnections
 from boxer.agent.ipc import Message, Op
 from boxer.agent.keepalive import NAT_IDLE_TIMEOUT, enable_keepalive
 from boxer.agent.link import CoordinatorLink
-from boxer.agent.names import DeltaOutcome, NameTable
+from boxer.agent.localnames import LocalNamesSource
+from boxer.agent.names import DeltaOutcome, NameTable, answer_lookup
 from boxer.agent.natprobe import probe_mapping
 from boxer.agent.outgoing import Connector, connect_locally
 from boxer.agent.paths import PathOpener
@@ -74,6 +75,8 @@ class Agent:
         reg = self.session.registration
         self.names = NameTable(ipaddress.IPv4Network(reg.prefix), reg.name, reg.addr)
         self.names.update(self.session.members, self.session.session.services)
+        self.local_names = LocalNamesSource()
+        self.names.local = self.local_names.current()
         self.listeners: dict[int, int] = {}  # real port -> LISTEN count
         self.hellos: set[int] = set()
         self.hello_event = asyncio.Event()
@@ -216,12 +219,9 @@ class Agent:
             self.hellos.add(req.pid)
             self.hello_event.set()
             return req.reply(), None
-        if req.op is Op.RESOLVE:
-            resolution, addr = self.names.resolve(req.name)
-            return req.reply(flags=resolution, addr=addr or "0.0.0.0", name=req.name.lower().rstrip(".")), None
-        if req.op is Op.REVERSE:
-            resolution, name = self.names.reverse(req.addr)
-            return req.reply(flags=resolution, name=name), None
+        if req.op is Op.RESOLVE or req.op is Op.REVERSE:
+            self.names.local = self.local_names.current()
+            return answer_lookup(self.names, req), None
         if req.op is Op.LISTEN:
             self.tickets.app_up.set()
             self.listeners[req.port] = self.listeners.get(req.port, 0) + 1

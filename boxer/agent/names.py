@@ -1,9 +1,11 @@
-"""Name and address mapping of the overlay (pure: no I/O beyond reading /etc/hosts once).
+"""Name and address mapping of the overlay (pure: no I/O).
 
 The agent answers the interposer's name lookups from the membership the coordinator pushes, so a
 getaddrinfo costs no network round trip. Single-label names are ours: an unknown one is an
-authoritative "no such host" (EAI_NONAME), as a real resolver would answer. Names with dots, and
-names in /etc/hosts (localhost...), fall through to libc untouched.
+authoritative "no such host" (EAI_NONAME), as a real resolver would answer. Names with dots fall
+through to libc untouched, and so do the names libc answers from the machine itself (/etc/hosts,
+`localhost`, the machine's own name: `LocalNames`), in the order nsswitch.conf gives them. The
+instance's own name is its overlay address, as a real host's own name is in its /etc/hosts.
 
 The coordinator sends the full membership once per session, then deltas (protocol 3). A delta
 applies only to the version it was made from; on a mismatch the table keeps serving what it has
@@ -16,22 +18,12 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
-from boxer.agent.ipc import Resolution
+from boxer.agent.ipc import Message, Op, Resolution
+from boxer.agent.localnames import LocalNames
 from boxer.nat_traversal import messages as m
 
 OVERLAY_DOMAIN = ".boxer"  # "kv-1.boxer" is accepted as well as "kv-1"
 
-
-def read_hosts_file(path: str = "/etc/hosts") -> frozenset[str]:
-    names: set[str] = set()
-    try:
-        with open(path) as f:
-            for line in f:
-                fields = line.split("#", 1)[0].split()
-                names.update(n.lower() for n in fields[1:])
-    except OSError:
-        pass
-    return frozenset(names)
 
 
 class DeltaOutcome(enum.Enum):
@@ -47,7 +39,8 @@ class NameTable:
     own_addr: str
     members: dict[str, str] = field(default_factory=dict)  # name -> overlay address
     services: dict[str, str] = field(default_factory=dict)  # service name -> virtual address
-    local_names: frozenset[str] = frozenset()
+    # What libc answers locally; the agent refreshes it from the files (LocalNamesSource).
+    local: LocalNames = field(default_factory=LocalNames)
     # The coordinator's membership version we hold; None: none yet, or out of step since a gap.
     version: int | None = None
     resync_asked: bool = False
@@ -85,15 +78,20 @@ class NameTable:
 
     def resolve(self, name: str) -> tuple[Resolution, str]:
         key = name.lower().rstrip(".")
-        if key.endswith(OVERLAY_DOMAIN):
+        overlay_only = key.endswith(OVERLAY_DOMAIN)  # "kv-1.boxer": ours whatever the files say
+        if overlay_only:
             key = key[: -len(OVERLAY_DOMAIN)]
-            authoritative = True
-        else:
-            authoritative = "." not in key and key not in self.local_names
+        if key == self.own_name:
+            return Resolution.FOUND, self.own_addr
+        if not overlay_only and self.local.before_overlay(key):
+            return Resolution.PASS, ""
         # An instance's own name wins over a service of the same name.
         addr = self.members.get(key) or self.services.get(key)
         if addr is not None:
             return Resolution.FOUND, addr
+        if not overlay_only and self.local.after_overlay(key):
+            return Resolution.PASS, ""
+        authoritative = overlay_only or "." not in key
         return (Resolution.NONAME if authoritative and key else Resolution.PASS), ""
 
     def reverse(self, addr: str) -> tuple[Resolution, str]:
@@ -111,3 +109,14 @@ class NameTable:
 
     def is_overlay(self, addr: str) -> bool:
         return ipaddress.IPv4Address(addr) in self.prefix
+
+
+def answer_lookup(names: NameTable, req: Message) -> Message:
+    """The reply to the interposer's RESOLVE or REVERSE (the agent's, and the test agent's)."""
+    if req.op is Op.RESOLVE:
+        resolution, addr = names.resolve(req.name)
+        return req.reply(flags=resolution, addr=addr or "0.0.0.0", name=req.name.lower().rstrip("."))
+    if req.op is Op.REVERSE:
+        resolution, name = names.reverse(req.addr)
+        return req.reply(flags=resolution, name=name)
+    raise ValueError(f"answer_lookup: {req.op.name} is not a name lookup")
