@@ -26,7 +26,7 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'boxer.controller' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"controller.{home}"), name)
+    return getattr(importlib.import_module(f"boxer.controller.{home}"), name)
 
 
 __all__ = [

@@ -1,6 +1,7 @@
 """The controller process of one deployment: `python -m boxer.controller.daemon --name NAME`.
 
-`boxer up` starts it after writing deployment.json: for the lab backends (`local`,
+`boxer up` starts it (controller/bringup.py) after writing the deployment record
+(controller/record.py, deployment.json): for the lab backends (`local`,
 `lambda-local`) beside the coordinator, inside the lab's coordinator namespace where the
 coordinator's address is reachable; for `lambda` right where `boxer up` runs (the user's
 machine), with the coordinator, function and secret parameter named by terraform's outputs.
@@ -22,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from boxer.controller.paths import DeployPaths, read_json, write_json_atomic
+from boxer.controller.paths import DeployPaths, write_json_atomic
+from boxer.controller.record import DeploymentRecord
 
 log = logging.getLogger("boxer.controller.daemon")
 
@@ -38,17 +40,14 @@ class _JsonLines(logging.Formatter):
 
 async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
                 zygote: tuple[int, int, int] | None = None) -> int:
-    info = read_json(paths.deployment)
-    if not info:
-        log.error("no %s: start deployments with `boxer up`", paths.deployment)
+    info = DeploymentRecord.load(paths)
+    if info is None:
+        log.error("no deployment record in %s: start deployments with `boxer up`", paths.deployment)
         return 2
-    kind = info.get("backend", "local")
+    kind = info.backend
     # The backend first: the lab's agent zygote then warms up while the validator (pydantic)
     # and the runtime are imported, instead of holding up the first instances afterwards.
-    if kind == "lambda":
-        made = _lambda_backend(info)
-    else:
-        made = _lab_backend(info, paths, kind, zygote)
+    made = _lambda_backend(info) if kind == "lambda" else _lab_backend(info, paths, kind, zygote)
     if made is None:
         return 2
     backend, coordinator, secret, facts = made
@@ -56,7 +55,7 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
     from boxer.controller.runtime import ControllerRuntime
     from boxer.controller.validate import load_deployment
 
-    applied = paths.applied_file if paths.applied_file.exists() else Path(info["file"])
+    applied = paths.applied_file if paths.applied_file.exists() else Path(info.file)
     deployment = load_deployment(applied, backend=kind)
     metrics_sock = None
     if metrics_fd is not None:
@@ -64,8 +63,8 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
         metrics_sock.setblocking(False)
     runtime = ControllerRuntime(
         deployment, backend, coordinator=coordinator, secret=secret, paths=paths, tick=tick,
-        metrics_sock=metrics_sock, register_timeout=info.get("register_timeout"),
-        info={"name": paths.name, "backend": kind, "file": info["file"], "pid": None,
+        metrics_sock=metrics_sock, register_timeout=info.register_timeout,
+        info={"name": paths.name, "backend": kind, "file": info.file, "pid": None,
               **facts},
     )
     stop = asyncio.Event()
@@ -87,7 +86,8 @@ def _reapply(paths: DeployPaths, runtime: Any, kind: str) -> None:
     from boxer.controller.reapply import plan_reapply
     from boxer.controller.validate import load_deployment
 
-    answer: dict[str, Any] = {"generation": (read_json(paths.deployment) or {}).get("generation", 0)}
+    record = DeploymentRecord.load(paths)
+    answer: dict[str, Any] = {"generation": record.generation if record else 0}
     try:
         edited = load_deployment(paths.next_file, backend=kind)
     except (DeploymentFileError, OSError) as exc:
@@ -100,7 +100,8 @@ def _reapply(paths: DeployPaths, runtime: Any, kind: str) -> None:
                       rollouts=list(plan.rollouts))
         if plan.ok:
             runtime.apply(edited, plan.rollouts)
-            _apply_backend_settings(runtime, read_json(paths.deployment) or {})
+            if record is not None:
+                _apply_backend_settings(runtime, record)
             os.replace(paths.next_file, paths.applied_file)
             log.info("reapplied: %s", "; ".join(plan.changes) or "no change")
         else:
@@ -110,18 +111,18 @@ def _reapply(paths: DeployPaths, runtime: Any, kind: str) -> None:
     write_json_atomic(paths.reapplied, answer)
 
 
-def _apply_backend_settings(runtime: Any, info: dict[str, Any]) -> None:
+def _apply_backend_settings(runtime: Any, info: DeploymentRecord) -> None:
     """What `boxer up` worked out for the backend from the edited `lambda:` block (the
     concurrency it may use, after the function's and the account's limits) and wrote beside
     the deployment before signalling us."""
     set_limit = getattr(runtime.backend, "set_max_concurrency", None)
-    if set_limit is not None and info.get("max_concurrency"):
-        set_limit(int(info["max_concurrency"]))
-    if info.get("register_timeout") is not None:
-        runtime.set_register_timeout(float(info["register_timeout"]))
+    if set_limit is not None and info.max_concurrency:
+        set_limit(int(info.max_concurrency))
+    if info.register_timeout is not None:
+        runtime.set_register_timeout(float(info.register_timeout))
 
 
-def _lab_backend(info: dict[str, Any], paths: DeployPaths, kind: str,
+def _lab_backend(info: DeploymentRecord, paths: DeployPaths, kind: str,
                  zygote: tuple[int, int, int] | None = None) -> Any:
     """`local` and `lambda-local`: instances in the hosts of the deployment's lab, whose
     coordinator (and its secret file) the lab made."""
@@ -129,16 +130,17 @@ def _lab_backend(info: dict[str, Any], paths: DeployPaths, kind: str,
     from boxer.lab import load_lab
     from boxer.nat_traversal.auth import load_secret
 
-    lab = load_lab(info["lab"])
+    assert info.lab is not None, f"a {kind} deployment runs in a lab"
+    lab = load_lab(info.lab)
     host, _, port = lab.coordinator.rpartition(":")
     backend_class = LabLambdaBackend if kind == "lambda-local" else LocalBackend
-    backend = backend_class(lab, log_dir=paths.instances, cwd=info["dir"], spare_hosts=1,
+    backend = backend_class(lab, log_dir=paths.instances, cwd=info.dir, spare_hosts=1,
                             **({"adopt_zygote": zygote} if zygote is not None else {}))
     return (backend, (host, int(port)), load_secret(str(lab.secret_file), None),
             {"lab": lab.name, "hosts": backend.describe()})
 
 
-def _lambda_backend(info: dict[str, Any]) -> Any:
+def _lambda_backend(info: DeploymentRecord) -> Any:
     """`lambda`: instances are invocations of the function in outputs.json; the coordinator
     is the one terraform made, the secret is read from SSM (standard credential chain), here
     on the user's machine: no lab, no root."""
@@ -146,14 +148,17 @@ def _lambda_backend(info: dict[str, Any]) -> Any:
     from boxer.backends.aws_lambda.backend import LambdaBackend
     from boxer.backends.aws_lambda.preflight import SetupError, load_facts, read_deployment_secret
 
-    outputs = info["outputs"]
+    outputs = info.outputs
+    if outputs is None:
+        log.error("the deployment record names no terraform outputs: `boxer down`, then `boxer up` again")
+        return None
     try:
         facts = load_facts(outputs)
         secret = read_deployment_secret(facts, outputs=outputs)
     except SetupError as exc:
         log.error("%s", exc)
         return None
-    backend = LambdaBackend(facts, max_concurrency=int(info.get("max_concurrency") or 100))
+    backend = LambdaBackend(facts, max_concurrency=int(info.max_concurrency or 100))
     return (backend, parse_endpoint(facts.coordinator_address), secret,
             {"lab": None, "function": facts.function_name, "region": facts.region,
              "outputs": str(outputs)})

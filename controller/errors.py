@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DeploymentFileError", "Issue"]
+__all__ = ["DeploymentError", "DeploymentFileError", "Issue"]
 
 
 @dataclass(frozen=True)
@@ -40,3 +40,8 @@ class DeploymentFileError(Exception):
             raise ValueError("DeploymentFileError needs at least one issue")
         self.issues = issues
         super().__init__("\n".join(str(issue) for issue in issues))
+
+
+class DeploymentError(Exception):
+    """A deployment cannot be brought up, changed or taken down as asked. The message says what
+    was wrong and what to do (the CLI shows it as one line); nothing was left half done."""

@@ -22,3 +22,12 @@ def test_check_command_import_does_not_load_pydantic() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_public_names_resolve_outside_the_source_tree(tmp_path) -> None:
+    """From the repo root the folder `controller/` is importable as a top-level package too,
+    which once hid that the lazy names were looked up there: run from elsewhere."""
+    code = "import boxer.controller as c, sys; c.Deployment; print(any(m.split('.')[0] == 'controller' for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
+    assert out.stdout.strip() == "False"

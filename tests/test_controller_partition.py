@@ -326,7 +326,7 @@ def test_the_runtime_shows_the_judgement_in_metrics_log_and_recent_failures(
 def test_boxer_status_says_when_the_guard_holds_replacements() -> None:
     import asyncio
 
-    from boxer.cli.deploy import status_text
+    from boxer.cli.status_view import status_text
     from boxer.controller.partition import Verdict
     from boxer.controller.runtime import ControllerRuntime
 

@@ -88,7 +88,7 @@ def test_mixed_edits_report_both_lists() -> None:
 
 
 def test_status_shows_a_rollout_in_progress() -> None:
-    from boxer.cli.deploy import status_text
+    from boxer.cli.status_view import status_text
 
     instance = {"service": "api", "name": "api-1", "state": "ready", "placement": "function",
                 "address": "100.64.0.1", "connections": 0, "cpu": 0.0, "age": 5.0,

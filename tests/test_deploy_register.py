@@ -12,7 +12,7 @@ from typing import Any
 from boxer.backends import HandleState
 from boxer.backends.aws_lambda.backend import LambdaBackend
 from boxer.backends.aws_lambda.facts import LambdaFacts
-from boxer.cli.deploy import status_text
+from boxer.cli.status_view import status_text
 from boxer.controller.runtime import INSTANCE_ID_ENV, ControllerRuntime
 from boxer.controller.spec import Deployment
 from boxer.nat_traversal import messages as m

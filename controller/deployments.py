@@ -1,0 +1,75 @@
+"""Which deployments this machine knows, which one a command means, and what they last said.
+
+The state of each lives under its DeployPaths (controller/paths.py): the record bring-up wrote
+(controller/record.py), the status the controller rewrites a few times a second, its log.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from boxer.controller.errors import DeploymentError
+from boxer.controller.paths import DeployPaths, list_deployments, read_json
+from boxer.controller.record import DeploymentRecord
+
+__all__ = ["last_log_error", "load_status", "paths_for", "resolve_name"]
+
+
+def paths_for(name: str) -> DeployPaths:
+    try:
+        return DeployPaths(name)
+    except ValueError as exc:
+        raise DeploymentError(str(exc)) from None
+
+
+def _running(name: str) -> bool:
+    record = DeploymentRecord.load(paths_for(name))
+    return record is not None and record.controller_alive
+
+
+def resolve_name(name: str | None) -> str:
+    """`name`, else the only deployment running, else the only one known; else a
+    DeploymentError that says how to pick one."""
+    if name:
+        return name
+    running = [n for n in list_deployments() if _running(n)]
+    if len(running) == 1:
+        return running[0]
+    if not running:
+        known = list_deployments()
+        if len(known) == 1:
+            return known[0]
+        raise DeploymentError("no deployment is running: start one with `boxer up FILE`")
+    raise DeploymentError(f"several deployments run ({', '.join(running)}): pick one with --name")
+
+
+def load_status(name: str | None) -> dict[str, Any] | None:
+    """The last status the deployment's controller wrote (status.json), with running=False once
+    its controller is gone; None when there is no deployment or no status yet."""
+    try:
+        name = resolve_name(name)
+    except DeploymentError:
+        return None
+    paths = paths_for(name)
+    status = read_json(paths.status)
+    if status is not None and not _running(name):
+        status["running"] = False
+    return status
+
+
+def last_log_error(path: Path) -> str | None:
+    """The message of the last error line in a controller's log (JSON lines)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
+            return str(entry.get("message"))
+    return None
