@@ -14,7 +14,7 @@ from boxer.controller.errors import DeploymentError
 from boxer.controller.paths import DeployPaths, list_deployments, read_json
 from boxer.controller.record import DeploymentRecord
 
-__all__ = ["last_log_error", "load_status", "paths_for", "resolve_name"]
+__all__ = ["deployment_in_lab", "last_log_error", "load_status", "paths_for", "resolve_name"]
 
 
 def paths_for(name: str) -> DeployPaths:
@@ -27,6 +27,15 @@ def paths_for(name: str) -> DeployPaths:
 def _running(name: str) -> bool:
     record = DeploymentRecord.load(paths_for(name))
     return record is not None and record.controller_alive
+
+
+def deployment_in_lab(lab: str) -> str | None:
+    """The running deployment whose instances live in lab `lab`, if any."""
+    for name in list_deployments():
+        record = DeploymentRecord.load(paths_for(name))
+        if record is not None and record.lab == lab and record.controller_alive:
+            return name
+    return None
 
 
 def resolve_name(name: str | None) -> str:

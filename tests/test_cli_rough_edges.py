@@ -4,6 +4,7 @@ means, and no traceback when an app is interrupted mid-call."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 from boxer.agent.ipc import Message, Op
 from boxer.agent.ipc_server import IpcServer
 from boxer.cli.lab import lab as lab_cli
+from boxer.controller.record import DeploymentRecord
 from boxer.lab import Lab
 
 BOXER = [sys.executable, "-m", "boxer"]
@@ -73,8 +75,9 @@ def test_lab_down_refuses_the_lab_of_a_running_deployment(small_lab: Lab, tmp_pa
     controller = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                                    "boxer.controller.daemon"])
     try:
-        (state / "web" / "deployment.json").write_text(
-            f'{{"name": "web", "lab": "{small_lab.name}", "controller_pid": {controller.pid}}}')
+        record = DeploymentRecord(name="web", file=str(tmp_path / "deploy.yaml"), dir=str(tmp_path),
+                                  lab=small_lab.name, controller_pid=controller.pid)
+        (state / "web" / "deployment.json").write_text(json.dumps(record.to_json()))
         env = {**os.environ, "BOXER_DEPLOY_STATE_ROOT": str(state)}
         refused = boxer("lab", "down", "--name", small_lab.name, env=env)
         assert refused.returncode == 1

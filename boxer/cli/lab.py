@@ -10,7 +10,6 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -276,19 +275,9 @@ def link_command(name: str | None, host: str, rtt: float, jitter: float, loss: f
 
 def _deployment_using(lab_name: str) -> str | None:
     """The running deployment whose instances live in `lab_name`, if any."""
-    from boxer.controller.paths import DeployPaths, list_deployments, read_json
+    from boxer.controller.deployments import deployment_in_lab
 
-    for deployment in list_deployments():
-        info = read_json(DeployPaths(deployment).deployment) or {}
-        if info.get("lab") != lab_name or not info.get("controller_pid"):
-            continue
-        try:
-            cmdline = Path(f"/proc/{info['controller_pid']}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"boxer.controller.daemon" in cmdline:  # a recycled pid is not its controller
-            return deployment
-    return None
+    return deployment_in_lab(lab_name)
 
 
 @lab.command("down")
