@@ -141,7 +141,7 @@ class ServiceState:
     renewing: Mapping[str, str] = field(default_factory=_frozen_map)  # old id -> replacement
     # Declared host names being renewed: one name is one instance at a time, so the old one is
     # drained first and its index (-> placement) restarted once it has gone.
-    handover: Mapping[int, Placement] = field(default_factory=_frozen_map)
+    handover: Mapping[int, Placement] = field(default_factory=lambda: MappingProxyType({}))
     retired: int = 0  # instances that ended and, by restart policy, are not to be replaced
 
     @property

@@ -440,6 +440,10 @@ static void complete(struct connect_job *job)
         BOXER_LOG(DEBUG, "fd %d: connected to %s:%u (async)", job->fd, what, job->req.port);
 }
 
+/* worker_main keeps its job pointers right after its pollfd array, in one allocation. */
+_Static_assert(sizeof(struct pollfd) % _Alignof(struct connect_job *) == 0,
+               "the job index after the pollfd array would be misaligned");
+
 static void *worker_main(void *arg)
 {
     (void)arg;
@@ -452,15 +456,19 @@ static void *worker_main(void *arg)
         for (struct connect_job *j = worker.jobs; j != NULL; j = j->next)
             n++;
         if (n > cap) {
+            /* One block: the pollfd array, then the job of each entry (index[k] for pfds[k]). */
             size_t want = n * 2;
-            struct pollfd *p = realloc(pfds, want * sizeof *p);
-            struct connect_job **x = p ? realloc(index, want * sizeof *x) : NULL;
-            if (p != NULL)
-                pfds = p;
-            if (x != NULL) {
-                index = x;
+            void *grown = realloc(pfds, want * (sizeof *pfds + sizeof *index));
+            if (grown != NULL) {
+                pfds = grown;
+                index = (struct connect_job **)(pfds + want);
                 cap = want;
             }
+        }
+        if (cap == 0) { /* no memory yet even for the wake fd: the jobs wait, we try again */
+            pthread_mutex_unlock(&worker.mutex);
+            usleep(10000);
+            continue;
         }
         size_t k = 0;
         pfds[k++] = (struct pollfd){.fd = worker.wake, .events = POLLIN};

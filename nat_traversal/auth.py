@@ -12,6 +12,7 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import AnyStr
 
 AGENT_PROOF = b"boxer-v1-agent"
 COORDINATOR_PROOF = b"boxer-v1-coordinator"
@@ -61,7 +62,8 @@ def connection_proof(secret: bytes, conn: str, role: str) -> bytes:
     return hmac.new(secret, message, hashlib.sha256).digest()
 
 
-def verify(expected: str | bytes, got: str | bytes) -> bool:
+def verify(expected: AnyStr, got: AnyStr) -> bool:
+    """Timing-safe equality of two proofs (hex MACs as str, or raw digests as bytes)."""
     return hmac.compare_digest(expected, got)
 
 

@@ -34,12 +34,12 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
 from boxer.nat_traversal.defaults import DEFAULT_PREFIX
-from boxer.nat_traversal.services import Load, ServiceTable, pick
+from boxer.nat_traversal.services import Load, Service, ServiceTable, pick
 from boxer.nat_traversal.tickets import Ticket, TicketTable
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class Instance:
     nat: str = "unknown"  # the agent's NatReport: "eim", "symmetric" or "unknown"
     draining: bool = False
     load: Load = dataclasses.field(default_factory=Load)
-    report: dict | None = None  # its last Report, as sent
+    report: dict[str, Any] | None = None  # its last Report, as sent
     quiet: bool = False  # not heard from for Timeouts.quiet; watchers were told
 
 
@@ -258,7 +258,8 @@ class Broker:
             handler = self._CONTROL_HANDLERS.get(type(message))
             if handler is None:
                 return self._refuse(conn, f"{message.TYPE} is not valid on a control session")
-            return handler(self, conn, message, now)
+            actions: list[Action] = handler(self, conn, message, now)
+            return actions
         return self._refuse(conn, f"{message.TYPE} is not valid on a rendezvous connection")
 
     def protocol_error(self, cid: int, error: str) -> list[Action]:
@@ -597,7 +598,7 @@ class Broker:
             return fail("EHOSTUNREACH")
         return self._broker(conn, msg, server, now)
 
-    def _connect_to_service(self, conn: Connection, msg: m.Connect, service, now: float) -> list[Action]:
+    def _connect_to_service(self, conn: Connection, msg: m.Connect, service: Service, now: float) -> list[Action]:
         server = self._pick_instance(service.name, msg.dst_port)
         if server is not None:
             return self._broker(conn, msg, server, now)
@@ -703,7 +704,8 @@ class Broker:
                 actions.append(Send(pending.client_cid, m.ConnectFailed(conn=pending.conn, error=error)))
         return actions
 
-    _CONTROL_HANDLERS: ClassVar[dict] = {
+    # message type -> handler(broker, conn, message, now) -> actions
+    _CONTROL_HANDLERS: ClassVar[dict[type[m.Message], Callable[..., list[Action]]]] = {
         m.Register: _on_register,
         m.Bye: _on_bye,
         m.Resync: _on_resync,

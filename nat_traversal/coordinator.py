@@ -18,7 +18,7 @@ import socket
 from pathlib import Path
 
 from boxer.nat_traversal import messages as m
-from boxer.nat_traversal.broker import Broker, Close, Send, Timeouts
+from boxer.nat_traversal.broker import Action, Broker, Close, Send, Timeouts
 from boxer.nat_traversal.relay import RelayServer
 from boxer.nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, ProtocolError, encode_frame
 
@@ -83,7 +83,7 @@ class CoordinatorServer:
     def now(self) -> float:
         return self._loop.time()
 
-    def apply(self, actions: list) -> None:
+    def apply(self, actions: list[Action]) -> None:
         frames: dict[int, bytes] = {}  # one message sent to many (a MembersDelta) is encoded once
         for action in actions:
             peer = self.peers.get(action.cid)

@@ -14,7 +14,6 @@ Version 3 made membership updates deltas: `Members.version`, `MembersDelta`, `Re
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import socket
 import types
@@ -218,9 +217,9 @@ class Members(Message):
     as a MembersDelta. Agents answer name lookups from it locally, so a getaddrinfo costs no
     network round trip."""
     TYPE: ClassVar[str] = "members"
-    hosts: dict
+    hosts: dict[str, str]
     version: int
-    services: dict = dataclasses.field(default_factory=dict)  # service name -> its virtual address
+    services: dict[str, str] = dataclasses.field(default_factory=dict)  # service name -> its virtual address
 
     def __post_init__(self) -> None:
         check_version(self.version)
@@ -252,9 +251,9 @@ class MembersDelta(Message):
     TYPE: ClassVar[str] = "members_delta"
     base: int
     version: int
-    hosts: dict
-    gone: list
-    services: dict = dataclasses.field(default_factory=dict)
+    hosts: dict[str, str]
+    gone: list[str]
+    services: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_version(self.base, "base")
@@ -307,7 +306,7 @@ def check_version(value: int, what: str = "version") -> int:
     return value
 
 
-def check_addresses(table: dict, what: str = "name") -> dict:
+def check_addresses(table: dict[str, str], what: str = "name") -> dict[str, str]:
     for name, addr in table.items():
         check_name(name, what)
         check_ipv4(addr)
@@ -509,7 +508,7 @@ class Report(Message):
     connected: int  # outgoing overlay connections since start
     cpu: float  # percent of one CPU, app process tree, over the last interval
     rss: int  # bytes, app process tree
-    listening: list  # ports the app listens on
+    listening: list[int]  # ports the app listens on
     idle: float  # seconds without any open connection or CPU use
     direct: int  # connections set up on a direct (punched) path since start
     relayed: int  # ... and through the relay
@@ -547,8 +546,8 @@ class Snapshot(Message):
     """coordinator -> controller: every instance (name, service, addr, instance, nat, draining,
     quiet, report or null) and the services' virtual addresses."""
     TYPE: ClassVar[str] = "snapshot"
-    instances: list
-    services: dict
+    instances: list[dict[str, Any]]
+    services: dict[str, str]
 
     def __post_init__(self) -> None:
         if len(self.instances) > MAX_SNAPSHOT:
@@ -607,7 +606,7 @@ class InstanceReport(Message):
     name: str
     service: str
     instance: str
-    report: dict
+    report: dict[str, Any]
 
     def __post_init__(self) -> None:
         check_report(self.report)
@@ -643,7 +642,7 @@ class Declare(Message):
     """controller -> coordinator: these services exist (name -> seconds a connect to it may wait
     for a first instance). Their names resolve, to a virtual address, even with no instance."""
     TYPE: ClassVar[str] = "declare"
-    services: dict
+    services: dict[str, float]
 
     def __post_init__(self) -> None:
         for name, hold in self.services.items():
@@ -769,18 +768,24 @@ def _fields(cls: type[Message], kind: str, wire: dict[str, Any], skip: str | Non
     return kwargs
 
 
-@functools.cache
-def _schema(cls: type[Message]) -> tuple[tuple[str, bool, Callable[[Any], bool]], ...]:
+FieldSchema = tuple[tuple[str, bool, Callable[[Any], bool]], ...]
+_SCHEMAS: dict[type[Message], FieldSchema] = {}
+
+
+def _schema(cls: type[Message]) -> FieldSchema:
     """(name, required, type check) of each field of a message class, built once: resolving the
     (postponed) annotations cost ~0.2 ms per message, and interpreting them per value most of a
     decode (a report: 26 us)."""
-    hints = typing.get_type_hints(cls)
-    return tuple(
-        (field.name,
-         field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING,
-         _type_check(hints[field.name]))
-        for field in dataclasses.fields(cls)  # type: ignore[arg-type]
-    )
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        hints = typing.get_type_hints(cls)
+        schema = _SCHEMAS[cls] = tuple(
+            (field.name,
+             field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING,
+             _type_check(hints[field.name]))
+            for field in dataclasses.fields(cls)  # type: ignore[arg-type]
+        )
+    return schema
 
 
 def _type_check(hint: Any) -> Callable[[Any], bool]:
@@ -797,6 +802,7 @@ def _type_check(hint: Any) -> Callable[[Any], bool]:
         return lambda value: type(value) is float or type(value) is int
     if hint is int:
         return lambda value: type(value) is int
-    if hint in (str, dict, list):
-        return lambda value: isinstance(value, hint)
+    origin = typing.get_origin(hint) or hint  # dict[str, str] -> dict: elements are __post_init__'s
+    if origin in (str, dict, list):
+        return lambda value: isinstance(value, origin)
     raise TypeError(f"unsupported field type {hint!r}")

@@ -8,14 +8,19 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from boxer.nat_traversal.broker import Broker
+    from boxer.nat_traversal.relay import RelayStats
 
 log = logging.getLogger(__name__)
 
 
-def render(broker, relay_stats) -> str:
+def render(broker: Broker, relay_stats: RelayStats | None) -> str:
     lines: list[str] = []
 
-    def metric(name: str, kind: str, help_: str, samples: list[tuple[dict, float]]) -> None:
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[dict[str, str], float]]) -> None:
         lines.append(f"# HELP {name} {help_}")
         lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:

@@ -19,7 +19,9 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
@@ -98,7 +100,9 @@ class RelayServer:
         self.stats = RelayStats()
         self._waiting: dict[str, _Half] = {}
         self._listener: socket.socket | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
+        # Tasks serving one connection each: the loop holds only weak references to tasks.
+        self._serving: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> int:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -108,7 +112,8 @@ class RelayServer:
         listener.setblocking(False)
         self._listener = listener
         self._task = asyncio.create_task(self._accept_forever())
-        return listener.getsockname()[1]
+        bound: int = listener.getsockname()[1]
+        return bound
 
     def close(self) -> None:
         if self._task is not None:
@@ -125,7 +130,12 @@ class RelayServer:
         assert self._listener is not None
         while True:
             sock, peer = await loop.sock_accept(self._listener)
-            asyncio.create_task(self._serve(sock, peer))
+            self._spawn(self._serve(sock, peer))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
 
     async def _serve(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
@@ -142,7 +152,7 @@ class RelayServer:
             try:
                 await loop.sock_sendall(sock, observed)
                 if message.call_back:
-                    asyncio.create_task(_call_back(peer))
+                    self._spawn(_call_back(peer))
                 if message.again_after is not None:
                     await asyncio.sleep(message.again_after)
                     await loop.sock_sendall(sock, observed)

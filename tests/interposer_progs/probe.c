@@ -831,12 +831,12 @@ static int cmd_threads(int argc, char **argv)
 
 /* fork N ADDR PORT: threads churn through the table lock while the main thread forks; every
  * child must find the lock usable (alarm turns a deadlock into a failure). */
-static volatile int stop_churn;
+static int stop_churn; /* atomic: read by the churn threads, set by main (TSan holds us to it) */
 
 static void *churn(void *p)
 {
     (void)p;
-    while (!stop_churn) {
+    while (!__atomic_load_n(&stop_churn, __ATOMIC_RELAXED)) {
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         int d = dup(fd);
         struct sockaddr_storage ss;
@@ -885,7 +885,7 @@ static int cmd_fork(int argc, char **argv)
             break; /* one broken child says enough; do not wait out the others */
         }
     }
-    stop_churn = 1;
+    __atomic_store_n(&stop_churn, 1, __ATOMIC_RELAXED);
     for (int i = 0; i < 4; i++)
         pthread_join(tids[i], NULL);
     say("children_ok", "%d", ok);
