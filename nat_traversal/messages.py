@@ -289,7 +289,7 @@ def check_range(value: int | float, what: str, low: float, high: float) -> int |
     return value
 
 
-def check_report(report: dict) -> dict:
+def check_report(report: dict[str, Any]) -> dict[str, Any]:
     """A Report's fields (without "t") as the coordinator forwards them to the controller."""
     if "t" in report:
         raise ValueError("report must not hold a 't' field")
@@ -561,7 +561,7 @@ _SNAPSHOT_ENTRY = {"name": str, "service": str, "addr": str, "instance": str, "n
                    "draining": bool, "quiet": bool}
 
 
-def check_snapshot_entry(entry: Any) -> dict:
+def check_snapshot_entry(entry: Any) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise ValueError(f"snapshot instances must be objects, got {type(entry).__name__}")
     for key, kind in _SNAPSHOT_ENTRY.items():
@@ -612,7 +612,7 @@ class InstanceReport(Message):
         check_report(self.report)
 
     @classmethod
-    def of_checked(cls, name: str, service: str, instance: str, report: dict) -> InstanceReport:
+    def of_checked(cls, name: str, service: str, instance: str, report: dict[str, Any]) -> InstanceReport:
         """One the coordinator forwards: its report came from a decoded Report, checked then."""
         message = object.__new__(cls)
         for field, value in (("name", name), ("service", service), ("instance", instance), ("report", report)):
@@ -738,7 +738,7 @@ def decode(wire: dict[str, Any]) -> Message:
     """A peer's frame -> a validated message, or ProtocolError saying what was wrong."""
     kind = wire.get("t")
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
+    if cls is None or not isinstance(kind, str):
         raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
     kwargs = _fields(cls, kind, wire, skip="t")
     try:
