@@ -272,8 +272,8 @@ class Broker:
 
     def expire(self, now: float) -> list[Action]:
         actions: list[Action] = self._find_quiet(now)
-        for conn in list(self._connections.values()):
-            if conn.state is ConnState.CONTROL and now - conn.last_heard > self.timeouts.silence:
+        for conn in list(self._connections.values()):  # (silence from our return, after a stall)
+            if conn.state is ConnState.CONTROL and now - max(conn.last_heard, self._resumed_at) > self.timeouts.silence:
                 log.warning("%s silent for %.0f s: closing its session", conn.endpoint, now - conn.last_heard)
                 actions.append(Close(conn.cid, "silent"))
                 actions += self.connection_lost(conn.cid)

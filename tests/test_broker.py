@@ -313,11 +313,27 @@ def test_a_different_instance_cannot_take_a_live_name(broker):
 def test_silent_session_is_closed_and_its_instance_leaves(broker):
     register(broker, 1, "kv")  # last heard at t=0
     register(broker, 2, "web")
-    broker.message_received(2, m.Ping(seq=1), 14.0)
-    assert broker.expire(15.0) == []
+    for tick in range(151):  # expire() runs every 0.1 s
+        if tick == 140:
+            broker.message_received(2, m.Ping(seq=1), 14.0)
+        assert not [a for a in broker.expire(tick / 10) if isinstance(a, Close)]
     actions = broker.expire(15.1)
     assert Close(1, "silent") in actions
     assert broker.flush_members() == [Send(2, m.MembersDelta(base=2, version=3, hosts={}, gone=["kv"]))]
+
+
+def test_a_coordinator_frozen_longer_than_the_silence_limit_closes_no_session(broker):
+    """SIGSTOP of the coordinator for 20 s: its agents' frames wait unread in the sockets, and
+    the first expire() after it runs before they are read. Closing every session then would
+    make every agent reconnect and the controller see every instance leave."""
+    register(broker, 1, "kv")
+    for tick in range(11):
+        broker.expire(tick / 10)
+    assert not [a for a in broker.expire(20.0) if isinstance(a, Close)]  # the first look after it
+    broker.message_received(1, m.Ping(seq=1), 20.0)
+    for tick in range(201, 351):
+        assert not [a for a in broker.expire(tick / 10) if isinstance(a, Close)]
+    assert Close(1, "silent") in broker.expire(35.1)  # really silent since our return: closed
 
 
 # --- services, signals and the controller ---------------------------------------------------------

@@ -145,11 +145,13 @@ def test_the_agent_reconnects_after_broken_framing_and_after_an_impostor() -> No
             async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 nonlocal served
                 served += 1
-                with contextlib.suppress(OSError):
-                    writer.write(next(answers, b"x"))
-                    await writer.drain()
-                    await asyncio.sleep(0.05)
-                writer.close()
+                try:
+                    with contextlib.suppress(OSError):
+                        writer.write(next(answers, b"x"))
+                        await writer.drain()
+                        await asyncio.sleep(0.05)
+                finally:
+                    writer.close()
 
             fake = await asyncio.start_server(impostor, "127.0.0.1", port, reuse_address=True)
             link.session.close()  # drop the session now rather than at its silence limit

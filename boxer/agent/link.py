@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,9 +41,19 @@ class LinkTimeouts:
     def silence(self) -> float:
         return self.ping_interval * self.silence_pings
     backoff_first: float = 0.05
-    # With jitter a reconnect waits at most 0.75 s: new connections work again well within 2 s of
-    # the coordinator's return, and a thousand agents still spread over half a second.
-    backoff_max: float = 0.5
+    # A new connection attempt starts at most this far apart (0.6 s with jitter), even while
+    # earlier ones still wait for an answer: each sends a fresh SYN, where one attempt's own
+    # retransmits back off to 1, 2, 4 s. New connections work again within a second of the
+    # coordinator's return (a restart, the end of a network cut), and a thousand agents still
+    # spread over half a second.
+    backoff_max: float = 0.4
+    attempt_timeout: float = 3.0  # one attempt (connect, handshake, registration) gives up after this
+    # Our control connection is stuck when the kernel has retransmitted our unacknowledged data
+    # this many times in a row and heard no ACK for `stall_ack` s: the path is cut (a frozen
+    # coordinator's kernel still ACKs). TCP's own retransmits back off exponentially, so after a
+    # 10 s cut the next would leave ~3-6 s after the path is back; a new connection does not wait.
+    stall_retransmits: int = 3
+    stall_ack: float = 1.5
 
 
 class LinkDown(Exception):
@@ -142,6 +154,8 @@ class CoordinatorLink:
                     raise LinkDown(f"frozen for about {now - before:.0f} s")
                 if now - self._last_heard > self.timeouts.silence:
                     raise LinkDown(f"no word from the coordinator for {self.timeouts.silence:g} s")
+                if _stalled(self.session.framed.sock, self.timeouts):
+                    raise LinkDown("our frames to the coordinator go unacknowledged (the path is cut)")
                 if now >= next_ping - step / 2:  # (a timer may fire a hair early)
                     seq += 1
                     next_ping = now + ping_interval
@@ -153,19 +167,32 @@ class CoordinatorLink:
             reader.cancel()
 
     async def _reconnect(self) -> None:
+        """Attempts overlap: a new one starts every backoff step while older ones wait (each
+        with its own deadline); the first session that comes up is kept, the others closed."""
         delay = self.timeouts.backoff_first
-        while not self.closed:
-            try:
-                self.session = await open_session(self.coordinator, self.secret, self._register, timeout=2.0)
-                log.warning("reconnected to the coordinator as %s at %s", self.registration.name,
-                            self.registration.addr)
-                return
-            except CoordinatorError as exc:
-                log.info("coordinator not back yet: %s", exc)
-            except Exception:  # anything answering on the coordinator's address: try again
-                log.exception("reconnecting to the coordinator failed")
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self.timeouts.backoff_max)
+        attempts: set[asyncio.Task[ControlSession]] = set()
+        try:
+            while not self.closed:
+                attempts.add(asyncio.create_task(open_session(
+                    self.coordinator, self.secret, self._register, timeout=self.timeouts.attempt_timeout)))
+                done, _ = await asyncio.wait(attempts, timeout=delay * (0.5 + random.random()))
+                for attempt in done:
+                    attempts.discard(attempt)
+                    exc = attempt.exception()
+                    if exc is None:
+                        self.session = attempt.result()
+                        log.warning("reconnected to the coordinator as %s at %s", self.registration.name,
+                                    self.registration.addr)
+                        return
+                    if isinstance(exc, CoordinatorError):
+                        log.info("coordinator not back yet: %s", exc)
+                    else:  # anything answering on the coordinator's address: try again
+                        log.warning("reconnecting to the coordinator failed: %r", exc)
+                delay = min(delay * 2, self.timeouts.backoff_max)
+        finally:
+            for attempt in attempts:
+                attempt.cancel()
+                attempt.add_done_callback(_close_session)
 
     async def close(self) -> None:
         self.closed = True
@@ -174,3 +201,34 @@ class CoordinatorLink:
         except Exception:
             pass
         self.session.close()
+
+
+def _close_session(attempt: asyncio.Task[ControlSession]) -> None:
+    """A reconnect attempt that lost the race: close its session if it got one."""
+    if not attempt.cancelled() and attempt.exception() is None:
+        attempt.result().close()
+
+
+def _stalled(sock: socket.socket, timeouts: LinkTimeouts) -> bool:
+    """The kernel's view of our control connection (TCP_INFO): `retransmits` consecutive RTO
+    retransmissions of unacknowledged data, and no ACK for `stall_ack` seconds."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+    except OSError:
+        return False
+    if len(info) < _TCP_INFO.size:
+        return False
+    retransmits, unacked, last_ack_recv = _unpack_tcp_info(info)
+    return (unacked > 0 and retransmits >= timeouts.stall_retransmits
+            and last_ack_recv >= timeouts.stall_ack * 1000)
+
+
+# struct tcp_info (linux/tcp.h): u8 state, ca_state, retransmits, probes, backoff, options,
+# wscales, flags; then u32 rto, ato, snd_mss, rcv_mss, unacked, sacked, lost, retrans, fackets,
+# last_data_sent, last_ack_sent, last_data_recv, last_ack_recv (ms).
+_TCP_INFO = struct.Struct("=8B13I")
+
+
+def _unpack_tcp_info(info: bytes) -> tuple[int, int, int]:
+    fields = _TCP_INFO.unpack_from(info)
+    return fields[2], fields[8 + 4], fields[8 + 12]

@@ -101,8 +101,9 @@ def cmd_stream(host, port, seconds):
     return {"ok": True, "bytes": sent}
 
 
-def cmd_retry_connect(host, port, after, seconds):
-    """From wall-clock time `after` on, connect every 20 ms until one succeeds; report when."""
+def cmd_retry_connect(host, port, after, seconds, attempt_timeout="2"):
+    """From wall-clock time `after` on, connect every 20 ms until one succeeds; report when.
+    Each attempt gives up after `attempt_timeout` seconds."""
     while time.time() < float(after):
         time.sleep(0.01)
     end = time.monotonic() + float(seconds)
@@ -110,7 +111,7 @@ def cmd_retry_connect(host, port, after, seconds):
     while time.monotonic() < end:
         attempts += 1
         try:
-            with connect(host, port, timeout=2) as s:
+            with connect(host, port, timeout=float(attempt_timeout)) as s:
                 s.sendall(b"ECHO\nx")
                 if s.recv(1) == b"x":
                     return {"connected_at": time.time(), "attempts": attempts}
