@@ -26,7 +26,7 @@ from boxer.controller.deployments import paths_for
 from boxer.controller.errors import DeploymentError
 from boxer.controller.lab_room import make_lab
 from boxer.controller.lambda_target import LambdaTarget
-from boxer.controller.paths import DeployPaths
+from boxer.controller.paths import DeployPaths, write_json_atomic
 from boxer.controller.record import DAEMON_MODULE, DeploymentRecord
 
 __all__ = ["BringUp", "bring_up", "default_name"]
@@ -56,9 +56,10 @@ class BringUp:
 
 def bring_up(file: Path, deployment: Any, name: str, say: Say, *, metrics_port: int | None = None,
              tick: float = 0.25, backend: str = "local", register_timeout: float | None = None,
-             target: LambdaTarget | None = None) -> BringUp:
+             target: LambdaTarget | None = None, image: str | None = None) -> BringUp:
     """Start deployment `name` from `file` (already validated as `deployment`). Raises
-    DeploymentError, with nothing left running, when it cannot."""
+    DeploymentError, with nothing left running, when it cannot. `image` (lambda-local): run
+    every invocation from that image (buildah's local storage), mounted here."""
     paths = paths_for(name)
     before = DeploymentRecord.load(paths)
     if before is not None and before.controller_alive:
@@ -80,12 +81,16 @@ def bring_up(file: Path, deployment: Any, name: str, say: Say, *, metrics_port: 
         assert target is not None, "the lambda backend is brought up after its preflight"
         say(f"lambda function {target.function} ({target.region}), coordinator {target.coordinator}")
     else:
+        opened = _open_image(image, name, paths, say) if image is not None else None
         try:
             lab = make_lab(deployment, name, say)
         except BaseException:
             _drop_zygote(zygote)
+            _close_image(opened)
             raise
         record = record.replace(lab=lab.name)
+        if opened is not None:
+            record = record.replace(image={"image": opened.image, "container": opened.container})
     record.save(paths)
     try:
         proc = _spawn_controller(paths, name, tick, lab, zygote, metrics_port)
@@ -100,6 +105,27 @@ def bring_up(file: Path, deployment: Any, name: str, say: Say, *, metrics_port: 
     record = record.replace(controller_pid=proc.pid)
     record.save(paths)
     return BringUp(paths, proc, name, record)
+
+
+def _open_image(image: str, name: str, paths: DeployPaths, say: Say) -> Any:
+    """The image's root filesystem mounted, its entry point and environment read, all written
+    to image.json for the controller's sandboxes (take-down lets go of it)."""
+    from boxer.backends.emulators.image import ImageError, open_image
+
+    try:
+        opened = open_image(image, name)
+    except ImageError as exc:
+        raise DeploymentError(str(exc)) from None
+    write_json_atomic(paths.root / "image.json", opened.to_dict())
+    say(f"image {image}: {' '.join(opened.runtime_argv)} from {opened.rootfs}")
+    return opened
+
+
+def _close_image(opened: Any) -> None:
+    if opened is not None:
+        from boxer.backends.emulators.image import close_image
+
+        close_image(opened)
 
 
 def _fresh_state(paths: DeployPaths, file: Path) -> None:

@@ -133,9 +133,14 @@ def _lab_backend(info: DeploymentRecord, paths: DeployPaths, kind: str,
     assert info.lab is not None, f"a {kind} deployment runs in a lab"
     lab = load_lab(info.lab)
     host, _, port = lab.coordinator.rpartition(":")
-    backend_class = LabLambdaBackend if kind == "lambda-local" else LocalBackend
-    backend = backend_class(lab, log_dir=paths.instances, cwd=info.dir, spare_hosts=1,
-                            **({"adopt_zygote": zygote} if zygote is not None else {}))
+    options: dict[str, Any] = {"adopt_zygote": zygote} if zygote is not None else {}
+    if kind == "lambda-local":
+        backend_class: type[LocalBackend] = LabLambdaBackend
+        if info.image:  # --image: bring-up mounted it and wrote what the sandboxes need
+            options["image_file"] = paths.root / "image.json"
+    else:
+        backend_class = LocalBackend
+    backend = backend_class(lab, log_dir=paths.instances, cwd=info.dir, spare_hosts=1, **options)
     return (backend, (host, int(port)), load_secret(str(lab.secret_file), None),
             {"lab": lab.name, "hosts": backend.describe()})
 

@@ -47,6 +47,8 @@ class DeploymentRecord:
     region: str | None = None
     coordinator: str | None = None
     max_concurrency: int | None = None  # invocations in flight, after the function's limits
+    # lambda-local --image: {"image", "container"}, the working container bring-up mounted
+    image: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):

@@ -38,6 +38,10 @@ def take_down(name: str) -> str:
         reap(pid)
         stopped = True
     report = lab_down(record.lab) if record.lab else None
+    if record.image:
+        from boxer.backends.emulators.image import close_image
+
+        close_image(record.image)
     record.replace(controller_pid=None, down_at=time.time()).save(paths)
     status = read_json(paths.status)
     if status:

@@ -70,4 +70,8 @@ def deployment_down(name: str) -> None:
         from boxer.lab import lab_down
 
         lab_down(info["lab"])
+    if info.get("image"):  # --image: the working container `boxer down` did not remove
+        from boxer.backends.emulators.image import close_image
+
+        close_image(info["image"])
     shutil.rmtree(paths.root, ignore_errors=True)

@@ -359,22 +359,33 @@ class LocalBackend:
 class LabLambdaBackend(LocalBackend):
     """`lambda-local` under `boxer up`: each instance is one local Lambda invocation inside its own
     lab host: the Runtime API, the real awslambdaric runtime client and our handler, which
-    starts `boxer run` with the event's command, as on AWS, behind the host's NAT."""
+    starts `boxer run` with the event's command, as on AWS, behind the host's NAT.
+
+
+    With `image_file` (an opened image, boxer.backends.emulators.image) each invocation runs the
+    image's entry point from its root filesystem in a Lambda-like sandbox; the deployment
+    secret, which a function reads from SSM, is copied into the sandbox's /tmp for it."""
 
     name = "lambda-local"
+    SANDBOX_SECRET = "/tmp/.boxer-lab/secret"  # where the sandbox's copy of the lab's secret is
 
-    def __init__(self, lab: Any, *, timeout: float = 900.0, **options: Any) -> None:
+    def __init__(self, lab: Any, *, timeout: float = 900.0, image_file: str | Path | None = None,
+                 **options: Any) -> None:
         super().__init__(lab, **options)
         self.timeout = timeout
+        self.image_file = str(image_file) if image_file is not None else None
 
     def argv(self, spec: InstanceSpec) -> list[str]:
-        return [self.python, "-m", "boxer.backends.emulators.lambda_local", "--timeout", f"{self.timeout:g}"]
+        argv = [self.python, "-m", "boxer.backends.emulators.lambda_local", "--timeout", f"{self.timeout:g}"]
+        if self.image_file is not None:
+            argv += ["--image", self.image_file, "--copy", f"{self.lab.secret_file}:{self.SANDBOX_SECRET}"]
+        return argv
 
     def stdin_for(self, spec: InstanceSpec) -> bytes | None:
         from boxer.backends.aws_lambda.event import SecretRef, event_for
 
-        event = event_for(spec, coordinator=self.lab.coordinator,
-                          secret=SecretRef("file", str(self.lab.secret_file)))
+        secret = self.SANDBOX_SECRET if self.image_file is not None else str(self.lab.secret_file)
+        event = event_for(spec, coordinator=self.lab.coordinator, secret=SecretRef("file", secret))
         return json.dumps(event.to_dict()).encode()
 
 

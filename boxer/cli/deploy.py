@@ -80,9 +80,13 @@ def _resolve_name(name: str | None) -> str:
 @click.option("--register-timeout", type=click.FloatRange(1, 900), metavar="SECONDS",
               help="An instance that has not registered with the coordinator this long after "
                    "its launch has failed [default: lambda.registerTimeoutSeconds, 30].")
+@click.option("--image", metavar="IMAGE",
+              help="lambda-local backend: run each invocation from this image (buildah's local "
+                   "storage, e.g. built by lambda_image/build.py) as Lambda runs it: its entry "
+                   "point, read-only root, /tmp, uid 993.")
 def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
                metrics_port: int | None, tick: float, outputs: Path | None,
-               register_timeout: float | None) -> None:
+               register_timeout: float | None, image: str | None) -> None:
     """Bring up the deployment in FILE and run its controller.
 
     On a deployment that is already up, apply the edited FILE to it instead: instance counts,
@@ -117,6 +121,10 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
         _apply(file, deployment, name)
         return
     backend = deployment.backend.value
+    if image is not None and backend != "lambda-local":
+        raise DeployError(f"--image runs instances from a container image on the lambda-local "
+                          f"backend, not {backend}: add --backend lambda-local (on AWS the "
+                          "function's image is terraform's image_tag)")
     target = None
     if backend == "lambda":
         from boxer.controller.lambda_target import preflight
@@ -129,7 +137,7 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
                           "(network namespaces, iptables)")
     started = time.monotonic()
     up = _call(bring_up, file, deployment, name, click.echo, metrics_port=metrics_port, tick=tick,
-               backend=backend, register_timeout=register_timeout, target=target)
+               backend=backend, register_timeout=register_timeout, target=target, image=image)
     try:
         ready = _show_progress(up.paths, deployment, started, up.proc)
         if not detach:

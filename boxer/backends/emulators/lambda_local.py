@@ -9,6 +9,11 @@ AWS_LAMBDA_RUNTIME_API pointing at it. Like Lambda it
 - kills the whole process tree when the function timeout passes,
 - and ends the sandbox once the invocation answered (Lambda would freeze it).
 
+With `image=` (an ImageRoot: image.py) the runtime is the image's own ENTRYPOINT + CMD, run
+from the image's root filesystem in a sandbox (sandbox.py: read-only root, 512 MB tmpfs on /tmp,
+uid 993, no capabilities, 1024 descriptors and processes) with Lambda's environment variables
+and nothing of ours: what Lambda runs when it runs the function's image.
+
 To put the function behind the lab's NAT, pass `wrap_argv=["ip", "netns", "exec", "bx-lab-h1"]`.
 The child must then reach the Runtime API server: either give `listen_host` an address the
 namespace can reach, or - what LocalLambdaBackend does - run this whole module inside the
@@ -30,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,9 @@ import psutil
 from boxer.backends.aws_lambda.event import SecretRef, event_for
 from boxer.backends.aws_lambda.secrets import ALLOW_FILE_SECRET_ENV
 from boxer.backends.base import InstanceHandle, InstanceSpec
+from boxer.backends.emulators.image import ImageRoot
 from boxer.backends.emulators.runtime_api import RuntimeApiServer
+from boxer.backends.emulators.sandbox import SandboxConfig, sandbox_argv
 from boxer.backends.errors import LaunchError
 
 __all__ = ["DEFAULT_HANDLER", "MAX_TIMEOUT", "LocalLambdaBackend", "LocalResult", "invoke_local"]
@@ -62,9 +69,37 @@ class LocalResult:
     payload: Any
     duration: float
     error_type: str | None = None
+    init_duration: float | None = None  # runtime start to its first /next (Lambda's Init Duration)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def lambda_environment(*, runtime_api: str, timeout: float, memory_mb: int, function: str = "boxer-local",
+                       region: str = "us-east-1", handler: str = DEFAULT_HANDLER,
+                       image_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What Lambda puts in a function's environment: the image's ENV (when it runs an image),
+    with Lambda's reserved variables on top."""
+    env = {"PATH": "/usr/local/bin:/usr/bin/:/bin:/opt/bin", "LANG": "en_US.UTF-8", "TZ": ":UTC",
+           "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:"
+                              "/var/task:/var/task/lib:/opt/lib"}
+    env.update(image_env or {})
+    env.update(
+        _HANDLER=handler,
+        AWS_LAMBDA_RUNTIME_API=runtime_api,
+        AWS_LAMBDA_FUNCTION_NAME=function,
+        AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
+        AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(memory_mb),
+        AWS_LAMBDA_FUNCTION_TIMEOUT=str(int(timeout)),
+        AWS_LAMBDA_INITIALIZATION_TYPE="on-demand",
+        AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{function}",
+        AWS_LAMBDA_LOG_STREAM_NAME="local/[$LATEST]boxer",
+        AWS_REGION=region,
+        AWS_DEFAULT_REGION=region,
+        LAMBDA_TASK_ROOT="/var/task",
+        LAMBDA_RUNTIME_DIR="/var/runtime",
+    )
+    return env
 
 
 def invoke_local(
@@ -78,35 +113,53 @@ def invoke_local(
     python: str = sys.executable,
     memory_mb: int = 1769,
     stop: Callable[[], bool] = lambda: False,
+    image: ImageRoot | None = None,
+    copies: Sequence[tuple[str, str]] = (),
+    deny: Sequence[str] = (),
 ) -> LocalResult:
     """Run one invocation of `handler` under awslambdaric; blocks until it ends.
 
     `stop()` is polled; when it turns true the sandbox is killed (status "stopped").
+    `image`: run the image's entry point in a sandbox instead (`env` is then the function's
+    configured environment, on top of Lambda's; `copies` and `deny` go to the sandbox).
     """
     if not 0 < timeout <= MAX_TIMEOUT:
         raise ValueError(f"timeout {timeout} s must be in (0, {MAX_TIMEOUT:g}] like Lambda's")
     started = time.monotonic()
     with RuntimeApiServer(listen_host) as server:
         outcome = server.invoke(event, timeout)
-        child_env = dict(os.environ if env is None else env)
-        child_env.update(
-            AWS_LAMBDA_RUNTIME_API=server.address,
-            AWS_LAMBDA_FUNCTION_NAME="boxer-local",
-            AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
-            AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(memory_mb),
-            AWS_LAMBDA_FUNCTION_TIMEOUT=str(int(timeout)),
-            **{ALLOW_FILE_SECRET_ENV: "1"},
-        )
-        argv = [*wrap_argv, python, "-m", "awslambdaric", handler]
+        if image is not None:
+            child_env = lambda_environment(runtime_api=server.address, timeout=timeout, memory_mb=memory_mb,
+                                           handler=" ".join(image.cmd), image_env=image.env)
+            child_env.update(env or {})
+            child_env[ALLOW_FILE_SECRET_ENV] = "1"
+            config = SandboxConfig(root=image.rootfs, argv=image.runtime_argv, workdir=image.workdir,
+                                   copies=tuple(copies), deny=tuple(deny))
+            argv = [*wrap_argv, *sandbox_argv(config, python)]
+        else:
+            child_env = dict(os.environ if env is None else env)
+            child_env.update(
+                AWS_LAMBDA_RUNTIME_API=server.address,
+                AWS_LAMBDA_FUNCTION_NAME="boxer-local",
+                AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
+                AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(memory_mb),
+                AWS_LAMBDA_FUNCTION_TIMEOUT=str(int(timeout)),
+                **{ALLOW_FILE_SECRET_ENV: "1"},
+            )
+            argv = [*wrap_argv, python, "-m", "awslambdaric", handler]
         log.info("local lambda: starting %s (timeout %g s)", argv, timeout)
         runtime = subprocess.Popen(argv, env=child_env, stdin=subprocess.DEVNULL,
                                    start_new_session=True,
                                    # setrlimit only: safe even with the server thread
                                    preexec_fn=_cap_open_files)
+        runtime_started = time.monotonic()
         try:
-            return _wait(runtime, outcome, started, timeout, stop)
+            result = _wait(runtime, outcome, started, timeout, stop)
         finally:
             _kill_tree(runtime)
+        if server.first_next_at is not None:
+            result = replace(result, init_duration=round(server.first_next_at - runtime_started, 3))
+        return result
 
 
 def _wait(runtime: subprocess.Popen[bytes], outcome: Any, started: float, timeout: float,
@@ -257,7 +310,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=MAX_TIMEOUT)
     parser.add_argument("--handler", default=DEFAULT_HANDLER)
     parser.add_argument("--listen-host", default="127.0.0.1")
+    parser.add_argument("--image", metavar="FILE", help="an opened image (JSON, image.py): run its "
+                        "entry point from its root filesystem, in a sandbox")
+    parser.add_argument("--copy", action="append", default=[], metavar="SRC:DEST",
+                        help="with --image: a file to put in the sandbox's /tmp")
+    parser.add_argument("--deny", default="", metavar="SYSCALL,...",
+                        help="with --image: what the sandbox refuses (sandbox.py)")
     args = parser.parse_args(argv)
+    image = None
+    if args.image:
+        with open(args.image) as file:
+            image = ImageRoot.from_dict(json.load(file))
+    copies = [tuple(item.split(":", 1)) for item in args.copy]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -272,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     result = invoke_local(event, handler=args.handler, timeout=args.timeout,
-                          listen_host=args.listen_host, stop=lambda: stopping)
+                          listen_host=args.listen_host, stop=lambda: stopping, image=image,
+                          copies=copies, deny=[d for d in args.deny.split(",") if d])  # type: ignore[arg-type]
     sys.stdout.write(json.dumps(result.to_dict()) + "\n")
     return 0
 

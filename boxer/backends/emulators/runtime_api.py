@@ -60,6 +60,9 @@ class RuntimeApiServer:
         self._active: dict[str, _Invocation] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        # When the runtime first asked for an event: its init (start, import of the handler)
+        # ended then, what Lambda reports as "Init Duration". time.monotonic().
+        self.first_next_at: float | None = None
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever,
@@ -104,6 +107,8 @@ class RuntimeApiServer:
     # -- called from the HTTP handler threads ---------------------------------------------
 
     def _next(self) -> _Invocation | None:
+        if self.first_next_at is None:
+            self.first_next_at = time.monotonic()
         while not self._closing.is_set():
             try:
                 return self._pending.get(timeout=_POLL)

@@ -1,0 +1,142 @@
+"""boxer's Lambda image, built here (buildah, a debootstrap Debian base: lambda_image/build.py)
+and run as Lambda runs a function: its entry point from its root filesystem, read-only, with a
+512 MB /tmp, uid 993, no capabilities, 1024 descriptors, the timeout enforced by SIGKILL; and
+the redis example served from it through `boxer up --backend lambda-local --image`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import labkit
+import psutil
+import pytest
+
+pytestmark = pytest.mark.lab
+
+ROOT = Path(__file__).resolve().parent.parent
+BOXER = [sys.executable, "-m", "boxer"]
+
+if os.geteuid() != 0:
+    pytest.skip("running the image needs root (mount and PID namespaces, chroot)", allow_module_level=True)
+for tool in ("buildah", "debootstrap"):
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (scripts/install-deps.sh installs it)", allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def images() -> tuple[str, str]:
+    """(boxer's image, the redis example on it): built unless their hash tags exist."""
+    proc = subprocess.run([sys.executable, str(ROOT / "lambda_image" / "build.py"), "--example", "redis"],
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    base, redis = proc.stdout.split()
+    return base, redis
+
+
+@pytest.fixture
+def opened(images, request):
+    from boxer.backends.emulators.image import close_image, open_image
+
+    root = open_image(images[1], f"t{os.getpid() % 100000}{request.node.name[-12:]}".replace("_", ""))
+    yield root
+    close_image(root)
+
+
+def sandbox(root, script: str, **options) -> subprocess.CompletedProcess[str]:
+    from boxer.backends.emulators.sandbox import SandboxConfig, sandbox_argv
+
+    config = SandboxConfig(root=root.rootfs, argv=["/bin/sh", "-c", script], workdir=root.workdir, **options)
+    return subprocess.run(sandbox_argv(config), capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin"})
+
+
+def test_the_sandbox_is_lambdas_execution_environment(opened, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    proc = sandbox(opened, "id -u; id -g; id -G; grep -E '^(CapEff|CapBnd|NoNewPrivs):' /proc/self/status;"
+                   " ulimit -n; pwd; df -k /tmp | tail -1; cat /tmp/in/secret; stat -c %u /tmp/in/secret;"
+                   " touch /var/task/x 2>&1; echo data > /tmp/y && cat /tmp/y; ls /dev | tr '\\n' ' ';"
+                   " echo; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -c '^[0-9]'",
+                   copies=[(str(secret), "/tmp/in/secret")])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:3] == ["993", "993", "993"]  # sbx_user1051's uid, no other group
+    assert lines[3:6] == ["CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "NoNewPrivs:\t1"]
+    assert lines[6] == "1024"
+    assert lines[7] == "/var/task"
+    assert lines[8].split()[1] == str(512 * 1024)  # /tmp: a 512 MB tmpfs
+    assert lines[9:11] == ["s3cret", "993"]  # the copied file, the sandbox user's
+    assert "Read-only file system" in lines[11]
+    assert lines[12] == "data"
+    assert lines[13].split() == ["fd", "full", "null", "random", "stderr", "stdin", "stdout", "tty", "urandom",
+                                 "zero"]
+    assert "boxer.backends.emulators.sandbox" in lines[14]  # pid 1 is the sandbox's init, not the host's
+    assert int(lines[15]) <= 5  # its own PID namespace: only the sandbox's processes
+
+
+def test_the_timeout_kills_every_process_of_the_sandbox(opened):
+    from boxer.backends.emulators.lambda_local import invoke_local
+
+    # A runtime that never asks for its event, and leaves a grandchild behind: both must go.
+    hung = replace(opened, entrypoint=("/bin/sh", "-c", "sleep 300 & sleep 300"), cmd=())
+    before = {p.pid for p in psutil.process_iter()}
+    started = time.monotonic()
+    result = invoke_local({}, timeout=2, image=hung)
+    assert result.status == "timeout"
+    assert 2 <= time.monotonic() - started < 6
+    time.sleep(0.2)
+    left = [p for p in psutil.process_iter(["uids", "name"]) if p.pid not in before
+            and p.info["uids"] and p.info["uids"].real == 993]
+    assert not left, left
+
+
+def test_redis_example_runs_from_the_image_as_a_function(images, tmp_path):
+    """examples/aws/deploy.yaml, on the lab: each instance is an invocation of the image."""
+    from boxer.controller.paths import DeployPaths, read_json
+
+    name = f"im{os.getpid() % 100000}"
+    deploy = ROOT / "examples" / "aws" / "deploy.yaml"
+    up = subprocess.run([*BOXER, "up", "--detach", "--name", name, "--backend", "lambda-local", "--image", images[1],
+                         str(deploy)], capture_output=True, text=True, timeout=180)
+    try:
+        assert up.returncode == 0, up.stderr + up.stdout
+        info = read_json(DeployPaths(name).deployment)
+        assert info["image"]["image"] == images[1]
+        lab = info["lab"]
+        hosts = int(read_json(Path(f"/run/boxer/lab/{lab}/lab.json"))["host_count"])
+        deadline = time.monotonic() + 60
+        answer = ""
+        while answer != "PONG":
+            assert time.monotonic() < deadline, "the instances run from the image never answered"
+            proc = subprocess.run([*BOXER, "lab", "exec", "--name", lab, f"h{hosts}", "--", *BOXER, "run",
+                                   "--name", f"cli{time.monotonic_ns() % 10000}", "--", "redis-cli", "-h", "kv",
+                                   "ping"], capture_output=True, text=True, timeout=30)
+            answer = proc.stdout.strip()
+            time.sleep(0.3)
+        status = json.loads(subprocess.run([*BOXER, "status", "--name", name, "-o", "json"], capture_output=True,
+                                           text=True, timeout=30, check=True).stdout)
+        assert [i["state"] for i in status["instances"] if i["service"] == "kv"] == ["ready", "ready"]
+        # Each redis is the image's own binary, run by the image's handler, as the function's user,
+        # with the image's root as its root.
+        rootfs = json.loads((DeployPaths(name).root / "image.json").read_text())["rootfs"]
+        servers = [p for p in psutil.process_iter(["name", "uids"]) if p.info["name"] == "redis-server"
+                   and p.info["uids"].real == 993]
+        assert len(servers) == 2
+        for server in servers:
+            assert os.readlink(f"/proc/{server.pid}/root") == rootfs
+            assert server.exe().startswith(f"{rootfs}/usr/bin/redis")  # Debian's, inside the image
+            parents = [p.cmdline() for p in server.parents()]
+            assert any("awslambdaric" in " ".join(c) for c in parents)
+    finally:
+        labkit.deployment_down(name)
+    buildah = subprocess.run(["buildah", "containers", "--format", "{{.ContainerName}}"], capture_output=True,
+                             text=True)
+    assert f"boxer-{name}" not in buildah.stdout.split()  # `boxer down` let go of the image
