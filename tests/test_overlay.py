@@ -161,6 +161,20 @@ def test_blocked_direct_path_falls_back_to_the_relay_byte_exact(lab):
     assert lab.coordinator_log.read_text().count("relay: joined") > before
 
 
+def test_the_relay_is_raced_a_quarter_second_after_a_punch_that_cannot_succeed(lab):
+    # Happy eyeballs: the relay starts 0.25 s after the punch (Timeouts.relay_delay), not once the
+    # punch has failed for 1.5 s as before, so the app's connect is through well within a second.
+    r2 = lab.host("h2").router_netns
+    rule = ["FORWARD", "-s", lab.host("h3").public_address, "-j", "DROP"]
+    _iptables(r2, "-I", *rule)
+    try:
+        result = client(lab, "h2", "raced", "connect", "echo", "7777")
+    finally:
+        _iptables(r2, "-D", *rule)
+    assert result["errno"] is None
+    assert 0.25 <= result["seconds"] < 1.0
+
+
 def test_failed_punch_and_unreachable_relay_is_etimedout(lab):
     r2 = lab.host("h2").router_netns
     direct = ["FORWARD", "-s", lab.host("h1").public_address, "-j", "DROP"]

@@ -1,5 +1,6 @@
 """The agent: one per instance. It answers the interposer's requests and the coordinator's
-messages, and hands each job to the module that does it:
+messages, and hands each job to the module that does it (their protocol logic, without I/O, is
+boxer.nat_traversal.client):
 
   tickets.py    the two pools of ports with observed public endpoints
   outgoing.py   the app's connects (brokered, punched, asked again on a passing failure)
@@ -37,6 +38,7 @@ from boxer.agent.tasks import Tasks
 from boxer.agent.tickets import TicketPools
 from boxer.agent.waiters import Waiters
 from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.client import Timeouts
 
 __all__ = ["NAT_IDLE_TIMEOUT", "WAKE_ADDR", "Agent", "Timeouts", "enable_keepalive"]
 
@@ -49,17 +51,6 @@ WAKE_ADDR = "127.0.0.2"  # source of wake connections; the interposer recognises
 APP_START_GRACE = 1.0
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    connect: float = 5.0  # whole overlay connect, from the app's call to a connected socket
-    punch: float = 3.0  # direct or relayed path + authentication, once the coordinator said go
-    direct: float = 1.5  # a direct punch not through by then falls back to the relay
-    # A ticket's NAT mapping is kept by its idle rendezvous connection; NATs expire idle mappings
-    # (Lambda's is undocumented, a NAT Gateway's is 350 s), so tickets are renewed well before.
-    ticket_max_age: float = NAT_IDLE_TIMEOUT / 3
-    accept_pickup: float = 10.0  # an accepted connection not fetched by the app by then is dropped
-
-
 @dataclass
 class Agent:
     session: CoordinatorLink
@@ -67,7 +58,8 @@ class Agent:
     secret: bytes
     # Serves warm connects and accepts natively (fastpath.c); we keep its tables filled.
     fast: FastPath
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    # Tickets are renewed well before a NAT could forget their idle mapping.
+    timeouts: Timeouts = field(default_factory=lambda: Timeouts(ticket_max_age=NAT_IDLE_TIMEOUT / 3))
     ticket_pool_size: int = 8
     report_interval: float = 1.0
 
@@ -94,11 +86,11 @@ class Agent:
         waiters = self.waiters = Waiters()
         self.tickets = TicketPools(self.session, self.coordinator, self.secret, self.tasks,
                                    self.ticket_pool_size, t.ticket_max_age)
-        paths = PathOpener(self.secret, lambda: self.relay, t.direct, self.stats)
-        self.connector = Connector(self.session, self.tickets, waiters, paths, t.connect, t.punch, self.stats)
+        paths = PathOpener(self.secret, lambda: self.relay, t, self.stats)
+        self.connector = Connector(self.session, self.tickets, waiters, paths, t, self.stats)
         self.incoming = IncomingConnections(self.session, self.tickets, waiters, paths, self.fast, self.listeners,
-                                            self.stats, t.connect, t.punch, t.ticket_max_age, t.accept_pickup)
-        self.spares = SpareMaker(self.connector, self.fast, self.tasks, t.connect, t.ticket_max_age)
+                                            self.stats, t)
+        self.spares = SpareMaker(self.connector, self.fast, self.tasks, t.ticket_max_age)
         self.reports = Reporter(self.session, self.tasks, self.build_report, self.report_interval)
 
     @property
@@ -274,7 +266,7 @@ class Agent:
         target = (req.addr, req.port)  # no spare for it (the fast path would have used it)
         self.spares.missed(target)
         service = self.names.is_service_address(req.addr)
-        result = await self.connector.connect(req, service)
+        result = await self.connector.connect(req.addr, req.port, service)
         if isinstance(result, int):
             return req.reply(status=result), None
         sock, local_port = result

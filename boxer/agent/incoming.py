@@ -1,4 +1,5 @@
-"""Connections other instances make to our app: refused at once if nothing listens, else
+"""The I/O of connections other instances make to our app (the logic is
+boxer.nat_traversal.client.IncomingTransaction): refused at once if nothing listens, else
 punched from a deposited ticket (or one asked for), authenticated, and handed to the fast path,
 which wakes the app's listener (or holds a client's spare)."""
 
@@ -6,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 
-from boxer.agent.control import Ticket
+from boxer.agent.control import CoordinatorError, Ticket
 from boxer.agent.fastpath import FastPath
 from boxer.agent.keepalive import enable_keepalive
 from boxer.agent.link import CoordinatorLink, LinkDown
@@ -18,6 +20,18 @@ from boxer.agent.punch import PunchError
 from boxer.agent.tickets import TicketPools
 from boxer.agent.waiters import Waiters
 from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.client import (
+    Abandon,
+    ClaimTicket,
+    Deliver,
+    Failed,
+    IncomingTransaction,
+    Punch,
+    ReleaseTicket,
+    SendMessage,
+    TakeTicket,
+    Timeouts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +40,7 @@ MAX_HELD_SPARES = 64  # server side: spares held for clients, at most
 
 class IncomingConnections:
     def __init__(self, link: CoordinatorLink, tickets: TicketPools, waiters: Waiters, paths: PathOpener,
-                 fast: FastPath, listeners: dict[int, int], stats: Counter[str], connect_timeout: float,
-                 punch_timeout: float, ticket_max_age: float, accept_pickup: float) -> None:
+                 fast: FastPath, listeners: dict[int, int], stats: Counter[str], timeouts: Timeouts) -> None:
         self.link = link
         self.tickets = tickets
         self.waiters = waiters
@@ -35,10 +48,7 @@ class IncomingConnections:
         self.fast = fast
         self.listeners = listeners  # real port -> LISTEN count, kept by the agent
         self.stats = stats
-        self.connect_timeout = connect_timeout
-        self.punch_timeout = punch_timeout
-        self.ticket_max_age = ticket_max_age
-        self.accept_pickup = accept_pickup
+        self.timeouts = timeouts
         # Incoming connections the app does not hold yet: being punched, and woken (the app's
         # accept() still to come), by local port, until the fast path would drop them. They
         # count as active: a drained instance must not be stopped with one on its way in.
@@ -56,62 +66,111 @@ class IncomingConnections:
         self._woken.pop(local_port, None)
 
     async def serve(self, msg: m.Incoming) -> None:
-        if msg.warm and self.fast.held_count() >= MAX_HELD_SPARES:
-            await self.link.send(m.Refuse(conn=msg.conn, error="ECONNABORTED"))
-            if msg.ticket is not None:
-                self.tickets.release_incoming(msg.ticket)
-            return
-        if msg.dst_port not in self.listeners:
-            self.stats["refused"] += 1
-            if msg.ticket is not None:
-                self.tickets.release_incoming(msg.ticket)
-            await self.link.send(m.Refuse(conn=msg.conn, error="ECONNREFUSED"))
+        tx = IncomingTransaction(msg, self.timeouts)
+        pending = deque(tx.begin(msg.dst_port in self.listeners, self.fast.held_count() >= MAX_HELD_SPARES,
+                                 time.monotonic()))
+        if tx.outcome is not None:  # refused at once
+            if tx.outcome.errno == "ECONNREFUSED":
+                self.stats["refused"] += 1
+            await self._drive(tx, pending)
             return
         self._in_setup += 1
         try:
-            await self._set_up(msg)
+            await self._drive(tx, pending)
         finally:
             self._in_setup -= 1
 
-    async def _set_up(self, msg: m.Incoming) -> None:
+    async def _drive(self, tx: IncomingTransaction, pending: deque) -> None:
+        msg = tx.msg
+        inbox: asyncio.Queue[m.Message | asyncio.Task] = asyncio.Queue()
+        ticket: Ticket | None = None
+        race: asyncio.Task | None = None
         try:
-            if msg.ticket is not None and msg.peer is not None:
-                ticket = await self.tickets.claim_incoming(msg.ticket)
-                if ticket is None:  # its rendezvous connection died meanwhile
-                    await self.link.send(m.Refuse(conn=msg.conn, error="ECONNABORTED"))
-                    return
-                punch = m.Punch(conn=msg.conn, role="server", peer=msg.peer, ticket=msg.ticket, mode=msg.mode)
-            else:
-                ticket = await self.tickets.take()
-                punch = await self._accept_slow_path(msg, ticket)
-                if punch is None:
-                    ticket.close()
-                    return
-            try:
-                sock = await self.paths.open(punch, ticket.local_port, time.monotonic() + self.punch_timeout)
-            finally:
+            while True:
+                while pending:
+                    action = pending.popleft()
+                    if isinstance(action, SendMessage):
+                        if isinstance(action.message, m.Accept):
+                            self.waiters.attach(msg.conn, inbox)
+                        try:
+                            await self.link.send(action.message)
+                        except LinkDown as exc:
+                            log.info("incoming connection %s from %s failed: %s", msg.conn, msg.src_addr, exc)
+                            pending += tx.link_down(time.monotonic())
+                    elif isinstance(action, ReleaseTicket):
+                        self.tickets.release_incoming(action.ticket)
+                    elif isinstance(action, ClaimTicket):
+                        try:
+                            ticket = await self.tickets.claim_incoming(action.ticket)
+                        except (OSError, CoordinatorError, asyncio.TimeoutError):
+                            ticket = None
+                        now = time.monotonic()
+                        pending += (tx.ticket(ticket.ticket, ticket.local_port, now) if ticket is not None
+                                    else tx.no_ticket(now))
+                    elif isinstance(action, TakeTicket):
+                        try:
+                            ticket = await self.tickets.take()
+                        except (OSError, CoordinatorError, asyncio.TimeoutError) as exc:
+                            log.info("incoming connection %s from %s: no ticket: %s", msg.conn, msg.src_addr, exc)
+                            return
+                        pending += tx.ticket(ticket.ticket, ticket.local_port, time.monotonic())
+                    elif isinstance(action, Punch):
+                        race = asyncio.ensure_future(self.paths.open(action.punch, action.local_port))
+                        race.add_done_callback(inbox.put_nowait)
+                    elif isinstance(action, Abandon):
+                        self.waiters.close(msg.conn)
+                        if ticket is not None:
+                            ticket.close()
+                            self.tickets.refill()
+                            ticket = None
+                    elif isinstance(action, Deliver):
+                        assert race is not None
+                        sock, race = race.result()[0], None
+                        self._deliver(msg, sock)
+                        return
+                    elif isinstance(action, Failed):
+                        if action.why != "refused":
+                            log.info("incoming connection %s from %s failed: %s (%s)", msg.conn, msg.src_addr,
+                                     action.errno, action.why)
+                        return
+                timer = tx.next_timer()
+                assert timer is not None
+                try:
+                    item = await asyncio.wait_for(inbox.get(), max(0.0, timer - time.monotonic()))
+                except asyncio.TimeoutError:
+                    pending += tx.tick(time.monotonic())
+                    continue
+                now = time.monotonic()
+                if isinstance(item, asyncio.Task):
+                    exc = item.exception()
+                    if exc is None:
+                        pending += tx.race_won(item.result()[1], now)
+                    elif isinstance(exc, (PunchError, OSError)):
+                        pending += tx.race_failed(getattr(exc, "errno_name", "ECONNABORTED"), now)
+                    else:
+                        raise exc
+                else:
+                    pending += tx.message(item, now)
+        finally:
+            if race is not None:
+                if not race.done():
+                    race.cancel()
+                elif not race.cancelled() and race.exception() is None:
+                    race.result()[0].close()
+            self.waiters.close(msg.conn)
+            if ticket is not None:
                 ticket.close()
                 self.tickets.refill()
-        except (PunchError, LinkDown, asyncio.TimeoutError, OSError) as exc:
-            log.info("incoming connection %s from %s failed: %s", msg.conn, msg.src_addr, exc)
-            return
+
+    def _deliver(self, msg: m.Incoming, sock: socket.socket) -> None:
         enable_keepalive(sock)
         peer = (msg.src_addr, msg.src_port)
         if msg.warm:
             # A client's spare: the fast path reads its GO byte, then wakes our app.
-            self.fast.hold(sock, msg.dst_port, peer, self.ticket_max_age * 2)
+            self.fast.hold(sock, msg.dst_port, peer, self.timeouts.ticket_max_age * 2)
             return
         local_port = sock.getsockname()[1]
         if self.fast.wake(sock, msg.dst_port, peer):
-            self._woken[local_port] = time.monotonic() + self.accept_pickup
+            self._woken[local_port] = time.monotonic() + self.timeouts.accept_pickup
         else:
             log.info("app no longer listens on %d: dropping connection %s", msg.dst_port, msg.conn)
-
-    async def _accept_slow_path(self, msg: m.Incoming, ticket: Ticket) -> m.Punch | None:
-        queue = self.waiters.open(msg.conn)
-        try:
-            await self.link.send(m.Accept(conn=msg.conn, ticket=ticket.ticket))
-            answer = await asyncio.wait_for(queue.get(), self.connect_timeout)
-        finally:
-            self.waiters.close(msg.conn)
-        return answer if isinstance(answer, m.Punch) else None

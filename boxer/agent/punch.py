@@ -1,4 +1,5 @@
-"""TCP hole punching: a simultaneous open from a ticket's port, then per-connection authentication.
+"""The two ways to open a connection's path: TCP hole punching (a simultaneous open from a
+ticket's port) and the relay. Which is used, and the proofs on it: paths.py.
 
 Both agents connect() from the port whose public mapping the coordinator observed, toward the
 peer's observed endpoint, at about the same time. The first SYN to leave opens its own NAT's
@@ -66,6 +67,9 @@ async def simultaneous_open(local_port: int, peer: tuple[str, int], deadline: fl
             sock.close()
             log.debug("punch attempt %d to %s:%d: %s", attempts, peer[0], peer[1], exc)
             await asyncio.sleep(min(RETRY_DELAY * attempts, 0.1))
+        except BaseException:  # cancelled: the race was won by the other path, or given up
+            sock.close()
+            raise
 
 
 async def relay_open(relay: tuple[str, int], secret: bytes, conn: str, role: str,
@@ -86,31 +90,6 @@ async def relay_open(relay: tuple[str, int], secret: bytes, conn: str, role: str
     except OSError as exc:
         sock.close()
         raise PunchError("ETIMEDOUT", f"relay {relay[0]}:{relay[1]} unreachable: {exc}") from None
-
-
-async def authenticate(sock: socket.socket, secret: bytes, conn: str, role: str, deadline: float) -> None:
-    """Both sides prove they belong to the deployment, bound to this connection id.
-
-    Exactly 32 bytes each way and we read exactly 32: application bytes that may already follow
-    the peer's proof stay in the kernel buffer for the application."""
-    loop = asyncio.get_running_loop()
-    peer_role = "server" if role == "client" else "client"
-    # Acknowledge the peer's proof at once: a delayed ACK would hold the application's first
-    # small write behind Nagle for up to 40 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-    await loop.sock_sendall(sock, auth.connection_proof(secret, conn, role))
-    received = b""
-    while len(received) < auth.CONNECTION_PROOF_SIZE:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise PunchError("ETIMEDOUT", "peer did not authenticate in time")
-        chunk = await asyncio.wait_for(
-            loop.sock_recv(sock, auth.CONNECTION_PROOF_SIZE - len(received)), remaining)
-        if not chunk:
-            raise PunchError("ECONNABORTED", "peer closed the connection during authentication")
-        received += chunk
-    if not auth.verify(auth.connection_proof(secret, conn, peer_role), received):
-        raise PunchError("ECONNABORTED", "peer failed to authenticate: not part of this deployment")
-    # And acknowledge it now (setting TCP_QUICKACK sends a pending ACK at once): otherwise the
-    # peer's proof may sit unacknowledged for up to 40 ms, holding its app's first write.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    except BaseException:
+        sock.close()
+        raise

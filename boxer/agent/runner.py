@@ -76,7 +76,8 @@ async def run_instance(opts: RunOptions) -> int:
     log.info("registered as %s at %s", reg.name, reg.addr)
     link = CoordinatorLink(session, opts.coordinator, opts.secret, register,
                            LinkTimeouts(ping_interval=min(5.0, NAT_IDLE_TIMEOUT / 3)))
-    timeouts = Timeouts(connect=opts.connect_timeout, punch=min(3.0, opts.connect_timeout))
+    timeouts = Timeouts(connect=opts.connect_timeout, punch=min(3.0, opts.connect_timeout),
+                        ticket_max_age=NAT_IDLE_TIMEOUT / 3)
     fast = FastPath(reg.addr, WAKE_ADDR, timeouts.accept_pickup)
     agent = Agent(link, opts.coordinator, opts.secret, fast, timeouts=timeouts)
     workdir = tempfile.mkdtemp(prefix="boxer-agent-")

@@ -10,12 +10,16 @@ from boxer.nat_traversal import messages as m
 
 class Waiters:
     def __init__(self) -> None:
-        self._queues: dict[str, asyncio.Queue[m.Message]] = {}
+        self._queues: dict[str, asyncio.Queue] = {}
 
     def open(self, conn: str) -> asyncio.Queue[m.Message]:
         queue: asyncio.Queue[m.Message] = asyncio.Queue()
         self._queues[conn] = queue
         return queue
+
+    def attach(self, conn: str, queue: asyncio.Queue) -> None:
+        """Route `conn`'s messages to an existing queue (one per transaction, over its attempts)."""
+        self._queues[conn] = queue
 
     def close(self, conn: str) -> None:
         self._queues.pop(conn, None)
