@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boxer._python import module_argv
 from boxer.controller.deployments import paths_for
 from boxer.controller.errors import DeploymentError
 from boxer.controller.lab_room import make_lab
@@ -141,7 +142,7 @@ def _fresh_state(paths: DeployPaths, file: Path) -> None:
 def _spawn_controller(paths: DeployPaths, name: str, tick: float, lab: Any,
                       zygote: subprocess.Popen[bytes] | None,
                       metrics_port: int | None) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", DAEMON_MODULE, "--name", name, "--tick", str(tick)]
+    argv = module_argv(DAEMON_MODULE, "--name", name, "--tick", str(tick))
     pass_fds: tuple[int, ...] = ()
     if zygote is not None:
         assert zygote.stdin is not None and zygote.stdout is not None

@@ -223,3 +223,43 @@ def test_down_leaves_nothing_behind(deployment):
     after = subprocess.run([*BOXER, "status", "--name", deployment], capture_output=True,
                            text=True, timeout=30).stdout
     assert after.startswith("No deployment is running")
+
+
+# ---- the user's folder does not change what boxer runs (issue 12 item 6) ----------------------
+
+SHADOWED = """
+name: {name}
+services:
+  web:
+    command: [python3, -I, -m, http.server, "9091"]
+    placement: vm
+    minInstances: 1
+"""
+
+# Modules a user may well keep beside a deployment file, each shadowing one that boxer's helpers
+# import (the controller daemon, the zygote, agents): imported, it leaves a mark and fails.
+POISON = "import pathlib; pathlib.Path(__file__).with_suffix('.imported').touch(); raise SystemExit({what!r})\n"
+
+
+def test_up_from_a_folder_that_shadows_boxers_modules_runs_boxers_own(tmp_path):
+    name = f"ds{os.getpid() % 100000}"
+    (tmp_path / "deploy.yaml").write_text(SHADOWED.format(name=name))
+    for package in ("controller", "boxer", "nat_traversal"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text(POISON.format(what=f"the user's {package}/"))
+    for module in ("yaml", "logging", "json", "asyncio"):
+        (tmp_path / f"{module}.py").write_text(POISON.format(what=f"the user's {module}.py"))
+    # `boxer` as a user runs it (the console script), from the folder, with the file's name only.
+    entry = str(Path(sys.executable).with_name("boxer"))
+    up = subprocess.run([entry, "up", "--detach", "deploy.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                        timeout=90)
+    try:
+        assert up.returncode == 0, up.stderr + up.stdout
+        wait_for("web-1 ready", lambda: any(i["name"] == "web-1" and i["state"] == "ready"
+                                            for i in status(name)["instances"]), timeout=60)
+        served = client(name, "curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                        "http://web:9091/")
+        assert served.stdout == "200", served.stderr
+    finally:
+        labkit.deployment_down(name)
+    assert sorted(p.name for p in tmp_path.rglob("*.imported")) == []

@@ -16,6 +16,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from boxer._python import module_argv
 from boxer.backends import EventError, SecretError
 from boxer.backends.aws_lambda.event import LambdaEvent, SecretRef
 from boxer.backends.aws_lambda.handler import AgentLaunch, HandlerTimeouts, agent_argv, agent_env, make_handler
@@ -59,7 +60,7 @@ def test_agent_argv_is_boxer_run_without_the_secret(tmp_path: Path) -> None:
     parsed = LambdaEvent.from_dict(event({"ssm_parameter": "/p"}))
     launch = AgentLaunch(parsed, tmp_path / "s", 123.4567)
     assert agent_argv(launch) == [
-        sys.executable, "-m", "boxer", "run", "--name", "kv-1", "--service", "kv",
+        *module_argv("boxer", "run"), "--name", "kv-1", "--service", "kv",
         "--coordinator", "127.0.0.1:7000", "--lifetime", "123.457",
         "--", "redis-server", "--port", "6379",
     ]

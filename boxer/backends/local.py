@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from boxer._python import module_argv
 from boxer.backends.base import InstanceHandle, InstanceSpec, Placement
 from boxer.backends.errors import CapacityError, LaunchError
 
@@ -121,7 +122,7 @@ class LocalBackend:
 
     def argv(self, spec: InstanceSpec) -> list[str]:
         """The `boxer run` command line of an instance (inside its host)."""
-        argv = [self.python, "-m", "boxer", "run", "--name", spec.name, "--service", spec.service]
+        argv = module_argv("boxer", "run", "--name", spec.name, "--service", spec.service, python=self.python)
         instance_id = spec.env.get(INSTANCE_ID_ENV)
         if instance_id:
             argv += ["--instance-id", instance_id]
@@ -376,7 +377,8 @@ class LabLambdaBackend(LocalBackend):
         self.image_file = str(image_file) if image_file is not None else None
 
     def argv(self, spec: InstanceSpec) -> list[str]:
-        argv = [self.python, "-m", "boxer.backends.emulators.lambda_local", "--timeout", f"{self.timeout:g}"]
+        argv = module_argv("boxer.backends.emulators.lambda_local", "--timeout", f"{self.timeout:g}",
+                           python=self.python)
         if self.image_file is not None:
             argv += ["--image", self.image_file, "--copy", f"{self.lab.secret_file}:{self.SANDBOX_SECRET}"]
         return argv

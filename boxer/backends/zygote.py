@@ -54,6 +54,8 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from boxer._python import module_argv, split_module_argv
+
 __all__ = ["IMPORT_TIME_ENV", "Zygote", "ZygoteError", "incompatibility", "join_netns", "main",
            "start_for_adoption"]
 
@@ -128,7 +130,7 @@ class Zygote:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 # The last argument only reserves room for the children's command lines.
-                self.python, "-m", "boxer.cli.zygote", "-" * TITLE_ROOM, env=self.env,
+                *module_argv("boxer.cli.zygote", "-" * TITLE_ROOM, python=self.python), env=self.env,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
                 start_new_session=True)
         except OSError as exc:
@@ -204,8 +206,9 @@ class Zygote:
                     log: str | None) -> int:
         """Fork `argv` (`PYTHON -m boxer ARGS...`: the zygote runs `boxer ARGS` itself) into the
         network namespace `netns`; returns its pid."""
-        if argv[1:3] != ["-m", "boxer"]:
-            raise ValueError(f"the zygote runs `python -m boxer ...` only, not {argv!r}")
+        module = split_module_argv(argv)
+        if module is None or module[0] != "boxer":
+            raise ValueError(f"the zygote runs `python -m boxer ...` (boxer._python.module_argv) only, not {argv!r}")
         request_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._spawning[request_id] = future
@@ -263,7 +266,7 @@ def start_for_adoption(python: str, env: Mapping[str, str], log: str | None) -> 
 
     err = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     try:
-        return subprocess.Popen([python, "-m", "boxer.cli.zygote", "-" * TITLE_ROOM],
+        return subprocess.Popen(module_argv("boxer.cli.zygote", "-" * TITLE_ROOM, python=python),
                                 env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=err, start_new_session=True)
     finally:
@@ -314,7 +317,7 @@ def main(run: RunCommand, preload: tuple[str, ...] = ()) -> int:
     # A Ctrl-C at `boxer up` is the controller's to handle; the backend starts us in a session
     # of our own anyway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    retitle([sys.executable, "-m", "boxer.cli.zygote"])
+    retitle(module_argv("boxer.cli.zygote"))
     _preload(preload)
     import gc
 
@@ -409,14 +412,15 @@ def _child(request: dict, run: RunCommand) -> int:
             os.chdir(cwd)
         os.environ.clear()
         os.environ.update(request["env"])
-        sys.path[0] = os.getcwd()  # as `python -m` has it
     except BaseException:
         traceback.print_exc()
         _flush()
         return 1
     argv = list(request["argv"])
     retitle(argv)
-    code = run(argv[3:])
+    module = split_module_argv(argv)
+    assert module is not None  # Zygote.spawn sends no other
+    code = run(module[1])
     _flush()
     return code & 0xFF
 

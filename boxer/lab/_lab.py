@@ -9,13 +9,13 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from boxer._python import module_argv
 from boxer.lab import _firewall, _netns, _process, _shaping, _state
 from boxer.lab._conditions import LinkConditions, validate_mapping_timeout
 from boxer.lab._plan import (
@@ -54,7 +54,7 @@ def default_coordinator_cmd() -> list[str]:
     override = os.environ.get(COORDINATOR_CMD_ENV)
     if override:
         return shlex.split(override)
-    return [sys.executable, "-m", "boxer", "coordinator"]
+    return module_argv("boxer", "coordinator")
 
 
 @dataclass(frozen=True)

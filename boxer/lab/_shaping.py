@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from boxer._python import module_argv
 from boxer.lab import _firewall, _netns, _process, _state
 from boxer.lab._conditions import LinkConditions, mapping_timeout_sysctls
 from boxer.lab._plan import COORD_PORT_IF, COORDINATOR_HOST, UPLINK_IF, LabPlan, parse_endpoint
@@ -136,7 +136,7 @@ def apply_queue_rules(plan: LabPlan, links: Mapping[str, LinkConditions]) -> Non
 
 
 def shaper_argv(state_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "boxer.lab._shaper", str(state_dir)]
+    return module_argv("boxer.lab._shaper", str(state_dir))
 
 
 def _ready_path(state_dir: Path) -> Path:

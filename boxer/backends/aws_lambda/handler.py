@@ -32,13 +32,13 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from boxer._python import module_argv
 from boxer.backends.aws_lambda.event import LambdaEvent
 from boxer.backends.aws_lambda.secrets import SecretFile, read_secret
 
@@ -95,7 +95,7 @@ def agent_argv(launch: AgentLaunch) -> list[str]:
     """The real command: `boxer run` for this instance (the secret travels as a file path)."""
     event = launch.event
     return [
-        sys.executable, "-m", "boxer", "run",
+        *module_argv("boxer", "run"),
         "--name", event.name,
         "--service", event.service,
         "--coordinator", event.coordinator,

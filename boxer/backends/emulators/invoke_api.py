@@ -53,6 +53,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from boxer._python import module_argv
+
 __all__ = ["InvokeApiServer", "LocalFunction"]
 
 log = logging.getLogger(__name__)
@@ -254,8 +256,8 @@ class InvokeApiServer:
              body: bytes) -> dict[str, Any]:
         """One invocation in a sandbox; its LocalResult as a dict."""
         config = function.config
-        argv = [*slot, self.python, "-m", "boxer.backends.emulators.lambda_local",
-                "--timeout", f"{config.timeout:g}", "--handler", config.handler]
+        argv = [*slot, *module_argv("boxer.backends.emulators.lambda_local", "--timeout", f"{config.timeout:g}",
+                                    "--handler", config.handler, python=self.python)]
         env = dict(os.environ)
         env.update(config.env)
         env.setdefault("AWS_REGION", self.region)

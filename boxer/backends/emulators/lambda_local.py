@@ -41,6 +41,7 @@ from typing import Any
 
 import psutil
 
+from boxer._python import module_argv
 from boxer.backends.aws_lambda.event import SecretRef, event_for
 from boxer.backends.aws_lambda.secrets import ALLOW_FILE_SECRET_ENV
 from boxer.backends.base import InstanceHandle, InstanceSpec
@@ -146,7 +147,7 @@ def invoke_local(
                 AWS_LAMBDA_FUNCTION_TIMEOUT=str(int(timeout)),
                 **{ALLOW_FILE_SECRET_ENV: "1"},
             )
-            argv = [*wrap_argv, python, "-m", "awslambdaric", handler]
+            argv = [*wrap_argv, *module_argv("awslambdaric", handler, python=python)]
         log.info("local lambda: starting %s (timeout %g s)", argv, timeout)
         runtime = subprocess.Popen(argv, env=child_env, stdin=subprocess.DEVNULL,
                                    start_new_session=True,
@@ -254,8 +255,8 @@ class LocalLambdaBackend:
         return list(self._wrap(spec) if callable(self._wrap) else self._wrap)
 
     async def launch(self, spec: InstanceSpec) -> InstanceHandle:
-        argv = [*self._prefix(spec), self._python, "-m", "boxer.backends.emulators.lambda_local",
-                "--timeout", str(self.timeout), "--handler", self._handler]
+        argv = [*self._prefix(spec), *module_argv("boxer.backends.emulators.lambda_local", "--timeout",
+                                                  str(self.timeout), "--handler", self._handler, python=self._python)]
         env = dict(os.environ if self._env is None else self._env)
         try:
             sandbox = await asyncio.create_subprocess_exec(

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boxer._python import module_argv
+
 __all__ = ["LAMBDA_GID", "LAMBDA_UID", "SandboxConfig", "sandbox_argv"]
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ class SandboxConfig:
 
 def sandbox_argv(config: SandboxConfig, python: str = sys.executable) -> list[str]:
     """The command line that runs `config.argv` in a sandbox (as root)."""
-    argv = [python, "-m", "boxer.backends.emulators.sandbox", "--root", config.root,
+    argv = [*module_argv("boxer.backends.emulators.sandbox", python=python), "--root", config.root,
             "--workdir", config.workdir, "--uid", str(config.uid), "--gid", str(config.gid),
             "--tmp-size", config.tmp_size, "--nofile", str(config.nofile),
             "--nproc", str(config.nproc)]
