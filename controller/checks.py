@@ -52,6 +52,14 @@ def lambda_backend_issues(deployment: Deployment) -> list[Finding]:
 
 def _service_issues(name: str, svc: Service) -> Iterator[Finding]:
     base = ("services", name)
+    backoff = svc.restart_backoff
+    if backoff.max_delay_seconds < backoff.initial_delay_seconds:
+        yield (
+            (*base, "restartBackoff", "maxDelaySeconds"),
+            backoff.max_delay_seconds,
+            f"maxDelaySeconds ({backoff.max_delay_seconds:g}) must be >= initialDelaySeconds"
+            f" ({backoff.initial_delay_seconds:g}): the delay doubles from the first up to the cap",
+        )
     max_instances = svc.effective_max_instances
     if svc.min_instances > max_instances:
         yield (

@@ -51,6 +51,18 @@ METRICS: dict[str, tuple[str, str]] = {
         "gauge", "Instances not heard (quiet heartbeat or no report), not exited, not stopped."),
     "boxer_controller_quiet_instances_held": (
         "gauge", "Quiet instances kept this tick instead of replaced (several quiet at once)."),
+    "boxer_controller_instance_failures_total": (
+        "counter", "Instances that failed (exited, failed to launch or register, went quiet), by service."),
+    "boxer_controller_restarts_total": (
+        "counter", "Failed instances started again in their slot, at once or after a back-off, by service."),
+    "boxer_controller_backoff_slots": (
+        "gauge", "Instance slots waiting in crash-loop back-off to be started again, by service."),
+    "boxer_controller_tick_errors_total": (
+        "counter", "Controller ticks that raised (logged; the next tick runs as usual)."),
+    "boxer_controller_malformed_frames_total": (
+        "counter", "Frames from the coordinator that did not decode and were skipped."),
+    "boxer_controller_message_errors_total": (
+        "counter", "Messages from the coordinator whose handling raised, by kind (skipped)."),
     "boxer_controller_partitions_total": (
         "counter", ("Times many instances went quiet at once and replacements were limited or"
                     " halted (a suspected partition).")),

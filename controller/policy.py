@@ -44,6 +44,7 @@ from boxer.controller.signals import (
     PendingConnect,
     ServiceState,
     Signals,
+    SlotBackoff,
     StartingInstance,
 )
 from boxer.controller.spec import Deployment, Metric, Placement, RestartPolicy, Service
@@ -52,6 +53,7 @@ __all__ = [
     "DEFAULT_TIMINGS",
     "Decision",
     "Drain",
+    "Failure",
     "Outcome",
     "Start",
     "Stop",
@@ -96,6 +98,22 @@ Decision = Start | Drain | Stop
 
 
 @dataclass(frozen=True)
+class Failure:
+    """An instance that failed this tick (exited, or unheard and replaced), and what follows:
+    `retry_in` 0 started again at once, > 0 waits that long (crash-loop back-off), None not
+    started again (restart policy)."""
+
+    instance: str  # instance id
+    service: str
+    name: str
+    index: int
+    reason: str
+    exit_status: int | None
+    retry_in: float | None
+    restarts: int  # of its slot so far
+
+
+@dataclass(frozen=True)
 class Timings:
     """Fixed delays of the controller, passed in so tests can change them (not policy fields)."""
 
@@ -116,6 +134,7 @@ class Outcome:
     desired: Mapping[str, int] = field(default_factory=dict)  # per service, after all limits
     # The judgement of quiet instances: which are replaced now, which kept, and why.
     partition: Verdict = NORMAL
+    failures: tuple[Failure, ...] = ()
 
 
 def decide(
@@ -148,6 +167,7 @@ def decide(
         log.debug("quiet instances at %.3f: %s", now, verdict.reason)
 
     decisions: list[Decision] = []
+    failures: list[Failure] = []
     services: dict[str, ServiceState] = {}
     desired: dict[str, int] = {}
     serial = state.serial
@@ -155,6 +175,7 @@ def decide(
         tick = _ServiceTick(name, service, state.service(name), now, timings, serial, verdict)
         tick.run(by_service[name], pending.get(name, []))
         decisions.extend(tick.decisions)
+        failures.extend(tick.failures)
         services[name] = tick.state
         desired[name] = tick.desired
         serial = tick.serial
@@ -166,6 +187,7 @@ def decide(
                         partition=partition),
         MappingProxyType(desired),
         verdict,
+        tuple(failures),
     )
 
 
@@ -226,6 +248,7 @@ class _ServiceTick:
         self.serial = serial
         self.verdict = verdict
         self.decisions: list[Decision] = []
+        self.failures: list[Failure] = []
         self.desired = 0
         # Indexes taken this tick; only ever grows within a tick, so the search for the lowest
         # free one can resume where it stopped (keeps a burst of starts linear).
@@ -237,6 +260,7 @@ class _ServiceTick:
     def run(self, instances: list[InstanceSignals], pending: list[PendingConnect]) -> None:
         live = self._bookkeeping(instances)
         live = self._failures(live)
+        self._backoffs(live)
         renewing = self.state.renewing  # renewals started in an earlier tick
         self._lifetimes(live)
         self._finish_renewals(live, renewing)
@@ -267,6 +291,7 @@ class _ServiceTick:
             start for start in self.state.starting if start.id not in self.state.stopping))
         self._used_indexes = {instance.index for instance in instances}
         self._used_indexes.update(start.index for start in self.state.starting)
+        self._used_indexes.update(self.state.waiting)  # slots in back-off keep their index
         return [instance for instance in instances if instance.id not in self.state.stopping]
 
     def _failures(self, live: list[InstanceSignals]) -> list[InstanceSignals]:
@@ -290,13 +315,63 @@ class _ServiceTick:
                 policy is RestartPolicy.ON_FAILURE and failed
             )
             if restart:
-                self._start(instance.placement, f"replace {instance.name}: {why}",
-                            index=instance.index)
+                self._restart(instance, why)
             else:
                 self.state = replace(self.state, retired=self.state.retired + 1)
                 log.info("%s %s; restartPolicy %s: not replaced", instance.name, why,
                          policy.value)
+                self._failed(instance, why, None)
         return survivors
+
+    def _restart(self, instance: InstanceSignals, why: str) -> None:
+        """Start a failed instance's slot again: at once, or after its crash-loop back-off
+        (`restartBackoff`) when instances of this slot keep failing soon after they start."""
+        backoff = self.service.restart_backoff
+        slot = self.state.backoff.get(instance.index, SlotBackoff())
+        quick = self.now - instance.started_at < backoff.reset_after_seconds
+        failures = slot.failures + 1 if quick else 1
+        delay = backoff.delay(failures)
+        slot = replace(slot, failures=failures, placement=instance.placement, reason=why,
+                       exit_status=instance.exit_status if instance.exited else None,
+                       failed_at=self.now)
+        if delay <= 0:
+            self._start(instance.placement, f"replace {instance.name}: {why}", index=instance.index)
+            slot = replace(slot, restarts=slot.restarts + 1, retry_at=None)
+        else:
+            slot = replace(slot, retry_at=self.now + delay)
+            self._used_indexes.add(instance.index)
+            log.info("%s %s (failure %d in a row): started again in %g s", instance.name, why,
+                     failures, delay)
+        self._set_slot(instance.index, slot)
+        self._failed(instance, why, delay)
+
+    def _backoffs(self, live: list[InstanceSignals]) -> None:
+        """Start the slots whose back-off is over; forget the failures of a slot whose instance
+        has run `resetAfterSeconds` (it is healthy: its next failure is replaced at once)."""
+        reset_after = self.service.restart_backoff.reset_after_seconds
+        for instance in live:
+            slot = self.state.backoff.get(instance.index)
+            if (slot is not None and slot.failures and not slot.waiting
+                    and self.now - instance.started_at >= reset_after):
+                self._set_slot(instance.index, replace(slot, failures=0))
+        for index, slot in sorted(self.state.backoff.items()):
+            if slot.retry_at is None or slot.retry_at > self.now:
+                continue
+            name = self.service.instance_name(self.name, index)
+            waited = self.service.restart_backoff.delay(slot.failures)
+            self._start(slot.placement, f"restart {name} after a {waited:g} s back-off ({slot.reason})",
+                        index=index)
+            self._set_slot(index, replace(slot, restarts=slot.restarts + 1, retry_at=None))
+
+    def _set_slot(self, index: int, slot: SlotBackoff) -> None:
+        self.state = replace(self.state, backoff=MappingProxyType({**self.state.backoff, index: slot}))
+
+    def _failed(self, instance: InstanceSignals, why: str, retry_in: float | None) -> None:
+        slot = self.state.backoff.get(instance.index)
+        self.failures.append(Failure(
+            instance.id, self.name, instance.name, instance.index, why,
+            instance.exit_status if instance.exited else None, retry_in,
+            slot.restarts if slot is not None else 0))
 
     def _lifetimes(self, live: list[InstanceSignals]) -> None:
         margin = self.service.renewal_margin_seconds
@@ -394,8 +469,9 @@ class _ServiceTick:
         # instance being renewed is already counted through its replacement.
         serving = [i for i in live if not self._draining(i)]
         counted = [i for i in serving if i.id not in st.renewing]
-        # A declared host between its old instance and its new one still counts.
-        current = len(counted) + len(st.starting) + len(st.handover)
+        # A declared host between its old instance and its new one still counts, and so does
+        # a slot waiting in back-off (or it would be started at once as a missing instance).
+        current = len(counted) + len(st.starting) + len(st.handover) + len(st.waiting)
         ceiling = max(0, svc.effective_max_instances - st.retired)
         floor = min(svc.min_instances, ceiling)
 
@@ -495,7 +571,11 @@ class _ServiceTick:
             return
         reason = f"scale down {current} -> {target}"
         remaining = -delta
-        # Not-yet-reported starts go first: they serve nobody.
+        # Slots waiting in back-off go first, then not-yet-reported starts: they serve nobody.
+        for index in sorted(st.waiting, reverse=True)[:remaining]:
+            self._set_slot(index, replace(st.backoff[index], retry_at=None))
+            remaining -= 1
+        st = self.state
         starting = list(st.starting)
         while remaining and starting:
             victim = starting.pop()

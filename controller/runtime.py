@@ -33,7 +33,7 @@ from boxer.controller.book import Book, DrainInstance, Launch, Record, StopInsta
 from boxer.controller.metrics import Metrics, serve_metrics
 from boxer.controller.partition import NORMAL, Mode, Verdict
 from boxer.controller.paths import DeployPaths, write_json_atomic
-from boxer.controller.policy import Drain, Start, Stop, Timings, decide
+from boxer.controller.policy import Drain, Failure, Start, Stop, Timings, decide
 from boxer.controller.signals import ControllerState
 from boxer.controller.spec import Deployment, Placement
 
@@ -110,6 +110,9 @@ class ControllerRuntime:
         self._wake = asyncio.Event()  # set: tick now, not at the next tick's time
         self.partition: Verdict = NORMAL  # decide()'s latest judgement of quiet instances
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
+        self._failure_of: dict[str, dict[str, Any]] = {}  # instance id -> its entry in failures
+        self._slot_logs: dict[tuple[str, int], list[str]] = {}  # last log lines of a failed slot
+        self.failing: frozenset[str] = frozenset()  # services crash-looping: no instance, back-off
 
     def apply(self, deployment: Deployment, rolled: Iterable[str] = ()) -> None:
         """Run on an edited deployment file from now on (`boxer up` again; boxer.controller.reapply
@@ -189,12 +192,17 @@ class ControllerRuntime:
         self.state = outcome.state
         self.desired = dict(outcome.desired)
         self._note_partition(outcome.partition)
+        for failure in outcome.failures:  # before the actions: the handle still has its log
+            self._on_failure(failure)
+        self._note_crash_loops()
         actions = actions_for(outcome.decisions, self.deployment, self.book,
                               drain_grace=self.timings.drain_timeout)
         for decision in outcome.decisions:
             kind = {Start: "start", Drain: "drain", Stop: "stop"}[type(decision)]
             service = getattr(decision, "service", None) or self._service_of(decision.instance)
             self.metrics.inc("boxer_controller_decisions_total", service=service, kind=kind)
+            if isinstance(decision, Start) and decision.reason.startswith(("replace ", "restart ")):
+                self.metrics.inc("boxer_controller_restarts_total", service=service)
             log.info("%s %s: %s", kind, getattr(decision, "instance_id", None)
                      or getattr(decision, "instance", ""), decision.reason)
         for action in actions:
@@ -261,7 +269,7 @@ class ControllerRuntime:
             self.metrics.inc("boxer_controller_launch_failures_total", service=start.service)
             self.book.launch_failed(start.instance_id, str(exc))
             self._last_error = f"launch of {start.name}: {exc}"
-            self._note_failure(start.name, start.service, action.agent_id, str(exc))
+            self._note_failure(start.name, start.service, action.agent_id, str(exc), start.instance_id)
             return
         record = self.book.records.get(start.instance_id)
         if record is None or record.stopping:
@@ -292,7 +300,7 @@ class ControllerRuntime:
                 if (record is not None and not record.exited and not record.launch_failed
                         and handle.state is HandleState.FAILED):
                     self._note_failure(record.name, record.service, record.agent_id,
-                                       handle.reason or "failed")
+                                       handle.reason or "failed", record.id)
                 status = handle.details.get("exit_status")
                 self.book.exited(instance_id, status if isinstance(status, int) else None, now)
 
@@ -318,11 +326,61 @@ class ControllerRuntime:
             self.metrics.inc("boxer_controller_register_timeouts_total", service=record.service)
             self.book.launch_failed(record.id, reason)
             self._last_error = f"{record.name}: {reason}"
-            self._note_failure(record.name, record.service, record.agent_id, reason)
+            self._note_failure(record.name, record.service, record.agent_id, reason, record.id)
 
-    def _note_failure(self, name: str, service: str, agent_id: str, reason: str) -> None:
-        self.failures.append({"at": round(self.wall(), 3), "name": name, "service": service,
-                              "instance_id": agent_id, "reason": reason})
+    def _note_failure(self, name: str, service: str, agent_id: str, reason: str,
+                      instance: str | None = None) -> dict[str, Any]:
+        entry = {"at": round(self.wall(), 3), "name": name, "service": service,
+                 "instance_id": agent_id, "reason": reason}
+        self.failures.append(entry)
+        if instance is not None:
+            if len(self._failure_of) > 2 * FAILURES_KEPT:  # only those still listed matter
+                listed = {id(f) for f in self.failures}
+                self._failure_of = {k: v for k, v in self._failure_of.items() if id(v) in listed}
+            self._failure_of[instance] = entry
+        return entry
+
+    def _on_failure(self, failure: Failure) -> None:
+        """decide() found an instance failed: list it (once; a launch or registration failure
+        is listed already, with its reason) with its exit status, the last lines of its log,
+        and what follows (started again at once, after a back-off, or not at all)."""
+        record = self.book.records.get(failure.instance)
+        self.metrics.inc("boxer_controller_instance_failures_total", service=failure.service)
+        lines = _log_tail(self.handles.get(failure.instance))
+        if lines:
+            self._slot_logs[(failure.service, failure.index)] = lines
+        entry = self._failure_of.get(failure.instance)
+        if entry is None:
+            entry = self._note_failure(failure.name, failure.service, record.agent_id if record else "",
+                                       failure.reason, failure.instance)
+        if failure.retry_in is None:
+            then = "not started again (restartPolicy)"
+        elif failure.retry_in <= 0:
+            then = "started again at once"
+        else:
+            then = f"crash loop: started again in {failure.retry_in:g} s (back-off)"
+            log.warning("%s %s; %s", failure.name, failure.reason, then)
+        entry.update(exit_status=failure.exit_status, last_log=lines, restarts=failure.restarts,
+                     retry_in=failure.retry_in, then=then)
+
+    def _note_crash_loops(self) -> None:
+        """Services with a slot in back-off and no ready instance are failing: the coordinator
+        refuses their connects at once (ECONNREFUSED, what a host whose service is down gives)
+        instead of holding them for scaleFromZeroTimeoutSeconds."""
+        from boxer.nat_traversal import messages as m
+
+        failing = frozenset(
+            name for name in self.deployment.services
+            if self.state.service(name).waiting and not any(
+                r.service == name and r.state == "ready" for r in self.book.records.values()))
+        for name in self.deployment.services:
+            self.metrics.set("boxer_controller_backoff_slots", len(self.state.service(name).waiting),
+                             service=name)
+        if failing != self.failing:
+            for name in failing - self.failing:
+                log.warning("%s is crash-looping: its connects are refused until an instance is ready", name)
+            self.failing = failing
+            self._spawn(self._send(m.Declare(services=self._holds())))
 
     def _send_soon(self, kind: str, agent_id: str, arg: Any) -> None:
         from boxer.nat_traversal import messages as m
@@ -475,6 +533,8 @@ class ControllerRuntime:
         for name, service in self.deployment.services.items():
             policy = service.autoscale
             holds[name] = policy.scale_from_zero_timeout_seconds if policy else DEFAULT_HOLD
+            if name in self.failing:
+                holds[name] = 0.0
         return holds
 
     # -- what we write down ----------------------------------------------------------------
@@ -531,7 +591,17 @@ class ControllerRuntime:
         now = self.wall()
         rows = []
         for record in sorted(self.book.records.values(), key=lambda r: (r.service, r.index)):
-            rows.append(_status_row(record, now_mono, now, self.wall() - now_mono))
+            row = _status_row(record, now_mono, now, self.wall() - now_mono)
+            slot = self.state.service(record.service).backoff.get(record.index)
+            row["restarts"] = slot.restarts if slot is not None else 0
+            rows.append(row)
+        for name in self.deployment.services:
+            for index, slot in sorted(self.state.service(name).backoff.items()):
+                if slot.retry_at is not None:
+                    rows.append({**_backoff_row(self.deployment, name, index, slot, now_mono, now,
+                                                self._slot_logs.get((name, index), [])),
+                                 "revision": self.book.revision(name)})
+        rows.sort(key=lambda r: (r["service"], r["name"]))
         return {
             **self.info,
             "deployment": self.deployment.name,
@@ -583,6 +653,44 @@ class ControllerRuntime:
             write_json_atomic(self.paths.status, self.status(final))
         except OSError as exc:
             log.warning("cannot write %s: %s", self.paths.status, exc)
+
+
+LOG_TAIL_LINES = 5
+LOG_TAIL_BYTES = 4096
+
+
+def _log_tail(handle: InstanceHandle | None) -> list[str]:
+    """The last lines the instance wrote to its log (the local backend keeps one per instance
+    name and host, appended: only what this instance wrote, from its offset, counts)."""
+    path = handle.details.get("log") if handle is not None else None
+    if not isinstance(path, str):
+        return []
+    offset = handle.details.get("log_offset", 0) if handle is not None else 0
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, 2)
+            start = max(int(offset or 0), size - LOG_TAIL_BYTES)
+            file.seek(start)
+            text = file.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line[:300] for line in text.splitlines() if line.strip()][-LOG_TAIL_LINES:]
+
+
+def _backoff_row(deployment: Deployment, service: str, index: int, slot: Any, now_mono: float,
+                 now: float, last_log: list[str]) -> dict[str, Any]:
+    """A slot waiting in crash-loop back-off, as a row of `boxer status`."""
+    assert slot.retry_at is not None
+    return {
+        "service": service, "name": deployment.services[service].instance_name(service, index),
+        "id": None, "instance_id": None, "state": "backoff", "placement": slot.placement.value,
+        "address": None, "host": None, "pid": None, "connections": 0, "cpu": 0.0, "rss": 0,
+        "listening": [], "direct": 0, "relayed": 0, "accepted": 0,
+        "started_at": None, "age": None, "ready_after": None, "lifetime_left": None,
+        "exit_status": slot.exit_status, "error": slot.reason, "revision": None,
+        "restarts": slot.restarts, "next_try": now + (slot.retry_at - now_mono),
+        "next_try_in": max(0.0, slot.retry_at - now_mono), "last_log": last_log,
+    }
 
 
 def _stop_message(agent_id: str, reason: str) -> Any:

@@ -23,6 +23,7 @@ __all__ = [
     "PendingConnect",
     "ServiceState",
     "Signals",
+    "SlotBackoff",
     "StartingInstance",
 ]
 
@@ -121,6 +122,24 @@ def _frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True)
+class SlotBackoff:
+    """One instance slot's restart history (a slot is a service's index: web-3 and every
+    replacement of it). Kept as long as the slot has restarted at least once."""
+
+    restarts: int = 0  # replacements started for this slot after a failure
+    failures: int = 0  # failures in a row of instances that ran less than resetAfterSeconds
+    retry_at: float | None = None  # waiting in back-off: the slot is started again at this time
+    placement: Placement = Placement.FUNCTION  # of the instance that failed, for its successor
+    reason: str = ""  # why the last instance of the slot ended
+    exit_status: int | None = None
+    failed_at: float | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return self.retry_at is not None
+
+
+@dataclass(frozen=True)
 class ServiceState:
     """The controller's memory of one service between ticks."""
 
@@ -143,6 +162,13 @@ class ServiceState:
     # drained first and its index (-> placement) restarted once it has gone.
     handover: Mapping[int, Placement] = field(default_factory=lambda: MappingProxyType({}))
     retired: int = 0  # instances that ended and, by restart policy, are not to be replaced
+    # Instance slots (by index) that have failed: their restart count and crash-loop back-off.
+    backoff: Mapping[int, SlotBackoff] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def waiting(self) -> tuple[int, ...]:
+        """Indexes of slots waiting in back-off to be started again."""
+        return tuple(index for index, slot in self.backoff.items() if slot.waiting)
 
     @property
     def in_panic(self) -> bool:

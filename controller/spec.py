@@ -28,6 +28,7 @@ __all__ = [
     "PartitionPolicy",
     "Placement",
     "RenderedInstance",
+    "RestartBackoff",
     "RestartPolicy",
     "ScalingPolicy",
     "ScalingRules",
@@ -186,6 +187,32 @@ class RenderedInstance(BaseModel):
     env: dict[str, str]
 
 
+class RestartBackoff(_Model):
+    """`restartBackoff:`: how fast a slot whose instances keep failing is started again
+    (Kubernetes CrashLoopBackOff: 10 s doubling to 300 s, reset after 10 minutes of running).
+
+    The first failure of a slot is replaced at once (a failure is news, a loop is not); each
+    further failure of an instance that ran less than `resetAfterSeconds` waits
+    `initialDelaySeconds`, doubled per failure, at most `maxDelaySeconds`. Our defaults are
+    ten times Kubernetes' shorter for the first delay because an instance here starts in about
+    a second (a container pull takes Kubernetes' 10 s): a dependency that comes up late costs
+    a second, not ten; and five times shorter for the cap, because a fixed dependency should be
+    picked up within a minute, while a slot that keeps crashing still costs at most one launch
+    (a paid Lambda invocation) a minute."""
+
+    initial_delay_seconds: float = Field(default=1.0, gt=0, le=3600)
+    max_delay_seconds: float = Field(default=60.0, gt=0, le=86400)
+    # An instance that ran this long was healthy: the next failure of its slot starts over.
+    reset_after_seconds: float = Field(default=30.0, ge=0, le=86400)
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait before starting a slot again after its `failures`-th quick failure
+        in a row (1: at once)."""
+        if failures <= 1:
+            return 0.0
+        return min(self.max_delay_seconds, self.initial_delay_seconds * 2.0 ** min(failures - 2, 60))
+
+
 class Service(_Model):
     """One service of the deployment: the command every instance runs and how many to run."""
 
@@ -201,6 +228,7 @@ class Service(_Model):
     # None means "as many as minInstances (at least 1)": a fixed-size service.
     max_instances: int | None = Field(default=None, ge=1, le=10000)
     restart_policy: RestartPolicy = RestartPolicy.ALWAYS
+    restart_backoff: RestartBackoff = Field(default_factory=RestartBackoff)
     # Optional fixed instance names: instance i (1-based) is called hostnames[i-1].
     hostnames: tuple[HostName, ...] | None = None
     autoscale: AutoscalePolicy | None = None

@@ -549,10 +549,23 @@ class Broker:
     def _on_declare(self, conn: Connection, msg: m.Declare, now: float) -> list[Action]:
         if conn.cid not in self._watchers:
             return [Send(conn.cid, m.Error(ref="declare", reason="only a watching controller may declare"))]
+        actions: list[Action] = []
         for name, hold in msg.services.items():
             self.services.ensure(name, hold=float(hold), declared=True)
+            if hold <= 0:  # the controller says it is down (crash-looping): refuse what waits
+                actions += self._refuse_held(name)
         self._members_due = True  # new services' addresses go out with the next flush
-        return []
+        return actions
+
+    def _refuse_held(self, service: str) -> list[Action]:
+        actions: list[Action] = []
+        for held in [h for h in self._held.values() if h.service == service]:
+            del self._held[held.msg.conn]
+            self.connect_results["ECONNREFUSED"] += 1
+            actions.append(Send(held.client_cid, m.ConnectFailed(conn=held.msg.conn, error="ECONNREFUSED")))
+        if actions:
+            log.info("refused %d held connect(s) to %s: it is failing", len(actions), service)
+        return actions
 
     def _on_drain(self, conn: Connection, msg: m.Drain, now: float) -> list[Action]:
         inst = self._by_instance_id(msg.instance)

@@ -418,6 +418,24 @@ def test_held_connect_times_out_with_etimedout(broker):
     assert broker.expire(11.0) == [Send(3, m.ConnectFailed(conn="c0ffee01", error="ETIMEDOUT"))]
 
 
+def test_a_service_declared_failing_refuses_its_held_and_new_connects_at_once(broker):
+    """The controller declares a crash-looping service with hold 0: the connects held for it get
+    ECONNREFUSED now, as do new ones, instead of waiting out scaleFromZeroTimeoutSeconds."""
+    session, _ = register(broker, 3, "client")
+    observe(broker, 13, session, "cccc0001", "198.18.1.3:50003")
+    observe(broker, 14, session, "cccc0002", "198.18.1.3:50004")
+    watch(broker, 9)
+    broker.message_received(9, m.Declare(services={"api": 10}), 0.0)
+    broker.message_received(
+        3, m.Connect(conn="c0ffee01", dst_addr="100.64.0.254", dst_port=8080, src_port=50003, ticket="cccc0001"), 1.0)
+    assert broker.message_received(9, m.Declare(services={"api": 0}), 2.0) == [
+        Send(3, m.ConnectFailed(conn="c0ffee01", error="ECONNREFUSED"))]
+    assert broker.message_received(
+        3, m.Connect(conn="c0ffee02", dst_addr="100.64.0.254", dst_port=8080, src_port=50004, ticket="cccc0002"),
+        2.5) == [Send(3, m.ConnectFailed(conn="c0ffee02", error="ECONNREFUSED"))]
+    assert broker.expire(11.0) == []
+
+
 def test_undeclared_service_with_nothing_listening_refuses(broker):
     web_instances(broker)
     actions = broker.message_received(

@@ -237,7 +237,7 @@ class TestCheckCommand:
             f"{bad}:2: services.web.command: required field is missing",
             (f"{bad}:3: services.web.comand: unknown field 'comand'; did you mean 'command'?"
              " allowed here: command, env, placement, baseCapacity, minInstances, maxInstances,"
-             " restartPolicy, hostnames, autoscale, maxLifetimeSeconds, renewalMarginSeconds"),
+             " restartPolicy, restartBackoff, hostnames, autoscale, maxLifetimeSeconds, renewalMarginSeconds"),
         ]
 
     def test_json_output(self, tmp_path: Path) -> None:

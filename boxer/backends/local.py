@@ -203,6 +203,9 @@ class LocalBackend:
         env = self.lab.env(host, {**self.base_env, **spec.env})
         stdin_data = self.stdin_for(spec)
         log_path = self.log_dir / f"{spec.name}.{host}.log" if self.log_dir is not None else None
+        if log_path is not None:  # appended per name and host: this instance's part starts here
+            handle.details["log"] = str(log_path)
+            handle.details["log_offset"] = log_path.stat().st_size if log_path.exists() else 0
         try:
             zygote = await self._zygote_for(env)
         except BaseException:

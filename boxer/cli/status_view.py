@@ -35,7 +35,8 @@ class Column:
 INSTANCE_COLUMNS = (
     Column("SERVICE", lambda r: r["service"]),
     Column("NAME", lambda r: r["name"]),
-    Column("STATE", lambda r: r["state"]),
+    Column("STATE", lambda r: _state(r)),
+    Column("RESTARTS", lambda r: str(r.get("restarts", 0)), right=True),
     Column("PLACEMENT", lambda r: r["placement"]),
     Column("ADDRESS", lambda r: r["address"] or "-"),
     Column("CONNS", lambda r: str(r["connections"]), right=True),
@@ -62,6 +63,25 @@ SERVICE_COLUMNS = (
     Column("WAITING", lambda s: "yes" if s.get("pending") else "-", wide=True),
     Column("REVISION", lambda s: _revision(s), wide=True),
 )
+
+
+def _state(row: dict[str, Any]) -> str:
+    """`backoff (3s)`: a crash-looping slot, started again in that long (Kubernetes shows
+    CrashLoopBackOff)."""
+    if row["state"] == "backoff" and row.get("next_try_in") is not None:
+        return f"backoff ({_age(row['next_try_in'])})"
+    return row["state"]
+
+
+def _failure_line(failure: dict[str, Any], now: float) -> str:
+    """One recent failure: what happened, its exit status, what follows, its last log line."""
+    line = f"  {failure['name']:<16} {_age(now - failure['at']):>6} ago  {failure['reason']}"
+    if failure.get("then"):
+        line += f"; {failure['then']}"
+    last = (failure.get("last_log") or [])[-1:]
+    if last:
+        line += f"\n  {'':<16} {'':>10}  last log line: {last[0]}"
+    return line
 
 
 def _revision(service: dict[str, Any]) -> str:
@@ -121,8 +141,7 @@ def status_text(status: dict[str, Any] | None, wide: bool) -> str:
     if failures:
         now = status.get("updated_at") or time.time()
         parts += ["", "recent failures:"]
-        parts += [f"  {f['name']:<16} {_age(now - f['at']):>6} ago  {f['reason']}"
-                  for f in failures[-5:]]
+        parts += [_failure_line(f, now) for f in failures[-5:]]
     if status.get("error"):
         parts += ["", f"last problem: {status['error']}"]
     return "\n".join(parts)
