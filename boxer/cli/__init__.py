@@ -48,7 +48,11 @@ def main() -> None:
     \b
     Quick start on the lab (needs root):
       boxer lab up --hosts 2
-      boxer lab exec h1 -- boxer run --name kv -- redis-server --port 6379
-      boxer lab exec h2 -- boxer run -- redis-cli -h kv ping
+      # in a second terminal (the server stays in the foreground):
+      boxer lab exec h1 -- boxer run --name kv -- redis-server --port 6379 --protected-mode no --save ''
+      # back in the first:
+      boxer lab exec h2 -- boxer run -- redis-cli -h kv ping    # PONG
       boxer lab down
+
+    Every command, its output and exit statuses: docs/cli.md.
     """

@@ -48,11 +48,12 @@ def _setup_logging(verbose: int) -> None:
 
 
 _new_name_option = click.option(
-    "--name", default=DEFAULT_NAME, show_default=True, help="Lab name: 1-10 of a-z, 0-9."
-)
+    "--name", default=DEFAULT_NAME, show_default=True, envvar="BOXER_LAB",
+    help="Lab name: 1-10 of a-z, 0-9 [env BOXER_LAB].")
 _name_option = click.option(
-    "--name", help="Lab name [default: the current lab (set by `boxer lab up` and `boxer up`), "
-                   "else the only one on this machine].")
+    "--name", envvar="BOXER_LAB",
+    help="Lab name [env BOXER_LAB; default: the current lab (set by `boxer lab up` and "
+         "`boxer up`), else the only one on this machine].")
 
 
 def resolve_lab(name: str | None) -> str:

@@ -51,9 +51,14 @@ def run_command(name, service, coordinator, secret_file, lifetime, connect_timeo
     punched through both NATs. Its exit status is boxer's.
 
     \b
-    Examples:
-      boxer run --name kv -- redis-server --port 6379
-      boxer run -- redis-cli -h kv ping
+    Examples (inside a lab host: `boxer lab exec h1 -- boxer run ...`):
+      boxer run --name kv -- redis-server --port 6379 --protected-mode no   # stays in the foreground
+      boxer run -- redis-cli -h kv ping                                     # on another host: PONG
+    Clients reach the program from other hosts, as on a network: a redis without a password
+    needs --protected-mode no, as it would on any host.
+
+    Exit status: COMMAND's; 127 when COMMAND is not found, 126 when boxer cannot wrap it
+    (static, Go or setuid binaries), 2 for bad options or a missing coordinator or secret.
     """
     from boxer.agent.runner import RunError, RunOptions, run_instance
 

@@ -12,6 +12,7 @@ Builds a fresh lab, runs the demo, prints what happened and tears the lab down (
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -20,6 +21,9 @@ from boxer.lab import lab_down, lab_up
 
 LAB = f"redis{os.getpid() % 10000}"
 BOXER = [sys.executable, "-m", "boxer"]
+# --protected-mode no: without a password redis answers only clients on its loopback, and ours
+# come from another host, as on any network. No dump.rdb, no append-only file in the cwd.
+REDIS_SERVER = ["redis-server", "--port", "6379", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
 
 
 def step(text: str) -> None:
@@ -51,9 +55,7 @@ def main() -> int:
         print(f"   h2: private {h2.address}, behind NAT {h2.public_address}")
 
         step("without boxer: redis-cli on h2 cannot reach a server on h1 (the NAT drops it)")
-        raw = subprocess.Popen(lab.command("h1", ["redis-server", "--port", "6379", "--save", "",
-                                                   "--appendonly", "no", "--protected-mode", "no"]),
-                               stdout=subprocess.DEVNULL)
+        raw = subprocess.Popen(lab.command("h1", REDIS_SERVER), stdout=subprocess.DEVNULL)
         try:
             time.sleep(0.3)
             probe = lab.run("h2", ["timeout", "2", "redis-cli", "-h", h1.public_address, "-p", "6379", "ping"],
@@ -65,10 +67,9 @@ def main() -> int:
             raw.terminate()
             raw.wait()
 
-        step("h1: boxer run --name kv -- redis-server --port 6379")
-        server = lab.popen("h1", [*BOXER, "run", "--name", "kv", "--", "redis-server", "--port", "6379",
-                                  "--save", "", "--appendonly", "no", "--protected-mode", "no"],
-                           stdout=subprocess.DEVNULL)
+        # The step prints the very command it runs.
+        step(f"h1: boxer run --name kv -- {shlex.join(REDIS_SERVER)}")
+        server = lab.popen("h1", [*BOXER, "run", "--name", "kv", "--", *REDIS_SERVER], stdout=subprocess.DEVNULL)
         cli = [*BOXER, "run", "--name", "client", "--", "redis-cli", "-h", "kv", "-p", "6379"]
         deadline = time.monotonic() + 15
         while True:
