@@ -23,13 +23,13 @@ from typing import Any
 from boxer.controller.policy import Decision, Drain, Start, Stop
 from boxer.controller.signals import InstanceSignals, PendingConnect, Signals
 from boxer.controller.spec import Deployment, Placement
+from boxer.nat_traversal import messages as m
 
 __all__ = [
     "Book",
-    "DrainInstance",
     "Launch",
     "Record",
-    "StopInstance",
+    "Tell",
     "actions_for",
     "new_agent_id",
 ]
@@ -336,26 +336,21 @@ class Launch:
     max_lifetime: float | None
 
 
-@dataclass(frozen=True)
-class DrainInstance:
-    """Tell the coordinator (and through it the agent) to take no new connections."""
-
-    instance: str
-    agent_id: str
-    grace: float
-    reason: str
+# A Drain or Stop decision (policy.py, by the book's instance id) becomes the wire message of
+# the same name (nat_traversal/messages.py, addressed to the agent's id): no third spelling.
+MAX_STOP_REASON = 200  # characters of a Stop's reason sent to the agent (it logs it)
 
 
 @dataclass(frozen=True)
-class StopInstance:
-    """Stop through the coordinator (the agent ends the app) and through the backend."""
+class Tell:
+    """Send `message` to the instance's agent through the coordinator. A Drain: it takes no new
+    connections. A Stop: its agent ends the app, and the runtime stops it through the backend."""
 
-    instance: str
-    agent_id: str
-    reason: str
+    instance: str  # the book's id of the instance (`api-3.7`)
+    message: m.Drain | m.Stop  # addressed to its agent's id
 
 
-Action = Launch | DrainInstance | StopInstance
+Action = Launch | Tell
 
 
 def actions_for(
@@ -381,7 +376,8 @@ def actions_for(
                      decision.instance)
             continue
         if isinstance(decision, Drain):
-            actions.append(DrainInstance(record.id, record.agent_id, drain_grace, decision.reason))
+            actions.append(Tell(record.id, m.Drain(instance=record.agent_id, grace=float(drain_grace))))
         elif isinstance(decision, Stop):
-            actions.append(StopInstance(record.id, record.agent_id, decision.reason))
+            actions.append(Tell(record.id, m.Stop(instance=record.agent_id,
+                                                  reason=decision.reason[:MAX_STOP_REASON])))
     return actions

@@ -126,7 +126,7 @@ def _lab_backend(info: DeploymentRecord, paths: DeployPaths, kind: str,
                  zygote: tuple[int, int, int] | None = None) -> Any:
     """`local` and `lambda-local`: instances in the hosts of the deployment's lab, whose
     coordinator (and its secret file) the lab made."""
-    from boxer.backends.local import LabLambdaBackend, LocalBackend
+    from boxer.backends import get_backend
     from boxer.lab import load_lab
     from boxer.nat_traversal.auth import load_secret
 
@@ -134,13 +134,9 @@ def _lab_backend(info: DeploymentRecord, paths: DeployPaths, kind: str,
     lab = load_lab(info.lab)
     host, _, port = lab.coordinator.rpartition(":")
     options: dict[str, Any] = {"adopt_zygote": zygote} if zygote is not None else {}
-    if kind == "lambda-local":
-        backend_class: type[LocalBackend] = LabLambdaBackend
-        if info.image:  # --image: bring-up mounted it and wrote what the sandboxes need
-            options["image_file"] = paths.root / "image.json"
-    else:
-        backend_class = LocalBackend
-    backend = backend_class(lab, log_dir=paths.instances, cwd=info.dir, spare_hosts=1, **options)
+    if kind == "lambda-local" and info.image:  # --image: bring-up mounted it and wrote what the sandboxes need
+        options["image_file"] = paths.root / "image.json"
+    backend: Any = get_backend(kind, lab=lab, log_dir=paths.instances, cwd=info.dir, spare_hosts=1, **options)
     return (backend, (host, int(port)), load_secret(str(lab.secret_file), None),
             {"lab": lab.name, "hosts": backend.describe()})
 
@@ -150,7 +146,7 @@ def _lambda_backend(info: DeploymentRecord) -> Any:
     is the one terraform made, the secret is read from SSM (standard credential chain), here
     on the user's machine: no lab, no root."""
     from boxer.agent.control import parse_endpoint
-    from boxer.backends.aws_lambda.backend import LambdaBackend
+    from boxer.backends import get_backend
     from boxer.backends.aws_lambda.preflight import SetupError, load_facts, read_deployment_secret
 
     outputs = info.outputs
@@ -163,7 +159,7 @@ def _lambda_backend(info: DeploymentRecord) -> Any:
     except SetupError as exc:
         log.error("%s", exc)
         return None
-    backend = LambdaBackend(facts, max_concurrency=int(info.max_concurrency or 100))
+    backend = get_backend("lambda", facts=facts, max_concurrency=int(info.max_concurrency or 100))
     return (backend, parse_endpoint(facts.coordinator_address), secret,
             {"lab": None, "function": facts.function_name, "region": facts.region,
              "outputs": str(outputs)})

@@ -38,7 +38,6 @@ def default_state_root() -> Path:
     return Path.home() / ".local" / "state" / "boxer" / "deploy"
 
 
-STATE_ROOT = default_state_root()
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -52,7 +51,7 @@ class DeployPaths:
 
     @property
     def root(self) -> Path:
-        return STATE_ROOT / self.name
+        return default_state_root() / self.name
 
     @property
     def deployment(self) -> Path:
@@ -91,9 +90,10 @@ class DeployPaths:
 
 
 def list_deployments() -> list[str]:
-    if not STATE_ROOT.is_dir():
+    root = default_state_root()
+    if not root.is_dir():
         return []
-    return sorted(p.name for p in STATE_ROOT.iterdir() if (p / "deployment.json").exists())
+    return sorted(p.name for p in root.iterdir() if (p / "deployment.json").exists())
 
 
 def read_json(path: Path) -> Any:

@@ -28,14 +28,13 @@ from dataclasses import replace
 from typing import Any
 
 from boxer.backends.base import Backend, HandleState, InstanceHandle, InstanceSpec
-from boxer.backends.base import Placement as BackendPlacement
-from boxer.controller.book import Book, DrainInstance, Launch, Record, StopInstance, actions_for
+from boxer.controller.book import Book, Launch, Record, Tell, actions_for
 from boxer.controller.metrics import Metrics, serve_metrics
 from boxer.controller.partition import NORMAL, Mode, Verdict
 from boxer.controller.paths import DeployPaths, write_json_atomic
 from boxer.controller.policy import Drain, Failure, Start, Stop, Timings, decide
 from boxer.controller.signals import ControllerState
-from boxer.controller.spec import Deployment, Placement
+from boxer.controller.spec import Deployment
 
 __all__ = ["INSTANCE_ID_ENV", "ControllerRuntime"]
 
@@ -240,19 +239,21 @@ class ControllerRuntime:
 
     # -- actions ---------------------------------------------------------------------------
 
-    def _apply(self, action: Launch | DrainInstance | StopInstance, now: float) -> None:
+    def _apply(self, action: Launch | Tell, now: float) -> None:
+        from boxer.nat_traversal import messages as m
+
         if isinstance(action, Launch):
             self.book.launched(action.start, action.agent_id, now)
             self._spawn(self._launch(action))
-        elif isinstance(action, DrainInstance):
-            record = self.book.records[action.instance]
+            return
+        record = self.book.records[action.instance]
+        if isinstance(action.message, m.Drain):
             record.draining = True
-            self._send_soon("drain", action.agent_id, action.grace)
-        elif isinstance(action, StopInstance):
-            record = self.book.records[action.instance]
+            self._spawn(self._send(action.message))
+        else:
             record.stopping = True
             if not record.exited:
-                self._send_soon("stop", action.agent_id, action.reason)
+                self._spawn(self._send(action.message))
             self._spawn(self._stop(action.instance))
 
     async def _launch(self, action: Launch) -> None:
@@ -260,7 +261,7 @@ class ControllerRuntime:
         spec = InstanceSpec(
             name=start.name, service=start.service, index=start.index,
             command=action.command, env={**action.env, INSTANCE_ID_ENV: action.agent_id},
-            placement=BackendPlacement(start.placement.value), max_lifetime=action.max_lifetime,
+            placement=start.placement, max_lifetime=action.max_lifetime,
         )
         try:
             handle = await self.backend.launch(spec)
@@ -381,13 +382,6 @@ class ControllerRuntime:
                 log.warning("%s is crash-looping: its connects are refused until an instance is ready", name)
             self.failing = failing
             self._spawn(self._send(m.Declare(services=self._holds())))
-
-    def _send_soon(self, kind: str, agent_id: str, arg: Any) -> None:
-        from boxer.nat_traversal import messages as m
-
-        message = m.Drain(instance=agent_id, grace=float(arg)) if kind == "drain" \
-            else m.Stop(instance=agent_id, reason=str(arg)[:200])
-        self._spawn(self._send(message))
 
     async def _send(self, message: Any) -> None:
         session = self._session
@@ -741,6 +735,3 @@ def _status_row(record: Record, now_mono: float, now: float, offset: float) -> d
         "revision": record.revision,
     }
 
-
-# Placement of the spec is the controller's enum; keep the two in step (checked at import).
-assert {p.value for p in Placement} == {p.value for p in BackendPlacement}

@@ -17,6 +17,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+# Where an instance runs is the backends' word: one enum, the file's field and the backend's spec.
+from boxer.backends.base import Placement
+
 __all__ = [
     "LAMBDA_MAX_LIFETIME_SECONDS",
     "AutoscalePolicy",
@@ -76,13 +79,6 @@ class Backend(str, Enum):
     LOCAL = "local"
     LAMBDA = "lambda"
     LAMBDA_LOCAL = "lambda-local"
-
-
-class Placement(str, Enum):
-    """`vm`: long-running public hosts (base capacity); `function`: NATed Lambda-like hosts."""
-
-    VM = "vm"
-    FUNCTION = "function"
 
 
 class RestartPolicy(str, Enum):

@@ -1,5 +1,5 @@
 /* The interposer <-> agent wire format. Mirrors boxer/agent/ipc.py exactly (that file is the spec;
- * tests/test_ipc.py checks that both agree). One fresh AF_UNIX stream connection per request:
+ * test_proto_header_matches_ipc in tests/test_interposer.py checks that both agree). One fresh AF_UNIX stream connection per request:
  * one 300-byte request, one 300-byte reply (with at most one fd attached by SCM_RIGHTS). */
 #ifndef BOXER_PROTO_H
 #define BOXER_PROTO_H

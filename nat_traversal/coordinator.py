@@ -25,9 +25,9 @@ from boxer.nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, Protoco
 log = logging.getLogger(__name__)
 
 TICK = 0.1  # how often pending connects and quiet instances are checked
-# A Beat as every agent encodes it: most reads of a control connection are exactly this, and
-# comparing bytes spares the JSON parse and the decoder (its result would be this message).
-BEAT_FRAME = encode_frame(m.Beat().to_wire())
+# Most reads of a control connection are exactly m.BEAT_FRAME: comparing bytes spares the JSON
+# parse and the decoder (its result would be this message).
+BEAT_FRAME = m.BEAT_FRAME
 _BEAT = m.Beat()
 
 

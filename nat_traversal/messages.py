@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from boxer.nat_traversal.wire import ProtocolError
+from boxer.nat_traversal.wire import ProtocolError, encode_frame
 
 PROTOCOL_VERSION = 3
 
@@ -806,3 +806,9 @@ def _type_check(hint: Any) -> Callable[[Any], bool]:
     if origin in (str, dict, list):
         return lambda value: isinstance(value, origin)
     raise TypeError(f"unsupported field type {hint!r}")
+
+
+# A Beat as every agent sends it, a few times a second: agents send these bytes as they are,
+# and the coordinator compares a read with them to spare the JSON parse (its result would be
+# Beat()). Defined once here, beside the message.
+BEAT_FRAME = encode_frame(Beat().to_wire())

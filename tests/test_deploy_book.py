@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from boxer.backends.base import InstanceHandle, InstanceSpec
-from boxer.controller.book import Book, DrainInstance, Launch, StopInstance, actions_for
+from boxer.controller.book import Book, Launch, Tell, actions_for
 from boxer.controller.policy import Drain, Start, Stop, decide
 from boxer.controller.runtime import INSTANCE_ID_ENV, ControllerRuntime
 from boxer.controller.signals import ControllerState
@@ -133,8 +133,8 @@ def test_drain_and_stop_decisions_address_the_agent_id_and_unknown_ones_are_drop
     rec = started(book, agent="deadbeef")
     actions = actions_for([Drain(rec.id, "scale down"), Stop(rec.id, "drained"),
                            Stop("api-7.7", "gone already")], dep, book, drain_grace=12)
-    assert actions == [DrainInstance(rec.id, "deadbeef", 12, "scale down"),
-                       StopInstance(rec.id, "deadbeef", "drained")]
+    assert actions == [Tell(rec.id, m.Drain(instance="deadbeef", grace=12.0)),
+                       Tell(rec.id, m.Stop(instance="deadbeef", reason="drained"))]
 
 
 # -- the runtime against a fake backend and a fake coordinator session ------------------------

@@ -37,7 +37,7 @@ def test_unknown_keys_are_ignored_missing_ones_named() -> None:
 
 
 def test_save_load_and_a_dead_controller(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("boxer.controller.paths.STATE_ROOT", tmp_path)
+    monkeypatch.setenv("BOXER_DEPLOY_STATE_ROOT", str(tmp_path))  # read on each use, not at import
     paths = DeployPaths("web")
     paths.make()
     assert DeploymentRecord.load(paths) is None

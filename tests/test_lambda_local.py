@@ -3,7 +3,6 @@ running the real handler module (with a shell command in place of `boxer run`)."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import textwrap
@@ -13,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from boxer.backends import HandleState, InstanceSpec, get_backend
-from boxer.backends.emulators.lambda_local import LocalLambdaBackend, invoke_local
+from boxer.backends.emulators.lambda_local import invoke_local
 
 try:
     import awslambdaric  # noqa: F401
@@ -105,44 +103,6 @@ def test_function_timeout_kills_the_whole_sandbox(handlers: dict[str, Any]) -> N
 def test_timeout_is_capped_like_lambda() -> None:
     with pytest.raises(ValueError, match=r"timeout 901 s must be in \(0, 900\]"):
         invoke_local({}, timeout=901)
-
-
-def test_lambda_local_backend_runs_an_instance(handlers: dict[str, Any]) -> None:
-    backend = get_backend("lambda-local", coordinator="127.0.0.1:7000",
-                          secret_file=handlers["secret"], timeout=10,
-                          handler="local_handlers.exit3", env=handlers["env"])
-    assert isinstance(backend, LocalLambdaBackend)
-    spec = InstanceSpec(name="kv-2", service="kv", index=2, command=["redis-server"])
-
-    async def go() -> Any:
-        handle = await backend.launch(spec)
-        return handle, await backend.wait(handle)
-
-    handle, result = asyncio.run(go())
-    assert result["status"] == "ok"
-    assert result["payload"]["instance"] == "kv-2"
-    assert result["payload"]["exit_status"] == 3
-    assert handle.state is HandleState.STOPPED
-
-
-def test_lambda_local_backend_stop_ends_the_sandbox(handlers: dict[str, Any]) -> None:
-    backend = LocalLambdaBackend(coordinator="127.0.0.1:7000", secret_file=handlers["secret"],
-                                 timeout=60, handler="local_handlers.forever",
-                                 env=handlers["env"])
-    spec = InstanceSpec(name="kv-3", service="kv", index=3, command=["x"])
-
-    async def go() -> Any:
-        handle = await backend.launch(spec)
-        await asyncio.sleep(1.0)
-        started = time.monotonic()
-        await backend.stop(handle)
-        return handle, time.monotonic() - started
-
-    handle, took = asyncio.run(go())
-    assert handle.details["result"]["status"] == "stopped"
-    assert handle.state is HandleState.STOPPED
-    assert took < 3
-    assert not _processes_named("sleep 61.5")
 
 
 def test_wrap_argv_prefixes_the_runtime(handlers: dict[str, Any]) -> None:

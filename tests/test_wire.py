@@ -196,7 +196,7 @@ def test_the_coordinators_beat_fast_path_is_exactly_a_decoded_beat():
     from boxer.agent.link import BEAT_FRAME as AGENT_BEAT
     from boxer.nat_traversal.coordinator import BEAT_FRAME
 
-    assert BEAT_FRAME == AGENT_BEAT
+    assert BEAT_FRAME is AGENT_BEAT is m.BEAT_FRAME  # one definition
     decoder = FrameDecoder()
     decoder.receive_data(BEAT_FRAME)
     assert m.decode(decoder.next_frame()) == m.Beat()
@@ -227,3 +227,14 @@ def test_every_message_type_has_a_decoder_for_each_field(name: str) -> None:
     """Each field's annotation must map to a type check, whether written Optional[X] or X | None
     (a lint fix that rewrote one into the other once left Register undecodable)."""
     assert len(m._schema(m.MESSAGE_TYPES[name])) == len(dataclasses.fields(m.MESSAGE_TYPES[name]))
+
+
+def test_the_interposer_default_wake_address_is_the_agents():
+    """Wake connections come from WAKE_ADDR; the interposer's default must be the same address."""
+    import re
+    from pathlib import Path
+
+    from boxer.agent.ipc import WAKE_ADDR
+
+    config_c = (Path(__file__).resolve().parents[1] / "interposer" / "config.c").read_text()
+    assert re.search(r'#define DEFAULT_WAKE "([^"]+)"', config_c).group(1) == WAKE_ADDR

@@ -48,11 +48,12 @@ while True:
 def test_only_what_the_agent_reads_at_import_keeps_an_instance_from_being_forked():
     base = {"PATH": "/bin", "PYTHONUNBUFFERED": "1", "HOME": "/root"}
     assert incompatibility(base, {**base, "BOXER_INSTANCE_ID": "ab" * 8, "FOO": "x"}) is None
-    assert "BOXER_NAT_IDLE_TIMEOUT" in incompatibility(base, {**base, "BOXER_NAT_IDLE_TIMEOUT": "3"})
+    # The agent's settings are read when it runs, in the forked child with its own environment.
+    assert incompatibility(base, {**base, "BOXER_NAT_IDLE_TIMEOUT": "3", "BOXER_WARM_SPARES": "0"}) is None
     assert "PYTHONUNBUFFERED" in incompatibility(base, {k: v for k, v in base.items() if k != "PYTHONUNBUFFERED"})
     assert "PYTHONPATH" in incompatibility(base, {**base, "PYTHONPATH": "/x"})
     assert "LC_ALL" in incompatibility(base, {**base, "LC_ALL": "C"})
-    assert set(IMPORT_TIME_ENV) >= {"BOXER_WARM_SPARES", "BOXER_NAT_IDLE_TIMEOUT"}
+    assert IMPORT_TIME_ENV == ()
 
 
 def test_every_variable_the_agent_reads_at_import_is_listed():
@@ -164,32 +165,46 @@ def test_a_forked_instance_is_indistinguishable_from_one_started_with_ip_netns_e
 @pytest.mark.lab
 @needs_lab
 def test_an_instance_whose_environment_changes_import_time_settings_is_not_forked(tmp_path):
+    """PYTHON* is read by the interpreter at start: such an instance is started the old way. The
+    agent's own settings are read when it runs (not at import): a forked instance has its own."""
     from boxer.backends.base import InstanceSpec, Placement
     from boxer.backends.local import LocalBackend
     from boxer.lab import lab_down, lab_up
 
     name = f"zz{os.getpid() % 100000}"
     lab = lab_up(name, hosts=1)
+    seen = tmp_path / "seen"
+    tell = (f"import os, time; open({str(seen)!r}, 'w').write(os.environ.get('BOXER_NAT_IDLE_TIMEOUT', '-')); "
+            "time.sleep(60)")
+
+    async def launch(backend, env, command):
+        handle = await backend.launch(InstanceSpec(
+            name="app-1", service="app", index=1, command=(sys.executable, "-c", command),
+            env=env, placement=Placement.FUNCTION))
+        forked, pid = bool(handle.details.get("zygote")), handle.details["pid"]
+        if command == tell:
+            deadline = time.monotonic() + 20
+            while not seen.exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        await backend.stop(handle)
+        return forked, pid
 
     async def scenario():
         backend = LocalBackend(lab, log_dir=tmp_path, zygote=True)
         try:
-            handle = await backend.launch(InstanceSpec(
-                name="app-1", service="app", index=1, command=(sys.executable, "-c", "import time; time.sleep(60)"),
-                env={"BOXER_NAT_IDLE_TIMEOUT": "3"}, placement=Placement.FUNCTION))
-            forked = bool(handle.details.get("zygote"))
-            pid = handle.details["pid"]
-            await backend.stop(handle)
-            return forked, pid
+            interpreter = await launch(backend, {"PYTHONPATH": str(tmp_path)}, "import time; time.sleep(60)")
+            agent = await launch(backend, {"BOXER_NAT_IDLE_TIMEOUT": "3"}, tell)
+            return interpreter, agent
         finally:
             await backend.close()
 
     try:
-        forked, pid = asyncio.run(scenario())
+        (forked, pid), (agent_forked, _) = asyncio.run(scenario())
     finally:
         lab_down(name)
     assert not forked
     assert not Path(f"/proc/{pid}").exists() or b"boxer" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert agent_forked and seen.read_text() == "3"
 
 
 @pytest.mark.lab

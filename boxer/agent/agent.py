@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from boxer.agent.fastpath import EventKind, FastEvent, FastPath
 from boxer.agent.incoming import IncomingConnections
-from boxer.agent.ipc import Message, Op
-from boxer.agent.keepalive import NAT_IDLE_TIMEOUT, enable_keepalive
+from boxer.agent.ipc import WAKE_ADDR, Message, Op
+from boxer.agent.keepalive import enable_keepalive, nat_idle_timeout
 from boxer.agent.link import CoordinatorLink
 from boxer.agent.localnames import LocalNamesSource
 from boxer.agent.names import DeltaOutcome, NameTable, answer_lookup
@@ -40,11 +40,10 @@ from boxer.agent.waiters import Waiters
 from boxer.nat_traversal import messages as m
 from boxer.nat_traversal.client import Timeouts
 
-__all__ = ["NAT_IDLE_TIMEOUT", "WAKE_ADDR", "Agent", "Timeouts", "enable_keepalive"]
+__all__ = ["WAKE_ADDR", "Agent", "Timeouts", "enable_keepalive", "nat_idle_timeout"]
 
 log = logging.getLogger(__name__)
 
-WAKE_ADDR = "127.0.0.2"  # source of wake connections; the interposer recognises them by it
 # The ticket pools are filled once the app is up (it listens or connects), or this many seconds
 # after it started: before, they would compete with the app's own start for the CPU, and a cold
 # start of many instances is CPU-bound.
@@ -59,7 +58,7 @@ class Agent:
     # Serves warm connects and accepts natively (fastpath.c); we keep its tables filled.
     fast: FastPath
     # Tickets are renewed well before a NAT could forget their idle mapping.
-    timeouts: Timeouts = field(default_factory=lambda: Timeouts(ticket_max_age=NAT_IDLE_TIMEOUT / 3))
+    timeouts: Timeouts = field(default_factory=lambda: Timeouts(ticket_max_age=nat_idle_timeout() / 3))
     ticket_pool_size: int = 8
     report_interval: float = 1.0
 

@@ -8,7 +8,7 @@
  * thread now serves exactly those three steps, from tables the Python agent fills:
  *
  *   spares   client side: punched, authenticated connections per (overlay addr, port), ready for
- *            the app's next connect (boxer/agent/warm.py explains spares);
+ *            the app's next connect (boxer/agent/spares.py explains spares);
  *   held     server side: our ends of clients' spares, waiting for the GO byte;
  *   pending  server side: connections whose wake connection is on its way to the app's listener,
  *            keyed by (listening port, wake connection's source port), until the app's ACCEPT.

@@ -21,7 +21,8 @@ Both messages have the same fixed layout, native byte order (both ends are on on
     44     256  name     NUL-terminated UTF-8
     300         (total)
 
-The fixed layout is mirrored in interposer/boxer_proto.h; tests/test_ipc.py checks both agree.
+The fixed layout is mirrored in interposer/boxer_proto.h; test_proto_header_matches_ipc in
+tests/test_interposer.py compiles the header and checks both agree.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
+
+# The source address of wake connections (the agent's connection to the app's listener that
+# stands for a connection from the overlay): the interposer recognises them by it, and takes its
+# copy from BOXER_WAKE_ADDR (interposer/config.c's DEFAULT_WAKE is held to this by a test).
+WAKE_ADDR = "127.0.0.2"
 
 MAGIC = 0x42580001
 _LAYOUT = struct.Struct("=IIIIiHHI16s256s")

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 from boxer.agent.control import ControlSession, CoordinatorError, Registration, open_session
 from boxer.nat_traversal import messages as m
-from boxer.nat_traversal.wire import ProtocolError, encode_frame
+from boxer.nat_traversal.wire import ProtocolError
 
 log = logging.getLogger(__name__)
 
-BEAT_FRAME = encode_frame(m.Beat().to_wire())
+BEAT_FRAME = m.BEAT_FRAME  # sent as they are: the coordinator compares a read with them
 
 
 @dataclass(frozen=True)

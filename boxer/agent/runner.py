@@ -11,7 +11,7 @@ import signal
 import tempfile
 from dataclasses import dataclass
 
-from boxer.agent.agent import NAT_IDLE_TIMEOUT, WAKE_ADDR, Agent, Timeouts
+from boxer.agent.agent import WAKE_ADDR, Agent, Timeouts, nat_idle_timeout
 from boxer.agent.child import (
     AppProcess,
     become_subreaper,
@@ -27,6 +27,7 @@ from boxer.agent.control import CoordinatorError, open_session
 from boxer.agent.fastpath import FastPath
 from boxer.agent.ipc_server import IpcServer
 from boxer.agent.link import CoordinatorLink, LinkTimeouts
+from boxer.agent.spares import warm_spares
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
 
@@ -65,6 +66,11 @@ def _raise_fd_limit() -> None:
 
 
 async def run_instance(opts: RunOptions) -> int:
+    try:  # the settings read from the environment, checked before anything starts
+        nat_idle = nat_idle_timeout()
+        warm_spares()
+    except ValueError as exc:
+        raise RunError(f"{exc}; {opts.argv[0]} was not started") from None
     _raise_fd_limit()
     become_subreaper()
     register = m.Register(name=opts.name, service=opts.service, instance=opts.instance_id or auth.new_token(8))
@@ -75,9 +81,9 @@ async def run_instance(opts: RunOptions) -> int:
     reg = session.registration
     log.info("registered as %s at %s", reg.name, reg.addr)
     link = CoordinatorLink(session, opts.coordinator, opts.secret, register,
-                           LinkTimeouts(ping_interval=min(5.0, NAT_IDLE_TIMEOUT / 3)))
+                           LinkTimeouts(ping_interval=min(5.0, nat_idle / 3)))
     timeouts = Timeouts(connect=opts.connect_timeout, punch=min(3.0, opts.connect_timeout),
-                        ticket_max_age=NAT_IDLE_TIMEOUT / 3)
+                        ticket_max_age=nat_idle / 3)
     fast = FastPath(reg.addr, WAKE_ADDR, timeouts.accept_pickup)
     agent = Agent(link, opts.coordinator, opts.secret, fast, timeouts=timeouts)
     workdir = tempfile.mkdtemp(prefix="boxer-agent-")

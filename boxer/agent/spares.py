@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 
 from boxer.agent.fastpath import FastPath
 from boxer.agent.keepalive import enable_keepalive
@@ -16,9 +17,19 @@ from boxer.nat_traversal.client import SpareGoals, Target
 
 log = logging.getLogger(__name__)
 
-WARM_SPARES = int(os.environ.get("BOXER_WARM_SPARES", "1"))  # per (peer, port) at first; 0: none
+WARM_SPARES_ENV = "BOXER_WARM_SPARES"  # spares per (peer, port) at first; 0: none; default 1
 MAX_WARM_SPARES = 4  # per (peer, port), for apps that connect faster than one spare is remade
 WARM_DELAY = 0.01  # seconds between using a spare and starting to make its replacement
+
+
+def warm_spares(env: Mapping[str, str] | None = None) -> int:
+    """BOXER_WARM_SPARES, else 1; read when asked (an agent forked from the zygote gets its
+    instance's environment after import)."""
+    raw = (os.environ if env is None else env).get(WARM_SPARES_ENV, "")
+    try:
+        return int(raw) if raw else 1
+    except ValueError:
+        raise ValueError(f"{WARM_SPARES_ENV}={raw!r} is not a whole number of spares") from None
 
 
 class SpareMaker:
@@ -27,7 +38,7 @@ class SpareMaker:
         self.fast = fast
         self.tasks = tasks
         self.max_age = max_age
-        self.goals = SpareGoals(WARM_SPARES, MAX_WARM_SPARES)
+        self.goals = SpareGoals(warm_spares(), MAX_WARM_SPARES)
 
     def missed(self, target: Target) -> None:
         """The app connected with no spare there (the fast path would have used one)."""

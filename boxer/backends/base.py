@@ -35,6 +35,9 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class Placement(str, enum.Enum):
+    """Where an instance runs, named in the deployment file (controller/spec.py) and in the spec
+    a backend launches: the one definition."""
+
     VM = "vm"  # long-running public host: base capacity
     FUNCTION = "function"  # NATed, lifetime-capped host (Lambda): bursts
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -35,7 +34,7 @@ from boxer._python import module_argv
 from boxer.backends.base import InstanceHandle, InstanceSpec, Placement
 from boxer.backends.errors import CapacityError, LaunchError
 
-__all__ = ["INSTANCE_ID_ENV", "LabLambdaBackend", "LocalBackend"]
+__all__ = ["INSTANCE_ID_ENV", "ZYGOTE_ENV", "LocalBackend", "lab_size"]
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +198,8 @@ class LocalBackend:
     async def launch(self, spec: InstanceSpec) -> InstanceHandle:
         host = await self._claim_host(spec)
         handle = InstanceHandle(spec=spec, backend=self.name, details={"host": host})
+        if self.log_dir is not None:
+            handle.details["log"] = str(self.log_dir / f"{spec.name}.{host}.log")
         self.busy[host] = handle  # claimed before the next await: no double booking
         env = self.lab.env(host, {**self.base_env, **spec.env})
         stdin_data = self.stdin_for(spec)
@@ -358,40 +359,6 @@ class LocalBackend:
             self._zygote_start.cancel()
         if self._zygote is not None:
             await self._zygote.close()
-
-
-class LabLambdaBackend(LocalBackend):
-    """`lambda-local` under `boxer up`: each instance is one local Lambda invocation inside its own
-    lab host: the Runtime API, the real awslambdaric runtime client and our handler, which
-    starts `boxer run` with the event's command, as on AWS, behind the host's NAT.
-
-
-    With `image_file` (an opened image, boxer.backends.emulators.image) each invocation runs the
-    image's entry point from its root filesystem in a Lambda-like sandbox; the deployment
-    secret, which a function reads from SSM, is copied into the sandbox's /tmp for it."""
-
-    name = "lambda-local"
-    SANDBOX_SECRET = "/tmp/.boxer-lab/secret"  # where the sandbox's copy of the lab's secret is
-
-    def __init__(self, lab: Any, *, timeout: float = 900.0, image_file: str | Path | None = None,
-                 **options: Any) -> None:
-        super().__init__(lab, **options)
-        self.timeout = timeout
-        self.image_file = str(image_file) if image_file is not None else None
-
-    def argv(self, spec: InstanceSpec) -> list[str]:
-        argv = module_argv("boxer.backends.emulators.lambda_local", "--timeout", f"{self.timeout:g}",
-                           python=self.python)
-        if self.image_file is not None:
-            argv += ["--image", self.image_file, "--copy", f"{self.lab.secret_file}:{self.SANDBOX_SECRET}"]
-        return argv
-
-    def stdin_for(self, spec: InstanceSpec) -> bytes | None:
-        from boxer.backends.aws_lambda.event import SecretRef, event_for
-
-        secret = self.SANDBOX_SECRET if self.image_file is not None else str(self.lab.secret_file)
-        event = event_for(spec, coordinator=self.lab.coordinator, secret=SecretRef("file", secret))
-        return json.dumps(event.to_dict()).encode()
 
 
 def lab_size(services: Sequence[tuple[str, int, int, bool]], max_hosts: int = 200) -> tuple[int, int]:

@@ -60,8 +60,10 @@ __all__ = ["IMPORT_TIME_ENV", "Zygote", "ZygoteError", "incompatibility", "join_
            "start_for_adoption"]
 
 # Read when the agent's modules are imported (so fixed in the zygote): an instance whose
-# environment gives any of them another value than the zygote's is not forked.
-IMPORT_TIME_ENV = ("BOXER_WARM_SPARES", "BOXER_NAT_IDLE_TIMEOUT")
+# environment gives any of them another value than the zygote's is not forked. None today: the
+# agent reads its settings (BOXER_NAT_IDLE_TIMEOUT, BOXER_WARM_SPARES) by a function when it
+# runs, after the child took its instance's environment; tests/test_zygote.py keeps this true.
+IMPORT_TIME_ENV: tuple[str, ...] = ()
 PRELOAD = (
     "boxer.agent.runner", "boxer.agent.dns", "boxer.agent.natprobe",
     "boxer.agent.fastpath", "boxer._aio", "psutil", "uvloop", "ctypes", "boxer.nat_traversal.relay",

@@ -67,9 +67,13 @@ class LabProcess:
     argv: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Lab:
-    """A running lab: its topology and where its state lives."""
+    """A running lab: its topology and where its state lives.
+
+    A handle, not a value: set_link and port_forward change the lab (and its state file) and
+    bring `processes`, `port_forwards` and `links` up to date in place, so it is not frozen.
+    Compared by identity."""
 
     plan: LabPlan
     created_at: float
@@ -168,10 +172,10 @@ class Lab:
                 data = _state.read(self.name) or {}
                 data.setdefault("processes", []).append(_process_entry(shaper))
                 _state.write(self.name, data)
-                object.__setattr__(self, "processes", (*self.processes, shaper))
+                self.processes = (*self.processes, shaper)
         if not link.clean:  # the shaper listens now: queue
             _shaping.apply_queue_rules(self.plan, {host: link})
-        object.__setattr__(self, "links", {**self.links, host: link})
+        self.links = {**self.links, host: link}
         log.info("lab %s: %s link %s", self.name, host, link.summary())
         return link
 
@@ -250,7 +254,7 @@ class Lab:
                 if [host, port] not in forwards:
                     forwards.append([host, port])
                 _state.write(self.name, data)
-            object.__setattr__(self, "port_forwards", self.port_forwards + ((host, port),))
+            self.port_forwards = (*self.port_forwards, (host, port))
             log.info("lab %s: %s:%d -> %s:%d", self.name, target.public_address, port,
                      target.address, port)
         return f"{target.public_address}:{port}"

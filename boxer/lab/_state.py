@@ -15,12 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-STATE_ROOT = Path(os.environ.get("BOXER_LAB_STATE_ROOT", "/run/boxer/lab"))
 STATE_VERSION = 1
 
 
+def state_root() -> Path:
+    """/run/boxer/lab, or BOXER_LAB_STATE_ROOT: read on each use (a test or a caller may set it
+    after import)."""
+    return Path(os.environ.get("BOXER_LAB_STATE_ROOT", "/run/boxer/lab"))
+
+
 def state_dir(name: str) -> Path:
-    return STATE_ROOT / name
+    return state_root() / name
 
 
 def secret_path(name: str) -> Path:
@@ -41,7 +46,7 @@ def coordinator_ready_file(name: str) -> Path:
 
 def claim(name: str) -> bool:
     """Create the state dir; False if it exists already (someone else owns that lab name)."""
-    STATE_ROOT.mkdir(parents=True, exist_ok=True, mode=0o755)
+    state_root().mkdir(parents=True, exist_ok=True, mode=0o755)
     try:
         state_dir(name).mkdir(mode=0o700)
     except FileExistsError:
@@ -96,6 +101,6 @@ def remove(name: str) -> bool:
 
 def list_names() -> list[str]:
     try:
-        return sorted(p.name for p in STATE_ROOT.iterdir() if p.is_dir())
+        return sorted(p.name for p in state_root().iterdir() if p.is_dir())
     except FileNotFoundError:
         return []

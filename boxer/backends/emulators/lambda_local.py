@@ -16,15 +16,15 @@ and nothing of ours: what Lambda runs when it runs the function's image.
 
 To put the function behind the lab's NAT, pass `wrap_argv=["ip", "netns", "exec", "bx-lab-h1"]`.
 The child must then reach the Runtime API server: either give `listen_host` an address the
-namespace can reach, or - what LocalLambdaBackend does - run this whole module inside the
-namespace (`python -m boxer.backends.emulators.lambda_local`, event on stdin, result on stdout), so the
-server listens on the namespace's own loopback, as Lambda's runtime API sits inside its sandbox.
+namespace can reach, or - what LocalLambdaBackend (the `lambda-local` backend) does - run this
+whole module inside the namespace (`python -m boxer.backends.emulators.lambda_local`, event on
+stdin, result on stdout), so the server listens on the namespace's own loopback, as Lambda's
+runtime API sits inside its sandbox.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -48,7 +48,7 @@ from boxer.backends.base import InstanceHandle, InstanceSpec
 from boxer.backends.emulators.image import ImageRoot
 from boxer.backends.emulators.runtime_api import RuntimeApiServer
 from boxer.backends.emulators.sandbox import SandboxConfig, sandbox_argv
-from boxer.backends.errors import LaunchError
+from boxer.backends.local import LocalBackend
 
 __all__ = ["DEFAULT_HANDLER", "MAX_TIMEOUT", "LocalLambdaBackend", "LocalResult", "invoke_local"]
 
@@ -222,84 +222,56 @@ def _kill_tree(process: subprocess.Popen[bytes]) -> None:
 Wrap = Sequence[str] | Callable[[InstanceSpec], Sequence[str]] | None
 
 
-class LocalLambdaBackend:
-    """`lambda-local`: each instance is one local Lambda invocation (a sandbox process).
+class LocalLambdaBackend(LocalBackend):
+    """`lambda-local`: each instance is one local Lambda invocation inside its own lab host: the
+    Runtime API, the real awslambdaric runtime client and our handler, which starts `boxer run`
+    with the event's command, as on AWS, behind the host's NAT. Hosts, logs and stopping are the
+    `local` backend's (one host per instance); the sandbox is this module's entry point, its event
+    on stdin, its answer (a LocalResult) the last line of the instance's log: `result(handle)`.
 
-    wrap: a fixed argv prefix, or a function giving one per instance (e.g. the lab host's
-    `ip netns exec ...`), so the function runs behind the lab's NAT.
-    """
+    With `image_file` (an opened image, boxer.backends.emulators.image) each invocation runs the
+    image's entry point from its root filesystem in a Lambda-like sandbox; the deployment
+    secret, which a function reads from SSM, is copied into the sandbox's /tmp for it."""
 
     name = "lambda-local"
+    SANDBOX_SECRET = "/tmp/.boxer-lab/secret"  # where the sandbox's copy of the lab's secret is
 
-    def __init__(self, *, coordinator: str, secret_file: str | Path, timeout: float = MAX_TIMEOUT,
-                 wrap: Wrap = None, handler: str = DEFAULT_HANDLER,
-                 python: str = sys.executable, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, lab: Any, *, timeout: float = MAX_TIMEOUT, handler: str = DEFAULT_HANDLER,
+                 image_file: str | Path | None = None, **options: Any) -> None:
         if not 0 < timeout <= MAX_TIMEOUT:
             raise ValueError(f"timeout {timeout} s must be in (0, {MAX_TIMEOUT:g}]")
-        self.coordinator = coordinator
-        self.secret = SecretRef("file", str(Path(secret_file).resolve()))
+        super().__init__(lab, **options)
         self.timeout = timeout
-        self._wrap = wrap
-        self._handler = handler
-        self._python = python
-        self._env = env
-        self._sandboxes: dict[int, asyncio.subprocess.Process] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.handler = handler
+        self.image_file = str(image_file) if image_file is not None else None
 
-    def event(self, spec: InstanceSpec) -> dict[str, Any]:
-        return event_for(spec, coordinator=self.coordinator, secret=self.secret).to_dict()
+    def argv(self, spec: InstanceSpec) -> list[str]:
+        argv = module_argv("boxer.backends.emulators.lambda_local", "--timeout", f"{self.timeout:g}",
+                           python=self.python)
+        if self.image_file is not None:
+            argv += ["--image", self.image_file, "--copy", f"{self.lab.secret_file}:{self.SANDBOX_SECRET}"]
+        elif self.handler != DEFAULT_HANDLER:
+            argv += ["--handler", self.handler]
+        return argv
 
-    def _prefix(self, spec: InstanceSpec) -> list[str]:
-        if self._wrap is None:
-            return []
-        return list(self._wrap(spec) if callable(self._wrap) else self._wrap)
+    def stdin_for(self, spec: InstanceSpec) -> bytes | None:
+        secret = self.SANDBOX_SECRET if self.image_file is not None else str(self.lab.secret_file)
+        event = event_for(spec, coordinator=self.lab.coordinator, secret=SecretRef("file", secret))
+        return json.dumps(event.to_dict()).encode()
 
-    async def launch(self, spec: InstanceSpec) -> InstanceHandle:
-        argv = [*self._prefix(spec), *module_argv("boxer.backends.emulators.lambda_local", "--timeout",
-                                                  str(self.timeout), "--handler", self._handler, python=self._python)]
-        env = dict(os.environ if self._env is None else self._env)
+    @staticmethod
+    def result(handle: InstanceHandle) -> dict[str, Any] | None:
+        """The invocation's LocalResult (as a dict) once its sandbox has answered: the last line
+        of the instance's log. None without a log, or before the answer."""
+        path = handle.details.get("log")
+        if path is None:
+            return None
         try:
-            sandbox = await asyncio.create_subprocess_exec(
-                *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        except OSError as exc:
-            raise LaunchError(spec.name, f"cannot start {argv[0]!r}: {exc.strerror}",
-                              code="SpawnFailed") from None
-        handle = InstanceHandle(spec=spec, backend=self.name, details={"pid": sandbox.pid})
-        self._sandboxes[id(handle)] = sandbox
-        task = asyncio.create_task(self._watch(handle, sandbox, self.event(spec)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        handle.details["task"] = task
-        return handle
-
-    async def _watch(self, handle: InstanceHandle, sandbox: asyncio.subprocess.Process,
-                     event: dict[str, Any]) -> None:
-        stdout, _ = await sandbox.communicate(json.dumps(event).encode())
-        self._sandboxes.pop(id(handle), None)
-        try:
-            result = json.loads(stdout.decode().strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            handle.details["result"] = None
-            handle.mark_failed(f"sandbox exited {sandbox.returncode} without a result")
-            return
-        handle.details["result"] = result
-        if result["status"] in ("ok", "stopped"):
-            handle.mark_stopped(f"invocation {result['status']}")
-        else:
-            handle.mark_failed(f"invocation {result['status']}: {result['payload']}")
-
-    async def wait(self, handle: InstanceHandle) -> dict[str, Any] | None:
-        """Wait for the invocation to end; its LocalResult as a dict."""
-        await handle.details["task"]
-        result: dict[str, Any] | None = handle.details["result"]
-        return result
-
-    async def stop(self, handle: InstanceHandle) -> None:
-        sandbox = self._sandboxes.get(id(handle))
-        if sandbox is not None and sandbox.returncode is None:
-            sandbox.send_signal(signal.SIGTERM)  # the sandbox kills its tree and reports
-        await handle.details["task"]
-        handle.mark_stopped()
+            last = Path(path).read_text(errors="replace").strip().splitlines()[-1]
+            found = json.loads(last)
+        except (OSError, IndexError, json.JSONDecodeError):
+            return None
+        return found if isinstance(found, dict) and "status" in found else None
 
 
 # -- the sandbox entry point: python -m boxer.backends.emulators.lambda_local ----------------------------
