@@ -22,7 +22,7 @@ OLD_LAMBDA = {
 def test_reads_an_untyped_record_and_writes_the_same_keys() -> None:
     record = DeploymentRecord.from_json(OLD_LAMBDA)
     assert record.backend == "lambda" and record.max_concurrency == 40 and record.generation == 2
-    assert record.to_json() == {**OLD_LAMBDA, "down_at": None}
+    assert record.to_json() == {**OLD_LAMBDA, "down_at": None, "image": None}
     assert DeploymentRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
 
 
