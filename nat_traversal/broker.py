@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
 from boxer.nat_traversal.defaults import DEFAULT_PREFIX
+from boxer.nat_traversal.limits import Limits, Refusals
 from boxer.nat_traversal.services import Load, Service, ServiceTable, pick
 from boxer.nat_traversal.tickets import Ticket, TicketTable
 
@@ -73,6 +74,7 @@ class Connection:
     cid: int
     endpoint: str  # "ip:port" the coordinator sees: the NAT's public mapping
     nonce: str
+    opened_at: float = 0.0
     state: ConnState = ConnState.AWAIT_FIRST
     session: str | None = None
     instance: Instance | None = None
@@ -135,11 +137,18 @@ class Timeouts:
     stall: float = 0.3
 
 
+_TIMEOUTS = Timeouts()
+_LIMITS = Limits()
+
+
 class Broker:
-    def __init__(self, secret: bytes, prefix: str = DEFAULT_PREFIX, timeouts: Timeouts = Timeouts(),
+    def __init__(self, secret: bytes, prefix: str = DEFAULT_PREFIX, timeouts: Timeouts = _TIMEOUTS,
                  new_token: Callable[[], str] = auth.new_token, relay_port: int | None = None,
-                 full_snapshots: bool = False) -> None:
+                 full_snapshots: bool = False, limits: Limits = _LIMITS,
+                 refusals: Refusals | None = None) -> None:
         self.secret = secret
+        self.limits = limits
+        self.refusals = Refusals() if refusals is None else refusals
         # Send the full Members on every change, as protocol 2 did: the baseline of
         # benchmarks/bench_membership.py, not for production.
         self.full_snapshots = full_snapshots
@@ -149,14 +158,21 @@ class Broker:
         self.new_token = new_token
         self._network = ipaddress.IPv4Network(self.prefix)
         self._connections: dict[int, Connection] = {}
+        # Connections that have not sent their first frame yet, oldest first, and how many of
+        # them each source address holds: the bounds anyone may reach without a secret.
+        self._unauthenticated: dict[int, Connection] = {}
+        self._unauthenticated_by_source: collections.Counter[str] = collections.Counter()
         self._sessions: dict[str, int] = {}  # session id -> control cid
         self._by_addr: dict[str, Instance] = {}
         self._by_name: dict[str, Instance] = {}
         self._tickets = TicketTable()
         self._pending: dict[str, PendingConnect] = {}
         self._held: dict[str, HeldConnect] = {}
+        self._held_by_cid: collections.Counter[int] = collections.Counter()
+        self._held_by_service: collections.Counter[str] = collections.Counter()
+        self._pending_by_cid: collections.Counter[int] = collections.Counter()
         self._watchers: set[int] = set()
-        self.services = ServiceTable(self._network)
+        self.services = ServiceTable(self._network, limits.services, taken=lambda addr: addr in self._by_addr)
         self._next_host = 1
         self.connect_results: collections.Counter[str] = collections.Counter()
         self._retired_paths = collections.Counter({"direct": 0, "relayed": 0})
@@ -194,6 +210,10 @@ class Broker:
         return len(self._held)
 
     @property
+    def unauthenticated_count(self) -> int:
+        return len(self._unauthenticated)
+
+    @property
     def session_count(self) -> int:
         return len(self._sessions)
 
@@ -212,20 +232,53 @@ class Broker:
 
     # --- events -------------------------------------------------------------------------------
 
-    def connection_made(self, cid: int, endpoint: str) -> list[Action]:
-        conn = Connection(cid=cid, endpoint=endpoint, nonce=self.new_token())
+    def connection_made(self, cid: int, endpoint: str, now: float = 0.0) -> list[Action]:
+        source = endpoint.rpartition(":")[0]
+        if self._unauthenticated_by_source[source] >= self.limits.unauthenticated_per_source:
+            self.refusals.refuse("unauthenticated-per-source", now,
+                                 f"{source} already holds {self.limits.unauthenticated_per_source} "
+                                 "connections that have not authenticated")
+            return [Close(cid, "too many unauthenticated connections from this address")]
+        actions: list[Action] = []
+        if len(self._unauthenticated) >= self.limits.unauthenticated:
+            oldest = next(iter(self._unauthenticated.values()))
+            self.refusals.refuse("unauthenticated", now,
+                                 f"{self.limits.unauthenticated} connections have not authenticated; "
+                                 f"closing the oldest, from {oldest.endpoint}")
+            actions.append(Close(oldest.cid, "too many unauthenticated connections"))
+            self._forget(oldest)
+        conn = Connection(cid=cid, endpoint=endpoint, nonce=self.new_token(), opened_at=now)
         self._connections[cid] = conn
-        return [Send(cid, m.Challenge(v=m.PROTOCOL_VERSION, nonce=conn.nonce))]
+        self._unauthenticated[cid] = conn
+        self._unauthenticated_by_source[source] += 1
+        return [*actions, Send(cid, m.Challenge(v=m.PROTOCOL_VERSION, nonce=conn.nonce))]
+
+    def _authenticated(self, conn: Connection) -> None:
+        """The connection sent a valid first frame: it no longer counts as unauthenticated."""
+        if self._unauthenticated.pop(conn.cid, None) is not None:
+            source = conn.endpoint.rpartition(":")[0]
+            self._unauthenticated_by_source[source] -= 1
+            if self._unauthenticated_by_source[source] <= 0:
+                del self._unauthenticated_by_source[source]
+
+    def _forget(self, conn: Connection) -> None:
+        """An unauthenticated connection we closed: nothing of it remains (its connection_lost,
+        when the I/O layer reports it, finds nothing)."""
+        self._authenticated(conn)
+        self._connections.pop(conn.cid, None)
+        conn.state = ConnState.CLOSED
 
     def connection_lost(self, cid: int) -> list[Action]:
         conn = self._connections.pop(cid, None)
         if conn is None:
             return []
+        self._authenticated(conn)
         conn.state = ConnState.CLOSED
         actions: list[Action] = []
         self._watchers.discard(cid)
-        for held in [h for h in self._held.values() if h.client_cid == cid]:
-            del self._held[held.msg.conn]
+        if self._held_by_cid[cid]:
+            for held in [h for h in self._held.values() if h.client_cid == cid]:
+                self._end_held(held)
         if conn.session is not None and self._sessions.get(conn.session) == cid:
             del self._sessions[conn.session]
             self._tickets.drop_session(conn.session)
@@ -272,21 +325,37 @@ class Broker:
 
     def expire(self, now: float) -> list[Action]:
         actions: list[Action] = self._find_quiet(now)
+        actions += self._close_unauthenticated(now)
         for conn in list(self._connections.values()):  # (silence from our return, after a stall)
             if conn.state is ConnState.CONTROL and now - max(conn.last_heard, self._resumed_at) > self.timeouts.silence:
                 log.warning("%s silent for %.0f s: closing its session", conn.endpoint, now - conn.last_heard)
                 actions.append(Close(conn.cid, "silent"))
                 actions += self.connection_lost(conn.cid)
         for held in [h for h in self._held.values() if h.deadline <= now]:
-            del self._held[held.msg.conn]
+            self._end_held(held)
             log.info("no instance of %s came up in time for a held connect", held.service)
             actions.append(Send(held.client_cid, m.ConnectFailed(conn=held.msg.conn, error="ETIMEDOUT")))
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
-            del self._pending[pending.conn]
+            self._end_pending(pending)
             if pending.punching:  # the punch has its own deadline at the client
                 continue
             log.info("connect %s timed out waiting for the server agent", pending.conn)
             actions.append(Send(pending.client_cid, m.ConnectFailed(conn=pending.conn, error="ETIMEDOUT")))
+        return actions
+
+    def _close_unauthenticated(self, now: float) -> list[Action]:
+        """Connections that sent no first frame within `limits.first_frame` are closed: an idle
+        connection costs a descriptor, and anyone may open them."""
+        actions: list[Action] = []
+        limit = self.limits.first_frame
+        while self._unauthenticated:
+            oldest = next(iter(self._unauthenticated.values()))
+            if now - oldest.opened_at <= limit:
+                break  # oldest first: the rest are younger
+            self.refusals.refuse("first-frame-deadline", now,
+                                 f"{oldest.endpoint} sent no first frame within {limit:g} s")
+            actions.append(Close(oldest.cid, "no first frame in time"))
+            self._forget(oldest)
         return actions
 
     def _find_quiet(self, now: float) -> list[Action]:
@@ -343,6 +412,7 @@ class Broker:
         expected = auth.mac(self.secret, auth.AGENT_PROOF, conn.nonce, msg.nonce)
         if not auth.verify(expected, msg.mac):
             return self._refuse(conn, "authentication failed: wrong deployment secret")
+        self._authenticated(conn)
         conn.state = ConnState.CONTROL
         conn.session = self.new_token()
         self._sessions[conn.session] = conn.cid
@@ -357,6 +427,12 @@ class Broker:
             return self._refuse(conn, "rendezvous refused: unknown session or wrong proof")
         if msg.ticket in self._tickets:
             return self._refuse(conn, "rendezvous refused: ticket already in use")
+        if self._tickets.count(msg.session) >= self.limits.tickets_per_session:
+            self.refusals.refuse("tickets-per-session", conn.opened_at,
+                                 f"session {msg.session[:8]} already holds {self.limits.tickets_per_session} tickets")
+            return self._refuse(conn, f"rendezvous refused: the session holds {self.limits.tickets_per_session} "
+                                      "tickets already")
+        self._authenticated(conn)
         conn.state = ConnState.RENDEZVOUS
         conn.session = msg.session
         self._tickets.add(Ticket(msg.ticket, msg.session, conn.endpoint, conn.cid, msg.purpose))
@@ -389,13 +465,19 @@ class Broker:
                        "choose another with --name"))]
         if conn.cid in self._watchers:
             return [Send(conn.cid, m.Error(ref="register", reason="a watching session cannot register"))]
+        if msg.service != msg.name and self.services.ensure(msg.service) is None:
+            self.refusals.refuse("services", now, f"no room for service {msg.service!r} of {msg.name}")
+            return [*actions, Send(conn.cid, m.Error(ref="register", reason=self._no_room_for_service(msg.service)))]
         addr = self._allocate(msg.addr)
+        if addr is None:
+            self.refusals.refuse("addresses", now, f"no address left for {msg.name}")
+            return [*actions, Send(conn.cid, m.Error(
+                ref="register", reason=f"the overlay prefix {self.prefix} has no free address left: "
+                                       "give the coordinator a larger --prefix"))]
         inst = Instance(msg.name, msg.service, addr, msg.instance, conn.cid)
         conn.instance = inst
         self._by_addr[addr] = inst
         self._by_name[inst.name] = inst
-        if inst.service != inst.name:
-            self.services.ensure(inst.service)
         log.info("registered %s (%s) at %s from %s", inst.name, inst.service, addr, conn.endpoint)
         self._membership_changed(inst.name)
         self._needs_full_members(conn)  # sent by the next flush, after Registered
@@ -404,7 +486,13 @@ class Broker:
                 *self._tell_watchers(m.InstanceUp(name=inst.name, service=inst.service, addr=addr,
                                                   instance=inst.instance_id))]
 
-    def _allocate(self, wanted: str | None) -> str:
+    def _no_room_for_service(self, name: str) -> str:
+        if len(self.services) >= self.limits.services:
+            return (f"service {name!r} refused: the coordinator holds its limit of {self.limits.services} "
+                    "services (--limit services=N)")
+        return f"service {name!r} refused: no free address left in the overlay prefix {self.prefix}"
+
+    def _allocate(self, wanted: str | None) -> str | None:
         if wanted is not None:
             ip = ipaddress.IPv4Address(wanted)
             if (ip in self._network and wanted not in self._by_addr and ip != self._network.network_address
@@ -417,7 +505,7 @@ class Broker:
             addr = str(self._network.network_address + offset)
             if addr not in self._by_addr and not self.services.is_vip(addr):
                 return addr
-        raise RuntimeError(f"overlay prefix {self.prefix} is full")
+        return None
 
     def _remove_instance(self, inst: Instance, why: str) -> list[Action]:
         if self._by_addr.get(inst.addr) is inst:
@@ -550,17 +638,23 @@ class Broker:
         if conn.cid not in self._watchers:
             return [Send(conn.cid, m.Error(ref="declare", reason="only a watching controller may declare"))]
         actions: list[Action] = []
+        refused = []
         for name, hold in msg.services.items():
-            self.services.ensure(name, hold=float(hold), declared=True)
-            if hold <= 0:  # the controller says it is down (crash-looping): refuse what waits
+            if self.services.ensure(name, hold=float(hold), declared=True) is None:
+                refused.append(name)
+            elif hold <= 0:  # the controller says it is down (crash-looping): refuse what waits
                 actions += self._refuse_held(name)
         self._members_due = True  # new services' addresses go out with the next flush
+        if refused:
+            self.refusals.refuse("services", now, f"no room for declared services {', '.join(refused[:5])}")
+            actions.append(Send(conn.cid, m.Error(ref="declare", reason=self._no_room_for_service(refused[0])
+                                                  + f" ({len(refused)} service(s) not declared)")))
         return actions
 
     def _refuse_held(self, service: str) -> list[Action]:
         actions: list[Action] = []
         for held in [h for h in self._held.values() if h.service == service]:
-            del self._held[held.msg.conn]
+            self._end_held(held)
             self.connect_results["ECONNREFUSED"] += 1
             actions.append(Send(held.client_cid, m.ConnectFailed(conn=held.msg.conn, error="ECONNREFUSED")))
         if actions:
@@ -601,8 +695,14 @@ class Broker:
         ticket = self._tickets.get(msg.ticket)
         if ticket is None or ticket.session != conn.session:
             return [Send(conn.cid, m.Error(ref=msg.conn, reason="unknown ticket"))]
-        if msg.conn in self._pending:
+        if msg.conn in self._pending or msg.conn in self._held:
             return [Send(conn.cid, m.Error(ref=msg.conn, reason="connection id already in use"))]
+        if ticket.conn is not None:  # one ticket, one connect: its endpoint is punched once
+            return [Send(conn.cid, m.Error(ref=msg.conn, reason="ticket already in use by another connect"))]
+        if self._pending_by_cid[conn.cid] >= self.limits.pending_per_session:
+            self.refusals.refuse("pending-per-session", now, f"{conn.endpoint} has "
+                                 f"{self.limits.pending_per_session} connects waiting for their server")
+            return fail("ECONNREFUSED")
         service = self.services.by_vip(msg.dst_addr)
         if service is not None:
             return self._connect_to_service(conn, msg, service, now)
@@ -615,13 +715,48 @@ class Broker:
         server = self._pick_instance(service.name, msg.dst_port)
         if server is not None:
             return self._broker(conn, msg, server, now)
-        if service.hold <= 0:
-            self.connect_results["ECONNREFUSED"] += 1
-            return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error="ECONNREFUSED"))]
-        self._held[msg.conn] = HeldConnect(msg, conn.cid, service.name, now + service.hold)
-        waiting = sum(1 for h in self._held.values() if h.service == service.name)
-        log.info("holding a connect to %s:%d until an instance listens", service.name, msg.dst_port)
-        return self._tell_watchers(m.Demand(service=service.name, port=msg.dst_port, waiting=waiting))
+        if service.hold > 0 and self._held_by_cid[conn.cid] >= self.limits.held_per_session:
+            self.refusals.refuse("held-per-session", now, f"{conn.endpoint} has {self.limits.held_per_session} "
+                                 "connects held for a first instance")
+        elif service.hold > 0:
+            self._add_held(HeldConnect(msg, conn.cid, service.name, now + service.hold))
+            return self._tell_watchers(m.Demand(service=service.name, port=msg.dst_port,
+                                                waiting=self._held_by_service[service.name]))
+        self.connect_results["ECONNREFUSED"] += 1
+        return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error="ECONNREFUSED"))]
+
+    # Every held and pending connect enters and leaves through these four, which keep the
+    # per-session counts (the bounds) and the ticket's mark (one ticket, one connect) true.
+
+    def _add_held(self, held: HeldConnect) -> None:
+        self._held[held.msg.conn] = held
+        self._held_by_cid[held.client_cid] += 1
+        self._held_by_service[held.service] += 1
+        self._mark_ticket(held.msg.ticket, held.msg.conn)
+        log.info("holding a connect to %s:%d until an instance listens", held.service, held.msg.dst_port)
+
+    def _end_held(self, held: HeldConnect) -> None:
+        if self._held.pop(held.msg.conn, None) is None:
+            return
+        _decrement(self._held_by_cid, held.client_cid)
+        _decrement(self._held_by_service, held.service)
+        self._mark_ticket(held.msg.ticket, None, held.msg.conn)
+
+    def _add_pending(self, pending: PendingConnect) -> None:
+        self._pending[pending.conn] = pending
+        self._pending_by_cid[pending.client_cid] += 1
+        self._mark_ticket(pending.client_ticket, pending.conn)
+
+    def _end_pending(self, pending: PendingConnect) -> None:
+        if self._pending.pop(pending.conn, None) is None:
+            return
+        _decrement(self._pending_by_cid, pending.client_cid)
+        self._mark_ticket(pending.client_ticket, None, pending.conn)
+
+    def _mark_ticket(self, ticket_id: str, conn: str | None, was: str | None = None) -> None:
+        ticket = self._tickets.get(ticket_id)
+        if ticket is not None and (was is None or ticket.conn == was):
+            ticket.conn = conn
 
     def _pick_instance(self, service: str, port: int) -> Instance | None:
         """The least loaded live instance; a quiet one only when every instance is quiet (then
@@ -643,7 +778,7 @@ class Broker:
             client = self._connections.get(held.client_cid)
             if server is None or client is None:
                 continue
-            del self._held[held.msg.conn]
+            self._end_held(held)
             actions += self._broker(client, held.msg, server, now)
         return actions
 
@@ -654,7 +789,7 @@ class Broker:
             return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error="ECONNABORTED"))]
         pending = PendingConnect(msg.conn, conn.cid, server.cid, msg.ticket, now + self.timeouts.broker,
                                  to_service=self.services.by_vip(msg.dst_addr) is not None)
-        self._pending[msg.conn] = pending
+        self._add_pending(pending)
         self.connect_results["brokered"] += 1
         server_ticket = self._take_incoming_ticket(server.cid)
         if server_ticket is None:  # slow path: ask the server agent for a ticket first
@@ -684,9 +819,9 @@ class Broker:
         pending = self._pending.get(msg.conn)
         if pending is None or pending.server_cid != conn.cid or pending.punching:
             return []  # timed out meanwhile, or not addressed to this agent: nothing to do
+        self._end_pending(pending)
         server_ticket = self._tickets.pop(msg.ticket)
         client_ticket = self._tickets.pop(pending.client_ticket)
-        del self._pending[msg.conn]
         if server_ticket is None or server_ticket.session != conn.session:
             return [Send(pending.client_cid, m.ConnectFailed(conn=msg.conn, error="ECONNABORTED"))]
         if client_ticket is None:  # the client's rendezvous connection died meanwhile
@@ -704,7 +839,7 @@ class Broker:
         pending = self._pending.get(msg.conn)
         if pending is None or pending.server_cid != conn.cid:
             return []
-        del self._pending[msg.conn]
+        self._end_pending(pending)
         self.connect_results[msg.error] += 1
         return [Send(pending.client_cid, m.ConnectFailed(conn=msg.conn, error=msg.error))]
 
@@ -712,7 +847,7 @@ class Broker:
         actions: list[Action] = []
         for pending in [p for p in self._pending.values() if cid in (p.client_cid, p.server_cid)
                         and (p.to_service or not services_only)]:
-            del self._pending[pending.conn]
+            self._end_pending(pending)
             if pending.client_cid != cid:
                 actions.append(Send(pending.client_cid, m.ConnectFailed(conn=pending.conn, error=error)))
         return actions
@@ -734,3 +869,9 @@ class Broker:
         m.Accept: _on_accept,
         m.Refuse: _on_refuse,
     }
+
+
+def _decrement(counter: collections.Counter[Any], key: object) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

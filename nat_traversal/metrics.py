@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from boxer.nat_traversal.broker import Broker
+    from boxer.nat_traversal.limits import Refusals
     from boxer.nat_traversal.relay import RelayStats
 
 log = logging.getLogger(__name__)
 
 
-def render(broker: Broker, relay_stats: RelayStats | None) -> str:
+def render(broker: Broker, relay_stats: RelayStats | None, refusals: Refusals | None = None) -> str:
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_: str, samples: list[tuple[dict[str, str], float]]) -> None:
@@ -42,6 +43,12 @@ def render(broker: Broker, relay_stats: RelayStats | None) -> str:
     metric("boxer_coordinator_quiet_instances", "gauge",
            "Registered instances whose agent has sent nothing (no heartbeat) for the quiet limit.",
            [({}, broker.quiet_count)])
+    counts = (refusals if refusals is not None else broker.refusals).counts
+    metric("boxer_refusals_total", "counter",
+           "Requests and connections refused at a limit (docs/security.md), by kind.",
+           [({"kind": k}, n) for k, n in sorted(counts.items())] or [({"kind": "none"}, 0)])
+    metric("boxer_coordinator_unauthenticated", "gauge", "Connections that have not sent their first frame.",
+           [({}, broker.unauthenticated_count)])
     if relay_stats is not None:
         metric("boxer_relay_connections", "gauge", "Relayed connections open now.", [({}, relay_stats.active)])
         metric("boxer_relay_connections_total", "counter", "Relayed connections joined.", [({}, relay_stats.total)])

@@ -10,6 +10,7 @@ fewest active connections, counting those handed out since its last report.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -22,17 +23,32 @@ class Service:
 
 
 class ServiceTable:
-    def __init__(self, network: ipaddress.IPv4Network) -> None:
+    """`limit` services at most; `taken(addr)` says an instance holds an address, which a new
+    service's address then skips. Addresses never leave the prefix: when every address below
+    the broadcast one is an instance's or a service's, no service is added."""
+
+    def __init__(self, network: ipaddress.IPv4Network, limit: int = 1024,
+                 taken: Callable[[str], bool] = lambda addr: False) -> None:
         self._network = network
+        self._limit = limit
+        self._taken = taken
         self._by_name: dict[str, Service] = {}
         self._by_vip: dict[str, Service] = {}
         self._next = int(network.broadcast_address) - 1
 
-    def ensure(self, name: str, hold: float | None = None, declared: bool = False) -> Service:
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def ensure(self, name: str, hold: float | None = None, declared: bool = False) -> Service | None:
+        """The service `name`, added if new; None if it is new and there is no room for it (the
+        limit, or no free address left in the prefix)."""
         service = self._by_name.get(name)
         if service is None:
-            vip = str(ipaddress.IPv4Address(self._next))
-            self._next -= 1
+            if len(self._by_name) >= self._limit:
+                return None
+            vip = self._free_vip()
+            if vip is None:
+                return None
             service = Service(name, vip)
             self._by_name[name] = service
             self._by_vip[vip] = service
@@ -40,6 +56,15 @@ class ServiceTable:
             service.hold = hold
         service.declared = service.declared or declared
         return service
+
+    def _free_vip(self) -> str | None:
+        """The highest free address of the prefix (past the network address: none)."""
+        while self._next > int(self._network.network_address):
+            vip = str(ipaddress.IPv4Address(self._next))
+            self._next -= 1
+            if not self._taken(vip):
+                return vip
+        return None
 
     def get(self, name: str) -> Service | None:
         return self._by_name.get(name)

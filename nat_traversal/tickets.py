@@ -15,6 +15,7 @@ class Ticket:
     endpoint: str
     cid: int  # the rendezvous connection
     purpose: str = "outgoing"
+    conn: str | None = None  # the connect it backs now: a ticket backs one at a time
 
 
 class TicketTable:
@@ -26,6 +27,10 @@ class TicketTable:
 
     def __contains__(self, ticket_id: str) -> bool:
         return ticket_id in self._by_id
+
+    def count(self, session: str) -> int:
+        """The session's tickets (the bound `Limits.tickets_per_session` is checked against)."""
+        return len(self._by_session.get(session, ()))
 
     def get(self, ticket_id: str) -> Ticket | None:
         return self._by_id.get(ticket_id)

@@ -649,6 +649,9 @@ class _FakeTransport:
     def close(self) -> None:
         pass
 
+    def is_closing(self) -> bool:
+        return False
+
 
 def _frames(transport: _FakeTransport) -> list[m.Message]:
     from boxer.nat_traversal.wire import FrameDecoder

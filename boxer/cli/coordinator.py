@@ -10,6 +10,7 @@ from boxer import _aio as aio
 from boxer.cli._common import endpoint_option, fail, setup_logging
 from boxer.nat_traversal.auth import SecretError, load_secret
 from boxer.nat_traversal.defaults import DEFAULT_PORT, DEFAULT_PREFIX
+from boxer.nat_traversal.limits import Limits, RelayLimits, describe, with_overrides
 
 
 @click.command("coordinator")
@@ -33,9 +34,13 @@ from boxer.nat_traversal.defaults import DEFAULT_PORT, DEFAULT_PREFIX
 @click.option("--quiet-after", type=click.FloatRange(0.05, 60), default=0.8, show_default=True, metavar="SECONDS",
               help="An instance not heard from for this long is reported quiet to the controller, which "
               "replaces it. Keep it several heartbeats long.")
+@click.option("--limit", "limit_settings", multiple=True, metavar="NAME=VALUE",
+              help="Change one of the bounds on what anyone may make the coordinator or its relay hold "
+              f"(repeatable; docs/security.md explains each). Defaults: {describe(Limits())}, "
+              f"{describe(RelayLimits(), 'relay.')}.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
 def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, relay_mode, metrics, heartbeat,
-                        quiet_after, verbose) -> None:
+                        quiet_after, limit_settings, verbose) -> None:
     """Run the coordinator: membership, names, endpoint discovery and hole-punch brokering.
 
     It holds no data of its own (agents re-register after a restart) and application bytes never
@@ -47,6 +52,7 @@ def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, rel
 
     setup_logging(verbose + 1, "coordinator")
     host, port = endpoint_option(listen, "--listen")
+    limits, relay_limits = _limits(limit_settings)
     try:
         secret = load_secret(secret_file, os.environ.get("BOXER_SECRET"))
         network = ipaddress.IPv4Network(prefix)
@@ -64,7 +70,14 @@ def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, rel
         raise SystemExit(fail("--heartbeat must be 0 (off) or at least 0.01 s", 2))
     timeouts = Timeouts(beat=heartbeat or None, quiet=quiet_after)
     aio.run(serve(host, port, secret, str(network), ready_file, relay_port, relay_mode == "embedded", metrics_at,
-                  timeouts))
+                  timeouts, limits, relay_limits))
+
+
+def _limits(settings: tuple[str, ...]) -> tuple[Limits, RelayLimits]:
+    try:
+        return with_overrides(Limits(), RelayLimits(), list(settings))
+    except ValueError as exc:
+        raise SystemExit(fail(str(exc), 2)) from None
 
 
 @click.command("relay")
@@ -72,8 +85,10 @@ def coordinator_command(listen, secret_file, prefix, ready_file, relay_port, rel
               help="Address to listen on (the coordinator's --relay-port).")
 @click.option("--secret-file", envvar="BOXER_SECRET_FILE", type=click.Path(dir_okay=False),
               help="File holding the deployment secret (hex) [env BOXER_SECRET_FILE].")
+@click.option("--limit", "limit_settings", multiple=True, metavar="relay.NAME=VALUE",
+              help=f"Change one of the relay's bounds (repeatable). Defaults: {describe(RelayLimits(), 'relay.')}.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
-def relay_command(listen, secret_file, verbose) -> None:
+def relay_command(listen, secret_file, limit_settings, verbose) -> None:
     """Run the relay on its own: it joins the two halves of connections that cannot be punched
     (symmetric NATs, filtering) with splice(2), and answers NAT probes. Pair it with
     `boxer coordinator --relay external`."""
@@ -81,8 +96,9 @@ def relay_command(listen, secret_file, verbose) -> None:
 
     setup_logging(verbose + 1, "relay")
     host, port = endpoint_option(listen, "--listen")
+    _, relay_limits = _limits(limit_settings)
     try:
         secret = load_secret(secret_file, os.environ.get("BOXER_SECRET"))
     except SecretError as exc:
         raise SystemExit(fail(str(exc), 2)) from None
-    aio.run(serve_relay(host, port, secret))
+    aio.run(serve_relay(host, port, secret, relay_limits))
