@@ -6,11 +6,15 @@ sees at once why the combination is refused.
 
 from __future__ import annotations
 
+import difflib
+import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 from boxer.controller.spec import Backend, Deployment, Metric, PartitionPolicy, Placement, Service
 
-__all__ = ["cross_field_issues", "lambda_backend_issues"]
+__all__ = ["command_warnings", "cross_field_issues", "lambda_backend_issues"]
 
 Finding = tuple[tuple[str | int, ...], object, str]
 
@@ -84,6 +88,15 @@ def _service_issues(name: str, svc: Service) -> Iterator[Finding]:
         )
     yield from _placement_issues(base, svc, max_instances)
     yield from _hostname_issues(base, svc, max_instances)
+    fields = _service_fields()
+    for key in svc.env:
+        if key in fields:
+            yield (
+                (*base, "env", key),
+                svc.env[key],
+                f"{key!r} is a field of the service, not an environment variable: it is indented"
+                " under `env:`; dedent it to line up with `env:`",
+            )
     for key in _RESERVED_ENV:
         if key in svc.env:
             yield (
@@ -93,6 +106,50 @@ def _service_issues(name: str, svc: Service) -> Iterator[Finding]:
             )
     if svc.autoscale is not None:
         yield from _autoscale_issues((*base, "autoscale"), svc)
+
+
+def _service_fields() -> set[str]:
+    return {info.alias or name for name, info in Service.model_fields.items()}
+
+
+def command_warnings(deployment: Deployment, base_dir: Path, path: str | None) -> list[Finding]:
+    """Programs the lab would not find: each service's command[0] looked up as its instances
+    will (on `path`, the PATH the lab hosts get, or the service's own env PATH; a relative path
+    from `base_dir`, the file's folder, where instances start). Warnings, not errors: the file
+    may be meant for another machine, and on the lambda backend the command runs in the image."""
+    if deployment.backend is Backend.LAMBDA:
+        return []
+    findings: list[Finding] = []
+    for name, svc in deployment.services.items():
+        program = svc.command[0]
+        if "{" in program:
+            continue  # a placeholder: known only per instance
+        if "/" in program:
+            target = Path(os.path.normpath(base_dir / program))
+            found = target.is_file() and os.access(target, os.X_OK)
+            where = f"no executable file {target}"
+        else:
+            search = svc.env.get("PATH", path)
+            found = shutil.which(program, path=search) is not None
+            where = ("not found on its env PATH" if "PATH" in svc.env
+                     else "not found on the PATH instances get (that of `boxer up`)")
+        if not found:
+            close = difflib.get_close_matches(program, _programs_on(path), n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]!r}?" if close and "/" not in program else ""
+            findings.append((("services", name, "command", 0), program,
+                             f"command {program!r}: {where}{hint} (instances would exit with"
+                             " status 127)"))
+    return findings
+
+
+def _programs_on(path: str | None) -> list[str]:
+    names: set[str] = set()
+    for folder in (path or os.defpath).split(os.pathsep):
+        try:
+            names.update(os.listdir(folder))
+        except OSError:
+            continue
+    return sorted(names)
 
 
 def _placement_issues(base: tuple[str, ...], svc: Service, max_instances: int) -> Iterator[Finding]:

@@ -8,7 +8,11 @@ which only run on a file that passed the first stage. All issues of a stage are 
 from __future__ import annotations
 
 import difflib
+import json
 import logging
+import os
+import re
+import shlex
 import types
 import typing
 from enum import Enum
@@ -19,11 +23,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from boxer.controller._yaml import Located, load_with_lines
-from boxer.controller.checks import cross_field_issues
+from boxer.controller.checks import command_warnings, cross_field_issues
 from boxer.controller.errors import DeploymentFileError, Issue
 from boxer.controller.spec import _DNS_LABEL, _ENV_NAME, Backend, Deployment
 
-__all__ = ["load_deployment", "parse_deployment"]
+__all__ = ["deployment_warnings", "load_deployment", "parse_deployment"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,20 @@ def parse_deployment(text: str, filename: str = "<deployment>", *,
     return deployment
 
 
+def deployment_warnings(path: str | Path, deployment: Deployment, search_path: str | None = None) -> list[Issue]:
+    """What is valid but will likely fail when it runs (a command the lab would not find), with
+    file:line like the errors. `search_path`: the PATH instances get (default: ours)."""
+    path = Path(path)
+    try:
+        located = load_with_lines(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    found = command_warnings(deployment, path.resolve().parent,
+                             os.environ.get("PATH") if search_path is None else search_path)
+    return [Issue(str(path), located.line_of(where), _dotted(where), value, message)
+            for where, value, message in found]
+
+
 def _without_echoes(errors: list[Any]) -> list[Any]:
     """Drop a list's "too short" error when it only echoes failures of its own items."""
     locs = [tuple(error["loc"]) for error in errors]
@@ -135,8 +153,11 @@ def _schema_issue(error: Any, located: Located, filename: str) -> Issue:
             located.line_of(loc),
             _dotted(loc),
             _shorten(value),
-            _unknown_field_message(str(loc[-1]), _field_names(loc[:-1])),
+            _misplaced_hint(loc) or _unknown_field_message(str(loc[-1]), _field_names(loc[:-1])),
         )
+    compose_hint = _compose_form_hint(loc, kind, value)
+    if compose_hint:
+        return Issue(filename, located.line_of(loc), _dotted(loc), _shorten(value), compose_hint)
     if kind == "missing":
         return Issue(
             filename,
@@ -153,7 +174,12 @@ def _schema_issue(error: Any, located: Located, filename: str) -> Issue:
         message = _PATTERN_HELP.get(error["ctx"]["pattern"], message)
     if isinstance(value, bool):
         message += " (YAML reads yes/no/on/off/true/false as booleans: quote the text)"
-    if key_error:
+    if key_error and len(path) >= 2 and path[-2] == "env" and isinstance(value, str):
+        fixed = re.sub(r"[^A-Za-z0-9_]", "_", value)
+        fixed = f"_{fixed}" if fixed[:1].isdigit() else fixed
+        message = (f"not an environment variable name ({_PATTERN_HELP[_ENV_NAME]}); a shell could"
+                   f" not read it: call it {fixed.upper()!r}, say")
+    elif key_error:
         message = f"invalid name: {message}"
     suggestion = _value_suggestion(loc, value)
     if suggestion:
@@ -165,6 +191,53 @@ def _schema_issue(error: Any, located: Located, filename: str) -> Issue:
         _shorten(value),
         f"got {_shorten(value)!r}: {message}",
     )
+
+
+def _misplaced_hint(loc: tuple[_LocPart, ...]) -> str | None:
+    """An unknown field that is known one level up (indented too deep), or an environment
+    variable written beside `env:` instead of under it (indented too little)."""
+    key = str(loc[-1])
+    if len(loc) >= 3 and key in _field_names(loc[:-2]) and key not in _field_names(loc[:-1]):
+        parent = _dotted(loc[:-2]) or "the top level"
+        return (f"{key!r} is a field of {parent}, one level up: dedent it to line up with"
+                f" {str(loc[-2])!r}")
+    if len(loc) == 3 and loc[0] == "services" and _ENV_VAR_LIKE.match(key):
+        return (f"unknown field {key!r}: it looks like an environment variable, which belongs"
+                " under `env:` (indent it below `env:` of this service)")
+    return None
+
+
+# How environment variables are usually spelled (upper case); a service field never is.
+_ENV_VAR_LIKE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def _yaml_flow(item: str) -> str:
+    """One list item or value as it reads in YAML flow style, quoted only where it must be."""
+    plain = re.fullmatch(r"[A-Za-z0-9_./:=+@%-]+", item) and item[0] not in ":@%" and item != "-"
+    return item if plain else json.dumps(item)
+
+
+def _compose_form_hint(loc: tuple[_LocPart, ...], kind: str, value: object) -> str | None:
+    """Docker Compose allows `command: "python3 app.py"` and `env` as a list of NAME=value; we
+    take neither (no shell runs the command, and a list of strings hides typos in names), so
+    show the form to write instead, made from what the user wrote."""
+    if len(loc) != 3 or loc[0] != "services":
+        return None
+    if loc[2] == "command" and isinstance(value, str) and kind in ("tuple_type", "list_type"):
+        try:
+            words = shlex.split(value)
+        except ValueError:
+            words = value.split()
+        form = "[" + ", ".join(_yaml_flow(w) for w in words) + "]"
+        return (f"got {value!r}: command is a list of arguments, not a shell line (boxer runs no"
+                f" shell): write `command: {form}`, or `command: [sh, -c, {json.dumps(value)}]`"
+                " for pipes and $VARIABLES")
+    if loc[2] == "env" and isinstance(value, list) and kind == "dict_type":
+        pairs = [str(item).partition("=") for item in value]
+        form = "{" + ", ".join(f"{name}: {_yaml_flow(text)}" for name, _, text in pairs) + "}"
+        return (f"env is a mapping of NAME: value, not a list of NAME=value (Compose's list"
+                f" form): write `env: {form}`")
+    return None
 
 
 def _unknown_field_message(key: str, allowed: list[str]) -> str:

@@ -95,7 +95,9 @@ def test_missing_and_wrongly_typed_fields() -> None:
         "d.yaml:2: services.web.command: required field is missing",
         ("d.yaml:3: services.web.env.PORT: got True: Input should be a valid string (YAML reads"
          " yes/no/on/off/true/false as booleans: quote the text)"),
-        "d.yaml:5: services.db.command: got 'redis-server': Input should be a list",
+        ("d.yaml:5: services.db.command: got 'redis-server': command is a list of arguments, not a"
+         " shell line (boxer runs no shell): write `command: [redis-server]`, or `command: [sh, -c,"
+         ' "redis-server"]` for pipes and $VARIABLES'),
     ]
 
 
@@ -110,8 +112,9 @@ def test_bad_names() -> None:
         ("d.yaml:2: services.Web_1: got 'Web_1': invalid name: use lowercase letters, digits and"
          " '-', not at either end, at most 63 characters (a DNS label: this name is a host name"
          " on the overlay)"),
-        ("d.yaml:4: services.Web_1.env.9LIVES: got '9LIVES': invalid name: use letters, digits"
-         " and '_', not starting with a digit"),
+        ("d.yaml:4: services.Web_1.env.9LIVES: got '9LIVES': not an environment variable name"
+         " (use letters, digits and '_', not starting with a digit); a shell could not read it:"
+         " call it '_9LIVES', say"),
     ]
 
 

@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 def check_command(file: Path, output: str) -> None:
     """Validate a deployment file without running anything.
 
-    Exits 0 and prints a short summary when FILE is valid; exits 1 and lists every problem
-    (file:line, field, bad value, what is allowed) otherwise.
+    Exits 0 and prints a short summary when FILE is valid, after a `warning:` line on stderr
+    for each thing that will likely fail when it runs (a command not found on the PATH the lab's
+    instances get); exits 1 and lists every problem (file:line, field, bad value, what is
+    allowed, what to write instead) otherwise.
     """
     # Imported here: pydantic costs start-up time every other boxer command should not pay.
     from boxer.controller.errors import DeploymentFileError
-    from boxer.controller.validate import load_deployment
+    from boxer.controller.validate import deployment_warnings, load_deployment
 
     try:
         deployment = load_deployment(file)
@@ -42,12 +44,16 @@ def check_command(file: Path, output: str) -> None:
             for issue in exc.issues:
                 click.echo(str(issue), err=True)
         raise SystemExit(1) from None
+    warnings = deployment_warnings(file, deployment)
     if output == "json":
         click.echo(json.dumps(
-            {"valid": True, "backend": deployment.backend.value, "services": _rows(deployment)},
-            indent=2,
+            {"valid": True, "backend": deployment.backend.value, "services": _rows(deployment),
+             "warnings": [issue.to_dict() for issue in warnings]},
+            indent=2, default=str,
         ))
         return
+    for issue in warnings:
+        click.echo(f"warning: {issue}", err=True)
     count = len(deployment.services)
     click.echo(f"{file}: valid, backend {deployment.backend.value},"
                f" {count} service{'' if count == 1 else 's'}")
