@@ -15,6 +15,7 @@
 #define BOXER_INTERNAL_H
 
 #include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -111,13 +112,25 @@ struct boxer_config {
 
 /* Reads the environment once (pthread_once) and returns the result; never NULL. */
 BOXER_HIDDEN const struct boxer_config *boxer_config(void);
+/* true: BOXER_AGENT_SOCK is set and we run in the process that owns our state. A child sharing
+ * the parent's memory (vfork, posix_spawn, clone(CLONE_VM)) gets false: every wrapper then goes
+ * straight to libc, taking no lock and allocating nothing (one getpid syscall per call). */
 BOXER_HIDDEN bool boxer_enabled(void);
+/* true in a child that shares the memory of the process that owns our state (see above). */
+BOXER_HIDDEN bool boxer_in_vm_child(void);
 BOXER_HIDDEN bool boxer_in_overlay(struct in_addr a);
 
 BOXER_HIDDEN void boxer_log_impl(enum boxer_log_level level, const char *func, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* "boxer-preload[pid] func: msg" on stderr, if level <= BOXER_LOG. errno is preserved. */
 #define BOXER_LOG(level, ...) boxer_log_impl(BOXER_LOG_##level, __func__, __VA_ARGS__)
+/* A broken invariant of ours (a lock that failed): "boxer-preload[pid] BUG: what: error" on
+ * stderr whatever BOXER_LOG says, then abort(). */
+BOXER_HIDDEN void boxer_die(const char *what, int err) __attribute__((noreturn));
+/* Locks and unlocks an error-checking mutex of ours, dying on failure (see boxer_die). */
+BOXER_HIDDEN void boxer_mutex_init(pthread_mutex_t *m);
+BOXER_HIDDEN void boxer_mutex_lock(pthread_mutex_t *m, const char *what);
+BOXER_HIDDEN void boxer_mutex_unlock(pthread_mutex_t *m, const char *what);
 
 /* ---- fdtable.c ----------------------------------------------------------------------- */
 
@@ -149,7 +162,10 @@ struct boxer_sock {
     } epoll[BOXER_EPOLL_MAX];
 };
 
-/* All functions take the table mutex themselves and never block otherwise. */
+/* Whether fd has an entry: lock-free (an atomic read of the published table), so safe in a
+ * child that shares our memory, and cheap enough for every call on every fd. */
+BOXER_HIDDEN bool boxer_fd_tracked(int fd);
+/* All functions below take the table mutex themselves and never block otherwise. */
 /* Copies the info of fd into *out; false if fd is not tracked. */
 BOXER_HIDDEN bool boxer_fd_get(int fd, struct boxer_sock *out);
 /* Starts tracking a new socket on fd (replacing any stale entry). */

@@ -9,12 +9,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "boxer_internal.h"
 
 static struct boxer_config config;
 static pthread_once_t config_once = PTHREAD_ONCE_INIT;
+
+/* The process whose memory our state lives in. A child that shares that memory (vfork,
+ * posix_spawn, clone(CLONE_VM)) has another pid but sees this value unchanged: it must leave
+ * our state alone. fork() children run the atfork handler below and become owners of their copy.
+ * Read with a raw syscall: a libc that caches the pid could show a vfork child the parent's. */
+static pid_t owner_pid;
+
+static pid_t raw_getpid(void) { return (pid_t)syscall(SYS_getpid); }
+static void owner_child(void) { __atomic_store_n(&owner_pid, raw_getpid(), __ATOMIC_RELAXED); }
 
 #define DEFAULT_PREFIX "100.64.0.0/10"
 #define DEFAULT_WAKE "127.0.0.2"
@@ -60,6 +70,11 @@ static bool parse_cidr(const char *text, uint32_t *net, uint32_t *mask)
 
 static void load(void)
 {
+    /* Loaded by the constructor, in the process that owns this memory (never in a vfork child:
+     * the constructor ran before it could exist). The handler is registered before any other of
+     * ours, so a fork child is the owner before any of our other child handlers runs. */
+    owner_pid = raw_getpid();
+    pthread_atfork(NULL, NULL, owner_child);
     config.log_level = parse_level(getenv("BOXER_LOG"));
 
     const char *sock = getenv("BOXER_AGENT_SOCK");
@@ -119,7 +134,15 @@ const struct boxer_config *boxer_config(void)
     return &config;
 }
 
-bool boxer_enabled(void) { return boxer_config()->enabled; }
+bool boxer_enabled(void)
+{
+    return boxer_config()->enabled && !boxer_in_vm_child();
+}
+
+bool boxer_in_vm_child(void)
+{
+    return raw_getpid() != __atomic_load_n(&owner_pid, __ATOMIC_RELAXED);
+}
 
 bool boxer_in_overlay(struct in_addr a)
 {
@@ -151,4 +174,39 @@ void boxer_log_impl(enum boxer_log_level level, const char *func, const char *fm
     buf[n++] = '\n';
     (void)!write(STDERR_FILENO, buf, (size_t)n);
     errno = saved;
+}
+
+void boxer_die(const char *what, int err)
+{
+    char buf[256];
+    int n = snprintf(buf, sizeof buf, "boxer-preload[%d] BUG: %s: %s; aborting\n", (int)raw_getpid(),
+                     what, strerror(err));
+    if (n > 0)
+        (void)!write(STDERR_FILENO, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    abort();
+}
+
+void boxer_mutex_init(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+    int rc = pthread_mutex_init(m, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0)
+        boxer_die("pthread_mutex_init", rc);
+}
+
+void boxer_mutex_lock(pthread_mutex_t *m, const char *what)
+{
+    int rc = pthread_mutex_lock(m);
+    if (rc != 0)
+        boxer_die(what, rc);
+}
+
+void boxer_mutex_unlock(pthread_mutex_t *m, const char *what)
+{
+    int rc = pthread_mutex_unlock(m);
+    if (rc != 0)
+        boxer_die(what, rc);
 }

@@ -26,8 +26,15 @@
 static pthread_mutex_t mutex;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
-static struct boxer_sock **slots;
-static size_t nslots;
+/* The table itself: published with one atomic pointer so that boxer_fd_tracked() can read it
+ * without the lock (a vfork child may, and every call on an untracked fd does). A table that is
+ * outgrown is never freed, since a lock-free reader may still look at it: growth past the first
+ * allocation (RLIMIT_NOFILE, at most 65536 slots) is rare and doubles each time. */
+struct table {
+    size_t n;
+    struct boxer_sock *slot[];
+};
+static struct table *table;
 
 struct ai_entry {
     struct addrinfo *ai;
@@ -35,28 +42,12 @@ struct ai_entry {
 };
 static struct ai_entry *ai_registry;
 
-static void mutex_create(void)
-{
-    pthread_mutexattr_t attr;
-    pthread_mutexattr_init(&attr);
-    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
-    pthread_mutex_init(&mutex, &attr);
-    pthread_mutexattr_destroy(&attr);
-}
+static void mutex_create(void) { boxer_mutex_init(&mutex); }
 
-static void lock(void)
-{
-    int rc = pthread_mutex_lock(&mutex);
-    if (rc != 0) /* EDEADLK: a bug of ours, never the app's; say so loudly */
-        BOXER_LOG(ERROR, "pthread_mutex_lock: %s", strerror(rc));
-}
-
-static void unlock(void)
-{
-    int rc = pthread_mutex_unlock(&mutex);
-    if (rc != 0)
-        BOXER_LOG(ERROR, "pthread_mutex_unlock: %s", strerror(rc));
-}
+/* A failed lock or unlock (EDEADLK, EPERM) is a bug of ours, never the app's: carrying on would
+ * corrupt the table, so say so and stop. */
+static void lock(void) { boxer_mutex_lock(&mutex, "lock(fd table)"); }
+static void unlock(void) { boxer_mutex_unlock(&mutex, "unlock(fd table)"); }
 
 static void atfork_prepare(void) { lock(); }
 static void atfork_parent(void) { unlock(); }
@@ -72,8 +63,10 @@ static void init(void)
         want = (size_t)rl.rlim_cur;
     if (want > INITIAL_MAX)
         want = INITIAL_MAX;
-    slots = calloc(want, sizeof *slots);
-    nslots = slots != NULL ? want : 0;
+    struct table *t = calloc(1, sizeof *t + want * sizeof t->slot[0]);
+    if (t != NULL)
+        t->n = want;
+    __atomic_store_n(&table, t, __ATOMIC_RELEASE);
 }
 
 static void lock_table(void)
@@ -87,25 +80,39 @@ static bool ensure(int fd)
 {
     if (fd < 0)
         return false;
-    if ((size_t)fd < nslots)
+    struct table *t = table;
+    size_t have = t != NULL ? t->n : 0;
+    if ((size_t)fd < have)
         return true;
-    size_t n = nslots ? nslots : 1024;
+    size_t n = have ? have : 1024;
     while (n <= (size_t)fd)
         n *= 2;
-    struct boxer_sock **grown = realloc(slots, n * sizeof *slots);
+    struct table *grown = calloc(1, sizeof *grown + n * sizeof grown->slot[0]);
     if (grown == NULL) {
         BOXER_LOG(ERROR, "out of memory growing the fd table to %zu", n);
         return false;
     }
-    memset(grown + nslots, 0, (n - nslots) * sizeof *slots);
-    slots = grown;
-    nslots = n;
+    grown->n = n;
+    if (t != NULL)
+        memcpy(grown->slot, t->slot, have * sizeof t->slot[0]);
+    __atomic_store_n(&table, grown, __ATOMIC_RELEASE); /* the old one stays: see struct table */
     return true;
 }
 
 static struct boxer_sock *slot(int fd) /* locked */
 {
-    return fd >= 0 && (size_t)fd < nslots ? slots[fd] : NULL;
+    struct table *t = table;
+    return t != NULL && fd >= 0 && (size_t)fd < t->n ? t->slot[fd] : NULL;
+}
+
+/* Sets slot fd (which ensure() made room for). Locked; atomic for lock-free readers. */
+static void set_slot(int fd, struct boxer_sock *s) { __atomic_store_n(&table->slot[fd], s, __ATOMIC_RELEASE); }
+
+bool boxer_fd_tracked(int fd)
+{
+    struct table *t = __atomic_load_n(&table, __ATOMIC_ACQUIRE);
+    return t != NULL && fd >= 0 && (size_t)fd < t->n &&
+           __atomic_load_n(&t->slot[fd], __ATOMIC_RELAXED) != NULL;
 }
 
 /* Empties slot fd; returns the port to UNLISTEN, or 0. Locked. */
@@ -114,7 +121,7 @@ static uint16_t release(int fd)
     struct boxer_sock *s = slot(fd);
     if (s == NULL)
         return 0;
-    slots[fd] = NULL;
+    set_slot(fd, NULL);
     if (--s->refcount > 0)
         return 0;
     uint16_t port = 0;
@@ -145,7 +152,7 @@ void boxer_fd_track(int fd, int family)
     if (s != NULL && ensure(fd)) {
         s->refcount = 1;
         s->family = family;
-        slots[fd] = s;
+        set_slot(fd, s);
         s = NULL;
     }
     unlock();
@@ -165,7 +172,7 @@ void boxer_fd_update(int fd, const struct boxer_sock *info)
         s = fresh;
         s->refcount = 1;
         fresh = NULL;
-        slots[fd] = s;
+        set_slot(fd, s);
     }
     if (s != NULL) {
         /* The epoll records belong to this module: the caller's copy may be stale. */
@@ -195,9 +202,10 @@ bool boxer_fd_drop_range(unsigned int *next, unsigned int last, uint16_t *port)
     int saved = errno;
     lock_table();
     *port = 0;
-    for (unsigned int fd = *next; fd <= last && fd < nslots && *port == 0; fd++) {
+    size_t n = table != NULL ? table->n : 0;
+    for (unsigned int fd = *next; fd <= last && fd < n && *port == 0; fd++) {
         *port = release((int)fd);
-        *next = fd + 1; /* fd < nslots: cannot wrap */
+        *next = fd + 1; /* fd < n: cannot wrap */
     }
     unlock();
     errno = saved;
@@ -214,7 +222,7 @@ uint16_t boxer_fd_dup(int oldfd, int newfd)
         port = release(newfd);
     if (s != NULL && slot(newfd) == NULL && ensure(newfd)) {
         s->refcount++;
-        slots[newfd] = s;
+        set_slot(newfd, s);
     }
     unlock();
     errno = saved;
@@ -281,7 +289,8 @@ int boxer_fd_finish_connect(int fd, uint32_t connect_id, int received,
         *fresh = *s;
         fresh->refcount = 1;
         s->refcount--;
-        s = slots[fd] = fresh;
+        s = fresh;
+        set_slot(fd, s);
         fresh = NULL;
     }
     int fdflags = libc_fcntl(fd, F_GETFD, NULL);

@@ -173,16 +173,27 @@ static void send_unlisten(uint16_t port)
 
 /* ---- socket, bind, listen ------------------------------------------------------------------- */
 
+/* The entry test of the wrappers that take an fd: true if fd (or newfd, -1 if none) has an entry
+ * and we may touch our state. The lock-free look-up comes first, so calls on the app's other
+ * descriptors cost neither a lock nor the getpid syscall of the CLONE_VM test. */
+static bool ours(int fd, int newfd)
+{
+    return boxer_config()->enabled && (boxer_fd_tracked(fd) || (newfd >= 0 && boxer_fd_tracked(newfd))) &&
+           !boxer_in_vm_child();
+}
+
 static int boxer_socket(int domain, int type, int protocol)
 {
     int fd = libc_socket(domain, type, protocol);
-    if (fd < 0 || !boxer_enabled())
+    if (fd < 0 || !boxer_config()->enabled)
         return fd;
     if ((domain == AF_INET || domain == AF_INET6) &&
-        (type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) == SOCK_STREAM)
-        boxer_fd_track(fd, domain);
-    else
+        (type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) == SOCK_STREAM) {
+        if (!boxer_in_vm_child())
+            boxer_fd_track(fd, domain);
+    } else if (ours(fd, -1)) {
         (void)boxer_fd_drop(fd); /* a stale entry must not describe this new fd */
+    }
     return fd;
 }
 
@@ -190,7 +201,7 @@ static int boxer_bind(int fd, const struct sockaddr *addr, socklen_t len)
 {
     struct boxer_sock info;
     struct sockaddr_in v4;
-    if (!boxer_enabled() || !boxer_fd_get(fd, &info) || addr == NULL ||
+    if (!ours(fd, -1) || !boxer_fd_get(fd, &info) || addr == NULL ||
         addr->sa_family != info.family || !boxer_sockaddr_v4(addr, len, &v4) ||
         !boxer_in_overlay(v4.sin_addr))
         return libc_bind(fd, addr, len);
@@ -227,7 +238,7 @@ static int boxer_bind(int fd, const struct sockaddr *addr, socklen_t len)
 static int boxer_listen(int fd, int backlog)
 {
     struct boxer_sock info;
-    if (!boxer_enabled() || !boxer_fd_get(fd, &info))
+    if (!ours(fd, -1) || !boxer_fd_get(fd, &info))
         return libc_listen(fd, backlog);
     int rc = libc_listen(fd, backlog);
     if (rc < 0 || info.listening) /* a second listen() only changes the backlog */
@@ -317,7 +328,7 @@ static int take_overlay_connection(int lfd, const struct boxer_sock *listener, i
 static int boxer_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags)
 {
     struct boxer_sock listener;
-    if (!boxer_enabled() || !boxer_fd_get(fd, &listener))
+    if (!ours(fd, -1) || !boxer_fd_get(fd, &listener))
         return libc_accept4(fd, addr, addrlen, flags);
 
     struct sockaddr_storage ss;
@@ -383,16 +394,18 @@ static struct {
     int wake;    /* eventfd: a job was added */
     struct connect_job *jobs;
     int outstanding; /* jobs in the list */
-} worker = {.mutex = PTHREAD_MUTEX_INITIALIZER};
+} worker = {.mutex = PTHREAD_ERRORCHECK_MUTEX_INITIALIZER_NP};
 
 static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
 static uint32_t next_connect_id;
 
-static void worker_prepare(void) { pthread_mutex_lock(&worker.mutex); }
-static void worker_parent(void) { pthread_mutex_unlock(&worker.mutex); }
+static void worker_lock(void) { boxer_mutex_lock(&worker.mutex, "lock(connect worker)"); }
+static void worker_unlock(void) { boxer_mutex_unlock(&worker.mutex, "unlock(connect worker)"); }
+static void worker_prepare(void) { worker_lock(); }
+static void worker_parent(void) { worker_unlock(); }
 static void worker_child(void)
 {
-    pthread_mutex_init(&worker.mutex, NULL);
+    boxer_mutex_init(&worker.mutex);
     /* The worker thread did not survive fork. The parent completes its connects (its dup3 is
      * its own; the child's copies of those fds stay placeholders and see the HUP). */
     for (struct connect_job *j = worker.jobs, *next; j != NULL; j = next) {
@@ -451,7 +464,7 @@ static void *worker_main(void *arg)
     struct connect_job **index = NULL;
     size_t cap = 0;
     for (;;) {
-        pthread_mutex_lock(&worker.mutex);
+        worker_lock();
         size_t n = 1;
         for (struct connect_job *j = worker.jobs; j != NULL; j = j->next)
             n++;
@@ -476,7 +489,7 @@ static void *worker_main(void *arg)
             index[k] = j;
             pfds[k++] = (struct pollfd){.fd = j->agent, .events = POLLIN};
         }
-        pthread_mutex_unlock(&worker.mutex);
+        worker_unlock();
         if (poll(pfds, k, -1) < 0)
             continue; /* EINTR (signals are blocked here, but be safe) */
         if (pfds[0].revents & POLLIN) {
@@ -487,7 +500,7 @@ static void *worker_main(void *arg)
             if (pfds[i].revents == 0)
                 continue;
             struct connect_job *job = index[i];
-            pthread_mutex_lock(&worker.mutex);
+            worker_lock();
             for (struct connect_job **pp = &worker.jobs; *pp != NULL; pp = &(*pp)->next) {
                 if (*pp == job) {
                     *pp = job->next;
@@ -495,7 +508,7 @@ static void *worker_main(void *arg)
                     break;
                 }
             }
-            pthread_mutex_unlock(&worker.mutex);
+            worker_unlock();
             complete(job); /* the reply is there: one sendmsg of 300 bytes */
             free(job);
         }
@@ -514,16 +527,16 @@ static void *worker_main(void *arg)
 static bool worker_submit(struct connect_job *job)
 {
     pthread_once(&worker_once, worker_atfork);
-    pthread_mutex_lock(&worker.mutex);
+    worker_lock();
     if (worker.outstanding >= ASYNC_CONNECT_MAX && worker.pid == getpid()) {
-        pthread_mutex_unlock(&worker.mutex);
+        worker_unlock();
         errno = EAGAIN;
         return false;
     }
     if (worker.pid != getpid()) {
         worker.wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (worker.wake < 0) {
-            pthread_mutex_unlock(&worker.mutex);
+            worker_unlock();
             return false;
         }
         pthread_attr_t attr;
@@ -541,7 +554,7 @@ static bool worker_submit(struct connect_job *job)
         if (rc != 0) {
             BOXER_LOG(WARN, "cannot start the connect worker: %s", strerror(rc));
             libc_close(worker.wake);
-            pthread_mutex_unlock(&worker.mutex);
+            worker_unlock();
             return false;
         }
         worker.pid = getpid();
@@ -551,7 +564,7 @@ static bool worker_submit(struct connect_job *job)
     worker.outstanding++;
     uint64_t one = 1;
     (void)!write(worker.wake, &one, sizeof one);
-    pthread_mutex_unlock(&worker.mutex);
+    worker_unlock();
     return true;
 }
 
@@ -619,7 +632,7 @@ static int boxer_connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     struct boxer_sock info;
     struct sockaddr_in dst;
-    if (!boxer_enabled() || !boxer_fd_get(fd, &info))
+    if (!ours(fd, -1) || !boxer_fd_get(fd, &info))
         return libc_connect(fd, addr, len);
     /* The outcome of an asynchronous connect, as the kernel reports it to a second connect():
      * EALREADY while in progress, then 0 (or the error) once, then EISCONN. */
@@ -705,7 +718,7 @@ static int boxer_connect(int fd, const struct sockaddr *addr, socklen_t len)
 static int boxer_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 {
     int err;
-    if (level != SOL_SOCKET || name != SO_ERROR || !boxer_enabled() || val == NULL ||
+    if (level != SOL_SOCKET || name != SO_ERROR || !ours(fd, -1) || val == NULL ||
         len == NULL || (int)*len < 0 || !boxer_fd_take_error(fd, &err))
         return libc_getsockopt(fd, level, name, val, len);
     memcpy(val, &err, *len < sizeof err ? *len : sizeof err);
@@ -717,7 +730,7 @@ static int boxer_getsockopt(int fd, int level, int name, void *val, socklen_t *l
 static int boxer_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
     int rc;
-    if (boxer_enabled() && boxer_fd_epoll_ctl(epfd, op, fd, ev, &rc))
+    if (ours(fd, -1) && boxer_fd_epoll_ctl(epfd, op, fd, ev, &rc))
         return rc;
     return libc_epoll_ctl(epfd, op, fd, ev);
 }
@@ -727,7 +740,7 @@ static int boxer_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 static int boxer_getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 {
     struct boxer_sock info;
-    if (!boxer_enabled() || !boxer_fd_get(fd, &info))
+    if (!ours(fd, -1) || !boxer_fd_get(fd, &info))
         return libc_getsockname(fd, addr, len);
     if (info.connect_id != 0 && boxer_config()->have_addr && len != NULL) {
         /* In progress: our address, port not known yet (not the placeholder's loopback). */
@@ -765,7 +778,7 @@ static int boxer_getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 static int boxer_getpeername(int fd, struct sockaddr *addr, socklen_t *len)
 {
     struct boxer_sock info;
-    if (!boxer_enabled() || !boxer_fd_get(fd, &info) || !info.connected)
+    if (!ours(fd, -1) || !boxer_fd_get(fd, &info) || !info.connected)
         return libc_getpeername(fd, addr, len);
     if (len == NULL) {
         errno = EFAULT;
@@ -779,7 +792,7 @@ static int boxer_getpeername(int fd, struct sockaddr *addr, socklen_t *len)
 
 static int boxer_close(int fd)
 {
-    if (!boxer_enabled())
+    if (!ours(fd, -1))
         return libc_close(fd);
     /* Detach first, then close: once the number is free another thread may get it from
      * socket() and track it, and we must not drop that new entry. */
@@ -806,7 +819,7 @@ static int boxer_close_range(unsigned int first, unsigned int last, int flags)
 static int boxer_dup(int oldfd)
 {
     int newfd = libc_dup(oldfd);
-    if (newfd >= 0 && boxer_enabled())
+    if (newfd >= 0 && ours(oldfd, newfd))
         send_unlisten(boxer_fd_dup(oldfd, newfd));
     return newfd;
 }
@@ -814,7 +827,7 @@ static int boxer_dup(int oldfd)
 static int boxer_dup3(int oldfd, int newfd, int flags, bool is_dup2)
 {
     int rc = is_dup2 ? libc_dup2(oldfd, newfd) : libc_dup3(oldfd, newfd, flags);
-    if (rc >= 0 && oldfd != newfd && boxer_enabled())
+    if (rc >= 0 && oldfd != newfd && ours(oldfd, newfd))
         send_unlisten(boxer_fd_dup(oldfd, newfd)); /* newfd was closed if it was open */
     return rc;
 }
@@ -822,7 +835,7 @@ static int boxer_dup3(int oldfd, int newfd, int flags, bool is_dup2)
 static int boxer_fcntl(int fd, int cmd, void *arg)
 {
     int rc = libc_fcntl(fd, cmd, arg);
-    if (rc >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && boxer_enabled())
+    if (rc >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && ours(fd, rc))
         send_unlisten(boxer_fd_dup(fd, rc));
     return rc;
 }

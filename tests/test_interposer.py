@@ -47,6 +47,9 @@ def gcc() -> str:
 
 @pytest.fixture(scope="session")
 def lib() -> Path:
+    other = os.environ.get("BOXER_TEST_PRELOAD")  # another build, e.g. main's, to compare
+    if other:
+        return Path(other)
     if not LIB.exists():
         pytest.skip(f"{LIB} missing: run `pip install -e .` to build the interposer")
     newest = max(p.stat().st_mtime for p in SOURCES)
@@ -415,6 +418,7 @@ def _serve_one(agent, r, family: str, overlay_bound: bool) -> None:
     listen = agent.wait_for(lambda m: m.op == ipc.Op.LISTEN and m.port == port)
     assert listen.flags == (1 if overlay_bound else 0)
     remote = agent.deliver(port, PEER)
+    remote.settimeout(10)  # an app that took the wake connection for a client never answers
     with remote:
         remote.sendall(b"hello overlay")
         assert remote.recv(100) == b"hello overlay"
@@ -456,6 +460,18 @@ def test_listen_accept_delivers_overlay_connections(probe, lib, agent, backgroun
     assert ops[i:] == [("RESOLVE", "mark.before-close"), ("UNLISTEN", port),
                        ("RESOLVE", "mark.after-close")]
     assert ("ACCEPT", port) in ops
+
+
+@pytest.mark.parametrize("family", ["inet", "inet6"])
+def test_children_sharing_our_memory_leave_the_listener_alone(probe, lib, agent, background, family):
+    """posix_spawn, vfork (+ close_range, as CPython's subprocess does) and clone(CLONE_VM)
+    children call the interposer in our memory: the listener's entry must survive them, so the
+    next accept still turns the agent's wake connection into the overlay connection."""
+    r = background(probe, env_for(agent, lib), "listen", family, "-", "accept", "1", "spawn")
+    _serve_one(agent, r, family, overlay_bound=False)  # the children ran between listen and accept
+    assert r.seen["spawned"] == ["5"]
+    assert r.expect("done") == "1"
+    r.finish()
 
 
 def test_local_connections_are_untouched_and_failed_accept_aborts(probe, lib, agent,

@@ -20,6 +20,8 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
+#include <sched.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -426,8 +428,48 @@ static int cmd_aburst(int argc, char **argv)
     return 0;
 }
 
-/* listen FAMILY BINDADDR ACCEPTMODE COUNT: bind (or not: "-"), listen, accept COUNT connections
- * and echo on each. ACCEPTMODE: accept | accept4 | poll | epoll. */
+extern char **environ;
+
+/* The children that share our memory (issue 12): each calls the interposer from a CLONE_VM
+ * child, which must leave our fd table alone. */
+static int vm_child_closes(void *arg)
+{
+    (void)arg;
+    close_range(3, ~0U, 0); /* its own fds (no CLONE_FILES): what CPython's child does */
+    return 0;
+}
+
+static void spawn_children(void)
+{
+    char *true_argv[] = {"true", NULL};
+    pid_t pid;
+    CHECK(posix_spawn(&pid, "/bin/true", NULL, NULL, true_argv, environ) == 0, "posix_spawn");
+    CHECK(waitpid(pid, NULL, 0) == pid, "waitpid posix_spawn");
+    CHECK(posix_spawnp(&pid, "true", NULL, NULL, true_argv, environ) == 0, "posix_spawnp");
+    CHECK(waitpid(pid, NULL, 0) == pid, "waitpid posix_spawnp");
+    pid = vfork();
+    if (pid == 0) { /* CPython's _posixsubprocess: close_range, then exec */
+        close_range(3, ~0U, 0);
+        execve("/bin/true", true_argv, environ);
+        _exit(127);
+    }
+    CHECK(pid > 0 && waitpid(pid, NULL, 0) == pid, "vfork");
+    pid = vfork();
+    if (pid == 0) { /* no exec: closes one by one, then leaves */
+        for (int fd = 3; fd < 64; fd++)
+            close(fd);
+        _exit(0);
+    }
+    CHECK(pid > 0 && waitpid(pid, NULL, 0) == pid, "vfork");
+    static char stack[64 * 1024] __attribute__((aligned(16)));
+    pid = clone(vm_child_closes, stack + sizeof stack, CLONE_VM | SIGCHLD, NULL);
+    CHECK(pid > 0 && waitpid(pid, NULL, 0) == pid, "clone(CLONE_VM)");
+    say("spawned", "5");
+}
+
+/* listen FAMILY BINDADDR ACCEPTMODE COUNT [spawn]: bind (or not: "-"), listen, accept COUNT
+ * connections and echo on each. ACCEPTMODE: accept | accept4 | poll | epoll. spawn: first
+ * start children that share our memory (posix_spawn, vfork, clone(CLONE_VM)). */
 static int cmd_listen(int argc, char **argv)
 {
     CHECK(argc >= 4, "usage: listen inet|inet6 bindaddr|- accept|accept4|poll|epoll count");
@@ -453,6 +495,8 @@ static int cmd_listen(int argc, char **argv)
     CHECK(getsockname(lfd, (struct sockaddr *)&ss, &sl) == 0, "getsockname");
     say("listener", "%s", fmt_sa((struct sockaddr *)&ss));
     say("port", "%u", ntohs(((struct sockaddr_in *)&ss)->sin_port)); /* same offset in v6 */
+    if (argc >= 5 && strcmp(argv[4], "spawn") == 0)
+        spawn_children();
 
     int ep = -1;
     if (strcmp(mode, "epoll") == 0) {

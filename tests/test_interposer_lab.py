@@ -1,0 +1,95 @@
+"""The interposer with real programs in the lab (issue 12): children that share the app's
+memory, privilege drops, re-exec with inherited overlay sockets, and exec of programs it cannot
+wrap. Every program runs under `boxer run` on a host behind its own NAT."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from labkit import boxer_run, stop_all
+
+APPS = Path(__file__).parent / "apps"
+pytestmark = pytest.mark.lab
+
+if os.geteuid() != 0:
+    print("skipping: lab tests need root (network namespaces, iptables)")
+    pytest.skip("lab tests need root (network namespaces, iptables)", allow_module_level=True)
+for _tool in ("iptables", "gcc"):
+    if shutil.which(_tool) is None:
+        print(f"skipping: these lab tests need {_tool} (scripts/install-deps.sh)")
+        pytest.skip(f"these lab tests need {_tool}", allow_module_level=True)
+
+# Connects, reads one line, prints {"sock": [ip, port], "line": "..."}.
+CLIENT = """
+import json, socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), 10) as s:
+    s.settimeout(10)
+    data = b""
+    while not data.endswith(b"\\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    print(json.dumps({"sock": list(s.getsockname()[:2]), "line": data.decode().strip()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def lab():
+    from boxer.lab import lab_down, lab_up
+
+    name = f"ip{os.getpid() % 100000}"
+    lab = lab_up(name, hosts=2)
+    try:
+        yield lab
+    finally:
+        stop_all(_started)
+        lab_down(name)
+
+
+_started: list[subprocess.Popen] = []
+
+
+def start(lab, host: str, name: str, *argv: str, **kw) -> subprocess.Popen:
+    """A server under `boxer run`, stopped when the module's lab goes."""
+    kw.setdefault("stdout", subprocess.DEVNULL)
+    kw.setdefault("stderr", subprocess.DEVNULL)
+    proc = lab.popen(host, boxer_run(name, *argv), **kw)
+    _started.append(proc)
+    return proc
+
+
+def ask(lab, host: str, target: str, port: int, timeout: float = 30) -> dict:
+    """One overlay connection from a client under `boxer run` on host; retried until the server
+    is up (it starts on its own schedule)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = lab.run(host, boxer_run("client", sys.executable, "-c", CLIENT, target, str(port)),
+                       capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)
+        assert time.monotonic() < deadline, f"{target}:{port} never answered: {proc.stderr[-2000:]}"
+        time.sleep(0.3)
+
+
+# ---- item 2: children that share the app's memory ---------------------------------------------
+
+
+def test_python_server_running_a_subprocess_before_accept_keeps_its_listener(lab):
+    """CPython's subprocess spawns with vfork and close_range in the child: before the fix the
+    child emptied the parent's fd table and the next accept() returned the agent's raw wake
+    connection (peer 127.0.0.2) to the app, and the client read EOF."""
+    start(lab, "h1", "spawner", sys.executable, str(APPS / "spawning_server.py"), "7001")
+    for _ in range(3):  # every accept follows a subprocess
+        seen = ask(lab, "h2", "spawner", 7001)
+        peer_ip, peer_port, status = seen["line"].split()
+        assert [peer_ip, int(peer_port)] == seen["sock"]  # the client's overlay address
+        assert peer_ip.startswith("100.")
+        assert status == "0"
