@@ -1,8 +1,9 @@
 """The deployment secret and the proofs built from it.
 
 Nothing secret ever crosses the wire: each side proves it holds the secret with an HMAC over
-fresh nonces (mutual challenge-response for control sessions), over the session and ticket for
-rendezvous connections, and over the connection id and role on every punched connection.
+fresh nonces (mutual challenge-response for control sessions), over the connection's challenge,
+the session and the ticket for rendezvous connections, and over the connection id and role on
+every punched connection.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import AnyStr
 
 AGENT_PROOF = b"boxer-v1-agent"
 COORDINATOR_PROOF = b"boxer-v1-coordinator"
-OBSERVE_PROOF = b"boxer-v1-observe"
+OBSERVE_PROOF = b"boxer-v2-observe"  # v2: bound to the connection's challenge nonce
 CONNECTION_PROOF = b"boxer-v1-connection"
 RELAY_PROOF = b"boxer-v1-relay"
 CONNECTION_PROOF_SIZE = 32

@@ -421,12 +421,20 @@ class Broker:
 
     def _on_observe(self, conn: Connection, msg: m.Observe) -> list[Action]:
         if msg.v != m.PROTOCOL_VERSION:
-            return self._refuse(conn, f"protocol version {msg.v} not supported")
-        expected = auth.mac(self.secret, auth.OBSERVE_PROOF, msg.session, msg.ticket)
+            return self._refuse(conn, f"protocol version {msg.v} not supported (coordinator speaks "
+                                      f"{m.PROTOCOL_VERSION}): upgrade boxer on both sides")
+        # Bound to this connection's nonce: an Observe captured on the way and replayed from
+        # another address (so that a peer would punch toward it) proves nothing here.
+        expected = auth.mac(self.secret, auth.OBSERVE_PROOF, conn.nonce, msg.session, msg.ticket)
         if not auth.verify(expected, msg.mac) or msg.session not in self._sessions:
+            self.refusals.refuse("observe-proof", conn.opened_at, f"{conn.endpoint}: rendezvous with an unknown "
+                                 "session or a proof not made for this connection")
             return self._refuse(conn, "rendezvous refused: unknown session or wrong proof")
         if msg.ticket in self._tickets:
             return self._refuse(conn, "rendezvous refused: ticket already in use")
+        if self._tickets.was_used(msg.ticket):
+            self.refusals.refuse("ticket-reused", conn.opened_at, f"{conn.endpoint}: ticket {msg.ticket} was used")
+            return self._refuse(conn, "rendezvous refused: ticket already used (a ticket id serves once)")
         if self._tickets.count(msg.session) >= self.limits.tickets_per_session:
             self.refusals.refuse("tickets-per-session", conn.opened_at,
                                  f"session {msg.session[:8]} already holds {self.limits.tickets_per_session} tickets")

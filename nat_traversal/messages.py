@@ -9,6 +9,8 @@ Versioning: the first frame each side sends carries `v`; a coordinator refuses v
 not speak with a message naming both versions, so mismatched deployments fail loudly.
 Version 2 added heartbeats: `Registered.beat`, `Beat`, `InstanceQuiet`.
 Version 3 made membership updates deltas: `Members.version`, `MembersDelta`, `Resync`.
+Version 4 bound Observe proofs to the connection's Challenge nonce (a captured Observe replays
+nowhere) and made ticket ids and relay proofs single-use.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, ClassVar
 
 from boxer.nat_traversal.wire import ProtocolError, encode_frame
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TOKEN_RE = re.compile(r"^[0-9a-f]{8,64}$")
@@ -467,11 +469,13 @@ class ConnectFailed(Message):
 
 @dataclass(frozen=True)
 class Observe(Message):
-    """agent -> coordinator, first frame of a rendezvous connection.
+    """agent -> coordinator, first frame of a rendezvous connection, sent after its Challenge.
 
-    mac = HMAC(secret, observe-proof | session | ticket) binds the ticket to an authenticated
-    session without a second round trip. `purpose` keeps the agent's own connects and the
-    coordinator's choice of a ticket for an incoming connection from ever racing for one ticket."""
+    mac = HMAC(secret, observe-proof | challenge nonce | session | ticket) binds the ticket to an
+    authenticated session and to this connection: replayed on another connection (from another
+    address, to make a peer punch toward it) it is refused. A ticket id is used once. `purpose`
+    keeps the agent's own connects and the coordinator's choice of a ticket for an incoming
+    connection from ever racing for one ticket."""
     TYPE: ClassVar[str] = "observe"
     v: int
     session: str

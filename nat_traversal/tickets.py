@@ -5,6 +5,7 @@ every ticket of the deployment (16 per instance)."""
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 
@@ -18,8 +19,15 @@ class Ticket:
     conn: str | None = None  # the connect it backs now: a ticket backs one at a time
 
 
+# Ticket ids that served, remembered so that one never serves again: at most this many, the
+# oldest forgotten first (an id is 128 random bits: a new one is never among them by chance).
+USED_MEMORY = 65536
+
+
 class TicketTable:
-    def __init__(self) -> None:
+    def __init__(self, used_memory: int = USED_MEMORY) -> None:
+        self._used: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._used_memory = used_memory
         self._by_id: dict[str, Ticket] = {}
         self._by_session: dict[str, set[str]] = {}
         self._incoming: dict[str, dict[str, Ticket]] = {}  # session -> its incoming tickets, oldest first
@@ -42,10 +50,16 @@ class TicketTable:
         if ticket.purpose == "incoming":
             self._incoming.setdefault(ticket.session, {})[ticket.ticket] = ticket
 
+    def was_used(self, ticket_id: str) -> bool:
+        return ticket_id in self._used
+
     def pop(self, ticket_id: str) -> Ticket | None:
         ticket = self._by_id.pop(ticket_id, None)
         if ticket is None:
             return None
+        self._used[ticket_id] = None
+        if len(self._used) > self._used_memory:
+            self._used.popitem(last=False)
         ids = self._by_session.get(ticket.session)
         if ids is not None:
             ids.discard(ticket_id)

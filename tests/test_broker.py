@@ -47,10 +47,10 @@ def register(broker: Broker, cid: int, name: str, endpoint: str = "198.18.1.1:40
 
 
 def observe(broker: Broker, cid: int, session: str, ticket: str, endpoint: str) -> m.Message:
-    broker.connection_made(cid, endpoint)
+    challenge = sent(broker.connection_made(cid, endpoint))[0]
     return sent(broker.message_received(
         cid, m.Observe(v=m.PROTOCOL_VERSION, session=session, ticket=ticket,
-                       mac=auth.mac(SECRET, auth.OBSERVE_PROOF, session, ticket)), 0.0))[0]
+                       mac=auth.mac(SECRET, auth.OBSERVE_PROOF, challenge.nonce, session, ticket)), 0.0))[0]
 
 
 def test_wrong_secret_is_refused_and_closed(broker):

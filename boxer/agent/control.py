@@ -263,8 +263,12 @@ async def open_ticket(coordinator: tuple[str, int], secret: bytes, session: str,
     framed = FramedSocket(sock)
     ticket = ticket or auth.new_token()
     try:
+        # The proof covers the connection's challenge, so it is good on this connection only.
+        challenge = await asyncio.wait_for(framed.receive(), timeout)
+        if not isinstance(challenge, m.Challenge):
+            raise CoordinatorError(f"rendezvous refused: expected a challenge, got {challenge.TYPE}")
         await framed.send(m.Observe(v=m.PROTOCOL_VERSION, session=session, ticket=ticket,
-                                    mac=auth.mac(secret, auth.OBSERVE_PROOF, session, ticket),
+                                    mac=auth.mac(secret, auth.OBSERVE_PROOF, challenge.nonce, session, ticket),
                                     purpose=purpose))
         while True:
             reply = await asyncio.wait_for(framed.receive(), timeout)
@@ -272,7 +276,6 @@ async def open_ticket(coordinator: tuple[str, int], secret: bytes, session: str,
                 return Ticket(ticket, local_port, reply.endpoint, framed, session)
             if isinstance(reply, m.Refused):
                 raise CoordinatorError(f"rendezvous refused: {reply.reason}")
-            # the Challenge every connection starts with needs no answer on a rendezvous
     except BaseException:
         framed.close()
         raise
