@@ -11,6 +11,7 @@ NAT. One 5-host lab for the module:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -420,3 +421,16 @@ def test_names_in_the_hosts_file_resolve_as_without_boxer_in_nsswitch_order(apps
         assert under["kv"]["byname"] == overlay  # the overlay stands where dns does
     # Our own name is our overlay address, as a host's own name is in its /etc/hosts.
     assert re.fullmatch(r"100\.\d+\.\d+\.\d+", under["own"]["byname"]) and under["own"]["byname"] != overlay
+
+
+def test_an_instance_connects_to_its_own_name(apps):
+    proc = app(apps.lab, "h5", "selfish", sys.executable, str(DATA / "self_connect.py"))
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    own = seen["addr"]
+    assert seen["name"] == "selfish" and re.fullmatch(r"100\.\d+\.\d+\.\d+", own)
+    assert seen["reply"] == "world" and seen["server"]["data"] == "hello"
+    # Both ends are the instance's own overlay address, as on a host talking to itself.
+    assert seen["client"] == {"local": own, "peer": own}
+    assert (seen["server"]["peer"], seen["server"]["local"]) == (own, own)
+    assert seen["nothing_listening"] == errno.ECONNREFUSED

@@ -29,7 +29,7 @@ from boxer.agent.link import CoordinatorLink
 from boxer.agent.localnames import LocalNamesSource
 from boxer.agent.names import DeltaOutcome, NameTable, answer_lookup
 from boxer.agent.natprobe import probe_mapping
-from boxer.agent.outgoing import Connector, connect_locally
+from boxer.agent.outgoing import Connector, loopback_pair
 from boxer.agent.paths import PathOpener
 from boxer.agent.reports import Reporter, Sample
 from boxer.agent.signals import ConnectionTracker, IdleClock
@@ -256,12 +256,24 @@ class Agent:
             log.info("the app did not take a connection on port %d (not listening, or not accepting)",
                      event.port)
 
+    def _connect_to_ourselves(self, req: Message) -> tuple[Message, socket.socket | None]:
+        """The app connects to its own overlay address, as a host may connect to its own name: a
+        loopback connection whose far end reaches the app's listener the way every incoming
+        overlay connection does (wake, then ACCEPT), so both ends report the overlay address,
+        not 127.0.0.1. Refused, as by a real host, when the app does not listen on the port."""
+        if req.port not in self.listeners:
+            return req.reply(status=errno.ECONNREFUSED), None
+        client, server = loopback_pair()
+        client_port = client.getsockname()[1]
+        if not self.incoming.deliver_own(server, req.port, (self.addr, client_port)):
+            client.close()
+            return req.reply(status=errno.ECONNREFUSED), None
+        self.tracker.handed(client)
+        return req.reply(addr=self.addr, port=client_port), client
+
     async def _connect_for_app(self, req: Message) -> tuple[Message, socket.socket | None]:
         if req.addr == self.addr:
-            local = await connect_locally(req.port)
-            if isinstance(local, int):
-                return req.reply(status=local), None
-            return req.reply(addr=self.addr, port=local.getsockname()[1]), local
+            return self._connect_to_ourselves(req)
         target = (req.addr, req.port)  # no spare for it (the fast path would have used it)
         self.spares.missed(target)
         service = self.names.is_service_address(req.addr)

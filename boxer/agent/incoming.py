@@ -162,6 +162,16 @@ class IncomingConnections:
                 ticket.close()
                 self.tickets.refill()
 
+    def deliver_own(self, sock: socket.socket, port: int, peer: tuple[str, int]) -> bool:
+        """Our app's connect to its own overlay address, far end: woken like any other incoming
+        connection, so that the app's accept() sees the overlay address as peer and local
+        address; False (the socket closed) if nothing listens on port."""
+        local_port = sock.getsockname()[1]
+        if not self.fast.wake(sock, port, peer):
+            return False
+        self._woken[local_port] = time.monotonic() + self.timeouts.accept_pickup
+        return True
+
     def _deliver(self, msg: m.Incoming, sock: socket.socket) -> None:
         enable_keepalive(sock)
         peer = (msg.src_addr, msg.src_port)

@@ -148,15 +148,11 @@ def _stop(race: asyncio.Task | None) -> None:
     return None
 
 
-async def connect_locally(port: int) -> socket.socket | int:
-    """A connect to our own overlay address: a plain loopback connection to our app."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-    except OSError as exc:
-        sock.close()
-        return exc.errno or errno.ECONNREFUSED
-    sock.setblocking(True)
-    return sock
+def loopback_pair() -> tuple[socket.socket, socket.socket]:
+    """The two ends of one loopback TCP connection (a connect to our own overlay address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return client, server
