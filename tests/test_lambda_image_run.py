@@ -140,3 +140,50 @@ def test_redis_example_runs_from_the_image_as_a_function(images, tmp_path):
     buildah = subprocess.run(["buildah", "containers", "--format", "{{.ContainerName}}"], capture_output=True,
                              text=True)
     assert f"boxer-{name}" not in buildah.stdout.split()  # `boxer down` let go of the image
+
+
+DENIED = ("pidfd_open", "close_range", "splice", "family:netlink", "SO_REUSEPORT")
+
+
+def test_without_pidfd_close_range_netlink_and_reuseport_the_agent_falls_back_and_serves(opened, tmp_path):
+    """The sandbox answers ENOSYS (EAFNOSUPPORT, ENOPROTOOPT) for what boxer uses: the agent
+    probes at start, logs each fallback, and the instance still serves, through the relay."""
+    import asyncio
+
+    from boxer.backends.base import InstanceSpec
+    from boxer.backends.emulators.lambda_local import LocalLambdaBackend
+    from boxer.lab import lab_down, lab_up
+
+    name = f"sc{os.getpid() % 100000}"
+    lab = lab_up(name, hosts=3)
+    image_file = tmp_path / "image.json"
+    image_file.write_text(json.dumps(opened.to_dict()))
+    try:
+        backend = LocalLambdaBackend(lab, timeout=120, image_file=image_file, deny=DENIED, log_dir=tmp_path,
+                                   spare_hosts=1)
+        spec = InstanceSpec(name="kv-1", service="kv", index=1,
+                            command=("redis-server", "--port", "6379", "--save", "", "--protected-mode", "no"))
+
+        async def scenario() -> str:
+            handle = await backend.launch(spec)
+            answer = ""
+            deadline = time.monotonic() + 45
+            while answer != "PONG" and time.monotonic() < deadline:
+                proc = await asyncio.create_subprocess_exec(
+                    *lab.command("h3", [*BOXER, "run", "--name", "cli", "--", "redis-cli", "-h", "kv", "ping"]),
+                    env=lab.env("h3"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+                out, _ = await proc.communicate()
+                answer = out.decode().strip()
+                if answer != "PONG":
+                    await asyncio.sleep(0.3)
+            await backend.stop(handle)
+            await backend.close()
+            return answer
+
+        assert asyncio.run(scenario()) == "PONG"
+        log = "".join(p.read_text(errors="replace") for p in tmp_path.glob("kv-1.*.log"))
+        for feature, fallback in (("pidfd_open", "a thread waits for the app"),
+                                  ("sock_diag", "/proc/net/tcp"), ("SO_REUSEPORT", "through the relay")):
+            assert f"{feature} unavailable here" in log and fallback in log, log[-3000:]
+    finally:
+        lab_down(name)

@@ -105,9 +105,13 @@ async def start_child(argv: list[str], env: dict[str, str]) -> Any:
     """The app, started with our stdio and the descriptors we were given to pass on (inheritable
     ones: socket activation, `3<file`), nothing of our own: an AppProcess, or without pidfds
     (Python < 3.9), the event loop's own subprocess."""
+    from boxer.agent.features import current
+
     if not hasattr(os, "pidfd_open"):
         return await asyncio.create_subprocess_exec(*argv, env=env)
     popen = subprocess.Popen(argv, env=env, close_fds=True, pass_fds=inherited_fds())
+    if not current().pidfd:
+        return _ThreadWaited(popen)
     try:
         pidfd = os.pidfd_open(popen.pid)
     except OSError:  # ENOSYS: an old kernel; it runs, and is waited for in a thread

@@ -258,7 +258,11 @@ class Ticket:
 async def open_ticket(coordinator: tuple[str, int], secret: bytes, session: str,
                       purpose: str = "outgoing", ticket: str | None = None,
                       timeout: float = 5.0) -> Ticket:
-    sock = await _connect(coordinator, True, timeout)
+    from boxer.agent.features import current
+
+    # Without SO_REUSEPORT no punch can leave from this port: the ticket still names the
+    # instance's endpoint, and the connection goes through the relay (paths.PathOpener).
+    sock = await _connect(coordinator, current().reuseport, timeout)
     local_port = sock.getsockname()[1]
     framed = FramedSocket(sock)
     ticket = ticket or auth.new_token()

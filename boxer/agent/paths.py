@@ -12,6 +12,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
+from boxer.agent.features import current
 from boxer.agent.punch import PunchError, relay_open, simultaneous_open
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
@@ -45,7 +46,11 @@ class PathOpener:
     async def open(self, punch: m.Punch, local_port: int) -> tuple[socket.socket, Path]:
         """The winning path's socket, authenticated both ways, and which it is; or PunchError."""
         relay = self._relay()
-        race = PathRace(punch.conn, punch.role, punch.mode, relay is not None, self.timeouts)
+        mode = punch.mode
+        if relay is not None and not current().reuseport:
+            # No punch can leave from the port the coordinator saw (features.py): relay only.
+            mode = "relay"
+        race = PathRace(punch.conn, punch.role, mode, relay is not None, self.timeouts)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[_Event] = asyncio.Queue()
         socks: dict[Path, socket.socket] = {}

@@ -66,12 +66,15 @@ def _raise_fd_limit() -> None:
 
 
 async def run_instance(opts: RunOptions) -> int:
+    from boxer.agent.features import current
+
     try:  # the settings read from the environment, checked before anything starts
         nat_idle = nat_idle_timeout()
         warm_spares()
     except ValueError as exc:
         raise RunError(f"{exc}; {opts.argv[0]} was not started") from None
     _raise_fd_limit()
+    current()  # probe the kernel and sandbox once, now; what is missing is logged with its fallback
     become_subreaper()
     register = m.Register(name=opts.name, service=opts.service, instance=opts.instance_id or auth.new_token(8))
     try:

@@ -23,6 +23,10 @@ def open_local_ports() -> set[int]:
     text table where netlink is not available. psutil.net_connections() would also
     map every socket to its process by scanning all of /proc/*/fd, which stalled the agent's
     event loop for tens of milliseconds once a second."""
+    from boxer.agent.features import current
+
+    if not current().sock_diag:
+        return read_open_ports()
     try:
         return sockdiag.open_tcp_ports()
     except OSError:

@@ -16,6 +16,7 @@ COMMANDS = {
     "coordinator": ("boxer.cli.coordinator", "coordinator_command"),
     "relay": ("boxer.cli.coordinator", "relay_command"),
     "probe-nat": ("boxer.cli.probe", "probe_nat_command"),
+    "probe-lambda": ("boxer.cli.probe", "probe_lambda_command"),
     "lab": ("boxer.cli.lab", "lab"),
     "check": ("boxer.cli.check", "check_command"),
     "up": ("boxer.cli.deploy", "up_command"),

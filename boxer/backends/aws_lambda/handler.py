@@ -44,6 +44,7 @@ from boxer.backends.aws_lambda.secrets import SecretFile, read_secret
 
 __all__ = [
     "NOFILE_LIMIT",
+    "PROBE_KEY",
     "AgentLaunch",
     "HandlerTimeouts",
     "agent_argv",
@@ -140,6 +141,8 @@ def make_handler(
     everything else - secret file, limits, process group, deadline - stays the real path."""
 
     def handle(event: Any, context: Context) -> dict[str, Any]:
+        if isinstance(event, dict) and PROBE_KEY in event:
+            return probe(event[PROBE_KEY] or {})
         started = time.monotonic()
         parsed = LambdaEvent.from_dict(event)  # raises EventError: nothing started yet
         remaining = context.get_remaining_time_in_millis() / 1000.0
@@ -171,6 +174,39 @@ def make_handler(
         return result
 
     return handle
+
+
+PROBE_KEY = "boxer_probe"  # {"boxer_probe": {"coordinator": "host:port"}}: `boxer probe-lambda`
+
+
+def probe(request: Mapping[str, Any]) -> dict[str, Any]:
+    """`boxer probe-lambda`: what this sandbox allows (boxer.agent.features) and, given a
+    coordinator, the NAT it sits behind (boxer.agent.natprobe, as `boxer probe-nat`)."""
+    from boxer.agent.features import probe_lambda_report
+
+    nat = None
+    coordinator = request.get("coordinator")
+    if coordinator:
+        nat = _probe_nat(str(coordinator))
+    return probe_lambda_report(nat)
+
+
+def _probe_nat(coordinator: str) -> dict[str, Any]:
+    import asyncio
+
+    from boxer.agent.control import parse_endpoint
+    from boxer.agent.natprobe import probe_filtering, probe_mapping
+
+    host, port = parse_endpoint(coordinator)
+
+    async def measure() -> dict[str, Any]:
+        mapping = await probe_mapping((host, port), port + 1)
+        return {**mapping.as_dict(), "filtering": await probe_filtering((host, port + 1))}
+
+    try:
+        return asyncio.run(measure())
+    except (OSError, asyncio.TimeoutError, ValueError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _tmp_dir() -> str:

@@ -237,19 +237,24 @@ class LocalLambdaBackend(LocalBackend):
     SANDBOX_SECRET = "/tmp/.boxer-lab/secret"  # where the sandbox's copy of the lab's secret is
 
     def __init__(self, lab: Any, *, timeout: float = MAX_TIMEOUT, handler: str = DEFAULT_HANDLER,
-                 image_file: str | Path | None = None, **options: Any) -> None:
+                 image_file: str | Path | None = None, deny: Sequence[str] = (), **options: Any) -> None:
+        """`deny`: system calls, `family:NAME`s and SO_REUSEPORT the sandbox refuses, as a kernel
+        without them would (with image_file; boxer.backends.emulators.sandbox)."""
         if not 0 < timeout <= MAX_TIMEOUT:
             raise ValueError(f"timeout {timeout} s must be in (0, {MAX_TIMEOUT:g}]")
         super().__init__(lab, **options)
         self.timeout = timeout
         self.handler = handler
         self.image_file = str(image_file) if image_file is not None else None
+        self.deny = tuple(deny)
 
     def argv(self, spec: InstanceSpec) -> list[str]:
         argv = module_argv("boxer.backends.emulators.lambda_local", "--timeout", f"{self.timeout:g}",
                            python=self.python)
         if self.image_file is not None:
             argv += ["--image", self.image_file, "--copy", f"{self.lab.secret_file}:{self.SANDBOX_SECRET}"]
+            if self.deny:
+                argv += ["--deny", ",".join(self.deny)]
         elif self.handler != DEFAULT_HANDLER:
             argv += ["--handler", self.handler]
         return argv
