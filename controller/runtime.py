@@ -109,6 +109,9 @@ class ControllerRuntime:
         self._wake = asyncio.Event()  # set: tick now, not at the next tick's time
         self.partition: Verdict = NORMAL  # decide()'s latest judgement of quiet instances
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
+        # What happened since the last timeline line, for `boxer report`'s marks: reapply,
+        # rollout, failure ({"kind", "service", "text"}).
+        self._events: list[dict[str, Any]] = []
         self._failure_of: dict[str, dict[str, Any]] = {}  # instance id -> its entry in failures
         self._slot_logs: dict[tuple[str, int], list[str]] = {}  # last log lines of a failed slot
         self.failing: frozenset[str] = frozenset()  # services crash-looping: no instance, back-off
@@ -119,8 +122,12 @@ class ControllerRuntime:
         command or environment: their running instances are rolled out (boxer.controller.policy)."""
         from boxer.nat_traversal import messages as m
 
+        rolled = tuple(rolled)
         self.deployment = deployment
         self.book.apply(deployment, rolled)
+        self._events.append({"kind": "reapply", "service": None, "text": "edited file applied"})
+        self._events.extend({"kind": "rollout", "service": name, "text": f"{name} rolled out"}
+                            for name in rolled)
         # Services added, and holds changed (scaleFromZeroTimeoutSeconds): the coordinator
         # gives new services their address, and holds connects to them while they start.
         self._spawn(self._send(m.Declare(services=self._holds())))
@@ -334,6 +341,7 @@ class ControllerRuntime:
         entry = {"at": round(self.wall(), 3), "name": name, "service": service,
                  "instance_id": agent_id, "reason": reason}
         self.failures.append(entry)
+        self._events.append({"kind": "failure", "service": service or None, "text": f"{name}: {reason}"[:200]})
         if instance is not None:
             if len(self._failure_of) > 2 * FAILURES_KEPT:  # only those still listed matter
                 listed = {id(f) for f in self.failures}
@@ -549,9 +557,14 @@ class ControllerRuntime:
                 elif state in ("draining", "stopping"):
                     draining += 1
             load = self.book.service_load(name)
+            policy = self.deployment.services[name].autoscale
+            memory = self.state.service(name)
             services[name] = {"load": load, "desired": self.desired.get(name, 0),
                               "ready": counts, "starting": starting, "draining": draining,
-                              "pending": name in self.book.demand}
+                              "pending": name in self.book.demand,
+                              "target": policy.target if policy else None,
+                              "panic": memory.panic_since is not None,
+                              "backoff": len(memory.waiting)}
             self.metrics.set("boxer_controller_desired_instances", self.desired.get(name, 0),
                              service=name)
             self.metrics.set("boxer_controller_service_load", load, service=name)
@@ -568,6 +581,7 @@ class ControllerRuntime:
         for _, seconds in latencies:
             self.metrics.inc("boxer_controller_start_to_ready_seconds_total", seconds)
             self.metrics.inc("boxer_controller_instances_ready_total")
+        events, self._events = self._events, []
         if self._timeline is None:
             return
         line = {
@@ -575,6 +589,7 @@ class ControllerRuntime:
             "services": services,
             "decisions": [_describe(d) for d in decisions],
             "ready_latencies": [[n, round(s, 4)] for n, s in latencies],
+            "events": events,
         }
         if self.partition.mode is not Mode.NORMAL:
             line["partition"] = _partition_summary(self.partition)

@@ -56,10 +56,42 @@ def _call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return function(*args, **kwargs)
 
 
-def _resolve_name(name: str | None) -> str:
-    from boxer.controller.deployments import resolve_name
+def _resolve_name(name: str | None, *, running_only: bool = True) -> str:
+    """The deployment a command means: --name; else the current one (set by `boxer up`, changed
+    by `boxer use`) if it is still known (and running, unless `running_only` is false: report
+    and logs read what a stopped one left); else the only one running. When that does not tell,
+    a one-line error lists them and says how to pick (exit 1)."""
+    from boxer.cli import _context
+    from boxer.controller.deployments import paths_for
+    from boxer.controller.paths import list_deployments
+    from boxer.controller.record import DeploymentRecord
 
-    return _call(resolve_name, name)
+    known = list_deployments()
+    if name:
+        if name not in known:
+            raise DeployError(f"no deployment named {name!r}: {_listing(known)}")
+        return name
+    records = {n: DeploymentRecord.load(_call(paths_for, n)) for n in known}
+    running = [n for n, r in records.items() if r is not None and r.controller_alive]
+    current = _context.current("deployment")
+    if current in known and (not running_only or current in running):
+        return current
+    if len(running) == 1:
+        return running[0]
+    if not running_only and len(known) == 1:
+        return known[0]
+    if not running:
+        raise DeployError(f"no deployment is running: {_listing(known)}; start one with `boxer up FILE`"
+                          if known else "no deployment is running: start one with `boxer up FILE`")
+    raise DeployError(f"several deployments run ({', '.join(running)}) and none is current: pick one "
+                      f"with --name {running[0]}, or make it current with `boxer use {running[0]}`")
+
+
+def _listing(known: list[str]) -> str:
+    """The deployments this machine knows, for an error message."""
+    if not known:
+        return "there are none (`boxer up FILE` starts one)"
+    return f"known here: {', '.join(known)} (`boxer ls` shows them)"
 
 
 # -- up --------------------------------------------------------------------------------------
@@ -300,29 +332,41 @@ def top_command(name: str | None, interval: float) -> None:
 # -- report ----------------------------------------------------------------------------------
 
 @click.command("report")
-@click.option("--name", help="Deployment [default: the only one].")
+@click.option("--name", help="Deployment [default: the current one, also after `boxer down`].")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG to write [default: <name>-timeline.png].")
+@click.option("--since", metavar="TIME", help="Start of the window: a duration before the end of the "
+              "run (90s, 5m, 1h30m), a clock time (14:05[:30]) or an ISO date and time.")
+@click.option("--until", metavar="TIME", help="End of the window, in the same forms.")
 @click.option("--timeline", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Read this timeline.jsonl instead of the deployment's.")
 @click.option("--load", "load_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Load-generator results (JSON lines: t, connections, p50_ms, p99_ms) to "
                    "plot connect/request latency.")
-def report_command(name: str | None, out: Path | None, timeline: Path | None,
-                   load_file: Path | None) -> None:
-    """A PNG timeline of a run: load, instances per placement, start-up and request latency."""
+def report_command(name: str | None, out: Path | None, since: str | None, until: str | None,
+                   timeline: Path | None, load_file: Path | None) -> None:
+    """A PNG timeline of a run, for a postmortem: load against capacity at target, instances
+    stacked by service and placement with the desired count, start-up and request latency, and
+    marks for edits applied, rollouts, panic, crash-loop back-off and failures.
+
+    Reads only the recorded timeline, so it works while the deployment runs and after
+    `boxer down`. Exit status 1 when there is no timeline or the window is empty."""
     from boxer.controller.deployments import paths_for
     from boxer.controller.report import ReportError, write_report
 
+    title = name
     if timeline is None:
-        name = _resolve_name(name)
+        name = _resolve_name(name, running_only=False)
         paths = _call(paths_for, name)
         timeline = paths.timeline
+        title = name
         if load_file is None and (paths.root / "load.jsonl").exists():
             load_file = paths.root / "load.jsonl"
+    elif title is None and (timeline.parent / "deployment.json").exists():
+        title = timeline.parent.name  # a deployment's own folder
     out = out or Path(f"{name or timeline.stem}-timeline.png")
     try:
-        summary = write_report(timeline, out, load_file)
+        summary = write_report(timeline, out, load_file, title=title, since=since, until=until)
     except ReportError as exc:
         raise DeployError(str(exc)) from None
     click.echo(f"wrote {out}: {summary}")
