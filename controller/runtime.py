@@ -695,7 +695,8 @@ def _backoff_row(deployment: Deployment, service: str, index: int, slot: Any, no
         "id": None, "instance_id": None, "state": "backoff", "placement": slot.placement.value,
         "address": None, "host": None, "pid": None, "connections": 0, "cpu": 0.0, "rss": 0,
         "listening": [], "direct": 0, "relayed": 0, "accepted": 0,
-        "started_at": None, "age": None, "ready_after": None, "lifetime_left": None,
+        "started_at": None, "age": None, "ready_after": None, "registered_after": None,
+        "lifetime_left": None,
         "exit_status": slot.exit_status, "error": slot.reason, "revision": None,
         "restarts": slot.restarts, "next_try": now + (slot.retry_at - now_mono),
         "next_try_in": max(0.0, slot.retry_at - now_mono), "last_log": last_log,
@@ -744,6 +745,8 @@ def _status_row(record: Record, now_mono: float, now: float, offset: float) -> d
         "started_at": record.requested_at + offset,
         "age": now_mono - record.requested_at,
         "ready_after": None if record.ready_at is None else record.ready_at - record.requested_at,
+        "registered_after": (None if record.registered_at is None
+                             else record.registered_at - record.requested_at),
         "lifetime_left": record.lifetime_left(now_mono),
         "exit_status": record.exit_status,
         "error": record.launch_failed,

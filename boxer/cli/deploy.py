@@ -101,7 +101,14 @@ def _listing(known: list[str]) -> str:
 @click.option("--name", help="Deployment name [default: `name` in FILE, else the file's name].")
 @click.option("--backend", type=click.Choice(["local", "lambda", "lambda-local"]),
               help="Where instances run [default: `backend` in FILE, i.e. local].")
-@click.option("--detach", is_flag=True, help="Return once up; `boxer down` stops it.")
+@click.option("--detach", is_flag=True,
+              help="Return within seconds, once every service listens or is known to fail (exit "
+                   "status 1 then, naming each and why); `boxer down` stops it.")
+@click.option("--wait", is_flag=True,
+              help="Like --detach, but wait until every service listens (exit status 1 if one is "
+                   "crash-looping, or at --timeout), as `docker compose up --wait`.")
+@click.option("--timeout", "wait_timeout", type=click.FloatRange(1, 3600), default=UP_TIMEOUT,
+              show_default=True, metavar="SECONDS", help="With --wait: how long to wait.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Serve Prometheus metrics on 127.0.0.1:PORT (/metrics).")
 @click.option("--tick", type=click.FloatRange(0.05, 5.0), default=0.25, show_default=True,
@@ -116,8 +123,8 @@ def _listing(known: list[str]) -> str:
               help="lambda-local backend: run each invocation from this image (buildah's local "
                    "storage, e.g. built by lambda_image/build.py) as Lambda runs it: its entry "
                    "point, read-only root, /tmp, uid 993.")
-def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
-               metrics_port: int | None, tick: float, outputs: Path | None,
+def up_command(file: Path, name: str | None, backend: str | None, detach: bool, wait: bool,
+               wait_timeout: float, metrics_port: int | None, tick: float, outputs: Path | None,
                register_timeout: float | None, image: str | None) -> None:
     """Bring up the deployment in FILE and run its controller.
 
@@ -131,6 +138,7 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
     Examples:
       boxer up examples/web-autoscale/deploy.yaml          # foreground; Ctrl-C takes it down
       boxer up --detach deploy.yaml && boxer status
+      boxer up --wait --timeout 120 deploy.yaml   # returns once every service listens
       boxer up deploy.yaml --backend lambda --outputs outputs.json   # AWS (docs/aws.md)
       boxer up deploy.yaml     # again, after raising minInstances: applied while it runs
     """
@@ -167,21 +175,22 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool,
     elif os.geteuid() != 0:
         raise DeployError(f"the {backend} backend runs instances in a lab, which needs root "
                           "(network namespaces, iptables)")
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     up = _call(bring_up, file, deployment, name, click.echo, metrics_port=metrics_port, tick=tick,
                backend=backend, register_timeout=register_timeout, target=target, image=image)
     try:
-        ready = _show_progress(up.paths, deployment, started, up.proc)
-        if not detach:
+        verdict = _show_progress(up.paths, deployment, started, up.proc, since=since, wait=wait,
+                                 timeout=wait_timeout if wait else UP_TIMEOUT)
+        if not (detach or wait):
             click.echo("controller running; Ctrl-C takes the deployment down")
             _wait_foreground(up.proc, name)
             return
-        if not ready:
-            click.echo("boxer: not every service came up in time; see `boxer status` and "
-                       f"{up.paths.root}/", err=True)
         click.echo(f"detached: `boxer status --name {name}`, `boxer down --name {name}`")
         # We exit without waiting for it (init adopts it); tell Popen so, or it would warn.
         up.proc.returncode = 0
+        if verdict is not None and not verdict.all_ready:
+            click.echo(f"boxer: {'; '.join(verdict.problems())}", err=True)
+            raise SystemExit(1)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: taking the deployment down", err=True)
         _down(name)
@@ -211,9 +220,16 @@ def _apply(file: Path, deployment: Any, name: str) -> None:
 
 
 def _show_progress(paths: Any, deployment: Any, started: float,
-                   proc: subprocess.Popen[bytes] | None) -> bool:
+                   proc: subprocess.Popen[bytes] | None, since: float | None = None,
+                   wait: bool = False, timeout: float = UP_TIMEOUT) -> Any:
     """Redraw the services' ready counts until every one has what it wants. `proc`: the
-    controller we started, or None for one already running (an apply)."""
+    controller we started, or None for one already running (an apply). With `since` (a new
+    deployment), also stop once every service is listening or known to fail (or, `wait`, once
+    one is crash-looping) and return that verdict (boxer.controller.readiness)."""
+    from boxer.controller.readiness import judge_bring_up
+
+    wants = {name: svc.min_instances for name, svc in deployment.services.items()}
+    verdict = None
     from boxer.controller.deployments import last_log_error
     from boxer.controller.paths import read_json
     from boxer.controller.record import DeploymentRecord
@@ -235,7 +251,10 @@ def _show_progress(paths: Any, deployment: Any, started: float,
         elif line != last:
             click.echo(text)
         last = line
-        if done or exited() or elapsed > UP_TIMEOUT:
+        if since is not None:
+            verdict = judge_bring_up(read_json(paths.status), wants, since)
+            done = verdict.all_ready or (verdict.crash_looping() if wait else verdict.settled)
+        if done or exited() or elapsed > timeout:
             break
         time.sleep(0.1)
     if tty:
@@ -249,6 +268,8 @@ def _show_progress(paths: Any, deployment: Any, started: float,
     status = read_json(paths.status)
     if status:
         click.echo(status_text(status, wide=False))
+    if since is not None:
+        return judge_bring_up(status, wants, since)
     return done
 
 
