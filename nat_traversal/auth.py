@@ -48,6 +48,14 @@ def load_secret(path: str | None = None, value: str | None = None) -> bytes:
     return secret
 
 
+def instance_token(secret: bytes, instance: str) -> bytes:
+    """The credential of one instance: it authenticates that instance id and no other, so whoever
+    holds it (the instance's agent) cannot take another instance's name, nor act as the
+    controller. Derived, so the coordinator needs no table of them; issued by whoever holds the
+    deployment secret (the controller, or `boxer run` given the secret)."""
+    return hmac.new(secret, b"instance:" + instance.encode(), hashlib.sha256).digest()
+
+
 def new_token(nbytes: int = 16) -> str:
     return secrets.token_hex(nbytes)
 

@@ -77,6 +77,10 @@ class Connection:
     opened_at: float = 0.0
     state: ConnState = ConnState.AWAIT_FIRST
     session: str | None = None
+    # The credential it authenticated with: an instance's token (then `role_instance` is that
+    # instance's id, the only one it may register), or the deployment secret (the controller).
+    role: str = "none"
+    role_instance: str | None = None
     instance: Instance | None = None
     last_heard: float = 0.0
     # The membership version this peer holds, as far as we sent it (frames on one TCP connection
@@ -409,14 +413,17 @@ class Broker:
         if msg.v != m.PROTOCOL_VERSION:
             return self._refuse(conn, f"protocol version {msg.v} not supported (coordinator speaks "
                                       f"{m.PROTOCOL_VERSION}): upgrade boxer on both sides")
-        expected = auth.mac(self.secret, auth.AGENT_PROOF, conn.nonce, msg.nonce)
+        key = self.secret if msg.instance is None else auth.instance_token(self.secret, msg.instance)
+        expected = auth.mac(key, auth.AGENT_PROOF, conn.nonce, msg.nonce)
         if not auth.verify(expected, msg.mac):
-            return self._refuse(conn, "authentication failed: wrong deployment secret")
+            what = "deployment secret" if msg.instance is None else f"credential for instance {msg.instance}"
+            return self._refuse(conn, f"authentication failed: wrong {what}")
         self._authenticated(conn)
         conn.state = ConnState.CONTROL
+        conn.role, conn.role_instance = ("controller", None) if msg.instance is None else ("instance", msg.instance)
         conn.session = self.new_token()
         self._sessions[conn.session] = conn.cid
-        proof = auth.mac(self.secret, auth.COORDINATOR_PROOF, msg.nonce, conn.nonce)
+        proof = auth.mac(key, auth.COORDINATOR_PROOF, msg.nonce, conn.nonce)
         return [Send(conn.cid, m.Welcome(session=conn.session, mac=proof))]
 
     def _on_observe(self, conn: Connection, msg: m.Observe) -> list[Action]:
@@ -452,7 +459,19 @@ class Broker:
 
     # --- membership ---------------------------------------------------------------------------
 
+    def _insider(self, conn: Connection, action: str, now: float) -> list[Action]:
+        """An instance's credential asked for what only the controller's may do: refused, logged."""
+        self.refusals.refuse(f"role-{action}", now, f"{conn.endpoint} (instance {conn.role_instance}) asked to "
+                             f"{action}, which only the controller's credential may")
+        return [Send(conn.cid, m.Error(ref=action, reason=f"only the controller may {action}: this session "
+                                                         f"authenticated as instance {conn.role_instance}"))]
+
     def _on_register(self, conn: Connection, msg: m.Register, now: float) -> list[Action]:
+        if conn.role == "instance" and msg.instance != conn.role_instance:
+            self.refusals.refuse("role-register", now, f"{conn.endpoint} authenticated as instance "
+                                 f"{conn.role_instance} tried to register as {msg.instance} ({msg.name})")
+            return [Send(conn.cid, m.Error(ref="register", reason=f"this session's credential is instance "
+                                           f"{conn.role_instance}'s; it cannot register instance {msg.instance}"))]
         if conn.instance is not None:
             return [Send(conn.cid, m.Error(ref="register", reason="this session is already registered"))]
         holder = self._by_name.get(msg.name)
@@ -632,6 +651,8 @@ class Broker:
         return actions
 
     def _on_watch(self, conn: Connection, msg: m.Watch, now: float) -> list[Action]:
+        if conn.role != "controller":
+            return self._insider(conn, "watch", now)
         if conn.instance is not None:
             return [Send(conn.cid, m.Error(ref="watch", reason="a registered instance cannot watch"))]
         self._watchers.add(conn.cid)
@@ -643,6 +664,8 @@ class Broker:
         return [Send(conn.cid, m.Snapshot(instances=instances, services=self.services.vips()))]
 
     def _on_declare(self, conn: Connection, msg: m.Declare, now: float) -> list[Action]:
+        if conn.role != "controller":
+            return self._insider(conn, "declare", now)
         if conn.cid not in self._watchers:
             return [Send(conn.cid, m.Error(ref="declare", reason="only a watching controller may declare"))]
         actions: list[Action] = []
@@ -670,6 +693,8 @@ class Broker:
         return actions
 
     def _on_drain(self, conn: Connection, msg: m.Drain, now: float) -> list[Action]:
+        if conn.role != "controller":
+            return self._insider(conn, "drain", now)
         inst = self._by_instance_id(msg.instance)
         if conn.cid not in self._watchers or inst is None:
             return []
@@ -677,6 +702,8 @@ class Broker:
         return [Send(inst.cid, msg)]
 
     def _on_stop(self, conn: Connection, msg: m.Stop, now: float) -> list[Action]:
+        if conn.role != "controller":
+            return self._insider(conn, "stop", now)
         inst = self._by_instance_id(msg.instance)
         if conn.cid not in self._watchers or inst is None:
             return []

@@ -10,7 +10,7 @@ not speak with a message naming both versions, so mismatched deployments fail lo
 Version 2 added heartbeats: `Registered.beat`, `Beat`, `InstanceQuiet`.
 Version 3 made membership updates deltas: `Members.version`, `MembersDelta`, `Resync`.
 Version 4 bound Observe proofs to the connection's Challenge nonce (a captured Observe replays
-nowhere) and made ticket ids and relay proofs single-use.
+nowhere), made ticket ids and relay proofs single-use, and gave `Auth` roles (`Auth.instance`).
 """
 
 from __future__ import annotations
@@ -133,15 +133,23 @@ class Challenge(Message):
 
 @dataclass(frozen=True)
 class Auth(Message):
-    """agent -> coordinator: mac = HMAC(secret, agent-proof | server nonce | client nonce)."""
+    """peer -> coordinator: mac = HMAC(key, agent-proof | server nonce | client nonce).
+
+    The key is the credential of a role (auth.py): with `instance` set, that instance's token,
+    HMAC(secret, "instance:" + instance), and the session may register that instance only;
+    without it, the deployment secret itself: the controller, which alone may Watch, Declare,
+    Drain and Stop."""
     TYPE: ClassVar[str] = "auth"
     v: int
     nonce: str
     mac: str
+    instance: str | None = None
 
     def __post_init__(self) -> None:
         check_token(self.nonce, "nonce")
         check_token(self.mac, "mac")
+        if self.instance is not None:
+            check_token(self.instance, "instance")
 
 
 @dataclass(frozen=True)

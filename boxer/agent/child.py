@@ -24,9 +24,22 @@ def interposer_path() -> str:
     return str(PRELOAD)
 
 
+# What the agent reads and the app must never see: the deployment secret (or its file), an
+# instance's credential, and the AWS credentials of the function the agent runs in. An exploit of
+# the app then gets none of them from its environment (docs/security.md). An app that needs AWS
+# is given credentials of its own, in the event's `env`.
+AGENT_ONLY_ENV = frozenset({
+    "BOXER_SECRET", "BOXER_SECRET_FILE", "BOXER_INSTANCE_TOKEN",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_LAMBDA_RUNTIME_API",
+})
+
+
 def child_environment(base: dict[str, str], *, agent_sock: str, name: str, addr: str, prefix: str,
                       wake_addr: str) -> dict[str, str]:
-    env = dict(base)
+    env = {key: value for key, value in base.items() if key not in AGENT_ONLY_ENV}
     preload = interposer_path()
     existing = env.get("LD_PRELOAD", "")
     env["LD_PRELOAD"] = f"{preload}:{existing}" if existing else preload

@@ -206,12 +206,16 @@ async def open_controller_session(coordinator: tuple[str, int], secret: bytes,
         raise
 
 
-async def _authenticate(framed: FramedSocket, secret: bytes, where: str) -> m.Welcome:
+async def _authenticate(framed: FramedSocket, secret: bytes, where: str, instance: str | None = None) -> m.Welcome:
+    """Mutual challenge-response. With `instance`, as that instance (its token, derived from the
+    secret, is the key: the session may register that instance only); without, as the controller."""
     challenge = await framed.receive()
     if not isinstance(challenge, m.Challenge):
         raise ProtocolError(f"expected a challenge, got {challenge.TYPE}")
     nonce = auth.new_token()
-    await framed.send(m.Auth(v=m.PROTOCOL_VERSION, nonce=nonce,
+    if instance is not None:
+        secret = auth.instance_token(secret, instance)
+    await framed.send(m.Auth(v=m.PROTOCOL_VERSION, nonce=nonce, instance=instance,
                              mac=auth.mac(secret, auth.AGENT_PROOF, challenge.nonce, nonce)))
     welcome = await framed.receive()
     if isinstance(welcome, m.Refused):
@@ -226,7 +230,7 @@ async def _authenticate(framed: FramedSocket, secret: bytes, where: str) -> m.We
 
 
 async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, where: str) -> ControlSession:
-    welcome = await _authenticate(framed, secret, where)
+    welcome = await _authenticate(framed, secret, where, register.instance)
     await framed.send(register)
     registration = None
     while True:

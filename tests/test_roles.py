@@ -1,0 +1,114 @@
+"""Per-role credentials (issue 14, part 4): an instance's credential is bound to its instance id
+and may do nothing only the controller may; each insider action is refused and logged. And the
+app's environment holds none of the agent's credentials."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from test_broker import login, register, sent, tokens
+
+from boxer.nat_traversal import auth
+from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.broker import Broker, Timeouts
+
+SECRET = bytes(range(32))
+VICTIM, MALLORY = "1111aaaa", "2222bbbb"
+
+
+def broker() -> Broker:
+    return Broker(SECRET, prefix="100.64.0.0/24", timeouts=Timeouts(broker=3.0), new_token=tokens())
+
+
+def login_as_instance(b: Broker, cid: int, instance: str, key: bytes | None = None,
+                      endpoint: str = "198.18.1.66:40000") -> m.Message:
+    challenge = sent(b.connection_made(cid, endpoint))[0]
+    nonce = "cd" * 16
+    key = auth.instance_token(SECRET, instance) if key is None else key
+    return sent(b.message_received(cid, m.Auth(v=m.PROTOCOL_VERSION, nonce=nonce, instance=instance,
+                                               mac=auth.mac(key, auth.AGENT_PROOF, challenge.nonce, nonce)), 0.0))[0]
+
+
+def test_an_instance_authenticates_with_its_own_token_and_the_coordinator_proves_itself():
+    b = broker()
+    challenge = sent(b.connection_made(1, "198.18.1.1:40000"))[0]
+    token = auth.instance_token(SECRET, VICTIM)
+    nonce = "ab" * 16
+    welcome = sent(b.message_received(1, m.Auth(v=m.PROTOCOL_VERSION, nonce=nonce, instance=VICTIM, mac=auth.mac(
+        token, auth.AGENT_PROOF, challenge.nonce, nonce)), 0.0))[0]
+    assert welcome.mac == auth.mac(token, auth.COORDINATOR_PROOF, nonce, challenge.nonce)
+    registered = sent(b.message_received(1, m.Register(name="web", service="web", instance=VICTIM), 0.0))[0]
+    assert isinstance(registered, m.Registered)
+
+
+def test_another_instances_token_does_not_authenticate():
+    b = broker()
+    refused = login_as_instance(b, 1, VICTIM, key=auth.instance_token(SECRET, MALLORY))
+    assert refused == m.Refused(reason=f"authentication failed: wrong credential for instance {VICTIM}")
+
+
+def test_an_instance_cannot_take_another_instances_name(caplog):
+    """Before: any holder of the secret re-registered with the victim's instance id and took its
+    name (and its address, and its connections)."""
+    b = broker()
+    login_as_instance(b, 1, VICTIM, endpoint="198.18.1.1:40000")
+    b.message_received(1, m.Register(name="db", service="db", instance=VICTIM), 0.0)
+    login_as_instance(b, 2, MALLORY)
+    with caplog.at_level(logging.WARNING):
+        error = sent(b.message_received(2, m.Register(name="db", service="db", instance=VICTIM), 0.0))
+    assert error == [m.Error(ref="register", reason=f"this session's credential is instance {MALLORY}'s; it "
+                                                    f"cannot register instance {VICTIM}")]
+    assert b.members() == {"db": "100.64.0.1"} and b.instances[0].cid == 1
+    assert b.refusals["role-register"] == 1
+    assert f"authenticated as instance {MALLORY} tried to register as {VICTIM}" in caplog.text
+
+
+@pytest.mark.parametrize("action, message", [
+    ("watch", m.Watch()),
+    ("declare", m.Declare(services={"evil": 900})),
+    ("drain", m.Drain(instance=VICTIM)),
+    ("stop", m.Stop(instance=VICTIM, reason="pwned")),
+])
+def test_only_the_controllers_credential_may(action, message, caplog):
+    b = broker()
+    login_as_instance(b, 1, VICTIM, endpoint="198.18.1.1:40000")
+    b.message_received(1, m.Register(name="db", service="db", instance=VICTIM), 0.0)
+    b.flush_members()
+    login_as_instance(b, 2, MALLORY)
+    b.message_received(2, m.Register(name="mallory", service="mallory", instance=MALLORY), 0.0)
+    b.flush_members()
+    with caplog.at_level(logging.WARNING):
+        actions = b.message_received(2, message, 0.0)
+    assert [(a.cid, a.message) for a in actions] == [(2, m.Error(
+        ref=action, reason=f"only the controller may {action}: this session authenticated as instance {MALLORY}"))]
+    assert b.refusals[f"role-{action}"] == 1
+    assert f"(instance {MALLORY}) asked to {action}" in caplog.text
+    assert "evil" not in b.services.vips() and not b.instances[0].draining
+
+
+def test_the_controllers_credential_may_do_all_of_it():
+    b = broker()
+    login_as_instance(b, 1, VICTIM, endpoint="198.18.1.1:40000")
+    b.message_received(1, m.Register(name="db", service="db", instance=VICTIM), 0.0)
+    login(b, 9)  # the deployment secret itself
+    assert isinstance(sent(b.message_received(9, m.Watch(), 0.0))[0], m.Snapshot)
+    assert b.message_received(9, m.Declare(services={"api": 5}), 0.0) == []
+    assert sent(b.message_received(9, m.Drain(instance=VICTIM), 0.0)) == [m.Drain(instance=VICTIM)]
+    assert sent(b.message_received(9, m.Stop(instance=VICTIM), 0.0)) == [m.Stop(instance=VICTIM)]
+
+
+def test_legacy_register_with_the_secret_still_works():
+    assert register(broker(), 1, "kv")[1] == "100.64.0.1"
+
+
+def test_the_apps_environment_holds_no_credential(monkeypatch):
+    from boxer.agent.child import child_environment
+
+    base = {"PATH": "/usr/bin", "HOME": "/root", "BOXER_SECRET_FILE": "/run/boxer/secret", "BOXER_SECRET": "ab" * 16,
+            "BOXER_INSTANCE_TOKEN": "cd" * 16, "AWS_ACCESS_KEY_ID": "AKIA...", "AWS_SECRET_ACCESS_KEY": "x",
+            "AWS_SESSION_TOKEN": "y", "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001", "AWS_REGION": "eu-west-1"}
+    env = child_environment(base, agent_sock="/run/boxer/a.sock", name="web", addr="100.64.0.1",
+                            prefix="100.64.0.0/10", wake_addr="@w")
+    assert not {k for k in env if "SECRET" in k or "TOKEN" in k or (k.startswith("AWS_") and k != "AWS_REGION")}
+    assert env["PATH"] == "/usr/bin" and env["AWS_REGION"] == "eu-west-1" and env["BOXER_NAME"] == "web"
