@@ -43,6 +43,7 @@ setup(
                 "interposer/agent.c",
                 "interposer/sockets.c",
                 "interposer/names.c",
+                "interposer/exec.c",
                 "interposer/preload.c",
             ],
             depends=["interposer/boxer_internal.h", "interposer/boxer_proto.h"],

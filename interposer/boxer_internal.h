@@ -16,6 +16,7 @@
 
 #include <netdb.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -81,7 +82,18 @@
     X(FILE *, fopen, (const char *path, const char *mode), (path, mode))                          \
     X(FILE *, fopen64, (const char *path, const char *mode), (path, mode))                        \
     X(int, gethostname, (char *name, size_t len), (name, len))                                    \
-    X(int, uname, (struct utsname * buf), (buf))
+    X(int, uname, (struct utsname * buf), (buf))                                                  \
+    X(int, execve, (const char *path, char *const argv[], char *const envp[]), (path, argv, envp)) \
+    X(int, execvpe, (const char *file, char *const argv[], char *const envp[]), (file, argv, envp)) \
+    X(int, fexecve, (int fd, char *const argv[], char *const envp[]), (fd, argv, envp))           \
+    X(int, execveat, (int dirfd, const char *path, char *const argv[], char *const envp[],        \
+                      int flags), (dirfd, path, argv, envp, flags))                               \
+    X(int, posix_spawn, (pid_t * pid, const char *path, const posix_spawn_file_actions_t *actions, \
+                         const posix_spawnattr_t *attr, char *const argv[], char *const envp[]),  \
+      (pid, path, actions, attr, argv, envp))                                                     \
+    X(int, posix_spawnp, (pid_t * pid, const char *file, const posix_spawn_file_actions_t *actions, \
+                          const posix_spawnattr_t *attr, char *const argv[], char *const envp[]), \
+      (pid, file, actions, attr, argv, envp))
 
 #define BOXER_DECLARE_LIBC(ret, name, params, args) BOXER_HIDDEN ret libc_##name params;
 BOXER_LIBC_SYMBOLS(BOXER_DECLARE_LIBC)
@@ -94,6 +106,8 @@ BOXER_HIDDEN int libc_openat(int dirfd, const char *path, int flags, mode_t mode
 BOXER_HIDDEN int libc_openat64(int dirfd, const char *path, int flags, mode_t mode);
 
 /* ---- config.c ------------------------------------------------------------------------ */
+
+#define BOXER_ENV_VARS 9 /* BOXER_* variables an exec'd program inherits (config.c: env_names) */
 
 enum boxer_log_level { BOXER_LOG_ERROR = 0, BOXER_LOG_WARN, BOXER_LOG_INFO, BOXER_LOG_DEBUG };
 
@@ -108,6 +122,11 @@ struct boxer_config {
     uint32_t prefix_mask;  /* host order */
     struct in_addr wake;   /* BOXER_WAKE_ADDR */
     enum boxer_log_level log_level;
+    /* For exec (exec.c): what a program we exec must be given to stay in the overlay. */
+    const char *library;          /* our own path (dladdr), or NULL */
+    const char *ld_preload_entry; /* "LD_PRELOAD=<library>" */
+    const char *env[BOXER_ENV_VARS]; /* "NAME=value" of each of our variables that is set */
+    const char *allow_unwrapped;  /* BOXER_ALLOW_UNWRAPPED (colon-separated globs) or NULL */
 };
 
 /* Reads the environment once (pthread_once) and returns the result; never NULL. */
@@ -202,6 +221,12 @@ BOXER_HIDDEN bool boxer_fd_take_error(int fd, int *err);
 /* false when out of memory: the caller then frees the list and fails with EAI_MEMORY. */
 BOXER_HIDDEN bool boxer_ai_register(struct addrinfo *ai);
 BOXER_HIDDEN bool boxer_ai_unregister(struct addrinfo *ai);
+
+/* BOXER_FDS for a program we are about to exec: the overlay state of the descriptors it will
+ * inherit, written into buf ("BOXER_FDS=..."); NULL if there are none (or in a CLONE_VM child,
+ * which must not read our table). */
+#define BOXER_FDS_MAX 8192
+BOXER_HIDDEN const char *boxer_fds_env(char *buf, size_t cap);
 
 /* ---- agent.c ------------------------------------------------------------------------- */
 

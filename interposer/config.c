@@ -2,6 +2,7 @@
  * Every variable is documented in interposer/README.md. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -68,6 +69,45 @@ static bool parse_cidr(const char *text, uint32_t *net, uint32_t *mask)
     return true;
 }
 
+/* What an exec'd program inherits from us (exec.c adds what its envp lacks). */
+static const char *const env_names[BOXER_ENV_VARS] = {
+    "BOXER_AGENT_SOCK", "BOXER_NAME",        "BOXER_ADDR", "BOXER_PREFIX",          "BOXER_WAKE_ADDR",
+    "BOXER_RESOLV_CONF", "BOXER_NAME_TTL_MS", "BOXER_LOG", "BOXER_ALLOW_UNWRAPPED",
+};
+
+static char *join(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *s = malloc(la + lb + 2);
+    if (s != NULL) {
+        memcpy(s, a, la);
+        s[la] = '=';
+        memcpy(s + la + 1, b, lb + 1);
+    }
+    return s;
+}
+
+/* Copies, not pointers into environ: the app may setenv/unsetenv before it execs. */
+static void load_exec_env(void)
+{
+    if (!config.enabled)
+        return;
+    Dl_info info;
+    if (dladdr((void *)boxer_config, &info) != 0 && info.dli_fname != NULL && info.dli_fname[0] == '/') {
+        config.library = strdup(info.dli_fname);
+        if (config.library != NULL)
+            config.ld_preload_entry = join("LD_PRELOAD", config.library);
+    }
+    for (int i = 0; i < BOXER_ENV_VARS; i++) {
+        const char *v = getenv(env_names[i]);
+        if (v != NULL)
+            config.env[i] = join(env_names[i], v);
+    }
+    const char *allow = getenv("BOXER_ALLOW_UNWRAPPED");
+    if (allow != NULL && *allow != '\0')
+        config.allow_unwrapped = strdup(allow);
+}
+
 static void load(void)
 {
     /* Loaded by the constructor, in the process that owns this memory (never in a vfork child:
@@ -126,6 +166,7 @@ static void load(void)
 
     if (config.enabled && !config.have_addr)
         BOXER_LOG(INFO, "BOXER_ADDR is not set: binds to the overlay address will fail");
+    load_exec_env();
 }
 
 const struct boxer_config *boxer_config(void)

@@ -397,3 +397,10 @@ bool boxer_ai_unregister(struct addrinfo *ai)
     free(e);
     return e != NULL;
 }
+
+const char *boxer_fds_env(char *buf, size_t cap)
+{
+    (void)buf;
+    (void)cap;
+    return NULL;
+}

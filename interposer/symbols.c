@@ -104,6 +104,12 @@ static void bind_all(void)
 #define BOXER_PICK_fopen64 BOXER_DEFINE_LIBC_PTR
 #define BOXER_PICK_gethostname BOXER_DEFINE_LIBC
 #define BOXER_PICK_uname BOXER_DEFINE_LIBC
+#define BOXER_PICK_execve BOXER_DEFINE_LIBC
+#define BOXER_PICK_execvpe BOXER_DEFINE_LIBC
+#define BOXER_PICK_fexecve BOXER_DEFINE_LIBC
+#define BOXER_PICK_execveat BOXER_DEFINE_LIBC
+#define BOXER_PICK_posix_spawn BOXER_DEFINE_LIBC
+#define BOXER_PICK_posix_spawnp BOXER_DEFINE_LIBC
 #define BOXER_PICK_freeaddrinfo(ret, name, params, args)                                        \
     void libc_freeaddrinfo params                                                               \
     {                                                                                           \

@@ -749,3 +749,96 @@ def test_real_redis_server_and_cli(lib, agent, request, tmp_path):
     # the overlay name resolve and connect.
     assert "addr=127.0.0.1:" in r.stdout, r.stdout
     assert ("CONNECT", KV, 6379) in agent.ops()
+
+
+# ---- exec: nothing runs outside the overlay by accident (issue 12, item 5) -----------------------
+
+
+@pytest.fixture(scope="session")
+def unwrappable(gcc, tmp_path_factory) -> dict[str, Path]:
+    """Programs LD_PRELOAD cannot reach: static, Go (a dynamic binary carrying Go's build id
+    section, which is what the check looks for), setuid to another user, and a #! script whose
+    interpreter is static; plus a dynamic one that must run."""
+    d = tmp_path_factory.mktemp("exec")
+    (d / "hello.c").write_text('#include <stdio.h>\nint main(void) { puts("ran"); return 0; }\n')
+    progs = {"static": d / "static", "dynamic": d / "dynamic", "go": d / "go", "setuid": d / "setuid",
+             "script": d / "script"}
+    build = subprocess.run([gcc, "-static", "-o", str(progs["static"]), str(d / "hello.c")], capture_output=True)
+    if build.returncode != 0:
+        pytest.skip("no static libc (libc6-dev) to build a static test binary")
+    subprocess.run([gcc, "-o", str(progs["dynamic"]), str(d / "hello.c")], check=True)
+    subprocess.run(["objcopy", "--add-section", f".note.go.buildid={d / 'hello.c'}", str(progs["dynamic"]),
+                    str(progs["go"])], check=True)
+    shutil.copy(progs["dynamic"], progs["setuid"])
+    if os.geteuid() == 0:
+        os.chown(progs["setuid"], 65534, 65534)  # setuid to nobody: the loader drops LD_PRELOAD
+    os.chmod(progs["setuid"], 0o4755)
+    progs["script"].write_text(f"#!{progs['static']}\n")
+    progs["script"].chmod(0o755)
+    return progs
+
+
+@pytest.mark.parametrize("kind,reason", [("static", "is statically linked"), ("go", "is a Go program"),
+                                         ("setuid", "is setuid/setgid"), ("script", "is statically linked")])
+def test_a_shell_cannot_exec_what_the_interposer_cannot_reach(lib, agent, unwrappable, kind, reason):
+    if kind == "setuid" and os.geteuid() != 0:
+        pytest.skip("a setuid binary owned by another user needs root to make")
+    prog = unwrappable[kind]
+    r = subprocess.run(["sh", "-c", f"{prog}; echo status=$?"], env=env_for(agent, lib), capture_output=True,
+                       text=True, timeout=20)
+    assert "status=126" in r.stdout and "ran" not in r.stdout  # dash: EACCES -> 126
+    assert f"boxer: refusing to run {prog}: " in r.stderr
+    assert reason in r.stderr
+    assert "Permission denied" in r.stderr
+
+
+def test_exec_refusal_is_eacces_to_the_caller_and_every_exec_call_checks(lib, agent, unwrappable):
+    script = f"""
+import errno, os, subprocess, sys
+static = {str(unwrappable['static'])!r}
+try:
+    subprocess.run([static])
+except PermissionError as e:
+    print("subprocess", errno.errorcode[e.errno])
+pid = os.fork()
+if pid == 0:
+    for call in (lambda: os.execv(static, [static]), lambda: os.execve(static, [static], {{}}),
+                 lambda: os.execvp(os.path.basename(static), ["x"])):
+        try:
+            call()
+        except OSError as e:
+            print("exec", errno.errorcode[e.errno], flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+try:
+    os.posix_spawn(static, [static], {{}})
+except OSError as e:
+    print("posix_spawn", errno.errorcode[e.errno])
+"""
+    env = env_for(agent, lib, PATH=f"{unwrappable['static'].parent}:{os.environ['PATH']}")
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=20)
+    assert r.stdout.split("\n")[:5] == ["subprocess EACCES", "exec EACCES", "exec EACCES", "exec EACCES",
+                                        "posix_spawn EACCES"], r.stderr
+    assert r.stderr.count("boxer: refusing to run") == 5
+
+
+def test_boxer_allow_unwrapped_runs_the_named_programs_outside_the_overlay(lib, agent, unwrappable):
+    prog = unwrappable["static"]
+    env = env_for(agent, lib, BOXER_ALLOW_UNWRAPPED=f"/nowhere/*:{prog.parent}/st*")
+    r = subprocess.run(["sh", "-c", str(prog)], env=env, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0 and r.stdout == "ran\n", r.stderr
+    assert "refusing" not in r.stderr
+
+
+def test_an_exec_with_a_scrubbed_environment_stays_wrapped(lib, agent, unwrappable):
+    """env -i (and daemons that build a fresh envp) would drop LD_PRELOAD and the agent's
+    address: the exec'd program gets them back, and a dynamic program runs."""
+    r = subprocess.run(["sh", "-c", f"{unwrappable['dynamic']} && env -i /usr/bin/env"], env=env_for(agent, lib),
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "ran"
+    got = dict(line.split("=", 1) for line in lines[1:])
+    assert got["LD_PRELOAD"] == str(lib)
+    assert got["BOXER_AGENT_SOCK"] == agent.path
+    assert got["BOXER_ADDR"] == OWN and got["BOXER_NAME"] == "kv-3"

@@ -93,3 +93,27 @@ def test_python_server_running_a_subprocess_before_accept_keeps_its_listener(lab
         assert [peer_ip, int(peer_port)] == seen["sock"]  # the client's overlay address
         assert peer_ip.startswith("100.")
         assert status == "0"
+
+
+# ---- item 5: a wrapped program cannot exec one the interposer cannot reach ----------------------
+
+
+def test_sh_c_of_a_static_program_is_refused_as_boxer_run_refuses_it(lab, tmp_path):
+    source = tmp_path / "hello.c"
+    source.write_text('#include <stdio.h>\nint main(void) { puts("ran unwrapped"); return 0; }\n')
+    static = tmp_path / "static-prog"
+    build = subprocess.run(["gcc", "-static", "-o", str(static), str(source)], capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.skip(f"no static libc to build a static test binary: {build.stderr.strip()[:200]}")
+    direct = lab.run("h2", boxer_run("static", str(static)), capture_output=True, text=True, timeout=60)
+    nested = lab.run("h2", boxer_run("static", "sh", "-c", f"{static}; echo status=$?"), capture_output=True,
+                     text=True, timeout=60)
+    assert direct.returncode == 126
+    reason = direct.stderr.strip().splitlines()[-1].split(": ", 2)[2]  # "boxer: refusing to run X: <reason>"
+    assert "statically linked" in reason
+    assert "ran unwrapped" not in nested.stdout
+    assert "status=126" in nested.stdout  # sh got EACCES, as from a file it may not execute
+    assert f"boxer: refusing to run {static}: {reason}" in nested.stderr
+    allowed = lab.run("h2", boxer_run("static", "sh", "-c", str(static)), capture_output=True, text=True,
+                      timeout=60, env={**os.environ, "BOXER_ALLOW_UNWRAPPED": str(static)})
+    assert allowed.returncode == 0 and allowed.stdout == "ran unwrapped\n", allowed.stderr
