@@ -212,3 +212,52 @@ def test_the_controller_keeps_its_session_across_malformed_frames() -> None:
             await coordinator.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_tick_that_raises_is_counted_and_the_next_one_runs(monkeypatch) -> None:
+    """No exception in one tick ends the controller, nor runs its teardown (which would stop
+    every instance): it is logged, counted, and the next tick runs."""
+    import boxer.controller.runtime as runtime_module
+
+    real_decide = runtime_module.decide
+    calls = {"n": 0}
+
+    def flaky_decide(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] in (2, 3):
+            raise OverflowError("cannot convert float infinity to integer")
+        return real_decide(*args, **kwargs)
+
+    monkeypatch.setattr(runtime_module, "decide", flaky_decide)
+
+    async def scenario() -> None:
+        coordinator = Coordinator()
+        await coordinator.start()
+        deployment = parse_deployment("name: t\nservices:\n  web:\n    command: [\"true\"]\n"
+                                      "    minInstances: 0\n    maxInstances: 1\n    autoscale: {target: 10}\n")
+        runtime = ControllerRuntime(deployment, NoBackend(), coordinator=("127.0.0.1", coordinator.port),
+                                    secret=SECRET, tick=0.05)
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(runtime.run(stop))
+        shutdowns = []
+        real_shutdown = runtime.shutdown
+
+        async def shutdown() -> None:
+            shutdowns.append(True)
+            await real_shutdown()
+
+        runtime.shutdown = shutdown  # type: ignore[method-assign]
+        try:
+            await wait_until("five ticks", lambda: calls["n"] >= 5)
+            assert not task.done() and not shutdowns
+            assert runtime.metrics.counters[("boxer_controller_tick_errors_total", ())] == 2
+            assert "OverflowError" in (runtime.status()["error"] or "")
+            ticks = runtime.metrics.counters[("boxer_controller_ticks_total", ())]
+            await asyncio.sleep(0.3)
+            assert runtime.metrics.counters[("boxer_controller_ticks_total", ())] > ticks
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+            await coordinator.stop()
+
+    asyncio.run(scenario())

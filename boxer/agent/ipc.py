@@ -108,6 +108,8 @@ class Message:
             raise IpcError(f"unknown op {op}") from None
         if family not in (0, socket.AF_INET):
             raise IpcError(f"unsupported address family {family}")
+        if b"\0" not in name:  # the interposer always terminates it; 256 bytes would not pack
+            raise IpcError("name is not NUL-terminated within its 256 bytes")
         raw_name = name.split(b"\0", 1)[0]
         try:
             text = raw_name.decode()
