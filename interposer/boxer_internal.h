@@ -227,6 +227,8 @@ BOXER_HIDDEN bool boxer_ai_unregister(struct addrinfo *ai);
  * which must not read our table). */
 #define BOXER_FDS_MAX 8192
 BOXER_HIDDEN const char *boxer_fds_env(char *buf, size_t cap);
+/* The constructor's half: takes over the entries of BOXER_FDS whose fd is still that socket. */
+BOXER_HIDDEN void boxer_fds_import(void);
 
 /* ---- agent.c ------------------------------------------------------------------------- */
 

@@ -16,7 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <arpa/inet.h>
+#include <stdio.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "boxer_internal.h"
@@ -398,9 +401,104 @@ bool boxer_ai_unregister(struct addrinfo *ai)
     return e != NULL;
 }
 
+/* ---- across exec: BOXER_FDS ------------------------------------------------------------------
+ *
+ * exec replaces our memory but not the descriptors: an overlay connection (sshd's re-exec per
+ * connection, inetd-style servers) or listener (nginx's binary upgrade, socket activation)
+ * inherited by the new image would be a plain kernel socket to it, with loopback and NAT
+ * addresses. So the exec wrapper hands the new image our state in the environment:
+ *
+ *     BOXER_FDS=fd,inode,flags,family,listen_pid,listen_port,local_ip,local_port,peer_ip,peer_port;...
+ *
+ * (flags: 1 bound to the overlay address, 2 listening, 4 connected; addresses as host-order
+ * integers), one entry per tracked descriptor that survives the exec (no FD_CLOEXEC). The new
+ * image's constructor takes an entry only if that fd is still a socket with that inode: a
+ * descriptor closed or replaced between here and the kernel's exec is not mistaken for it.
+ * Why the environment rather than asking the agent: it needs no protocol change and no round
+ * trip in every process start, the state is exactly the exec'ing process's own, and it is
+ * bounded by what survives the exec (listeners and the one or two connections handed over).
+ * A CLONE_VM child (vfork, CPython's subprocess) must not read the table: it passes nothing,
+ * and its program sees its inherited sockets as plain kernel sockets. */
+
+static bool describe(int fd, const struct boxer_sock *s, char *out, size_t cap, size_t *len)
+{
+    if (!s->listening && !s->connected && !s->bound_overlay)
+        return true;
+    int fdflags = libc_fcntl(fd, F_GETFD, NULL);
+    struct stat st;
+    if (fdflags < 0 || (fdflags & FD_CLOEXEC) || fstat(fd, &st) != 0)
+        return true; /* gone at exec */
+    int flags = (s->bound_overlay ? 1 : 0) | (s->listening ? 2 : 0) | (s->connected ? 4 : 0);
+    int n = snprintf(out + *len, cap - *len, "%s%d,%lu,%d,%d,%d,%u,%u,%u,%u,%u", *len > 10 ? ";" : "", fd,
+                     (unsigned long)st.st_ino, flags, s->family, s->listen_pid, s->listen_port,
+                     ntohl(s->local.sin_addr.s_addr), ntohs(s->local.sin_port), ntohl(s->peer.sin_addr.s_addr),
+                     ntohs(s->peer.sin_port));
+    if (n < 0 || (size_t)n >= cap - *len) {
+        out[*len] = '\0';
+        return false;
+    }
+    *len += (size_t)n;
+    return true;
+}
+
 const char *boxer_fds_env(char *buf, size_t cap)
 {
-    (void)buf;
-    (void)cap;
-    return NULL;
+    if (boxer_in_vm_child() || __atomic_load_n(&table, __ATOMIC_ACQUIRE) == NULL || cap < 16)
+        return NULL;
+    int saved = errno;
+    size_t len = (size_t)snprintf(buf, cap, "BOXER_FDS=");
+    lock_table();
+    for (size_t fd = 0; fd < table->n; fd++) {
+        struct boxer_sock *s = table->slot[fd];
+        if (s != NULL && !describe((int)fd, s, buf, cap, &len)) {
+            BOXER_LOG(WARN, "more overlay descriptors than fit in BOXER_FDS (%zu bytes): fd %zu and "
+                      "later ones are plain sockets after exec", cap, fd);
+            break;
+        }
+    }
+    unlock();
+    errno = saved;
+    return len > 10 ? buf : NULL;
+}
+
+void boxer_fds_import(void)
+{
+    const char *list = getenv("BOXER_FDS");
+    if (list == NULL)
+        return;
+    for (const char *p = list; *p != '\0';) {
+        int fd, flags, family, listen_pid;
+        unsigned long ino;
+        unsigned listen_port, lip, lport, pip, pport;
+        if (sscanf(p, "%d,%lu,%d,%d,%d,%u,%u,%u,%u,%u", &fd, &ino, &flags, &family, &listen_pid, &listen_port,
+                   &lip, &lport, &pip, &pport) == 10) {
+            struct stat st;
+            if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == ino &&
+                (family == AF_INET || family == AF_INET6)) {
+                struct boxer_sock info = {.family = family,
+                                          .bound_overlay = flags & 1,
+                                          .listening = flags & 2,
+                                          .connected = flags & 4,
+                                          .listen_pid = listen_pid,
+                                          .listen_port = (uint16_t)listen_port};
+                info.local = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)lport),
+                                                  .sin_addr.s_addr = htonl(lip)};
+                info.peer = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)pport),
+                                                 .sin_addr.s_addr = htonl(pip)};
+                boxer_fd_track(fd, family);
+                boxer_fd_update(fd, &info);
+                BOXER_LOG(DEBUG, "fd %d: overlay %s inherited across exec", fd,
+                          info.listening ? "listener" : info.connected ? "connection" : "socket");
+            } else {
+                BOXER_LOG(DEBUG, "fd %d: BOXER_FDS entry is stale (closed or replaced before exec)", fd);
+            }
+        } else {
+            BOXER_LOG(WARN, "malformed BOXER_FDS entry ignored: %.60s", p);
+        }
+        const char *next = strchr(p, ';');
+        if (next == NULL)
+            break;
+        p = next + 1;
+    }
+    unsetenv("BOXER_FDS"); /* ours, not the app's: its children get their own from our exec */
 }

@@ -10,6 +10,7 @@ __attribute__((constructor)) static void boxer_constructor(void)
 {
     if (!boxer_enabled())
         return;
+    boxer_fds_import();
     struct boxer_msg req, reply;
     boxer_msg_init(&req, BOXER_OP_HELLO);
     if (boxer_agent_call(&req, &reply, NULL) == 0 && reply.status != 0)

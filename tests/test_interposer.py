@@ -842,3 +842,35 @@ def test_an_exec_with_a_scrubbed_environment_stays_wrapped(lib, agent, unwrappab
     assert got["LD_PRELOAD"] == str(lib)
     assert got["BOXER_AGENT_SOCK"] == agent.path
     assert got["BOXER_ADDR"] == OWN and got["BOXER_NAME"] == "kv-3"
+
+
+# ---- exec keeps the overlay state of inherited descriptors (issue 12, item 4) ---------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_overlay_sockets_keep_their_addresses_across_exec(gcc, lib, agent, tmp_path):
+    """sshd-style re-exec per connection (the socket on fds 0/1 of the new image) and an
+    nginx-style binary upgrade (the listener inherited by a new image) see overlay addresses."""
+    prog = tmp_path / "reexec"
+    subprocess.run([gcc, "-O1", "-Wall", "-Werror", "-o", str(prog), str(PROGS / "reexec.c")], check=True)
+    port = free_port()
+    proc = subprocess.Popen([str(prog), str(port), "2"], env=env_for(agent, lib), stderr=subprocess.PIPE, text=True)
+    try:
+        agent.wait_for(lambda m: m.op == ipc.Op.LISTEN and m.port == port)
+        for i in range(4):  # 2 before the upgrade, 2 on the inherited listener after it
+            peer = (PEER[0], PEER[1] + i)
+            remote = agent.deliver(port, peer)
+            remote.settimeout(10)
+            with remote:
+                line = remote.makefile().readline().strip()
+            assert line == f"peer={peer[0]}:{peer[1]} sock={OWN}:{port} exec=serve", (i, line)
+        assert ("UNLISTEN", port) not in agent.ops()  # the listener never closed
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()

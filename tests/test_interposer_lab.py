@@ -16,6 +16,7 @@ import pytest
 from labkit import boxer_run, stop_all
 
 APPS = Path(__file__).parent / "apps"
+PROGS = Path(__file__).parent / "interposer_progs"
 pytestmark = pytest.mark.lab
 
 if os.geteuid() != 0:
@@ -117,3 +118,26 @@ def test_sh_c_of_a_static_program_is_refused_as_boxer_run_refuses_it(lab, tmp_pa
     allowed = lab.run("h2", boxer_run("static", "sh", "-c", str(static)), capture_output=True, text=True,
                       timeout=60, env={**os.environ, "BOXER_ALLOW_UNWRAPPED": str(static)})
     assert allowed.returncode == 0 and allowed.stdout == "ran unwrapped\n", allowed.stderr
+
+
+# ---- item 4: overlay sockets inherited across execve ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reexec(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reexec") / "reexec"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out), str(PROGS / "reexec.c")], check=True)
+    return out
+
+
+def test_a_server_that_re_execs_per_connection_and_upgrades_its_binary_sees_overlay_addresses(lab, reexec):
+    """sshd-style: each connection served by a re-exec'd child holding the socket on fds 0/1;
+    after two, the server execs a new image that inherits the listener (nginx's binary upgrade).
+    Before the fix the re-exec'd child saw the NAT's address and the punched port."""
+    start(lab, "h1", "reexec", str(reexec), "7002", "2")
+    for i in range(4):
+        seen = ask(lab, "h2", "reexec", 7002)
+        fields = dict(kv.split("=", 1) for kv in seen["line"].split())
+        assert fields["exec"] == "serve", seen
+        assert fields["peer"] == "{}:{}".format(*seen["sock"]), (i, seen)  # the client's overlay address
+        assert fields["sock"].startswith("100.") and fields["sock"].endswith(":7002"), (i, seen)
