@@ -141,3 +141,54 @@ def test_a_server_that_re_execs_per_connection_and_upgrades_its_binary_sees_over
         assert fields["exec"] == "serve", seen
         assert fields["peer"] == "{}:{}".format(*seen["sock"]), (i, seen)  # the client's overlay address
         assert fields["sock"].startswith("100.") and fields["sock"].endswith(":7002"), (i, seen)
+
+
+SSHD_CONFIG = """\
+Port 2222
+ListenAddress 0.0.0.0
+HostKey {d}/hostkey
+AuthorizedKeysFile {d}/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile none
+LogLevel VERBOSE
+"""
+
+
+def test_sshd_re_exec_per_connection_sees_the_clients_overlay_address(lab, tmp_path):
+    """OpenSSH's sshd re-execs itself for every connection with the socket inherited; the session
+    it starts gets a fresh environment. SSH_CONNECTION and sshd's log must show overlay addresses
+    (before the fix: the client's NAT address and punched port)."""
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd) or shutil.which("ssh") is None:
+        pytest.skip("openssh-server / openssh-client not installed (scripts/install-deps.sh)")
+    for name in ("hostkey", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
+    shutil.copy(tmp_path / "client.pub", tmp_path / "authorized_keys")
+    (tmp_path / "sshd_config").write_text(SSHD_CONFIG.format(d=tmp_path))
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    log = tmp_path / "sshd.log"
+    with open(log, "w") as err:
+        start(lab, "h1", "sshd", sshd, "-D", "-e", "-f", str(tmp_path / "sshd_config"), stderr=err)
+    script = ("import json, socket, subprocess, sys\n"
+              "own = socket.gethostbyname(socket.gethostname())\n"
+              "out = subprocess.run(['ssh', '-p', '2222', '-i', sys.argv[1], '-o', 'BatchMode=yes',\n"
+              "    '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', 'root@sshd',\n"
+              "    'echo $SSH_CONNECTION'], capture_output=True, text=True, timeout=30)\n"
+              "print(json.dumps({'own': own, 'rc': out.returncode, 'out': out.stdout, 'err': out.stderr}))\n")
+    deadline = time.monotonic() + 30
+    while True:
+        proc = lab.run("h2", boxer_run("sshclient", sys.executable, "-c", script, str(tmp_path / "client")),
+                       capture_output=True, text=True, timeout=90)
+        seen = json.loads(proc.stdout) if proc.returncode == 0 else {"rc": -1, "err": proc.stderr}
+        if seen["rc"] == 0:
+            break
+        assert time.monotonic() < deadline, f"ssh never logged in: {seen['err'][-1500:]}\n{log.read_text()[-1500:]}"
+        time.sleep(0.5)
+    client_ip, client_port, server_ip, server_port = seen["out"].split()
+    assert client_ip == seen["own"] and client_ip.startswith("100."), seen
+    assert server_ip.startswith("100.") and server_port == "2222", seen
+    assert f"Connection from {client_ip} port {client_port}" in log.read_text()
