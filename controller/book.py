@@ -258,6 +258,13 @@ class Book:
         if report.get("exited") is not None:
             record.exited, record.exit_status = True, int(report["exited"])
 
+    def heard_again(self, now: float) -> None:
+        """The coordinator was silent (frozen, cut off) and is heard again: what each instance
+        sent meanwhile waited in its sockets and arrives now, so silence counts from now."""
+        for record in self.records.values():
+            if record.registered and not record.exited:
+                record.last_heard = now
+
     # -- what decide() gets ----------------------------------------------------------------
 
     def signals(self, now: float) -> Signals:

@@ -57,6 +57,8 @@ METRICS: dict[str, tuple[str, str]] = {
         "counter", "Failed instances started again in their slot, at once or after a back-off, by service."),
     "boxer_controller_backoff_slots": (
         "gauge", "Instance slots waiting in crash-loop back-off to be started again, by service."),
+    "boxer_controller_coordinator_stalls_total": (
+        "counter", "Times nothing came from the coordinator for 2 s (frozen, cut off): no decisions meanwhile."),
     "boxer_controller_tick_errors_total": (
         "counter", "Controller ticks that raised (logged; the next tick runs as usual)."),
     "boxer_controller_malformed_frames_total": (

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # environment (see docs/controller.md: `boxer run` should read it as the option's default).
 INSTANCE_ID_ENV = "BOXER_INSTANCE_ID"
 PING_EVERY = 1.0
+# Nothing from the coordinator (no Pong to our pings, no report forwarded) for this long: it is
+# frozen or cut off, and decisions about silent instances wait until it is heard again.
+COORDINATOR_SILENT = 2.0
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
 # Agents report once a second, so "silent" must allow for a late report or two. It is only the
 # backstop: an app that exits, or an agent whose session drops, is noticed at once (process exit,
@@ -115,6 +118,8 @@ class ControllerRuntime:
         self._failure_of: dict[str, dict[str, Any]] = {}  # instance id -> its entry in failures
         self._slot_logs: dict[tuple[str, int], list[str]] = {}  # last log lines of a failed slot
         self.failing: frozenset[str] = frozenset()  # services crash-looping: no instance, back-off
+        self._last_frame = 0.0  # loop time of the coordinator's last frame
+        self._stalled = False  # the coordinator has been silent for COORDINATOR_SILENT
 
     def apply(self, deployment: Deployment, rolled: Iterable[str] = ()) -> None:
         """Run on an edited deployment file from now on (`boxer up` again; boxer.controller.reapply
@@ -157,7 +162,7 @@ class ControllerRuntime:
             while not stop.is_set():
                 began = loop.time()
                 self._wake.clear()
-                if self.connected.is_set():
+                if self.connected.is_set() and not self._coordinator_stalled(loop.time()):
                     await self._tick_guarded(loop.time())
                 self._write_status()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -505,7 +510,26 @@ class ControllerRuntime:
                 self._session = None
                 framed.close()
 
+    def _coordinator_stalled(self, now: float) -> bool:
+        """Nothing at all from the coordinator for COORDINATOR_SILENT s (it answers our pings
+        every second, and forwards reports): it is stopped or cut off, and every instance's
+        silence is its, not theirs. Ticking would replace them all (two instances are too few
+        for the partition guard), so, as while the session is down, we do not tick."""
+        if now - self._last_frame <= COORDINATOR_SILENT:
+            return False
+        if not self._stalled:
+            self._stalled = True
+            log.warning("nothing from the coordinator for %.1f s: not deciding until it is heard",
+                        now - self._last_frame)
+            self.metrics.inc("boxer_controller_coordinator_stalls_total")
+        return True
+
     def _on_message(self, message: Any, now: float) -> None:
+        self._last_frame = now
+        if self._stalled:  # heard again: silence counts from now, as the coordinator counts it
+            self._stalled = False
+            self.book.heard_again(now)
+            log.info("the coordinator is heard again")
         try:
             ready = len(self.book.ready_latencies)
             self.book.on_message(message, now)

@@ -41,12 +41,12 @@ class LinkTimeouts:
     def silence(self) -> float:
         return self.ping_interval * self.silence_pings
     backoff_first: float = 0.05
-    # A new connection attempt starts at most this far apart (0.6 s with jitter), even while
+    # A new connection attempt starts at most this far apart (0.45 s with jitter), even while
     # earlier ones still wait for an answer: each sends a fresh SYN, where one attempt's own
     # retransmits back off to 1, 2, 4 s. New connections work again within a second of the
     # coordinator's return (a restart, the end of a network cut), and a thousand agents still
     # spread over half a second.
-    backoff_max: float = 0.4
+    backoff_max: float = 0.3
     attempt_timeout: float = 3.0  # one attempt (connect, handshake, registration) gives up after this
     # Our control connection is stuck when the kernel has retransmitted our unacknowledged data
     # this many times in a row and heard no ACK for `stall_ack` s: the path is cut (a frozen

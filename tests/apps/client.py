@@ -101,24 +101,27 @@ def cmd_stream(host, port, seconds):
     return {"ok": True, "bytes": sent}
 
 
-def cmd_retry_connect(host, port, after, seconds, attempt_timeout="2"):
-    """From wall-clock time `after` on, connect every 20 ms until one succeeds; report when.
+def cmd_retry_connect(host, port, after, seconds, attempt_timeout="2", success_from="0"):
+    """From wall-clock time `after` on, connect every 20 ms until one succeeds at or after
+    wall time `success_from` (earlier successes are counted, not reported); report when.
     Each attempt gives up after `attempt_timeout` seconds."""
     while time.time() < float(after):
         time.sleep(0.01)
     end = time.monotonic() + float(seconds)
-    attempts = 0
+    attempts = early = 0
     while time.monotonic() < end:
         attempts += 1
         try:
             with connect(host, port, timeout=float(attempt_timeout)) as s:
                 s.sendall(b"ECHO\nx")
                 if s.recv(1) == b"x":
-                    return {"connected_at": time.time(), "attempts": attempts}
+                    if time.time() >= float(success_from):
+                        return {"connected_at": time.time(), "attempts": attempts, "early": early}
+                    early += 1
         except OSError:
             pass
         time.sleep(0.02)
-    return {"connected_at": None, "attempts": attempts}
+    return {"connected_at": None, "attempts": attempts, "early": early}
 
 
 def cmd_idle(host, port, seconds):
