@@ -168,30 +168,31 @@ def test_the_lambda_backend_retries_throttling_from_the_endpoint(monkeypatch, tm
                                 retry=RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.02))
         spec = InstanceSpec(name="kv-1", service="kv", index=1, command=["redis-server"])
 
-        async def go() -> Any:
+        async def scenario() -> None:
+            # one event loop, as in the controller: the aiobotocore client lives in it
             handle = await backend.launch(spec)
-            state = backend.status()
+            during = backend.status()
             handle.mark_failed("never registered")
             await asyncio.sleep(0)
-            return handle, state, backend.status()
+            after = backend.status()
+            assert handle.details["attempts"] == 4 and handle.state is HandleState.FAILED
+            assert during["throttled_total"] == 3
+            assert during["concurrency"] == {"limit": 2, "in_use": 1, "waiting": 0}
+            assert after["concurrency"]["in_use"] == 0  # the failure gave the slot back
+            assert server.stats()["dropped"] == 1 and server.stats()["throttled"] == 3
 
-        handle, during, after = asyncio.run(go())
-        assert handle.details["attempts"] == 4 and handle.state is HandleState.FAILED
-        assert during["throttled_total"] == 3
-        assert during["concurrency"] == {"limit": 2, "in_use": 1, "waiting": 0}
-        assert after["concurrency"]["in_use"] == 0  # the failure gave the slot back
-        assert server.stats()["dropped"] == 1 and server.stats()["throttled"] == 3
+            server.throttle(99)
+            with pytest.raises(LaunchError) as caught:
+                await backend.launch(spec)
+            assert caught.value.code == "TooManyRequestsException" and caught.value.attempts == 5
+            # Ten calls, one connection: the backend reads each answer, so the pool reuses it.
+            assert server.stats()["connections"] == 1
+            bad = LambdaBackend(LambdaFacts("nope", "203.0.113.7:7000", "/x", REGION))
+            server.throttle(0)
+            with pytest.raises(LaunchError) as caught:
+                await bad.launch(spec)
+            assert caught.value.code == "ResourceNotFoundException"
+            await backend.close()
+            await bad.close()
 
-        server.throttle(99)
-        with pytest.raises(LaunchError) as caught:
-            asyncio.run(backend.launch(spec))
-        assert caught.value.code == "TooManyRequestsException" and caught.value.attempts == 5
-        # Ten calls, one connection: the backend reads each answer, so botocore reuses it.
-        assert server.stats()["connections"] == 1
-        bad = LambdaBackend(LambdaFacts("nope", "203.0.113.7:7000", "/x", REGION))
-        server.throttle(0)
-        with pytest.raises(LaunchError) as caught:
-            asyncio.run(bad.launch(spec))
-        assert caught.value.code == "ResourceNotFoundException"
-        asyncio.run(backend.close())
-        asyncio.run(bad.close())
+        asyncio.run(scenario())

@@ -131,7 +131,10 @@ def test_launch_invokes_asynchronously_with_a_valid_event(aws: Path) -> None:
 
 
 def test_get_backend_builds_it_from_the_terraform_outputs(aws: Path) -> None:
-    backend = get_backend("lambda", outputs=aws)
+    # A boto3 client (run in the backend's thread pool): moto's in-process mock does not patch
+    # aiohttp, so the default aiobotocore client is tested against the local Invoke API
+    # (tests/test_invoke_api.py), as botocore's real HTTP stack.
+    backend = get_backend("lambda", outputs=aws, client=boto3.client("lambda", region_name=REGION))
     assert isinstance(backend, LambdaBackend)
     assert backend.facts == LambdaFacts("boxer-demo", "203.0.113.7:7000",
                                         "/boxer/demo/secret", REGION)

@@ -42,13 +42,15 @@ def _listen(value: str) -> tuple[str, int]:
               help="The function's environment variables (repeatable).")
 @click.option("--throttle-first", type=click.IntRange(0), default=0, show_default=True,
               help="Answer the first N Invoke calls 429 TooManyRequestsException.")
+@click.option("--latency", type=click.FloatRange(0, 10), default=0.0, show_default=True, metavar="SECONDS",
+              help="Wait this long before answering each Invoke (the round trip to Lambda's endpoint).")
 @click.option("--drop", is_flag=True,
               help="Accept events (202) and run nothing: instances that never register.")
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write each invocation's log to DIR/FUNCTION/REQUEST-ID.log.")
 def serve_command(function_name: str, listen: str, lab_name: str | None, hosts: str | None,
                   concurrency: int, timeout: float, region: str, env_items: tuple[str, ...],
-                  throttle_first: int, drop: bool, log_dir: Path | None) -> None:
+                  throttle_first: int, latency: float, drop: bool, log_dir: Path | None) -> None:
     """Serve Lambda's Invoke API for one function until Ctrl-C or SIGTERM.
 
     Point boto3 at it with AWS_ENDPOINT_URL_LAMBDA=http://HOST:PORT; the first line printed
@@ -85,7 +87,7 @@ def serve_command(function_name: str, listen: str, lab_name: str | None, hosts: 
     try:
         function = LocalFunction(function_name, timeout=timeout, slots=slots, env=env, drop=drop)
         server = InvokeApiServer([function], host, port, region=region,
-                                 throttle_first=throttle_first, log_dir=log_dir)
+                                 throttle_first=throttle_first, latency=latency, log_dir=log_dir)
     except (ValueError, OSError) as exc:
         raise click.ClickException(f"cannot serve the Invoke API on {listen}: {exc}") from None
     stop = threading.Event()

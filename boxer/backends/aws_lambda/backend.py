@@ -4,10 +4,15 @@ Invoke with InvocationType=Event returns 202 as soon as Lambda has queued the ev
 instance exists for us once its agent registers with the coordinator, which the controller
 watches (it calls `handle.mark_failed(...)` when that does not happen in time).
 
-boto3 is blocking, so calls run in a small thread pool (aiobotocore is not a dependency); the
-client is built once, with the standard credential chain and the region from the terraform
-outputs. botocore's own retries are off: we retry throttling here, with exponential backoff and
-full jitter, so the schedule is ours, visible in the logs and testable.
+Invoke goes through aiobotocore (botocore on aiohttp): the call is a coroutine on the
+controller's event loop, over a pool of keep-alive connections, so a burst of launches is as
+many requests in flight as the pool has connections, not as many as a thread pool has threads
+(benchmarks/bench_lambda_launch.py measures both). The client is built on the first launch,
+inside the loop, with the standard credential chain (and AWS_ENDPOINT_URL_LAMBDA) and the region
+from the terraform outputs. A synchronous client passed in (boto3: tests with moto's in-process
+mock, which does not patch aiohttp; the benchmark's baseline) runs in a small thread pool.
+botocore's own retries are off: we retry throttling here, with exponential backoff and full
+jitter, so the schedule is ours, visible in the logs and testable.
 
 Concurrency: each live instance holds one slot of a semaphore sized like the function's share
 of the account's concurrent executions; the state is reported by `status()` for `boxer status`.
@@ -155,13 +160,18 @@ class LambdaBackend:
         slot_timeout: float = 30.0,
         retry: RetryPolicy = RetryPolicy(),
         max_workers: int = 8,
+        max_connections: int = 64,
         rng: random.Random | None = None,
     ) -> None:
         if (facts is None) == (outputs is None):
             raise ValueError("give exactly one of facts= or outputs= (a `terraform output "
                              "-json` file)")
         self.facts = facts if facts is not None else LambdaFacts.load(outputs)  # type: ignore[arg-type]
-        self._client = client if client is not None else _make_client(self.facts.region)
+        # None: an aiobotocore client, made by the first launch (it needs the running loop).
+        self._client = client
+        self._client_exit: Any = None  # closes the aiobotocore client
+        self._client_ready = asyncio.Lock()
+        self._max_connections = max_connections
         self._slots = ConcurrencyLimiter(max_concurrency)
         self._slot_timeout = slot_timeout
         self._retry = retry
@@ -230,6 +240,10 @@ class LambdaBackend:
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._client_exit is not None:
+            exit_client, self._client_exit, self._client = self._client_exit, None, None
+            await exit_client(None, None, None)
+            return
         close = getattr(self._client, "close", None)  # boto3 clients: their pooled sockets
         if close is not None:
             close()
@@ -238,11 +252,17 @@ class LambdaBackend:
         from botocore.exceptions import BotoCoreError, ClientError
 
         loop = asyncio.get_running_loop()
-        call = partial(_invoke_event, self._client, FunctionName=self.facts.function_name,
+        client = await self._ensure_client()
+        call = partial(_invoke_event, client, FunctionName=self.facts.function_name,
                        InvocationType="Event", Payload=payload)
+        asynchronous = _is_aio_client(client)
         for attempt in range(1, self._retry.attempts + 1):
             try:
-                reply: dict[str, Any] = await loop.run_in_executor(self._pool, call)
+                if asynchronous:
+                    reply: dict[str, Any] = await _invoke_event_async(client, FunctionName=self.facts.function_name,
+                                                                      InvocationType="Event", Payload=payload)
+                else:
+                    reply = await loop.run_in_executor(self._pool, call)
             except ClientError as exc:
                 error = exc.response.get("Error", {})
                 code, message = error.get("Code", "?"), error.get("Message", "")
@@ -270,6 +290,33 @@ class LambdaBackend:
         raise AssertionError("unreachable")
 
 
+    async def _ensure_client(self) -> Any:
+        async with self._client_ready:
+            if self._client is None:
+                self._client, self._client_exit = await _make_client(self.facts.region,
+                                                                     self._max_connections)
+        return self._client
+
+
+def _is_aio_client(client: Any) -> bool:
+    """aiobotocore's methods are plain functions that return coroutines: ask its class."""
+    try:
+        from aiobotocore.client import AioBaseClient
+    except ImportError:
+        return False
+    return isinstance(client, AioBaseClient)
+
+
+async def _invoke_event_async(client: Any, **call: Any) -> dict[str, Any]:
+    """As _invoke_event, for aiobotocore: its body read, so the connection goes back to the pool."""
+    reply: dict[str, Any] = await client.invoke(**call)
+    body = reply.get("Payload")
+    if body is not None:
+        async with body as stream:
+            await stream.read()
+    return reply
+
+
 def _invoke_event(client: Any, **call: Any) -> dict[str, Any]:
     """client.invoke, and its answer read: the body is empty for an event, but until it is
     read botocore holds the connection, and every launch would open (and leak) one more
@@ -282,11 +329,27 @@ def _invoke_event(client: Any, **call: Any) -> dict[str, Any]:
     return reply
 
 
-def _make_client(region: str) -> Any:
-    import boto3  # lazily: `boxer run` and the local backends never need it
-    from botocore.config import Config
+CLIENT_CONFIG = {"retries": {"total_max_attempts": 1}, "connect_timeout": 5, "read_timeout": 15}
+
+
+async def _make_client(region: str, max_connections: int) -> tuple[Any, Any]:
+    """An aiobotocore Lambda client and the coroutine function that closes it."""
+    from aiobotocore.config import AioConfig  # lazily: `boxer run` and the local backends never need it
+    from aiobotocore.session import get_session
 
     # Retries are ours (see module docstring); a short connect timeout keeps a broken network
     # from stalling a scale-up for a minute.
-    config = Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=15)
+    config = AioConfig(max_pool_connections=max_connections, **CLIENT_CONFIG)  # type: ignore[arg-type]
+    context = get_session().create_client("lambda", region_name=region, config=config)
+    client = await context.__aenter__()
+    return client, context.__aexit__
+
+
+def boto3_client(region: str, max_connections: int = 10) -> Any:
+    """The synchronous client of before (boto3; LambdaBackend runs it in its thread pool): the
+    benchmark's baseline."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(max_pool_connections=max_connections, **CLIENT_CONFIG)  # type: ignore[arg-type]
     return boto3.session.Session().client("lambda", region_name=region, config=config)

@@ -27,7 +27,8 @@ The calls, as Lambda answers them (API version 2015-03-31):
     GET  /2015-03-31/functions/{name}/configuration -> the function's configuration
 
 Errors carry `x-amzn-ErrorType` and a JSON body {"Type", "message"}, which botocore turns into
-ClientError codes. Knobs for tests: `throttle(n)` (or `throttle_first=`) answers the next n
+ClientError codes. Knobs for tests: `latency=` (seconds before each Invoke is answered, as the round trip to
+Lambda's endpoint), `throttle(n)` (or `throttle_first=`) answers the next n
 Invoke calls 429 TooManyRequestsException; `LocalFunction(drop=True)` accepts events (202) and
 runs nothing, like an invocation whose sandbox never gets going. Our own endpoints, outside
 Lambda's API: `GET /_boxer/stats` (counters) and `POST /_boxer/throttle` ({"count": n}).
@@ -105,7 +106,7 @@ class _Function:
 class InvokeApiServer:
     def __init__(self, functions: Sequence[LocalFunction], host: str = "127.0.0.1",
                  port: int = 0, *, region: str = "us-east-1", account: str = "000000000000",
-                 throttle_first: int = 0, python: str = sys.executable,
+                 throttle_first: int = 0, latency: float = 0.0, python: str = sys.executable,
                  log_dir: str | Path | None = None) -> None:
         if not functions:
             raise ValueError("serve at least one function")
@@ -116,11 +117,14 @@ class InvokeApiServer:
         self._functions = {f.name: _Function(f) for f in functions}
         self._lock = threading.Lock()
         self._throttle_left = throttle_first
+        # seconds each Invoke waits before it is answered: the round trip to Lambda's endpoint,
+        # which is what a client with few connections pays per launch (the benchmark's knob)
+        self.latency = latency
         self._closing = False
         self._threads: set[threading.Thread] = set()
         self.counts: Counter[str] = Counter()  # what /_boxer/stats reports
         self.results: list[dict[str, Any]] = []  # finished invocations, newest last
-        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._httpd = _Server((host, port), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever,
                                         name="lambda-invoke-api", daemon=True)
@@ -310,6 +314,14 @@ class InvokeApiServer:
             del self.results[:-100]
 
 
+class _Server(ThreadingHTTPServer):
+    # A controller's burst opens its whole connection pool at once (64 for aiobotocore): with
+    # socketserver's backlog of 5, connections past it were dropped by the kernel and the
+    # client saw them closed before an answer. Lambda's endpoint takes them all.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM a sandbox (it stops its runtime and the instance), kill its tree if it lingers."""
     from boxer.backends.emulators.lambda_local import _kill_tree
@@ -386,6 +398,8 @@ def _make_handler(server: InvokeApiServer) -> type[BaseHTTPRequestHandler]:
             if kind not in ("Event", "RequestResponse", "DryRun"):
                 return self._error(400, "InvalidParameterValueException",
                                    f"invalid invocation type {kind!r}")
+            if server.latency:
+                time.sleep(server.latency)  # this connection's thread only: the others go on
             if server._take_throttle():
                 return self._error(429, "TooManyRequestsException", "Rate Exceeded.",
                                    Reason="CallerRateLimitExceeded")
