@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import write_results  # noqa: E402
+from _common import write_results
 
 C_FLAGS = ["-O2", "-fvisibility=hidden", "-std=gnu11", "-pthread", "-shared", "-fPIC"]
 
