@@ -51,6 +51,14 @@ def lambda_backend_issues(deployment: Deployment) -> list[Finding]:
                 "baseCapacity places instances on `vm`, which the lambda backend cannot start"
                 " (it runs `function` placement only): remove it (docs/aws.md)",
             ))
+        for key in sorted(svc.env):
+            # The event's env reaches the agent's own process (docs/security.md).
+            if key.startswith(("LD_", "PYTHON", "BOXER_")) and key not in _RESERVED_ENV:
+                findings.append((
+                    ("services", name, "env", key), svc.env[key],
+                    f"{key}: LD_*, PYTHON* and BOXER_* variables would reach the agent on Lambda, not just"
+                    " the app: set it in the command instead (e.g. `env PYTHONPATH=/app python3 app.py`)",
+                ))
     return findings
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from boxer.nat_traversal import messages as m
 from boxer.nat_traversal.broker import Action, Broker, Close, Send, Timeouts
+from boxer.nat_traversal.defaults import relay_port_of
 from boxer.nat_traversal.limits import Limits, Refusals, RelayLimits
 from boxer.nat_traversal.relay import RelayServer
 from boxer.nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, ProtocolError, encode_frame
@@ -197,7 +198,7 @@ async def serve(host: str, port: int, secret: bytes, prefix: str, ready_file: st
     limits, relay_limits = fit_to_descriptors(limits or Limits(), relay_limits or RelayLimits(), files)
     refusals = Refusals()
     relay = RelayServer(secret, relay_limits, refusals)
-    relay_port = port + 1 if relay_port is None else relay_port
+    relay_port = relay_port_of(port) if relay_port is None else relay_port
     relay_bound = await relay.start(host, relay_port) if embedded_relay else relay_port
     server = CoordinatorServer(Broker(secret, prefix=prefix, relay_port=relay_bound, timeouts=timeouts or Timeouts(),
                                       limits=limits, refusals=refusals))

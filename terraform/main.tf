@@ -237,7 +237,7 @@ data "aws_ssm_parameter" "coordinator_ami" {
 
 resource "aws_security_group" "coordinator" {
   name        = "${var.name}-coordinator"
-  description = "boxer coordinator: its one TCP port in, HTTPS out"
+  description = "boxer coordinator: its two TCP ports in, HTTPS out"
   vpc_id      = data.aws_subnet.coordinator.vpc_id
   tags        = local.tags
 }
@@ -249,6 +249,19 @@ resource "aws_vpc_security_group_ingress_rule" "coordinator" {
   ip_protocol       = "tcp"
   from_port         = var.coordinator_port
   to_port           = var.coordinator_port
+  cidr_ipv4         = each.value
+}
+
+# The relay and the NAT probe listen on the coordinator's port + 1 (RELAY_PORT_OFFSET in
+# nat_traversal/defaults.py, which tests/test_terraform.py holds this to): without it relayed
+# connections and `boxer probe-nat` cannot work.
+resource "aws_vpc_security_group_ingress_rule" "relay" {
+  for_each          = toset(var.coordinator_allowed_cidrs)
+  security_group_id = aws_security_group.coordinator.id
+  description       = "boxer relay and NAT probes"
+  ip_protocol       = "tcp"
+  from_port         = var.coordinator_port + 1
+  to_port           = var.coordinator_port + 1
   cidr_ipv4         = each.value
 }
 

@@ -110,7 +110,7 @@ variable "log_level" {
 }
 
 variable "coordinator_port" {
-  description = "TCP port the coordinator listens on; the only port its security group opens."
+  description = "TCP port the coordinator listens on; its relay and NAT probes listen on the next one. The security group opens these two."
   type        = number
   default     = 7000
 

@@ -48,6 +48,9 @@ def event(secret: str, name: str = "kv-1") -> dict[str, Any]:
             "env": {}, "coordinator": "127.0.0.1:7000", "secret": {"file": secret}}
 
 
+CREDENTIALS = ("testing", "testing")  # what the clients below sign with
+
+
 @pytest.fixture
 def clients() -> Any:
     """boto3 clients for a server, closed at the end (their pooled sockets with them)."""
@@ -76,7 +79,7 @@ def test_answers_like_lambda(handlers: dict[str, Any], clients: Any) -> None:
     functions = [LocalFunction("boxer-t", timeout=30, env=handlers["env"],
                                handler="invoke_handlers.exit3"),
                  LocalFunction("boxer-void", drop=True)]
-    with InvokeApiServer(functions, region=REGION) as server:
+    with InvokeApiServer(functions, region=REGION, credentials=CREDENTIALS) as server:
         lam = clients(server)
         # Event: 202 at once, with a request id; the handler runs in a sandbox afterwards.
         reply = lam.invoke(FunctionName="boxer-t", InvocationType="Event",
@@ -129,7 +132,7 @@ def test_events_queue_for_a_free_slot_and_a_busy_function_throttles_sync_calls(
         handlers: dict[str, Any], clients: Any) -> None:
     function = LocalFunction("boxer-t", timeout=60, env=handlers["env"],
                              handler="invoke_handlers.forever")
-    server = InvokeApiServer([function], region=REGION).start()
+    server = InvokeApiServer([function], region=REGION, credentials=CREDENTIALS).start()
     try:
         lam = clients(server)
         for name in ("kv-1", "kv-2"):
@@ -196,3 +199,48 @@ def test_the_lambda_backend_retries_throttling_from_the_endpoint(monkeypatch, tm
             await bad.close()
 
         asyncio.run(scenario())
+
+
+# --- the API runs code for its caller: only signed calls, bounded bodies (issue 14) --------------
+
+def test_an_unsigned_or_wrongly_signed_call_is_refused_and_runs_nothing(clients: Any) -> None:
+    import urllib.error
+    import urllib.request
+
+    with InvokeApiServer([LocalFunction("boxer-t", drop=True)], region=REGION,
+                         credentials=("AKIDBOXERTEST", "s3cr3t-s3cr3t")) as server:
+        url = f"{server.endpoint_url}/2015-03-31/functions/boxer-t/invocations"
+        with pytest.raises(urllib.error.HTTPError) as unsigned:
+            urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=5)
+        assert unsigned.value.code == 403
+        wrong = boto3.client("lambda", region_name=REGION, endpoint_url=server.endpoint_url,
+                             aws_access_key_id="AKIDBOXERTEST", aws_secret_access_key="guess")
+        with pytest.raises(ClientError) as caught:
+            wrong.invoke(FunctionName="boxer-t", InvocationType="Event", Payload=b"{}")
+        wrong.close()
+        assert caught.value.response["Error"]["Code"] == "UnrecognizedClientException"
+        right = boto3.client("lambda", region_name=REGION, endpoint_url=server.endpoint_url,
+                             aws_access_key_id="AKIDBOXERTEST", aws_secret_access_key="s3cr3t-s3cr3t")
+        assert right.invoke(FunctionName="boxer-t", InvocationType="Event", Payload=b"{}")["StatusCode"] == 202
+        right.close()
+        stats = server.stats()
+    assert stats["unsigned"] == 2 and stats["events"] == 1
+
+
+def test_a_body_larger_than_any_payload_is_refused_unread() -> None:
+    import socket
+
+    with InvokeApiServer([LocalFunction("boxer-t", drop=True)], region=REGION, credentials=CREDENTIALS) as server:
+        host, port = server.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"POST /2015-03-31/functions/boxer-t/invocations HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: 99999999999\r\n\r\n")
+            answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+
+
+def test_the_server_will_not_start_without_credentials(monkeypatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    with pytest.raises(ValueError, match="serves only calls signed with them"):
+        InvokeApiServer([LocalFunction("boxer-t")], region=REGION)

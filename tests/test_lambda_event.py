@@ -145,3 +145,20 @@ def test_instance_spec_validation() -> None:
     assert "index True is not an integer >= 0" in message
     assert "command is empty" in message
     assert "placement 'cloud' is not one of vm, function" in message
+
+
+def test_env_keys_that_would_reach_the_agent_are_refused() -> None:
+    """Before: an event's env reached the agent with any key: LD_PRELOAD or PYTHONPATH ran code in
+    it, BOXER_SECRET_FILE changed what it authenticates with."""
+    event = valid_event(env={"LD_PRELOAD": "/tmp/x.so", "PYTHONPATH": "/tmp", "BOXER_SECRET_FILE": "/tmp/s",
+                             "MAXMEMORY": "64mb"})
+    with pytest.raises(EventError) as caught:
+        LambdaEvent.from_dict(event)
+    assert ("env may not set BOXER_SECRET_FILE, LD_PRELOAD, PYTHONPATH: LD_*, PYTHON* and BOXER_* would reach "
+            "the agent itself") in str(caught.value)
+
+
+def test_a_spec_whose_env_the_event_would_refuse_is_not_sent() -> None:
+    spec = InstanceSpec(name="kv-1", service="kv", index=1, command=["redis-server"], env={"LD_PRELOAD": "x.so"})
+    with pytest.raises(ValueError, match="instance kv-1: env may not set LD_PRELOAD"):
+        event_for(spec, coordinator="10.0.0.1:7000", secret=SecretRef("ssm_parameter", "/boxer/s"))

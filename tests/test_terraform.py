@@ -107,13 +107,27 @@ def test_secret_is_a_securestring_from_random_bytes() -> None:
     assert "random_bytes.secret.hex" in parameter["value"]
 
 
-def test_security_group_opens_only_the_coordinator_port() -> None:
+def test_security_group_opens_exactly_the_ports_the_coordinator_serves() -> None:
+    """Its port and its relay's (the NAT probes' too), counted as the coordinator counts them
+    (nat_traversal/defaults.py). Before, the relay's port was closed: relayed connections and
+    `boxer probe-nat` could not work on AWS."""
+    from boxer.nat_traversal.defaults import DEFAULT_PORT, RELAY_PORT_OFFSET, relay_port_of
+
     main = load("main.tf")
+    variables = {name: body for block in load("variables.tf")["variable"] for name, body in block.items()}
+    assert variables["coordinator_port"]["default"] == DEFAULT_PORT
     ingress = resources(main, "aws_vpc_security_group_ingress_rule")
-    assert list(ingress) == ["coordinator"]
-    rule = ingress["coordinator"]
-    assert rule["from_port"] == rule["to_port"] == "${var.coordinator_port}"
-    assert unquote(rule["ip_protocol"]) == "tcp"
+    offsets = {}
+    for name, rule in ingress.items():
+        assert rule["from_port"] == rule["to_port"], name
+        assert unquote(rule["ip_protocol"]) == "tcp"
+        assert rule["cidr_ipv4"] == "${each.value}" and rule["for_each"] == "${toset(var.coordinator_allowed_cidrs)}"
+        expression = rule["from_port"].removeprefix("${").removesuffix("}")
+        base, _, plus = expression.partition(" + ")
+        assert base == "var.coordinator_port", rule["from_port"]
+        offsets[name] = int(plus or 0)
+    assert sorted(offsets.values()) == [0, RELAY_PORT_OFFSET]
+    assert relay_port_of(DEFAULT_PORT) == DEFAULT_PORT + offsets["relay"]
     assert not resources(main, "aws_security_group")["coordinator"].get("ingress")
     egress = resources(main, "aws_vpc_security_group_egress_rule")
     assert [(r["from_port"], r["to_port"]) for r in egress.values()] == [(443, 443)]

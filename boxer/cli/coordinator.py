@@ -9,7 +9,7 @@ import click
 from boxer import _aio as aio
 from boxer.cli._common import endpoint_option, fail, setup_logging
 from boxer.nat_traversal.auth import SecretError, load_secret
-from boxer.nat_traversal.defaults import DEFAULT_PORT, DEFAULT_PREFIX
+from boxer.nat_traversal.defaults import DEFAULT_PORT, DEFAULT_PREFIX, relay_port_of
 from boxer.nat_traversal.limits import Limits, RelayLimits, describe, with_overrides
 
 
@@ -81,7 +81,7 @@ def _limits(settings: tuple[str, ...]) -> tuple[Limits, RelayLimits]:
 
 
 @click.command("relay")
-@click.option("--listen", default=f"0.0.0.0:{DEFAULT_PORT + 1}", show_default=True, metavar="HOST:PORT",
+@click.option("--listen", default=f"0.0.0.0:{relay_port_of(DEFAULT_PORT)}", show_default=True, metavar="HOST:PORT",
               help="Address to listen on (the coordinator's --relay-port).")
 @click.option("--secret-file", envvar="BOXER_SECRET_FILE", type=click.Path(dir_okay=False),
               help="File holding the deployment secret (hex) [env BOXER_SECRET_FILE].")

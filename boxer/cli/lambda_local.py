@@ -54,7 +54,9 @@ def serve_command(function_name: str, listen: str, lab_name: str | None, hosts: 
     """Serve Lambda's Invoke API for one function until Ctrl-C or SIGTERM.
 
     Point boto3 at it with AWS_ENDPOINT_URL_LAMBDA=http://HOST:PORT; the first line printed
-    says exactly that.
+    says exactly that. It serves only calls signed with the AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY it was started with (an invocation runs code as this user): give it and
+    its callers the same random pair.
 
     \b
     Example (docs/aws.md, "Without an AWS account"):

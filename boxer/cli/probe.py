@@ -10,6 +10,7 @@ import click
 
 from boxer import _aio as aio
 from boxer.agent.control import parse_endpoint
+from boxer.nat_traversal.defaults import relay_port_of
 
 
 @click.command("probe-nat")
@@ -33,7 +34,7 @@ def probe_nat_command(coordinator, relay_port, idle, output) -> None:
     from boxer.agent.natprobe import idle_mapping_survives, probe_filtering, probe_mapping
 
     host, port = parse_endpoint(coordinator)
-    relay = relay_port or port + 1
+    relay = relay_port or relay_port_of(port)
 
     async def measure() -> dict:
         probe = await probe_mapping((host, port), relay)

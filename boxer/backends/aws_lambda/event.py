@@ -117,6 +117,8 @@ class LambdaEvent:
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()
         ):
             problems.append("env must be an object of string to string")
+        else:
+            problems.extend(env_problems(env))
         coordinator = event.get("coordinator", "x:1")
         if not isinstance(coordinator, str) or not _valid_host_port(coordinator):
             problems.append(f"coordinator {coordinator!r} is not 'host:port'")
@@ -142,10 +144,29 @@ class LambdaEvent:
         )
 
 
+# The event's `env` reaches the agent's own process (Python, then the app under the interposer):
+# these would run code in it or change what boxer does (LD_PRELOAD, PYTHONPATH, BOXER_SECRET_FILE).
+REFUSED_ENV_PREFIXES = ("LD_", "PYTHON", "BOXER_")
+# ... except what the handler sets itself from the event's own fields.
+_DERIVED_ENV = ("BOXER_INSTANCE_INDEX", "BOXER_INSTANCE_NAME")
+
+
+def env_problems(env: Mapping[str, str]) -> list[str]:
+    refused = sorted(key for key in env if key.startswith(REFUSED_ENV_PREFIXES))
+    if not refused:
+        return []
+    return [f"env may not set {', '.join(refused)}: LD_*, PYTHON* and BOXER_* would reach the agent itself; "
+            "an app that needs one sets it in its command (e.g. `env PYTHONPATH=/app python3 app.py`)"]
+
+
 def event_for(spec: InstanceSpec, *, coordinator: str, secret: SecretRef) -> LambdaEvent:
-    """The event that starts `spec` inside a function."""
+    """The event that starts `spec` inside a function. ValueError if the spec's env holds a key
+    the event refuses (the deployment file's checks say so first)."""
     if not _valid_host_port(coordinator):
         raise ValueError(f"coordinator {coordinator!r} is not 'host:port'")
+    env = {key: value for key, value in spec.env.items() if key not in _DERIVED_ENV}
+    if problems := env_problems(env):
+        raise ValueError(f"instance {spec.name}: {problems[0]}")
     return LambdaEvent(
         name=spec.name,
         service=spec.service,
@@ -153,7 +174,7 @@ def event_for(spec: InstanceSpec, *, coordinator: str, secret: SecretRef) -> Lam
         command=tuple(spec.command),
         coordinator=coordinator,
         secret=secret,
-        env=dict(spec.env),
+        env=env,
         lifetime=spec.max_lifetime,
     )
 

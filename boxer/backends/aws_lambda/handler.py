@@ -196,12 +196,13 @@ def _probe_nat(coordinator: str) -> dict[str, Any]:
 
     from boxer.agent.control import parse_endpoint
     from boxer.agent.natprobe import probe_filtering, probe_mapping
+    from boxer.nat_traversal.defaults import relay_port_of
 
     host, port = parse_endpoint(coordinator)
 
     async def measure() -> dict[str, Any]:
-        mapping = await probe_mapping((host, port), port + 1)
-        return {**mapping.as_dict(), "filtering": await probe_filtering((host, port + 1))}
+        mapping = await probe_mapping((host, port), relay_port_of(port))
+        return {**mapping.as_dict(), "filtering": await probe_filtering((host, relay_port_of(port)))}
 
     try:
         return asyncio.run(measure())

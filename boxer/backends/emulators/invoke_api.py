@@ -26,6 +26,11 @@ The calls, as Lambda answers them (API version 2015-03-31):
          unknown function -> 404 ResourceNotFoundException
     GET  /2015-03-31/functions/{name}/configuration -> the function's configuration
 
+Every call but `GET /_boxer/stats` must be signed (SigV4) with the server's credentials, as
+Lambda's are: those in its environment at start (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY),
+or `credentials=`; an unsigned or wrongly signed call gets 403 and runs nothing. Bodies are
+bounded (Lambda's payload limits; a larger Content-Length is refused unread).
+
 Errors carry `x-amzn-ErrorType` and a JSON body {"Type", "message"}, which botocore turns into
 ClientError codes. Knobs for tests: `latency=` (seconds before each Invoke is answered, as the round trip to
 Lambda's endpoint), `throttle(n)` (or `throttle_first=`) answers the next n
@@ -55,6 +60,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from boxer._python import module_argv
+from boxer.backends.emulators.sigv4 import signed_by
 
 __all__ = ["InvokeApiServer", "LocalFunction"]
 
@@ -107,9 +113,17 @@ class InvokeApiServer:
     def __init__(self, functions: Sequence[LocalFunction], host: str = "127.0.0.1",
                  port: int = 0, *, region: str = "us-east-1", account: str = "000000000000",
                  throttle_first: int = 0, latency: float = 0.0, python: str = sys.executable,
-                 log_dir: str | Path | None = None) -> None:
+                 log_dir: str | Path | None = None, credentials: tuple[str, str] | None = None) -> None:
         if not functions:
             raise ValueError("serve at least one function")
+        if credentials is None:
+            key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+            if not key or not secret:
+                raise ValueError("the Invoke API runs code for whoever calls it: set AWS_ACCESS_KEY_ID and "
+                                 "AWS_SECRET_ACCESS_KEY (random values; boto3 signs with the same) and it "
+                                 "serves only calls signed with them")
+            credentials = (key, secret)
+        self.credentials = credentials
         self.region = region
         self.account = account
         self.python = python
@@ -351,14 +365,39 @@ def _make_handler(server: InvokeApiServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("invoke api: " + format, *args)
 
-        def _body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
+        def _body(self) -> bytes | None:
+            """The body, or None (and an error answered, the connection closed) if it is larger
+            than any Lambda payload or its length is not a number."""
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_SYNC_PAYLOAD:
+                self.close_connection = True  # what was sent is not read: no request follows it
+                self._error(413, "RequestTooLargeException", f"Request must be smaller than {MAX_SYNC_PAYLOAD} "
+                            "bytes for the InvokeFunction operation")
+                return None
             return self.rfile.read(length) if length else b""
+
+        def _refused_signature(self, body: bytes) -> bool:
+            """True (and 403 answered) unless the request is signed with the server's credentials."""
+            why = signed_by(self.command, self.path, self.headers, body, *server.credentials)
+            if why is None:
+                return False
+            with server._lock:
+                server.counts["unsigned"] += 1
+            log.warning("invoke api: refused %s %s from %s: %s", self.command, self.path,
+                        self.client_address[0], why)
+            self._error(403, "UnrecognizedClientException", f"The security token included in the request is "
+                        f"invalid: {why}")
+            return True
 
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
             if path == "/_boxer/stats":
                 return self._json(200, server.stats())
+            if self._refused_signature(b""):
+                return None
             match = _ROUTE.match(path)
             if match is None or match["what"] != "configuration":
                 return self._error(404, "UnknownOperationException", f"no route {path}")
@@ -380,6 +419,8 @@ def _make_handler(server: InvokeApiServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             path = urlsplit(self.path).path
             body = self._body()
+            if body is None or self._refused_signature(body):
+                return None
             if path == "/_boxer/throttle":
                 try:
                     count = int(json.loads(body or b"{}").get("count", 0))
