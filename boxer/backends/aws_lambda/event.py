@@ -147,12 +147,15 @@ class LambdaEvent:
 # The event's `env` reaches the agent's own process (Python, then the app under the interposer):
 # these would run code in it or change what boxer does (LD_PRELOAD, PYTHONPATH, BOXER_SECRET_FILE).
 REFUSED_ENV_PREFIXES = ("LD_", "PYTHON", "BOXER_")
-# ... except what the handler sets itself from the event's own fields.
+# ... except what the handler sets itself from the event's own fields (not sent),
 _DERIVED_ENV = ("BOXER_INSTANCE_INDEX", "BOXER_INSTANCE_NAME")
+# and what the controller itself sets for the agent: the instance id it chose (checked by
+# `boxer run --instance-id`).
+_CONTROLLER_ENV = ("BOXER_INSTANCE_ID",)
 
 
 def env_problems(env: Mapping[str, str]) -> list[str]:
-    refused = sorted(key for key in env if key.startswith(REFUSED_ENV_PREFIXES))
+    refused = sorted(key for key in env if key.startswith(REFUSED_ENV_PREFIXES) and key not in _CONTROLLER_ENV)
     if not refused:
         return []
     return [f"env may not set {', '.join(refused)}: LD_*, PYTHON* and BOXER_* would reach the agent itself; "
