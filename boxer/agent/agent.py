@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from boxer.agent.fastpath import EventKind, FastEvent, FastPath
 from boxer.agent.incoming import IncomingConnections
 from boxer.agent.ipc import WAKE_ADDR, Message, Op
+from boxer.agent.ipc_server import Answer
 from boxer.agent.keepalive import enable_keepalive, nat_idle_timeout
 from boxer.agent.link import CoordinatorLink
 from boxer.agent.localnames import LocalNamesSource
@@ -205,7 +206,7 @@ class Agent:
 
     # --- the interposer's requests ------------------------------------------------------------
 
-    async def handle_ipc(self, req: Message) -> tuple[Message, socket.socket | None]:
+    async def handle_ipc(self, req: Message) -> tuple[Message, socket.socket | None] | Answer:
         if req.op is Op.HELLO:
             self.hellos.add(req.pid)
             self.hello_event.set()
@@ -256,22 +257,27 @@ class Agent:
             log.info("the app did not take a connection on port %d (not listening, or not accepting)",
                      event.port)
 
-    def _connect_to_ourselves(self, req: Message) -> tuple[Message, socket.socket | None]:
+    def _connect_to_ourselves(self, req: Message) -> tuple[Message, socket.socket | None] | Answer:
         """The app connects to its own overlay address, as a host may connect to its own name: a
         loopback connection whose far end reaches the app's listener the way every incoming
         overlay connection does (wake, then ACCEPT), so both ends report the overlay address,
-        not 127.0.0.1. Refused, as by a real host, when the app does not listen on the port."""
+        not 127.0.0.1. The wake comes once the app's connect has its socket: as on a real host,
+        accept() cannot return a connection whose connect() has not completed (CPython's
+        TCPCloserTest reads the client socket right after the accept). Refused, as by a real
+        host, when the app does not listen on the port."""
         if req.port not in self.listeners:
             return req.reply(status=errno.ECONNREFUSED), None
         client, server = loopback_pair()
         client_port = client.getsockname()[1]
-        if not self.incoming.deliver_own(server, req.port, (self.addr, client_port)):
-            client.close()
-            return req.reply(status=errno.ECONNREFUSED), None
-        self.tracker.handed(client)
-        return req.reply(addr=self.addr, port=client_port), client
 
-    async def _connect_for_app(self, req: Message) -> tuple[Message, socket.socket | None]:
+        def wake() -> None:
+            if not self.incoming.deliver_own(server, req.port, (self.addr, client_port)):
+                log.info("app no longer listens on %d: its connection to itself is reset", req.port)
+
+        self.tracker.handed(client)
+        return Answer(req.reply(addr=self.addr, port=client_port), client, wake)
+
+    async def _connect_for_app(self, req: Message) -> tuple[Message, socket.socket | None] | Answer:
         if req.addr == self.addr:
             return self._connect_to_ourselves(req)
         target = (req.addr, req.port)  # no spare for it (the fast path would have used it)

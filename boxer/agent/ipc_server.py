@@ -14,15 +14,27 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from boxer.agent.fastpath import FastEvent, FastPath
 from boxer.agent.ipc import SIZE, IpcError, Message
 
 log = logging.getLogger(__name__)
 
-# A handler answers a request with a reply and, optionally, a socket to pass by SCM_RIGHTS.
-# The server closes that socket after sending: the interposer's copy is the only one left.
-Handler = Callable[[Message], Awaitable[tuple[Message, socket.socket | None]]]
+class Answer(NamedTuple):
+    """A reply, the socket it passes (or None) and what to do once the interposer has it."""
+
+    reply: Message
+    passed: socket.socket | None
+    # Run once the reply is sent and the interposer closed its end of the request, i.e. it has
+    # the passed socket: what must not be seen by the app before its call returned.
+    then: Callable[[], None]
+
+
+# A handler answers a request with a reply and, optionally, a socket to pass by SCM_RIGHTS (or an
+# Answer). The server closes that socket after sending: the interposer's copy is the only one left.
+Handler = Callable[[Message], Awaitable[tuple[Message, socket.socket | None] | Answer]]
+THEN_WAIT = 1.0  # seconds we wait for the interposer to close its end before running `then` anyway
 
 
 class IpcServer:
@@ -56,8 +68,12 @@ class IpcServer:
                 raise IpcError(f"request of {len(data)} bytes, expected {SIZE}")
             request = Message.unpack(data)
             t0 = time.monotonic()
-            reply, passed = await self._handler(request)
+            answer = await self._handler(request)
+            reply, passed = answer[0], answer[1]
             await _send_with_fd(client, reply.pack(), passed)
+            if isinstance(answer, Answer):
+                await _closed_by_peer(client, THEN_WAIT)
+                answer.then()
             log.debug("ipc %s served in %.3f ms", request.op.name, (time.monotonic() - t0) * 1e3)
         except IpcError as exc:
             log.warning("malformed request from the interposer: %s", exc)
@@ -81,6 +97,13 @@ class IpcServer:
             os.unlink(self.path)
         except OSError:
             pass
+
+
+async def _closed_by_peer(client: socket.socket, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_recv(client, 1), timeout)
+    except (asyncio.TimeoutError, OSError):
+        pass
 
 
 async def _send_with_fd(client: socket.socket, data: bytes, passed: socket.socket | None) -> None:
