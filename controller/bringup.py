@@ -132,8 +132,8 @@ def _close_image(opened: Any) -> None:
 def _fresh_state(paths: DeployPaths, file: Path) -> None:
     paths.make()
     shutil.copyfile(file, paths.applied_file)  # what runs, whatever happens to FILE later
-    paths.next_file.unlink(missing_ok=True)
-    paths.reapplied.unlink(missing_ok=True)
+    for left in ("deployment.next.yaml", "reapplied.json"):  # an older boxer's apply by files
+        (paths.root / left).unlink(missing_ok=True)
     paths.timeline.write_text("")  # a new run, a new timeline
     (paths.root / "load.jsonl").unlink(missing_ok=True)  # and no load steps of an earlier run
     paths.status.unlink(missing_ok=True)

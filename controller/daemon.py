@@ -1,7 +1,8 @@
 """The controller process of one deployment: `python -m boxer.controller.daemon --name NAME`.
 
 `boxer up` starts it (controller/bringup.py) after writing the deployment record
-(controller/record.py, deployment.json): for the lab backends (`local`,
+(controller/record.py, deployment.json); the CLI then talks to it through the control API
+(controller/api: gRPC on the deployment's Unix socket, optionally TCP with TLS): for the lab backends (`local`,
 `lambda-local`) beside the coordinator, inside the lab's coordinator namespace where the
 coordinator's address is reachable; for `lambda` right where `boxer up` runs (the user's
 machine), with the coordinator, function and secret parameter named by terraform's outputs.
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from boxer.controller.paths import DeployPaths, write_json_atomic
+from boxer.controller.paths import DeployPaths
 from boxer.controller.record import DeploymentRecord
 
 log = logging.getLogger("boxer.controller.daemon")
@@ -39,7 +40,7 @@ class _JsonLines(logging.Formatter):
 
 
 async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
-                zygote: tuple[int, int, int] | None = None) -> int:
+                zygote: tuple[int, int, int] | None = None, tcp: Any = None) -> int:
     info = DeploymentRecord.load(paths)
     if info is None:
         log.error("no deployment record in %s: start deployments with `boxer up`", paths.deployment)
@@ -71,55 +72,79 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reapply, paths, runtime, kind)
+    from boxer.controller.api.server import ControlService, serve
+
+    service = ControlService(runtime, _applier(paths, runtime, kind), stop.set, paths.log, paths.instances)
+    try:
+        servers = await serve(service, paths.control_socket, tcp)
+    except (OSError, RuntimeError) as exc:
+        log.error("cannot serve the control API: %s", exc)
+        return 2
     log.info("controller of %s up: backend %s, coordinator %s:%d", paths.name, kind,
              *coordinator)
-    await runtime.run(stop)
+    try:
+        await runtime.run(stop)
+    finally:
+        # A Down answered just before: its reply goes out, then the servers close.
+        await asyncio.gather(*(server.stop(1.0) for server in servers))
+        paths.control_socket.unlink(missing_ok=True)
     log.info("controller of %s stopped", paths.name)
     return 0
 
 
-def _reapply(paths: DeployPaths, runtime: Any, kind: str) -> None:
-    """SIGHUP: `boxer up` left an edited deployment file at paths.next_file. Apply what can be
-    applied to a running deployment (boxer.controller.reapply), or nothing; answer in paths.reapplied."""
-    from boxer.controller.errors import DeploymentFileError
-    from boxer.controller.reapply import plan_reapply
-    from boxer.controller.validate import load_deployment
+def _applier(paths: DeployPaths, runtime: Any, kind: str) -> Any:
+    """The control API's Apply: an edited deployment file, applied to the running deployment if
+    everything that changed may change live (boxer.controller.reapply), else refused whole."""
 
-    record = DeploymentRecord.load(paths)
-    answer: dict[str, Any] = {"generation": record.generation if record else 0}
-    try:
-        edited = load_deployment(paths.next_file, backend=kind)
-    except (DeploymentFileError, OSError) as exc:
-        issues = getattr(exc, "issues", None)
-        answer["error"] = "; ".join(map(str, issues)) if issues else str(exc)
-        log.error("reapply refused: %s", answer["error"])
-    else:
+    def apply(content: bytes, path: str, max_concurrency: int | None,
+              register_timeout: float | None) -> tuple[list[str], list[str]]:
+        from boxer.controller.api.server import ApplyRefused
+        from boxer.controller.errors import DeploymentFileError
+        from boxer.controller.reapply import plan_reapply
+        from boxer.controller.validate import parse_deployment
+
+        try:
+            edited = parse_deployment(content.decode("utf-8"), path or "<deployment>", backend=kind)
+        except UnicodeDecodeError as exc:
+            raise ApplyRefused(f"{path}: not UTF-8 text: {exc}") from None
+        except DeploymentFileError as exc:
+            reason = "; ".join(map(str, exc.issues))
+            log.error("apply refused: %s", reason)
+            raise ApplyRefused(reason) from None
         plan = plan_reapply(runtime.deployment, edited)
-        answer.update(changes=list(plan.changes), refused=list(plan.refused),
-                      rollouts=list(plan.rollouts))
-        if plan.ok:
-            runtime.apply(edited, plan.rollouts)
-            if record is not None:
-                _apply_backend_settings(runtime, record)
-            os.replace(paths.next_file, paths.applied_file)
-            log.info("reapplied: %s", "; ".join(plan.changes) or "no change")
-        else:
-            log.error("reapply refused: %s cannot change while the deployment runs",
-                      ", ".join(plan.refused))
-    paths.next_file.unlink(missing_ok=True)
-    write_json_atomic(paths.reapplied, answer)
+        if not plan.ok:
+            log.error("apply refused: %s cannot change while the deployment runs", ", ".join(plan.refused))
+            raise ApplyRefused(f"these cannot change while it runs: {', '.join(plan.refused)}", list(plan.refused))
+        runtime.apply(edited, plan.rollouts)
+        _apply_backend_settings(runtime, max_concurrency, register_timeout)
+        tmp = paths.applied_file.with_name(f".{paths.applied_file.name}.tmp")
+        tmp.write_bytes(content)
+        os.replace(tmp, paths.applied_file)  # what runs now, for a restart and the next apply
+        record = DeploymentRecord.load(paths)
+        if record is not None:
+            changes: dict[str, Any] = {"generation": record.generation + 1}
+            if path:
+                changes["file"] = path
+            if max_concurrency is not None:
+                changes["max_concurrency"] = max_concurrency
+            if register_timeout is not None:
+                changes["register_timeout"] = register_timeout
+            record.replace(**changes).save(paths)
+        log.info("applied: %s", "; ".join(plan.changes) or "no change")
+        return list(plan.changes), list(plan.rollouts)
+
+    return apply
 
 
-def _apply_backend_settings(runtime: Any, info: DeploymentRecord) -> None:
-    """What `boxer up` worked out for the backend from the edited `lambda:` block (the
-    concurrency it may use, after the function's and the account's limits) and wrote beside
-    the deployment before signalling us."""
+def _apply_backend_settings(runtime: Any, max_concurrency: int | None, register_timeout: float | None) -> None:
+    """What the caller worked out for the backend from the edited `lambda:` block: the
+    concurrency it may use (after the function's and the account's limits), the registration
+    timeout."""
     set_limit = getattr(runtime.backend, "set_max_concurrency", None)
-    if set_limit is not None and info.max_concurrency:
-        set_limit(int(info.max_concurrency))
-    if info.register_timeout is not None:
-        runtime.set_register_timeout(float(info.register_timeout))
+    if set_limit is not None and max_concurrency:
+        set_limit(int(max_concurrency))
+    if register_timeout is not None:
+        runtime.set_register_timeout(float(register_timeout))
 
 
 def _lab_backend(info: DeploymentRecord, paths: DeployPaths, kind: str,
@@ -172,7 +197,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tick", type=float, default=0.25)
     parser.add_argument("--zygote", metavar="PID:ANSWERS_FD:REQUESTS_FD",
                         help="an agent zygote `boxer up` started, to adopt (local backend)")
+    # The control API is always on the deployment's Unix socket; these add TCP for a remote
+    # caller (a controller beside a coordinator on another machine): TLS and a credential.
+    parser.add_argument("--control-listen", metavar="HOST:PORT", help="also serve the control API here")
+    parser.add_argument("--control-cert", metavar="PEM", help="TLS certificate chain for --control-listen")
+    parser.add_argument("--control-key", metavar="PEM", help="its private key")
+    parser.add_argument("--control-token-file", metavar="FILE",
+                        help="the credential each call must present (Bearer), one line")
     args = parser.parse_args(argv)
+    tcp = None
+    if args.control_listen:
+        if not (args.control_cert and args.control_key and args.control_token_file):
+            parser.error("--control-listen needs --control-cert, --control-key and --control-token-file")
+        from boxer.controller.api.server import TcpListener
+
+        token = Path(args.control_token_file).read_text().strip()
+        if len(token) < 16:
+            parser.error(f"{args.control_token_file}: the credential must be at least 16 characters")
+        tcp = TcpListener(args.control_listen, Path(args.control_cert).read_bytes(),
+                          Path(args.control_key).read_bytes(), token)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonLines())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
@@ -180,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     from boxer import _aio
 
     zygote = tuple(int(part) for part in args.zygote.split(":")) if args.zygote else None
-    return _aio.run(_main(DeployPaths(args.name), args.metrics_fd, args.tick, zygote))  # type: ignore[arg-type]
+    return _aio.run(_main(DeployPaths(args.name), args.metrics_fd, args.tick, zygote, tcp))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

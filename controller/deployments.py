@@ -7,6 +7,7 @@ The state of each lives under its DeployPaths (controller/paths.py): the record 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from boxer.controller.paths import DeployPaths, list_deployments, read_json
 from boxer.controller.record import DeploymentRecord
 
 __all__ = ["deployment_in_lab", "last_log_error", "load_status", "paths_for", "resolve_name"]
+
+log = logging.getLogger(__name__)
 
 
 def paths_for(name: str) -> DeployPaths:
@@ -55,15 +58,25 @@ def resolve_name(name: str | None) -> str:
 
 
 def load_status(name: str | None) -> dict[str, Any] | None:
-    """The last status the deployment's controller wrote (status.json), with running=False once
-    its controller is gone; None when there is no deployment or no status yet."""
+    """The deployment's status: asked of its controller (the control API) while it runs; once
+    it is gone, the last one it wrote (status.json, the crash record) with running=False. None
+    when there is no deployment or no status yet."""
     try:
         name = resolve_name(name)
     except DeploymentError:
         return None
     paths = paths_for(name)
+    if _running(name):
+        from boxer.controller.api.client import ControlClient, ControlError
+
+        try:
+            with ControlClient.local(paths) as client:
+                return client.status(timeout=5.0)
+        except ControlError as exc:  # starting, or stuck: what it last wrote
+            log.info("%s; showing %s", exc, paths.status)
+            return read_json(paths.status)
     status = read_json(paths.status)
-    if status is not None and not _running(name):
+    if status is not None:
         status["running"] = False
     return status
 

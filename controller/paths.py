@@ -2,9 +2,9 @@
 
     deployment.json  what `boxer up` made (file, lab, backend, controller pid)
     deployment.yaml  the deployment file as the controller runs it
-    deployment.next.yaml, reapplied.json
-                     `boxer up` again with an edited file: the edit, and the controller's answer
-    status.json      rewritten by the controller a few times a second, read by `boxer status`
+    control/sock     the controller's control API (gRPC; the folder 0700, the socket 0600)
+    status.json      rewritten by the controller every tick: the crash record `boxer status`
+                     shows once the controller is gone (while it runs, it asks the controller)
     timeline.jsonl   one JSON line per tick, read by `boxer report`
     controller.log   the controller's log (JSON lines)
     instances/       one log per instance (agent and app output)
@@ -16,9 +16,11 @@ or ~/.local/state/boxer/deploy; BOXER_DEPLOY_STATE_ROOT overrides both.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,12 +64,15 @@ class DeployPaths:
         return self.root / "deployment.yaml"
 
     @property
-    def next_file(self) -> Path:
-        return self.root / "deployment.next.yaml"
-
-    @property
-    def reapplied(self) -> Path:
-        return self.root / "reapplied.json"
+    def control_socket(self) -> Path:
+        """The control API's Unix socket. A socket's path has room for 107 bytes: a state root
+        deep enough to overflow it (a test's temporary folder) puts the socket in a folder of
+        this user's under /tmp instead, named by a hash of the deployment's folder."""
+        path = self.root / "control" / "sock"
+        if len(os.fsencode(path)) <= 100:
+            return path
+        digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:24]
+        return Path(tempfile.gettempdir()) / f"boxer-control-{os.geteuid()}" / digest / "sock"
 
     @property
     def status(self) -> Path:

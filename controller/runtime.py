@@ -110,6 +110,7 @@ class ControllerRuntime:
         self._timeline: Any = None
         self._last_error: str | None = None
         self._wake = asyncio.Event()  # set: tick now, not at the next tick's time
+        self._ticked = asyncio.Event()  # set (and replaced) once a tick's status is out
         self.partition: Verdict = NORMAL  # decide()'s latest judgement of quiet instances
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
         # What happened since the last timeline line, for `boxer report`'s marks: reapply,
@@ -141,6 +142,10 @@ class ControllerRuntime:
         self._write_status()
         self._wake.set()
 
+    async def next_tick(self) -> None:
+        """Return once the next tick's status is out (what the control API's Watch streams)."""
+        await self._ticked.wait()
+
     def set_register_timeout(self, seconds: float) -> None:
         """A new `lambda.registerTimeoutSeconds`, for launches from now on (see __init__)."""
         self.timings = replace(self.timings, start_timeout=seconds)
@@ -165,6 +170,8 @@ class ControllerRuntime:
                 if self.connected.is_set() and not self._coordinator_stalled(loop.time()):
                     await self._tick_guarded(loop.time())
                 self._write_status()
+                self._ticked.set()  # the control API's watchers: a new status
+                self._ticked = asyncio.Event()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(),
                                            max(0.0, self.tick_seconds - (loop.time() - began)))

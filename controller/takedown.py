@@ -1,18 +1,24 @@
 """Take a deployment down: stop its controller (which stops its instances first), remove its
-lab, and mark the record and the last status as down. The timeline stays for `boxer report`."""
+lab, and mark the record and the last status as down. The timeline stays for `boxer report`.
+
+The controller is asked through the control API (Down); one that does not answer there gets
+SIGTERM, and SIGKILL if it is still running STOP_TIMEOUT seconds later."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
 
 from boxer.controller.deployments import paths_for
 from boxer.controller.errors import DeploymentError
-from boxer.controller.paths import read_json, write_json_atomic
+from boxer.controller.paths import DeployPaths, read_json, write_json_atomic
 from boxer.controller.record import DeploymentRecord, reap
 
 __all__ = ["STOP_TIMEOUT", "take_down"]
+
+log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 20.0  # seconds the controller has to stop its instances before SIGKILL
 
@@ -28,7 +34,7 @@ def take_down(name: str) -> str:
     pid = record.controller_pid
     stopped = False
     if pid and record.controller_alive:
-        os.kill(pid, signal.SIGTERM)  # it stops its instances first
+        _ask_to_stop(paths, pid)  # it stops its instances first
         deadline = time.monotonic() + STOP_TIMEOUT
         while record.controller_alive and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -54,3 +60,15 @@ def take_down(name: str) -> str:
     if report is not None:
         parts.append(f"lab {report.name}: {len(report.namespaces)} namespaces removed")
     return "; ".join(parts)
+
+
+def _ask_to_stop(paths: DeployPaths, pid: int) -> None:
+    from boxer.controller.api.client import ControlClient, ControlError
+
+    try:
+        with ControlClient.local(paths) as client:
+            told = client.down()
+        log.info("controller of %s stops %d instance(s)", paths.name, told)
+    except ControlError as exc:
+        log.warning("%s: stopping it with SIGTERM", exc)
+        os.kill(pid, signal.SIGTERM)

@@ -25,7 +25,8 @@ STRICT_PACKAGES = ["boxer.nat_traversal"]
 STRICT_MODULES = ["boxer.controller.policy", "boxer.controller.partition", "boxer.controller.reapply",
                   "boxer.controller.scaling", "boxer.controller.signals", "boxer.controller.spec"]
 C_SOURCES = [*sorted((ROOT / "interposer").glob("*.c")), ROOT / "boxer" / "agent" / "fastpath.c"]
-SHELL_SCRIPTS = [ROOT / "scripts" / "install-deps.sh", ROOT / ".ci" / "run"]
+SHELL_SCRIPTS = [ROOT / "scripts" / "install-deps.sh", ROOT / "scripts" / "generate-control-api.sh",
+                 ROOT / ".ci" / "run"]
 
 
 def _tool(name: str) -> str:

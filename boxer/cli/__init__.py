@@ -28,7 +28,32 @@ COMMANDS = {
 }
 
 
+# An extra's packages, by the top-level module a command failed to import: `pip install boxer`
+# carries what an instance needs, and a command that needs more says which extra brings it.
+EXTRA_OF_MODULE = {
+    "pydantic": "control", "yaml": "control", "grpc": "control", "google": "control",
+    "pyroute2": "lab", "matplotlib": "report", "boto3": "aws", "botocore": "aws",
+}
+
+
+class MissingExtra(click.ClickException):
+    def show(self, file: object = None) -> None:
+        click.echo(f"boxer: {self.message}", err=True)
+
+
 class LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            module = (exc.name or "").split(".")[0]
+            extra = EXTRA_OF_MODULE.get(module)
+            if extra is None:
+                raise
+            command = f"boxer {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "boxer"
+            raise MissingExtra(f"`{command}` needs {module}, which this installation lacks: "
+                               f"pip install 'boxer[{extra}]'") from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 

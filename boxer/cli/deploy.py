@@ -4,9 +4,9 @@ Thin click commands: what they do lives in the controller (boxer.controller): br
 bringup.py, applying an edited file to a running deployment in apply.py, take-down in
 takedown.py, the deployment record in record.py, finding deployments and their status in
 deployments.py; the Lambda function's preflight in lambda_target.py. How status reads on a
-terminal is status_view.py here. The controller writes status.json and timeline.jsonl under
-/run/boxer/deploy/<name>/ (see controller/paths.py); `status`, `top` and `report` only read
-those files.
+terminal is status_view.py here. A running controller is asked through the control API
+(controller/api: progress, status, apply, down); `report` reads the timeline it writes under
+/run/boxer/deploy/<name>/ (see controller/paths.py), and `status` its status.json once it is gone.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def _apply(file: Path, deployment: Any, name: str) -> None:
     from boxer.controller.deployments import paths_for
 
     started = time.monotonic()
-    applied = _call(apply_file, file, deployment, name, click.echo)
+    applied, statuses = _call(apply_file, file, deployment, name, click.echo, timeout=UP_TIMEOUT)
     if not applied.changes:
         click.echo(f"deployment {name!r} is up and already runs {file}: nothing to apply")
         return
@@ -214,25 +214,26 @@ def _apply(file: Path, deployment: Any, name: str) -> None:
         click.echo(f"rolling out {service}: its instances are replaced, each once its successor "
                    "listens")
     paths = _call(paths_for, name)
-    if not _show_progress(paths, deployment, started, None):
+    if not _show_progress(paths, deployment, started, None, statuses=statuses):
         click.echo("boxer: not every service came up in time; see `boxer status` and "
                    f"{paths.root}/", err=True)
 
 
 def _show_progress(paths: Any, deployment: Any, started: float,
                    proc: subprocess.Popen[bytes] | None, since: float | None = None,
-                   wait: bool = False, timeout: float = UP_TIMEOUT) -> Any:
+                   wait: bool = False, timeout: float = UP_TIMEOUT,
+                   statuses: Iterator[dict[str, Any] | None] | None = None) -> Any:
     """Redraw the services' ready counts until every one has what it wants. `proc`: the
-    controller we started, or None for one already running (an apply). With `since` (a new
-    deployment), also stop once every service is listening or known to fail (or, `wait`, once
-    one is crash-looping) and return that verdict (boxer.controller.readiness)."""
+    controller we started, or None for one already running (an apply, whose `statuses` the
+    controller streams). Statuses come through the control API, one per tick. With `since` (a
+    new deployment), also stop once every service is listening or known to fail (or, `wait`,
+    once one is crash-looping) and return that verdict (boxer.controller.readiness)."""
+    from boxer.controller.api.client import ControlError, watch_when_up
+    from boxer.controller.deployments import last_log_error
     from boxer.controller.readiness import judge_bring_up
+    from boxer.controller.record import DeploymentRecord
 
     wants = {name: svc.min_instances for name, svc in deployment.services.items()}
-    verdict = None
-    from boxer.controller.deployments import last_log_error
-    from boxer.controller.paths import read_json
-    from boxer.controller.record import DeploymentRecord
 
     def exited() -> bool:
         if proc is not None:
@@ -240,23 +241,33 @@ def _show_progress(paths: Any, deployment: Any, started: float,
         record = DeploymentRecord.load(paths)
         return record is None or not record.controller_alive
 
+    if statuses is None:
+        statuses = watch_when_up(paths, started + timeout, lambda: not exited())
     tty = sys.stdout.isatty()
     last = None
-    while True:
-        line, done = progress_line(read_json(paths.status), deployment)
-        elapsed = time.monotonic() - started
-        text = f"[{elapsed:5.1f} s] {line}"
-        if tty:
-            click.echo("\r" + text.ljust(78), nl=False)
-        elif line != last:
-            click.echo(text)
-        last = line
-        if since is not None:
-            verdict = judge_bring_up(read_json(paths.status), wants, since)
-            done = verdict.all_ready or (verdict.crash_looping() if wait else verdict.settled)
-        if done or exited() or elapsed > timeout:
-            break
-        time.sleep(0.1)
+    status = None
+    done = False
+    try:
+        for status in statuses:
+            line, done = progress_line(status, deployment)
+            text = f"[{time.monotonic() - started:5.1f} s] {line}"
+            if tty:
+                click.echo("\r" + text.ljust(78), nl=False)
+            elif line != last:
+                click.echo(text)
+            last = line
+            if since is not None:
+                verdict = judge_bring_up(status, wants, since)
+                done = verdict.all_ready or (verdict.crash_looping() if wait else verdict.settled)
+            if done or exited() or time.monotonic() - started > timeout:
+                break
+    except ControlError as exc:
+        if not exited():  # a controller that went is said below
+            click.echo(f"\nboxer: {exc}", err=True)
+    finally:
+        close = getattr(statuses, "close", None)
+        if close is not None:
+            close()
     if tty:
         click.echo()
     if proc is None and exited():
@@ -265,7 +276,6 @@ def _show_progress(paths: Any, deployment: Any, started: float,
         why = last_log_error(paths.log)
         raise DeployError(f"the controller exited with status {proc.returncode}"
                           f"{': ' + why if why else ''}; see {paths.log}")
-    status = read_json(paths.status)
     if status:
         click.echo(status_text(status, wide=False))
     if since is not None:

@@ -1,0 +1,175 @@
+"""The control API's client: what the CLI calls to talk to a deployment's controller.
+
+    client = ControlClient.local(paths)           # the deployment's Unix socket
+    client = ControlClient.remote("203.0.113.7:7443", ca=pem, token=token)   # TCP + TLS
+    client.status() -> dict                       # what status.json holds, as the controller sees it now
+    for status in client.watch(timeout=60): ...   # after every tick
+    applied, statuses = client.apply(content, path)   # or ControlError with the refusal
+    client.down() -> int                          # instances told to stop; the controller exits
+    for source, text in client.logs("web-1", tail=20, follow=True): ...
+
+Synchronous (the CLI is); every failure is a ControlError (a DeploymentError) whose message
+names the controller and says what went wrong, never a gRPC traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from boxer.controller.api import control_pb2 as pb
+from boxer.controller.api import control_pb2_grpc as pb_grpc
+from boxer.controller.api.convert import to_dict
+from boxer.controller.errors import DeploymentError
+from boxer.controller.paths import DeployPaths
+
+__all__ = ["Applied", "ControlClient", "ControlError", "watch_when_up"]
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 10.0  # seconds a unary call may take (a Down: the controller answers at once)
+
+
+class ControlError(DeploymentError):
+    """The controller could not be reached, or refused; `code` is the gRPC status code."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Applied:
+    changes: tuple[str, ...]
+    rollouts: tuple[str, ...]
+
+
+class ControlClient:
+    def __init__(self, target: str, *, credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None, options: tuple[tuple[str, Any], ...] = ()) -> None:
+        self.target = target
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._stub = pb_grpc.ControlStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    @classmethod
+    def local(cls, paths: DeployPaths) -> ControlClient:
+        return cls(f"unix:{paths.control_socket}")
+
+    @classmethod
+    def remote(cls, address: str, *, ca: bytes, token: str, server_name: str | None = None) -> ControlClient:
+        """A controller on another machine: TLS checked against `ca` (PEM), `token` on each call.
+        `server_name`: the name its certificate is for, when not the address's host."""
+        options = (("grpc.ssl_target_name_override", server_name),) if server_name else ()
+        return cls(address, credentials=grpc.ssl_channel_credentials(root_certificates=ca), token=token,
+                   options=options)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fail(self, error: grpc.RpcError) -> ControlError:
+        code = error.code() if isinstance(error, grpc.Call) else None
+        details = error.details() if isinstance(error, grpc.Call) else str(error)
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return ControlError(f"no controller answers on {self.target} ({details})", code)
+        if code is grpc.StatusCode.UNAUTHENTICATED:
+            return ControlError(f"the controller on {self.target} refused the credential: {details}", code)
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ControlError(f"the controller on {self.target} did not answer in time", code)
+        return ControlError(f"the controller on {self.target}: {details}", code)
+
+    def status(self, timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
+        try:
+            return to_dict(self._stub.Status(pb.StatusRequest(), timeout=timeout, metadata=self._metadata))
+        except grpc.RpcError as exc:
+            raise self._fail(exc) from None
+
+    def watch(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Statuses, one now and one after every tick, until `timeout` seconds have passed
+        (then the iteration just ends) or the controller goes (ControlError)."""
+        call = self._stub.Watch(pb.WatchRequest(), timeout=timeout, metadata=self._metadata)
+        yield from self._statuses(call, lambda reply: reply)
+
+    def _statuses(self, call: Any, unwrap: Callable[[Any], Any]) -> Iterator[dict[str, Any]]:
+        try:
+            for reply in call:
+                yield to_dict(unwrap(reply))
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                return
+            raise self._fail(exc) from None
+        finally:
+            call.cancel()
+
+    def apply(self, content: bytes, path: str, *, max_concurrency: int | None = None,
+              register_timeout: float | None = None,
+              timeout: float | None = None) -> tuple[Applied, Iterator[dict[str, Any]]]:
+        """Hand an edited deployment file to the controller. Its answer, and then the statuses
+        after every tick (a rollout's progress) until `timeout`; a refusal is a ControlError."""
+        request = pb.ApplyRequest(file=content, path=path, max_concurrency=max_concurrency,
+                                  register_timeout=register_timeout)
+        call = self._stub.Apply(request, timeout=timeout, metadata=self._metadata)
+        try:
+            first = next(call)
+        except StopIteration:
+            raise ControlError(f"the controller on {self.target} ended the apply without an answer") from None
+        except grpc.RpcError as exc:
+            raise self._fail(exc) from None
+        if first.HasField("refused"):
+            call.cancel()
+            raise ControlError(f"the controller refused the change: {first.refused.reason}")
+        applied = Applied(tuple(first.applied.changes), tuple(first.applied.rollouts))
+        return applied, self._statuses(call, lambda reply: reply.status)
+
+    def down(self, timeout: float = CALL_TIMEOUT) -> int:
+        try:
+            return int(self._stub.Down(pb.DownRequest(), timeout=timeout, metadata=self._metadata).instances)
+        except grpc.RpcError as exc:
+            raise self._fail(exc) from None
+
+    def logs(self, instance: str = "", *, tail: int = 0, follow: bool = False,
+             timeout: float | None = None) -> Iterator[tuple[str, str]]:
+        """(source, line) of the controller's log, or of an instance's (by name)."""
+        call = self._stub.Logs(pb.LogsRequest(instance=instance, tail=tail, follow=follow), timeout=timeout,
+                               metadata=self._metadata)
+        try:
+            for line in call:
+                yield line.source, line.text
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                return
+            raise self._fail(exc) from None
+        finally:
+            call.cancel()
+
+
+def watch_when_up(paths: DeployPaths, until: float, running: Callable[[], bool],
+                  poll: float = 0.1) -> Iterator[dict[str, Any] | None]:
+    """A controller just started: None while its control socket does not answer yet (each
+    `poll` seconds), then its statuses, until the monotonic time `until` or until `running()`
+    says its process is gone."""
+    with ControlClient.local(paths) as client:
+        while time.monotonic() < until and running():
+            try:
+                yield from client.watch(timeout=max(0.0, until - time.monotonic()))
+                return
+            except ControlError as exc:
+                if exc.code is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                log.debug("controller not answering yet: %s", exc)
+            yield None
+            time.sleep(poll)

@@ -1,0 +1,177 @@
+"""The control API's server, in the controller process (controller/daemon.py).
+
+One servicer, served on the deployment's Unix socket (the folder 0700, the socket 0600: who can
+open it may run the deployment, as with the state files) and, when configured, on TCP with TLS
+where each call must carry the credential (`authorization: Bearer <token>`): a controller beside
+a coordinator on another machine. The servicer reads the runtime (ControllerRuntime) in its own
+event loop: no locks, each call sees a whole tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from boxer.controller.api import control_pb2 as pb
+from boxer.controller.api import control_pb2_grpc as pb_grpc
+from boxer.controller.api.convert import from_dict
+
+__all__ = ["Applier", "ControlService", "TcpListener", "serve"]
+
+log = logging.getLogger(__name__)
+
+LOG_POLL = 0.2  # seconds between looks at a followed log file
+# apply(content, path, max_concurrency, register_timeout) -> (changes, rollouts) or raises
+# ApplyRefused: the daemon's, which knows the backend and the record.
+Applier = Callable[[bytes, str, int | None, float | None], tuple[list[str], list[str]]]
+
+
+class ApplyRefused(Exception):
+    def __init__(self, reason: str, fields: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fields = fields or []
+
+
+@dataclass(frozen=True)
+class TcpListener:
+    """Serve on TCP too: `address` HOST:PORT, TLS with this certificate chain and key (PEM), and
+    calls must present `token` (compared in constant time)."""
+
+    address: str
+    certificate: bytes
+    private_key: bytes
+    token: str
+
+
+class ControlService(pb_grpc.ControlServicer):
+    def __init__(self, runtime: Any, apply: Applier, stop: Callable[[], None], log_file: Path,
+                 instance_logs: Path) -> None:
+        self.runtime = runtime
+        self._apply = apply
+        self._stop = stop
+        self.log_file = log_file
+        self.instance_logs = instance_logs
+        self._warned: set[str] = set()
+
+    def _status(self) -> pb.DeploymentStatus:
+        skipped: list[str] = []
+        try:
+            status = from_dict(pb.DeploymentStatus(), self.runtime.status(), skipped=skipped)
+        except Exception:
+            log.exception("the status does not fit the control API's DeploymentStatus")
+            raise
+        fresh = set(skipped) - self._warned
+        if fresh:
+            self._warned |= fresh
+            log.warning("status fields not in control.proto, left out: %s", ", ".join(sorted(fresh)))
+        return status  # type: ignore[return-value]
+
+    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.DeploymentStatus:
+        return self._status()
+
+    async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.DeploymentStatus]:
+        while True:
+            yield self._status()
+            await self.runtime.next_tick()
+
+    async def Apply(self, request: pb.ApplyRequest, context: Any) -> AsyncIterator[pb.ApplyProgress]:
+        max_concurrency = request.max_concurrency if request.HasField("max_concurrency") else None
+        register_timeout = request.register_timeout if request.HasField("register_timeout") else None
+        try:
+            changes, rollouts = self._apply(request.file, request.path, max_concurrency, register_timeout)
+        except ApplyRefused as refused:
+            yield pb.ApplyProgress(refused=pb.Refused(reason=refused.reason, fields=refused.fields))
+            return
+        yield pb.ApplyProgress(applied=pb.Applied(changes=changes, rollouts=rollouts))
+        while True:
+            await self.runtime.next_tick()
+            yield pb.ApplyProgress(status=self._status())
+
+    async def Down(self, request: pb.DownRequest, context: Any) -> pb.DownReply:
+        instances = len(self.runtime.book.records)
+        log.info("down asked through the control API: stopping %d instance(s)", instances)
+        self._stop()
+        return pb.DownReply(instances=instances)
+
+    async def Logs(self, request: pb.LogsRequest, context: Any) -> AsyncIterator[pb.LogLine]:
+        path = self.log_file if not request.instance else self._instance_log(request.instance)
+        if path is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no log of an instance called {request.instance!r}")
+            return
+        source = "controller" if not request.instance else path.name
+        with open(path, errors="replace") as file:
+            lines = file.readlines()
+            for line in lines[-request.tail:] if request.tail > 0 else lines:
+                yield pb.LogLine(source=source, text=line.rstrip("\n"))
+            partial = ""
+            while request.follow:
+                chunk = file.readline()
+                if not chunk:
+                    await asyncio.sleep(LOG_POLL)
+                    continue
+                partial += chunk
+                if partial.endswith("\n"):
+                    yield pb.LogLine(source=source, text=partial.rstrip("\n"))
+                    partial = ""
+
+    def _instance_log(self, name: str) -> Path | None:
+        """The newest log of instance `name` (its logs are <name>.<host>.log; a renewal or a
+        restart on another host leaves older ones)."""
+        found = [p for p in self.instance_logs.glob(f"{name}.*.log") if p.name.count(".") == 2]
+        return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+class _RequireToken(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                handler_call_details: Any) -> Any:
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(str(given).encode(), self._expected):
+            return await continuation(handler_call_details)
+        return _refusal()
+
+
+def _refusal() -> Any:
+    async def refuse(request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid control credential is required")
+
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+async def serve(service: ControlService, socket_path: Path, tcp: TcpListener | None = None) -> list[Any]:
+    """Start serving; the servers, to stop() when the controller ends."""
+    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if socket_path.parent.stat().st_uid != os.geteuid():  # e.g. made by someone else under /tmp
+        raise OSError(f"{socket_path.parent} belongs to another user: not serving the control API there")
+    os.chmod(socket_path.parent, 0o700)  # mkdir's mode is cut by the umask, and not applied to an existing one
+    socket_path.unlink(missing_ok=True)
+    local = grpc.aio.server()
+    pb_grpc.add_ControlServicer_to_server(service, local)
+    local.add_insecure_port(f"unix:{socket_path}")
+    await local.start()
+    os.chmod(socket_path, 0o600)
+    servers = [local]
+    if tcp is not None:
+        remote = grpc.aio.server(interceptors=[_RequireToken(tcp.token)])
+        pb_grpc.add_ControlServicer_to_server(service, remote)
+        credentials = grpc.ssl_server_credentials([(tcp.private_key, tcp.certificate)])
+        port = remote.add_secure_port(tcp.address, credentials)
+        if port == 0:
+            await local.stop(0)
+            raise OSError(f"cannot listen on {tcp.address} for the control API")
+        await remote.start()
+        servers.append(remote)
+        log.info("control API on %s (TLS, credential required)", tcp.address)
+    log.info("control API on unix:%s", socket_path)
+    return servers
