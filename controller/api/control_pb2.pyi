@@ -228,7 +228,7 @@ class ServiceStatus(_message.Message):
     def __init__(self, placement: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., desired: _Optional[int] = ..., address: _Optional[str] = ..., load: _Optional[float] = ..., pending: _Optional[bool] = ..., revision: _Optional[int] = ..., outdated: _Optional[int] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("service", "name", "id", "instance_id", "state", "placement", "address", "host", "pid", "connections", "cpu", "rss", "listening", "direct", "relayed", "accepted", "started_at", "age", "ready_after", "lifetime_left", "exit_status", "error", "revision", "restarts", "next_try", "next_try_in", "last_log")
+    __slots__ = ("service", "name", "id", "instance_id", "state", "placement", "address", "host", "pid", "connections", "cpu", "rss", "listening", "direct", "relayed", "accepted", "started_at", "age", "ready_after", "lifetime_left", "exit_status", "error", "revision", "restarts", "next_try", "next_try_in", "last_log", "registered_after")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +256,7 @@ class InstanceStatus(_message.Message):
     NEXT_TRY_FIELD_NUMBER: _ClassVar[int]
     NEXT_TRY_IN_FIELD_NUMBER: _ClassVar[int]
     LAST_LOG_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_AFTER_FIELD_NUMBER: _ClassVar[int]
     service: str
     name: str
     id: str
@@ -283,4 +284,5 @@ class InstanceStatus(_message.Message):
     next_try: float
     next_try_in: float
     last_log: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, service: _Optional[str] = ..., name: _Optional[str] = ..., id: _Optional[str] = ..., instance_id: _Optional[str] = ..., state: _Optional[str] = ..., placement: _Optional[str] = ..., address: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., connections: _Optional[int] = ..., cpu: _Optional[float] = ..., rss: _Optional[int] = ..., listening: _Optional[_Iterable[int]] = ..., direct: _Optional[int] = ..., relayed: _Optional[int] = ..., accepted: _Optional[int] = ..., started_at: _Optional[float] = ..., age: _Optional[float] = ..., ready_after: _Optional[float] = ..., lifetime_left: _Optional[float] = ..., exit_status: _Optional[int] = ..., error: _Optional[str] = ..., revision: _Optional[int] = ..., restarts: _Optional[int] = ..., next_try: _Optional[float] = ..., next_try_in: _Optional[float] = ..., last_log: _Optional[_Iterable[str]] = ...) -> None: ...
+    registered_after: float
+    def __init__(self, service: _Optional[str] = ..., name: _Optional[str] = ..., id: _Optional[str] = ..., instance_id: _Optional[str] = ..., state: _Optional[str] = ..., placement: _Optional[str] = ..., address: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., connections: _Optional[int] = ..., cpu: _Optional[float] = ..., rss: _Optional[int] = ..., listening: _Optional[_Iterable[int]] = ..., direct: _Optional[int] = ..., relayed: _Optional[int] = ..., accepted: _Optional[int] = ..., started_at: _Optional[float] = ..., age: _Optional[float] = ..., ready_after: _Optional[float] = ..., lifetime_left: _Optional[float] = ..., exit_status: _Optional[int] = ..., error: _Optional[str] = ..., revision: _Optional[int] = ..., restarts: _Optional[int] = ..., next_try: _Optional[float] = ..., next_try_in: _Optional[float] = ..., last_log: _Optional[_Iterable[str]] = ..., registered_after: _Optional[float] = ...) -> None: ...
