@@ -12,6 +12,8 @@ virtual clock and expect exact times and errnos.
   IncomingTransaction   one connection to our app: refused, or punched and handed over
   PathRace              one connection's paths, direct and relayed, raced like happy eyeballs
   SpareGoals            how many warm spares to keep per target
+  Handshake             a control session's first frames: challenge, proofs, registration
+  Heartbeat             a control session's beats and pings, and when to give it up
 
 Every legal transition of each machine is in one table; anything else raises IllegalTransition
 (our bug, never the peer's: the coordinator's messages are checked by messages.decode()).
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.wire import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -661,3 +664,214 @@ class SpareGoals:
 
     def done(self, target: Target) -> None:
         self.making.discard(target)
+
+
+# --- the control session's beats and pings ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendBeat:
+    """A Beat (the coordinator's proof that our event loop runs; never answered)."""
+
+
+@dataclass(frozen=True)
+class SendPing:
+    seq: int
+
+
+@dataclass(frozen=True)
+class LinkLost:
+    why: str
+
+
+HeartbeatAction = SendBeat | SendPing | LinkLost
+
+
+class Heartbeat:
+    """What the link sends on its control session, and when it gives the session up.
+
+    A Beat every `beat` seconds (as the coordinator asked in Registered; None: none), a Ping
+    instead every `ping_interval` (the coordinator answers it: a coordinator gone without a
+    FIN/RST is noticed after `silence` seconds without a frame). A tick that comes more than a
+    ping interval and a second late means we were frozen (Lambda freezes sandboxes between
+    invocations; SIGSTOP does the same): our NAT mappings have likely expired, so the session is
+    given up at once. `stalled` is the kernel's view (the link's TCP_INFO check)."""
+
+    def __init__(self, beat: float | None, ping_interval: float, silence: float, now: float) -> None:
+        self.beat = beat
+        self.ping_interval = ping_interval
+        self.silence = silence
+        self.step = min(beat, ping_interval) if beat else ping_interval
+        self.last_heard = now
+        self.last_tick = now
+        self.next_ping = now + ping_interval
+        self.seq = 0
+
+    def heard(self, now: float) -> None:
+        """Any frame from the coordinator."""
+        self.last_heard = now
+
+    def next_timer(self) -> float:
+        return self.last_tick + self.step
+
+    def tick(self, now: float, stalled: bool = False) -> list[HeartbeatAction]:
+        slept, self.last_tick = now - self.last_tick, now
+        if slept - self.step > self.ping_interval + 1.0:
+            return [LinkLost(f"frozen for about {slept:.0f} s")]
+        if now - self.last_heard > self.silence:
+            return [LinkLost(f"no word from the coordinator for {self.silence:g} s")]
+        if stalled:
+            return [LinkLost("our frames to the coordinator go unacknowledged (the path is cut)")]
+        if now >= self.next_ping - self.step / 2:  # (a timer may fire a hair early)
+            self.seq += 1
+            self.next_ping = now + self.ping_interval
+            return [SendPing(self.seq)]
+        return [SendBeat()] if self.beat else []
+
+
+# --- the control session's handshake ------------------------------------------------------------
+
+
+class HandshakeState(enum.Enum):
+    AWAIT_CHALLENGE = "await-challenge"
+    AWAIT_WELCOME = "await-welcome"  # Auth sent: the coordinator must prove it holds the secret too
+    AWAIT_REGISTERED = "await-registered"  # Register sent
+    AWAIT_MEMBERS = "await-members"  # registered; the full membership comes next
+    AWAIT_SNAPSHOT = "await-snapshot"  # Watch sent (the controller's session)
+    DONE = "done"
+
+
+class HandshakeRefused(Exception):
+    """The coordinator refused us, or the peer is not our coordinator. The message says which."""
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """Both sides proved they hold the deployment secret (and nothing was asked next)."""
+    welcome: m.Welcome
+
+
+@dataclass(frozen=True)
+class Joined:
+    """Registered, with the full membership the session's deltas apply to."""
+    session: str
+    registered: m.Registered
+    members: m.Members
+
+
+@dataclass(frozen=True)
+class Watching:
+    snapshot: m.Snapshot
+
+
+HandshakeAction = SendMessage | Authenticated | Joined | Watching
+
+H = HandshakeState
+# (state, message type) -> the handler's name. Messages not listed are ignored in the states
+# marked patient (the coordinator may send others meanwhile) and break the protocol elsewhere.
+_HANDSHAKE_MOVES: dict[tuple[HandshakeState, str], str] = {
+    (H.AWAIT_CHALLENGE, m.Challenge.TYPE): "_on_challenge",
+    (H.AWAIT_WELCOME, m.Welcome.TYPE): "_on_welcome",
+    (H.AWAIT_WELCOME, m.Refused.TYPE): "_on_refused",
+    (H.AWAIT_REGISTERED, m.Registered.TYPE): "_on_registered",
+    (H.AWAIT_REGISTERED, m.Error.TYPE): "_on_registration_error",
+    (H.AWAIT_MEMBERS, m.Members.TYPE): "_on_members",
+    (H.AWAIT_MEMBERS, m.Error.TYPE): "_on_registration_error",
+    (H.AWAIT_SNAPSHOT, m.Snapshot.TYPE): "_on_snapshot",
+    (H.AWAIT_SNAPSHOT, m.Error.TYPE): "_on_watch_refused",
+    (H.AWAIT_SNAPSHOT, m.Refused.TYPE): "_on_watch_refused",
+}
+_PATIENT = {H.AWAIT_REGISTERED, H.AWAIT_MEMBERS, H.AWAIT_SNAPSHOT}
+_EXPECTED = {H.AWAIT_CHALLENGE: "a challenge", H.AWAIT_WELCOME: "welcome"}
+del H
+
+
+class Handshake:
+    """The first frames of a control session: the coordinator's Challenge, our Auth (HMAC over
+    both nonces, keyed by the role's credential: an instance's token when we register it, the
+    deployment secret for the controller), its Welcome (its proof, checked here), then `then`:
+    a Register (an agent: ends with Joined once Registered and the full Members came), a Watch
+    (the controller: ends with Watching and the first Snapshot), or nothing (Authenticated).
+
+    The peer breaking the protocol raises ProtocolError; a refusal, or a peer without the
+    secret, HandshakeRefused; feeding it after it ended, IllegalTransition."""
+
+    role = "agent"
+
+    def __init__(self, secret: bytes, where: str, then: m.Register | m.Watch | None,
+                 new_token: Callable[[], str] = auth.new_token) -> None:
+        self.secret = secret
+        self.where = where
+        self.then = then
+        self.new_token = new_token
+        self.state = HandshakeState.AWAIT_CHALLENGE
+        self._nonce = ""
+        self._challenge = ""
+        self._session = ""
+        self._registered: m.Registered | None = None
+
+    def receive(self, msg: m.Message) -> list[HandshakeAction]:
+        if self.state is HandshakeState.DONE:
+            raise IllegalTransition("handshake", msg.TYPE, self.role, self.state)
+        handler = _HANDSHAKE_MOVES.get((self.state, msg.TYPE))
+        if handler is None:
+            if self.state in _PATIENT:
+                return []
+            raise ProtocolError(f"expected {_EXPECTED[self.state]}, got {msg.TYPE}")
+        actions: list[HandshakeAction] = getattr(self, handler)(msg)
+        return actions
+
+    @property
+    def _instance(self) -> str | None:
+        return self.then.instance if isinstance(self.then, m.Register) else None
+
+    @property
+    def _key(self) -> bytes:
+        """The role's credential: an instance's token (it may register that instance only), or
+        the deployment secret itself (the controller)."""
+        instance = self._instance
+        return self.secret if instance is None else auth.instance_token(self.secret, instance)
+
+    def _on_challenge(self, msg: m.Challenge) -> list[HandshakeAction]:
+        self._challenge = msg.nonce
+        self._nonce = self.new_token()
+        self.state = HandshakeState.AWAIT_WELCOME
+        return [SendMessage(m.Auth(v=m.PROTOCOL_VERSION, nonce=self._nonce, instance=self._instance,
+                                   mac=auth.mac(self._key, auth.AGENT_PROOF, msg.nonce, self._nonce)))]
+
+    def _on_welcome(self, msg: m.Welcome) -> list[HandshakeAction]:
+        expected = auth.mac(self._key, auth.COORDINATOR_PROOF, self._nonce, self._challenge)
+        if not auth.verify(expected, msg.mac):
+            raise HandshakeRefused(f"the peer at {self.where} does not hold the deployment secret: "
+                                   "not our coordinator")
+        self._session = msg.session
+        if self.then is None:
+            self.state = HandshakeState.DONE
+            return [Authenticated(msg)]
+        self.state = (HandshakeState.AWAIT_REGISTERED if isinstance(self.then, m.Register)
+                      else HandshakeState.AWAIT_SNAPSHOT)
+        return [SendMessage(self.then)]
+
+    def _on_refused(self, msg: m.Refused) -> list[HandshakeAction]:
+        raise HandshakeRefused(f"the coordinator at {self.where} refused us: {msg.reason}")
+
+    def _on_registered(self, msg: m.Registered) -> list[HandshakeAction]:
+        self._registered = msg
+        self.state = HandshakeState.AWAIT_MEMBERS
+        return []
+
+    def _on_registration_error(self, msg: m.Error) -> list[HandshakeAction]:
+        raise HandshakeRefused(f"registration refused: {msg.reason}")
+
+    def _on_members(self, msg: m.Members) -> list[HandshakeAction]:
+        # The coordinator sends the full membership, including us, right after Registered.
+        assert self._registered is not None
+        self.state = HandshakeState.DONE
+        return [Joined(self._session, self._registered, msg)]
+
+    def _on_snapshot(self, msg: m.Snapshot) -> list[HandshakeAction]:
+        self.state = HandshakeState.DONE
+        return [Watching(msg)]
+
+    def _on_watch_refused(self, msg: m.Error | m.Refused) -> list[HandshakeAction]:
+        raise HandshakeRefused(f"the coordinator refused to be watched: {msg.reason}")

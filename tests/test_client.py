@@ -8,9 +8,11 @@ import itertools
 
 import pytest
 
+from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
 from boxer.nat_traversal.client import (
     Abandon,
+    Authenticated,
     ClaimTicket,
     ClosePath,
     Connected,
@@ -18,9 +20,15 @@ from boxer.nat_traversal.client import (
     ConnectTransaction,
     Deliver,
     Failed,
+    Handshake,
+    HandshakeRefused,
+    HandshakeState,
+    Heartbeat,
     IllegalTransition,
     IncomingState,
     IncomingTransaction,
+    Joined,
+    LinkLost,
     Path,
     PathRace,
     PathState,
@@ -28,13 +36,16 @@ from boxer.nat_traversal.client import (
     RaceFailed,
     RaceWon,
     ReleaseTicket,
+    SendBeat,
     SendMessage,
+    SendPing,
     SendProof,
     SpareGoals,
     StartPath,
     TakeTicket,
     Timeouts,
 )
+from boxer.nat_traversal.wire import ProtocolError
 
 T = Timeouts()  # connect 5 s, punch 3 s, relay after 0.25 s, 3 attempts, 1 s margin
 D, R = Path.DIRECT, Path.RELAY
@@ -355,3 +366,111 @@ def test_spare_goals_grow_while_the_app_outruns_the_maker_up_to_the_most() -> No
     goals.missed(target)  # no maker running: the goal stays
     assert goals.goals[target] == 4
     assert SpareGoals(initial=0).should_start(target, have=0) is False
+
+
+# --- beats and pings ----------------------------------------------------------------------------
+
+
+def test_beats_every_step_and_a_ping_in_place_of_a_beat_every_interval() -> None:
+    hb = Heartbeat(beat=0.25, ping_interval=1.0, silence=3.0, now=0.0)
+    sent = []
+    now = 0.0
+    for _ in range(8):
+        now = hb.next_timer()
+        sent.append((now, hb.tick(now)))
+    assert sent == [(0.25, [SendBeat()]), (0.5, [SendBeat()]), (0.75, [SendBeat()]), (1.0, [SendPing(1)]),
+                    (1.25, [SendBeat()]), (1.5, [SendBeat()]), (1.75, [SendBeat()]), (2.0, [SendPing(2)])]
+
+
+def test_without_beats_only_pings() -> None:
+    hb = Heartbeat(beat=None, ping_interval=5.0, silence=15.0, now=0.0)
+    assert hb.next_timer() == 5.0
+    assert hb.tick(5.0) == [SendPing(1)]
+    assert hb.tick(7.0) == []
+
+
+def test_silence_gives_the_session_up_after_three_intervals_without_a_frame() -> None:
+    hb = Heartbeat(beat=None, ping_interval=5.0, silence=15.0, now=0.0)
+    hb.tick(5.0)
+    hb.heard(5.001)  # the Pong
+    hb.tick(10.0)
+    hb.tick(15.0)
+    assert hb.tick(20.0) == [SendPing(4)]  # 14.999 s without a frame: not yet
+    assert hb.tick(20.002) == [LinkLost("no word from the coordinator for 15 s")]
+
+
+def test_a_tick_a_ping_interval_and_a_second_late_means_we_were_frozen() -> None:
+    hb = Heartbeat(beat=0.2, ping_interval=5.0, silence=15.0, now=0.0)
+    assert hb.tick(0.2) == [SendBeat()]
+    assert hb.tick(6.4) == [SendPing(1)]  # 6.2 s late by 6.0 s: a loaded loop, not a freeze
+    hb.heard(6.4)
+    assert hb.tick(13.0) == [LinkLost("frozen for about 7 s")]
+
+
+def test_a_stalled_connection_is_given_up() -> None:
+    hb = Heartbeat(beat=0.2, ping_interval=5.0, silence=15.0, now=0.0)
+    assert hb.tick(0.2, stalled=True) == [LinkLost("our frames to the coordinator go unacknowledged (the path is cut)")]
+
+
+# --- the handshake ------------------------------------------------------------------------------
+
+SECRET = b"s" * 32
+NONCE_C, NONCE_A, SESSION = "0c" * 16, "0a" * 16, "5e" * 8
+
+
+INSTANCE = "0123456789abcdef"
+TOKEN = auth.instance_token(SECRET, INSTANCE)
+
+
+def welcome(key: bytes = SECRET) -> m.Welcome:
+    return m.Welcome(session=SESSION, mac=auth.mac(key, auth.COORDINATOR_PROOF, NONCE_A, NONCE_C))
+
+
+def handshake(then: m.Register | m.Watch | None) -> Handshake:
+    return Handshake(SECRET, "192.0.2.1:7000", then, new_token=lambda: NONCE_A)
+
+
+def test_the_handshake_proves_both_ways_registers_and_ends_with_the_full_membership() -> None:
+    register = m.Register(name="kv-1", service="kv", instance=INSTANCE)
+    hs = handshake(register)
+    # An agent proves itself with its instance's token, not the deployment secret.
+    assert hs.receive(m.Challenge(v=m.PROTOCOL_VERSION, nonce=NONCE_C)) == [SendMessage(m.Auth(
+        v=m.PROTOCOL_VERSION, nonce=NONCE_A, instance=INSTANCE,
+        mac=auth.mac(TOKEN, auth.AGENT_PROOF, NONCE_C, NONCE_A)))]
+    assert hs.receive(welcome(TOKEN)) == [SendMessage(register)]
+    registered = m.Registered(name="kv-1", addr="100.64.0.2", prefix="100.64.0.0/10", relay_port=7001, beat=0.2)
+    assert hs.receive(registered) == []
+    assert hs.receive(m.Pong(seq=1)) == []  # others may come meanwhile
+    members = m.Members(hosts={"kv-1": "100.64.0.2"}, services={}, version=3)
+    assert hs.receive(members) == [Joined(SESSION, registered, members)]
+    assert hs.state is HandshakeState.DONE
+    with pytest.raises(IllegalTransition, match="event 'members' is not legal for the agent in state 'done'"):
+        hs.receive(members)
+
+
+def test_a_peer_without_the_secret_is_not_our_coordinator() -> None:
+    hs = handshake(None)
+    hs.receive(m.Challenge(v=m.PROTOCOL_VERSION, nonce=NONCE_C))
+    with pytest.raises(HandshakeRefused, match="the peer at 192.0.2.1:7000 does not hold the deployment secret"):
+        hs.receive(welcome(b"x" * 32))
+
+
+def test_a_refusal_and_a_broken_protocol_say_which() -> None:
+    hs = handshake(None)
+    with pytest.raises(ProtocolError, match="expected a challenge, got welcome"):
+        hs.receive(welcome())
+    hs = handshake(None)
+    hs.receive(m.Challenge(v=m.PROTOCOL_VERSION, nonce=NONCE_C))
+    with pytest.raises(HandshakeRefused, match="refused us: protocol version 2 not supported"):
+        hs.receive(m.Refused(reason="protocol version 2 not supported (coordinator speaks 3)"))
+
+
+def test_authentication_alone_and_the_controllers_watch() -> None:
+    hs = handshake(None)
+    hs.receive(m.Challenge(v=m.PROTOCOL_VERSION, nonce=NONCE_C))
+    assert hs.receive(welcome()) == [Authenticated(welcome())]
+    hs = handshake(m.Watch())
+    hs.receive(m.Challenge(v=m.PROTOCOL_VERSION, nonce=NONCE_C))
+    assert hs.receive(welcome()) == [SendMessage(m.Watch())]
+    with pytest.raises(HandshakeRefused, match="refused to be watched: busy"):
+        hs.receive(m.Error(ref="", reason="busy"))

@@ -1,7 +1,8 @@
 """The agent's control session with the coordinator, and its rendezvous connections.
 
-`open_session` authenticates (mutual challenge-response) and registers; `ControlSession` then
-reads the coordinator's messages and hands each to a callback. `open_ticket` opens a rendezvous
+`open_session` authenticates (mutual challenge-response) and registers, as the sans-IO
+boxer.nat_traversal.client.Handshake says; `ControlSession` then reads the coordinator's
+messages and hands each to a callback. `open_ticket` opens a rendezvous
 connection from a fresh local port, so the coordinator learns that port's public endpoint; the
 connection stays open because it holds the NAT mapping the punch will reuse.
 """
@@ -18,6 +19,15 @@ from dataclasses import dataclass
 
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.client import (
+    Authenticated,
+    Handshake,
+    HandshakeAction,
+    HandshakeRefused,
+    Joined,
+    SendMessage,
+    Watching,
+)
 from boxer.nat_traversal.wire import MAX_DOWNSTREAM_FRAME, FrameDecoder, FrameError, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
@@ -187,14 +197,12 @@ async def open_controller_session(coordinator: tuple[str, int], secret: bytes,
         raise CoordinatorError(f"cannot reach the coordinator at {where}: {exc or 'timed out'}") from None
     framed = FramedSocket(sock)
     try:
-        await asyncio.wait_for(_authenticate(framed, secret, where), timeout)
-        await framed.send(m.Watch())
-        while True:
-            reply = await asyncio.wait_for(framed.receive(), timeout)
-            if isinstance(reply, m.Snapshot):
-                return framed, reply
-            if isinstance(reply, (m.Error, m.Refused)):
-                raise CoordinatorError(f"the coordinator refused to be watched: {reply.reason}")
+        watching = await asyncio.wait_for(_run(framed, Handshake(secret, where, m.Watch())), timeout)
+        assert isinstance(watching, Watching)
+        return framed, watching.snapshot
+    except HandshakeRefused as exc:
+        framed.close()
+        raise CoordinatorError(str(exc)) from None
     except asyncio.TimeoutError:
         framed.close()
         raise CoordinatorError(f"the coordinator at {where} did not answer in time") from None
@@ -206,43 +214,35 @@ async def open_controller_session(coordinator: tuple[str, int], secret: bytes,
         raise
 
 
-async def _authenticate(framed: FramedSocket, secret: bytes, where: str, instance: str | None = None) -> m.Welcome:
-    """Mutual challenge-response. With `instance`, as that instance (its token, derived from the
-    secret, is the key: the session may register that instance only); without, as the controller."""
-    challenge = await framed.receive()
-    if not isinstance(challenge, m.Challenge):
-        raise ProtocolError(f"expected a challenge, got {challenge.TYPE}")
-    nonce = auth.new_token()
-    if instance is not None:
-        secret = auth.instance_token(secret, instance)
-    await framed.send(m.Auth(v=m.PROTOCOL_VERSION, nonce=nonce, instance=instance,
-                             mac=auth.mac(secret, auth.AGENT_PROOF, challenge.nonce, nonce)))
-    welcome = await framed.receive()
-    if isinstance(welcome, m.Refused):
-        raise CoordinatorError(f"the coordinator at {where} refused us: {welcome.reason}")
-    if not isinstance(welcome, m.Welcome):
-        raise ProtocolError(f"expected welcome, got {welcome.TYPE}")
-    expected = auth.mac(secret, auth.COORDINATOR_PROOF, nonce, challenge.nonce)
-    if not auth.verify(expected, welcome.mac):
-        raise CoordinatorError(f"the peer at {where} does not hold the deployment secret: "
-                               "not our coordinator")
-    return welcome
+async def _run(framed: FramedSocket, handshake: Handshake) -> HandshakeAction:
+    """Carries out a Handshake (boxer.nat_traversal.client) on `framed`: its outcome."""
+    while True:
+        for action in handshake.receive(await framed.receive()):
+            if isinstance(action, SendMessage):
+                await framed.send(action.message)
+            else:
+                return action
+
+
+async def _authenticate(framed: FramedSocket, secret: bytes, where: str) -> m.Welcome:
+    """Authenticated both ways, nothing asked next (benchmarks/bench_heartbeat.py's sessions)."""
+    try:
+        done = await _run(framed, Handshake(secret, where, None))
+    except HandshakeRefused as exc:
+        raise CoordinatorError(str(exc)) from None
+    assert isinstance(done, Authenticated)
+    return done.welcome
 
 
 async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, where: str) -> ControlSession:
-    welcome = await _authenticate(framed, secret, where, register.instance)
-    await framed.send(register)
-    registration = None
-    while True:
-        reply = await framed.receive()
-        if isinstance(reply, m.Registered):
-            registration = Registration(welcome.session, reply.name, reply.addr, reply.prefix, reply.relay_port,
-                                        reply.beat)
-        elif isinstance(reply, m.Error):
-            raise CoordinatorError(f"registration refused: {reply.reason}")
-        elif isinstance(reply, m.Members) and registration is not None:
-            # The coordinator sends the full membership, including us, right after Registered.
-            return ControlSession(framed, registration, reply)
+    try:
+        joined = await _run(framed, Handshake(secret, where, register))
+    except HandshakeRefused as exc:
+        raise CoordinatorError(str(exc)) from None
+    assert isinstance(joined, Joined)
+    reply = joined.registered
+    registration = Registration(joined.session, reply.name, reply.addr, reply.prefix, reply.relay_port, reply.beat)
+    return ControlSession(framed, registration, joined.members)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from collections import Counter, deque
 
 from boxer.agent.control import CoordinatorError, Ticket
 from boxer.agent.fastpath import FastPath
+from boxer.agent.inbox import Inbox
 from boxer.agent.keepalive import enable_keepalive
 from boxer.agent.link import CoordinatorLink, LinkDown
 from boxer.agent.paths import PathOpener
@@ -82,7 +83,7 @@ class IncomingConnections:
 
     async def _drive(self, tx: IncomingTransaction, pending: deque) -> None:
         msg = tx.msg
-        inbox: asyncio.Queue[m.Message | asyncio.Task] = asyncio.Queue()
+        inbox = Inbox()
         ticket: Ticket | None = None
         race: asyncio.Task | None = None
         try:
@@ -135,9 +136,8 @@ class IncomingConnections:
                         return
                 timer = tx.next_timer()
                 assert timer is not None
-                try:
-                    item = await asyncio.wait_for(inbox.get(), max(0.0, timer - time.monotonic()))
-                except asyncio.TimeoutError:
+                item = await inbox.next(timer)
+                if item is None:
                     pending += tx.tick(time.monotonic())
                     continue
                 now = time.monotonic()

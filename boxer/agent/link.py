@@ -1,10 +1,11 @@
 """The agent's lasting link to the coordinator: heartbeats, keepalives, and reconnection after
 any loss.
 
-Heartbeats: the coordinator says in Registered how often it wants a Beat (0.2 s by default); the
-link sends them from the event loop, so a beat proves the agent's loop runs, and the
-coordinator tells the controller when an instance has gone quiet (SIGSTOP, a freeze, a hung
-loop) well within a second. Every `ping_interval` a Ping goes instead, which the coordinator
+Heartbeats (when to send what, and when to give a session up, is decided by the sans-IO
+boxer.nat_traversal.client.Heartbeat): the coordinator says in Registered how often it wants a
+Beat (0.2 s by default); the link sends them from the event loop, so a beat proves the agent's
+loop runs, and the coordinator tells the controller when an instance has gone quiet (SIGSTOP, a
+freeze, a hung loop) well within a second. Every `ping_interval` a Ping goes instead, which the coordinator
 answers: that is how the link notices a coordinator that went away without a FIN/RST.
 
 The coordinator is soft state. When its connection drops (it restarted, or a NAT mapping
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 from boxer.agent.control import ControlSession, CoordinatorError, Registration, open_session
 from boxer.nat_traversal import messages as m
+from boxer.nat_traversal.client import Heartbeat, LinkLost, SendPing
 from boxer.nat_traversal.wire import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -129,39 +131,27 @@ class CoordinatorLink:
 
     async def _serve(self, on_message: Callable[[m.Message], None]) -> None:
         loop = asyncio.get_running_loop()
-        self._last_heard = loop.time()
+        # beat None: this coordinator wants no heartbeats
+        heartbeat = Heartbeat(self.session.registration.beat, self.timeouts.ping_interval, self.timeouts.silence,
+                              loop.time())
 
         def heard(message: m.Message) -> None:
-            self._last_heard = loop.time()
+            heartbeat.heard(loop.time())
             on_message(message)
 
         reader = asyncio.create_task(self.session.dispatch_forever(heard))
-        ping_interval = self.timeouts.ping_interval
-        beat = self.session.registration.beat  # None: this coordinator wants no heartbeats
-        step = min(beat, ping_interval) if beat else ping_interval
         try:
-            seq = 0
-            next_ping = loop.time() + ping_interval
             while not reader.done():
-                before = loop.time()
-                done, _ = await asyncio.wait({reader}, timeout=step)
+                done, _ = await asyncio.wait({reader}, timeout=max(0.0, heartbeat.next_timer() - loop.time()))
                 if done:
                     break
-                now = loop.time()
-                if now - before - step > ping_interval + 1.0:
-                    # We were frozen (Lambda freezes sandboxes between invocations; SIGSTOP does
-                    # the same): our NAT mappings have likely expired, so do not wait to find out.
-                    raise LinkDown(f"frozen for about {now - before:.0f} s")
-                if now - self._last_heard > self.timeouts.silence:
-                    raise LinkDown(f"no word from the coordinator for {self.timeouts.silence:g} s")
-                if _stalled(self.session.framed.sock, self.timeouts):
-                    raise LinkDown("our frames to the coordinator go unacknowledged (the path is cut)")
-                if now >= next_ping - step / 2:  # (a timer may fire a hair early)
-                    seq += 1
-                    next_ping = now + ping_interval
-                    await self.session.send(m.Ping(seq=seq))
-                elif beat:
-                    await self.session.send_frame(BEAT_FRAME)
+                for action in heartbeat.tick(loop.time(), _stalled(self.session.framed.sock, self.timeouts)):
+                    if isinstance(action, LinkLost):
+                        raise LinkDown(action.why)
+                    if isinstance(action, SendPing):
+                        await self.session.send(m.Ping(seq=action.seq))
+                    else:
+                        await self.session.send_frame(BEAT_FRAME)
             reader.result()
         finally:
             reader.cancel()

@@ -13,6 +13,7 @@ import time
 from collections import Counter, deque
 
 from boxer.agent.control import CoordinatorError, Ticket
+from boxer.agent.inbox import Inbox
 from boxer.agent.link import CoordinatorLink, LinkDown
 from boxer.agent.paths import PathOpener
 from boxer.agent.punch import PunchError
@@ -49,7 +50,7 @@ class Connector:
                       warm: bool = False) -> tuple[socket.socket, int] | int:
         """A connected, authenticated socket and its local port, or the errno the app gets."""
         tx = ConnectTransaction(addr, port, service, self._spare_timeouts if warm else self.timeouts, warm)
-        inbox: asyncio.Queue[m.Message | asyncio.Task] = asyncio.Queue()
+        inbox = Inbox()
         ticket: Ticket | None = None
         race: asyncio.Task | None = None
         t0 = time.monotonic()
@@ -88,9 +89,8 @@ class Connector:
                         return getattr(errno, action.errno)
                 timer = tx.next_timer()
                 assert timer is not None
-                try:
-                    item = await asyncio.wait_for(inbox.get(), max(0.0, timer - time.monotonic()))
-                except asyncio.TimeoutError:
+                item = await inbox.next(timer)
+                if item is None:
                     pending += tx.tick(time.monotonic())
                     continue
                 now = time.monotonic()
@@ -119,7 +119,8 @@ class Connector:
         # the new session rather than take a ticket the coordinator will not know.
         try:
             await self.link.wait_up(max(0.0, deadline - time.monotonic()))
-            ticket = await asyncio.wait_for(self.tickets.take(), max(0.0, deadline - time.monotonic()))
+            ticket = self.tickets.take_ready() or await asyncio.wait_for(
+                self.tickets.take(), max(0.0, deadline - time.monotonic()))
         except LinkDown:
             return None, tx.link_down(time.monotonic())
         except asyncio.TimeoutError:

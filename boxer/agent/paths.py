@@ -13,6 +13,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from boxer.agent.features import current
+from boxer.agent.inbox import Inbox
 from boxer.agent.punch import PunchError, relay_open, simultaneous_open
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
@@ -52,7 +53,7 @@ class PathOpener:
             mode = "relay"
         race = PathRace(punch.conn, punch.role, mode, relay is not None, self.timeouts)
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[_Event] = asyncio.Queue()
+        events = Inbox()
         socks: dict[Path, socket.socket] = {}
         workers: dict[Path, asyncio.Task] = {}
         attempts = 0
@@ -94,11 +95,11 @@ class PathOpener:
                         raise PunchError(action.errno, action.why)
                 timer = race.next_timer()
                 assert timer is not None
-                try:
-                    kind, path, value = await asyncio.wait_for(events.get(), max(0.0, timer - time.monotonic()))
-                except asyncio.TimeoutError:
+                event: _Event | None = await events.next(timer)
+                if event is None:
                     pending += race.tick(time.monotonic())
                     continue
+                kind, path, value = event
                 now = time.monotonic()
                 if kind == "opened":
                     socks[path], tries = value  # type: ignore[misc]
@@ -116,7 +117,7 @@ class PathOpener:
                 sock.close()
 
     async def _run_path(self, path: Path, punch: m.Punch, local_port: int, relay: tuple[str, int] | None,
-                        deadline: float, events: asyncio.Queue[_Event]) -> None:
+                        deadline: float, events: Inbox) -> None:
         """Opens one path and reads the peer's proof on it: exactly 32 bytes, so application
         bytes that may already follow it stay in the kernel buffer for the application."""
         try:

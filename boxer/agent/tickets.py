@@ -91,8 +91,8 @@ class TicketPools:
     async def _open(self, purpose: str) -> Ticket:
         return await open_ticket(self.coordinator, self.secret, self.link.registration.session, purpose)
 
-    async def take(self) -> Ticket:
-        """A ticket of the current session for a connection; the caller closes it when done."""
+    def take_ready(self) -> Ticket | None:
+        """A pooled ticket of the current session, or None; the caller closes it when done."""
         # The pool is refilled once the connection is made (see callers), not now: opening a
         # rendezvous connection would compete with this connect for both event loops.
         current = self.link.registration.session
@@ -101,7 +101,11 @@ class TicketPools:
             if ticket.session == current:
                 return ticket
             ticket.close()
-        return await self._open("outgoing")
+        return None
+
+    async def take(self) -> Ticket:
+        """A ticket of the current session for a connection: pooled, or opened now."""
+        return self.take_ready() or await self._open("outgoing")
 
     async def claim_incoming(self, ticket_id: str) -> Ticket | None:
         """The deposited ticket the coordinator gave a client; None if its rendezvous died."""

@@ -3,22 +3,16 @@ ConnectFailed or Refuse), routed by connection id to whoever waits for them."""
 
 from __future__ import annotations
 
-import asyncio
-
+from boxer.agent.inbox import Inbox
 from boxer.nat_traversal import messages as m
 
 
 class Waiters:
     def __init__(self) -> None:
-        self._queues: dict[str, asyncio.Queue] = {}
+        self._queues: dict[str, Inbox] = {}
 
-    def open(self, conn: str) -> asyncio.Queue[m.Message]:
-        queue: asyncio.Queue[m.Message] = asyncio.Queue()
-        self._queues[conn] = queue
-        return queue
-
-    def attach(self, conn: str, queue: asyncio.Queue) -> None:
-        """Route `conn`'s messages to an existing queue (one per transaction, over its attempts)."""
+    def attach(self, conn: str, queue: Inbox) -> None:
+        """Route `conn`'s messages to a transaction's inbox (one per transaction, over its attempts)."""
         self._queues[conn] = queue
 
     def close(self, conn: str) -> None:
