@@ -65,7 +65,7 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
     runtime = ControllerRuntime(
         deployment, backend, coordinator=coordinator, secret=secret, paths=paths, tick=tick,
         metrics_sock=metrics_sock, register_timeout=info.register_timeout,
-        info={"name": paths.name, "backend": kind, "file": info.file, "pid": None,
+        info={"name": paths.name, "backend": kind, "file": info.file, "pid": os.getpid(),
               **facts},
     )
     stop = asyncio.Event()

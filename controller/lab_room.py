@@ -53,5 +53,5 @@ def check_room(deployment: Any, lab_name: str, name: str) -> None:
     if hosts > len(lab.hosts) or public > len(lab.public_hosts):
         raise DeploymentError(
             f"lab {lab_name} was built with {len(lab.hosts)} NATed and {len(lab.public_hosts)} "
-            f"public hosts; the edited maxInstances need {hosts} and {public}. "
+            f"public hosts; the edited maxInstances need {hosts} NATed and {public} public hosts. "
             f"`boxer down --name {name}`, then `boxer up` again builds a lab that size")

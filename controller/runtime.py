@@ -660,6 +660,8 @@ class ControllerRuntime:
                     "placement": svc.placement.value,
                     "min": svc.min_instances,
                     "max": svc.effective_max_instances,
+                    "autoscale": None if svc.autoscale is None else {
+                        "metric": svc.autoscale.metric.value, "target": svc.autoscale.target},
                     "desired": self.desired.get(name, svc.min_instances),
                     "address": self.book.services_addr.get(name),
                     "load": self.book.service_load(name),

@@ -15,10 +15,10 @@ services="redis-server nginx memcached postgresql ssh"
 # buildah and debootstrap build the Lambda image (lambda_image/build.py: a Debian base, no
 # daemon); libseccomp2 lets the local Lambda sandbox refuse system calls (tests of fallbacks).
 # libpython3.11-testsuite: CPython's own socket tests, run plain and under boxer
-# (tests/test_foreign_suites.py).
+# (tests/test_foreign_suites.py). tmux: `boxer top` is tested in a real terminal (tests/test_cli_context.py).
 packages="iproute2 iptables nftables conntrack redis-server redis-tools iperf3 nginx-light curl
 memcached libmemcached-tools python3-dev python3-venv gcc libc6-dev dnsutils shellcheck
-buildah debootstrap libseccomp2 libpython3.11-testsuite postgresql openssh-server openssh-client"
+buildah debootstrap libseccomp2 libpython3.11-testsuite postgresql openssh-server openssh-client tmux"
 
 # Debian starts a daemon as soon as its package is installed. redis, nginx and memcached would
 # then hold ports 6379, 80 and 11211 in the machine's own namespace, where nothing of ours should

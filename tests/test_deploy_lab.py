@@ -171,7 +171,7 @@ def test_up_again_applies_an_edited_file_while_it_runs(deployment, tmp_path):
     assert "services.api.placement" in moved.stderr and "boxer down" in moved.stderr
     too_big = up_again("maxInstances: 2", "maxInstances: 9")
     assert too_big.returncode != 0
-    assert "the edited maxInstances need" in too_big.stderr
+    assert "the edited maxInstances need 11 NATed and 1 public hosts" in too_big.stderr
     # Neither refusal changed what runs.
     assert "minInstances: 2" in DeployPaths(deployment).applied_file.read_text()
     assert "placement: function" in DeployPaths(deployment).applied_file.read_text()
@@ -222,7 +222,7 @@ def test_down_leaves_nothing_behind(deployment):
             b"boxer" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     after = subprocess.run([*BOXER, "status", "--name", deployment], capture_output=True,
                            text=True, timeout=30).stdout
-    assert after.startswith("No deployment is running")
+    assert after.startswith(f"deployment {deployment} is stopped (down ")
 
 
 # ---- the user's folder does not change what boxer runs (issue 12 item 6) ----------------------

@@ -24,6 +24,9 @@ COMMANDS = {
     "top": ("boxer.cli.deploy", "top_command"),
     "down": ("boxer.cli.deploy", "down_command"),
     "report": ("boxer.cli.deploy", "report_command"),
+    "ls": ("boxer.cli.deployments", "ls_command"),
+    "use": ("boxer.cli.deployments", "use_command"),
+    "rm": ("boxer.cli.deployments", "rm_command"),
     "lambda-local": ("boxer.cli.lambda_local", "lambda_local"),
 }
 

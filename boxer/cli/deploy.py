@@ -19,12 +19,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from boxer.cli.status_view import progress_line, status_text
+from boxer.cli.status_view import NOTHING_RUNS, progress_line, status_json, status_text, stopped_text
 
 __all__ = ["COMMANDS", "DeployError", "status_text"]
 
@@ -155,9 +156,10 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool, 
         for issue in exc.issues:
             click.echo(str(issue), err=True)
         raise SystemExit(1) from None
-    name = name or default_name(file, deployment.name)
+    name = name or _running_file(file) or default_name(file, deployment.name)
     running = DeploymentRecord.load(_call(paths_for, name))
     if running is not None and running.controller_alive:
+        _make_current(name, running.lab)
         _apply(file, deployment, name)
         return
     backend = deployment.backend.value
@@ -178,6 +180,8 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool, 
     started, since = time.monotonic(), time.time()
     up = _call(bring_up, file, deployment, name, click.echo, metrics_port=metrics_port, tick=tick,
                backend=backend, register_timeout=register_timeout, target=target, image=image)
+    made = DeploymentRecord.load(up.paths)
+    _make_current(name, made.lab if made else None)
     try:
         verdict = _show_progress(up.paths, deployment, started, up.proc, since=since, wait=wait,
                                  timeout=wait_timeout if wait else UP_TIMEOUT)
@@ -185,7 +189,8 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool, 
             click.echo("controller running; Ctrl-C takes the deployment down")
             _wait_foreground(up.proc, name)
             return
-        click.echo(f"detached: `boxer status --name {name}`, `boxer down --name {name}`")
+        click.echo(f"detached; {name} is the current deployment: `boxer status`, `boxer logs SERVICE`,"
+                   " `boxer down`")
         # We exit without waiting for it (init adopts it); tell Popen so, or it would warn.
         up.proc.returncode = 0
         if verdict is not None and not verdict.all_ready:
@@ -195,6 +200,30 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool, 
         click.echo("\ninterrupted: taking the deployment down", err=True)
         _down(name)
         raise SystemExit(130) from None
+
+
+def _running_file(file: Path) -> str | None:
+    """The running deployment that runs FILE (brought up or last applied from it): `boxer up
+    FILE` again applies to it, whatever name it was given with --name."""
+    from boxer.controller.deployments import paths_for
+    from boxer.controller.paths import list_deployments
+    from boxer.controller.record import DeploymentRecord
+
+    wanted = file.resolve()
+    for name in list_deployments():
+        record = DeploymentRecord.load(_call(paths_for, name))
+        if record is not None and record.controller_alive and Path(record.file) == wanted:
+            return name
+    return None
+
+
+def _make_current(name: str, lab: str | None) -> None:
+    """`boxer up` makes its deployment (and its lab) the current one, as kubectl's context."""
+    from boxer.cli import _context
+
+    _context.set_current("deployment", name)
+    if lab:
+        _context.set_current("lab", lab)
 
 
 def _apply(file: Path, deployment: Any, name: str) -> None:
@@ -313,30 +342,72 @@ def _down(name: str) -> str:
 
 # -- status and top --------------------------------------------------------------------------
 
-def _load_status(name: str | None) -> dict[str, Any] | None:
-    from boxer.controller.deployments import load_status
+@dataclass(frozen=True)
+class _Seen:
+    """What `status` and `top` found: the deployment meant (None: nothing runs, none meant),
+    its last status while its controller runs, and its record."""
 
-    return _call(load_status, name)
+    name: str | None
+    status: dict[str, Any] | None
+    record: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self.record is not None and self.record.controller_alive and self.status is not None
+
+
+def _look(name: str | None) -> _Seen:
+    from boxer.controller.deployments import load_status, paths_for
+    from boxer.controller.paths import list_deployments
+    from boxer.controller.record import DeploymentRecord
+
+    if name is None and not any(
+            (r := DeploymentRecord.load(_call(paths_for, n))) is not None and r.controller_alive
+            for n in list_deployments()):
+        from boxer.cli import _context
+
+        current = _context.current("deployment")
+        if current not in list_deployments():
+            return _Seen(None, None)  # nothing runs, and no stopped one is current
+    name = _resolve_name(name, running_only=False)
+    record = DeploymentRecord.load(_call(paths_for, name))
+    status = _call(load_status, name) if record is not None and record.controller_alive else None
+    return _Seen(name, status, record)
+
+
+def _seen_text(seen: _Seen, wide: bool) -> str:
+    if seen.running:
+        return status_text(seen.status, wide=wide)
+    if seen.name is None:
+        return NOTHING_RUNS
+    record = seen.record
+    return stopped_text(seen.name, record.down_at if record else None, record.file if record else None,
+                        time.time())
 
 
 @click.command("status")
-@click.option("--name", help="Deployment [default: the only one running].")
+@click.option("--name", help="Deployment [default: the current one, else the only one running].")
 @click.option("-o", "--output", type=click.Choice(["text", "wide", "json"]), default="text",
-              show_default=True, help="wide adds path counts, instance id and host; json for scripts.")
+              show_default=True, help="text fits 100 columns; wide adds path counts, instance id, host "
+                                      "and revision; json is the stable format of docs/cli.md.")
 @click.option("-w", "--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
 def status_command(name: str | None, output: str, watch: bool) -> None:
-    """Services and instances of a running deployment: state, placement, address, connections,
-    CPU, age and lifetime left."""
+    """Services and instances of a deployment: state, restarts, placement, address, connections,
+    CPU, age and lifetime left; a stopped one says so.
+
+    Exit status 0, also when nothing runs; 1 when --name names no deployment, or several run and
+    none is current (the message lists them)."""
     while True:
-        status = _load_status(name)
+        seen = _look(name)
         if output == "json":
-            click.echo(json.dumps(status if status and status.get("running", True)
-                                  else {"running": False, "services": {}, "instances": []},
+            record = seen.record
+            click.echo(json.dumps(status_json(seen.status if seen.running else None, name=seen.name,
+                                              controller_pid=record.controller_pid if seen.running else None),
                                   indent=2))
         else:
             if watch:
                 click.clear()
-            click.echo(status_text(status, wide=output == "wide"))
+            click.echo(_seen_text(seen, wide=output == "wide"))
         if not watch:
             return
         try:
@@ -346,18 +417,27 @@ def status_command(name: str | None, output: str, watch: bool) -> None:
 
 
 @click.command("top")
-@click.option("--name", help="Deployment [default: the only one running].")
-@click.option("--interval", type=click.FloatRange(0.1, 10), default=0.5, show_default=True)
+@click.option("--name", help="Deployment [default: the current one, else the only one running].")
+@click.option("--interval", type=click.FloatRange(0.1, 10), default=0.5, show_default=True,
+              metavar="SECONDS", help="Time between redraws.")
 def top_command(name: str | None, interval: float) -> None:
-    """The live view: services and instances redrawn continuously (q or Ctrl-C quits)."""
-    try:
-        while True:
-            status = _load_status(name)
-            click.clear()
-            click.echo(time.strftime("%H:%M:%S  ") + status_text(status, wide=True))
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        return
+    """The live view: services and instances redrawn every INTERVAL, fitted to the terminal
+    (the wide columns when they fit). q or Ctrl-C quits.
+
+    When nothing runs it says so once and exits 0; when the deployment stops while shown, it says
+    so and exits 0. Not on a terminal, it prints one frame and exits (for scripts and logs)."""
+    from boxer.cli.top import run_top
+
+    def frame(width: int) -> tuple[str, bool]:
+        seen = _look(name)
+        if not seen.running:
+            return _seen_text(seen, wide=False), False
+        narrow = status_text(seen.status, wide=False)
+        wide = status_text(seen.status, wide=True)
+        fits = max(len(line) for line in wide.splitlines()) <= width
+        return (wide if fits else narrow), True
+
+    run_top(frame, interval)
 
 
 # -- report ----------------------------------------------------------------------------------

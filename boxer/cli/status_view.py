@@ -9,18 +9,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["INSTANCE_COLUMNS", "SERVICE_COLUMNS", "Column", "progress_line", "render_table", "status_text"]
+__all__ = ["INSTANCE_COLUMNS", "NOTHING_RUNS", "SERVICE_COLUMNS", "Column", "progress_line", "render_table",
+           "status_json", "status_text", "stopped_text"]
 
 
 def _age(seconds: float | None) -> str:
+    """A duration as a person reads it: 4.2s, 42s, 14m05s, 2h05m, 3d04h (never 14m60s: the
+    value is rounded before it is split into units)."""
     if seconds is None:
         return "-"
     seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
-    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+NARROW_CELL = 24  # a name longer than this is cut in the default view (-o wide shows it whole)
+
+
+def _cut(text: str, wide: bool) -> str:
+    return text if wide or len(text) <= NARROW_CELL else text[:NARROW_CELL - 1] + "~"
 
 
 @dataclass(frozen=True)
@@ -48,9 +63,9 @@ INSTANCE_COLUMNS = (
     Column("DIRECT", lambda r: str(r["direct"]), wide=True, right=True),
     Column("RELAYED", lambda r: str(r["relayed"]), wide=True, right=True),
     Column("RSS", lambda r: f"{r['rss'] / 2**20:.0f}Mi", wide=True, right=True),
-    Column("INSTANCE-ID", lambda r: r["instance_id"], wide=True),
+    Column("INSTANCE-ID", lambda r: r["instance_id"] or "-", wide=True),
     Column("HOST", lambda r: r["host"] or "-", wide=True),
-    Column("REV", lambda r: str(r.get("revision", 1)), wide=True, right=True),
+    Column("REV", lambda r: str(r.get("revision") or "-"), wide=True, right=True),
 )
 
 SERVICE_COLUMNS = (
@@ -93,7 +108,7 @@ def _revision(service: dict[str, Any]) -> str:
 
 def render_table(columns: tuple[Column, ...], rows: list[dict[str, Any]], wide: bool) -> str:
     shown = [c for c in columns if wide or not c.wide]
-    cells = [[c.header for c in shown]] + [[c.value(r) for c in shown] for r in rows]
+    cells = [[c.header for c in shown]] + [[_cut(c.value(r), wide) for c in shown] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(shown))]
     lines = []
     for row in cells:
@@ -112,13 +127,26 @@ def _service_rows(status: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+NOTHING_RUNS = "No deployment is running. Start one with `boxer up FILE`."
+
+
+def stopped_text(name: str, down_at: float | None, file: str | None, now: float) -> str:
+    """What `boxer status` says of a deployment that is known but stopped."""
+    when = f" {_age(now - down_at)} ago" if down_at else ""
+    again = f"`boxer up {file}` starts it again, " if file else ""
+    return (f"deployment {name} is stopped (down{when}): {again}`boxer report --name {name}` draws"
+            f" its run, `boxer rm {name}` removes what it left.")
+
+
 def status_text(status: dict[str, Any] | None, wide: bool) -> str:
     if not status or not status.get("running", True):
-        return "No deployment is running. Start one with `boxer up FILE`."
+        return NOTHING_RUNS
     where = (f"lambda function {status.get('function')} ({status.get('region')})"
              if status.get("backend") == "lambda" else f"lab {status.get('lab')}")
     head = (f"deployment {status.get('name')}  {where}  coordinator "
             f"{status.get('coordinator')} ({'connected' if status.get('connected') else 'not connected'})")
+    if status.get("started_at") and status.get("updated_at"):
+        head += f"  up {_age(status['updated_at'] - status['started_at'])}"
     parts = [head, "", render_table(SERVICE_COLUMNS, _service_rows(status), wide), ""]
     instances = status.get("instances", [])
     if instances:
@@ -173,3 +201,67 @@ def progress_line(status: dict[str, Any] | None, deployment: Any) -> tuple[str, 
         done = False
         parts.append(f"(coordinator: {status.get('error') or 'connecting'})")
     return "  ".join(parts), done
+
+
+# -- the JSON of `boxer status -o json`: a stable format (docs/cli.md), named as the deployment
+# file names things, rounded, with no field that says nothing (no pid of an instance not started)
+
+def _round(value: Any, digits: int) -> Any:
+    return None if value is None else round(float(value), digits)
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def _instance_json(row: dict[str, Any]) -> dict[str, Any]:
+    return _drop_none({
+        "name": row["name"], "service": row["service"], "state": row["state"],
+        "restarts": int(row.get("restarts", 0)), "placement": row["placement"],
+        "address": row.get("address"), "host": row.get("host"), "pid": row.get("pid"),
+        "instanceId": row.get("instance_id"), "revision": row.get("revision"),
+        "connections": int(row.get("connections", 0)), "cpuPercent": _round(row.get("cpu", 0), 1),
+        "rssBytes": int(row.get("rss", 0)),
+        "directConnections": int(row.get("direct", 0)), "relayedConnections": int(row.get("relayed", 0)),
+        "ageSeconds": _round(row.get("age"), 1), "readyAfterSeconds": _round(row.get("ready_after"), 3),
+        "lifetimeLeftSeconds": _round(row.get("lifetime_left"), 1),
+        "exitStatus": row.get("exit_status"), "error": row.get("error") or None,
+        "nextTryInSeconds": _round(row.get("next_try_in"), 1),
+    })
+
+
+def _service_json(svc: dict[str, Any], ready: int) -> dict[str, Any]:
+    return {
+        "placement": svc["placement"], "minInstances": svc["min"], "maxInstances": svc["max"],
+        "desiredInstances": svc.get("desired", 0), "readyInstances": ready,
+        "autoscale": svc.get("autoscale"),  # {metric, target} as in the file, or null: fixed size
+        "load": _round(svc.get("load", 0), 3), "address": svc.get("address"),
+        "revision": svc.get("revision", 1), "instancesToRollOut": int(svc.get("outdated", 0)),
+        "connectsWaiting": bool(svc.get("pending")),
+    }
+
+
+def status_json(status: dict[str, Any] | None, *, name: str | None = None,
+                controller_pid: int | None = None) -> dict[str, Any]:
+    """`boxer status -o json`. Stopped or unknown: {"name", "running": false}."""
+    if not status or not status.get("running", True):
+        return _drop_none({"name": name or (status or {}).get("name"), "running": False})
+    instances = status.get("instances", [])
+    ready = {n: sum(1 for i in instances if i["service"] == n and i["state"] == "ready")
+             for n in status.get("services", {})}
+    updated, started = status.get("updated_at"), status.get("started_at")
+    return _drop_none({
+        "name": status.get("name"), "running": True, "backend": status.get("backend"),
+        "lab": status.get("lab"), "function": status.get("function"), "region": status.get("region"),
+        "controllerPid": controller_pid or status.get("pid"),
+        "coordinator": {"address": status.get("coordinator"), "connected": bool(status.get("connected"))},
+        "upSeconds": _round(updated - started, 1) if updated and started else None,
+        "updatedAt": _round(updated, 3),
+        "services": {n: _service_json(svc, ready[n]) for n, svc in status.get("services", {}).items()},
+        "instances": [_instance_json(row) for row in instances],
+        "failures": [_drop_none({"at": _round(f.get("at"), 3), "name": f.get("name"), "service": f.get("service"),
+                                 "reason": f.get("reason"), "exitStatus": f.get("exit_status"),
+                                 "then": f.get("then")}) for f in status.get("failures") or []],
+        "partition": (status.get("partition") or {}).get("mode"),
+        "lastProblem": status.get("error"),
+    })
