@@ -71,13 +71,13 @@ def test_two_running_and_none_current_is_one_line_that_lists_them(state: State) 
     assert (used.returncode, used.stdout) == (0, "current deployment: beta (lab betad)\n")
     shown = state.boxer("status")
     assert shown.returncode == 0 and shown.stdout.startswith("deployment beta  lab webautosd")
-    assert json.loads(state.boxer("status", "-o", "json").stdout)["name"] == "beta"
+    assert json.loads(state.boxer("status", "-o", "json-v1").stdout)["name"] == "beta"
 
 
 def test_status_of_an_unknown_or_stopped_deployment(state: State) -> None:
     nothing = state.boxer("status")
     assert (nothing.returncode, nothing.stdout) == (0, "No deployment is running. Start one with `boxer up FILE`.\n")
-    assert json.loads(state.boxer("status", "-o", "json").stdout) == {"running": False}
+    assert json.loads(state.boxer("status", "-o", "json-v1").stdout) == {"running": False}
     state.deployment("web", running=False)
     unknown = state.boxer("status", "--name", "nosuch")
     assert unknown.returncode == 1
@@ -86,7 +86,7 @@ def test_status_of_an_unknown_or_stopped_deployment(state: State) -> None:
     assert stopped.returncode == 0
     assert stopped.stdout.startswith("deployment web is stopped (down 2m0")
     assert "`boxer up /srv/deploy.yaml` starts it again" in stopped.stdout
-    assert json.loads(state.boxer("status", "--name", "web", "-o", "json").stdout) == {"name": "web",
+    assert json.loads(state.boxer("status", "--name", "web", "-o", "json-v1").stdout) == {"name": "web",
                                                                                        "running": False}
 
 
