@@ -187,3 +187,44 @@ def test_without_pidfd_close_range_netlink_and_reuseport_the_agent_falls_back_an
             assert f"{feature} unavailable here" in log and fallback in log, log[-3000:]
     finally:
         lab_down(name)
+
+
+def test_the_coordinator_command_terraform_runs_works_from_the_image(opened, tmp_path):
+    """terraform's coordinator unit runs the function image with its own entry point and
+    arguments (templates/coordinator-user-data.sh.tftpl): that command, from the built image,
+    serves (on loopback here, with the secret where the sandbox can hold it)."""
+    import re
+    import shlex
+    import socket as socketlib
+
+    from boxer.backends.emulators.sandbox import SandboxConfig, sandbox_argv
+
+    template = (ROOT / "terraform" / "templates" / "coordinator-user-data.sh.tftpl").read_text()
+    (exec_start,) = re.findall(r"^ExecStart=(.*?[^\\])$", template.replace("\\\n", " "), re.M)
+    words = shlex.split(exec_start.replace("${image}", "IMAGE").replace("${port}", "7000"))
+    entrypoint = words[words.index("--entrypoint") + 1]
+    args = words[words.index("IMAGE") + 1:]
+    assert args[:3] == ["-m", "boxer", "coordinator"]
+    with socketlib.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    secret = tmp_path / "secret"
+    secret.write_text(os.urandom(32).hex())
+    args = [a.replace("0.0.0.0:7000", f"127.0.0.1:{port}").replace("/run/boxer/secret", "/tmp/boxer/secret")
+            for a in args]
+    config = SandboxConfig(root=opened.rootfs, argv=[entrypoint, *args], workdir="/", uid=0, gid=0, nofile=4096,
+                           copies=[(str(secret), "/tmp/boxer/secret")])
+    proc = subprocess.Popen(sandbox_argv(config), env={"PATH": "/usr/bin:/bin"}, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socketlib.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "the coordinator from the image never listened"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
