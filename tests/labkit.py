@@ -75,3 +75,23 @@ def deployment_down(name: str) -> None:
 
         close_image(info["image"])
     shutil.rmtree(paths.root, ignore_errors=True)
+
+
+def wait_deployed_redis(lab: str, what: str, timeout: float) -> None:
+    """Until `redis-cli -h kv ping`, run under `boxer run` on the last NATed host of a
+    deployment's lab (one no instance takes first), answers PONG; fails after `timeout` s."""
+    import time
+    from pathlib import Path
+
+    from boxer.controller.paths import read_json
+
+    hosts = int(read_json(Path(f"/run/boxer/lab/{lab}/lab.json"))["host_count"])
+    deadline = time.monotonic() + timeout
+    answer = ""
+    while answer != "PONG":
+        assert time.monotonic() < deadline, f"{what} never answered"
+        proc = subprocess.run([*BOXER, "lab", "exec", "--name", lab, f"h{hosts}", "--", *BOXER, "run",
+                               "--name", f"cli{time.monotonic_ns() % 10000}", "--", "redis-cli", "-h", "kv",
+                               "ping"], capture_output=True, text=True, timeout=30)
+        answer = proc.stdout.strip()
+        time.sleep(0.3)

@@ -11,23 +11,17 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from installed_tree import link_installed_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_import_contracts_hold(tmp_path: Path) -> None:
     pytest.importorskip("importlinter", reason="import-linter is not installed (pip install '.[test]')")
-    # The package as installed: boxer/ with controller/ and nat_traversal/ in it. The editable
-    # install maps those folders through an import hook that import-linter's graph cannot see,
-    # so it reads a tree of links, in an interpreter without site's .pth files (-S) and with
-    # site-packages (import-linter itself) on the path after the tree.
-    package = tmp_path / "boxer"
-    package.mkdir()
-    for entry in (ROOT / "boxer").iterdir():
-        if entry.name != "__pycache__":
-            (package / entry.name).symlink_to(entry)
-    (package / "controller").symlink_to(ROOT / "controller")
-    (package / "nat_traversal").symlink_to(ROOT / "nat_traversal")
+    # import-linter's graph cannot see the editable install's import hook: it reads the tree of
+    # links, in an interpreter without site's .pth files (-S) and with site-packages
+    # (import-linter itself) on the path after the tree.
+    link_installed_tree(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), sysconfig.get_paths()["purelib"],
                                                          sysconfig.get_paths()["platlib"]])}
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import labkit
 import pytest
@@ -44,16 +43,7 @@ def test_up_with_lambda_local_serves_redis_from_an_invocation(tmp_path):
         info = read_json(DeployPaths(name).deployment)
         assert info["backend"] == "lambda-local"
         lab = info["lab"]
-        hosts = int(read_json(__import__("pathlib").Path(f"/run/boxer/lab/{lab}/lab.json"))["host_count"])
-        deadline = time.monotonic() + 45
-        answer = ""
-        while answer != "PONG":
-            assert time.monotonic() < deadline, "the lambda-local instance never answered"
-            proc = subprocess.run([*BOXER, "lab", "exec", "--name", lab, f"h{hosts}", "--", *BOXER, "run",
-                                   "--name", f"cli{time.monotonic_ns() % 10000}", "--", "redis-cli", "-h", "kv",
-                                   "ping"], capture_output=True, text=True, timeout=30)
-            answer = proc.stdout.strip()
-            time.sleep(0.3)
+        labkit.wait_deployed_redis(lab, "the lambda-local instance", timeout=45)
         status = json.loads(subprocess.run([*BOXER, "status", "--name", name, "-o", "json"], capture_output=True,
                                            text=True, timeout=30, check=True).stdout)
         kv = [i for i in status["instances"] if i["service"] == "kv"]

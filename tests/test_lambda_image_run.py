@@ -111,16 +111,7 @@ def test_redis_example_runs_from_the_image_as_a_function(images, tmp_path):
         info = read_json(DeployPaths(name).deployment)
         assert info["image"]["image"] == images[1]
         lab = info["lab"]
-        hosts = int(read_json(Path(f"/run/boxer/lab/{lab}/lab.json"))["host_count"])
-        deadline = time.monotonic() + 60
-        answer = ""
-        while answer != "PONG":
-            assert time.monotonic() < deadline, "the instances run from the image never answered"
-            proc = subprocess.run([*BOXER, "lab", "exec", "--name", lab, f"h{hosts}", "--", *BOXER, "run",
-                                   "--name", f"cli{time.monotonic_ns() % 10000}", "--", "redis-cli", "-h", "kv",
-                                   "ping"], capture_output=True, text=True, timeout=30)
-            answer = proc.stdout.strip()
-            time.sleep(0.3)
+        labkit.wait_deployed_redis(lab, "the instances run from the image", timeout=60)
         status = json.loads(subprocess.run([*BOXER, "status", "--name", name, "-o", "json"], capture_output=True,
                                            text=True, timeout=30, check=True).stdout)
         assert [i["state"] for i in status["instances"] if i["service"] == "kv"] == ["ready", "ready"]

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from installed_tree import link_installed_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -45,19 +46,8 @@ def test_ruff_finds_nothing() -> None:
 
 @pytest.fixture(scope="module")
 def import_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package as it is installed: boxer/ with controller/ and nat_traversal/ inside it.
-
-    The editable install maps those two folders into `boxer.` through an import hook, which mypy
-    does not run, so it reads a tree of links that has the installed shape."""
-    tree = tmp_path_factory.mktemp("import-tree")
-    package = tree / "boxer"
-    package.mkdir()
-    for entry in (ROOT / "boxer").iterdir():
-        if entry.name != "__pycache__":
-            (package / entry.name).symlink_to(entry)
-    (package / "controller").symlink_to(ROOT / "controller")
-    (package / "nat_traversal").symlink_to(ROOT / "nat_traversal")
-    return tree
+    """The package as installed (mypy does not run the editable install's import hook)."""
+    return link_installed_tree(tmp_path_factory.mktemp("import-tree"))
 
 
 def _mypy(import_tree: Path, *args: str) -> subprocess.CompletedProcess[str]:
