@@ -38,6 +38,7 @@ def test_the_committed_stubs_are_generated_from_the_proto(tmp_path: Path) -> Non
 def _runtime_status() -> dict[str, Any]:
     """A status as the real ControllerRuntime builds it, with an instance in it."""
     from boxer.backends.base import InstanceHandle, InstanceSpec
+    from boxer.controller.policy import Failure
     from boxer.controller.runtime import ControllerRuntime
     from boxer.controller.spec import Deployment
     from boxer.nat_traversal import messages as m
@@ -80,6 +81,9 @@ def _runtime_status() -> dict[str, Any]:
         (record,) = rt.book.records.values()
         rt.book.on_message(m.InstanceUp(name="web-1", service="web", addr="100.64.0.2",
                                         instance=record.agent_id), 0.1)
+        # A failure as decide() reports one: its exit status, log and what follows travel too.
+        rt._on_failure(Failure(instance=record.agent_id, service="web", name="web-1", index=1,
+                               reason="exited with status 3", exit_status=3, retry_in=2.0, restarts=1))
         status = rt.status()
         await rt.shutdown()
         return status
@@ -95,6 +99,7 @@ def test_a_runtime_status_fits_the_message_field_for_field() -> None:
 
     status = _runtime_status()
     assert status["instances"] and status["backend_status"]["concurrency"]["limit"] == 4
+    assert status["failures"][0]["exit_status"] == 3 and status["failures"][0]["retry_in"] == 2.0
     back = to_dict(from_dict(pb.DeploymentStatus(), status))
     for key, value in status.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):

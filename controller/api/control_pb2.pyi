@@ -176,18 +176,28 @@ class Concurrency(_message.Message):
     def __init__(self, limit: _Optional[int] = ..., in_use: _Optional[int] = ..., waiting: _Optional[int] = ...) -> None: ...
 
 class Failure(_message.Message):
-    __slots__ = ("at", "name", "service", "instance_id", "reason")
+    __slots__ = ("at", "name", "service", "instance_id", "reason", "exit_status", "last_log", "restarts", "retry_in", "then")
     AT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_LOG_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_IN_FIELD_NUMBER: _ClassVar[int]
+    THEN_FIELD_NUMBER: _ClassVar[int]
     at: float
     name: str
     service: str
     instance_id: str
     reason: str
-    def __init__(self, at: _Optional[float] = ..., name: _Optional[str] = ..., service: _Optional[str] = ..., instance_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    exit_status: int
+    last_log: _containers.RepeatedScalarFieldContainer[str]
+    restarts: int
+    retry_in: float
+    then: str
+    def __init__(self, at: _Optional[float] = ..., name: _Optional[str] = ..., service: _Optional[str] = ..., instance_id: _Optional[str] = ..., reason: _Optional[str] = ..., exit_status: _Optional[int] = ..., last_log: _Optional[_Iterable[str]] = ..., restarts: _Optional[int] = ..., retry_in: _Optional[float] = ..., then: _Optional[str] = ...) -> None: ...
 
 class Partition(_message.Message):
     __slots__ = ("mode", "quiet", "held", "lost", "instances", "reason")
@@ -206,7 +216,7 @@ class Partition(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., quiet: _Optional[int] = ..., held: _Optional[int] = ..., lost: _Optional[int] = ..., instances: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("placement", "min", "max", "desired", "address", "load", "pending", "revision", "outdated")
+    __slots__ = ("placement", "min", "max", "desired", "address", "load", "pending", "revision", "outdated", "autoscale")
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     MIN_FIELD_NUMBER: _ClassVar[int]
     MAX_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +226,7 @@ class ServiceStatus(_message.Message):
     PENDING_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     OUTDATED_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALE_FIELD_NUMBER: _ClassVar[int]
     placement: str
     min: int
     max: int
@@ -225,7 +236,16 @@ class ServiceStatus(_message.Message):
     pending: bool
     revision: int
     outdated: int
-    def __init__(self, placement: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., desired: _Optional[int] = ..., address: _Optional[str] = ..., load: _Optional[float] = ..., pending: _Optional[bool] = ..., revision: _Optional[int] = ..., outdated: _Optional[int] = ...) -> None: ...
+    autoscale: Autoscale
+    def __init__(self, placement: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., desired: _Optional[int] = ..., address: _Optional[str] = ..., load: _Optional[float] = ..., pending: _Optional[bool] = ..., revision: _Optional[int] = ..., outdated: _Optional[int] = ..., autoscale: _Optional[_Union[Autoscale, _Mapping]] = ...) -> None: ...
+
+class Autoscale(_message.Message):
+    __slots__ = ("metric", "target")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    target: float
+    def __init__(self, metric: _Optional[str] = ..., target: _Optional[float] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
     __slots__ = ("service", "name", "id", "instance_id", "state", "placement", "address", "host", "pid", "connections", "cpu", "rss", "listening", "direct", "relayed", "accepted", "started_at", "age", "ready_after", "lifetime_left", "exit_status", "error", "revision", "restarts", "next_try", "next_try_in", "last_log", "registered_after")
