@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import socket
@@ -25,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +33,7 @@ from boxer import _aio as aio
 from boxer.backends.aws_lambda.backend import LambdaBackend, boto3_client
 from boxer.backends.aws_lambda.facts import LambdaFacts
 from boxer.backends.base import InstanceSpec
+from boxer.backends.emulators.invoke_api import fetch_stats
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lambda_launch.json"
 REGION = "eu-west-1"
@@ -56,7 +55,7 @@ def start_server(port: int, latency: float) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/_boxer/stats", timeout=1).read()
+            fetch_stats(f"http://127.0.0.1:{port}", region=REGION, timeout=1)
             return proc
         except OSError:
             time.sleep(0.1)
@@ -99,7 +98,7 @@ def measure(paths: dict, port: int, latency: float, args: argparse.Namespace) ->
                 wall, cpu = aio.run(burst(make, args.launches))
                 rates[name].append(wall)
                 per_cpu[name].append(cpu)
-        stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/_boxer/stats").read())
+        stats = fetch_stats(f"http://127.0.0.1:{port}", region=REGION)
     finally:
         server.terminate()
         server.wait(10)

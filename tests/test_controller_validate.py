@@ -303,3 +303,29 @@ def test_partition_defaults_follow_kubernetes() -> None:
     assert (policy.quiet_threshold_percentage, policy.min_quiet_instances,
             policy.replacements_per_second, policy.halt_threshold_percentage,
             policy.window_seconds) == (55, 3, 1, 90, 1)
+
+
+def test_lambda_env_may_not_set_what_would_reach_the_agent() -> None:
+    """An event's env reaches the agent's own process on Lambda (docs/security.md): LD_*,
+    PYTHON* and BOXER_* keys are refused with their file line and field; other keys pass."""
+    deployment = """\
+        backend: {backend}
+        services:
+          kv:
+            command: [redis-server]
+            env:
+              MAXMEMORY: 64mb
+              LD_PRELOAD: /tmp/evil.so
+              PYTHONPATH: /app
+              BOXER_SECRET_FILE: /etc/passwd
+        """
+    why = ("LD_*, PYTHON* and BOXER_* variables would reach the agent on Lambda, not just the app: set it"
+           " in the command instead (e.g. `env PYTHONPATH=/app python3 app.py`)")
+    assert problems(deployment.format(backend="lambda")) == [
+        f"d.yaml:7: services.kv.env.LD_PRELOAD: LD_PRELOAD: {why}",
+        f"d.yaml:8: services.kv.env.PYTHONPATH: PYTHONPATH: {why}",
+        f"d.yaml:9: services.kv.env.BOXER_SECRET_FILE: BOXER_SECRET_FILE: {why}",
+    ]
+    clean = parse_deployment(textwrap.dedent(deployment.format(backend="lambda")).replace(
+        "      LD_PRELOAD: /tmp/evil.so\n      PYTHONPATH: /app\n      BOXER_SECRET_FILE: /etc/passwd\n", ""), "d.yaml")
+    assert clean.services["kv"].env == {"MAXMEMORY": "64mb"}

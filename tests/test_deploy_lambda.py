@@ -118,9 +118,9 @@ class Aws:
 
     def invoke_stats(self) -> dict[str, Any]:
         """The Invoke API's counters (it listens on h2's loopback: ask from inside h2)."""
-        code = (f"import urllib.request; print(urllib.request.urlopen("
-                f"'{self.lambda_url}/_boxer/stats', timeout=5).read().decode())")
-        out = subprocess.run(self.lab.command("h2", [sys.executable, "-c", code]),
+        code = ("import json; from boxer.backends.emulators.invoke_api import fetch_stats; "
+                f"print(json.dumps(fetch_stats({self.lambda_url!r}, region={REGION!r})))")
+        out = subprocess.run(self.lab.command("h2", [sys.executable, "-c", code]), env=self.env,
                              capture_output=True, text=True, timeout=30, check=True)
         return json.loads(out.stdout)
 

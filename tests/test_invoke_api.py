@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from boxer.backends import HandleState, InstanceSpec, LaunchError
 from boxer.backends.aws_lambda.backend import LambdaBackend, RetryPolicy
 from boxer.backends.aws_lambda.facts import LambdaFacts
-from boxer.backends.emulators.invoke_api import InvokeApiServer, LocalFunction
+from boxer.backends.emulators.invoke_api import InvokeApiServer, LocalFunction, fetch_stats
 
 pytest.importorskip("awslambdaric", reason="awslambdaric is not installed (pip install '.[test]')")
 
@@ -225,6 +225,25 @@ def test_an_unsigned_or_wrongly_signed_call_is_refused_and_runs_nothing(clients:
         right.close()
         stats = server.stats()
     assert stats["unsigned"] == 2 and stats["events"] == 1
+
+
+def test_the_stats_are_told_only_to_a_signed_call() -> None:
+    import urllib.error
+    import urllib.request
+
+    with InvokeApiServer([LocalFunction("boxer-t", drop=True)], region=REGION,
+                         credentials=("AKIDBOXERTEST", "s3cr3t-s3cr3t")) as server:
+        with pytest.raises(urllib.error.HTTPError) as unsigned:
+            urllib.request.urlopen(f"{server.endpoint_url}/_boxer/stats", timeout=5)
+        assert unsigned.value.code == 403
+        assert b"not signed" in unsigned.value.read()
+        unsigned.value.close()
+        with pytest.raises(urllib.error.HTTPError) as wrong:
+            fetch_stats(server.endpoint_url, ("AKIDBOXERTEST", "guess"), region=REGION)
+        assert wrong.value.code == 403
+        wrong.value.close()
+        stats = fetch_stats(server.endpoint_url, ("AKIDBOXERTEST", "s3cr3t-s3cr3t"), region=REGION)
+    assert stats["unsigned"] == 2 and stats["functions"]["boxer-t"]["slots"] >= 1
 
 
 def test_a_body_larger_than_any_payload_is_refused_unread() -> None:

@@ -26,9 +26,9 @@ The calls, as Lambda answers them (API version 2015-03-31):
          unknown function -> 404 ResourceNotFoundException
     GET  /2015-03-31/functions/{name}/configuration -> the function's configuration
 
-Every call but `GET /_boxer/stats` must be signed (SigV4) with the server's credentials, as
-Lambda's are: those in its environment at start (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY),
-or `credentials=`; an unsigned or wrongly signed call gets 403 and runs nothing. Bodies are
+Every call must be signed (SigV4) with the server's credentials, as Lambda's are: those in its
+environment at start (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), or `credentials=`; an unsigned
+or wrongly signed call gets 403 and runs (or tells) nothing. `fetch_stats()` signs its GET. Bodies are
 bounded (Lambda's payload limits; a larger Content-Length is refused unread).
 
 Errors carry `x-amzn-ErrorType` and a JSON body {"Type", "message"}, which botocore turns into
@@ -36,7 +36,8 @@ ClientError codes. Knobs for tests: `latency=` (seconds before each Invoke is an
 Lambda's endpoint), `throttle(n)` (or `throttle_first=`) answers the next n
 Invoke calls 429 TooManyRequestsException; `LocalFunction(drop=True)` accepts events (202) and
 runs nothing, like an invocation whose sandbox never gets going. Our own endpoints, outside
-Lambda's API: `GET /_boxer/stats` (counters) and `POST /_boxer/throttle` ({"count": n}).
+Lambda's API: `GET /_boxer/stats` (counters) and `POST /_boxer/throttle` ({"count": n}), signed
+like the rest (the counters name functions and say what ran).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from urllib.parse import unquote, urlsplit
 from boxer._python import module_argv
 from boxer.backends.emulators.sigv4 import signed_by
 
-__all__ = ["InvokeApiServer", "LocalFunction"]
+__all__ = ["InvokeApiServer", "LocalFunction", "fetch_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +337,28 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
+def fetch_stats(endpoint_url: str, credentials: tuple[str, str] | None = None, *, region: str = "us-east-1",
+                timeout: float = 5.0) -> dict[str, Any]:
+    """`GET /_boxer/stats`, signed with `credentials` (default: AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY, as the server reads them). OSError if it cannot be reached,
+    urllib.error.HTTPError (403) if the credentials are not the server's."""
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    if credentials is None:
+        credentials = (os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+    url = f"{endpoint_url.rstrip('/')}/_boxer/stats"
+    request = AWSRequest(method="GET", url=url)
+    SigV4Auth(Credentials(*credentials), "lambda", region).add_auth(request)
+    signed = urllib.request.Request(url, headers=dict(request.headers.items()), method="GET")
+    with urllib.request.urlopen(signed, timeout=timeout) as reply:
+        stats: dict[str, Any] = json.loads(reply.read())
+    return stats
+
+
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM a sandbox (it stops its runtime and the instance), kill its tree if it lingers."""
     from boxer.backends.emulators.lambda_local import _kill_tree
@@ -394,10 +417,10 @@ def _make_handler(server: InvokeApiServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
-            if path == "/_boxer/stats":
-                return self._json(200, server.stats())
             if self._refused_signature(b""):
                 return None
+            if path == "/_boxer/stats":
+                return self._json(200, server.stats())
             match = _ROUTE.match(path)
             if match is None or match["what"] != "configuration":
                 return self._error(404, "UnknownOperationException", f"no route {path}")
