@@ -30,7 +30,7 @@ from boxer.controller.lambda_target import LambdaTarget
 from boxer.controller.paths import DeployPaths, write_json_atomic
 from boxer.controller.record import DAEMON_MODULE, DeploymentRecord
 
-__all__ = ["BringUp", "bring_up", "default_name"]
+__all__ = ["BringUp", "ControlListen", "bring_up", "controller_argv", "default_name"]
 
 Say = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -45,6 +45,21 @@ def default_name(file: Path, declared: str | None) -> str:
     return stem[:63] or "deployment"
 
 
+@dataclass(frozen=True)
+class ControlListen:
+    """`boxer up --control-listen`: the controller serves its control API on TCP too, with TLS
+    and a token (the files' paths go on its command line, never their content)."""
+
+    address: str
+    cert: Path
+    key: Path
+    token_file: Path
+
+    def argv(self) -> list[str]:
+        return ["--control-listen", self.address, "--control-cert", str(self.cert),
+                "--control-key", str(self.key), "--control-token-file", str(self.token_file)]
+
+
 @dataclass
 class BringUp:
     """A controller just started: its files, its process (our child) and the record."""
@@ -57,10 +72,13 @@ class BringUp:
 
 def bring_up(file: Path, deployment: Any, name: str, say: Say, *, metrics_port: int | None = None,
              tick: float = 0.25, backend: str = "local", register_timeout: float | None = None,
-             target: LambdaTarget | None = None, image: str | None = None) -> BringUp:
+             target: LambdaTarget | None = None, image: str | None = None,
+             control: ControlListen | None = None) -> BringUp:
     """Start deployment `name` from `file` (already validated as `deployment`). Raises
     DeploymentError, with nothing left running, when it cannot. `image` (lambda-local): run
-    every invocation from that image (buildah's local storage), mounted here."""
+    every invocation from that image (buildah's local storage), mounted here. `control`: the
+    controller also serves its control API there (for the lab backends, from inside the lab's
+    coordinator namespace: an address of that namespace)."""
     paths = paths_for(name)
     before = DeploymentRecord.load(paths)
     if before is not None and before.controller_alive:
@@ -94,7 +112,7 @@ def bring_up(file: Path, deployment: Any, name: str, say: Say, *, metrics_port: 
             record = record.replace(image={"image": opened.image, "container": opened.container})
     record.save(paths)
     try:
-        proc = _spawn_controller(paths, name, tick, lab, zygote, metrics_port)
+        proc = _spawn_controller(paths, name, tick, lab, zygote, metrics_port, control)
     except OSError as exc:
         _drop_zygote(zygote)
         if lab is not None:
@@ -141,8 +159,8 @@ def _fresh_state(paths: DeployPaths, file: Path) -> None:
 
 def _spawn_controller(paths: DeployPaths, name: str, tick: float, lab: Any,
                       zygote: subprocess.Popen[bytes] | None,
-                      metrics_port: int | None) -> subprocess.Popen[bytes]:
-    argv = module_argv(DAEMON_MODULE, "--name", name, "--tick", str(tick))
+                      metrics_port: int | None, control: ControlListen | None = None) -> subprocess.Popen[bytes]:
+    argv = controller_argv(name, tick, control)
     pass_fds: tuple[int, ...] = ()
     if zygote is not None:
         assert zygote.stdin is not None and zygote.stdout is not None
@@ -171,6 +189,11 @@ def _spawn_controller(paths: DeployPaths, name: str, tick: float, lab: Any,
     finally:
         if metrics_sock is not None:
             metrics_sock.close()
+
+
+def controller_argv(name: str, tick: float, control: ControlListen | None = None) -> list[str]:
+    """The controller's command line (before the zygote's and the metrics' descriptors)."""
+    return module_argv(DAEMON_MODULE, "--name", name, "--tick", str(tick), *(control.argv() if control else ()))
 
 
 def _early_zygote(backend: str, paths: DeployPaths) -> subprocess.Popen[bytes] | None:

@@ -45,29 +45,11 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
     if info is None:
         log.error("no deployment record in %s: start deployments with `boxer up`", paths.deployment)
         return 2
-    kind = info.backend
-    # The backend first: the lab's agent zygote then warms up while the validator (pydantic)
-    # and the runtime are imported, instead of holding up the first instances afterwards.
-    made = _lambda_backend(info) if kind == "lambda" else _lab_backend(info, paths, kind, zygote)
-    if made is None:
+    runtime = _make_runtime(paths, info, tick, metrics_fd, zygote)
+    if runtime is None:
         return 2
-    backend, coordinator, secret, facts = made
-
-    from boxer.controller.runtime import ControllerRuntime
-    from boxer.controller.validate import load_deployment
-
-    applied = paths.applied_file if paths.applied_file.exists() else Path(info.file)
-    deployment = load_deployment(applied, backend=kind)
-    metrics_sock = None
-    if metrics_fd is not None:
-        metrics_sock = socket.socket(fileno=metrics_fd)
-        metrics_sock.setblocking(False)
-    runtime = ControllerRuntime(
-        deployment, backend, coordinator=coordinator, secret=secret, paths=paths, tick=tick,
-        metrics_sock=metrics_sock, register_timeout=info.register_timeout,
-        info={"name": paths.name, "backend": kind, "file": info.file, "pid": os.getpid(),
-              **facts},
-    )
+    kind = info.backend
+    coordinator = runtime.coordinator
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,6 +72,35 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
         paths.control_socket.unlink(missing_ok=True)
     log.info("controller of %s stopped", paths.name)
     return 0
+
+
+def _make_runtime(paths: DeployPaths, info: DeploymentRecord, tick: float, metrics_fd: int | None = None,
+                  zygote: tuple[int, int, int] | None = None) -> Any:
+    """The deployment's backend and its ControllerRuntime, from its record and the file it runs;
+    None (said in the log) when the backend cannot be made."""
+    kind = info.backend
+    # The backend first: the lab's agent zygote then warms up while the validator (pydantic)
+    # and the runtime are imported, instead of holding up the first instances afterwards.
+    made = _lambda_backend(info) if kind == "lambda" else _lab_backend(info, paths, kind, zygote)
+    if made is None:
+        return None
+    backend, coordinator, secret, facts = made
+
+    from boxer.controller.runtime import ControllerRuntime
+    from boxer.controller.validate import load_deployment
+
+    applied = paths.applied_file if paths.applied_file.exists() else Path(info.file)
+    deployment = load_deployment(applied, backend=kind)
+    metrics_sock = None
+    if metrics_fd is not None:
+        metrics_sock = socket.socket(fileno=metrics_fd)
+        metrics_sock.setblocking(False)
+    return ControllerRuntime(
+        deployment, backend, coordinator=coordinator, secret=secret, paths=paths, tick=tick,
+        metrics_sock=metrics_sock, register_timeout=info.register_timeout,
+        info={"name": paths.name, "backend": kind, "file": info.file, "pid": os.getpid(),
+              **facts},
+    )
 
 
 def _applier(paths: DeployPaths, runtime: Any, kind: str) -> Any:
@@ -192,7 +203,17 @@ def _lambda_backend(info: DeploymentRecord) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m boxer.controller.daemon")
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--name", help="the deployment `boxer up` prepared (its record) to run")
+    # Or wait for deployments sent through the control API (Up): a controller host, beside a
+    # coordinator on another machine (controller/host.py).
+    parser.add_argument("--serve", action="store_true", help="run the deployments sent here (Up), one at a time")
+    parser.add_argument("--backend", choices=("lambda", "local", "lambda-local"), help="--serve: where they run")
+    parser.add_argument("--lab", help="--serve with a lab backend: the lab instances run in")
+    parser.add_argument("--outputs", metavar="JSON", help="--serve with lambda: terraform's outputs, as here")
+    parser.add_argument("--workdir", metavar="DIR", default="/",
+                        help="--serve with a lab backend: the instances' working directory")
+    parser.add_argument("--control-socket", metavar="PATH",
+                        help="--serve: the control API's Unix socket [default: <state root>/host/sock]")
     parser.add_argument("--metrics-fd", type=int)
     parser.add_argument("--tick", type=float, default=0.25)
     parser.add_argument("--zygote", metavar="PID:ANSWERS_FD:REQUESTS_FD",
@@ -205,6 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-token-file", metavar="FILE",
                         help="the credential each call must present (Bearer), one line")
     args = parser.parse_args(argv)
+    if args.serve == bool(args.name):
+        parser.error("give --name NAME (a deployment `boxer up` prepared) or --serve, not both")
+    if args.serve and not args.backend:
+        parser.error("--serve needs --backend (lambda with --outputs, or local/lambda-local with --lab)")
+    if args.serve and args.backend == "lambda" and not args.outputs:
+        parser.error("--serve --backend lambda needs --outputs (terraform output -json, as this machine reaches it)")
+    if args.serve and args.backend != "lambda" and not args.lab:
+        parser.error(f"--serve --backend {args.backend} needs --lab (the lab its instances run in)")
     tcp = None
     if args.control_listen:
         if not (args.control_cert and args.control_key and args.control_token_file):
@@ -222,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.Formatter.converter = time.gmtime
     from boxer import _aio
 
+    if args.serve:
+        from boxer.controller.host import HostConfig, serve_deployments
+        from boxer.controller.paths import default_state_root
+
+        config = HostConfig(backend=args.backend, lab=args.lab, outputs=Path(args.outputs) if args.outputs else None,
+                            workdir=Path(args.workdir), tick=args.tick)
+        socket_path = Path(args.control_socket) if args.control_socket else default_state_root() / "host" / "sock"
+        return _aio.run(serve_deployments(config, socket_path, tcp, _JsonLines()))  # type: ignore[arg-type]
     zygote = tuple(int(part) for part in args.zygote.split(":")) if args.zygote else None
     return _aio.run(_main(DeployPaths(args.name), args.metrics_fd, args.tick, zygote, tcp))  # type: ignore[arg-type]
 

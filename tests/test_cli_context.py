@@ -185,3 +185,29 @@ def test_top_says_once_that_nothing_runs_and_exits(state: State, tmux: str) -> N
     screen = _screen(tmux)
     assert done.read_text().strip() == "0"
     assert screen.count("No deployment is running") == 1
+
+
+def test_a_deployment_sent_to_a_controller_host_is_asked_there_and_only_there(state: State,
+                                                                             tmp_path: Path) -> None:
+    """The context remembers the controller host `boxer up --controller` sent a deployment to:
+    status and down of that deployment go there (here a socket nobody serves: the one-line
+    error names it), never to this machine's deployments; --name or `boxer use` of a local one
+    goes back to this machine."""
+    state.deployment("web", running=True)
+    gone = tmp_path / "nobody.sock"
+    (Path(os.environ["BOXER_CONFIG_DIR"]) / "context.json").write_text(json.dumps({
+        "deployment": "far", "controller": f"unix:{gone}", "controller_deployment": "far"}))
+    for command in (["status"], ["down"], ["status", "--name", "far"]):
+        far = state.boxer(*command)
+        assert far.returncode == 1, far
+        assert far.stderr.startswith(f"boxer: no controller answers on unix:{gone}"), far.stderr
+        assert len(far.stderr.splitlines()) == 1
+    local = state.boxer("status", "--name", "web")
+    assert local.returncode == 0 and "deployment web" in local.stdout, local
+    assert state.boxer("use", "web").stdout.strip() == "current deployment: web (lab webd)"
+    assert "deployment web" in state.boxer("status").stdout
+    back = state.boxer("use", "far")
+    assert back.returncode == 0 and back.stdout.strip() == f"current deployment: far (on the controller at unix:{gone})"
+    # Options name a controller for one command, whatever the context says.
+    told = state.boxer("status", "--controller", "203.0.113.9:7443")
+    assert told.returncode == 2 and "needs --controller-ca and --controller-token-file" in told.stderr, told

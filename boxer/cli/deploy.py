@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import click
 
+from boxer.cli import _remote
 from boxer.cli.status_view import NOTHING_RUNS, progress_line, status_json, status_text, stopped_text
 
 __all__ = ["COMMANDS", "DeployError", "status_text"]
@@ -124,9 +125,22 @@ def _listing(known: list[str]) -> str:
               help="lambda-local backend: run each invocation from this image (buildah's local "
                    "storage, e.g. built by lambda_image/build.py) as Lambda runs it: its entry "
                    "point, read-only root, /tmp, uid 993.")
+@click.option("--control-listen", metavar="HOST:PORT",
+              help="The controller started here serves its control API on TCP too (TLS, a token), for "
+                   "clients on other machines: with --control-cert, --control-key, --control-token-file.")
+@click.option("--control-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="PEM",
+              help="With --control-listen: its TLS certificate chain.")
+@click.option("--control-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="PEM",
+              help="With --control-listen: its private key.")
+@click.option("--control-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="FILE", help="With --control-listen: the token every call must present (one line).")
+@_remote.controller_options
 def up_command(file: Path, name: str | None, backend: str | None, detach: bool, wait: bool,
                wait_timeout: float, metrics_port: int | None, tick: float, outputs: Path | None,
-               register_timeout: float | None, image: str | None) -> None:
+               register_timeout: float | None, image: str | None, control_listen: str | None,
+               control_cert: Path | None, control_key: Path | None, control_token_file: Path | None,
+               controller: str | None, controller_ca: Path | None, controller_token_file: Path | None,
+               controller_server_name: str | None) -> None:
     """Bring up the deployment in FILE and run its controller.
 
     On a deployment that is already up, apply the edited FILE to it instead: instance counts,
@@ -140,7 +154,10 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool, 
       boxer up examples/web-autoscale/deploy.yaml          # foreground; Ctrl-C takes it down
       boxer up --detach deploy.yaml && boxer status
       boxer up --wait --timeout 120 deploy.yaml   # returns once every service listens
-      boxer up deploy.yaml --backend lambda --outputs outputs.json   # AWS (docs/aws.md)
+      boxer up deploy.yaml --backend lambda --outputs outputs.json   # AWS, controller here
+      boxer up --detach deploy.yaml --controller 203.0.113.7:7443 --controller-ca ca.pem \
+          --controller-token-file token --controller-server-name boxer-controller
+                                                # AWS, controller beside the coordinator
       boxer up deploy.yaml     # again, after raising minInstances: applied while it runs
     """
     from boxer.controller.bringup import bring_up, default_name
@@ -156,7 +173,22 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool, 
         for issue in exc.issues:
             click.echo(str(issue), err=True)
         raise SystemExit(1) from None
-    name = name or _running_file(file) or default_name(file, deployment.name)
+    here = _running_file(file)
+    remote = None if here is not None and not controller else _remote.chosen(
+        name or default_name(file, deployment.name), controller, controller_ca, controller_token_file,
+        controller_server_name)
+    if remote is not None:
+        given = {"--outputs": outputs, "--image": image, "--metrics-port": metrics_port,
+                 "--control-listen": control_listen}
+        for option, value in given.items():
+            if value is not None:
+                raise DeployError(f"{option} is for a controller started here; the controller at "
+                                  f"{remote.address} has its own settings (docs/aws.md)")
+        _up_there(remote, file, deployment, name or default_name(file, deployment.name), backend,
+                  detach=detach, wait=wait, wait_timeout=wait_timeout, register_timeout=register_timeout)
+        return
+    control = _control_listener(control_listen, control_cert, control_key, control_token_file)
+    name = name or here or default_name(file, deployment.name)
     running = DeploymentRecord.load(_call(paths_for, name))
     if running is not None and running.controller_alive:
         _make_current(name, running.lab)
@@ -179,7 +211,8 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool, 
                           "(network namespaces, iptables)")
     started, since = time.monotonic(), time.time()
     up = _call(bring_up, file, deployment, name, click.echo, metrics_port=metrics_port, tick=tick,
-               backend=backend, register_timeout=register_timeout, target=target, image=image)
+               backend=backend, register_timeout=register_timeout, target=target, image=image,
+               control=control)
     made = DeploymentRecord.load(up.paths)
     _make_current(name, made.lab if made else None)
     try:
@@ -200,6 +233,68 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool, 
         click.echo("\ninterrupted: taking the deployment down", err=True)
         _down(name)
         raise SystemExit(130) from None
+
+
+def _control_listener(listen: str | None, cert: Path | None, key: Path | None,
+                      token_file: Path | None) -> Any:
+    """--control-listen and its three files, all or none: the controller's TCP listener."""
+    from boxer.controller.bringup import ControlListen
+
+    given = {"--control-cert": cert, "--control-key": key, "--control-token-file": token_file}
+    if listen is None:
+        extra = [option for option, value in given.items() if value is not None]
+        if extra:
+            raise DeployError(f"{', '.join(extra)} go with --control-listen HOST:PORT")
+        return None
+    missing = [option for option, value in given.items() if value is None]
+    if missing:
+        raise DeployError(f"--control-listen needs {', '.join(missing)} too: TLS and a token guard the port")
+    from boxer.cli._common import endpoint_option
+
+    endpoint_option(listen, "--control-listen")
+    assert cert is not None and key is not None and token_file is not None
+    return ControlListen(listen, cert.resolve(), key.resolve(), token_file.resolve())
+
+
+def _up_there(remote: Any, file: Path, deployment: Any, name: str, backend: str | None, *, detach: bool,
+              wait: bool, wait_timeout: float, register_timeout: float | None) -> None:
+    """`boxer up` against a controller host: the file goes there (Up, or Apply when it runs
+    it already) and the deployment runs there, whether or not this command stays."""
+    from boxer.controller.remote import send_file
+
+    started, since = time.monotonic(), time.time()
+    timeout = wait_timeout if wait else UP_TIMEOUT
+    with remote.client() as client:
+        sent = _call(send_file, client, file, name, backend=backend, register_timeout=register_timeout,
+                     timeout=None)
+        _remote.remember(remote, name)
+        if not sent.started:
+            _show_applied(sent.applied, sent.statuses, deployment, name, file, None)
+            return
+        click.echo(f"deployment {name} sent to the controller at {remote.address}")
+        for note in sent.applied.changes:
+            click.echo(note)
+        verdict = _show_progress(None, deployment, started, None, since=since, wait=wait, timeout=timeout,
+                                 statuses=sent.statuses, gone=lambda: False)
+        if detach or wait:
+            click.echo(f"detached; {name} runs on the controller at {remote.address} and is the current "
+                       "deployment: `boxer status`, `boxer down`")
+            if verdict is not None and not verdict.all_ready:
+                click.echo(f"boxer: {'; '.join(verdict.problems())}", err=True)
+                raise SystemExit(1)
+            return
+        click.echo(f"running on the controller at {remote.address}; Ctrl-C takes the deployment down "
+                   "(--detach leaves it running)")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            with _one_line_errors():
+                for _ in client.watch():
+                    pass
+        except KeyboardInterrupt:
+            click.echo("\ntaking the deployment down ...", err=True)
+            from boxer.controller.remote import take_down_there
+
+            click.echo(_call(take_down_there, client, name))
 
 
 def _running_file(file: Path) -> str | None:
@@ -232,8 +327,15 @@ def _apply(file: Path, deployment: Any, name: str) -> None:
     from boxer.controller.apply import apply_file
     from boxer.controller.deployments import paths_for
 
-    started = time.monotonic()
     applied, statuses = _call(apply_file, file, deployment, name, click.echo, timeout=UP_TIMEOUT)
+    _show_applied(applied, statuses, deployment, name, file, _call(paths_for, name))
+
+
+def _show_applied(applied: Any, statuses: Iterator[dict[str, Any]], deployment: Any, name: str, file: Path,
+                  paths: Any) -> None:
+    """What an apply changed, then its progress. `paths`: the deployment's files here (None: it
+    runs on a controller host)."""
+    started = time.monotonic()
     if not applied.changes:
         click.echo(f"deployment {name!r} is up and already runs {file}: nothing to apply")
         return
@@ -242,21 +344,23 @@ def _apply(file: Path, deployment: Any, name: str) -> None:
     for service in applied.rollouts:
         click.echo(f"rolling out {service}: its instances are replaced, each once its successor "
                    "listens")
-    paths = _call(paths_for, name)
-    if not _show_progress(paths, deployment, started, None, statuses=statuses):
-        click.echo("boxer: not every service came up in time; see `boxer status` and "
-                   f"{paths.root}/", err=True)
+    if not _show_progress(paths, deployment, started, None, statuses=statuses,
+                          gone=None if paths is not None else lambda: False):
+        click.echo("boxer: not every service came up in time; see `boxer status`"
+                   + (f" and {paths.root}/" if paths is not None else ""), err=True)
 
 
 def _show_progress(paths: Any, deployment: Any, started: float,
                    proc: subprocess.Popen[bytes] | None, since: float | None = None,
                    wait: bool = False, timeout: float = UP_TIMEOUT,
-                   statuses: Iterator[dict[str, Any] | None] | None = None) -> Any:
+                   statuses: Iterator[dict[str, Any] | None] | None = None,
+                   gone: Callable[[], bool] | None = None) -> Any:
     """Redraw the services' ready counts until every one has what it wants. `proc`: the
     controller we started, or None for one already running (an apply, whose `statuses` the
     controller streams). Statuses come through the control API, one per tick. With `since` (a
     new deployment), also stop once every service is listening or known to fail (or, `wait`,
-    once one is crash-looping) and return that verdict (boxer.controller.readiness)."""
+    once one is crash-looping) and return that verdict (boxer.controller.readiness). `gone`: how
+    to tell the controller went, when it is not on this machine (its stream then fails)."""
     from boxer.controller.api.client import ControlError, watch_when_up
     from boxer.controller.deployments import last_log_error
     from boxer.controller.readiness import judge_bring_up
@@ -265,6 +369,8 @@ def _show_progress(paths: Any, deployment: Any, started: float,
     wants = {name: svc.min_instances for name, svc in deployment.services.items()}
 
     def exited() -> bool:
+        if gone is not None:
+            return gone()
         if proc is not None:
             return proc.poll() is not None
         record = DeploymentRecord.load(paths)
@@ -326,10 +432,20 @@ def _wait_foreground(proc: subprocess.Popen[bytes], name: str) -> None:
 
 @click.command("down")
 @click.option("--name", help="Deployment to stop [default: the only one running].")
-def down_command(name: str | None) -> None:
+@_remote.controller_options
+def down_command(name: str | None, controller: str | None, controller_ca: Path | None,
+                 controller_token_file: Path | None, controller_server_name: str | None) -> None:
     """Stop every instance of a deployment, its controller, and remove its lab.
 
-    The timeline stays, so `boxer report` still works afterwards."""
+    The timeline stays, so `boxer report` still works afterwards. A deployment sent to a
+    controller host (`boxer up --controller`) is taken down there; the host waits for the next."""
+    remote = _remote.chosen(name, controller, controller_ca, controller_token_file, controller_server_name)
+    if remote is not None:
+        from boxer.controller.remote import take_down_there
+
+        with remote.client() as client:
+            click.echo(_call(take_down_there, client, name))
+        return
     name = _resolve_name(name)
     click.echo(_down(name))
 
@@ -350,17 +466,35 @@ class _Seen:
     name: str | None
     status: dict[str, Any] | None
     record: Any = None
+    controller: str | None = None  # a controller host's address: the deployment runs there
 
     @property
     def running(self) -> bool:
+        if self.controller is not None:
+            return self.status is not None
         return self.record is not None and self.record.controller_alive and self.status is not None
 
 
-def _look(name: str | None) -> _Seen:
+def _look_there(remote: Any, name: str | None) -> _Seen:
+    """What a controller host says of its deployment, through the control API only."""
+    from boxer.controller.remote import status_there
+
+    with remote.client() as client:
+        status = _call(status_there, client, 5.0)
+    if status is not None and name is not None and status.get("name") != name:
+        raise DeployError(f"the controller at {remote.address} runs deployment {status.get('name')!r}, "
+                          f"not {name!r}")
+    return _Seen(name or (status or {}).get("name"), status, None, remote.address)
+
+
+def _look(name: str | None, remote: Any = None) -> _Seen:
     from boxer.controller.deployments import load_status, paths_for
     from boxer.controller.paths import list_deployments
     from boxer.controller.record import DeploymentRecord
 
+    remote = remote or _remote.chosen(name)
+    if remote is not None:
+        return _look_there(remote, name)
     if name is None and not any(
             (r := DeploymentRecord.load(_call(paths_for, n))) is not None and r.controller_alive
             for n in list_deployments()):
@@ -378,6 +512,9 @@ def _look(name: str | None) -> _Seen:
 def _seen_text(seen: _Seen, wide: bool) -> str:
     if seen.running:
         return status_text(seen.status, wide=wide)
+    if seen.controller is not None:
+        return (f"No deployment runs on the controller at {seen.controller}. Start one with "
+                "`boxer up FILE --controller ...`.")
     if seen.name is None:
         return NOTHING_RUNS
     record = seen.record
@@ -392,21 +529,25 @@ def _seen_text(seen: _Seen, wide: bool) -> str:
                                       "and revision; json is the controller's status.json; json-v1 the "
                                       "stable format named as the deployment file names things.")
 @click.option("-w", "--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
-def status_command(name: str | None, output: str, watch: bool) -> None:
+@_remote.controller_options
+def status_command(name: str | None, output: str, watch: bool, controller: str | None, controller_ca: Path | None,
+                   controller_token_file: Path | None, controller_server_name: str | None) -> None:
     """Services and instances of a deployment: state, restarts, placement, address, connections,
     CPU, age and lifetime left; a stopped one says so.
 
     Exit status 0, also when nothing runs; 1 when --name names no deployment, or several run and
     none is current (the message lists them)."""
+    remote = _remote.chosen(name, controller, controller_ca, controller_token_file, controller_server_name)
     while True:
-        seen = _look(name)
+        seen = _look(name, remote)
         if output == "json":  # the controller's own status.json, as before (tests read its keys)
             click.echo(json.dumps(seen.status if seen.running
                                   else {"running": False, "services": {}, "instances": []}, indent=2))
         elif output == "json-v1":
             record = seen.record
+            pid = (seen.status or {}).get("pid") if record is None else record.controller_pid
             click.echo(json.dumps(status_json(seen.status if seen.running else None, name=seen.name,
-                                              controller_pid=record.controller_pid if seen.running else None),
+                                              controller_pid=pid if seen.running else None),
                                   indent=2))
         else:
             if watch:
@@ -424,7 +565,9 @@ def status_command(name: str | None, output: str, watch: bool) -> None:
 @click.option("--name", help="Deployment [default: the current one, else the only one running].")
 @click.option("--interval", type=click.FloatRange(0.1, 10), default=0.5, show_default=True,
               metavar="SECONDS", help="Time between redraws.")
-def top_command(name: str | None, interval: float) -> None:
+@_remote.controller_options
+def top_command(name: str | None, interval: float, controller: str | None, controller_ca: Path | None,
+                controller_token_file: Path | None, controller_server_name: str | None) -> None:
     """The live view: services and instances redrawn every INTERVAL, fitted to the terminal
     (the wide columns when they fit). q or Ctrl-C quits.
 
@@ -432,8 +575,10 @@ def top_command(name: str | None, interval: float) -> None:
     so and exits 0. Not on a terminal, it prints one frame and exits (for scripts and logs)."""
     from boxer.cli.top import run_top
 
+    remote = _remote.chosen(name, controller, controller_ca, controller_token_file, controller_server_name)
+
     def frame(width: int) -> tuple[str, bool]:
-        seen = _look(name)
+        seen = _look(name, remote)
         if not seen.running:
             return _seen_text(seen, wide=False), False
         narrow = status_text(seen.status, wide=False)

@@ -112,6 +112,12 @@ def use_command(name: str) -> None:
     from boxer.controller.record import DeploymentRecord
 
     known = list_deployments()
+    from boxer.cli import _remote
+
+    if name not in known and _remote.is_remote_deployment(name):
+        _context.set_current("deployment", name)
+        click.echo(f"current deployment: {name} (on the controller at {_context.current('controller')})")
+        return
     if name not in known:
         listing = ", ".join(known) if known else "none"
         raise DeployError(f"no deployment named {name!r} (known here: {listing}); `boxer ls` lists them")

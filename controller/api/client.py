@@ -5,6 +5,7 @@
     client.status() -> dict                       # what status.json holds, as the controller sees it now
     for status in client.watch(timeout=60): ...   # after every tick
     applied, statuses = client.apply(content, path)   # or ControlError with the refusal
+    applied, statuses = client.up(content, path, folder="web", name="")   # a controller host
     client.down() -> int                          # instances told to stop; the controller exits
     for source, text in client.logs("web-1", tail=20, follow=True): ...
 
@@ -72,6 +73,18 @@ class ControlClient:
         return cls(address, credentials=grpc.ssl_channel_credentials(root_certificates=ca), token=token,
                    options=options)
 
+    @classmethod
+    def at(cls, address: str, *, ca: bytes | None = None, token: str | None = None,
+           server_name: str | None = None) -> ControlClient:
+        """`unix:PATH` (a socket only its owner may open: no TLS, no credential) or HOST:PORT
+        (TLS against `ca`, and `token`), as `boxer --controller` names a controller."""
+        if address.startswith("unix:"):
+            return cls(address)
+        if ca is None or token is None:
+            raise ControlError(f"a controller at {address} is reached with TLS and a credential: "
+                               "give its CA certificate and its token")
+        return cls.remote(address, ca=ca, token=token, server_name=server_name)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -90,6 +103,8 @@ class ControlClient:
             return ControlError(f"the controller on {self.target} refused the credential: {details}", code)
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return ControlError(f"the controller on {self.target} did not answer in time", code)
+        if code is grpc.StatusCode.FAILED_PRECONDITION:  # a controller host between deployments
+            return ControlError(f"no deployment runs on the controller at {self.target}", code)
         return ControlError(f"the controller on {self.target}: {details}", code)
 
     def status(self, timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
@@ -122,7 +137,21 @@ class ControlClient:
         after every tick (a rollout's progress) until `timeout`; a refusal is a ControlError."""
         request = pb.ApplyRequest(file=content, path=path, max_concurrency=max_concurrency,
                                   register_timeout=register_timeout)
-        call = self._stub.Apply(request, timeout=timeout, metadata=self._metadata)
+        return self._progress(self._stub.Apply(request, timeout=timeout, metadata=self._metadata))
+
+    def up(self, content: bytes, path: str, *, folder: str, name: str = "", backend: str = "",
+           register_timeout: float | None = None,
+           timeout: float | None = None) -> tuple[Applied, Iterator[dict[str, Any]]]:
+        """Send a deployment file to a controller host, which starts it and runs it whether or not
+        we stay: what it noted (`changes`), and its statuses after every tick until `timeout`;
+        a refusal is a ControlError with the reason."""
+        request = pb.UpRequest(file=content, path=path, folder=folder, name=name, backend=backend,
+                               register_timeout=register_timeout)
+        return self._progress(self._stub.Up(request, timeout=timeout, metadata=self._metadata),
+                              f"the controller on {self.target} refused the deployment")
+
+    def _progress(self, call: Any, refused: str = "the controller refused the change"
+                  ) -> tuple[Applied, Iterator[dict[str, Any]]]:
         try:
             first = next(call)
         except StopIteration:
@@ -131,7 +160,7 @@ class ControlClient:
             raise self._fail(exc) from None
         if first.HasField("refused"):
             call.cancel()
-            raise ControlError(f"the controller refused the change: {first.refused.reason}")
+            raise ControlError(f"{refused}: {first.refused.reason}")
         applied = Applied(tuple(first.applied.changes), tuple(first.applied.rollouts))
         return applied, self._statuses(call, lambda reply: reply.status)
 

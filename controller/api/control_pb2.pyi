@@ -306,3 +306,19 @@ class InstanceStatus(_message.Message):
     last_log: _containers.RepeatedScalarFieldContainer[str]
     registered_after: float
     def __init__(self, service: _Optional[str] = ..., name: _Optional[str] = ..., id: _Optional[str] = ..., instance_id: _Optional[str] = ..., state: _Optional[str] = ..., placement: _Optional[str] = ..., address: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., connections: _Optional[int] = ..., cpu: _Optional[float] = ..., rss: _Optional[int] = ..., listening: _Optional[_Iterable[int]] = ..., direct: _Optional[int] = ..., relayed: _Optional[int] = ..., accepted: _Optional[int] = ..., started_at: _Optional[float] = ..., age: _Optional[float] = ..., ready_after: _Optional[float] = ..., lifetime_left: _Optional[float] = ..., exit_status: _Optional[int] = ..., error: _Optional[str] = ..., revision: _Optional[int] = ..., restarts: _Optional[int] = ..., next_try: _Optional[float] = ..., next_try_in: _Optional[float] = ..., last_log: _Optional[_Iterable[str]] = ..., registered_after: _Optional[float] = ...) -> None: ...
+
+class UpRequest(_message.Message):
+    __slots__ = ("file", "path", "folder", "name", "backend", "register_timeout")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    file: bytes
+    path: str
+    folder: str
+    name: str
+    backend: str
+    register_timeout: float
+    def __init__(self, file: _Optional[bytes] = ..., path: _Optional[str] = ..., folder: _Optional[str] = ..., name: _Optional[str] = ..., backend: _Optional[str] = ..., register_timeout: _Optional[float] = ...) -> None: ...

@@ -59,6 +59,11 @@ class ControlStub:
                 request_serializer=boxer_dot_controller_dot_api_dot_control__pb2.LogsRequest.SerializeToString,
                 response_deserializer=boxer_dot_controller_dot_api_dot_control__pb2.LogLine.FromString,
                 _registered_method=True)
+        self.Up = channel.unary_stream(
+                '/boxer.control.v1.Control/Up',
+                request_serializer=boxer_dot_controller_dot_api_dot_control__pb2.UpRequest.SerializeToString,
+                response_deserializer=boxer_dot_controller_dot_api_dot_control__pb2.ApplyProgress.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -101,6 +106,17 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Up(self, request, context):
+        """A controller host (one that waits for deployments, beside a remote coordinator: `python -m
+        boxer.controller.daemon --serve`) starts the deployment in the file it is sent: an Applied
+        (what it noted) or Refused, then the status after every tick until the client goes. The
+        deployment runs on whether or not the client stays. Status, Watch, Apply, Down and Logs then
+        act on it; while none runs they fail with FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +144,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Logs,
                     request_deserializer=boxer_dot_controller_dot_api_dot_control__pb2.LogsRequest.FromString,
                     response_serializer=boxer_dot_controller_dot_api_dot_control__pb2.LogLine.SerializeToString,
+            ),
+            'Up': grpc.unary_stream_rpc_method_handler(
+                    servicer.Up,
+                    request_deserializer=boxer_dot_controller_dot_api_dot_control__pb2.UpRequest.FromString,
+                    response_serializer=boxer_dot_controller_dot_api_dot_control__pb2.ApplyProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +286,33 @@ class Control:
             '/boxer.control.v1.Control/Logs',
             boxer_dot_controller_dot_api_dot_control__pb2.LogsRequest.SerializeToString,
             boxer_dot_controller_dot_api_dot_control__pb2.LogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Up(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/boxer.control.v1.Control/Up',
+            boxer_dot_controller_dot_api_dot_control__pb2.UpRequest.SerializeToString,
+            boxer_dot_controller_dot_api_dot_control__pb2.ApplyProgress.FromString,
             options,
             channel_credentials,
             insecure,

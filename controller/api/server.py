@@ -24,7 +24,7 @@ from boxer.controller.api import control_pb2 as pb
 from boxer.controller.api import control_pb2_grpc as pb_grpc
 from boxer.controller.api.convert import from_dict
 
-__all__ = ["Applier", "ControlService", "TcpListener", "serve"]
+__all__ = ["Applier", "ControlService", "HostedControl", "Starter", "TcpListener", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,79 @@ class ControlService(pb_grpc.ControlServicer):
                     yield pb.LogLine(source=source, text=partial.rstrip("\n"))
                     partial = ""
 
+    async def Up(self, request: Any, context: Any) -> AsyncIterator[pb.ApplyProgress]:
+        yield pb.ApplyProgress(refused=pb.Refused(
+            reason="this controller runs one deployment, started by `boxer up` on its machine; Up is "
+                   "for a controller host (`python -m boxer.controller.daemon --serve`)"))
+
     def _instance_log(self, name: str) -> Path | None:
         """The newest log of instance `name` (its logs are <name>.<host>.log; a renewal or a
         restart on another host leaves older ones)."""
         found = [p for p in self.instance_logs.glob(f"{name}.*.log") if p.name.count(".") == 2]
         return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+# up(request) -> the started deployment's service, or raises ApplyRefused: the daemon's, which
+# validates the file, writes the deployment's state and starts its runtime. `notes` it fills are
+# sent back as the Applied's changes (what the caller should know: a concurrency lowered...).
+Starter = Callable[[Any, list[str]], Awaitable[ControlService]]
+
+
+class HostedControl(pb_grpc.ControlServicer):
+    """The control API of a controller host: it waits for a deployment (Up), runs one at a time,
+    and hands every other call to that deployment's ControlService; `current` is None between
+    deployments (the daemon clears it when one has stopped)."""
+
+    def __init__(self, up: Starter) -> None:
+        self._up = up
+        self.current: ControlService | None = None
+        self._starting = False
+
+    async def _service(self, context: Any) -> ControlService:
+        if self.current is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "no deployment runs on this controller: `boxer up FILE --controller ...` starts one")
+        assert self.current is not None
+        return self.current
+
+    async def Up(self, request: Any, context: Any) -> AsyncIterator[pb.ApplyProgress]:
+        if self.current is not None or self._starting:
+            running = self.current.runtime.status().get("name") if self.current is not None else "one"
+            yield pb.ApplyProgress(refused=pb.Refused(
+                reason=f"this controller already runs deployment {running}: `boxer down` it first"))
+            return
+        notes: list[str] = []
+        self._starting = True
+        try:
+            service = await self._up(request, notes)
+        except ApplyRefused as refused:
+            yield pb.ApplyProgress(refused=pb.Refused(reason=refused.reason, fields=refused.fields))
+            return
+        finally:
+            self._starting = False
+        self.current = service
+        yield pb.ApplyProgress(applied=pb.Applied(changes=notes))
+        while True:
+            yield pb.ApplyProgress(status=service._status())
+            await service.runtime.next_tick()
+
+    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.DeploymentStatus:
+        return await (await self._service(context)).Status(request, context)
+
+    async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.DeploymentStatus]:
+        async for reply in (await self._service(context)).Watch(request, context):
+            yield reply
+
+    async def Apply(self, request: pb.ApplyRequest, context: Any) -> AsyncIterator[pb.ApplyProgress]:
+        async for reply in (await self._service(context)).Apply(request, context):
+            yield reply
+
+    async def Down(self, request: pb.DownRequest, context: Any) -> pb.DownReply:
+        return await (await self._service(context)).Down(request, context)
+
+    async def Logs(self, request: pb.LogsRequest, context: Any) -> AsyncIterator[pb.LogLine]:
+        async for reply in (await self._service(context)).Logs(request, context):
+            yield reply
 
 
 class _RequireToken(grpc.aio.ServerInterceptor):
@@ -149,7 +217,7 @@ def _refusal() -> Any:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-async def serve(service: ControlService, socket_path: Path, tcp: TcpListener | None = None) -> list[Any]:
+async def serve(service: pb_grpc.ControlServicer, socket_path: Path, tcp: TcpListener | None = None) -> list[Any]:
     """Start serving; the servers, to stop() when the controller ends."""
     socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if socket_path.parent.stat().st_uid != os.geteuid():  # e.g. made by someone else under /tmp

@@ -1,0 +1,232 @@
+"""A controller host: a controller process that waits for deployments sent to it through the
+control API (Up) instead of running the one `boxer up` prepared on its own machine.
+
+    python -m boxer.controller.daemon --serve --backend lambda --outputs /etc/boxer/outputs.json \\
+        --control-listen 0.0.0.0:7443 --control-cert C --control-key K --control-token-file T
+    python -m boxer.controller.daemon --serve --backend local --lab demo --control-socket PATH
+
+On AWS it runs beside the coordinator (terraform's coordinator VM, as a systemd unit), so that a
+deployment goes on scaling when the laptop that sent it closes its lid; in the lab it runs in the
+lab's coordinator namespace. It runs one deployment at a time: Up writes the deployment's state
+(record, the file as sent) under this machine's state root, exactly as `boxer up` does locally,
+and starts its ControllerRuntime in this process; Down stops it, and the host waits for the next.
+The file is all that travels: paths in it that name the caller's files (`lambda.outputs`, an app
+beside the file) mean nothing here, so the host uses its own terraform outputs or lab, and the
+instances of a lab backend work in the host's folder (`--workdir`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from boxer.controller.errors import DeploymentError, DeploymentFileError
+from boxer.controller.paths import DeployPaths, read_json, write_json_atomic
+from boxer.controller.record import DeploymentRecord
+
+__all__ = ["HostConfig", "serve_deployments"]
+
+log = logging.getLogger("boxer.controller.host")
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    backend: str  # what every deployment sent here runs on: lambda, local, lambda-local
+    lab: str | None = None  # the lab backends: the lab (made beforehand) instances run in
+    outputs: Path | None = None  # lambda: terraform's outputs, as this machine reaches them
+    workdir: Path = Path("/")  # the lab backends: the instances' working directory
+    tick: float = 0.25
+
+
+class _Refused(Exception):
+    pass
+
+
+async def serve_deployments(config: HostConfig, socket_path: Path, tcp: Any, formatter: logging.Formatter) -> int:
+    """Serve the control API and run the deployments sent to it until SIGTERM or SIGINT (which
+    take a running deployment down first, its instances stopped, as `boxer down` does)."""
+    from boxer.controller.api.server import HostedControl, serve
+
+    leave = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, leave.set)
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def up(request: Any, notes: list[str]) -> Any:
+        from boxer.controller.api.server import ApplyRefused
+
+        try:
+            service, stop, run = await _start(config, request, notes, formatter)
+        except (_Refused, DeploymentError) as exc:
+            log.error("up refused: %s", exc)
+            raise ApplyRefused(str(exc)) from None
+
+        async def supervise() -> None:
+            try:
+                await run
+            except Exception:
+                log.exception("deployment %s ended with an error", service.runtime.status().get("name"))
+            finally:
+                hosted.current = None
+                running.clear()
+
+        running.append((stop, loop.create_task(supervise())))
+        return service
+
+    hosted = HostedControl(up)
+    try:
+        servers = await serve(hosted, socket_path, tcp)
+    except (OSError, RuntimeError) as exc:
+        log.error("cannot serve the control API: %s", exc)
+        return 2
+    log.info("controller host up: backend %s%s; waiting for a deployment", config.backend,
+             f", lab {config.lab}" if config.lab else "")
+    try:
+        await leave.wait()
+        for stop, task in list(running):
+            stop.set()
+            await task
+    finally:
+        await asyncio.gather(*(server.stop(1.0) for server in servers))
+        socket_path.unlink(missing_ok=True)
+    log.info("controller host stopped")
+    return 0
+
+
+async def _start(config: HostConfig, request: Any, notes: list[str],
+                 formatter: logging.Formatter) -> tuple[Any, asyncio.Event, Any]:
+    """Validate what Up sent, write the deployment's state, make its runtime; its service, the
+    event that stops it, and the coroutine that runs it (to the end of its take-down)."""
+    from boxer.controller.bringup import default_name
+    from boxer.controller.deployments import paths_for
+    from boxer.controller.validate import parse_deployment
+
+    kind = request.backend or config.backend
+    if kind != config.backend:
+        raise _Refused(f"this controller runs the {config.backend} backend, not {kind}: "
+                       f"leave out --backend, or use --backend {config.backend}")
+    try:
+        text = request.file.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Refused(f"{request.path}: not UTF-8 text: {exc}") from None
+    shown = request.path or "<deployment>"
+    try:
+        deployment = parse_deployment(text, shown, backend=kind)
+    except DeploymentFileError as exc:
+        raise _Refused("; ".join(map(str, exc.issues))) from None
+    basename = Path(request.path).name if request.path else "deploy.yaml"
+    name = request.name or default_name(Path("/", request.folder or "deployment", basename), deployment.name)
+    paths = paths_for(name)
+    before = DeploymentRecord.load(paths)
+    if before is not None and before.controller_alive and before.controller_pid != os.getpid():
+        raise _Refused(f"deployment {name!r} already runs on this machine under another controller")
+    _fresh_state(paths, request.file)
+    record = DeploymentRecord(name=name, file=shown, dir=str(config.workdir), backend=kind,
+                              created_at=time.time(), lab=config.lab, controller_pid=os.getpid(),
+                              register_timeout=request.register_timeout
+                              if request.HasField("register_timeout") else None)
+    if kind == "lambda":
+        from boxer.controller.lambda_target import preflight
+
+        if deployment.lambda_ is not None and deployment.lambda_.outputs:
+            notes.append(f"lambda.outputs ({deployment.lambda_.outputs}) names a file of the caller's: "
+                         f"this controller uses its own terraform outputs ({config.outputs})")
+        target = await asyncio.to_thread(preflight, paths.applied_file, deployment, config.outputs, notes.append)
+        record = record.replace(outputs=target.outputs, function=target.function, region=target.region,
+                                coordinator=target.coordinator, max_concurrency=target.max_concurrency,
+                                register_timeout=record.register_timeout or target.register_timeout)
+    elif config.lab is not None:
+        from boxer.controller.lab_room import check_room
+
+        check_room(deployment, config.lab, name)
+    record.save(paths)
+    handler = logging.FileHandler(paths.log)
+    handler.setFormatter(formatter)
+    logging.getLogger().addHandler(handler)  # the deployment's own log, for Logs and `boxer logs`
+    from boxer.controller.daemon import _applier, _make_runtime
+
+    try:
+        runtime = _make_runtime(paths, record, config.tick)
+    except BaseException:
+        logging.getLogger().removeHandler(handler)
+        raise
+    if runtime is None:
+        logging.getLogger().removeHandler(handler)
+        raise _Refused(f"cannot start deployment {name!r}: see the controller's log")
+    from boxer.controller.api.server import ControlService
+
+    stop = asyncio.Event()
+    service = ControlService(runtime, _here(_applier(paths, runtime, kind), paths, runtime, kind, config.lab), stop.set,
+                             paths.log, paths.instances)
+    log.info("deployment %s up from %s: backend %s, coordinator %s:%d", name, shown, kind, *runtime.coordinator)
+
+    async def run() -> None:
+        try:
+            await runtime.run(stop)
+        finally:
+            _mark_down(paths)
+            log.info("deployment %s down", name)
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+    return service, stop, run()
+
+
+def _here(apply: Any, paths: DeployPaths, runtime: Any, kind: str, lab: str | None) -> Any:
+    """The applier, with what a caller on the controller's machine checks first done here: that
+    the edited file fits the lab, and on the lambda backend the concurrency its `lambda:` block
+    may use, looked up with this machine's AWS role (the caller has the file, not the outputs)."""
+
+    def applied(content: bytes, path: str, max_concurrency: int | None,
+                register_timeout: float | None) -> tuple[list[str], list[str]]:
+        from boxer.controller.api.server import ApplyRefused
+        from boxer.controller.validate import parse_deployment
+
+        try:
+            edited = parse_deployment(content.decode("utf-8"), path or "<deployment>", backend=kind)
+        except (UnicodeDecodeError, DeploymentFileError):
+            edited = None  # the applier refuses it, saying why
+        record = DeploymentRecord.load(paths)
+        try:
+            if edited is not None and lab is not None:
+                from boxer.controller.lab_room import check_room
+
+                check_room(edited, lab, paths.name)
+            if edited is not None and record is not None and kind == "lambda" and max_concurrency is None:
+                from boxer.controller.lambda_target import settings_again
+
+                found = settings_again(runtime.deployment, edited, record, lambda line: log.info("%s", line))
+                max_concurrency = found.get("max_concurrency")
+                register_timeout = register_timeout if register_timeout is not None else found.get("register_timeout")
+        except DeploymentError as exc:
+            raise ApplyRefused(str(exc)) from None
+        result: tuple[list[str], list[str]] = apply(content, path, max_concurrency, register_timeout)
+        return result
+
+    return applied
+
+
+def _fresh_state(paths: DeployPaths, content: bytes) -> None:
+    paths.make()
+    paths.applied_file.write_bytes(content)  # what runs: the file as sent
+    paths.timeline.write_text("")
+    paths.status.unlink(missing_ok=True)
+
+
+def _mark_down(paths: DeployPaths) -> None:
+    """As take-down marks a deployment down: the record and the last status say it stopped."""
+    record = DeploymentRecord.load(paths)
+    if record is not None:
+        record.replace(controller_pid=None, down_at=time.time()).save(paths)
+    status = read_json(paths.status)
+    if status:
+        status["running"] = False
+        status["instances"] = []
+        write_json_atomic(paths.status, status)

@@ -1,0 +1,218 @@
+"""The controller beside the coordinator, in the lab: a controller host (`python -m
+boxer.controller.daemon --serve`) runs in the lab's coordinator namespace, and the CLI, in another
+lab host, reaches it only through the control API (TLS and a token on the coordinator's lab
+address): `boxer up --controller` sends the file, the CLI is killed (SIGKILL) in the middle of a
+scale-out, the deployment finishes it, a fresh CLI's `boxer status` shows it, `boxer down` ends it.
+
+The CLI runs with a state root and a context of its own (empty folders), the host with another:
+nothing the CLI does can read the deployment's files, so what it shows came through the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import labkit
+import pytest
+
+BOXER = [sys.executable, "-m", "boxer"]
+pytestmark = pytest.mark.lab
+
+if os.geteuid() != 0:
+    pytest.skip("controller host lab tests need root (network namespaces, iptables)", allow_module_level=True)
+if shutil.which("openssl") is None:
+    pytest.skip("openssl is not installed: no certificate for the controller's TLS", allow_module_level=True)
+
+PORT = 7443
+SERVER_NAME = "boxer-controller"  # what terraform's certificate is made for (coordinator-user-data)
+DEPLOY = """
+name: {name}
+services:
+  kv:
+    # Slow to listen, so that the CLI is surely killed while the scale-out is under way.
+    command: [sh, -c, "sleep 4; exec redis-server --port 6379 --save '' --protected-mode no"]
+    placement: function
+    minInstances: {count}
+    maxInstances: {count}
+"""
+
+
+def _credentials(folder: Path) -> tuple[Path, Path, Path, Path]:
+    key, cert, token = folder / "control.key", folder / "control.crt", folder / "control-token"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={SERVER_NAME}",
+                    "-addext", f"subjectAltName=DNS:{SERVER_NAME}"], check=True, capture_output=True)
+    token.write_text(os.urandom(24).hex() + "\n")
+    wrong = folder / "wrong-token"
+    wrong.write_text(os.urandom(24).hex() + "\n")
+    return key, cert, token, wrong
+
+
+@pytest.fixture
+def lab():
+    from boxer.lab import lab_down, lab_up
+
+    name = f"ch{os.getpid() % 10000}"
+    made = lab_up(name, 6)  # h1-h5: the instances (4, and a renewal's overlap); h6: the CLI
+    try:
+        yield made
+    finally:
+        lab_down(name)
+
+
+def test_the_deployment_outlives_its_cli_and_the_cli_sees_it_only_through_the_api(lab, tmp_path):
+    key, cert, token, wrong = _credentials(tmp_path)
+    host_ip = lab.coordinator.rpartition(":")[0]
+    work = tmp_path / "work"
+    work.mkdir()
+    host_env = {**lab.env("coord"), "BOXER_DEPLOY_STATE_ROOT": str(tmp_path / "host-state")}
+    host_log = open(tmp_path / "host.log", "wb")  # noqa: SIM115
+    host = subprocess.Popen(
+        lab.command("coord", [sys.executable, "-m", "boxer.controller.daemon", "--serve", "--backend", "local",
+                              "--lab", lab.name, "--workdir", str(work), "--tick", "0.2",
+                              "--control-socket", str(tmp_path / "host.sock"),
+                              "--control-listen", f"{host_ip}:{PORT}", "--control-cert", str(cert),
+                              "--control-key", str(key), "--control-token-file", str(token)]),
+        env=host_env, stdout=host_log, stderr=subprocess.STDOUT)
+    cli_env = {**os.environ, "BOXER_DEPLOY_STATE_ROOT": str(tmp_path / "cli-state"),
+               "BOXER_CONFIG_DIR": str(tmp_path / "cli-config")}
+    cli_env.pop("BOXER_CONTROLLER", None)
+    reach = ["--controller", f"{host_ip}:{PORT}", "--controller-ca", str(cert),
+             "--controller-token-file", str(token), "--controller-server-name", SERVER_NAME]
+    name = f"kv{os.getpid() % 10000}"
+    deploy = tmp_path / "app" / "deploy.yaml"
+    deploy.parent.mkdir()
+
+    def cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(lab.command("h6", [*BOXER, *argv]), env=cli_env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def status() -> dict:
+        seen = cli("status", "-o", "json", timeout=30)
+        assert seen.returncode == 0, seen.stderr
+        return json.loads(seen.stdout)
+
+    def ready(status: dict) -> list[dict]:
+        return [i for i in status["instances"] if i["state"] == "ready" and 6379 in i.get("listening", [])]
+
+    try:
+        labkit.wait_for("the controller host to listen", lambda: "waiting for a deployment" in
+                        (tmp_path / "host.log").read_text(), timeout=30)
+        # Between deployments the host says so; a wrong token is refused, in one line.
+        idle = cli("status", *reach)
+        assert idle.returncode == 0 and "No deployment runs on the controller at" in idle.stdout, idle
+        refused = cli("status", *reach[:4], "--controller-token-file", str(wrong),
+                      "--controller-server-name", SERVER_NAME)
+        assert refused.returncode == 1 and "refused the credential" in refused.stderr, refused
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+        deploy.write_text(DEPLOY.format(name=name, count=1))
+        up = cli("up", "--wait", str(deploy), *reach, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"deployment {name} sent to the controller at {host_ip}:{PORT}" in up.stdout
+        assert len(ready(status())) == 1  # the context remembers where it runs: no options now
+
+        # Scale out to 4, and kill the CLI while it shows the progress.
+        deploy.write_text(DEPLOY.format(name=name, count=4))
+        applying = subprocess.Popen(lab.command("h6", [*BOXER, "up", str(deploy)]), env=cli_env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = []
+        assert applying.stdout is not None
+        for line in applying.stdout:
+            seen.append(line)
+            if "applied services.kv.minInstances: 1 -> 4" in line:
+                break
+        # `ip netns exec` execs: the pid is the CLI's own, and nothing of it can run on.
+        assert b"boxer" in Path(f"/proc/{applying.pid}/cmdline").read_bytes()
+        os.kill(applying.pid, signal.SIGKILL)
+        applying.wait(10)
+        applying.stdout.close()
+        assert applying.returncode == -signal.SIGKILL, "".join(seen)
+        assert len(ready(status())) < 4, "the scale-out had finished before the CLI was killed"
+        killed_at = time.monotonic()
+
+        # The deployment finishes it: four redis listening, as a fresh CLI sees through the API.
+        def four() -> dict | None:
+            now = status()
+            return now if len(ready(now)) == 4 else None
+
+        final = labkit.wait_for("four instances listening", four, timeout=60)
+        print(f"scale-out finished {time.monotonic() - killed_at:.1f} s after the CLI was killed")
+        assert final["name"] == name and final["services"]["kv"]["desired"] == 4
+        assert {i["host"] for i in ready(final)} <= {"h1", "h2", "h3", "h4", "h5"}
+        text = cli("status")
+        assert text.returncode == 0 and text.stdout.count(" ready ") >= 4, text.stdout
+        ping = subprocess.run(lab.command("h6", [*BOXER, "run", "--name", "cli", "--", "redis-cli", "-h", "kv",
+                                                 "ping"]),
+                              env=lab.env("h6"), capture_output=True, text=True, timeout=30)
+        assert ping.stdout.strip() == "PONG", ping
+
+        # Nothing of the deployment on the CLI's side: it all lives with the host.
+        assert not (tmp_path / "cli-state").exists() or not any((tmp_path / "cli-state").iterdir())
+        assert (tmp_path / "host-state" / name / "deployment.json").exists()
+
+        down = cli("down", timeout=90)
+        assert down.returncode == 0, down.stderr
+        assert f"deployment {name} down" in down.stdout and "stopped 4 instance(s)" in down.stdout, down.stdout
+        after = cli("status")
+        assert "No deployment runs on the controller at" in after.stdout, after
+        record = json.loads((tmp_path / "host-state" / name / "deployment.json").read_text())
+        assert record["down_at"] and record["controller_pid"] is None
+        assert host.poll() is None, "the host must wait for the next deployment"
+    finally:
+        host.send_signal(signal.SIGTERM)
+        try:
+            host.wait(30)
+        except subprocess.TimeoutExpired:
+            host.kill()
+            host.wait()
+        host_log.close()
+        print((tmp_path / "host.log").read_text()[-3000:])
+
+
+def test_up_passes_the_tcp_listener_to_the_controller_it_starts(tmp_path):
+    """`boxer up --control-listen` on this machine: the controller it starts (in the lab's
+    coordinator namespace) serves the control API on the coordinator's lab address too, and a
+    CLI in a lab host, with none of the deployment's files, reads its status there."""
+    key, cert, token, _ = _credentials(tmp_path)
+    name = f"tl{os.getpid() % 10000}"
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text(DEPLOY.format(name=name, count=1).replace("sleep 4; ", ""))
+    from boxer.controller.paths import DeployPaths, read_json
+
+    try:
+        up = subprocess.run([*BOXER, "up", "--wait", str(deploy), "--control-cert", str(cert)],
+                            capture_output=True, text=True, timeout=60)
+        assert up.returncode == 1 and up.stderr == (
+            "boxer: --control-cert go with --control-listen HOST:PORT\n"), up.stderr
+        from boxer.controller.lab_room import lab_name
+        from boxer.lab import lab_plan
+
+        coordinator = lab_plan(lab_name(name), 2).coordinator.rpartition(":")[0]
+        up = subprocess.run([*BOXER, "up", "--wait", str(deploy), "--control-listen", f"{coordinator}:{PORT}",
+                             "--control-cert", str(cert), "--control-key", str(key), "--control-token-file",
+                             str(token)], capture_output=True, text=True, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        lab = read_json(DeployPaths(name).deployment)["lab"]
+        from boxer.lab import load_lab
+
+        made = load_lab(lab)
+        last = f"h{len(made.hosts)}"
+        env = {**os.environ, "BOXER_DEPLOY_STATE_ROOT": str(tmp_path / "cli-state"),
+               "BOXER_CONFIG_DIR": str(tmp_path / "cli-config")}
+        seen = subprocess.run(made.command(last, [*BOXER, "status", "-o", "json", "--controller",
+                                                  f"{coordinator}:{PORT}", "--controller-ca", str(cert),
+                                                  "--controller-token-file", str(token),
+                                                  "--controller-server-name", SERVER_NAME]),
+                              env=env, capture_output=True, text=True, timeout=30)
+        assert seen.returncode == 0, seen.stderr
+        status = json.loads(seen.stdout)
+        assert status["name"] == name and [i["state"] for i in status["instances"]] == ["ready"]
+    finally:
+        labkit.deployment_down(name)
