@@ -106,7 +106,7 @@ async def _generate(coordinator: str, secret_file: str, sessions: int, seconds: 
     import resource
 
     from boxer.agent.control import FramedSocket, _authenticate, _connect
-    from boxer.nat_traversal.auth import load_secret
+    from boxer.nat_traversal.auth import Credential, load_secret
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -115,7 +115,7 @@ async def _generate(coordinator: str, secret_file: str, sessions: int, seconds: 
 
     async def open_one() -> FramedSocket:
         framed = FramedSocket(await _connect((host, int(port)), False, 30))
-        await _authenticate(framed, secret, coordinator)
+        await _authenticate(framed, Credential.controller(secret), coordinator)
         return framed
 
     opened: list[FramedSocket] = []

@@ -35,6 +35,7 @@ from boxer.controller.paths import DeployPaths, write_json_atomic
 from boxer.controller.policy import Drain, Failure, Start, Stop, Timings, decide
 from boxer.controller.signals import ControllerState
 from boxer.controller.spec import Deployment
+from boxer.nat_traversal.auth import instance_token
 
 __all__ = ["INSTANCE_ID_ENV", "ControllerRuntime"]
 
@@ -281,6 +282,8 @@ class ControllerRuntime:
             name=start.name, service=start.service, index=start.index,
             command=action.command, env={**action.env, INSTANCE_ID_ENV: action.agent_id},
             placement=start.placement, max_lifetime=action.max_lifetime,
+            # Its one credential, bound to its id: the instance never gets the deployment secret.
+            token=instance_token(self.secret, action.agent_id).hex(),
         )
         try:
             handle = await self.backend.launch(spec)

@@ -1,9 +1,20 @@
-"""The deployment secret and the proofs built from it.
+"""The deployment secret, the credentials derived from it, and the proofs built from them.
 
-Nothing secret ever crosses the wire: each side proves it holds the secret with an HMAC over
-fresh nonces (mutual challenge-response for control sessions), over the connection's challenge,
-the session and the ticket for rendezvous connections, and over the connection id and role on
-every punched connection.
+Only the coordinator, the relay and the controller hold the deployment secret. Everyone else
+holds a key derived from it, good for one thing:
+
+  - an instance's token, HMAC(secret, "instance:" + id): its agent's credential on control
+    sessions (mutual challenge-response over fresh nonces) and on its rendezvous connections
+    (Observe proofs over the connection's challenge, the session and the ticket). The
+    controller issues it; the coordinator derives it again from the id in Auth;
+  - a connection's key, HMAC(secret, "conn:" + conn + "|" + salt): handed to both agents of one
+    connection in Punch/Incoming (over their authenticated sessions only), it keys the 32-byte
+    proofs they exchange on the punched or relayed connection and their relay proofs. The salt
+    is the coordinator's, fresh per brokered connect and sent to the relay in the Relay frame:
+    the relay derives the key, and an insider who names a connection id it saw go by (its own
+    Connect with the same id) gets a key of another salt, good for nothing on that connection.
+
+A key never crosses the wire in the clear except on an authenticated control session.
 """
 
 from __future__ import annotations
@@ -12,15 +23,25 @@ import hashlib
 import hmac
 import os
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AnyStr
 
 AGENT_PROOF = b"boxer-v1-agent"
 COORDINATOR_PROOF = b"boxer-v1-coordinator"
-OBSERVE_PROOF = b"boxer-v2-observe"  # v2: bound to the connection's challenge nonce
-CONNECTION_PROOF = b"boxer-v1-connection"
-RELAY_PROOF = b"boxer-v1-relay"
+OBSERVE_PROOF = b"boxer-v3-observe"  # v2: bound to the connection's challenge; v3: keyed by the session's credential
+CONNECTION_PROOF = b"boxer-v2-connection"  # v2: keyed by the connection's key
+RELAY_PROOF = b"boxer-v2-relay"  # v2: keyed by the connection's key, over its salt too
+CONNECTION_KEY = b"conn:"
 CONNECTION_PROOF_SIZE = 32
+TOKEN_SIZE = 32  # bytes of an instance token (a SHA-256 HMAC)
+
+# Where a process finds the deployment secret, and an instance its token (`boxer run`). A
+# process that must not hold the secret (an instance's agent, the lab's zygote) is started
+# without SECRET_ENV.
+SECRET_ENV = ("BOXER_SECRET", "BOXER_SECRET_FILE")
+TOKEN_ENV = "BOXER_INSTANCE_TOKEN"
+TOKEN_FILE_ENV = "BOXER_INSTANCE_TOKEN_FILE"
 
 
 class SecretError(Exception):
@@ -56,6 +77,60 @@ def instance_token(secret: bytes, instance: str) -> bytes:
     return hmac.new(secret, b"instance:" + instance.encode(), hashlib.sha256).digest()
 
 
+def load_token(path: str | None = None, value: str | None = None) -> bytes:
+    """An instance token from a file or a hex string (as `instance_token(...).hex()` gives)."""
+    where = "BOXER_INSTANCE_TOKEN"
+    if path:
+        where = path
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as exc:
+            raise SecretError(f"cannot read the instance token from {path}: {exc.strerror}") from None
+    try:
+        token = bytes.fromhex(value or "")
+    except ValueError:
+        token = b""
+    if len(token) != TOKEN_SIZE:
+        raise SecretError(f"the instance token in {where} must be {2 * TOKEN_SIZE} hex digits (the controller "
+                          "issues it, or `boxer run` derives it given the deployment secret)")
+    return token
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What a control session authenticates with: an instance's token and that instance's id,
+    or (instance None) the deployment secret itself: the controller's role."""
+
+    key: bytes = field(repr=False)
+    instance: str | None = None
+
+    @classmethod
+    def controller(cls, secret: bytes) -> Credential:
+        return cls(secret, None)
+
+    @classmethod
+    def of_instance(cls, instance: str, token: bytes) -> Credential:
+        return cls(token, instance)
+
+    @classmethod
+    def derived(cls, secret: bytes, instance: str) -> Credential:
+        """An instance's credential made by whoever holds the secret (the controller, or
+        `boxer run` given it): the secret itself is not kept."""
+        return cls(instance_token(secret, instance), instance)
+
+
+def connection_key(secret: bytes, conn: str, salt: str) -> bytes:
+    """The key of one brokered connection (both agents get it in Punch/Incoming; the relay
+    derives it from the Relay frame's conn and salt)."""
+    return hmac.new(secret, CONNECTION_KEY + conn.encode() + b"|" + salt.encode(), hashlib.sha256).digest()
+
+
+def relay_proof(key: bytes, conn: str, salt: str, role: str) -> str:
+    """The mac of a Relay frame: keyed by the connection's key, so only its two agents (and
+    the relay, which derives the key) can make it."""
+    return mac(key, RELAY_PROOF, conn, salt, role)
+
+
 def new_token(nbytes: int = 16) -> str:
     return secrets.token_hex(nbytes)
 
@@ -65,10 +140,11 @@ def mac(secret: bytes, purpose: bytes, *parts: str) -> str:
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def connection_proof(secret: bytes, conn: str, role: str) -> bytes:
-    """The 32 bytes each side writes first on a punched connection (before any app byte)."""
+def connection_proof(key: bytes, conn: str, role: str) -> bytes:
+    """The 32 bytes each side writes first on a punched connection (before any app byte),
+    keyed by the connection's key (`connection_key`)."""
     message = CONNECTION_PROOF + b"|" + conn.encode() + b"|" + role.encode()
-    return hmac.new(secret, message, hashlib.sha256).digest()
+    return hmac.new(key, message, hashlib.sha256).digest()
 
 
 def verify(expected: AnyStr, got: AnyStr) -> bool:

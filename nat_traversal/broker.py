@@ -81,6 +81,9 @@ class Connection:
     # instance's id, the only one it may register), or the deployment secret (the controller).
     role: str = "none"
     role_instance: str | None = None
+    # The key it proved it holds (the instance's token, or the secret): its rendezvous
+    # connections' Observe proofs are keyed by it too.
+    key: bytes = dataclasses.field(default=b"", repr=False)
     instance: Instance | None = None
     last_heard: float = 0.0
     # The membership version this peer holds, as far as we sent it (frames on one TCP connection
@@ -421,6 +424,7 @@ class Broker:
         self._authenticated(conn)
         conn.state = ConnState.CONTROL
         conn.role, conn.role_instance = ("controller", None) if msg.instance is None else ("instance", msg.instance)
+        conn.key = key
         conn.session = self.new_token()
         self._sessions[conn.session] = conn.cid
         proof = auth.mac(key, auth.COORDINATOR_PROOF, msg.nonce, conn.nonce)
@@ -431,9 +435,12 @@ class Broker:
             return self._refuse(conn, f"protocol version {msg.v} not supported (coordinator speaks "
                                       f"{m.PROTOCOL_VERSION}): upgrade boxer on both sides")
         # Bound to this connection's nonce: an Observe captured on the way and replayed from
-        # another address (so that a peer would punch toward it) proves nothing here.
-        expected = auth.mac(self.secret, auth.OBSERVE_PROOF, conn.nonce, msg.session, msg.ticket)
-        if not auth.verify(expected, msg.mac) or msg.session not in self._sessions:
+        # another address (so that a peer would punch toward it) proves nothing here. Keyed by
+        # the credential the session authenticated with: an agent holds no other.
+        owner = self._connections.get(self._sessions.get(msg.session, -1))
+        expected = auth.mac(owner.key if owner is not None else self.secret, auth.OBSERVE_PROOF, conn.nonce,
+                            msg.session, msg.ticket)
+        if not auth.verify(expected, msg.mac) or owner is None:
             self.refusals.refuse("observe-proof", conn.opened_at, f"{conn.endpoint}: rendezvous with an unknown "
                                  "session or a proof not made for this connection")
             return self._refuse(conn, "rendezvous refused: unknown session or wrong proof")
@@ -834,13 +841,20 @@ class Broker:
         self._tickets.pop(msg.ticket)
         pending.punching = True
         mode = self._path_mode(conn.instance, server)
+        key, salt = self._connection_key(msg.conn)
         return [
             Send(conn.cid, m.Punch(conn=msg.conn, role="client", peer=server_ticket.endpoint, ticket=msg.ticket,
-                                   mode=mode)),
+                                   key=key, salt=salt, mode=mode)),
             Send(server.cid, m.Incoming(conn=msg.conn, src_addr=conn.instance.addr, src_port=msg.src_port,
                                         dst_port=msg.dst_port, ticket=server_ticket.ticket, peer=ticket.endpoint,
-                                        mode=mode, warm=msg.warm)),
+                                        mode=mode, warm=msg.warm, key=key, salt=salt)),
         ]
+
+    def _connection_key(self, conn: str) -> tuple[str, str]:
+        """The key (hex) and salt of one brokered connection: the salt is fresh, so a connection
+        id chosen again (by an insider who saw it in a Relay frame) never gets the same key."""
+        salt = self.new_token()
+        return auth.connection_key(self.secret, conn, salt).hex(), salt
 
     @staticmethod
     def _path_mode(client: Instance, server: Instance) -> str:
@@ -863,11 +877,12 @@ class Broker:
             return [Send(conn.cid, m.ConnectFailed(conn=msg.conn, error="ECONNABORTED"))]
         client = self._connections[pending.client_cid].instance
         mode = self._path_mode(client, conn.instance) if client and conn.instance else "direct"
+        key, salt = self._connection_key(msg.conn)
         return [
             Send(pending.client_cid, m.Punch(conn=msg.conn, role="client", peer=server_ticket.endpoint,
-                                             ticket=client_ticket.ticket, mode=mode)),
+                                             ticket=client_ticket.ticket, key=key, salt=salt, mode=mode)),
             Send(conn.cid, m.Punch(conn=msg.conn, role="server", peer=client_ticket.endpoint,
-                                   ticket=server_ticket.ticket, mode=mode)),
+                                   ticket=server_ticket.ticket, key=key, salt=salt, mode=mode)),
         ]
 
     def _on_refuse(self, conn: Connection, msg: m.Refuse, now: float) -> list[Action]:

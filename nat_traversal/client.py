@@ -587,7 +587,9 @@ class IncomingTransaction:
         if claimed:
             msg = self.msg
             assert msg.peer is not None
-            punch = m.Punch(conn=msg.conn, role="server", peer=msg.peer, ticket=ticket, mode=msg.mode)
+            assert msg.key is not None and msg.salt is not None  # (they come with peer: messages.Incoming)
+            punch = m.Punch(conn=msg.conn, role="server", peer=msg.peer, ticket=ticket, key=msg.key, salt=msg.salt,
+                            mode=msg.mode)
             return [Punch(punch, local_port)]
         return [SendMessage(m.Accept(conn=self.msg.conn, ticket=ticket))]
 
@@ -788,8 +790,9 @@ del H
 
 class Handshake:
     """The first frames of a control session: the coordinator's Challenge, our Auth (HMAC over
-    both nonces, keyed by the role's credential: an instance's token when we register it, the
-    deployment secret for the controller), its Welcome (its proof, checked here), then `then`:
+    both nonces, keyed by the role's credential: an instance's token, which the controller
+    issued, with `Auth.instance` its id; the deployment secret for the controller), its Welcome
+    (its proof, checked here: only who holds the secret can derive the token), then `then`:
     a Register (an agent: ends with Joined once Registered and the full Members came), a Watch
     (the controller: ends with Watching and the first Snapshot), or nothing (Authenticated).
 
@@ -798,9 +801,9 @@ class Handshake:
 
     role = "agent"
 
-    def __init__(self, secret: bytes, where: str, then: m.Register | m.Watch | None,
+    def __init__(self, credential: auth.Credential, where: str, then: m.Register | m.Watch | None,
                  new_token: Callable[[], str] = auth.new_token) -> None:
-        self.secret = secret
+        self.credential = credential
         self.where = where
         self.then = then
         self.new_token = new_token
@@ -823,14 +826,13 @@ class Handshake:
 
     @property
     def _instance(self) -> str | None:
-        return self.then.instance if isinstance(self.then, m.Register) else None
+        return self.credential.instance
 
     @property
     def _key(self) -> bytes:
         """The role's credential: an instance's token (it may register that instance only), or
         the deployment secret itself (the controller)."""
-        instance = self._instance
-        return self.secret if instance is None else auth.instance_token(self.secret, instance)
+        return self.credential.key
 
     def _on_challenge(self, msg: m.Challenge) -> list[HandshakeAction]:
         self._challenge = msg.nonce
@@ -842,8 +844,8 @@ class Handshake:
     def _on_welcome(self, msg: m.Welcome) -> list[HandshakeAction]:
         expected = auth.mac(self._key, auth.COORDINATOR_PROOF, self._nonce, self._challenge)
         if not auth.verify(expected, msg.mac):
-            raise HandshakeRefused(f"the peer at {self.where} does not hold the deployment secret: "
-                                   "not our coordinator")
+            raise HandshakeRefused(f"the peer at {self.where} does not hold the deployment secret (its proof "
+                                   "does not match our credential): not our coordinator")
         self._session = msg.session
         if self.then is None:
             self.state = HandshakeState.DONE

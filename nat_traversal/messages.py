@@ -11,6 +11,10 @@ Version 2 added heartbeats: `Registered.beat`, `Beat`, `InstanceQuiet`.
 Version 3 made membership updates deltas: `Members.version`, `MembersDelta`, `Resync`.
 Version 4 bound Observe proofs to the connection's Challenge nonce (a captured Observe replays
 nowhere), made ticket ids and relay proofs single-use, and gave `Auth` roles (`Auth.instance`).
+Version 5 took the deployment secret from the agents: an agent holds its instance token only
+(Observe proofs are keyed by the session's credential), and the coordinator hands both agents
+of a connection its key and salt in `Punch`/`Incoming` (`key`, `salt`); peer and relay proofs
+are keyed by it, and `Relay.salt` lets the relay derive it.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import Any, ClassVar
 
 from boxer.nat_traversal.wire import ProtocolError, encode_frame
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TOKEN_RE = re.compile(r"^[0-9a-f]{8,64}$")
+_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 # errno names an application may see for a failed overlay connect, and why each arises.
 TICKET_PURPOSES = ("outgoing", "incoming")
 # Every number on the wire is an integer or float of magnitude below 2**53 (beyond it JSON
@@ -56,6 +61,12 @@ def check_name(name: str, what: str = "name") -> str:
 def check_token(value: str, what: str) -> str:
     if not _TOKEN_RE.match(value):
         raise ValueError(f"{what} must be 8-64 lowercase hex digits, got {value!r}")
+    return value
+
+
+def check_key(value: str, what: str = "key") -> str:
+    if not _KEY_RE.match(value):
+        raise ValueError(f"{what} must be 64 lowercase hex digits (32 bytes)")  # never echo a key
     return value
 
 
@@ -391,7 +402,8 @@ class Incoming(Message):
 
     Fast path: `ticket` names one of the server's incoming tickets and `peer` the client's public
     endpoint; the client was told to punch at the same moment, so the server punches at once (or
-    refuses). Without them, the server answers Accept with a ticket of its own, or Refuse."""
+    refuses); `key` and `salt` are then the connection's, as in Punch. Without them, the server
+    answers Accept with a ticket of its own, or Refuse, and the Punch that follows brings them."""
     TYPE: ClassVar[str] = "incoming"
     conn: str
     src_addr: str
@@ -401,6 +413,8 @@ class Incoming(Message):
     peer: str | None = None
     mode: str = "direct"
     warm: bool = False
+    key: str | None = dataclasses.field(default=None, repr=False)
+    salt: str | None = None
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
@@ -408,11 +422,14 @@ class Incoming(Message):
         check_ipv4(self.src_addr, "src_addr")
         check_port(self.src_port, "src_port")
         check_port(self.dst_port, "dst_port")
-        if (self.ticket is None) != (self.peer is None):
-            raise ValueError("ticket and peer come together or not at all")
-        if self.ticket is not None and self.peer is not None:
+        fast = (self.ticket, self.peer, self.key, self.salt)
+        if any(v is None for v in fast) and any(v is not None for v in fast):
+            raise ValueError("ticket, peer, key and salt come together or not at all")
+        if self.ticket is not None and self.peer is not None and self.key is not None and self.salt is not None:
             check_token(self.ticket, "ticket")
             check_endpoint(self.peer, "peer")
+            check_key(self.key)
+            check_token(self.salt, "salt")
 
 
 @dataclass(frozen=True)
@@ -443,12 +460,18 @@ class Punch(Message):
     """coordinator -> both agents: open TCP toward `peer` from the ticket's port, now.
 
     mode "relay": a side's NAT maps each destination to a new port (symmetric), so a punch
-    cannot work; both go straight to the relay. With "direct" they fall back to it on a timeout."""
+    cannot work; both go straight to the relay. With "direct" they fall back to it on a timeout.
+
+    `key` (hex) = HMAC(secret, "conn:" + conn + "|" + salt), the connection's key: the two
+    agents' proofs on the path and to the relay are keyed by it, so neither holds the secret.
+    Sent only on the agents' authenticated control sessions; `salt` also goes to the relay."""
     TYPE: ClassVar[str] = "punch"
     conn: str
     role: str
     peer: str
     ticket: str
+    key: str = dataclasses.field(repr=False)
+    salt: str
     mode: str = "direct"
 
     def __post_init__(self) -> None:
@@ -457,7 +480,13 @@ class Punch(Message):
             raise ValueError(f"role must be 'client' or 'server', got {self.role!r}")
         check_endpoint(self.peer, "peer")
         check_token(self.ticket, "ticket")
+        check_key(self.key)
+        check_token(self.salt, "salt")
         check_mode(self.mode)
+
+    @property
+    def key_bytes(self) -> bytes:
+        return bytes.fromhex(self.key)
 
 
 @dataclass(frozen=True)
@@ -479,8 +508,9 @@ class ConnectFailed(Message):
 class Observe(Message):
     """agent -> coordinator, first frame of a rendezvous connection, sent after its Challenge.
 
-    mac = HMAC(secret, observe-proof | challenge nonce | session | ticket) binds the ticket to an
-    authenticated session and to this connection: replayed on another connection (from another
+    mac = HMAC(key, observe-proof | challenge nonce | session | ticket), keyed by the credential
+    the session authenticated with (an instance's token), binds the ticket to that session and
+    to this connection: replayed on another connection (from another
     address, to make a peer punch toward it) it is refused. A ticket id is used once. `purpose`
     keeps the agent's own connects and the coordinator's choice of a ticket for an incoming
     connection from ever racing for one ticket."""
@@ -721,16 +751,20 @@ class Probe(Message):
 class Relay(Message):
     """agent -> relay port, the only frame: pair me with the other side of `conn`.
 
-    mac = HMAC(secret, relay-proof | conn | role). After it, the relay splices the two sockets;
-    the agents then authenticate end to end exactly as on a direct connection."""
+    mac = HMAC(connection key, relay-proof | conn | salt | role), the key and salt of the
+    connection's Punch; the relay derives the key from conn and salt, and pairs the halves of
+    one (conn, salt). After it, the relay splices the two sockets; the agents then authenticate
+    end to end exactly as on a direct connection."""
     TYPE: ClassVar[str] = "relay"
     v: int
     conn: str
+    salt: str
     role: str
     mac: str
 
     def __post_init__(self) -> None:
         check_token(self.conn, "conn")
+        check_token(self.salt, "salt")
         if self.role not in ("client", "server"):
             raise ValueError(f"role must be 'client' or 'server', got {self.role!r}")
         check_token(self.mac, "mac")

@@ -47,7 +47,7 @@ _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # A splice thread wakes this often to check its pair's limits (idle, duration) even when no byte
 # moves (SO_RCVTIMEO / SO_SNDTIMEO bound each blocking splice).
 SPLICE_CHECK = 1.0
-# Relay proofs (conn, role) seen, kept this long and at most this many: a replayed one is
+# Relay proofs (conn, salt, role) seen, kept this long and at most this many: a replayed one is
 # refused (a conn id is fresh per connection, so a legitimate half never comes twice).
 REPLAY_WINDOW = 600.0
 REPLAY_MEMORY = 65536
@@ -233,15 +233,18 @@ class RelayServer:
         if isinstance(message, m.Probe):
             await self._answer_probe(loop, sock, peer, message)
             return False
-        if not isinstance(message, m.Relay) or not auth.verify(
-                auth.mac(self.secret, auth.RELAY_PROOF, message.conn, message.role), message.mac):
+        # The proof is keyed by the connection's key, which the coordinator gave its two agents
+        # and we derive: neither agent holds the secret, nor anyone else the key.
+        if not isinstance(message, m.Relay) or not auth.verify(auth.relay_proof(
+                auth.connection_key(self.secret, message.conn, message.salt), message.conn, message.salt,
+                message.role), message.mac):
             self.refusals.refuse("relay-proof", self._now(), f"{peer[0]}:{peer[1]} sent no valid relay request")
             return False
         if not self._first_use(message):
             self.refusals.refuse("relay-replay", self._now(), f"{peer[0]}:{peer[1]} sent a relay proof already "
                                  f"used ({message.conn} {message.role})")
             return False
-        if message.conn not in self._waiting and len(self._waiting) + self.stats.active >= self.limits.pairs:
+        if _pair_id(message) not in self._waiting and len(self._waiting) + self.stats.active >= self.limits.pairs:
             self.refusals.refuse("relay-pairs", self._now(),
                                  f"the relay carries its limit of {self.limits.pairs} connections")
             return False
@@ -250,12 +253,12 @@ class RelayServer:
         return True
 
     def _first_use(self, message: m.Relay) -> bool:
-        """Each (conn, role) proof pairs once; remembered for REPLAY_WINDOW seconds."""
+        """Each (conn, salt, role) proof pairs once; remembered for REPLAY_WINDOW seconds."""
         now = self._now()
         while self._seen and (len(self._seen) >= REPLAY_MEMORY
                               or now - next(iter(self._seen.values())) > REPLAY_WINDOW):
             self._seen.popitem(last=False)
-        key = (message.conn, message.role)
+        key = (_pair_id(message), message.role)
         if key in self._seen:
             return False
         self._seen[key] = now
@@ -312,16 +315,17 @@ class RelayServer:
             del self._probes_waiting[source]
 
     def _pair(self, message: m.Relay, sock: socket.socket) -> None:
-        other = self._waiting.get(message.conn)
+        pair = _pair_id(message)
+        other = self._waiting.get(pair)
         if other is None:
-            timer = asyncio.get_running_loop().call_later(PAIRING_TIMEOUT, self._expire, message.conn)
-            self._waiting[message.conn] = _Half(message.role, sock, timer)
+            timer = asyncio.get_running_loop().call_later(PAIRING_TIMEOUT, self._expire, pair)
+            self._waiting[pair] = _Half(message.role, sock, timer)
             return
         if other.role == message.role:
             log.warning("relay: two %s halves for %s; dropping the new one", message.role, message.conn)
             sock.close()
             return
-        del self._waiting[message.conn]
+        del self._waiting[pair]
         other.timer.cancel()
         self.stats.active += 1
         self.stats.total += 1
@@ -333,11 +337,17 @@ class RelayServer:
         """From a splice thread: a pair reached its byte, duration or idle limit and was closed."""
         self.refusals.refuse(kind, time.monotonic(), why)
 
-    def _expire(self, conn: str) -> None:
-        half = self._waiting.pop(conn, None)
+    def _expire(self, pair: str) -> None:
+        half = self._waiting.pop(pair, None)
         if half is not None:
-            log.info("relay: no partner for %s within %.0f s", conn, PAIRING_TIMEOUT)
+            log.info("relay: no partner for %s within %.0f s", pair.partition("|")[0], PAIRING_TIMEOUT)
             half.sock.close()
+
+
+def _pair_id(message: m.Relay) -> str:
+    """The halves of one connection: its id and the coordinator's salt (a half with the same id
+    and another salt belongs to another brokered connect, and never joins this one)."""
+    return f"{message.conn}|{message.salt}"
 
 
 class _Splice:

@@ -95,3 +95,20 @@ def wait_deployed_redis(lab: str, what: str, timeout: float) -> None:
                                "ping"], capture_output=True, text=True, timeout=30)
         answer = proc.stdout.strip()
         time.sleep(0.3)
+
+
+def readable_memory(pid: int) -> bytes:
+    """Every readable mapping of a process (as root): to show what it does not hold."""
+    chunks = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if not perms.startswith("r") or line.rstrip().endswith("[vvar]"):
+                continue
+            start, end = (int(x, 16) for x in span.split("-"))
+            try:
+                mem.seek(start)
+                chunks.append(mem.read(end - start))
+            except (OSError, OverflowError, ValueError):
+                continue
+    return b"".join(chunks)

@@ -234,9 +234,13 @@ def test_full_brokered_connect_sends_each_side_the_others_public_endpoint(broker
         1, m.Connect(conn="c0ffee01", dst_addr=addr_b, dst_port=6379, src_port=50001, ticket="aaaa0001"), 0.0)
     assert actions == [Send(2, m.Incoming(conn="c0ffee01", src_addr=addr_a, src_port=50001, dst_port=6379))]
     actions = broker.message_received(2, m.Accept(conn="c0ffee01", ticket="bbbb0001"), 0.001)
+    salt = sent(actions)[0].salt
+    key = auth.connection_key(SECRET, "c0ffee01", salt).hex()  # the relay derives it the same way
     assert actions == [
-        Send(1, m.Punch(conn="c0ffee01", role="client", peer="198.18.1.2:50002", ticket="aaaa0001")),
-        Send(2, m.Punch(conn="c0ffee01", role="server", peer="198.18.1.1:50001", ticket="bbbb0001")),
+        Send(1, m.Punch(conn="c0ffee01", role="client", peer="198.18.1.2:50002", ticket="aaaa0001", key=key,
+                        salt=salt)),
+        Send(2, m.Punch(conn="c0ffee01", role="server", peer="198.18.1.1:50001", ticket="bbbb0001", key=key,
+                        salt=salt)),
     ]
     # tickets are single use
     again = broker.message_received(

@@ -48,6 +48,7 @@ from boxer.nat_traversal.client import (
 from boxer.nat_traversal.wire import ProtocolError
 
 T = Timeouts()  # connect 5 s, punch 3 s, relay after 0.25 s, 3 attempts, 1 s margin
+KEY = "c0" * 32  # a connection's key, as the coordinator hands it out in Punch/Incoming
 D, R = Path.DIRECT, Path.RELAY
 
 
@@ -186,7 +187,8 @@ def connect(service: bool = False, timeouts: Timeouts = T) -> ConnectTransaction
 
 
 def punch(conn: str) -> m.Punch:
-    return m.Punch(conn=conn, role="client", peer="198.51.100.2:40001", ticket="ab0000ff", mode="direct")
+    return m.Punch(conn=conn, role="client", peer="198.51.100.2:40001", ticket="ab0000ff", key=KEY, salt="5a170001",
+                   mode="direct")
 
 
 def test_a_connect_takes_a_ticket_asks_punches_and_connects() -> None:
@@ -301,7 +303,8 @@ def test_a_spare_is_made_once() -> None:
 
 def incoming(ticket: str | None = "de000001", warm: bool = False) -> m.Incoming:
     return m.Incoming(conn="dd000001", src_addr="100.64.0.9", src_port=51000, dst_port=6379, ticket=ticket,
-                      peer="198.51.100.9:40100" if ticket else None, mode="direct", warm=warm)
+                      peer="198.51.100.9:40100" if ticket else None, mode="direct", warm=warm,
+                      key=KEY if ticket else None, salt="5a170001" if ticket else None)
 
 
 def test_nothing_listening_is_refused_and_the_deposited_ticket_released() -> None:
@@ -322,7 +325,8 @@ def test_a_deposited_ticket_punches_at_once_and_is_delivered() -> None:
     tx = IncomingTransaction(incoming(), T)
     assert tx.begin(listening=True, spares_full=False, now=0.0) == [ClaimTicket("de000001")]
     assert tx.ticket("de000001", 41000, 0.001) == [Punch(m.Punch(
-        conn="dd000001", role="server", peer="198.51.100.9:40100", ticket="de000001", mode="direct"), 41000)]
+        conn="dd000001", role="server", peer="198.51.100.9:40100", ticket="de000001", key=KEY, salt="5a170001",
+        mode="direct"), 41000)]
     assert tx.race_won(D, 0.004) == [Abandon("dd000001"), Deliver(D, warm=False)]
 
 
@@ -345,7 +349,8 @@ def test_the_punch_after_our_accept_starts_the_race() -> None:
     tx = IncomingTransaction(incoming(ticket=None), T)
     tx.begin(listening=True, spares_full=False, now=0.0)
     tx.ticket("0e000001", 41002, 0.01)
-    p = m.Punch(conn="dd000001", role="server", peer="198.51.100.9:40100", ticket="0e000001", mode="relay")
+    p = m.Punch(conn="dd000001", role="server", peer="198.51.100.9:40100", ticket="0e000001", key=KEY,
+                salt="5a170002", mode="relay")
     assert tx.message(p, 0.02) == [Punch(p, 41002)]
     assert tx.message(m.ConnectFailed(conn="dd000001", error="ECONNABORTED"), 0.03) == []  # late news
     assert tx.race_failed("ETIMEDOUT", 3.02) == [Abandon("dd000001"), Failed("ETIMEDOUT", "no path")]
@@ -427,7 +432,10 @@ def welcome(key: bytes = SECRET) -> m.Welcome:
 
 
 def handshake(then: m.Register | m.Watch | None) -> Handshake:
-    return Handshake(SECRET, "192.0.2.1:7000", then, new_token=lambda: NONCE_A)
+    """An agent's handshake holds its instance's token only; the controller's, the secret."""
+    credential = (auth.Credential.of_instance(INSTANCE, TOKEN) if isinstance(then, m.Register)
+                  else auth.Credential.controller(SECRET))
+    return Handshake(credential, "192.0.2.1:7000", then, new_token=lambda: NONCE_A)
 
 
 def test_the_handshake_proves_both_ways_registers_and_ends_with_the_full_membership() -> None:

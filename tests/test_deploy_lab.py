@@ -10,6 +10,7 @@ live); `boxer down` leaves no namespace and no process behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,6 +95,36 @@ def test_up_brings_the_fixed_service_up(deployment):
     text = subprocess.run([*BOXER, "status", "--name", deployment], capture_output=True,
                           text=True, timeout=30).stdout
     assert "fixed-1" in text and "ready" in text
+
+
+def test_an_instance_is_given_its_token_and_never_the_deployment_secret(deployment):
+    """The controller issues each instance its token only: the agent (forked from the lab's
+    zygote) and its app hold no deployment secret in their environment, their open files or,
+    for the agent, its memory; the agent's credential is its own instance's token."""
+    from boxer.controller.paths import DeployPaths, read_json
+    from boxer.nat_traversal.auth import instance_token, load_secret
+
+    fixed = wait_for("fixed-1 ready", lambda: next((i for i in status(deployment)["instances"]
+                                                    if i["name"] == "fixed-1" and i["state"] == "ready"), None))
+    lab = read_json(DeployPaths(deployment).deployment)["lab"]
+    secret_file = Path(f"/run/boxer/lab/{lab}/secret")
+    secret = load_secret(str(secret_file))
+    agent = int(fixed["pid"])
+    apps = subprocess.run(["pgrep", "-P", str(agent)], capture_output=True, text=True).stdout.split()
+    assert apps, "the agent has no app child"
+    for pid in (agent, *map(int, apps)):
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"BOXER_SECRET" not in environ and secret.hex().encode() not in environ, pid
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):
+                assert os.readlink(f"/proc/{pid}/fd/{fd}") != str(secret_file), (pid, fd)
+    memory = labkit.readable_memory(agent)
+    assert len(memory) > 1 << 20
+    # (not even where the secret is: the secret file's path)
+    held = {what: what in memory for what in (secret, secret.hex().encode(), str(secret_file).encode())}
+    assert not any(held.values()), held
+    token = instance_token(secret, fixed["instance_id"])
+    assert token in memory or token.hex().encode() in memory  # what it holds instead
 
 
 def test_a_connect_to_a_service_at_zero_starts_an_instance_and_completes(deployment):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from labkit import stop_all
+from labkit import readable_memory, stop_all
 
 APPS = Path(__file__).parent / "apps"
 BOXER = [sys.executable, "-m", "boxer"]
@@ -240,6 +240,96 @@ def test_wrong_secret_is_refused_and_the_app_never_starts(lab, tmp_path):
     assert proc.returncode == 2
     assert "authentication failed: wrong" in proc.stderr  # the secret, or the instance's credential
     assert not marker.exists()
+
+
+# --- an instance holds its token, never the deployment secret (issue 14) --------------------------
+
+def token_env(lab, instance: str, token_for: str | None = None) -> dict[str, str]:
+    """What a controller gives an instance: the coordinator, its id and its token; no secret."""
+    from boxer.nat_traversal.auth import instance_token, load_secret
+
+    token = instance_token(load_secret(str(lab.secret_file)), token_for or instance)
+    return {"PATH": os.environ["PATH"], "BOXER_COORDINATOR": lab.coordinator, "BOXER_INSTANCE_ID": instance,
+            "BOXER_INSTANCE_TOKEN": token.hex()}
+
+
+def token_run(lab, host: str, env: dict[str, str], name: str, *argv: str, **kwargs):
+    """`boxer run` in `host` without the lab's BOXER_SECRET_FILE (lab.run would add it)."""
+    return subprocess.run(lab.command(host, boxer_run(name, *argv)), env=env, capture_output=True, text=True,
+                          timeout=60, **kwargs)
+
+
+@pytest.fixture
+def token_server(lab):
+    """An echo server whose agent was given only its instance's token."""
+    env = token_env(lab, "70ce0001")
+    proc = subprocess.Popen(lab.command("h1", boxer_run("techo", sys.executable, str(APPS / "echo_server.py"),
+                                                        "7778")),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while client(lab, "h2", "tprobe", "connect", "techo", "7778")["errno"] is not None:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the token-only server did not come up"
+            time.sleep(0.2)
+        yield proc
+    finally:
+        stop_all([proc])
+
+
+def test_an_instance_with_only_its_token_registers_and_connects_directly_and_through_the_relay(lab, token_server):
+    env = token_env(lab, "70ce0002")
+    direct = token_run(lab, "h2", env, "tcli", sys.executable, str(APPS / "client.py"), "bulk", "techo", "7778",
+                       str(1024 * 1024))
+    assert direct.returncode == 0, direct.stderr
+    assert json.loads(direct.stdout)["match"] is True
+    # No punch between h2 and h1 (h2's router drops h1's router): the relay carries it, its proofs
+    # keyed by the connection's key (the relay derives it; neither agent holds the secret).
+    r2 = lab.host("h2").router_netns
+    rule = ["FORWARD", "-s", lab.host("h1").public_address, "-j", "DROP"]
+    before = lab.coordinator_log.read_text().count("relay: joined")
+    _iptables(r2, "-I", *rule)
+    try:
+        relayed = token_run(lab, "h2", env, "tcli", sys.executable, str(APPS / "client.py"), "bulk", "techo",
+                            "7778", str(1024 * 1024))
+    finally:
+        _iptables(r2, "-D", *rule)
+    assert relayed.returncode == 0, relayed.stderr
+    assert json.loads(relayed.stdout)["match"] is True
+    assert lab.coordinator_log.read_text().count("relay: joined") > before
+
+
+def test_a_token_for_one_instance_cannot_register_another(lab, tmp_path):
+    marker = tmp_path / "started"
+    proc = token_run(lab, "h2", token_env(lab, "70ce00bb", token_for="70ce00aa"), "thief", "touch", str(marker))
+    assert proc.returncode == 2
+    assert "authentication failed: wrong credential for instance 70ce00bb" in proc.stderr
+    assert not marker.exists()
+    # and a token needs the id it was issued for
+    alone = {k: v for k, v in token_env(lab, "70ce00aa").items() if k != "BOXER_INSTANCE_ID"}
+    proc = token_run(lab, "h2", alone, "thief", "touch", str(marker))
+    assert proc.returncode == 2 and "an instance token is bound to one instance id" in proc.stderr
+
+
+def test_the_agent_holds_no_deployment_secret(lab, token_server):
+    """Not in its environment, not in a file it holds open, not in its memory: what an app that
+    reads /proc of its agent (same user) could find there is its own instance's token at most."""
+    from boxer.nat_traversal.auth import load_secret
+
+    secret = load_secret(str(lab.secret_file))
+    agent = token_server.pid  # `ip netns exec` execs: the agent's own pid
+    environ = Path(f"/proc/{agent}/environ").read_bytes()
+    assert b"BOXER_SECRET" not in environ and secret.hex().encode() not in environ
+    assert b"BOXER_INSTANCE_TOKEN=" in environ  # what it was given instead
+    for fd in os.listdir(f"/proc/{agent}/fd"):
+        target = os.readlink(f"/proc/{agent}/fd/{fd}")
+        assert target != str(lab.secret_file)
+        if target.startswith("/") and os.path.isfile(target) and os.path.getsize(target) < 1 << 20:
+            assert secret.hex().encode() not in Path(target).read_bytes(), target
+    memory = readable_memory(agent)
+    assert len(memory) > 1 << 20  # (we did read it)
+    held = {what: what in memory for what in (secret, secret.hex().encode(), str(lab.secret_file).encode())}
+    assert not any(held.values()), held
 
 
 def test_unreachable_coordinator_is_a_clear_error_and_the_app_never_starts(lab, tmp_path):

@@ -4,6 +4,7 @@ serving on (nat_traversal/relay.py, limits.RelayLimits)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -19,9 +20,15 @@ from boxer.nat_traversal.wire import FrameDecoder, encode_frame
 SECRET = bytes(range(32))
 
 
-def relay_frame(conn: str, role: str) -> bytes:
-    return encode_frame(m.Relay(v=m.PROTOCOL_VERSION, conn=conn, role=role,
-                                mac=auth.mac(SECRET, auth.RELAY_PROOF, conn, role)).to_wire())
+SALT = "5a170001"  # the coordinator's, in the connection's Punch
+
+
+def relay_frame(conn: str, role: str, salt: str = SALT, key: bytes | None = None) -> bytes:
+    """A Relay frame as an agent makes it: keyed by the connection's key from its Punch (by
+    default the real one, HMAC(secret, conn, salt), which the relay derives)."""
+    key = auth.connection_key(SECRET, conn, salt) if key is None else key
+    return encode_frame(m.Relay(v=m.PROTOCOL_VERSION, conn=conn, salt=salt, role=role,
+                                mac=auth.relay_proof(key, conn, salt, role)).to_wire())
 
 
 async def connect(port: int) -> socket.socket:
@@ -149,6 +156,43 @@ def test_a_replayed_relay_proof_is_refused():
             sock.close()
         return relay.refusals["relay-replay"]
     assert run(scenario) == 1
+
+
+def test_a_relay_proof_keyed_by_another_connections_key_is_refused():
+    """An agent holds the keys of its own connections only: a proof for connection c0ffee01
+    made with c0ffee02's key (or the key of the same id under another salt, which an insider
+    gets by sending a Connect with an id it saw) is closed and counted; the real one pairs."""
+    async def scenario(relay, port):
+        loop = asyncio.get_running_loop()
+        forged = []
+        for key in (auth.connection_key(SECRET, "c0ffee02", SALT), auth.connection_key(SECRET, "c0ffee01", "5a17ffff"),
+                    SECRET):
+            sock = await connect(port)
+            await loop.sock_sendall(sock, relay_frame("c0ffee01", "server", key=key))
+            assert await closed_within(sock, 2.0)
+            forged.append(sock)
+        client, server = await _pair(port, "c0ffee01")  # the real halves still pair
+        for sock in (*forged, client, server):
+            sock.close()
+        return relay.refusals["relay-proof"]
+    assert run(scenario) == 3
+
+
+def test_halves_of_one_connection_id_under_two_salts_never_join():
+    """The insider's own connect with a victim's connection id (another salt, its own valid key)
+    waits alone: it is not paired with the victim's half."""
+    async def scenario(relay, port):
+        loop = asyncio.get_running_loop()
+        victim, insider = await connect(port), await connect(port)
+        await loop.sock_sendall(victim, relay_frame("c0ffee01", "client"))
+        await loop.sock_sendall(insider, relay_frame("c0ffee01", "server", salt="5a17ffff"))
+        await loop.sock_sendall(victim, b"ping")
+        with contextlib.suppress(asyncio.TimeoutError):
+            assert await asyncio.wait_for(loop.sock_recv(insider, 4), 0.5) != b"ping"
+        for sock in (victim, insider):
+            sock.close()
+        return relay.stats.total
+    assert run(scenario) == 0
 
 
 def test_relayed_pairs_are_capped():

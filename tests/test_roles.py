@@ -106,9 +106,52 @@ def test_the_apps_environment_holds_no_credential(monkeypatch):
     from boxer.agent.child import child_environment
 
     base = {"PATH": "/usr/bin", "HOME": "/root", "BOXER_SECRET_FILE": "/run/boxer/secret", "BOXER_SECRET": "ab" * 16,
-            "BOXER_INSTANCE_TOKEN": "cd" * 16, "AWS_ACCESS_KEY_ID": "AKIA...", "AWS_SECRET_ACCESS_KEY": "x",
+            "BOXER_INSTANCE_TOKEN": "cd" * 16, "BOXER_INSTANCE_TOKEN_FILE": "/tmp/t", "AWS_ACCESS_KEY_ID": "AKIA...", "AWS_SECRET_ACCESS_KEY": "x",
             "AWS_SESSION_TOKEN": "y", "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001", "AWS_REGION": "eu-west-1"}
     env = child_environment(base, agent_sock="/run/boxer/a.sock", name="web", addr="100.64.0.1",
                             prefix="100.64.0.0/10", wake_addr="@w")
     assert not {k for k in env if "SECRET" in k or "TOKEN" in k or (k.startswith("AWS_") and k != "AWS_REGION")}
     assert env["PATH"] == "/usr/bin" and env["AWS_REGION"] == "eu-west-1" and env["BOXER_NAME"] == "web"
+
+
+# --- protocol 5: agents hold their token and their connections' keys, never the secret ----------
+
+def observe_as(b: Broker, cid: int, session: str, ticket: str, key: bytes) -> m.Message:
+    challenge = sent(b.connection_made(cid, f"198.18.1.1:{50000 + cid}"))[0]
+    return sent(b.message_received(cid, m.Observe(v=m.PROTOCOL_VERSION, session=session, ticket=ticket, mac=auth.mac(
+        key, auth.OBSERVE_PROOF, challenge.nonce, session, ticket)), 0.0))[0]
+
+
+def _instance(b: Broker, cid: int, instance: str, name: str) -> str:
+    welcome = login_as_instance(b, cid, instance, endpoint=f"198.18.1.{cid}:40000")
+    assert isinstance(welcome, m.Welcome)
+    b.message_received(cid, m.Register(name=name, service=name, instance=instance), 0.0)
+    b.flush_members()
+    return welcome.session
+
+
+def test_an_instances_observe_proofs_are_keyed_by_its_token():
+    b = broker()
+    session = _instance(b, 1, VICTIM, "db")
+    assert observe_as(b, 11, session, "aaaa0001", auth.instance_token(SECRET, VICTIM)) == m.Observed(
+        endpoint="198.18.1.1:50011")
+    refused = m.Refused(reason="rendezvous refused: unknown session or wrong proof")
+    assert observe_as(b, 12, session, "aaaa0002", auth.instance_token(SECRET, MALLORY)) == refused
+    assert b.refusals["observe-proof"] == 1
+
+
+def test_both_agents_of_a_connection_get_its_key_and_a_reused_connection_id_gets_another():
+    b = broker()
+    session_a, session_b = _instance(b, 1, VICTIM, "web"), _instance(b, 2, MALLORY, "kv")
+    keys = []
+    for n in (1, 2):
+        observe_as(b, 10 + n, session_a, f"aaaa000{n}", auth.instance_token(SECRET, VICTIM))
+        observe_as(b, 20 + n, session_b, f"bbbb000{n}", auth.instance_token(SECRET, MALLORY))
+        b.message_received(1, m.Connect(conn="c0ffee01", dst_addr="100.64.0.2", dst_port=80, src_port=1,
+                                        ticket=f"aaaa000{n}"), 0.0)
+        client, server = sent(b.message_received(2, m.Accept(conn="c0ffee01", ticket=f"bbbb000{n}"), 0.0))
+        assert (client.key, client.salt) == (server.key, server.salt)
+        assert client.key == auth.connection_key(SECRET, "c0ffee01", client.salt).hex()
+        keys.append(client.key)
+    assert keys[0] != keys[1]  # the same id, brokered again: another salt, another key
+    assert "key=" not in repr(client)  # never in a log line

@@ -18,6 +18,7 @@ from boxer.agent.control import open_session
 from boxer.agent.link import CoordinatorLink, LinkTimeouts
 from boxer.controller.runtime import ControllerRuntime
 from boxer.controller.validate import parse_deployment
+from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
 from boxer.nat_traversal.broker import Broker
 from boxer.nat_traversal.coordinator import CoordinatorServer, _PeerProtocol
@@ -91,8 +92,9 @@ async def wait_until(what: str, predicate, timeout: float = 5.0) -> None:
 
 async def agent_link(coordinator: Coordinator, name: str) -> tuple[CoordinatorLink, list[m.Message], asyncio.Task]:
     register = m.Register(name=name, service="web", instance=f"{abs(hash(name)):016x}"[:16])
-    session = await open_session(("127.0.0.1", coordinator.port), SECRET, register)
-    link = CoordinatorLink(session, ("127.0.0.1", coordinator.port), SECRET, register,
+    credential = auth.Credential.derived(SECRET, register.instance)
+    session = await open_session(("127.0.0.1", coordinator.port), credential, register)
+    link = CoordinatorLink(session, ("127.0.0.1", coordinator.port), credential, register,
                            LinkTimeouts(ping_interval=0.5))
     seen: list[m.Message] = []
     task = asyncio.get_running_loop().create_task(link.run(seen.append, lambda: None))
@@ -109,7 +111,7 @@ def test_the_agent_keeps_its_session_across_malformed_frames() -> None:
             await wait_until("every hostile frame skipped", lambda: link.session.skipped == len(HOSTILE))
             # The same session still works both ways: a newcomer's delta reaches us, our pings
             # are answered (the link would have dropped a silent session by now).
-            other = await open_session(("127.0.0.1", coordinator.port), SECRET,
+            other = await open_session(("127.0.0.1", coordinator.port), auth.Credential.derived(SECRET, "cd" * 8),
                                        m.Register(name="web-2", service="web", instance="cd" * 8))
             await wait_until("web-2 in our membership", lambda: "web-2" in link.members or any(
                 isinstance(msg, m.MembersDelta) and "web-2" in msg.hosts for msg in seen))

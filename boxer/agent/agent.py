@@ -55,7 +55,7 @@ APP_START_GRACE = 1.0
 class Agent:
     session: CoordinatorLink
     coordinator: tuple[str, int]
-    secret: bytes
+    token: bytes  # the instance's token (its Observe proofs); the agent holds no deployment secret
     # Serves warm connects and accepts natively (fastpath.c); we keep its tables filled.
     fast: FastPath
     # Tickets are renewed well before a NAT could forget their idle mapping.
@@ -84,9 +84,9 @@ class Agent:
         t = self.timeouts
         self.tasks = Tasks()
         waiters = self.waiters = Waiters()
-        self.tickets = TicketPools(self.session, self.coordinator, self.secret, self.tasks,
+        self.tickets = TicketPools(self.session, self.coordinator, self.token, self.tasks,
                                    self.ticket_pool_size, t.ticket_max_age)
-        paths = PathOpener(self.secret, lambda: self.relay, t, self.stats)
+        paths = PathOpener(lambda: self.relay, t, self.stats)
         self.connector = Connector(self.session, self.tickets, waiters, paths, t, self.stats)
         self.incoming = IncomingConnections(self.session, self.tickets, waiters, paths, self.fast, self.listeners,
                                             self.stats, t)

@@ -29,7 +29,7 @@ def interposer_path() -> str:
 # the app then gets none of them from its environment (docs/security.md). An app that needs AWS
 # is given credentials of its own, in the event's `env`.
 AGENT_ONLY_ENV = frozenset({
-    "BOXER_SECRET", "BOXER_SECRET_FILE", "BOXER_INSTANCE_TOKEN",
+    "BOXER_SECRET", "BOXER_SECRET_FILE", "BOXER_INSTANCE_TOKEN", "BOXER_INSTANCE_TOKEN_FILE",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",

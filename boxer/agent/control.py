@@ -158,8 +158,10 @@ class ControlSession:
         self.framed.close()
 
 
-async def open_session(coordinator: tuple[str, int], secret: bytes, register: m.Register,
+async def open_session(coordinator: tuple[str, int], credential: auth.Credential, register: m.Register,
                        timeout: float = 5.0) -> ControlSession:
+    """A registered control session: authenticated with `credential` (the instance's token; the
+    coordinator lets it register that instance only)."""
     where = f"{coordinator[0]}:{coordinator[1]}"
     try:
         sock = await _connect(coordinator, False, timeout)
@@ -171,7 +173,7 @@ async def open_session(coordinator: tuple[str, int], secret: bytes, register: m.
                                "(check --coordinator / BOXER_COORDINATOR and that it is running)") from None
     framed = FramedSocket(sock)
     try:
-        return await asyncio.wait_for(_handshake(framed, secret, register, where), timeout)
+        return await asyncio.wait_for(_handshake(framed, credential, register, where), timeout)
     except asyncio.TimeoutError:
         framed.close()
         raise CoordinatorError(f"the coordinator at {where} did not complete the handshake within "
@@ -197,7 +199,8 @@ async def open_controller_session(coordinator: tuple[str, int], secret: bytes,
         raise CoordinatorError(f"cannot reach the coordinator at {where}: {exc or 'timed out'}") from None
     framed = FramedSocket(sock)
     try:
-        watching = await asyncio.wait_for(_run(framed, Handshake(secret, where, m.Watch())), timeout)
+        watching = await asyncio.wait_for(_run(framed, Handshake(auth.Credential.controller(secret), where,
+                                                                 m.Watch())), timeout)
         assert isinstance(watching, Watching)
         return framed, watching.snapshot
     except HandshakeRefused as exc:
@@ -224,19 +227,20 @@ async def _run(framed: FramedSocket, handshake: Handshake) -> HandshakeAction:
                 return action
 
 
-async def _authenticate(framed: FramedSocket, secret: bytes, where: str) -> m.Welcome:
+async def _authenticate(framed: FramedSocket, credential: auth.Credential, where: str) -> m.Welcome:
     """Authenticated both ways, nothing asked next (benchmarks/bench_heartbeat.py's sessions)."""
     try:
-        done = await _run(framed, Handshake(secret, where, None))
+        done = await _run(framed, Handshake(credential, where, None))
     except HandshakeRefused as exc:
         raise CoordinatorError(str(exc)) from None
     assert isinstance(done, Authenticated)
     return done.welcome
 
 
-async def _handshake(framed: FramedSocket, secret: bytes, register: m.Register, where: str) -> ControlSession:
+async def _handshake(framed: FramedSocket, credential: auth.Credential, register: m.Register,
+                     where: str) -> ControlSession:
     try:
-        joined = await _run(framed, Handshake(secret, where, register))
+        joined = await _run(framed, Handshake(credential, where, register))
     except HandshakeRefused as exc:
         raise CoordinatorError(str(exc)) from None
     assert isinstance(joined, Joined)
@@ -259,9 +263,11 @@ class Ticket:
         self.rendezvous.close()
 
 
-async def open_ticket(coordinator: tuple[str, int], secret: bytes, session: str,
+async def open_ticket(coordinator: tuple[str, int], key: bytes, session: str,
                       purpose: str = "outgoing", ticket: str | None = None,
                       timeout: float = 5.0) -> Ticket:
+    """A rendezvous connection for `session`, its Observe proof keyed by `key`: the credential
+    the session authenticated with (the instance's token)."""
     from boxer.agent.features import current
 
     # Without SO_REUSEPORT no punch can leave from this port: the ticket still names the
@@ -276,7 +282,7 @@ async def open_ticket(coordinator: tuple[str, int], secret: bytes, session: str,
         if not isinstance(challenge, m.Challenge):
             raise CoordinatorError(f"rendezvous refused: expected a challenge, got {challenge.TYPE}")
         await framed.send(m.Observe(v=m.PROTOCOL_VERSION, session=session, ticket=ticket,
-                                    mac=auth.mac(secret, auth.OBSERVE_PROOF, challenge.nonce, session, ticket),
+                                    mac=auth.mac(key, auth.OBSERVE_PROOF, challenge.nonce, session, ticket),
                                     purpose=purpose))
         while True:
             reply = await asyncio.wait_for(framed.receive(), timeout)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from boxer.agent.control import ControlSession, CoordinatorError, Registration, open_session
+from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
 from boxer.nat_traversal.client import Heartbeat, LinkLost, SendPing
 from boxer.nat_traversal.wire import ProtocolError
@@ -63,11 +64,11 @@ class LinkDown(Exception):
 
 
 class CoordinatorLink:
-    def __init__(self, session: ControlSession, coordinator: tuple[str, int], secret: bytes,
+    def __init__(self, session: ControlSession, coordinator: tuple[str, int], credential: auth.Credential,
                  register: m.Register, timeouts: LinkTimeouts = LinkTimeouts()) -> None:
         self.session = session
         self.coordinator = coordinator
-        self.secret = secret
+        self.credential = credential  # the instance's token: what a new session authenticates with
         self.timeouts = timeouts
         # Re-registration keeps the address we were given.
         self._register = m.Register(name=register.name, service=register.service,
@@ -164,7 +165,7 @@ class CoordinatorLink:
         try:
             while not self.closed:
                 attempts.add(asyncio.create_task(open_session(
-                    self.coordinator, self.secret, self._register, timeout=self.timeouts.attempt_timeout)))
+                    self.coordinator, self.credential, self._register, timeout=self.timeouts.attempt_timeout)))
                 done, _ = await asyncio.wait(attempts, timeout=delay * (0.5 + random.random()))
                 for attempt in done:
                     attempts.discard(attempt)

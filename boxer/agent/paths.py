@@ -37,9 +37,9 @@ _Event = tuple[str, Path, object]
 
 
 class PathOpener:
-    def __init__(self, secret: bytes, relay: Callable[[], tuple[str, int] | None], timeouts: Timeouts,
+    def __init__(self, relay: Callable[[], tuple[str, int] | None], timeouts: Timeouts,
                  stats: Counter[str]) -> None:
-        self.secret = secret
+        # No secret here: each connection's proofs are keyed by the key its Punch brought.
         self._relay = relay  # the current session's relay (it may move with a new session)
         self.timeouts = timeouts
         self.stats = stats
@@ -69,7 +69,7 @@ class PathOpener:
                     elif isinstance(action, SendProof):
                         try:
                             await loop.sock_sendall(socks[action.path],
-                                                    auth.connection_proof(self.secret, punch.conn, punch.role))
+                                                    auth.connection_proof(punch.key_bytes, punch.conn, punch.role))
                         except OSError:
                             pending += race.failed(action.path, "ECONNABORTED", time.monotonic())
                     elif isinstance(action, ClosePath):
@@ -126,7 +126,7 @@ class PathOpener:
                 sock, attempts = await simultaneous_open(local_port, (host, int(port)), deadline)
             else:
                 assert relay is not None
-                sock, attempts = await relay_open(relay, self.secret, punch.conn, punch.role, deadline), 1
+                sock, attempts = await relay_open(relay, punch, deadline), 1
         except PunchError as exc:
             log.info("%s path for %s failed: %s", path.value, punch.conn, exc)
             events.put_nowait(("failed", path, exc.errno_name))
@@ -146,7 +146,7 @@ class PathOpener:
                 received += chunk
         except OSError as exc:
             log.info("%s path for %s: %s during authentication", path.value, punch.conn, exc)
-        if auth.verify(auth.connection_proof(self.secret, punch.conn, peer_role), received):
+        if auth.verify(auth.connection_proof(punch.key_bytes, punch.conn, peer_role), received):
             events.put_nowait(("proven", path, None))
         else:
             log.info("%s path for %s: the peer closed it or failed to authenticate (%d bytes)", path.value,

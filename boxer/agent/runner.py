@@ -51,10 +51,12 @@ class RunOptions:
     name: str
     service: str
     coordinator: tuple[str, int]
-    secret: bytes
+    # The instance's id and token (auth.Credential): all the agent holds. The deployment secret
+    # never reaches it when a controller starts it; `boxer run` given the secret derives the
+    # token and forgets the secret (boxer/cli/run.py).
+    credential: auth.Credential
     lifetime: float | None = None
     connect_timeout: float = 5.0
-    instance_id: str | None = None
 
 
 def _raise_fd_limit() -> None:
@@ -76,19 +78,20 @@ async def run_instance(opts: RunOptions) -> int:
     _raise_fd_limit()
     current()  # probe the kernel and sandbox once, now; what is missing is logged with its fallback
     become_subreaper()
-    register = m.Register(name=opts.name, service=opts.service, instance=opts.instance_id or auth.new_token(8))
+    assert opts.credential.instance is not None, "an agent authenticates as an instance"
+    register = m.Register(name=opts.name, service=opts.service, instance=opts.credential.instance)
     try:
-        session = await open_session(opts.coordinator, opts.secret, register)
+        session = await open_session(opts.coordinator, opts.credential, register)
     except CoordinatorError as exc:
         raise RunError(f"{exc}; {opts.argv[0]} was not started") from None
     reg = session.registration
     log.info("registered as %s at %s", reg.name, reg.addr)
-    link = CoordinatorLink(session, opts.coordinator, opts.secret, register,
+    link = CoordinatorLink(session, opts.coordinator, opts.credential, register,
                            LinkTimeouts(ping_interval=min(5.0, nat_idle / 3)))
     timeouts = Timeouts(connect=opts.connect_timeout, punch=min(3.0, opts.connect_timeout),
                         ticket_max_age=nat_idle / 3)
     fast = FastPath(reg.addr, WAKE_ADDR, timeouts.accept_pickup)
-    agent = Agent(link, opts.coordinator, opts.secret, fast, timeouts=timeouts)
+    agent = Agent(link, opts.coordinator, opts.credential.key, fast, timeouts=timeouts)
     workdir = tempfile.mkdtemp(prefix="boxer-agent-")
     server = IpcServer(os.path.join(workdir, "agent.sock"), agent.handle_ipc, fast, agent.on_fast_event)
     stopping = asyncio.Event()

@@ -21,11 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class TicketPools:
-    def __init__(self, link: CoordinatorLink, coordinator: tuple[str, int], secret: bytes, tasks: Tasks,
+    def __init__(self, link: CoordinatorLink, coordinator: tuple[str, int], token: bytes, tasks: Tasks,
                  size: int, max_age: float) -> None:
         self.link = link
         self.coordinator = coordinator
-        self.secret = secret
+        self.token = token  # the instance's: the Observe proofs' key
         self.tasks = tasks
         self.size = size
         self.max_age = max_age
@@ -80,7 +80,7 @@ class TicketPools:
         future: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
         self._incoming[ticket_id] = future
         try:
-            future.set_result(await open_ticket(self.coordinator, self.secret,
+            future.set_result(await open_ticket(self.coordinator, self.token,
                                                 self.link.registration.session, "incoming", ticket_id))
         except BaseException as exc:
             self._incoming.pop(ticket_id, None)
@@ -89,7 +89,7 @@ class TicketPools:
             raise
 
     async def _open(self, purpose: str) -> Ticket:
-        return await open_ticket(self.coordinator, self.secret, self.link.registration.session, purpose)
+        return await open_ticket(self.coordinator, self.token, self.link.registration.session, purpose)
 
     def take_ready(self) -> Ticket | None:
         """A pooled ticket of the current session, or None; the caller closes it when done."""

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 # Instance and service names become host names on the overlay: keep them DNS labels.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_TOKEN = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Placement(str, enum.Enum):
@@ -55,6 +56,9 @@ class InstanceSpec:
     # Upper bound on the instance's life in seconds (the controller's renewal policy); a
     # Lambda instance is further capped by what is left of its invocation.
     max_lifetime: float | None = None
+    # The instance's token (hex, auth.instance_token of the id in env BOXER_INSTANCE_ID), which
+    # the controller issues: the agent's only credential. Never in a repr, a log or a status.
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         problems = []
@@ -79,6 +83,8 @@ class InstanceSpec:
             problems.append(f"placement {self.placement!r} is not one of vm, function")
         if self.max_lifetime is not None and not self.max_lifetime > 0:
             problems.append(f"max_lifetime {self.max_lifetime!r} must be > 0")
+        if self.token is not None and not _TOKEN.match(self.token):
+            problems.append("token must be 64 lowercase hex digits (an instance token)")
         if problems:
             raise ValueError("bad instance spec: " + "; ".join(problems))
         object.__setattr__(self, "env", dict(self.env))

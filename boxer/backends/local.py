@@ -33,6 +33,7 @@ from typing import Any
 from boxer._python import module_argv
 from boxer.backends.base import InstanceHandle, InstanceSpec, Placement
 from boxer.backends.errors import CapacityError, LaunchError
+from boxer.nat_traversal.auth import SECRET_ENV, TOKEN_ENV
 
 __all__ = ["INSTANCE_ID_ENV", "ZYGOTE_ENV", "LocalBackend", "lab_size"]
 
@@ -77,7 +78,10 @@ class LocalBackend:
         self.stop_grace = stop_grace
         self.host_wait = host_wait
         self._freed = asyncio.Event()  # set whenever a host becomes free
-        self.base_env = dict(os.environ if base_env is None else base_env)
+        # Never the deployment secret: the zygote's environment is what every agent forked from
+        # it shows in /proc/PID/environ.
+        self.base_env = {k: v for k, v in (os.environ if base_env is None else base_env).items()
+                         if k not in SECRET_ENV}
         self.run_options = tuple(run_options)
         public = [h.name for h in lab.public_hosts]
         # The last `spare_hosts` NATed hosts are never used: they are for the user's clients
@@ -202,6 +206,11 @@ class LocalBackend:
             handle.details["log"] = str(self.log_dir / f"{spec.name}.{host}.log")
         self.busy[host] = handle  # claimed before the next await: no double booking
         env = self.lab.env(host, {**self.base_env, **spec.env})
+        if spec.token is not None:
+            # The instance's own token, and not the lab's secret file (which lab.env adds for
+            # `boxer lab exec`): its agent holds no deployment secret.
+            env = {k: v for k, v in env.items() if k not in SECRET_ENV}
+            env[TOKEN_ENV] = spec.token
         stdin_data = self.stdin_for(spec)
         log_path = self.log_dir / f"{spec.name}.{host}.log" if self.log_dir is not None else None
         if log_path is not None:  # appended per name and host: this instance's part starts here

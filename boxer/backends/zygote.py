@@ -92,6 +92,14 @@ def incompatibility(zygote_env: Mapping[str, str], env: Mapping[str, str]) -> st
     return f"{', '.join(differ)} differ from the zygote's" if differ else None
 
 
+def without_secret(env: Mapping[str, str]) -> dict[str, str]:
+    """The zygote's environment: never the deployment secret (nor its file), since a forked
+    agent's /proc/PID/environ is the zygote's; each instance gets its token in its own env."""
+    from boxer.nat_traversal.auth import SECRET_ENV
+
+    return {k: v for k, v in env.items() if k not in SECRET_ENV}
+
+
 # --- the backend's side ------------------------------------------------------------------------
 
 class ZygoteError(Exception):
@@ -111,7 +119,7 @@ class Zygote:
     def __init__(self, python: str, env: Mapping[str, str], log: str | None = None,
                  start_timeout: float = 30.0) -> None:
         self.python = python
-        self.env = dict(env)
+        self.env = without_secret(env)
         self.log = log
         self.start_timeout = start_timeout
         self.pid: int | None = None
@@ -269,7 +277,7 @@ def start_for_adoption(python: str, env: Mapping[str, str], log: str | None) -> 
     err = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     try:
         return subprocess.Popen(module_argv("boxer.cli.zygote", "-" * TITLE_ROOM, python=python),
-                                env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env=without_secret(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=err, start_new_session=True)
     finally:
         if err is not subprocess.DEVNULL:

@@ -11,6 +11,7 @@ from boxer import _aio as aio
 from boxer.agent.child import InterposerMissing, interposer_path
 from boxer.agent.wrapcheck import UnwrappableError, check_wrappable
 from boxer.cli._common import endpoint_option, fail, setup_logging
+from boxer.nat_traversal import auth
 from boxer.nat_traversal.auth import SecretError, load_secret
 
 
@@ -24,6 +25,19 @@ def _default_name(argv: list[str]) -> str:
 
 
 
+def _credential(token_file: str | None, secret_file: str | None, instance_id: str | None) -> auth.Credential:
+    """The instance's credential: the token it was issued (bound to its id), or one derived from
+    the deployment secret, which is then dropped (only the token is kept)."""
+    token_value = os.environ.get(auth.TOKEN_ENV)
+    if token_file or token_value:
+        if not instance_id:
+            raise SecretError("an instance token is bound to one instance id: pass --instance-id (or set "
+                              "BOXER_INSTANCE_ID) with the id it was issued for")
+        return auth.Credential.of_instance(instance_id, auth.load_token(token_file, token_value))
+    secret = load_secret(secret_file, os.environ.get("BOXER_SECRET"))
+    return auth.Credential.derived(secret, instance_id or auth.new_token(8))
+
+
 @click.command("run", context_settings={"ignore_unknown_options": True})
 @click.option("--name", help="Host name of this instance on the overlay (default: the lab host, or "
               "the program's name with a random suffix). Other instances connect to it by this name.")
@@ -31,8 +45,13 @@ def _default_name(argv: list[str]) -> str:
               "trailing -N).")
 @click.option("--coordinator", envvar="BOXER_COORDINATOR", metavar="HOST:PORT",
               help="The coordinator's public address [env BOXER_COORDINATOR; set by `boxer lab exec`].")
+@click.option("--token-file", envvar=auth.TOKEN_FILE_ENV, type=click.Path(dir_okay=False),
+              help="File holding this instance's token (hex), as the controller issues it; with "
+              "--instance-id, the deployment secret is not needed [env BOXER_INSTANCE_TOKEN_FILE, "
+              "or the token itself in BOXER_INSTANCE_TOKEN].")
 @click.option("--secret-file", envvar="BOXER_SECRET_FILE", type=click.Path(dir_okay=False),
-              help="File holding the deployment secret (hex) [env BOXER_SECRET_FILE].")
+              help="File holding the deployment secret (hex), when no token is given: the agent "
+              "derives its instance's token from it and forgets it [env BOXER_SECRET_FILE].")
 @click.option("--lifetime", type=float, metavar="SECONDS",
               help="Stop the application after this long (Lambda's cap is 900 s).")
 @click.option("--connect-timeout", type=float, default=5.0, show_default=True, metavar="SECONDS",
@@ -42,8 +61,8 @@ def _default_name(argv: list[str]) -> str:
               "to tell a replacement from the instance it replaces.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_command(name, service, coordinator, secret_file, lifetime, connect_timeout, instance_id, verbose,
-                command) -> None:
+def run_command(name, service, coordinator, token_file, secret_file, lifetime, connect_timeout, instance_id,
+                verbose, command) -> None:
     """Run COMMAND, unmodified, as a host of the overlay.
 
     The program listens and connects as on any network; boxer registers it under NAME, answers
@@ -59,6 +78,10 @@ def run_command(name, service, coordinator, secret_file, lifetime, connect_timeo
 
     Exit status: COMMAND's; 127 when COMMAND is not found, 126 when boxer cannot wrap it
     (static, Go or setuid binaries), 2 for bad options or a missing coordinator or secret.
+
+    Credentials: a controller starts each instance with its id and its token only (--instance-id,
+    BOXER_INSTANCE_TOKEN): the agent never holds the deployment secret. Given the secret instead
+    (--secret-file, as `boxer lab exec` sets it), it derives the token and forgets the secret.
     """
     from boxer.agent.runner import RunError, RunOptions, run_instance
 
@@ -75,14 +98,13 @@ def run_command(name, service, coordinator, secret_file, lifetime, connect_timeo
         raise SystemExit(fail("no coordinator: pass --coordinator HOST:PORT or set BOXER_COORDINATOR "
                                "(inside the lab, `boxer lab exec HOST -- boxer run ...` sets it)", 2))
     try:
-        secret = load_secret(secret_file, os.environ.get("BOXER_SECRET"))
+        credential = _credential(token_file, secret_file, instance_id)
     except SecretError as exc:
         raise SystemExit(fail(str(exc), 2)) from None
     name = (name or _default_name(argv)).lower()
     service = (service or re.sub(r"-\d+$", "", name)).lower()
     opts = RunOptions(argv=argv, name=name, service=service, coordinator=endpoint_option(coordinator, "--coordinator"),
-                      secret=secret, lifetime=lifetime, connect_timeout=connect_timeout,
-                      instance_id=instance_id)
+                      credential=credential, lifetime=lifetime, connect_timeout=connect_timeout)
     try:
         status = aio.run(run_instance(opts))
     except RunError as exc:

@@ -15,7 +15,7 @@ import time
 
 from boxer.agent.control import open_session, parse_endpoint
 from boxer.nat_traversal import messages as m
-from boxer.nat_traversal.auth import load_secret
+from boxer.nat_traversal.auth import Credential, load_secret
 
 GOOD = {"t": "report", "active": 0, "accepted": 0, "connected": 0, "cpu": 0.0, "rss": 1, "listening": [],
         "idle": 0.0, "direct": 0, "relayed": 0}
@@ -43,7 +43,7 @@ async def main(name: str) -> None:
     results = {}
     for i, (case, data) in enumerate(CASES.items()):
         register = m.Register(name=f"{name}-{i}", service=name, instance=f"{0xbad00000 + i:08x}")
-        session = await open_session(coordinator, secret, register)
+        session = await open_session(coordinator, Credential.derived(secret, register.instance), register)
         started = time.monotonic()
         await session.send_frame(struct.pack(">I", len(data)) + data)
         loop = asyncio.get_running_loop()
