@@ -28,6 +28,7 @@ COMMANDS = {
     "use": ("boxer.cli.deployments", "use_command"),
     "rm": ("boxer.cli.deployments", "rm_command"),
     "lambda-local": ("boxer.cli.lambda_local", "lambda_local"),
+    "host": ("boxer.cli.host", "host"),
 }
 
 

@@ -1,0 +1,273 @@
+"""`boxer host serve`: the daemon on a vm host that starts and stops instances for the controller.
+
+On EC2 it runs on every host of the vm Auto Scaling group as a systemd unit (terraform/vm_hosts.tf);
+in the lab it runs in the public hosts (p1..pK), the stand-ins for those hosts. The controller
+connects (protocol.py: a mutual proof of the host token), sends each instance's Lambda event, and
+hears every exit. An instance is what a function invocation runs, minus Lambda: the same event
+parsed by the same code (LambdaEvent), its secret reference read the same way (read_secret, into
+a 0600 file that goes when the instance does), the same environment (the handler's agent_env)
+and the same `boxer run` command line (the handler's agent_argv) without `--lifetime`, since a vm
+instance has none unless the event gives one.
+
+    boxer host serve --listen 0.0.0.0:7100 --secret-file /etc/boxer/secret --slots 1
+
+`--slots`: instances at once. One by default: an app binds its ports on the host's address, so
+two instances of one service could not share a host (as in the lab, one instance per host).
+
+What runs here imports nothing of the controller, the lab or the emulators (pyproject's import
+contracts): a vm host has `pip install boxer` (+ `aws` when secrets come from SSM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from boxer.backends.aws_lambda.event import LambdaEvent, SecretRef
+from boxer.backends.aws_lambda.handler import AgentLaunch, agent_argv, agent_env
+from boxer.backends.aws_lambda.secrets import SecretFile, read_secret
+from boxer.backends.errors import EventError, SecretError
+from boxer.backends.vmhost.protocol import AuthFailed, Exited, ServerSession, StartRequested, StopRequested
+from boxer.nat_traversal.auth import SecretError as BadSecret
+from boxer.nat_traversal.auth import load_secret
+from boxer.nat_traversal.wire import ProtocolError
+
+__all__ = ["HostDaemon", "instance_argv"]
+
+log = logging.getLogger(__name__)
+
+_KEPT_EXITS = 1000  # exits no controller heard yet (it was away), told to the next one
+_AUTH_DEADLINE = 5.0
+
+
+def instance_argv(launch: AgentLaunch) -> list[str]:
+    """The handler's `boxer run` command line, without `--lifetime` when the event has none (a vm
+    instance lives until it is stopped)."""
+    argv = agent_argv(launch)
+    if launch.event.lifetime is None and "--lifetime" in argv:
+        at = argv.index("--lifetime")
+        del argv[at:at + 2]
+    return argv
+
+
+@dataclass(eq=False)
+class _Instance:
+    ref: str
+    name: str
+    process: asyncio.subprocess.Process
+    secret_file: SecretFile
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: bool = False
+
+
+class HostDaemon:
+    def __init__(self, token: bytes, *, host: str | None = None, slots: int = 1,
+                 log_dir: Path | None = None, base_env: Mapping[str, str] | None = None,
+                 secret_dir: str | None = None,
+                 argv_for: Callable[[AgentLaunch], list[str]] | None = None) -> None:
+        """`argv_for`: tests put a plain command in place of `boxer run` (as make_handler's);
+        the event, secret file, environment, process group and exits stay the real path."""
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.token = token
+        self.host = host or socket.gethostname()
+        self.slots = slots
+        self.log_dir = log_dir
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.secret_dir = secret_dir
+        self.argv_for = argv_for or instance_argv
+        self.instances: dict[str, _Instance] = {}
+        self._sessions: set[tuple[ServerSession, asyncio.StreamWriter]] = set()
+        self._unheard: deque[Exited] = deque(maxlen=_KEPT_EXITS)
+        self._secrets: dict[SecretRef, str] = {}  # read once per reference (SSM costs a call)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def serve(self, host: str, port: int) -> asyncio.Server:
+        self._server = await asyncio.start_server(self._connection, host, port, reuse_address=True)
+        return self._server
+
+    # -- one controller connection -----------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = ServerSession(self.token, self.host, self.slots)
+        peer = writer.get_extra_info("peername")
+        writer.write(session.data_to_send())
+        try:
+            await self._converse(session, reader, writer)
+        except AuthFailed as exc:
+            log.warning("refused %s: %s", peer, exc)
+            writer.write(session.data_to_send())
+        except ProtocolError as exc:
+            log.warning("closing %s: %s", peer, exc)
+        except (OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            self._sessions.discard((session, writer))
+            with contextlib.suppress(OSError):
+                writer.close()
+
+    async def _converse(self, session: ServerSession, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        while True:
+            timeout = None if session.authenticated else _AUTH_DEADLINE
+            data = await asyncio.wait_for(reader.read(65536), timeout)
+            if not data:
+                return
+            for event in session.receive(data):
+                if event == "authenticated":
+                    exits = list(self._unheard)
+                    self._unheard.clear()
+                    session.welcome({ref: i.process.pid for ref, i in self.instances.items()}, exits)
+                    self._sessions.add((session, writer))
+                    log.info("controller %s connected", writer.get_extra_info("peername"))
+                elif event == "ping":
+                    session.pong(len(self.instances))
+                elif isinstance(event, StartRequested):
+                    await self._start(session, event)
+                elif isinstance(event, StopRequested):
+                    self._spawn(self._stop(event.ref, event.grace))
+            writer.write(session.data_to_send())
+            await writer.drain()
+
+    # -- instances -----------------------------------------------------------------------------
+
+    async def _start(self, session: ServerSession, request: StartRequested) -> None:
+        ref = request.ref
+        if ref in self.instances:
+            session.start_failed(ref, f"{ref} already runs here")
+            return
+        if len(self.instances) >= self.slots:
+            session.start_failed(ref, f"all {self.slots} slots of vm host {self.host} are busy")
+            return
+        try:
+            event = LambdaEvent.from_dict(request.event)
+            secret = self._secrets.get(event.secret)
+            if secret is None:
+                secret = await asyncio.get_running_loop().run_in_executor(None, _read_instance_secret, event.secret)
+                self._secrets[event.secret] = secret
+        except (EventError, SecretError) as exc:
+            session.start_failed(ref, str(exc))
+            return
+        secret_file = SecretFile(secret, parent=self.secret_dir)
+        launch = AgentLaunch(event, secret_file.path, event.lifetime or 0.0)
+        out: int | object = asyncio.subprocess.DEVNULL
+        log_file = None
+        if self.log_dir is not None:
+            log_file = open(self.log_dir / f"{event.name}.{self.host}.log", "ab")  # noqa: SIM115
+            out = log_file
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.argv_for(launch), env=agent_env(launch, self.base_env),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True)  # its group: stopped (and cleaned up) as one
+        except OSError as exc:
+            secret_file.remove()
+            session.start_failed(ref, f"cannot start boxer run on {self.host}: {exc.strerror}")
+            return
+        finally:
+            if log_file is not None:
+                log_file.close()
+        instance = _Instance(ref, event.name, process, secret_file)
+        self.instances[ref] = instance
+        session.started(ref, process.pid)
+        log.info("started %s (%s) as pid %d", event.name, ref, process.pid)
+        self._spawn(self._wait(instance))
+
+    async def _wait(self, instance: _Instance) -> None:
+        code = await instance.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(instance.process.pid, signal.SIGKILL)  # what the app left in its group
+        instance.secret_file.remove()
+        self.instances.pop(instance.ref, None)
+        instance.ended.set()
+        status = code if code >= 0 else 128 - code  # shell convention for a signal
+        how = "stopped" if instance.stopping else "exited"
+        exit = Exited(instance.ref, status, f"{how} with status {status} on vm host {self.host}")
+        log.info("%s (%s) %s", instance.name, instance.ref, exit.reason)
+        self._tell(exit)
+
+    def _tell(self, exit: Exited) -> None:
+        if not self._sessions:
+            self._unheard.append(exit)
+            return
+        for session, writer in list(self._sessions):
+            session.exited(exit)
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.write(session.data_to_send())
+
+    async def _stop(self, ref: str, grace: float) -> None:
+        instance = self.instances.get(ref)
+        if instance is None:
+            return  # ended already: its exit was (or will be) told
+        instance.stopping = True
+        pid = instance.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # the agent stops its app, deregisters, exits
+            os.killpg(pid, signal.SIGCONT)  # a frozen (SIGSTOP'd) one acts on it only once resumed
+        try:
+            await asyncio.wait_for(instance.ended.wait(), grace)
+        except asyncio.TimeoutError:
+            log.warning("%s ignored SIGTERM for %.1f s; killing it", instance.name, grace)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self, grace: float = 3.0) -> None:
+        """Stop every instance (systemd stops the unit: the host is going away)."""
+        if self._server is not None:
+            self._server.close()
+        await asyncio.gather(*(self._stop(ref, grace) for ref in list(self.instances)),
+                             return_exceptions=True)
+        waits = [i.ended.wait() for i in self.instances.values()]
+        if waits:
+            await asyncio.wait_for(asyncio.gather(*waits), grace + 2)
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _read_instance_secret(ref: SecretRef) -> str:
+    """As the handler reads it (SSM, Secrets Manager), and a file too: on a host of one's own,
+    unlike in a function image, a secret file is how a secret is kept (the lab's, /etc/boxer)."""
+    if ref.kind != "file":
+        return read_secret(ref)
+    try:
+        value = Path(ref.location).read_text().strip()
+        load_secret(None, value)  # hex, long enough; its messages never show the value
+    except OSError as exc:
+        raise SecretError(f"cannot read secret file {ref.location!r}: {exc.strerror}") from None
+    except BadSecret as exc:
+        raise SecretError(f"secret file {ref.location!r}: {exc}") from None
+    return value
+
+
+async def run_daemon(token: bytes, listen: tuple[str, int], *, slots: int, log_dir: Path | None,
+                     host: str | None = None) -> int:
+    daemon = HostDaemon(token, host=host, slots=slots, log_dir=log_dir)
+    try:
+        server = await daemon.serve(*listen)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", *listen, exc.strerror)
+        return 2
+    bound = server.sockets[0].getsockname()
+    # One line when it serves: the lab and tests wait for it, systemd's journal keeps it.
+    print(f"boxer host daemon {daemon.host} serving on {bound[0]}:{bound[1]} ({slots} slots)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await daemon.close()
+    return 0

@@ -1,0 +1,319 @@
+"""The host daemon's protocol, sans-IO: the controller asks a vm host to start and stop instances.
+
+One TCP connection from the controller to `boxer host serve`, length-prefixed JSON frames
+(boxer.nat_traversal.wire, as between agents and the coordinator). Neither class here touches a
+socket: each is fed the bytes that arrived and says what to send and what happened, so the tests
+drive both ends byte by byte.
+
+    daemon -> controller  hello    {v, nonce, host, slots}
+    controller -> daemon  auth     {v, nonce, proof}          proof = HMAC(token, controller|sn|cn)
+    daemon -> controller  welcome  {proof, running, exits}    proof = HMAC(token, host|sn|cn)
+                          refused  {reason}                   (then the daemon closes)
+    controller -> daemon  start    {ref, event}               event: the Lambda event of the instance
+    daemon -> controller  started  {ref, pid} | start_failed {ref, reason}
+    controller -> daemon  stop     {ref, grace}
+    daemon -> controller  exited   {ref, status, reason}      whenever an instance ends, stopped or not
+    controller -> daemon  ping     {}   ->   pong {running}
+
+The credential is the *host token*, HMAC(deployment secret, "vmhost"): a host may be given it
+alone, and a proof shows both ends hold it without sending it (mutual, over both nonces, so a
+recorded exchange is good on no other connection). `start` carries the instance's Lambda event
+(boxer.backends.aws_lambda.event) unchanged, so a vm instance gets exactly what a function
+instance gets (name, service, env, command, coordinator, its credential's reference), and the two
+cannot drift apart.
+
+Why not gRPC like the control API: the daemon runs on every vm host from `pip install boxer`,
+which carries what an instance needs and no grpcio (docs/architecture.md, the extras); the
+exchange is six small messages, and sans-IO keeps it testable and fuzzable like the
+coordinator's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from boxer.nat_traversal.wire import FrameDecoder, ProtocolError, encode_frame
+
+__all__ = [
+    "DEFAULT_PORT",
+    "VERSION",
+    "AuthFailed",
+    "ClientSession",
+    "Exited",
+    "HostHello",
+    "Pong",
+    "ServerSession",
+    "StartFailed",
+    "StartRequested",
+    "Started",
+    "StopRequested",
+    "Welcome",
+    "host_token",
+    "proof",
+]
+
+VERSION = 1
+DEFAULT_PORT = 7100  # the host daemon's TCP port (terraform: var.vm_host_port)
+MAX_FRAME = 256 * 1024  # an event is at most Lambda's async payload (256 KB)
+_NONCE_BYTES = 16
+_REF_MAX = 128
+
+
+def host_token(secret: bytes) -> bytes:
+    """The credential of a vm host daemon: derived from the deployment secret, so the controller
+    (which holds the secret) needs no table, and a host holding only the token can neither act as
+    the controller towards the coordinator nor as an instance."""
+    return hmac.new(secret, b"vmhost", hashlib.sha256).digest()
+
+
+def proof(token: bytes, role: str, server_nonce: str, client_nonce: str) -> str:
+    message = f"boxer-v1-vmhost|{role}|{server_nonce}|{client_nonce}".encode()
+    return hmac.new(token, message, hashlib.sha256).hexdigest()
+
+
+class AuthFailed(ProtocolError):
+    """The other end does not hold the host token, or speaks another version."""
+
+
+# -- what happened, as each side sees it --------------------------------------------------------
+
+@dataclass(frozen=True)
+class StartRequested:
+    ref: str
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    ref: str
+    grace: float
+
+
+@dataclass(frozen=True)
+class HostHello:
+    host: str
+    slots: int
+
+
+@dataclass(frozen=True)
+class Welcome:
+    host: str
+    slots: int
+    running: dict[str, int]  # ref -> pid, what runs there now
+    exits: list[Exited]  # what ended while no controller was connected
+
+
+@dataclass(frozen=True)
+class Started:
+    ref: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    ref: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    ref: str
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Pong:
+    running: int
+
+
+# -- field checks -------------------------------------------------------------------------------
+
+def _text(frame: dict[str, Any], key: str, limit: int = _REF_MAX) -> str:
+    value = frame.get(key)
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ProtocolError(f"{frame.get('t')!r}: {key} must be a string of 1-{limit} characters")
+    return value
+
+
+def _int(frame: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = frame.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ProtocolError(f"{frame.get('t')!r}: {key} must be an integer in {low}..{high}")
+    return value
+
+
+def _number(frame: dict[str, Any], key: str, low: float, high: float) -> float:
+    value = frame.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        raise ProtocolError(f"{frame.get('t')!r}: {key} must be a number in {low:g}..{high:g}")
+    return float(value)
+
+
+def _exited(frame: dict[str, Any]) -> Exited:
+    return Exited(_text(frame, "ref"), _int(frame, "status", -255, 255), _text(frame, "reason", 1000))
+
+
+def _new_nonce() -> str:
+    return os.urandom(_NONCE_BYTES).hex()
+
+
+class _Framed:
+    def __init__(self) -> None:
+        self._decoder = FrameDecoder(MAX_FRAME)
+        self._out = bytearray()
+
+    def data_to_send(self) -> bytes:
+        out, self._out = bytes(self._out), bytearray()
+        return out
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        self._out += encode_frame(frame, MAX_FRAME)
+
+    def _frames(self, data: bytes) -> list[dict[str, Any]]:
+        self._decoder.receive_data(data)
+        frames = []
+        while (frame := self._decoder.next_frame()) is not None:
+            frames.append(frame)
+        return frames
+
+
+class ServerSession(_Framed):
+    """The daemon's end of one connection. Frames before a valid `auth` other than `auth` are a
+    protocol error (the shell closes the connection); a wrong proof is AuthFailed, after the
+    `refused` frame was queued."""
+
+    def __init__(self, token: bytes, host: str, slots: int, nonce: str | None = None) -> None:
+        super().__init__()
+        self._token = token
+        self.host = host
+        self.slots = slots
+        self._nonce = nonce or _new_nonce()
+        self.authenticated = False
+        self._send({"t": "hello", "v": VERSION, "nonce": self._nonce, "host": host, "slots": slots})
+
+    def receive(self, data: bytes) -> list[StartRequested | StopRequested | str]:
+        """Events: StartRequested, StopRequested, "authenticated", "ping" (answered by `pong`)."""
+        events: list[StartRequested | StopRequested | str] = []
+        for frame in self._frames(data):
+            kind = frame.get("t")
+            if not self.authenticated:
+                if kind != "auth":
+                    raise ProtocolError(f"expected auth, got {kind!r}")
+                self._authenticate(frame)
+                events.append("authenticated")
+            elif kind == "start":
+                event = frame.get("event")
+                if not isinstance(event, dict):
+                    raise ProtocolError("'start': event must be an object")
+                events.append(StartRequested(_text(frame, "ref"), event))
+            elif kind == "stop":
+                events.append(StopRequested(_text(frame, "ref"), _number(frame, "grace", 0, 3600)))
+            elif kind == "ping":
+                events.append("ping")
+            else:
+                raise ProtocolError(f"unknown message {kind!r}")
+        return events
+
+    def _authenticate(self, frame: dict[str, Any]) -> None:
+        if frame.get("v") != VERSION:
+            self._refuse(f"protocol version {frame.get('v')!r} not supported (host daemon speaks {VERSION}):"
+                         " upgrade boxer on both sides")
+        client_nonce = _text(frame, "nonce", 64)
+        expected = proof(self._token, "controller", self._nonce, client_nonce)
+        if not hmac.compare_digest(expected, str(frame.get("proof", ""))):
+            self._refuse("authentication failed: wrong host token (is this host from another deployment?)")
+        self.authenticated = True
+        self._client_nonce = client_nonce
+
+    def _refuse(self, reason: str) -> None:
+        self._send({"t": "refused", "reason": reason})
+        raise AuthFailed(reason)
+
+    def welcome(self, running: dict[str, int], exits: list[Exited]) -> None:
+        """Answer a successful auth (the shell calls it on "authenticated")."""
+        self._send({"t": "welcome", "proof": proof(self._token, "host", self._nonce, self._client_nonce),
+                    "running": [{"ref": ref, "pid": pid} for ref, pid in running.items()],
+                    "exits": [{"ref": e.ref, "status": e.status, "reason": e.reason} for e in exits]})
+
+    def started(self, ref: str, pid: int) -> None:
+        self._send({"t": "started", "ref": ref, "pid": pid})
+
+    def start_failed(self, ref: str, reason: str) -> None:
+        self._send({"t": "start_failed", "ref": ref, "reason": reason[:1000]})
+
+    def exited(self, exit: Exited) -> None:
+        self._send({"t": "exited", "ref": exit.ref, "status": exit.status, "reason": exit.reason[:1000]})
+
+    def pong(self, running: int) -> None:
+        self._send({"t": "pong", "running": running})
+
+
+class ClientSession(_Framed):
+    """The controller's end. `receive` raises AuthFailed when the daemon refuses us or cannot
+    prove it holds the token (something else answers on its address)."""
+
+    def __init__(self, token: bytes, nonce: str | None = None) -> None:
+        super().__init__()
+        self._token = token
+        self._nonce = nonce or _new_nonce()
+        self._server_nonce: str | None = None
+        self.hello: HostHello | None = None
+        self.ready = False
+
+    def receive(self, data: bytes) -> list[Welcome | Started | StartFailed | Exited | Pong]:
+        events: list[Welcome | Started | StartFailed | Exited | Pong] = []
+        for frame in self._frames(data):
+            kind = frame.get("t")
+            if kind == "refused":
+                raise AuthFailed(f"the host daemon refused us: {str(frame.get('reason'))[:300]}")
+            if self.hello is None:
+                if kind != "hello":
+                    raise AuthFailed(f"not a boxer host daemon (first message {kind!r})")
+                if frame.get("v") != VERSION:
+                    raise AuthFailed(f"host daemon speaks protocol {frame.get('v')!r}, this controller"
+                                     f" {VERSION}: upgrade boxer on both sides")
+                self._server_nonce = _text(frame, "nonce", 64)
+                self.hello = HostHello(_text(frame, "host", 255), _int(frame, "slots", 0, 100_000))
+                self._send({"t": "auth", "v": VERSION, "nonce": self._nonce,
+                            "proof": proof(self._token, "controller", self._server_nonce, self._nonce)})
+            elif not self.ready:
+                if kind != "welcome":
+                    raise ProtocolError(f"expected welcome, got {kind!r}")
+                assert self._server_nonce is not None
+                expected = proof(self._token, "host", self._server_nonce, self._nonce)
+                if not hmac.compare_digest(expected, str(frame.get("proof", ""))):
+                    raise AuthFailed("the host daemon could not prove it holds the host token")
+                running = frame.get("running")
+                exits = frame.get("exits")
+                if not isinstance(running, list) or not isinstance(exits, list):
+                    raise ProtocolError("'welcome': running and exits must be lists")
+                self.ready = True
+                events.append(Welcome(
+                    self.hello.host, self.hello.slots,
+                    {_text(r, "ref"): _int(r, "pid", 1, 2**31) for r in running if isinstance(r, dict)},
+                    [_exited(e) for e in exits if isinstance(e, dict)]))
+            elif kind == "started":
+                events.append(Started(_text(frame, "ref"), _int(frame, "pid", 1, 2**31)))
+            elif kind == "start_failed":
+                events.append(StartFailed(_text(frame, "ref"), _text(frame, "reason", 1000)))
+            elif kind == "exited":
+                events.append(_exited(frame))
+            elif kind == "pong":
+                events.append(Pong(_int(frame, "running", 0, 100_000)))
+            else:
+                raise ProtocolError(f"unknown message {kind!r}")
+        return events
+
+    def start(self, ref: str, event: dict[str, Any]) -> None:
+        self._send({"t": "start", "ref": ref, "event": event})
+
+    def stop(self, ref: str, grace: float) -> None:
+        self._send({"t": "stop", "ref": ref, "grace": grace})
+
+    def ping(self) -> None:
+        self._send({"t": "ping"})

@@ -1,0 +1,54 @@
+"""`boxer host serve`: the click layer over the vm host daemon (boxer.backends.vmhost.daemon)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from boxer import _aio as aio
+from boxer.cli._common import endpoint_option, fail, setup_logging
+
+
+@click.group("host")
+def host() -> None:
+    """A vm host: the daemon that starts and stops `vm` instances for the controller."""
+
+
+@host.command("serve")
+@click.option("--listen", default="0.0.0.0:7100", show_default=True, metavar="HOST:PORT",
+              help="Where the controller reaches this daemon.")
+@click.option("--secret-file", envvar="BOXER_SECRET_FILE", type=click.Path(dir_okay=False),
+              help="The deployment secret (hex); the daemon's credential is derived from it "
+              "[env BOXER_SECRET_FILE].")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="Instead: the host token itself (hex of HMAC(secret, 'vmhost')).")
+@click.option("--slots", type=click.IntRange(1, 10000), default=1, show_default=True,
+              help="Instances at once. An app binds its ports on the host's address, so one instance "
+              "per host unless the services use distinct ports.")
+@click.option("--log-dir", type=click.Path(file_okay=False), help="Each instance's output goes to "
+              "NAME.HOST.log here (default: the daemon's own stderr is left alone, output dropped).")
+@click.option("--name", help="This host's name in logs and errors (default: the machine's).")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr.")
+def serve_command(listen: str, secret_file: str | None, token_file: str | None, slots: int,
+                  log_dir: str | None, name: str | None, verbose: int) -> None:
+    """Serve the controller: start each `vm` instance it sends (the same event a function
+    instance gets) as `boxer run`, stop it when asked, and report every exit."""
+    from boxer.backends.vmhost.daemon import run_daemon
+    from boxer.backends.vmhost.protocol import host_token
+    from boxer.nat_traversal.auth import SecretError, load_secret
+
+    setup_logging(max(verbose, 1), "host")
+    address = endpoint_option(listen, "--listen")
+    try:
+        if token_file:
+            token = bytes.fromhex(Path(token_file).read_text().strip())
+        else:
+            token = host_token(load_secret(secret_file, None))
+    except (SecretError, ValueError, OSError) as exc:
+        sys.exit(fail(f"no credential for the host daemon: {exc}", 2))
+    if log_dir:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    sys.exit(aio.run(run_daemon(token, address, slots=slots, log_dir=Path(log_dir) if log_dir else None,
+                                host=name)))

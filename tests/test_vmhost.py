@@ -1,0 +1,249 @@
+"""The vm host daemon and the controller's vm tier, over real TCP on loopback (no lab): the
+protocol byte by byte, authentication both ways, start, exit, stop, a lost host, no host."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from boxer.backends.base import InstanceSpec, Placement
+from boxer.backends.errors import CapacityError, LaunchError
+from boxer.backends.vmhost import protocol
+from boxer.backends.vmhost.daemon import HostDaemon, instance_argv
+from boxer.backends.vmhost.tier import NoVmHost, StaticHosts, VmTier
+from boxer.nat_traversal.wire import ProtocolError
+
+SECRET = bytes.fromhex("ab" * 32)
+TOKEN = protocol.host_token(SECRET)
+
+
+def _pair(client_token: bytes = TOKEN) -> tuple[protocol.ServerSession, protocol.ClientSession]:
+    return protocol.ServerSession(TOKEN, "p1", 2), protocol.ClientSession(client_token)
+
+
+def test_handshake_byte_by_byte_then_start_and_exit() -> None:
+    server, client = _pair()
+    events: list[object] = []
+    for byte in server.data_to_send():
+        events += client.receive(bytes([byte]))
+    assert client.hello == protocol.HostHello("p1", 2) and not events
+    for byte in client.data_to_send():
+        events += server.receive(bytes([byte]))
+    assert events == ["authenticated"]
+    server.welcome({"old.1": 42}, [protocol.Exited("gone.3", 1, "exited with status 1")])
+    (welcome,) = client.receive(server.data_to_send())
+    assert welcome == protocol.Welcome("p1", 2, {"old.1": 42}, [protocol.Exited("gone.3", 1, "exited with status 1")])
+    client.start("web-1.1", {"name": "web-1"})
+    client.stop("web-1.1", 2.5)
+    assert server.receive(client.data_to_send()) == [protocol.StartRequested("web-1.1", {"name": "web-1"}),
+                                                      protocol.StopRequested("web-1.1", 2.5)]
+    server.started("web-1.1", 77)
+    server.exited(protocol.Exited("web-1.1", 143, "stopped"))
+    assert client.receive(server.data_to_send()) == [protocol.Started("web-1.1", 77),
+                                                      protocol.Exited("web-1.1", 143, "stopped")]
+
+
+def test_a_wrong_token_is_refused_with_a_reason_and_nothing_is_started() -> None:
+    server, client = _pair(protocol.host_token(bytes.fromhex("cd" * 32)))
+    client.receive(server.data_to_send())
+    with pytest.raises(protocol.AuthFailed, match="wrong host token"):
+        server.receive(client.data_to_send())
+    with pytest.raises(protocol.AuthFailed, match="refused us: authentication failed"):
+        client.receive(server.data_to_send())
+
+
+def test_the_client_refuses_a_daemon_that_cannot_prove_the_token() -> None:
+    impostor = protocol.ServerSession(protocol.host_token(bytes.fromhex("cd" * 32)), "p1", 1)
+    client = protocol.ClientSession(TOKEN)
+    client.receive(impostor.data_to_send())
+    # The impostor skips the check (it cannot tell) and answers with a proof of its own token.
+    impostor.authenticated, impostor._client_nonce = True, client._nonce  # type: ignore[attr-defined]
+    impostor.welcome({}, [])
+    with pytest.raises(protocol.AuthFailed, match="could not prove"):
+        client.receive(impostor.data_to_send())
+
+
+def test_before_auth_anything_else_is_a_protocol_error() -> None:
+    server, client = _pair()
+    client.receive(server.data_to_send())
+    with pytest.raises(ProtocolError, match="expected auth"):
+        server.receive(_frame({"t": "start", "ref": "x", "event": {}}))
+
+
+def _frame(obj: dict) -> bytes:
+    from boxer.nat_traversal.wire import encode_frame
+
+    return encode_frame(obj)
+
+
+def test_instance_argv_is_the_handlers_without_a_lifetime(tmp_path: Path) -> None:
+    from boxer.backends.aws_lambda.event import LambdaEvent
+    from boxer.backends.aws_lambda.handler import AgentLaunch
+
+    event = LambdaEvent.from_dict({"version": 1, "name": "web-1", "service": "web", "index": 1,
+                                   "command": ["nginx", "-g", "daemon off;"], "coordinator": "198.18.0.1:7000",
+                                   "secret": {"file": "/x"}})
+    argv = instance_argv(AgentLaunch(event, tmp_path / "s", 0.0))
+    assert "--lifetime" not in argv
+    assert argv[argv.index("--name") + 1] == "web-1" and argv[-4:] == ["--", "nginx", "-g", "daemon off;"]
+    with_life = instance_argv(AgentLaunch(LambdaEvent(**{**event.__dict__, "lifetime": 60.0}), tmp_path / "s", 60.0))
+    assert with_life[with_life.index("--lifetime") + 1] == "60.000"
+
+
+# -- the daemon and the tier, over TCP ---------------------------------------------------------
+
+def _spec(name: str = "web-1", index: int = 1) -> InstanceSpec:
+    return InstanceSpec(name=name, service="web", index=index, command=("ignored",), placement=Placement.VM,
+                        env={"GREETING": "hi"})
+
+
+def _event(secret_file: Path):
+    def event_for(spec: InstanceSpec) -> dict:
+        return {"version": 1, "name": spec.name, "service": spec.service, "index": spec.index,
+                "command": list(spec.command), "env": dict(spec.env), "coordinator": "127.0.0.1:7000",
+                "secret": {"file": str(secret_file)}}
+    return event_for
+
+
+def _shell(script: str):
+    """argv_for: a shell in place of boxer run, which writes what it was given and then runs `script`."""
+    def argv_for(launch):
+        return ["/bin/sh", "-c", 'echo "$BOXER_INSTANCE_NAME $GREETING $(cat $BOXER_SECRET_FILE)" > '
+                f'"$OUT/$BOXER_INSTANCE_NAME"; {script}']
+    return argv_for
+
+
+async def _daemon(tmp_path: Path, script: str, slots: int = 1) -> tuple[HostDaemon, str]:
+    daemon = HostDaemon(TOKEN, host="p1", slots=slots, base_env={**os.environ, "OUT": str(tmp_path)},
+                        argv_for=_shell(script), secret_dir=str(tmp_path))
+    server = await daemon.serve("127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return daemon, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "secret"
+    path.write_text(SECRET.hex() + "\n")
+    return path
+
+
+def test_launch_exit_and_stop_through_the_daemon(tmp_path: Path, secret_file: Path) -> None:
+    async def main() -> None:
+        daemon, address = await _daemon(tmp_path, "exec sleep 30", slots=2)
+        tier = VmTier(StaticHosts([address]), TOKEN, backend="lambda", event_for=_event(secret_file),
+                      stop_grace=2.0)
+        try:
+            first = await tier.launch(_spec())
+            second = await tier.launch(_spec("web-2", 2))
+            assert first.details["tier"] == "vm" and first.details["daemon"] == address and first.details["host"] == "p1"
+            assert first.details["pid"] in [i.process.pid for i in daemon.instances.values()]
+            await _until(lambda: (tmp_path / "web-1").exists() and (tmp_path / "web-2").exists())
+            # What the instance got: its name, the service's env, the secret (in a 0600 file of its own).
+            assert (tmp_path / "web-1").read_text().split() == ["web-1", "hi", SECRET.hex()]
+            assert tier.status()["in_use"] == 2
+            with pytest.raises(CapacityError):
+                tier.host_wait = 0.3
+                await tier.launch(_spec("web-3", 3))
+            await tier.stop(first)
+            assert first.ended and first.details["exit_status"] == 143  # SIGTERM
+            # A slot is free again: the third goes where the first was.
+            third = await tier.launch(_spec("web-3", 3))
+            os.kill(third.details["pid"], 9)
+            await _until(lambda: third.ended)
+            assert third.state.value == "failed" and "status 137 on vm host p1" in str(third.reason)
+            assert not list(tmp_path.glob("boxer-secret-*")) or len(list(tmp_path.glob("boxer-secret-*"))) == 1
+        finally:
+            await tier.close()
+            await daemon.close(1.0)
+        assert not daemon.instances and second.details["pid"]
+
+    asyncio.run(main())
+
+
+def test_no_vm_host_reachable_names_each_address_and_why(secret_file: Path) -> None:
+    async def main() -> None:
+        tier = VmTier(StaticHosts(["127.0.0.1:1", "127.0.0.1:2"]), TOKEN, backend="lambda",
+                      event_for=_event(secret_file))
+        with pytest.raises(NoVmHost) as caught:
+            await tier.launch(_spec())
+        text = str(caught.value)
+        assert "no vm host reachable (127.0.0.1:1: Connect call failed" in text or "refused" in text.lower()
+        assert "127.0.0.1:2" in text and "security group" in text
+        empty = VmTier(StaticHosts([]), TOKEN, backend="lambda", event_for=_event(secret_file))
+        with pytest.raises(NoVmHost, match="no vm host to start it on: 0 listed vm host"):
+            await empty.launch(_spec())
+
+    asyncio.run(main())
+
+
+def test_a_daemon_of_another_deployment_is_not_used(tmp_path: Path, secret_file: Path) -> None:
+    async def main() -> None:
+        daemon, address = await _daemon(tmp_path, "exec sleep 30")
+        tier = VmTier(StaticHosts([address]), protocol.host_token(bytes.fromhex("cd" * 32)), backend="lambda",
+                      event_for=_event(secret_file))
+        try:
+            with pytest.raises(NoVmHost, match="wrong host token"):
+                await tier.launch(_spec())
+            assert not daemon.instances
+        finally:
+            await daemon.close(1.0)
+
+    asyncio.run(main())
+
+
+def test_a_bad_event_fails_the_launch_with_the_events_problems(tmp_path: Path, secret_file: Path) -> None:
+    async def main() -> None:
+        daemon, address = await _daemon(tmp_path, "exec sleep 30")
+        tier = VmTier(StaticHosts([address]), TOKEN, backend="lambda",
+                      event_for=lambda spec: {"version": 1, "name": spec.name})
+        try:
+            with pytest.raises(LaunchError, match="missing field"):
+                await tier.launch(_spec())
+        finally:
+            await tier.close()
+            await daemon.close(1.0)
+
+    asyncio.run(main())
+
+
+def test_exits_while_the_controller_was_away_reach_it_on_reconnect(tmp_path: Path, secret_file: Path) -> None:
+    async def main() -> None:
+        daemon, address = await _daemon(tmp_path, "sleep 0.5; exit 3")
+        tier = VmTier(StaticHosts([address]), TOKEN, backend="lambda", event_for=_event(secret_file))
+        try:
+            handle = await tier.launch(_spec())
+            link = next(iter(tier.links.values()))
+            tier._lost(link, "cut for the test")  # the connection goes; the instance runs on
+            await _until(lambda: not daemon.instances, 5)
+            assert not handle.ended
+            assert await tier._connect(link)  # the welcome carries the exit
+            assert handle.ended and handle.details["exit_status"] == 3
+        finally:
+            await tier.close()
+            await daemon.close(1.0)
+
+    asyncio.run(main())
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def test_boxer_host_serve_refuses_to_start_without_a_credential(tmp_path: Path) -> None:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "boxer", "host", "serve", "--listen", "127.0.0.1:7199"],
+                            capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                 if k != "BOXER_SECRET_FILE"}, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("boxer: no credential for the host daemon: no deployment secret")
