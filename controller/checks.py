@@ -33,24 +33,11 @@ def cross_field_issues(deployment: Deployment) -> list[Finding]:
 
 
 def lambda_backend_issues(deployment: Deployment) -> list[Finding]:
-    """The `lambda` backend starts instances on Lambda only: `vm` placement (long-running hosts
-    with a public address) is something it cannot give, so such services are refused rather
-    than quietly run on functions or on the controller's machine (docs/aws.md)."""
+    """What the `lambda` backend cannot pass on. `vm` placement and `baseCapacity` it can: those
+    instances go to the vm hosts' daemons (docs/aws.md, the vm tier; whether the deployment has
+    vm hosts is for `boxer up` to check, against the terraform outputs)."""
     findings: list[Finding] = []
     for name, svc in deployment.services.items():
-        if svc.placement is Placement.VM:
-            findings.append((
-                ("services", name, "placement"), "vm",
-                "the lambda backend runs `function` placement only (Lambda has no long-running"
-                " public hosts): use placement `function`, or run this service yourself with"
-                " `boxer run` on a host you keep (docs/aws.md)",
-            ))
-        elif svc.base_capacity:
-            findings.append((
-                ("services", name, "baseCapacity"), svc.base_capacity,
-                "baseCapacity places instances on `vm`, which the lambda backend cannot start"
-                " (it runs `function` placement only): remove it (docs/aws.md)",
-            ))
         for key in sorted(svc.env):
             # The event's env reaches the agent's own process (docs/security.md).
             if key.startswith(("LD_", "PYTHON", "BOXER_")) and key not in _RESERVED_ENV:

@@ -45,7 +45,7 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
     if info is None:
         log.error("no deployment record in %s: start deployments with `boxer up`", paths.deployment)
         return 2
-    runtime = _make_runtime(paths, info, tick, metrics_fd, zygote)
+    runtime = await _make_runtime(paths, info, tick, metrics_fd, zygote)
     if runtime is None:
         return 2
     kind = info.backend
@@ -74,14 +74,14 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
     return 0
 
 
-def _make_runtime(paths: DeployPaths, info: DeploymentRecord, tick: float, metrics_fd: int | None = None,
+async def _make_runtime(paths: DeployPaths, info: DeploymentRecord, tick: float, metrics_fd: int | None = None,
                   zygote: tuple[int, int, int] | None = None) -> Any:
     """The deployment's backend and its ControllerRuntime, from its record and the file it runs;
     None (said in the log) when the backend cannot be made."""
     kind = info.backend
     # The backend first: the lab's agent zygote then warms up while the validator (pydantic)
     # and the runtime are imported, instead of holding up the first instances afterwards.
-    made = _lambda_backend(info) if kind == "lambda" else _lab_backend(info, paths, kind, zygote)
+    made = await _lambda_backend(info) if kind == "lambda" else _lab_backend(info, paths, kind, zygote)
     if made is None:
         return None
     backend, coordinator, secret, facts = made
@@ -170,6 +170,8 @@ def _lab_backend(info: DeploymentRecord, paths: DeployPaths, kind: str,
     lab = load_lab(info.lab)
     host, _, port = lab.coordinator.rpartition(":")
     options: dict[str, Any] = {"adopt_zygote": zygote} if zygote is not None else {}
+    if kind == "lambda-local":  # vm instances through host daemons on the public hosts, as on EC2
+        options["host_daemons"] = True
     if kind == "lambda-local" and info.image:  # --image: bring-up mounted it and wrote what the sandboxes need
         options["image_file"] = paths.root / "image.json"
     backend: Any = get_backend(kind, lab=lab, log_dir=paths.instances, cwd=info.dir, spare_hosts=1, **options)
@@ -177,13 +179,15 @@ def _lab_backend(info: DeploymentRecord, paths: DeployPaths, kind: str,
             {"lab": lab.name, "hosts": backend.describe()})
 
 
-def _lambda_backend(info: DeploymentRecord) -> Any:
-    """`lambda`: instances are invocations of the function in outputs.json; the coordinator
-    is the one terraform made, the secret is read from SSM (standard credential chain), here
-    on the user's machine: no lab, no root."""
+async def _lambda_backend(info: DeploymentRecord) -> Any:
+    """`lambda`: instances are invocations of the function in outputs.json, and `vm` ones go to
+    the daemons of the vm hosts (the Auto Scaling group the outputs name); the coordinator is
+    the one terraform made, the secret is read from SSM (aiobotocore, standard credential chain):
+    no lab, no root."""
     from boxer.agent.control import parse_endpoint
     from boxer.backends import get_backend
-    from boxer.backends.aws_lambda.preflight import SetupError, load_facts, read_deployment_secret
+    from boxer.backends.aws_lambda.preflight import SetupError, load_facts, read_deployment_secret_async
+    from boxer.backends.vmhost.protocol import host_token
 
     outputs = info.outputs
     if outputs is None:
@@ -191,11 +195,12 @@ def _lambda_backend(info: DeploymentRecord) -> Any:
         return None
     try:
         facts = load_facts(outputs)
-        secret = read_deployment_secret(facts, outputs=outputs)
+        secret = await read_deployment_secret_async(facts, outputs=outputs)
     except SetupError as exc:
         log.error("%s", exc)
         return None
-    backend = get_backend("lambda", facts=facts, max_concurrency=int(info.max_concurrency or 100))
+    backend = get_backend("lambda", facts=facts, max_concurrency=int(info.max_concurrency or 100),
+                          vm_token=host_token(secret))
     return (backend, parse_endpoint(facts.coordinator_address), secret,
             {"lab": None, "function": facts.function_name, "region": facts.region,
              "outputs": str(outputs)})

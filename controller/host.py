@@ -153,7 +153,7 @@ async def _start(config: HostConfig, request: Any, notes: list[str],
     from boxer.controller.daemon import _applier, _make_runtime
 
     try:
-        runtime = _make_runtime(paths, record, config.tick)
+        runtime = await _make_runtime(paths, record, config.tick)
     except BaseException:
         logging.getLogger().removeHandler(handler)
         raise

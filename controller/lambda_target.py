@@ -44,13 +44,34 @@ def preflight(file: Path, deployment: Any, outputs: Path | None, say: Say) -> La
     try:
         path = outputs_path(outputs, os.environ, settings.outputs, file.resolve().parent)
         facts = load_facts(path)
+    except SetupError as exc:
+        raise DeploymentError(str(exc)) from None
+    # Before any AWS call: a file the outputs cannot run is fixed first.
+    if not facts.vm_host_group:
+        vm = vm_services(deployment)
+        if vm:
+            raise DeploymentError(
+                f"{path}: {', '.join(vm)} run on vm hosts, and this deployment has none (no vm_host_group"
+                " output): set the terraform variable vm_host_count (e.g. 2), `terraform apply`, then"
+                f" `terraform output -json > {path.name}` (docs/aws.md, the vm tier)")
+    try:
         check(facts, path)
     except SetupError as exc:
         raise DeploymentError(str(exc)) from None
+
     return LambdaTarget(outputs=str(path.resolve()), function=facts.function_name, region=facts.region,
                         coordinator=facts.coordinator_address,
                         max_concurrency=concurrency_slots(settings, facts, say),
                         register_timeout=settings.register_timeout_seconds)
+
+
+def vm_services(deployment: Any) -> list[str]:
+    """`services.NAME` of each service that puts instances on vm hosts (placement vm, or a
+    baseCapacity)."""
+    from boxer.controller.spec import Placement
+
+    return [f"services.{name}" for name, svc in deployment.services.items()
+            if svc.placement is Placement.VM or svc.base_capacity]
 
 
 def concurrency_slots(settings: Any, facts: Any, say: Say) -> int:

@@ -329,3 +329,23 @@ def test_lambda_env_may_not_set_what_would_reach_the_agent() -> None:
     clean = parse_deployment(textwrap.dedent(deployment.format(backend="lambda")).replace(
         "      LD_PRELOAD: /tmp/evil.so\n      PYTHONPATH: /app\n      BOXER_SECRET_FILE: /etc/passwd\n", ""), "d.yaml")
     assert clean.services["kv"].env == {"MAXMEMORY": "64mb"}
+
+
+def test_the_lambda_backend_takes_vm_placement_and_base_capacity() -> None:
+    """The vm tier runs them (docs/aws.md); before, both were refused with `backend: lambda`."""
+    text = textwrap.dedent("""\
+        backend: lambda
+        services:
+          web:
+            command: [nginx]
+            placement: vm
+          api:
+            command: [srv]
+            baseCapacity: 2
+            minInstances: 2
+            maxInstances: 6
+            autoscale: {target: 10}
+        """)
+    deployment = parse_deployment(text, "d.yaml")
+    assert deployment.services["web"].placement.value == "vm"
+    assert deployment.services["api"].base_capacity == 2

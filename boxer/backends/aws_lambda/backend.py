@@ -14,6 +14,11 @@ mock, which does not patch aiohttp; the benchmark's baseline) runs in a small th
 botocore's own retries are off: we retry throttling here, with exponential backoff and full
 jitter, so the schedule is ours, visible in the logs and testable.
 
+The vm tier: an instance of `vm` placement is not an invocation but a `boxer run` on a vm host,
+started by that host's daemon (boxer.backends.vmhost: `boxer host serve`) with the same event.
+The hosts are the instances of the Auto Scaling group the terraform outputs name
+(`vm_host_group`, found through EC2 by boxer.backends.vmhost.discovery), or `vm_hosts=` given.
+
 Concurrency: each live instance holds one slot of a semaphore sized like the function's share
 of the account's concurrent executions; the state is reported by `status()` for `boxer status`.
 A slot is given back when the handle ends (stopped, or marked failed).
@@ -34,7 +39,7 @@ from typing import Any
 
 from boxer.backends.aws_lambda.event import SecretRef, event_for
 from boxer.backends.aws_lambda.facts import LambdaFacts
-from boxer.backends.base import InstanceHandle, InstanceSpec
+from boxer.backends.base import InstanceHandle, InstanceSpec, Placement
 from boxer.backends.errors import CapacityError, LaunchError
 
 __all__ = [
@@ -162,7 +167,12 @@ class LambdaBackend:
         max_workers: int = 8,
         max_connections: int = 64,
         rng: random.Random | None = None,
+        vm_token: bytes | None = None,
+        vm_hosts: Any = None,
     ) -> None:
+        """`vm_token`: the host daemons' credential (vmhost.protocol.host_token of the deployment
+        secret); with it, `vm` instances go to the hosts of `vm_hosts` (a vmhost.tier.HostSource),
+        by default the Auto Scaling group of the outputs' `vm_host_group`."""
         if (facts is None) == (outputs is None):
             raise ValueError("give exactly one of facts= or outputs= (a `terraform output "
                              "-json` file)")
@@ -180,6 +190,17 @@ class LambdaBackend:
                                         thread_name_prefix="boxer-lambda")
         self.throttled_total = 0  # TooManyRequests answers seen, for status and metrics
         self._secret = SecretRef("ssm_parameter", self.facts.secret_parameter_name)
+        self.vm_tier: Any = None
+        if vm_token is not None:
+            from boxer.backends.vmhost.tier import VmTier
+
+            if vm_hosts is None and self.facts.vm_host_group:
+                from boxer.backends.vmhost.discovery import AutoScalingHosts
+
+                vm_hosts = AutoScalingHosts(self.facts.vm_host_group, region=self.facts.region,
+                                            port=self.facts.vm_host_port)
+            if vm_hosts is not None:
+                self.vm_tier = VmTier(vm_hosts, vm_token, backend=self.name, event_for=self.event)
 
     def event(self, spec: InstanceSpec) -> dict[str, Any]:
         """The event that `launch(spec)` sends (also what the golden files pin down)."""
@@ -187,6 +208,13 @@ class LambdaBackend:
                          secret=self._secret).to_dict()
 
     async def launch(self, spec: InstanceSpec) -> InstanceHandle:
+        if spec.placement is Placement.VM:
+            if self.vm_tier is None:
+                raise LaunchError(spec.name, "this deployment has no vm hosts (the terraform outputs name no"
+                                  " vm_host_group): set vm_host_count > 0 and apply, then `terraform output"
+                                  " -json` again (docs/aws.md, the vm tier)", code="NoVmHost")
+            handle: InstanceHandle = await self.vm_tier.launch(spec)
+            return handle
         payload = json.dumps(self.event(spec), separators=(",", ":")).encode()
         if len(payload) > MAX_ASYNC_PAYLOAD:
             raise LaunchError(spec.name, f"event is {len(payload)} bytes, over Lambda's "
@@ -216,6 +244,9 @@ class LambdaBackend:
         return handle
 
     async def stop(self, handle: InstanceHandle) -> None:
+        if handle.details.get("tier") == "vm" and self.vm_tier is not None:
+            await self.vm_tier.stop(handle)  # its host's daemon can end it
+            return
         # Lambda has no call that ends a running invocation. The controller stops a Lambda
         # instance through its agent (drain, deregister, exit; the handler then returns);
         # here we only give back its slot.
@@ -239,6 +270,8 @@ class LambdaBackend:
         }
 
     async def close(self) -> None:
+        if self.vm_tier is not None:
+            await self.vm_tier.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._client_exit is not None:
             exit_client, self._client_exit, self._client = self._client_exit, None, None

@@ -19,6 +19,9 @@ from boxer.backends.errors import FactsError
 __all__ = ["REQUIRED_OUTPUTS", "LambdaFacts"]
 
 REQUIRED_OUTPUTS = ("function_name", "coordinator_address", "secret_parameter_name", "region")
+# The vm tier (terraform/vm_hosts.tf): the Auto Scaling group of the vm hosts and their daemon's
+# port. Absent (or an empty group name, vm_host_count = 0): the deployment has no vm hosts.
+VM_OUTPUTS = ("vm_host_group", "vm_host_port")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 _ADDRESS = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
 
@@ -29,6 +32,8 @@ class LambdaFacts:
     coordinator_address: str  # "ip:port", the coordinator's Elastic IP
     secret_parameter_name: str  # SSM SecureString holding the deployment secret
     region: str
+    vm_host_group: str | None = None
+    vm_host_port: int = 7100
 
     @classmethod
     def from_outputs(cls, outputs: Any, *, source: str = "terraform outputs") -> LambdaFacts:
@@ -56,9 +61,24 @@ class LambdaFacts:
         region = values.get("region")
         if region is not None and not _REGION.match(region):
             problems.append(f"region {region!r} does not look like an AWS region (eu-west-1)")
+        vm: dict[str, Any] = {}
+        group = _value(outputs.get("vm_host_group"))
+        if group not in (None, ""):
+            if not isinstance(group, str):
+                problems.append(f"output vm_host_group must be a string, got {group!r}")
+            else:
+                vm["vm_host_group"] = group
+        port = _value(outputs.get("vm_host_port"))
+        if port is not None:
+            if isinstance(port, str) and port.isdigit():
+                port = int(port)
+            if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+                problems.append(f"output vm_host_port must be a port number, got {port!r}")
+            else:
+                vm["vm_host_port"] = port
         if problems:
             raise FactsError(source, problems)
-        return cls(**values)
+        return cls(**values, **vm)
 
     @classmethod
     def load(cls, path: str | Path) -> LambdaFacts:
@@ -70,3 +90,7 @@ class LambdaFacts:
         except json.JSONDecodeError as exc:
             raise FactsError(str(path), [f"not JSON ({exc})"]) from None
         return cls.from_outputs(outputs, source=str(path))
+
+
+def _value(entry: Any) -> Any:
+    return entry.get("value") if isinstance(entry, dict) else entry

@@ -32,6 +32,7 @@ __all__ = [
     "outputs_path",
     "preflight",
     "read_deployment_secret",
+    "read_deployment_secret_async",
 ]
 
 OUTPUTS_ENV = "BOXER_TF_OUTPUTS"
@@ -155,6 +156,43 @@ def read_deployment_secret(facts: LambdaFacts, client_factory: ClientFactory = a
         return load_secret(None, value.strip())
     except BadSecret as exc:  # its messages never show the value
         raise SetupError(f"SSM parameter {name} does not hold a usable secret: {exc}") from None
+
+
+async def read_deployment_secret_async(facts: LambdaFacts, outputs: str | Path = "outputs.json",
+                                      client: Any = None) -> bytes:
+    """As read_deployment_secret, through aiobotocore, on the caller's loop: what the controller
+    does at start (its other AWS calls, Invoke and EC2, are aiobotocore too). The same checks and
+    the same one-line errors. `client`: an aiobotocore SSM client (tests), else one is made."""
+    try:
+        from aiobotocore.session import get_session
+    except ImportError:
+        raise SetupError("the lambda backend needs aiobotocore: pip install 'boxer[aws]'") from None
+    if client is not None:
+        return await _read_secret_with(client, facts, outputs)
+    from aiobotocore.config import AioConfig
+
+    config = AioConfig(connect_timeout=5, read_timeout=10, retries={"total_max_attempts": 2})
+    async with get_session().create_client("ssm", region_name=facts.region, config=config) as made:
+        return await _read_secret_with(made, facts, outputs)
+
+
+async def _read_secret_with(client: Any, facts: LambdaFacts, outputs: str | Path) -> bytes:
+    class _Answered:  # read_deployment_secret's checks, on the reply we already have
+        def __init__(self, reply: Any = None, error: Exception | None = None) -> None:
+            self.reply, self.error = reply, error
+
+        def get_parameter(self, **_: Any) -> Any:
+            if self.error is not None:
+                raise self.error
+            return self.reply
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        answered = _Answered(await client.get_parameter(Name=facts.secret_parameter_name, WithDecryption=True))
+    except (ClientError, BotoCoreError) as exc:
+        answered = _Answered(error=exc)
+    return read_deployment_secret(facts, lambda service, region: answered, outputs)
 
 
 def check_function(facts: LambdaFacts, client_factory: ClientFactory = aws_client,

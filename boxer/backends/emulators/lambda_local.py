@@ -44,7 +44,7 @@ import psutil
 from boxer._python import module_argv
 from boxer.backends.aws_lambda.event import SecretRef, event_for
 from boxer.backends.aws_lambda.secrets import ALLOW_FILE_SECRET_ENV
-from boxer.backends.base import InstanceHandle, InstanceSpec
+from boxer.backends.base import InstanceHandle, InstanceSpec, Placement
 from boxer.backends.emulators.image import ImageRoot
 from boxer.backends.emulators.runtime_api import RuntimeApiServer
 from boxer.backends.emulators.sandbox import SandboxConfig, sandbox_argv
@@ -237,9 +237,15 @@ class LocalLambdaBackend(LocalBackend):
     SANDBOX_SECRET = "/tmp/.boxer-lab/secret"  # where the sandbox's copy of the lab's secret is
 
     def __init__(self, lab: Any, *, timeout: float = MAX_TIMEOUT, handler: str = DEFAULT_HANDLER,
-                 image_file: str | Path | None = None, deny: Sequence[str] = (), **options: Any) -> None:
+                 image_file: str | Path | None = None, deny: Sequence[str] = (), host_daemons: bool = False,
+                 host_port: int = 7100, **options: Any) -> None:
         """`deny`: system calls, `family:NAME`s and SO_REUSEPORT the sandbox refuses, as a kernel
-        without them would (with image_file; boxer.backends.emulators.sandbox)."""
+        without them would (with image_file; boxer.backends.emulators.sandbox).
+
+        `host_daemons`: the lab's public hosts play the EC2 vm hosts of the lambda backend's vm
+        tier: each runs `boxer host serve` (started with the first `vm` instance, on
+        `host_port`), and `vm` instances go through them (boxer.backends.vmhost), as on AWS,
+        instead of being invocations on a public host."""
         if not 0 < timeout <= MAX_TIMEOUT:
             raise ValueError(f"timeout {timeout} s must be in (0, {MAX_TIMEOUT:g}]")
         super().__init__(lab, **options)
@@ -247,6 +253,99 @@ class LocalLambdaBackend(LocalBackend):
         self.handler = handler
         self.image_file = str(image_file) if image_file is not None else None
         self.deny = tuple(deny)
+        self.host_daemons = host_daemons and bool(lab.public_hosts)
+        self.host_port = host_port
+        self.vm_tier: Any = None
+        self._daemons: dict[str, Any] = {}  # public host -> its daemon's process
+        self._daemons_up: Any = None  # the task starting them
+
+    # -- the vm tier: host daemons on the public hosts ------------------------------------------
+
+    def vm_event(self, spec: InstanceSpec) -> dict[str, Any]:
+        """What a vm host's daemon gets: the event a function instance gets (the lab's secret file
+        is on the same machine), without the lifetime of a function."""
+        event = event_for(spec, coordinator=self.lab.coordinator, secret=SecretRef("file", str(self.lab.secret_file)))
+        return event.to_dict()
+
+    async def _start_daemons(self) -> Any:
+        import asyncio
+
+        from boxer.backends.vmhost.protocol import host_token
+        from boxer.backends.vmhost.tier import StaticHosts, VmTier
+        from boxer.nat_traversal.auth import load_secret
+
+        async def start(host: Any) -> str:
+            argv = module_argv("boxer", "host", "serve", "--listen", f"{host.address}:{self.host_port}",
+                               "--secret-file", str(self.lab.secret_file), "--name", host.name,
+                               *(["--log-dir", str(self.log_dir)] if self.log_dir is not None else []),
+                               python=self.python)
+            log_file = (open(self.log_dir / f"host-daemon.{host.name}.log", "ab")  # noqa: SIM115
+                        if self.log_dir is not None else None)
+            process = await asyncio.create_subprocess_exec(
+                *self.lab.command(host.name, argv), env=self.lab.env(host.name, self.base_env),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=log_file or asyncio.subprocess.DEVNULL, start_new_session=True)
+            if log_file is not None:
+                log_file.close()
+            self._daemons[host.name] = process
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), 20)  # "... serving on ..."
+            if b"serving on" not in line:
+                raise RuntimeError(f"the host daemon in {host.name} did not start (see host-daemon.{host.name}.log)")
+            return f"{host.address}:{self.host_port}"
+
+        addresses = await asyncio.gather(*(start(host) for host in self.lab.public_hosts))
+        hosts = self.lab.public_hosts
+        self._vm_host_names = {address: host.name for address, host in zip(addresses, hosts, strict=True)}
+        secret = load_secret(str(self.lab.secret_file), None)
+        self.vm_tier = VmTier(StaticHosts(list(addresses)), host_token(secret), backend=self.name,
+                              event_for=self.vm_event, stop_grace=self.stop_grace, host_wait=self.host_wait)
+        log.info("vm tier: host daemons on %s", ", ".join(addresses))
+        return self.vm_tier
+
+    async def launch(self, spec: InstanceSpec) -> InstanceHandle:
+        if not (self.host_daemons and spec.placement is Placement.VM):
+            return await super().launch(spec)
+        import asyncio
+
+        if self._daemons_up is None:
+            self._daemons_up = asyncio.get_running_loop().create_task(self._start_daemons())
+        tier = await asyncio.shield(self._daemons_up)
+        handle: InstanceHandle = await tier.launch(spec)
+        host = self._vm_host_names.get(handle.details["daemon"])
+        if self.log_dir is not None and host is not None:
+            path = self.log_dir / f"{spec.name}.{host}.log"
+            handle.details["log"] = str(path)
+            handle.details["log_offset"] = 0
+        return handle
+
+    async def stop(self, handle: InstanceHandle) -> None:
+        if handle.details.get("tier") == "vm" and self.vm_tier is not None:
+            await self.vm_tier.stop(handle)
+            return
+        await super().stop(handle)
+
+    async def close(self) -> None:
+        import asyncio
+        import contextlib
+
+        if self.vm_tier is not None:
+            running = [h for link in self.vm_tier.links.values() for h in link.handles.values()]
+            await asyncio.gather(*(self.vm_tier.stop(h) for h in running), return_exceptions=True)
+            await self.vm_tier.close()
+        if self._daemons_up is not None and not self._daemons_up.done():
+            self._daemons_up.cancel()
+        for process in self._daemons.values():  # SIGTERM: each stops what it still runs, then exits
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+        for process in self._daemons.values():
+            try:
+                await asyncio.wait_for(process.wait(), self.stop_grace + 3)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+        await super().close()
 
     def argv(self, spec: InstanceSpec) -> list[str]:
         argv = module_argv("boxer.backends.emulators.lambda_local", "--timeout", f"{self.timeout:g}",
