@@ -53,7 +53,7 @@ def unquote(value: Any) -> Any:
 
 
 def test_module_layout() -> None:
-    assert {p.name for p in TF_FILES} == {"main.tf", "variables.tf", "outputs.tf", "versions.tf"}
+    assert {p.name for p in TF_FILES} == {"main.tf", "variables.tf", "outputs.tf", "versions.tf", "vm_hosts.tf"}
     assert (MODULE / "README.md").exists()
 
 
@@ -158,6 +158,78 @@ def test_roles_are_least_privilege() -> None:
         for action in statement["actions"]
     }
     assert function_actions == {"logs:CreateLogStream", "logs:PutLogEvents", "ssm:GetParameter"}
+
+
+def _render(template: Path, values: dict[str, Any]) -> str:
+    """What templatefile() makes of the template: ${name} replaced (these templates use no other
+    interpolation; a leftover ${ would be one, and fails the test)."""
+    text = template.read_text()
+    for key, value in values.items():
+        text = text.replace("${" + key + "}", str(value))
+    assert "${" not in text, re.findall(r"\$\{[^}]*\}", text)
+    return text
+
+
+def test_vm_host_user_data_runs_the_host_daemon_as_a_unit(tmp_path: Path) -> None:
+    """The launch template's user data: every variable it names is passed, it is valid bash, and
+    the unit it writes runs `boxer host serve` from the image's venv on the outputs' port, with the
+    secret as a file; the command is one the CLI accepts."""
+    vm = load("vm_hosts.tf")
+    template = resources(vm, "aws_launch_template")["vm_host"]
+    passed = set(re.findall(r"(\w+)\s*=", template["user_data"].split("{", 1)[1]))
+    text = (MODULE / "templates" / "vm-host-user-data.sh.tftpl").read_text()
+    assert set(re.findall(r"\$\{(\w+)\}", text)) <= passed
+    rendered = _render(MODULE / "templates" / "vm-host-user-data.sh.tftpl", {
+        "region": "eu-west-1", "registry": "1.dkr.ecr.eu-west-1.amazonaws.com",
+        "image": "1.dkr.ecr.eu-west-1.amazonaws.com/boxer-demo:v1", "secret_parameter": "/boxer-demo/secret",
+        "port": 7100, "slots": 1})
+    script = tmp_path / "user-data.sh"
+    script.write_text(rendered)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    unit = rendered.split("<<UNIT\n", 1)[1].split("\nUNIT\n", 1)[0]
+    assert "[Service]" in unit and "Restart=always" in unit and "WantedBy=multi-user.target" in unit
+    exec_start = " ".join(unit.split("ExecStart=", 1)[1].split("\n# ")[0].replace("\\\n", " ").split())
+    assert "--network host" in exec_start and "--entrypoint /opt/boxer/bin/python" in exec_start
+    daemon_argv = exec_start.split("/opt/boxer/bin/python ", 1)[1].split()[1:]  # after the image
+    assert daemon_argv[:4] == ["-m", "boxer", "host", "serve"]
+    assert daemon_argv[daemon_argv.index("--listen") + 1] == "0.0.0.0:7100"
+    assert daemon_argv[daemon_argv.index("--secret-file") + 1] == "/run/boxer/secret"
+    assert "-v /etc/boxer/secret:/run/boxer/secret:ro" in exec_start
+    assert "systemctl enable --now boxer-host" in rendered
+    # The command parses as the CLI's own (the options exist).
+    from click.testing import CliRunner
+
+    from boxer.cli.host import serve_command
+
+    args = daemon_argv[4:]
+    args[args.index("--secret-file") + 1] = str(tmp_path / "absent")
+    result = CliRunner().invoke(serve_command, args)
+    assert "no such option" not in (result.output or "").lower() and result.exit_code == 2
+    assert "cannot read the deployment secret" in result.output
+
+
+def test_vm_tier_outputs_and_rules() -> None:
+    """The outputs the controller reads for the vm tier exist; the daemon port is open to the
+    coordinator (where the controller runs) and nothing else comes in; the controller may list the
+    group; the hosts' port default is the daemon's."""
+    from boxer.backends.aws_lambda.facts import VM_OUTPUTS
+    from boxer.backends.vmhost.protocol import DEFAULT_PORT
+
+    vm = load("vm_hosts.tf")
+    assert set(VM_OUTPUTS) <= set(blocks(vm, "output"))
+    assert blocks(vm, "variable")["vm_host_port"]["default"] == DEFAULT_PORT
+    ingress = resources(vm, "aws_vpc_security_group_ingress_rule")
+    assert list(ingress) == ["vm_host_daemon"]
+    rule = ingress["vm_host_daemon"]
+    assert rule["from_port"] == rule["to_port"] == "${var.vm_host_port}"
+    assert rule["referenced_security_group_id"] == "${aws_security_group.coordinator.id}"
+    egress = resources(vm, "aws_vpc_security_group_egress_rule")
+    assert egress["coordinator_to_vm_hosts"]["referenced_security_group_id"] == "${aws_security_group.vm_host[0].id}"
+    (document,) = [b["aws_iam_policy_document"]["controller_vm"] for b in vm["data"] if "aws_iam_policy_document" in b]
+    assert sorted(document["statement"][0]["actions"]) == ["autoscaling:DescribeAutoScalingGroups",
+                                                           "ec2:DescribeInstances"]
+    group = resources(vm, "aws_autoscaling_group")["vm_host"]
+    assert group["min_size"] == group["max_size"] == group["desired_capacity"] == "${var.vm_host_count}"
 
 
 def test_checkov_skips_are_justified_in_place() -> None:
