@@ -67,6 +67,39 @@ resource "aws_ssm_parameter" "secret" {
 }
 
 ################################################################################
+# The controller's control API: the token every call presents (made here, read by the
+# coordinator VM and by the users allowed to run deployments) and the TLS certificate the VM
+# makes at first boot and publishes here (its private key never leaves the VM)
+################################################################################
+
+resource "random_password" "control_token" {
+  length  = 48
+  special = false
+}
+
+resource "aws_ssm_parameter" "control_token" {
+  name        = "/${var.name}/control-token"
+  description = "boxer controller's control API credential (bearer token) for ${var.name}"
+  type        = "SecureString"
+  key_id      = var.kms_key_arn
+  value       = random_password.control_token.result
+  tags        = local.tags
+}
+
+resource "aws_ssm_parameter" "controller_certificate" {
+  name        = "/${var.name}/controller-certificate"
+  description = "boxer controller's TLS certificate (PEM, public), written by the coordinator VM at boot"
+  type        = "SecureString"
+  key_id      = var.kms_key_arn
+  value       = "pending: the coordinator instance writes its certificate here at first boot"
+  tags        = local.tags
+
+  lifecycle {
+    ignore_changes = [value] # the VM's to write
+  }
+}
+
+################################################################################
 # Function
 ################################################################################
 
@@ -209,6 +242,32 @@ resource "aws_iam_policy" "controller" {
   tags        = local.tags
 }
 
+# Whoever sends deployments to the controller on the coordinator VM (boxer up --controller)
+# needs only its token and its certificate: no Lambda, no deployment secret.
+data "aws_iam_policy_document" "control_client" {
+  statement {
+    sid       = "ReadControlCredential"
+    actions   = ["ssm:GetParameter"]
+    resources = [aws_ssm_parameter.control_token.arn, aws_ssm_parameter.controller_certificate.arn]
+  }
+
+  dynamic "statement" {
+    for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
+    content {
+      sid       = "DecryptControlCredential"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+    }
+  }
+}
+
+resource "aws_iam_policy" "control_client" {
+  name        = "${var.name}-control-client"
+  description = "Lets a user reach the boxer controller of ${var.name} (its token and certificate)"
+  policy      = data.aws_iam_policy_document.control_client.json
+  tags        = local.tags
+}
+
 ################################################################################
 # Coordinator: an EC2 instance with an Elastic IP, no L7 proxy in front, so it sees each
 # function's NAT-mapped source address
@@ -265,8 +324,20 @@ resource "aws_vpc_security_group_ingress_rule" "relay" {
   cidr_ipv4         = each.value
 }
 
-# Out: only HTTPS, for ECR (the image), SSM (the secret) and package mirrors. Agents connect
-# in; the coordinator never dials them.
+# The controller's control API (TLS, and a token on every call): closed unless you name who may
+# reach it (var.controller_allowed_cidrs, e.g. your address /32).
+resource "aws_vpc_security_group_ingress_rule" "control" {
+  for_each          = toset(var.controller_allowed_cidrs)
+  security_group_id = aws_security_group.coordinator.id
+  description       = "boxer control API (boxer up --controller)"
+  ip_protocol       = "tcp"
+  from_port         = var.controller_port
+  to_port           = var.controller_port
+  cidr_ipv4         = each.value
+}
+
+# Out: only HTTPS, for ECR (the images), SSM (the secret), Lambda (the controller's Invoke) and
+# package mirrors. Agents connect in; the coordinator never dials them.
 resource "aws_vpc_security_group_egress_rule" "https" {
   security_group_id = aws_security_group.coordinator.id
   description       = "ECR, SSM and package repositories"
@@ -309,14 +380,40 @@ data "aws_iam_policy_document" "coordinator" {
   statement {
     sid       = "ReadDeploymentSecret"
     actions   = ["ssm:GetParameter"]
-    resources = [aws_ssm_parameter.secret.arn]
+    resources = [aws_ssm_parameter.secret.arn, aws_ssm_parameter.control_token.arn]
   }
+
+  statement {
+    sid       = "PublishControllerCertificate"
+    actions   = ["ssm:PutParameter"]
+    resources = [aws_ssm_parameter.controller_certificate.arn]
+  }
+
+  dynamic "statement" {
+    for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
+    content {
+      sid       = "EncryptDecryptParameters"
+      actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"]
+      resources = [statement.value]
+    }
+  }
+}
+
+# The controller beside the coordinator starts instances as `boxer up` would from a laptop.
+resource "aws_iam_role_policy_attachment" "coordinator_controller" {
+  role       = aws_iam_role.coordinator.name
+  policy_arn = aws_iam_policy.controller.arn
 }
 
 resource "aws_iam_role_policy" "coordinator" {
   name   = "${var.name}-coordinator"
   role   = aws_iam_role.coordinator.id
   policy = data.aws_iam_policy_document.coordinator.json
+}
+
+# The controller's image: the same Dockerfile's `controller` target, pushed beside the function's.
+locals {
+  controller_image_uri = coalesce(var.controller_image_uri, "${aws_ecr_repository.this.repository_url}:${var.image_tag}-controller")
 }
 
 resource "aws_iam_instance_profile" "coordinator" {
@@ -337,11 +434,17 @@ resource "aws_instance" "coordinator" {
   user_data_replace_on_change = true
 
   user_data = templatefile("${path.module}/templates/coordinator-user-data.sh.tftpl", {
-    region           = local.region
-    registry         = split("/", aws_ecr_repository.this.repository_url)[0]
-    image            = local.image_uri
-    secret_parameter = aws_ssm_parameter.secret.name
-    port             = var.coordinator_port
+    region                = local.region
+    registry              = split("/", aws_ecr_repository.this.repository_url)[0]
+    image                 = local.image_uri
+    controller_image      = local.controller_image_uri
+    secret_parameter      = aws_ssm_parameter.secret.name
+    token_parameter       = aws_ssm_parameter.control_token.name
+    certificate_parameter = aws_ssm_parameter.controller_certificate.name
+    parameter_key         = coalesce(var.kms_key_arn, "alias/aws/ssm")
+    function_name         = aws_lambda_function.this.function_name
+    port                  = var.coordinator_port
+    control_port          = var.controller_port
   })
 
   metadata_options {

@@ -44,3 +44,28 @@ output "coordinator_instance_id" {
   description = "EC2 instance id of the coordinator (for SSM Session Manager or logs)."
   value       = aws_instance.coordinator.id
 }
+
+output "controller_address" {
+  description = "The controller's control API, ip:port (boxer up FILE --controller ...); reachable from controller_allowed_cidrs."
+  value       = "${aws_eip.coordinator.public_ip}:${var.controller_port}"
+}
+
+output "controller_token_parameter_name" {
+  description = "SSM SecureString parameter holding the control API's token (--controller-token-file)."
+  value       = aws_ssm_parameter.control_token.name
+}
+
+output "controller_certificate_parameter_name" {
+  description = "SSM parameter holding the controller's TLS certificate, written at its first boot (--controller-ca)."
+  value       = aws_ssm_parameter.controller_certificate.name
+}
+
+output "controller_server_name" {
+  description = "The name the controller's certificate is for (--controller-server-name)."
+  value       = "boxer-controller"
+}
+
+output "control_client_policy_arn" {
+  description = "IAM policy to attach to whoever runs boxer up --controller (reads the token and the certificate)."
+  value       = aws_iam_policy.control_client.arn
+}

@@ -131,6 +131,34 @@ variable "coordinator_allowed_cidrs" {
   }
 }
 
+variable "controller_port" {
+  description = "TCP port of the controller's control API on the coordinator VM (TLS and a token; boxer up --controller)."
+  type        = number
+  default     = 7443
+
+  validation {
+    condition     = var.controller_port >= 1024 && var.controller_port <= 65535 && floor(var.controller_port) == var.controller_port
+    error_message = "The controller port must be a whole number between 1024 and 65535."
+  }
+}
+
+variable "controller_allowed_cidrs" {
+  description = "Sources allowed to reach the controller port, e.g. [\"198.51.100.7/32\"] for your address. Empty (the default) keeps it closed."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.controller_allowed_cidrs : can(cidrhost(c, 0))])
+    error_message = "Each entry must be a CIDR block like 198.51.100.7/32."
+  }
+}
+
+variable "controller_image_uri" {
+  description = "Full image URI of the controller (lambda_image/Dockerfile --target controller). Null uses <module ECR repository>:<image_tag>-controller."
+  type        = string
+  default     = null
+}
+
 variable "coordinator_instance_type" {
   description = "EC2 instance type of the coordinator."
   type        = string

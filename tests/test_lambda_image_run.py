@@ -191,7 +191,8 @@ def test_the_coordinator_command_terraform_runs_works_from_the_image(opened, tmp
     from boxer.backends.emulators.sandbox import SandboxConfig, sandbox_argv
 
     template = (ROOT / "terraform" / "templates" / "coordinator-user-data.sh.tftpl").read_text()
-    (exec_start,) = re.findall(r"^ExecStart=(.*?[^\\])$", template.replace("\\\n", " "), re.M)
+    (exec_start,) = [line for line in re.findall(r"^ExecStart=(.*?[^\\])$", template.replace("\\\n", " "), re.M)
+                     if " boxer coordinator " in line]  # the other unit is the controller's
     words = shlex.split(exec_start.replace("${image}", "IMAGE").replace("${port}", "7000"))
     entrypoint = words[words.index("--entrypoint") + 1]
     args = words[words.index("IMAGE") + 1:]

@@ -117,6 +117,10 @@ def test_security_group_opens_exactly_the_ports_the_coordinator_serves() -> None
     variables = {name: body for block in load("variables.tf")["variable"] for name, body in block.items()}
     assert variables["coordinator_port"]["default"] == DEFAULT_PORT
     ingress = resources(main, "aws_vpc_security_group_ingress_rule")
+    control = ingress.pop("control")  # the controller's port, to its own (by default no) sources
+    assert (control["from_port"], control["to_port"]) == ("${var.controller_port}", "${var.controller_port}")
+    assert control["for_each"] == "${toset(var.controller_allowed_cidrs)}" and control["cidr_ipv4"] == "${each.value}"
+    assert variables["controller_allowed_cidrs"]["default"] == []
     offsets = {}
     for name, rule in ingress.items():
         assert rule["from_port"] == rule["to_port"], name
@@ -131,6 +135,156 @@ def test_security_group_opens_exactly_the_ports_the_coordinator_serves() -> None
     assert not resources(main, "aws_security_group")["coordinator"].get("ingress")
     egress = resources(main, "aws_vpc_security_group_egress_rule")
     assert [(r["from_port"], r["to_port"]) for r in egress.values()] == [(443, 443)]
+
+
+# -- the coordinator VM's user data: the units it writes ---------------------------------------
+
+TEMPLATE = MODULE / "templates" / "coordinator-user-data.sh.tftpl"
+TEMPLATE_VARS = {
+    "region": "eu-west-1", "registry": "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+    "image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/boxer:v1",
+    "controller_image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/boxer:v1-controller",
+    "secret_parameter": "/boxer/deployment-secret", "token_parameter": "/boxer/control-token",
+    "certificate_parameter": "/boxer/controller-certificate", "parameter_key": "alias/aws/ssm",
+    "function_name": "boxer",
+    "port": 7000, "control_port": 7443,
+}
+
+
+def render_user_data(values: dict[str, Any] = TEMPLATE_VARS) -> str:
+    """The user data as terraform's templatefile() renders it (`terraform console`, in an empty
+    folder: no providers needed), or, without terraform, the same substitution done here (the
+    template uses ${name} and nothing else of terraform's template language)."""
+    binary = shutil.which("terraform")
+    text = TEMPLATE.read_text()
+    if binary is None:
+        return re.sub(r"\$\{(\w+)\}", lambda m: str(values[m.group(1)]), text)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(TEMPLATE, Path(folder) / "t.tftpl")
+        assignments = ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+        run = subprocess.run([binary, f"-chdir={folder}", "console"], input=f'templatefile("t.tftpl", {{{assignments}}})\n',
+                             capture_output=True, text=True, timeout=60, check=True)
+    body = run.stdout.strip()
+    assert body.startswith("<<EOT\n") and body.endswith("\nEOT"), body[:200]
+    return body[len("<<EOT\n"):-len("\nEOT")] + "\n"
+
+
+def units(script: str) -> dict[str, dict[str, list[str]]]:
+    """{unit name: {key: [values]}} of every unit the script writes (cat > ...service <<UNIT),
+    continuation lines joined."""
+    found = {}
+    for name, body in re.findall(r"cat > /etc/systemd/system/([\w-]+)\.service <<UNIT\n(.*?)\nUNIT\n", script, re.S):
+        keys: dict[str, list[str]] = {}
+        for line in body.replace("\\\n", " ").splitlines():
+            if "=" in line and not line.startswith(("#", "[")):
+                key, _, value = line.partition("=")
+                keys.setdefault(key, []).append(value)
+        found[name] = keys
+    return found
+
+
+def test_the_user_data_starts_the_coordinator_and_the_controller_beside_it() -> None:
+    import shlex
+
+    script = render_user_data()
+    assert "${" not in script
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    if shutil.which("shellcheck"):
+        check = subprocess.run(["shellcheck", "-s", "bash", "-"], input=script, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+    written = units(script)
+    assert set(written) == {"boxer-coordinator", "boxer-controller"}
+    assert re.search(r"^systemctl enable --now boxer-coordinator boxer-controller$", script, re.M)
+    commands = {}
+    for name, keys in written.items():
+        assert keys["Restart"] == ["always"], name
+        (exec_start,) = keys["ExecStart"]
+        words = shlex.split(exec_start)
+        assert words[:2] == ["/usr/bin/docker", "run"] and "--network" in words and words[words.index("--network") + 1] == "host"
+        assert words[words.index("--entrypoint") + 1] == "/opt/boxer/bin/python"  # the image's own venv
+        commands[name] = words[words.index("--entrypoint") + 3:]
+        assert keys["ExecStartPre"] == [f"-/usr/bin/docker rm -f {name}"] and keys["ExecStop"] == [f"/usr/bin/docker stop {name}"]
+    coordinator = written["boxer-coordinator"]["ExecStart"][0]
+    assert TEMPLATE_VARS["image"] + " " in coordinator
+    assert commands["boxer-coordinator"] == ["-m", "boxer", "coordinator", "--listen", "0.0.0.0:7000", "--secret-file",
+                                             "/run/boxer/secret"]
+    controller = written["boxer-controller"]
+    assert TEMPLATE_VARS["controller_image"] + " " in controller["ExecStart"][0]
+    assert "boxer-coordinator.service" in controller["After"][0] and controller["Wants"] == ["boxer-coordinator.service"]
+    assert commands["boxer-controller"] == [
+        "-m", "boxer.controller.daemon", "--serve", "--backend", "lambda", "--outputs", "/etc/boxer/control/outputs.json",
+        "--control-listen", "0.0.0.0:7443", "--control-cert", "/etc/boxer/control/tls.crt",
+        "--control-key", "/etc/boxer/control/tls.key", "--control-token-file", "/etc/boxer/control/token",
+        "--control-socket", "/var/lib/boxer/control/sock"]
+    # The token comes from SSM; the certificate is made here and published; the outputs the
+    # controller reads name the coordinator on loopback.
+    assert f'--name "{TEMPLATE_VARS["token_parameter"]}" --with-decryption' in script
+    assert (f'put-parameter --region "eu-west-1" --name "{TEMPLATE_VARS["certificate_parameter"]}" --type SecureString '
+            '--key-id "alias/aws/ssm" --overwrite --value "file:///etc/boxer/control/tls.crt"') in script.replace("\\\n  ", "")
+    outputs = json.loads(re.search(r"outputs.json <<JSON\n(.*?)\nJSON\n", script, re.S).group(1))
+    assert {k: v["value"] for k, v in outputs.items()} == {
+        "function_name": "boxer", "coordinator_address": "127.0.0.1:7000",
+        "secret_parameter_name": "/boxer/deployment-secret", "region": "eu-west-1"}
+    from boxer.backends.aws_lambda.facts import REQUIRED_OUTPUTS
+
+    assert set(REQUIRED_OUTPUTS) <= set(outputs)
+
+
+def test_the_controller_unit_serves_with_the_certificate_the_user_data_makes(tmp_path: Path) -> None:
+    """The controller unit's command, run here (loopback, the /etc/boxer/control files in a
+    temporary folder) with a certificate made by the user data's own openssl line and a token
+    like terraform's: a client that checks the certificate against it, by the name the
+    certificate is for, and presents the token, is answered (no deployment yet); a wrong token
+    is refused."""
+    import shlex
+    import socket
+    import sys
+    import time
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    from boxer.controller.api.client import ControlClient, ControlError
+
+    script = render_user_data()
+    (make_cert,) = re.findall(r"^\s*(openssl req .*)$", script, re.M)
+    control = tmp_path / "control"
+    control.mkdir()
+    subprocess.run(shlex.split(make_cert.replace("/etc/boxer/control", str(control))), check=True, capture_output=True)
+    token = "".join(__import__("secrets").choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+                    for _ in range(48))  # random_password: 48, no special characters
+    (control / "token").write_text(token + "\n")  # `aws ssm get-parameter --output text` ends it with a newline
+    (control / "outputs.json").write_text(json.dumps({"function_name": {"value": "boxer"}}))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    words = shlex.split(units(script)["boxer-controller"]["ExecStart"][0])
+    argv = [a.replace("/etc/boxer/control", str(control)).replace("/var/lib/boxer", str(tmp_path / "state"))
+             .replace("0.0.0.0:7443", f"127.0.0.1:{port}") for a in words[words.index("--entrypoint") + 3:]]
+    env = {**os.environ, "BOXER_DEPLOY_STATE_ROOT": str(tmp_path / "state" / "deploy")}
+    proc = subprocess.Popen([sys.executable, *argv], env=env, stderr=subprocess.PIPE)
+    try:
+        server_name = re.search(r"DNS:([\w-]+)", make_cert).group(1)
+        cert = (control / "tls.crt").read_bytes()
+        client = ControlClient.at(f"127.0.0.1:{port}", ca=cert, token=token, server_name=server_name)
+        deadline = time.monotonic() + 20
+        with client:
+            while True:
+                try:
+                    client.status(timeout=2)
+                except ControlError as exc:
+                    if "no deployment runs on the controller" in str(exc):
+                        break
+                    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                    assert time.monotonic() < deadline, exc
+                    time.sleep(0.2)
+        with ControlClient.at(f"127.0.0.1:{port}", ca=cert, token="x" * 48, server_name=server_name) as bad, \
+                pytest.raises(ControlError, match="refused the credential"):
+            bad.status(timeout=5)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
 
 
 def test_coordinator_has_a_fixed_public_address() -> None:
