@@ -445,6 +445,11 @@ resource "aws_instance" "coordinator" {
     function_name         = aws_lambda_function.this.function_name
     port                  = var.coordinator_port
     control_port          = var.controller_port
+    # The vm tier's group by its name, not by a reference: the hosts' user data names the
+    # coordinator's address, so a reference back would be a cycle (tests/test_terraform.py
+    # holds the two to the same name).
+    vm_host_group = local.vm_enabled ? "${var.name}-vm-hosts" : ""
+    vm_host_port  = var.vm_host_port
   })
 
   metadata_options {

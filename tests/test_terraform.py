@@ -147,7 +147,7 @@ TEMPLATE_VARS = {
     "secret_parameter": "/boxer/deployment-secret", "token_parameter": "/boxer/control-token",
     "certificate_parameter": "/boxer/controller-certificate", "parameter_key": "alias/aws/ssm",
     "function_name": "boxer",
-    "port": 7000, "control_port": 7443,
+    "port": 7000, "control_port": 7443, "vm_host_group": "boxer-vm-hosts", "vm_host_port": 7100,
 }
 
 
@@ -226,7 +226,18 @@ def test_the_user_data_starts_the_coordinator_and_the_controller_beside_it() -> 
     outputs = json.loads(re.search(r"outputs.json <<JSON\n(.*?)\nJSON\n", script, re.S).group(1))
     assert {k: v["value"] for k, v in outputs.items()} == {
         "function_name": "boxer", "coordinator_address": "127.0.0.1:7000",
-        "secret_parameter_name": "/boxer/deployment-secret", "region": "eu-west-1"}
+        "secret_parameter_name": "/boxer/deployment-secret", "region": "eu-west-1",
+        "vm_host_group": "boxer-vm-hosts", "vm_host_port": 7100}
+    # The vm hosts' group, named as vm_hosts.tf names it (a reference would be a cycle).
+    group = resources(load("vm_hosts.tf"), "aws_autoscaling_group")["vm_host"]["name"]
+    (passed,) = [c for c in resources(load("main.tf"), "aws_instance")["coordinator"]["user_data"].split(",")
+                 if "vm_host_group" in c]
+    assert group == "${var.name}-vm-hosts" and '"${var.name}-vm-hosts"' in passed, (group, passed)
+    from boxer.backends.aws_lambda.facts import LambdaFacts
+
+    facts = LambdaFacts.from_outputs(outputs)
+    assert (facts.vm_host_group, facts.vm_host_port, facts.coordinator_address) == ("boxer-vm-hosts", 7100,
+                                                                                  "127.0.0.1:7000")
     from boxer.backends.aws_lambda.facts import REQUIRED_OUTPUTS
 
     assert set(REQUIRED_OUTPUTS) <= set(outputs)
