@@ -29,6 +29,7 @@ from typing import Any
 
 from boxer.backends.base import Backend, HandleState, InstanceHandle, InstanceSpec
 from boxer.controller.book import Book, Launch, Record, Tell, actions_for
+from boxer.controller.instance_logs import InstanceLogBook
 from boxer.controller.metrics import Metrics, serve_metrics
 from boxer.controller.partition import NORMAL, Mode, Verdict
 from boxer.controller.paths import DeployPaths, write_json_atomic
@@ -122,6 +123,9 @@ class ControllerRuntime:
         self.failing: frozenset[str] = frozenset()  # services crash-looping: no instance, back-off
         self._last_frame = 0.0  # loop time of the coordinator's last frame
         self._stalled = False  # the coordinator has been silent for COORDINATOR_SILENT
+        # Beside the instances' logs: their starts and exits, and when each log grew (`boxer logs`).
+        self.logbook = InstanceLogBook(paths.instances, wall) if paths is not None else None
+        self._exits_logged: set[str] = set()  # instance ids whose exit is in it already
 
     def apply(self, deployment: Deployment, rolled: Iterable[str] = ()) -> None:
         """Run on an edited deployment file from now on (`boxer up` again; boxer.controller.reapply
@@ -171,6 +175,7 @@ class ControllerRuntime:
                 if self.connected.is_set() and not self._coordinator_stalled(loop.time()):
                     await self._tick_guarded(loop.time())
                 self._write_status()
+                self._sample_logs()
                 self._ticked.set()  # the control API's watchers: a new status
                 self._ticked = asyncio.Event()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -189,6 +194,19 @@ class ControllerRuntime:
                 metrics_server.close()
             if self._timeline is not None:
                 self._timeline.close()
+            self._sample_logs()
+            if self.logbook is not None:
+                self.logbook.close()
+
+    def _sample_logs(self) -> None:
+        if self.logbook is not None:
+            self.logbook.sample(h.details["log"] for h in self.handles.values()
+                                if isinstance(h.details.get("log"), str))
+
+    def _log_event(self, name: str, service: str, text: str) -> None:
+        """A line among the instance's own in `boxer logs` (started, exited, stopped...)."""
+        if self.logbook is not None:
+            self.logbook.event(name, service, text)
 
     async def _tick_guarded(self, now: float) -> None:
         """A tick that cannot end the controller: whatever one tick raises (a bug, a value no
@@ -224,6 +242,8 @@ class ControllerRuntime:
                 self.metrics.inc("boxer_controller_restarts_total", service=service)
             log.info("%s %s: %s", kind, getattr(decision, "instance_id", None)
                      or getattr(decision, "instance", ""), decision.reason)
+            if isinstance(decision, (Drain, Stop)) and (record := self.book.records.get(decision.instance)):
+                self._log_event(record.name, record.service, f"{kind}: {decision.reason}")
         for action in actions:
             self._apply(action, now)
         self.metrics.inc("boxer_controller_ticks_total")
@@ -293,12 +313,16 @@ class ControllerRuntime:
             self.book.launch_failed(start.instance_id, str(exc))
             self._last_error = f"launch of {start.name}: {exc}"
             self._note_failure(start.name, start.service, action.agent_id, str(exc), start.instance_id)
+            self._log_event(start.name, start.service, f"launch failed: {exc}")
             return
         record = self.book.records.get(start.instance_id)
         if record is None or record.stopping:
             await self.backend.stop(handle)  # told to stop while it was being launched
             return
         self.handles[start.instance_id] = handle
+        if self.logbook is not None:
+            self.logbook.started(start.name, start.service, handle.details,
+                                 region=getattr(getattr(self.backend, "facts", None), "region", None))
         # A lab host, or for Lambda the request id (what to look for in the function's logs).
         record.host = str(handle.details.get("host") or handle.details.get("request_id")
                           or "") or None
@@ -314,9 +338,11 @@ class ControllerRuntime:
         finally:
             self.handles.pop(instance_id, None)
             self._stopping_ids.discard(instance_id)
+            self._exits_logged.discard(instance_id)
             self.book.forget(instance_id)
 
     def _collect_exits(self, now: float) -> None:
+        self._sample_logs()  # an instance's last lines are timed before its exit is logged
         for instance_id, handle in list(self.handles.items()):
             if handle.ended and instance_id not in self._stopping_ids:
                 record = self.book.records.get(instance_id)
@@ -325,6 +351,10 @@ class ControllerRuntime:
                     self._note_failure(record.name, record.service, record.agent_id,
                                        handle.reason or "failed", record.id)
                 status = handle.details.get("exit_status")
+                if record is not None and not record.exited:
+                    self._exits_logged.add(instance_id)
+                    self._log_event(record.name, record.service, f"exited with status {status}"
+                                    if isinstance(status, int) else f"ended: {handle.reason or 'failed'}")
                 self.book.exited(instance_id, status if isinstance(status, int) else None, now)
 
     def _check_registrations(self, now: float) -> None:
@@ -346,6 +376,7 @@ class ControllerRuntime:
                     reason += f" (invocation {request_id}: see the function's log)"
                 handle.mark_failed(reason)
             log.warning("%s failed: %s", record.name, reason)
+            self._log_event(record.name, record.service, f"failed: {reason}")
             self.metrics.inc("boxer_controller_register_timeouts_total", service=record.service)
             self.book.launch_failed(record.id, reason)
             self._last_error = f"{record.name}: {reason}"
@@ -384,6 +415,10 @@ class ControllerRuntime:
         else:
             then = f"crash loop: started again in {failure.retry_in:g} s (back-off)"
             log.warning("%s %s; %s", failure.name, failure.reason, then)
+        # An exit the backend noticed was logged as such (_collect_exits): then only what follows.
+        logged = failure.instance in self._exits_logged
+        self._exits_logged.discard(failure.instance)
+        self._log_event(failure.name, failure.service, then if logged else f"{failure.reason}; {then}")
         entry.update(exit_status=failure.exit_status, last_log=lines, restarts=failure.restarts,
                      retry_in=failure.retry_in, then=then)
 

@@ -55,6 +55,29 @@ def wait_for(what: str, predicate, timeout: float = 20.0, interval: float = 0.1)
         time.sleep(interval)
 
 
+def control_status(name: str, state_root: str | None = None) -> dict:
+    """A deployment's status as its controller gives it through the control API (the fields of
+    control.proto's DeploymentStatus, which the lab tests check), or once it is gone the last it
+    wrote (status.json, running false). Scripts read `boxer status -o json`, the stable format of
+    docs/cli.md, which names things as the deployment file does. `state_root`: a deployment kept
+    under another BOXER_DEPLOY_STATE_ROOT than this process's."""
+    import os
+
+    from boxer.controller.deployments import load_status
+
+    saved = os.environ.get("BOXER_DEPLOY_STATE_ROOT")
+    if state_root is not None:
+        os.environ["BOXER_DEPLOY_STATE_ROOT"] = state_root
+    try:
+        return load_status(name) or {"running": False, "services": {}, "instances": []}
+    finally:
+        if state_root is not None:
+            if saved is None:
+                os.environ.pop("BOXER_DEPLOY_STATE_ROOT", None)
+            else:
+                os.environ["BOXER_DEPLOY_STATE_ROOT"] = saved
+
+
 def deployment_down(name: str) -> None:
     """Take a test's deployment down and leave nothing of it: `boxer down`, the lab's own
     teardown for whatever down could not do, and the deployment's files under /run/boxer/deploy

@@ -197,7 +197,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 def test_status_watch_down_and_logs_on_the_unix_socket(server: Server) -> None:
-    from boxer.controller.api.client import ControlClient
+    from boxer.controller.api.client import ControlClient, LogLine
 
     assert stat.S_IMODE(server.socket.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(server.socket.stat().st_mode) == 0o600
@@ -207,14 +207,27 @@ def test_status_watch_down_and_logs_on_the_unix_socket(server: Server) -> None:
         assert status["instances"][0]["address"] is None and status["lab"] is None  # unset: None
         seen = [s["updated_at"] for s, _ in zip(client.watch(timeout=10), range(3), strict=False)]
         assert len(seen) == 3 and seen == sorted(seen) and seen[0] < seen[-1]
-        assert list(client.logs(tail=2)) == [("controller", "two"), ("controller", "three")]
-        (server.tmp / "instances" / "web-1.h1.log").write_text("started\n")
-        lines = client.logs("web-1", follow=True, timeout=5)
-        assert next(lines) == ("web-1.h1.log", "started")
-        with open(server.tmp / "instances" / "web-1.h1.log", "a") as log:
+        assert [(line.source, line.text) for line in client.logs(tail=2)] == [("controller", "two"),
+                                                                               ("controller", "three")]
+        from boxer.controller.instance_logs import InstanceLogBook
+
+        log_path = server.tmp / "instances" / "web-1.h1.log"
+        log_path.write_text("started\n")
+        book = InstanceLogBook(server.tmp / "instances", wall=lambda: 100.0)
+        book.started("web-1", "web", {"host": "h1", "pid": 7, "log": str(log_path), "log_offset": 0})
+        book.sample([str(log_path)])
+        lines = client.logs("web", follow=True, timeout=5)
+        assert next(lines) == LogLine("web-1", "started on h1 (pid 7)", 100.0, "web", True)
+        assert next(lines) == LogLine("web-1", "started", 100.0, "web", False)
+        with open(log_path, "a") as log:
             log.write("listening on 80\n")
-        assert next(lines) == ("web-1.h1.log", "listening on 80")
+        book.wall = lambda: 101.5
+        book.sample([str(log_path)])
+        assert next(lines) == LogLine("web-1", "listening on 80", 101.5, "web", False)
+        book.event("web-1", "web", "exited with status 127")
+        assert next(lines) == LogLine("web-1", "exited with status 127", 101.5, "web", True)
         lines.close()
+        book.close()
         assert client.down() == 2 and server.stopped.is_set()
 
 
@@ -230,7 +243,8 @@ def test_apply_answers_then_streams_and_a_refusal_is_one_error(server: Server) -
         with pytest.raises(ControlError, match="the controller refused the change: these cannot change "
                                                "while it runs: services.web.placement"):
             client.apply(b"refuse", "/srv/deploy.yaml")
-        with pytest.raises(ControlError, match="no log of an instance called 'nope'"):
+        with pytest.raises(ControlError, match="^no service or instance called 'nope': services none; instances "
+                                               "none yet$"):
             list(client.logs("nope"))
 
 

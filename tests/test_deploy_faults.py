@@ -108,9 +108,7 @@ def test_up_detach_names_a_crash_loop_and_a_service_that_never_listens_then_back
               f"{', '.join(f'{t - first:.1f}' for t in launched)} s")
         assert 3 <= len(launched) <= 6, launched
 
-        shown = subprocess.run([*BOXER, "status", "--name", name, "-o", "json"], capture_output=True,
-                               text=True, timeout=30)
-        report = json.loads(shown.stdout)
+        report = labkit.control_status(name)
         crashy = [i for i in report["instances"] if i["service"] == "crashy"]
         assert any(i["state"] in ("backoff", "exited", "starting") for i in crashy), crashy
         assert max(i["restarts"] for i in crashy) >= 3

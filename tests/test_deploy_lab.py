@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,9 +56,7 @@ services:
 
 
 def status(name: str) -> dict:
-    out = subprocess.run([*BOXER, "status", "--name", name, "-o", "json"], capture_output=True,
-                         text=True, timeout=30, check=True).stdout
-    return json.loads(out)
+    return labkit.control_status(name)
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +236,56 @@ def test_up_again_applies_an_edited_file_while_it_runs(deployment, tmp_path):
         app_pid = subprocess.run(["pgrep", "-P", str(instance["pid"])], capture_output=True,
                                  text=True).stdout.split()[0]
         assert b"VERSION=2" in Path(f"/proc/{app_pid}/environ").read_bytes().split(b"\0")
+
+
+def test_logs_show_each_instance_its_restarts_and_a_misspelled_binary(deployment, tmp_path):
+    """`boxer logs api`: http.server's request lines of every api instance, the killed one's exit
+    and its successor's start between them. A service added with a misspelled binary: `boxer logs
+    -f` shows `command not found` and the exit status 127 as they happen, and ends on Ctrl-C."""
+    from boxer.controller.paths import DeployPaths, read_json
+
+    logs = subprocess.run([*BOXER, "logs", "--name", deployment, "api"], capture_output=True, text=True,
+                          timeout=30)
+    assert logs.returncode == 0, logs.stderr
+    lines = logs.stdout.splitlines()
+    assert any(" api-1    | " in line and '"GET / HTTP/1.1" 200' in line for line in lines), logs.stdout
+    exits = [i for i, line in enumerate(lines) if " api-1    * exited with status 137; started again" in line]
+    restarts = [i for i, line in enumerate(lines) if " api-1    * restarted on h" in line]
+    assert exits and restarts and exits[0] < restarts[0], logs.stdout  # the killed one, then its successor
+    times = [line.split()[0] for line in lines]
+    assert times == sorted(times)
+
+    # A rollout to a misspelled binary: followed from before the edit, the new instance and its
+    # `command not found` appear as they happen (the old instances keep serving).
+    text = Path(read_json(DeployPaths(deployment).deployment)["file"]).read_text()
+    assert 'command: [python3, -m, http.server, "8080"]' in text
+    edited = tmp_path / "deploy.yaml"
+    edited.write_text(text.replace('command: [python3, -m, http.server, "8080"]',
+                                   'command: [pythn3, -m, http.server, "8080"]'))
+    follow = subprocess.Popen([*BOXER, "logs", "-f", "--name", deployment, "api"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    apply = subprocess.Popen([*BOXER, "up", "--name", deployment, str(edited)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    lines_in: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines_in.put(line) for line in follow.stdout], daemon=True).start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not any("exited with status 127" in line for line in seen):
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines_in.get(timeout=max(0.01, deadline - time.monotonic())))
+    finally:
+        apply.send_signal(signal.SIGINT)
+        apply_out, apply_err = apply.communicate(timeout=30)
+        follow.send_signal(signal.SIGINT)
+        _, follow_err = follow.communicate(timeout=30)
+    typo = [line for line in seen if "| boxer: command not found: pythn3" in line]
+    assert typo, (seen[-20:], follow_err, apply_out, apply_err)
+    instance = typo[0].split()[1]
+    assert any(f" {instance}" in line and "* exited with status 127" in line for line in seen), seen[-20:]
+    assert follow.returncode == 130 and "Traceback" not in follow_err, follow_err
+    assert apply.returncode == 130 and "Traceback" not in apply_err, apply_err
+    assert "the deployment runs on" in apply_err
 
 
 def test_down_leaves_nothing_behind(deployment):

@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import labkit
 import pytest
 from labkit import BOXER, boxer_run, wait_for
 
@@ -152,10 +153,7 @@ class Aws:
                               timeout=timeout)
 
     def status(self, name: str) -> dict[str, Any]:
-        out = self.boxer("status", "--name", name, "-o", "json")
-        assert out.returncode == 0, out.stderr
-        status: dict[str, Any] = json.loads(out.stdout)
-        return status
+        return labkit.control_status(name, self.env["BOXER_DEPLOY_STATE_ROOT"])
 
     def stop(self) -> None:
         from boxer.lab import stop_processes

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -44,8 +43,7 @@ def test_up_with_lambda_local_serves_redis_from_an_invocation(tmp_path):
         assert info["backend"] == "lambda-local"
         lab = info["lab"]
         labkit.wait_deployed_redis(lab, "the lambda-local instance", timeout=45)
-        status = json.loads(subprocess.run([*BOXER, "status", "--name", name, "-o", "json"], capture_output=True,
-                                           text=True, timeout=30, check=True).stdout)
+        status = labkit.control_status(name)
         kv = [i for i in status["instances"] if i["service"] == "kv"]
         assert kv and kv[0]["state"] == "ready"
         # the instance really is an invocation: its host runs the local Lambda sandbox

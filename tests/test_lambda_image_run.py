@@ -112,8 +112,7 @@ def test_redis_example_runs_from_the_image_as_a_function(images, tmp_path):
         assert info["image"]["image"] == images[1]
         lab = info["lab"]
         labkit.wait_deployed_redis(lab, "the instances run from the image", timeout=60)
-        status = json.loads(subprocess.run([*BOXER, "status", "--name", name, "-o", "json"], capture_output=True,
-                                           text=True, timeout=30, check=True).stdout)
+        status = labkit.control_status(name)
         assert [i["state"] for i in status["instances"] if i["service"] == "kv"] == ["ready", "ready"]
         # Each redis is the image's own binary, run by the image's handler, as the function's user,
         # with the image's root as its root.

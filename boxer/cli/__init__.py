@@ -23,6 +23,7 @@ COMMANDS = {
     "status": ("boxer.cli.deploy", "status_command"),
     "top": ("boxer.cli.deploy", "top_command"),
     "down": ("boxer.cli.deploy", "down_command"),
+    "logs": ("boxer.cli.logs", "logs_command"),
     "report": ("boxer.cli.deploy", "report_command"),
     "ls": ("boxer.cli.deployments", "ls_command"),
     "use": ("boxer.cli.deployments", "use_command"),

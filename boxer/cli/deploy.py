@@ -192,7 +192,12 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool, 
     running = DeploymentRecord.load(_call(paths_for, name))
     if running is not None and running.controller_alive:
         _make_current(name, running.lab)
-        _apply(file, deployment, name)
+        try:
+            _apply(file, deployment, name)
+        except KeyboardInterrupt:  # the change is the controller's now: stopping the wait undoes nothing
+            click.echo(f"\ninterrupted: the edited file is applied and the deployment runs on; see `boxer status "
+                       f"--name {name}`", err=True)
+            raise SystemExit(130) from None
         return
     backend = deployment.backend.value
     if image is not None and backend != "lambda-local":

@@ -7,7 +7,7 @@
     applied, statuses = client.apply(content, path)   # or ControlError with the refusal
     applied, statuses = client.up(content, path, folder="web", name="")   # a controller host
     client.down() -> int                          # instances told to stop; the controller exits
-    for source, text in client.logs("web-1", tail=20, follow=True): ...
+    for line in client.logs("web", tail=20, follow=True): ...   # LogLine: source, text, time, event
 
 Synchronous (the CLI is); every failure is a ControlError (a DeploymentError) whose message
 names the controller and says what went wrong, never a gRPC traceback.
@@ -29,7 +29,7 @@ from boxer.controller.api.convert import to_dict
 from boxer.controller.errors import DeploymentError
 from boxer.controller.paths import DeployPaths
 
-__all__ = ["Applied", "ControlClient", "ControlError", "watch_when_up"]
+__all__ = ["Applied", "ControlClient", "ControlError", "LogLine", "watch_when_up"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,19 @@ class ControlError(DeploymentError):
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of `boxer logs`: `source` the instance's name (or "controller"), `time` when it
+    was written (None: the controller's log, whose lines carry their own), `event` True for what
+    the controller did or saw (started, exited ...) rather than the instance's output."""
+
+    source: str
+    text: str
+    time: float | None = None
+    service: str = ""
+    event: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,17 +183,22 @@ class ControlClient:
         except grpc.RpcError as exc:
             raise self._fail(exc) from None
 
-    def logs(self, instance: str = "", *, tail: int = 0, follow: bool = False,
-             timeout: float | None = None) -> Iterator[tuple[str, str]]:
-        """(source, line) of the controller's log, or of an instance's (by name)."""
-        call = self._stub.Logs(pb.LogsRequest(instance=instance, tail=tail, follow=follow), timeout=timeout,
+    def logs(self, name: str = "", *, tail: int = 0, follow: bool = False, since: float | None = None,
+             timeout: float | None = None) -> Iterator[LogLine]:
+        """Lines of a service's or an instance's logs, with their starts and exits (events),
+        or with no name the controller's own log. An unknown name is a ControlError whose
+        message names the services and instances there are."""
+        call = self._stub.Logs(pb.LogsRequest(name=name, tail=tail, follow=follow, since=since), timeout=timeout,
                                metadata=self._metadata)
         try:
             for line in call:
-                yield line.source, line.text
+                yield LogLine(line.source, line.text, line.time if line.HasField("time") else None,
+                              line.service, line.event)
         except grpc.RpcError as exc:
             if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                 return
+            if exc.code() is grpc.StatusCode.NOT_FOUND:
+                raise ControlError(str(exc.details()), exc.code()) from None
             raise self._fail(exc) from None
         finally:
             call.cancel()

@@ -63,22 +63,30 @@ class DownReply(_message.Message):
     def __init__(self, instances: _Optional[int] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("instance", "tail", "follow")
-    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("name", "tail", "follow", "since")
+    NAME_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
-    instance: str
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
     tail: int
     follow: bool
-    def __init__(self, instance: _Optional[str] = ..., tail: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    since: float
+    def __init__(self, name: _Optional[str] = ..., tail: _Optional[int] = ..., follow: _Optional[bool] = ..., since: _Optional[float] = ...) -> None: ...
 
 class LogLine(_message.Message):
-    __slots__ = ("source", "text")
+    __slots__ = ("source", "text", "time", "service", "event")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
     source: str
     text: str
-    def __init__(self, source: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+    time: float
+    service: str
+    event: bool
+    def __init__(self, source: _Optional[str] = ..., text: _Optional[str] = ..., time: _Optional[float] = ..., service: _Optional[str] = ..., event: _Optional[bool] = ...) -> None: ...
 
 class DeploymentStatus(_message.Message):
     __slots__ = ("name", "backend", "file", "lab", "function", "region", "deployment", "updated_at", "started_at", "running", "coordinator", "connected", "error", "register_timeout", "backend_status", "failures", "partition", "services", "instances", "outputs", "pid", "hosts")

@@ -100,7 +100,8 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Logs(self, request, context):
-        """Lines of the controller's log or of one instance's log; with follow, new ones as written.
+        """A service's or an instance's output, with its starts and exits between the lines, or the
+        controller's own log; with follow, new lines as written until the client goes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -28,7 +28,7 @@ __all__ = ["Applier", "ControlService", "HostedControl", "Starter", "TcpListener
 
 log = logging.getLogger(__name__)
 
-LOG_POLL = 0.2  # seconds between looks at a followed log file
+LOG_POLL = 0.25  # seconds between looks at followed logs (the controller times their lines per tick)
 # apply(content, path, max_concurrency, register_timeout) -> (changes, rollouts) or raises
 # ApplyRefused: the daemon's, which knows the backend and the record.
 Applier = Callable[[bytes, str, int | None, float | None], tuple[list[str], list[str]]]
@@ -103,15 +103,44 @@ class ControlService(pb_grpc.ControlServicer):
         return pb.DownReply(instances=instances)
 
     async def Logs(self, request: pb.LogsRequest, context: Any) -> AsyncIterator[pb.LogLine]:
-        path = self.log_file if not request.instance else self._instance_log(request.instance)
-        if path is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no log of an instance called {request.instance!r}")
+        if not request.name:
+            async for line in self._controller_log(request):
+                yield line
             return
-        source = "controller" if not request.instance else path.name
-        with open(path, errors="replace") as file:
+        from boxer.controller.instance_logs import LogReader, LogSourceError, UnknownLogTarget, lambda_source
+
+        deployment = getattr(self.runtime, "deployment", None)
+        source = lambda_source()
+        reader = LogReader(self.instance_logs, deployment.services if deployment is not None else (),
+                           cloudwatch=source.entries)
+        try:
+            service, instance = reader.resolve(request.name)
+        except UnknownLogTarget as exc:
+            await source.close()
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            return
+        since = request.since if request.HasField("since") else None
+        try:
+            entries = await reader.entries(service, instance, since=since, tail=request.tail,
+                                           final=not request.follow)
+            while True:
+                for entry in entries:
+                    yield pb.LogLine(source=entry.instance, service=entry.service, text=entry.text,
+                                     time=entry.time, event=entry.event)
+                if not request.follow:
+                    return
+                await asyncio.sleep(LOG_POLL)
+                entries = await reader.entries(service, instance, final=False)
+        except LogSourceError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        finally:
+            await source.close()
+
+    async def _controller_log(self, request: pb.LogsRequest) -> AsyncIterator[pb.LogLine]:
+        with open(self.log_file, errors="replace") as file:
             lines = file.readlines()
             for line in lines[-request.tail:] if request.tail > 0 else lines:
-                yield pb.LogLine(source=source, text=line.rstrip("\n"))
+                yield pb.LogLine(source="controller", text=line.rstrip("\n"))
             partial = ""
             while request.follow:
                 chunk = file.readline()
@@ -120,19 +149,13 @@ class ControlService(pb_grpc.ControlServicer):
                     continue
                 partial += chunk
                 if partial.endswith("\n"):
-                    yield pb.LogLine(source=source, text=partial.rstrip("\n"))
+                    yield pb.LogLine(source="controller", text=partial.rstrip("\n"))
                     partial = ""
 
     async def Up(self, request: Any, context: Any) -> AsyncIterator[pb.ApplyProgress]:
         yield pb.ApplyProgress(refused=pb.Refused(
             reason="this controller runs one deployment, started by `boxer up` on its machine; Up is "
                    "for a controller host (`python -m boxer.controller.daemon --serve`)"))
-
-    def _instance_log(self, name: str) -> Path | None:
-        """The newest log of instance `name` (its logs are <name>.<host>.log; a renewal or a
-        restart on another host leaves older ones)."""
-        found = [p for p in self.instance_logs.glob(f"{name}.*.log") if p.name.count(".") == 2]
-        return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 # up(request) -> the started deployment's service, or raises ApplyRefused: the daemon's, which
