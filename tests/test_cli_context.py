@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,13 +71,17 @@ def test_two_running_and_none_current_is_one_line_that_lists_them(state: State) 
     assert (used.returncode, used.stdout) == (0, "current deployment: beta (lab betad)\n")
     shown = state.boxer("status")
     assert shown.returncode == 0 and shown.stdout.startswith("deployment beta  lab webautosd")
-    assert json.loads(state.boxer("status", "-o", "json-v1").stdout)["name"] == "beta"
+    as_json = json.loads(state.boxer("status", "-o", "json").stdout)
+    # -o json is the stable format (docs/cli.md), named as the file names things; json-v1 the same
+    assert as_json["name"] == "beta" and as_json["services"]["api"]["minInstances"] == 0
+    assert "min" not in as_json["services"]["api"] and as_json["instances"][0]["instanceId"]
+    assert json.loads(state.boxer("status", "-o", "json-v1").stdout) == as_json
 
 
 def test_status_of_an_unknown_or_stopped_deployment(state: State) -> None:
     nothing = state.boxer("status")
     assert (nothing.returncode, nothing.stdout) == (0, "No deployment is running. Start one with `boxer up FILE`.\n")
-    assert json.loads(state.boxer("status", "-o", "json-v1").stdout) == {"running": False}
+    assert json.loads(state.boxer("status", "-o", "json").stdout) == {"running": False}
     state.deployment("web", running=False)
     unknown = state.boxer("status", "--name", "nosuch")
     assert unknown.returncode == 1
@@ -86,7 +90,7 @@ def test_status_of_an_unknown_or_stopped_deployment(state: State) -> None:
     assert stopped.returncode == 0
     assert stopped.stdout.startswith("deployment web is stopped (down 2m0")
     assert "`boxer up /srv/deploy.yaml` starts it again" in stopped.stdout
-    assert json.loads(state.boxer("status", "--name", "web", "-o", "json-v1").stdout) == {"name": "web",
+    assert json.loads(state.boxer("status", "--name", "web", "-o", "json").stdout) == {"name": "web",
                                                                                        "running": False}
 
 
@@ -211,3 +215,73 @@ def test_a_deployment_sent_to_a_controller_host_is_asked_there_and_only_there(st
     # Options name a controller for one command, whatever the context says.
     told = state.boxer("status", "--controller", "203.0.113.9:7443")
     assert told.returncode == 2 and "needs --controller-ca and --controller-token-file" in told.stderr, told
+
+
+@pytest.fixture
+def watched(state: State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """A running deployment `live` whose controller is the real control API server (over a fake
+    runtime that ticks every 0.3 s); the calls it answered."""
+    from test_control_api import Server
+
+    from boxer.controller.paths import DeployPaths
+
+    state.deployment("live", running=True)
+    monkeypatch.setenv("BOXER_DEPLOY_STATE_ROOT", str(state.root))
+    calls: list[str] = []
+    (tmp_path / "srv").mkdir()
+    server = Server(tmp_path / "srv")
+    server.socket = DeployPaths("live").control_socket
+    service = server.service
+    status, watch = service.Status, service.Watch
+
+    async def counted_status(request: object, context: object) -> object:
+        calls.append("Status")
+        return await status(request, context)  # type: ignore[arg-type]
+
+    async def counted_watch(request: object, context: object) -> AsyncIterator[object]:
+        calls.append("Watch")
+        async for status in watch(request, context):  # type: ignore[arg-type]
+            yield status
+
+    service.Status, service.Watch = counted_status, counted_watch  # type: ignore[method-assign]
+    service.runtime.next_tick = _slow_tick(service.runtime)
+    with server:
+        yield calls
+
+
+def _slow_tick(runtime: object) -> object:
+    import asyncio
+
+    async def tick() -> None:  # a tick every 0.3 s, as a controller's (redrawn at most once a second)
+        await asyncio.sleep(0.3)
+        runtime.ticks += 1  # type: ignore[attr-defined]
+
+    return tick
+
+
+def test_status_watch_draws_from_the_watch_stream(state: State, watched: list[str]) -> None:
+    """`status --watch` asks Status once (which deployment, is it running) and then redraws from
+    the control API's Watch stream: a new status each tick, no call per frame."""
+    proc = subprocess.Popen([*BOXER, "status", "--watch", "-o", "json"], env=state.env, stdout=subprocess.PIPE,
+                            text=True)
+    time.sleep(3.5)
+    proc.send_signal(2)
+    out, _ = proc.communicate(timeout=30)
+    frames = [json.loads("{" + part) for part in ("\n" + out).split("\n{")[1:]]
+    assert proc.returncode == 0
+    assert len(frames) >= 3 and [f["updatedAt"] for f in frames] == sorted(f["updatedAt"] for f in frames)
+    assert frames[-1]["updatedAt"] > frames[0]["updatedAt"]
+    assert watched == ["Status", "Watch"]
+
+
+def test_top_draws_from_the_watch_stream(state: State, watched: list[str], tmux: str) -> None:
+    _start_top(state, tmux, 100, 30, "--interval", "0.2")
+    assert "deployment web" in _wait_screen(tmux, "web-1")
+    time.sleep(1.0)  # five more frames
+    subprocess.run(["tmux", "send-keys", "-t", tmux, "q"], check=True)
+    done = state.root.parent / "top.exit"
+    deadline = time.monotonic() + 10
+    while not done.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert done.exists() and done.read_text().strip() == "0", _screen(tmux)
+    assert watched == ["Status", "Watch"]

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -531,9 +531,9 @@ def _seen_text(seen: _Seen, wide: bool) -> str:
 @click.option("--name", help="Deployment [default: the current one, else the only one running].")
 @click.option("-o", "--output", type=click.Choice(["text", "wide", "json", "json-v1"]), default="text",
               show_default=True, help="text fits 100 columns; wide adds path counts, instance id, host "
-                                      "and revision; json is the controller's status.json; json-v1 the "
-                                      "stable format named as the deployment file names things.")
-@click.option("-w", "--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
+                                      "and revision; json is the stable format of docs/cli.md (named as "
+                                      "the deployment file names things; json-v1 names its version).")
+@click.option("-w", "--watch", is_flag=True, help="Redraw on every change (at most once a second) until Ctrl-C.")
 @_remote.controller_options
 def status_command(name: str | None, output: str, watch: bool, controller: str | None, controller_ca: Path | None,
                    controller_token_file: Path | None, controller_server_name: str | None) -> None:
@@ -543,27 +543,57 @@ def status_command(name: str | None, output: str, watch: bool, controller: str |
     Exit status 0, also when nothing runs; 1 when --name names no deployment, or several run and
     none is current (the message lists them)."""
     remote = _remote.chosen(name, controller, controller_ca, controller_token_file, controller_server_name)
+    drawn = 0.0
+    try:
+        for seen in _statuses(name, remote) if watch else [_look(name, remote)]:
+            if watch and time.monotonic() - drawn < WATCH_REDRAW:
+                continue
+            drawn = time.monotonic()
+            if output in ("json", "json-v1"):
+                record = seen.record
+                pid = (seen.status or {}).get("pid") if record is None else record.controller_pid
+                click.echo(json.dumps(status_json(seen.status if seen.running else None, name=seen.name,
+                                                  controller_pid=pid if seen.running else None),
+                                      indent=2))
+            else:
+                if watch:
+                    click.clear()
+                click.echo(_seen_text(seen, wide=output == "wide"))
+    except KeyboardInterrupt:
+        return
+
+
+WATCH_REDRAW = 1.0  # seconds between redraws of `status --watch` (the controller ticks faster)
+
+
+def _client_of(seen: _Seen, remote: Any) -> Any:
+    """A control API client of the deployment `seen` found: its controller host's, or its
+    Unix socket on this machine."""
+    from boxer.controller.api.client import ControlClient
+    from boxer.controller.deployments import paths_for
+
+    if seen.controller is not None:
+        return (remote or _remote.chosen(seen.name)).client()
+    assert seen.name is not None
+    return ControlClient.local(_call(paths_for, seen.name))
+
+
+def _statuses(name: str | None, remote: Any) -> Iterator[_Seen]:
+    """What `status --watch` draws: the deployment's status after every tick, from the control
+    API's Watch stream while its controller runs; once a second what `_look` finds otherwise."""
+    from boxer.controller.api.client import ControlError
+
     while True:
         seen = _look(name, remote)
-        if output == "json":  # the controller's own status.json, as before (tests read its keys)
-            click.echo(json.dumps(seen.status if seen.running
-                                  else {"running": False, "services": {}, "instances": []}, indent=2))
-        elif output == "json-v1":
-            record = seen.record
-            pid = (seen.status or {}).get("pid") if record is None else record.controller_pid
-            click.echo(json.dumps(status_json(seen.status if seen.running else None, name=seen.name,
-                                              controller_pid=pid if seen.running else None),
-                                  indent=2))
-        else:
-            if watch:
-                click.clear()
-            click.echo(_seen_text(seen, wide=output == "wide"))
-        if not watch:
-            return
-        try:
-            time.sleep(1.0)
-        except KeyboardInterrupt:
-            return
+        yield seen
+        if seen.running and seen.name is not None:
+            try:
+                with _client_of(seen, remote) as client:
+                    for status in client.watch():
+                        yield replace(seen, status=status)
+            except ControlError:
+                pass  # gone, or not answering: look again
+        time.sleep(WATCH_REDRAW)
 
 
 @click.command("top")
@@ -578,20 +608,34 @@ def top_command(name: str | None, interval: float, controller: str | None, contr
 
     When nothing runs it says so once and exits 0; when the deployment stops while shown, it says
     so and exits 0. Not on a terminal, it prints one frame and exits (for scripts and logs)."""
+    from boxer.cli._watch import LatestStatus
     from boxer.cli.top import run_top
+
+    watching: list[LatestStatus] = []  # the stream of the deployment shown, while it lasts
 
     remote = _remote.chosen(name, controller, controller_ca, controller_token_file, controller_server_name)
 
     def frame(width: int) -> tuple[str, bool]:
-        seen = _look(name, remote)
-        if not seen.running:
-            return _seen_text(seen, wide=False), False
-        narrow = status_text(seen.status, wide=False)
-        wide = status_text(seen.status, wide=True)
+        if watching and not watching[0].ended.is_set() and watching[0].status is not None:
+            status = watching[0].status
+        else:
+            while watching:
+                watching.pop().close()
+            seen = _look(name, remote)
+            if not seen.running or seen.name is None:
+                return _seen_text(seen, wide=False), False
+            status = seen.status
+            watching.append(LatestStatus(_client_of(seen, remote), first=status))
+        narrow = status_text(status, wide=False)
+        wide = status_text(status, wide=True)
         fits = max(len(line) for line in wide.splitlines()) <= width
         return (wide if fits else narrow), True
 
-    run_top(frame, interval)
+    try:
+        run_top(frame, interval)
+    finally:
+        while watching:
+            watching.pop().close()
 
 
 # -- report ----------------------------------------------------------------------------------

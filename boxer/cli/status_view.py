@@ -227,6 +227,7 @@ def _instance_json(row: dict[str, Any]) -> dict[str, Any]:
         "lifetimeLeftSeconds": _round(row.get("lifetime_left"), 1),
         "exitStatus": row.get("exit_status"), "error": row.get("error") or None,
         "nextTryInSeconds": _round(row.get("next_try_in"), 1),
+        "lastLog": list(row.get("last_log") or []) or None,  # back-off: the failed instance's last lines
     })
 
 
@@ -261,7 +262,8 @@ def status_json(status: dict[str, Any] | None, *, name: str | None = None,
         "instances": [_instance_json(row) for row in instances],
         "failures": [_drop_none({"at": _round(f.get("at"), 3), "name": f.get("name"), "service": f.get("service"),
                                  "reason": f.get("reason"), "exitStatus": f.get("exit_status"),
-                                 "then": f.get("then")}) for f in status.get("failures") or []],
+                                 "then": f.get("then"), "lastLog": list(f.get("last_log") or []) or None})
+                      for f in status.get("failures") or []],
         "partition": (status.get("partition") or {}).get("mode"),
         "lastProblem": status.get("error"),
     })
