@@ -269,7 +269,7 @@ def test_logs_of_a_stopped_deployment_read_what_it_left(stopped: tuple[dict[str,
     assert lines == [
         {"time": 1001.0, "instance": "web-2", "service": "web", "kind": "output", "text": "listening on 80"},
         {"time": 1003.0, "instance": "web-1", "service": "web", "kind": "output", "text": "partial"}]
-    controller = _boxer(env, "logs", "--controller")
+    controller = _boxer(env, "logs", "--controller-log")
     assert controller.stdout == "1970-01-01T00:16:40.500Z controller | WARNING web-1 is crash-looping\n"
 
 

@@ -14,9 +14,12 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
+
+from boxer.cli import _remote
 
 __all__ = ["format_line", "logs_command"]
 
@@ -65,11 +68,13 @@ def _controller_lines(lines: Iterable[Any]) -> Iterator[Any]:
 @click.option("--tail", type=click.IntRange(0), default=0, metavar="N",
               help="Only the last N lines of each instance (0: all).")
 @click.option("--name", help="Deployment [default: the current one, also after `boxer down`].")
-@click.option("--controller", "controller", is_flag=True, help="The deployment's controller's own log instead.")
+@click.option("--controller-log", "controller_log", is_flag=True, help="The deployment's controller's own log instead.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one object a line (time, instance, service, kind, text) for scripts.")
+@_remote.controller_options
 def logs_command(target: str | None, follow: bool, since: str | None, tail: int, name: str | None,
-                 controller: bool, output: str) -> None:
+                 controller_log: bool, output: str, controller: str | None, controller_ca: Path | None,
+                 controller_token_file: Path | None, controller_server_name: str | None) -> None:
     """The output of a service's instances (every one it had, restarts included) or of one
     instance, each line with its time and the instance's name, and the instance's starts,
     exits and stops between the lines. On the lab, a line's time is when the controller saw it
@@ -85,20 +90,29 @@ def logs_command(target: str | None, follow: bool, since: str | None, tail: int,
     Exit status 0; 1 when SERVICE|INSTANCE names neither (the message lists those that exist)
     or no deployment is meant; 130 on Ctrl-C."""
     from boxer.cli.deploy import DeployError, _call, _resolve_name
+    from boxer.controller.api.client import ControlClient
     from boxer.controller.deployments import paths_for
     from boxer.controller.record import DeploymentRecord
 
-    name = _resolve_name(name, running_only=False)
-    paths = _call(paths_for, name)
-    if not target and not controller:
-        raise DeployError(f"name a service or an instance: {_choices(paths)}")
     since_at = _since(since)
-    record = DeploymentRecord.load(paths)
-    running = record is not None and record.controller_alive
-    lines = _through_controller(paths, target or "", tail, follow, since_at) if running else None
-    if lines is None:
-        lines = _from_files(paths, target, controller, tail, since_at)
-    if controller:
+    remote = _remote.chosen(name, controller, controller_ca, controller_token_file, controller_server_name)
+    if remote is not None:  # a deployment on a controller host: through the control API only
+        if not target and not controller_log:
+            raise DeployError("name a service or an instance: `boxer status` lists them")
+        running, lines = True, _through_controller(remote.client(), target or "", tail, follow, since_at, remote=True)
+    else:
+        name = _resolve_name(name, running_only=False)
+        paths = _call(paths_for, name)
+        if not target and not controller_log:
+            raise DeployError(f"name a service or an instance: {_choices(paths)}")
+        record = DeploymentRecord.load(paths)
+        running = record is not None and record.controller_alive
+        lines = (_through_controller(ControlClient.local(paths), target or "", tail, follow, since_at)
+                 if running else None)
+        if lines is None:
+            lines = _from_files(paths, target, controller_log, tail, since_at)
+    assert lines is not None  # a controller host's stream, or one of this machine's (or its files)
+    if controller_log:
         lines = _controller_lines(lines)
     width = 8
     try:
@@ -131,19 +145,19 @@ def _since(text: str | None) -> float | None:
                                  param_hint="'--since'") from None
 
 
-def _through_controller(paths: Any, target: str, tail: int, follow: bool, since: float | None) -> Iterator[Any] | None:
-    """The controller's stream; None when it does not answer (starting, or gone since), so the
-    files are read instead."""
+def _through_controller(client: Any, target: str, tail: int, follow: bool, since: float | None,
+                        remote: bool = False) -> Iterator[Any] | None:
+    """The controller's stream; None when the local one does not answer (starting, or gone
+    since), so the files are read instead."""
     from boxer.cli.deploy import DeployError
-    from boxer.controller.api.client import ControlClient, ControlError
+    from boxer.controller.api.client import ControlError
 
-    client = ControlClient.local(paths)
     stream = client.logs(target, tail=tail, follow=follow, since=since)
     try:
         first = next(stream, None)
     except ControlError as exc:
         client.close()
-        if exc.code is not None and exc.code.name == "UNAVAILABLE" and "CloudWatch" not in str(exc):
+        if not remote and exc.code is not None and exc.code.name == "UNAVAILABLE" and "CloudWatch" not in str(exc):
             return None
         raise DeployError(str(exc)) from None
 
