@@ -99,7 +99,7 @@ def test_the_deployment_outlives_its_cli_and_the_cli_sees_it_only_through_the_ap
         return json.loads(seen.stdout)
 
     def ready(status: dict) -> list[dict]:
-        return [i for i in status["instances"] if i["state"] == "ready" and 6379 in i.get("listening", [])]
+        return [i for i in status["instances"] if i["state"] == "ready" and 6379 in i.get("listeningPorts", [])]
 
     try:
         labkit.wait_for("the controller host to listen", lambda: "waiting for a deployment" in
@@ -144,7 +144,7 @@ def test_the_deployment_outlives_its_cli_and_the_cli_sees_it_only_through_the_ap
 
         final = labkit.wait_for("four instances listening", four, timeout=60)
         print(f"scale-out finished {time.monotonic() - killed_at:.1f} s after the CLI was killed")
-        assert final["name"] == name and final["services"]["kv"]["desired"] == 4
+        assert final["name"] == name and final["services"]["kv"]["desiredInstances"] == 4
         assert {i["host"] for i in ready(final)} <= {"h1", "h2", "h3", "h4", "h5"}
         text = cli("status")
         assert text.returncode == 0 and text.stdout.count(" ready ") >= 4, text.stdout

@@ -6,7 +6,6 @@ the service by name; a killed vm instance is replaced on a vm host, through the 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -37,9 +36,7 @@ services:
 
 
 def _status(name: str) -> dict:
-    out = subprocess.run([*BOXER, "status", "--name", name, "-o", "json"], capture_output=True, text=True,
-                         timeout=30)
-    return json.loads(out.stdout) if out.returncode == 0 else {}
+    return labkit.control_status(name)
 
 
 def _ps() -> str:

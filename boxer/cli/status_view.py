@@ -220,6 +220,7 @@ def _instance_json(row: dict[str, Any]) -> dict[str, Any]:
         "restarts": int(row.get("restarts", 0)), "placement": row["placement"],
         "address": row.get("address"), "host": row.get("host"), "pid": row.get("pid"),
         "instanceId": row.get("instance_id"), "revision": row.get("revision"),
+        "listeningPorts": sorted(row.get("listening") or []) or None,
         "connections": int(row.get("connections", 0)), "cpuPercent": _round(row.get("cpu", 0), 1),
         "rssBytes": int(row.get("rss", 0)),
         "directConnections": int(row.get("direct", 0)), "relayedConnections": int(row.get("relayed", 0)),
