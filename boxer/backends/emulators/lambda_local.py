@@ -303,14 +303,18 @@ class LocalLambdaBackend(LocalBackend):
         log.info("vm tier: host daemons on %s", ", ".join(addresses))
         return self.vm_tier
 
-    async def launch(self, spec: InstanceSpec) -> InstanceHandle:
-        if not (self.host_daemons and spec.placement is Placement.VM):
-            return await super().launch(spec)
+    async def vm_hosts_ready(self) -> Any:
+        """The vm tier, its host daemons started (once: by the first vm launch, or before)."""
         import asyncio
 
         if self._daemons_up is None:
             self._daemons_up = asyncio.get_running_loop().create_task(self._start_daemons())
-        tier = await asyncio.shield(self._daemons_up)
+        return await asyncio.shield(self._daemons_up)
+
+    async def launch(self, spec: InstanceSpec) -> InstanceHandle:
+        if not (self.host_daemons and spec.placement is Placement.VM):
+            return await super().launch(spec)
+        tier = await self.vm_hosts_ready()
         handle: InstanceHandle = await tier.launch(spec)
         host = self._vm_host_names.get(handle.details["daemon"])
         if self.log_dir is not None and host is not None:
