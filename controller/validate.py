@@ -50,8 +50,10 @@ def load_deployment(path: str | Path, *, backend: str | None = None) -> Deployme
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
+        why = (f"{exc.strerror.lower()}" if isinstance(exc, OSError) and exc.strerror
+               else f"not UTF-8 text ({exc})" if isinstance(exc, UnicodeDecodeError) else str(exc))
         raise DeploymentFileError(
-            [Issue(str(path), None, "", None, f"cannot read the file: {exc}")]
+            [Issue(str(path), None, "", None, f"cannot read the file: {why}")]
         ) from None
     return parse_deployment(text, str(path), backend=backend)
 

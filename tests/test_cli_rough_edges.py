@@ -33,7 +33,7 @@ def test_lab_exec_as_non_root_says_it_needs_root(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     result = CliRunner().invoke(lab_cli, ["exec", "h1", "--", "true"])
     assert result.exit_code == 1, result.output
-    assert result.output == ("Error: boxer lab exec needs root (network namespaces): run it as root,"
+    assert result.output == ("boxer: boxer lab exec needs root (network namespaces): run it as root,"
                              " e.g. with sudo\n")
 
 
@@ -116,3 +116,60 @@ def test_an_app_gone_before_its_reply_leaves_no_traceback(caplog: pytest.LogCapt
 @pytest.fixture
 def small_lab(lab_factory, standin_coordinator) -> Lab:  # type: ignore[no-untyped-def]
     return lab_factory(hosts=2, coordinator_cmd=standin_coordinator)
+
+
+# -- every error a person can cause: one line that says what to do, a conventional exit status ----
+
+@pytest.fixture
+def nothing_here(tmp_path: Path) -> dict[str, str]:
+    """A machine (as boxer sees it) where no deployment ever ran."""
+    return {**os.environ, "BOXER_DEPLOY_STATE_ROOT": str(tmp_path / "deploy"),
+            "BOXER_CONFIG_DIR": str(tmp_path / "config")}
+
+
+def test_report_and_logs_where_nothing_ran_say_so(nothing_here: dict[str, str]) -> None:
+    for command in (["report"], ["logs", "web"]):
+        result = boxer(*command, env=nothing_here)
+        assert (result.returncode, result.stdout) == (1, ""), command
+        assert result.stderr == ("boxer: no deployment has run on this machine (or `boxer rm` removed what it "
+                                 "left): start one with `boxer up FILE`\n"), command
+
+
+def test_up_of_a_missing_file_names_it_in_the_checks_words(nothing_here: dict[str, str], tmp_path: Path) -> None:
+    missing = tmp_path / "nosuch.yaml"
+    for command in ("up", "check"):
+        result = boxer(command, str(missing), env=nothing_here)
+        assert result.returncode == 1, command
+        assert result.stderr == (f"{missing}: 1 problem\n"
+                                 f"{missing}: (top level): cannot read the file: no such file or directory\n"), command
+
+
+def test_a_commands_plain_error_reads_as_boxers_one_line(nothing_here: dict[str, str]) -> None:
+    """Errors raised as click's plain ClickException (probe-nat, lambda-local, lab exec) read
+    `boxer: ...` as every other, not click's `Error: ...`; usage errors keep click's form."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, never listening: refused
+        result = boxer("probe-nat", "--coordinator", f"127.0.0.1:{port}", env=nothing_here)
+    assert result.returncode == 1
+    assert result.stderr == (f"boxer: cannot probe against 127.0.0.1:{port} (relay port {port + 1}): connection "
+                             "refused; is a coordinator listening there? (--coordinator HOST:PORT)\n")
+    usage = boxer("status", "-o", "yaml", env=nothing_here)
+    assert usage.returncode == 2 and usage.stderr.startswith("Usage: ")
+
+
+@pytest.mark.lab
+def test_lab_up_and_down_count_in_words(nothing_here: dict[str, str]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("lab up needs root")
+    from boxer.lab import lab_down
+
+    name = f"re{os.getpid() % 100000}"
+    try:
+        up = boxer("lab", "up", "--name", name, "--hosts", "1", env=nothing_here)
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.startswith(f"lab {name} up: 1 host in "), up.stdout
+        down = boxer("lab", "down", "--name", name, env=nothing_here)
+        assert down.stdout == f"lab {name} down: 4 namespaces, 1 process stopped\n"
+    finally:
+        lab_down(name)

@@ -208,7 +208,7 @@ def test_yaml_syntax_error_and_wrong_top_level() -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(DeploymentFileError) as caught:
         load_deployment(tmp_path / "nope.yaml")
-    assert caught.value.issues[0].message.startswith("cannot read the file: [Errno 2]")
+    assert caught.value.issues[0].message == "cannot read the file: no such file or directory"
 
 
 def test_error_needs_issues() -> None:

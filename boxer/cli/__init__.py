@@ -50,6 +50,17 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except click.UsageError:
+            raise
+        except click.ClickException as exc:
+            if type(exc).show is not click.ClickException.show:
+                raise
+            # A command's plain ClickException ("Error: ..."): every error of boxer reads `boxer: ...`.
+            from boxer.cli._common import OneLineError
+
+            one_line = OneLineError(exc.format_message())
+            one_line.exit_code = exc.exit_code
+            raise one_line from None
         except ModuleNotFoundError as exc:
             module = (exc.name or "").split(".")[0]
             extra = EXTRA_OF_MODULE.get(module)

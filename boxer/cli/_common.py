@@ -26,6 +26,14 @@ def endpoint_option(value: str, what: str) -> tuple[str, int]:
         raise click.BadParameter(str(exc), param_hint=what) from None
 
 
+class OneLineError(click.ClickException):
+    """A mistake of the user's, shown as boxer's one line (`boxer: ...`, exit 1), as every
+    command shows them; click's own usage errors keep click's form (usage, then the error, 2)."""
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"boxer: {self.format_message()}", err=True)
+
+
 def fail(message: str, status: int) -> int:
     """Say `message` on stderr as boxer's own error, and give the exit status to leave with."""
     click.echo(f"boxer: {message}", err=True)

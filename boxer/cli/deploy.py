@@ -82,6 +82,9 @@ def _resolve_name(name: str | None, *, running_only: bool = True) -> str:
         return running[0]
     if not running_only and len(known) == 1:
         return known[0]
+    if not running_only and not known:
+        raise DeployError("no deployment has run on this machine (or `boxer rm` removed what it left): "
+                          "start one with `boxer up FILE`")
     if not running:
         raise DeployError(f"no deployment is running: {_listing(known)}; start one with `boxer up FILE`"
                           if known else "no deployment is running: start one with `boxer up FILE`")
@@ -169,7 +172,7 @@ def up_command(file: Path, name: str | None, backend: str | None, detach: bool, 
     try:
         deployment = load_deployment(file, backend=backend)
     except DeploymentFileError as exc:
-        click.echo(f"{file}: {len(exc.issues)} problem(s)", err=True)
+        click.echo(f"{file}: {len(exc.issues)} problem{'' if len(exc.issues) == 1 else 's'}", err=True)
         for issue in exc.issues:
             click.echo(str(issue), err=True)
         raise SystemExit(1) from None

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from boxer.cli import _context
-from boxer.cli._common import fail
+from boxer.cli._common import OneLineError, fail
 from boxer.lab._conditions import MAX_MAPPING_TIMEOUT, MAX_RTT_MS, LinkConditions
 from boxer.lab._lab import Lab, lab_down, lab_up, list_labs, load_lab
 from boxer.lab._plan import DEFAULT_NAME, MAX_HOSTS, MAX_PUBLIC
@@ -34,9 +34,14 @@ def _user_errors(fn: F) -> F:
         except LabError as exc:
             if os.environ.get("BOXER_DEBUG"):
                 raise
-            raise click.ClickException(str(exc)) from None
+            raise OneLineError(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """`1 host`, `2 hosts`."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _setup_logging(verbose: int) -> None:
@@ -159,7 +164,7 @@ def up_command(
                      mapping_timeout=mapping_timeout)
     coordinator = created.processes[0].pid if created.processes else None
     click.echo(
-        f"lab {created.name} up: {len(created.hosts)} hosts"
+        f"lab {created.name} up: {_count(len(created.hosts), 'host')}"
         + (f", {len(created.public_hosts)} public" if created.public_hosts else "")
         + f" in {created.setup_seconds:.2f} s; "
         f"coordinator {created.coordinator} (pid {coordinator}, log {created.coordinator_log})"
@@ -308,8 +313,8 @@ def down_command(name: str | None, all_labs: bool, force: bool, verbose: int) ->
     for report in reports:
         if report.found:
             click.echo(
-                f"lab {report.name} down: {len(report.namespaces)} namespaces, "
-                f"{len(report.killed)} processes stopped"
+                f"lab {report.name} down: {_count(len(report.namespaces), 'namespace')}, "
+                f"{_count(len(report.killed), 'process', 'processes')} stopped"
             )
         else:
             click.echo(f"lab {report.name}: nothing to remove")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import click
@@ -46,7 +47,10 @@ def probe_nat_command(coordinator, relay_port, idle, output) -> None:
     try:
         result = aio.run(measure())
     except (OSError, asyncio.TimeoutError) as exc:
-        raise click.ClickException(f"cannot probe against {host}:{port} / relay port {relay}: {exc}") from None
+        why = ("no answer in time" if isinstance(exc, asyncio.TimeoutError)
+               else os.strerror(exc.errno).lower() if exc.errno else str(exc))
+        raise click.ClickException(f"cannot probe against {host}:{port} (relay port {relay}): {why}; is a "
+                                   "coordinator listening there? (--coordinator HOST:PORT)") from None
     if output == "json":
         click.echo(json.dumps(result, indent=2))
         return
