@@ -49,7 +49,8 @@ resource "aws_ecr_lifecycle_policy" "this" {
 }
 
 ################################################################################
-# Deployment secret: agents and the coordinator prove membership with it
+# Deployment secret: the coordinator, its relay and the controller hold it; an instance gets only
+# its token derived from it, in its invocation's event (docs/security.md)
 ################################################################################
 
 # Hex, as `boxer` reads it; random_bytes keeps it marked sensitive in the state.
@@ -126,27 +127,14 @@ resource "aws_iam_role" "function" {
   tags               = local.tags
 }
 
-# Least privilege: write its own log group, read the one secret parameter. Nothing else.
+# Least privilege: write its own log group. Nothing else, not even the deployment secret: each
+# invocation's event carries its instance's token, so an app that takes over its function's
+# credentials gets no secret.
 data "aws_iam_policy_document" "function" {
   statement {
     sid       = "Logs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.function.arn}:*"]
-  }
-
-  statement {
-    sid       = "ReadDeploymentSecret"
-    actions   = ["ssm:GetParameter"]
-    resources = [aws_ssm_parameter.secret.arn]
-  }
-
-  dynamic "statement" {
-    for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
-    content {
-      sid       = "DecryptDeploymentSecret"
-      actions   = ["kms:Decrypt"]
-      resources = [statement.value]
-    }
   }
 }
 
@@ -162,7 +150,7 @@ resource "aws_lambda_function" "this" {
   #checkov:skip=CKV_AWS_272:Code signing applies to zip packages; this is a container image from the module's own immutable-tag ECR repository.
   #checkov:skip=CKV_AWS_50:X-Ray tracing has nothing to trace: an instance is one long-running process, not a request handler.
   #checkov:skip=CKV_AWS_115:Reserved concurrency is the user's choice (var.reserved_concurrency); by default the function shares the account pool.
-  #checkov:skip=CKV_AWS_173:The only environment variables are non-secret settings; the deployment secret is read from SSM at run time.
+  #checkov:skip=CKV_AWS_173:The only environment variables are non-secret settings; the function holds no secret (each event carries its instance's token).
   function_name = var.name
   description   = "boxer: each invocation runs one overlay instance"
   role          = aws_iam_role.function.arn

@@ -135,3 +135,14 @@ def readable_memory(pid: int) -> bytes:
             except (OSError, OverflowError, ValueError):
                 continue
     return b"".join(chunks)
+
+
+def issued_spec(lab, instance: str = "0123456789abcdef", **fields):
+    """An InstanceSpec as the controller makes it for `lab`: the instance's id and the token it
+    issues for it (derived from the lab's secret), never the secret itself."""
+    from boxer.backends.base import InstanceSpec
+    from boxer.nat_traversal.auth import instance_token, load_secret
+
+    env = {"BOXER_INSTANCE_ID": instance, **fields.pop("env", {})}
+    token = instance_token(load_secret(str(lab.secret_file)), instance).hex()
+    return InstanceSpec(env=env, token=token, **fields)

@@ -25,7 +25,6 @@ from boxer.backends.emulators.invoke_api import InvokeApiServer, LocalFunction, 
 pytest.importorskip("awslambdaric", reason="awslambdaric is not installed (pip install '.[test]')")
 
 REGION = "eu-west-1"
-SECRET = "ef" * 32
 
 
 @pytest.fixture
@@ -38,14 +37,13 @@ def handlers(tmp_path: Path) -> dict[str, Any]:
         exit3 = make_handler(lambda launch: ["sh", "-c", "exit 3"], timeouts=FAST)
         forever = make_handler(lambda launch: ["sleep", "59.5"], timeouts=FAST)
     """))
-    (tmp_path / "secret").write_text(SECRET)
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    return {"env": env, "secret": str(tmp_path / "secret")}
+    return {"env": env}
 
 
-def event(secret: str, name: str = "kv-1") -> dict[str, Any]:
-    return {"version": 1, "name": name, "service": "kv", "index": 1, "command": ["x"],
-            "env": {}, "coordinator": "127.0.0.1:7000", "secret": {"file": secret}}
+def event(name: str = "kv-1") -> dict[str, Any]:
+    return {"version": 2, "name": name, "service": "kv", "index": 1, "command": ["x"],
+            "env": {}, "coordinator": "127.0.0.1:7000", "instance": "0123456789abcdef", "token": "ef" * 32}
 
 
 CREDENTIALS = ("testing", "testing")  # what the clients below sign with
@@ -83,7 +81,7 @@ def test_answers_like_lambda(handlers: dict[str, Any], clients: Any) -> None:
         lam = clients(server)
         # Event: 202 at once, with a request id; the handler runs in a sandbox afterwards.
         reply = lam.invoke(FunctionName="boxer-t", InvocationType="Event",
-                           Payload=json.dumps(event(handlers["secret"])))
+                           Payload=json.dumps(event()))
         assert reply["StatusCode"] == 202 and reply["Payload"].read() == b""
         assert len(reply["ResponseMetadata"]["RequestId"]) == 36
         (result,) = wait_for(lambda: server.stats()["results"])
@@ -91,7 +89,7 @@ def test_answers_like_lambda(handlers: dict[str, Any], clients: Any) -> None:
         assert result["status"] == "ok"
         assert result["payload"]["exit_status"] == 3 and result["payload"]["instance"] == "kv-1"
         # RequestResponse: 200 and the handler's result; a function error says so.
-        reply = lam.invoke(FunctionName="boxer-t", Payload=json.dumps(event(handlers["secret"])))
+        reply = lam.invoke(FunctionName="boxer-t", Payload=json.dumps(event()))
         assert (reply["StatusCode"], reply.get("FunctionError")) == (200, None)
         assert json.loads(reply["Payload"].read())["exit_status"] == 3
         reply = lam.invoke(FunctionName="boxer-t", Payload=b'{"name": "kv-1"}')
@@ -137,13 +135,13 @@ def test_events_queue_for_a_free_slot_and_a_busy_function_throttles_sync_calls(
         lam = clients(server)
         for name in ("kv-1", "kv-2"):
             reply = lam.invoke(FunctionName="boxer-t", InvocationType="Event",
-                               Payload=json.dumps(event(handlers["secret"], name)))
+                               Payload=json.dumps(event(name)))
             reply["Payload"].read()  # gives botocore its connection back
         busy = wait_for(lambda: server.stats()["functions"]["boxer-t"]["running"] == 1
                         and server.stats())
         assert busy["functions"]["boxer-t"]["queued"] == 1  # one slot: the second one waits
         with pytest.raises(ClientError) as caught:
-            lam.invoke(FunctionName="boxer-t", Payload=json.dumps(event(handlers["secret"])))
+            lam.invoke(FunctionName="boxer-t", Payload=json.dumps(event()))
         assert caught.value.response["Error"]["Code"] == "TooManyRequestsException"
         assert server.stats()["throttled_concurrency"] == 1
     finally:
@@ -169,7 +167,8 @@ def test_the_lambda_backend_retries_throttling_from_the_endpoint(monkeypatch, tm
         facts = LambdaFacts("boxer-t", "203.0.113.7:7000", "/boxer/t/secret", REGION)
         backend = LambdaBackend(facts, max_concurrency=2,
                                 retry=RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.02))
-        spec = InstanceSpec(name="kv-1", service="kv", index=1, command=["redis-server"])
+        spec = InstanceSpec(name="kv-1", service="kv", index=1, command=["redis-server"],
+                            env={"BOXER_INSTANCE_ID": "0123456789abcdef"}, token="ef" * 32)
 
         async def scenario() -> None:
             # one event loop, as in the controller: the aiobotocore client lives in it

@@ -28,14 +28,22 @@ from boxer.backends import (
 from boxer.backends.aws_lambda.backend import LambdaBackend, RetryPolicy
 from boxer.backends.aws_lambda.event import LambdaEvent
 from boxer.backends.aws_lambda.facts import LambdaFacts
+from boxer.nat_traversal.auth import instance_token
 
 REGION = "eu-west-1"
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.002)
 
 
-def spec(index: int = 0) -> InstanceSpec:
-    return InstanceSpec(name=f"kv-{index}", service="kv", index=index,
-                        command=["redis-server", "--port", "6379"], max_lifetime=840)
+SECRET = bytes(range(32))  # the controller's
+
+
+def spec(index: int = 0, **changes: Any) -> InstanceSpec:
+    """As the controller makes it: the instance's id, and its token (never the secret)."""
+    instance = f"{index:016x}"
+    return InstanceSpec(**{"name": f"kv-{index}", "service": "kv", "index": index,
+                           "command": ["redis-server", "--port", "6379"], "max_lifetime": 840,
+                           "env": {"BOXER_INSTANCE_ID": instance},
+                           "token": instance_token(SECRET, instance).hex(), **changes})
 
 
 def outputs(function_name: str = "boxer-demo") -> dict[str, Any]:
@@ -125,8 +133,8 @@ def test_launch_invokes_asynchronously_with_a_valid_event(aws: Path) -> None:
     parsed = LambdaEvent.from_dict(payload)  # what the handler will accept
     assert parsed.name == "kv-3"
     assert parsed.coordinator == "203.0.113.7:7000"
-    assert payload["secret"] == {"ssm_parameter": "/boxer/demo/secret"}
-    assert "ab" * 32 not in json.dumps(payload)
+    assert (parsed.instance, parsed.token) == (f"{3:016x}", instance_token(SECRET, f"{3:016x}").hex())
+    assert "secret" not in payload and "ab" * 32 not in json.dumps(payload)  # nor the SSM one
     assert backend.status()["concurrency"] == {"limit": 100, "in_use": 1, "waiting": 0}
 
 
@@ -215,8 +223,7 @@ def test_unexpected_status_is_a_failure(aws: Path) -> None:
 
 def test_oversized_event_is_refused_before_any_call(aws: Path) -> None:
     backend, recording = make(aws)
-    big = InstanceSpec(name="kv-0", service="kv", index=0, command=["x"],
-                       env={"BLOB": "x" * 300_000})
+    big = spec(0, env={"BOXER_INSTANCE_ID": f"{0:016x}", "BLOB": "x" * 300_000})
     with pytest.raises(LaunchError, match="over Lambda's 262144 for asynchronous"):
         asyncio.run(backend.launch(big))
     assert recording.calls == 0

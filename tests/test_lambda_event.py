@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from boxer.backends import EventError, InstanceSpec, Placement
-from boxer.backends.aws_lambda.event import LambdaEvent, SecretRef, event_for
+from boxer.backends.aws_lambda.event import LambdaEvent, event_for
 from boxer.backends.aws_lambda.facts import LambdaFacts
+from boxer.nat_traversal.auth import instance_token
 
 GOLDEN = Path(__file__).parent / "golden" / "lambda"
 REGEN = os.environ.get("BOXER_REGEN_GOLDEN") == "1"
@@ -23,24 +24,27 @@ FACTS = LambdaFacts(
     region="eu-west-1",
 )
 
+SECRET = bytes(range(32))  # the controller's; the event carries a token derived from it
 SPECS = {
     "redis_function": InstanceSpec(
         name="kv-1", service="kv", index=1, command=["redis-server", "--port", "6379"],
-        env={"BOXER_INSTANCE_INDEX": "1", "MAXMEMORY": "64mb"},
+        env={"BOXER_INSTANCE_INDEX": "1", "BOXER_INSTANCE_ID": "0123456789abcdef", "MAXMEMORY": "64mb"},
         placement=Placement.FUNCTION, max_lifetime=840.0,
+        token=instance_token(SECRET, "0123456789abcdef").hex(),
     ),
     "nginx_no_lifetime": InstanceSpec(
-        name="web-0", service="web", index=0,
+        name="web-0", service="web", index=0, env={"BOXER_INSTANCE_ID": "fedcba9876543210"},
         command=["nginx", "-g", "daemon off;"], placement="function",
+        token=instance_token(SECRET, "fedcba9876543210").hex(),
     ),
 }
 
 
 def valid_event(**changes: object) -> dict[str, object]:
     event: dict[str, object] = {
-        "version": 1, "name": "kv-1", "service": "kv", "index": 1,
+        "version": 2, "name": "kv-1", "service": "kv", "index": 1,
         "command": ["redis-server"], "env": {}, "coordinator": "10.0.0.1:7000",
-        "secret": {"ssm_parameter": "/boxer/x"},
+        "instance": "0123456789abcdef", "token": "ab" * 32,
     }
     event.update(changes)
     return {k: v for k, v in event.items() if v is not None}
@@ -57,33 +61,41 @@ def check_golden(name: str, value: object) -> None:
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_generated_event_matches_golden(name: str) -> None:
-    event = event_for(SPECS[name], coordinator=FACTS.coordinator_address,
-                      secret=SecretRef("ssm_parameter", FACTS.secret_parameter_name)).to_dict()
+    event = event_for(SPECS[name], coordinator=FACTS.coordinator_address).to_dict()
     check_golden(name, event)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_generated_event_round_trips_through_the_parser(name: str) -> None:
     spec = SPECS[name]
-    event = event_for(spec, coordinator="203.0.113.7:7000",
-                      secret=SecretRef("secretsmanager_arn", "arn:aws:secretsmanager:x"))
+    event = event_for(spec, coordinator="203.0.113.7:7000")
     parsed = LambdaEvent.from_dict(json.loads(json.dumps(event.to_dict())))
     assert parsed == event
     assert parsed.command == spec.command
     assert parsed.lifetime == spec.max_lifetime
 
 
-def test_event_never_carries_a_secret_value() -> None:
-    event = event_for(SPECS["redis_function"], coordinator="h:1",
-                      secret=SecretRef("ssm_parameter", "/p"))
-    assert event.to_dict()["secret"] == {"ssm_parameter": "/p"}
+def test_the_event_carries_the_instances_token_and_nothing_of_the_secret() -> None:
+    event = event_for(SPECS["redis_function"], coordinator="h:1")
+    wire = json.dumps(event.to_dict())
+    assert event.instance == "0123456789abcdef" and "BOXER_INSTANCE_ID" not in event.env
+    assert event.token == instance_token(SECRET, "0123456789abcdef").hex()
+    assert SECRET.hex() not in wire and "secret" not in wire
+    assert event.token not in repr(event)  # never in a log line
+
+
+def test_a_spec_without_the_controllers_token_is_not_sent() -> None:
+    spec = InstanceSpec(name="kv-1", service="kv", index=1, command=["redis-server"],
+                        env={"BOXER_INSTANCE_ID": "0123456789abcdef"})
+    with pytest.raises(ValueError, match="kv-1 has no instance id and token: the controller issues them"):
+        event_for(spec, coordinator="10.0.0.1:7000")
 
 
 def test_missing_fields_are_all_listed() -> None:
     with pytest.raises(EventError) as info:
-        LambdaEvent.from_dict({"version": 1, "name": "kv-1"})
+        LambdaEvent.from_dict({"version": 2, "name": "kv-1"})
     assert info.value.problems == [
-        "missing field(s): service, index, command, coordinator, secret"
+        "missing field(s): service, index, command, coordinator, instance, token"
     ]
 
 
@@ -103,27 +115,28 @@ def test_every_bad_field_is_reported_at_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("secret", "expected"),
+    ("changes", "expected"),
     [
-        ({}, "secret must be exactly one of"),
-        ({"ssm_parameter": "a", "file": "b"}, "secret must be exactly one of"),
-        ({"vault": "x"},
-         "secret kind 'vault' is not one of ssm_parameter, secretsmanager_arn, file"),
-        ({"ssm_parameter": ""}, "secret ssm_parameter must be a non-empty string"),
-        ("plain-secret", "secret must be exactly one of"),
+        ({"token": "ab" * 16}, "token is not 64 lowercase hex digits (the instance token the controller issues)"),
+        ({"token": 7}, "token is not 64 lowercase hex digits"),
+        ({"instance": "Bad!"}, "instance 'Bad!' is not 8-64 lowercase hex digits"),
     ],
 )
-def test_bad_secret_references(secret: object, expected: str) -> None:
+def test_bad_credentials(changes: dict[str, object], expected: str) -> None:
     with pytest.raises(EventError, match="bad boxer event") as info:
-        LambdaEvent.from_dict(valid_event(secret=secret))
+        LambdaEvent.from_dict(valid_event(**changes))
     assert info.value.problems[0].startswith(expected)
 
 
 def test_unknown_fields_and_versions_are_refused() -> None:
+    """A version 1 event (it named where the function should read the deployment secret) is
+    refused by name, with the field it carried."""
+    v1 = {**valid_event(version=1, instance=None, token=None), "secret": {"ssm_parameter": "/boxer/x"}}
     with pytest.raises(EventError) as info:
-        LambdaEvent.from_dict(valid_event(version=2, secrets={"x": 1}))
-    assert info.value.problems[0].startswith("unknown field(s): secrets (allowed: version,")
-    assert info.value.problems[1] == "version 2 is not supported (this handler speaks 1)"
+        LambdaEvent.from_dict(v1)
+    assert info.value.problems[0] == "missing field(s): instance, token"
+    assert info.value.problems[1].startswith("unknown field(s): secret (allowed: version,")
+    assert info.value.problems[2] == "version 1 is not supported (this handler speaks 2)"
 
 
 def test_non_object_event() -> None:
@@ -159,6 +172,7 @@ def test_env_keys_that_would_reach_the_agent_are_refused() -> None:
 
 
 def test_a_spec_whose_env_the_event_would_refuse_is_not_sent() -> None:
-    spec = InstanceSpec(name="kv-1", service="kv", index=1, command=["redis-server"], env={"LD_PRELOAD": "x.so"})
+    spec = InstanceSpec(name="kv-1", service="kv", index=1, command=["redis-server"],
+                        env={"LD_PRELOAD": "x.so", "BOXER_INSTANCE_ID": "0123456789abcdef"}, token="ab" * 32)
     with pytest.raises(ValueError, match="instance kv-1: env may not set LD_PRELOAD"):
-        event_for(spec, coordinator="10.0.0.1:7000", secret=SecretRef("ssm_parameter", "/boxer/s"))
+        event_for(spec, coordinator="10.0.0.1:7000")

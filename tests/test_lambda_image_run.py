@@ -140,7 +140,6 @@ def test_without_pidfd_close_range_netlink_and_reuseport_the_agent_falls_back_an
     probes at start, logs each fallback, and the instance still serves, through the relay."""
     import asyncio
 
-    from boxer.backends.base import InstanceSpec
     from boxer.backends.emulators.lambda_local import LocalLambdaBackend
     from boxer.lab import lab_down, lab_up
 
@@ -151,8 +150,8 @@ def test_without_pidfd_close_range_netlink_and_reuseport_the_agent_falls_back_an
     try:
         backend = LocalLambdaBackend(lab, timeout=120, image_file=image_file, deny=DENIED, log_dir=tmp_path,
                                    spare_hosts=1)
-        spec = InstanceSpec(name="kv-1", service="kv", index=1,
-                            command=("redis-server", "--port", "6379", "--save", "", "--protected-mode", "no"))
+        spec = labkit.issued_spec(lab, name="kv-1", service="kv", index=1,
+                                  command=("redis-server", "--port", "6379", "--save", "", "--protected-mode", "no"))
 
         async def scenario() -> str:
             handle = await backend.launch(spec)

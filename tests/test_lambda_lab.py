@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+import labkit
 import pytest
 
 pytestmark = pytest.mark.lab
@@ -21,7 +22,6 @@ if importlib.util.find_spec("awslambdaric") is None:
 
 def test_lambda_local_instance_in_a_nated_host_serves_redis_to_another_instance(tmp_path):
     from boxer.backends import get_backend
-    from boxer.backends.base import InstanceSpec
     from boxer.backends.emulators.lambda_local import LocalLambdaBackend
     from boxer.lab import lab_down, lab_up
 
@@ -31,8 +31,8 @@ def test_lambda_local_instance_in_a_nated_host_serves_redis_to_another_instance(
         # The registered `lambda-local` is the one `boxer up --backend lambda-local` runs.
         backend = get_backend("lambda-local", lab=lab, timeout=60, log_dir=tmp_path, spare_hosts=1)
         assert isinstance(backend, LocalLambdaBackend)
-        spec = InstanceSpec(name="kv", service="kv", index=0,
-                            command=("redis-server", "--port", "6379", "--save", "", "--protected-mode", "no"))
+        spec = labkit.issued_spec(lab, name="kv", service="kv", index=0,
+                                  command=("redis-server", "--port", "6379", "--save", "", "--protected-mode", "no"))
 
         async def scenario() -> tuple[str, str, dict | None]:
             handle = await backend.launch(spec)
@@ -63,7 +63,7 @@ def test_lambda_local_invocation_reports_its_handlers_result(tmp_path):
     """The sandbox's answer, as Lambda would return it, is the last line of the instance's log."""
     import textwrap
 
-    from boxer.backends.base import HandleState, InstanceSpec
+    from boxer.backends.base import HandleState
     from boxer.backends.emulators.lambda_local import LocalLambdaBackend
     from boxer.lab import lab_down, lab_up
 
@@ -80,7 +80,7 @@ def test_lambda_local_invocation_reports_its_handlers_result(tmp_path):
     try:
         backend = LocalLambdaBackend(lab, timeout=10, handler="local_handlers.exit3", base_env=env,
                                      log_dir=tmp_path)
-        spec = InstanceSpec(name="kv-2", service="kv", index=2, command=["redis-server"])
+        spec = labkit.issued_spec(lab, name="kv-2", service="kv", index=2, command=["redis-server"])
 
         async def go():
             handle = await backend.launch(spec)

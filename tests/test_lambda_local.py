@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - depends on the machine
     pytest.skip(f"awslambdaric is not installed ({exc}); pip install awslambdaric",
                 allow_module_level=True)
 
-SECRET = "cd" * 32
+TOKEN = "cd" * 32  # the instance's, as the controller issues it in the event
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def handlers(tmp_path: Path) -> dict[str, Any]:
         FAST = HandlerTimeouts(margin=1.0, exit_grace=0.3, term_grace=0.3, min_lifetime=0.2)
         OUT = os.environ["TEST_OUT"]
         exit3 = make_handler(
-            lambda launch: ["sh", "-c", f'ulimit -n > {OUT}; cat "$BOXER_SECRET_FILE" >> {OUT};'
+            lambda launch: ["sh", "-c", f'ulimit -n > {OUT}; cat "$BOXER_INSTANCE_TOKEN_FILE" >> {OUT};'
                                         ' exit 3'],
             timeouts=FAST)
         forever = make_handler(lambda launch: ["sleep", "61.5"],
@@ -45,22 +45,20 @@ def handlers(tmp_path: Path) -> dict[str, Any]:
             subprocess.Popen(["sleep", "62.5"], start_new_session=True)
             time.sleep(60)
     """))
-    secret = tmp_path / "secret"
-    secret.write_text(SECRET)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     env["TEST_OUT"] = str(tmp_path / "out")
-    return {"env": env, "secret": secret, "out": tmp_path / "out"}
+    return {"env": env, "out": tmp_path / "out"}
 
 
-def event(secret: Path, **changes: Any) -> dict[str, Any]:
-    return {"version": 1, "name": "kv-1", "service": "kv", "index": 1,
+def event(**changes: Any) -> dict[str, Any]:
+    return {"version": 2, "name": "kv-1", "service": "kv", "index": 1,
             "command": ["redis-server"], "env": {}, "coordinator": "127.0.0.1:7000",
-            "secret": {"file": str(secret)}, **changes}
+            "instance": "0123456789abcdef", "token": TOKEN, **changes}
 
 
 def test_real_runtime_runs_the_handler(handlers: dict[str, Any]) -> None:
-    result = invoke_local(event(handlers["secret"]), handler="local_handlers.exit3",
+    result = invoke_local(event(), handler="local_handlers.exit3",
                           timeout=10, env=handlers["env"])
     assert result.status == "ok"
     assert result.payload["instance"] == "kv-1"
@@ -68,9 +66,9 @@ def test_real_runtime_runs_the_handler(handlers: dict[str, Any]) -> None:
     assert result.payload["reason"] == "exited"
     # remaining time came from the Runtime API deadline: 10 s minus the 1 s margin
     assert 8.0 < result.payload["lifetime"] <= 9.0
-    nofile, secret = handlers["out"].read_text().split()
+    nofile, token = handlers["out"].read_text().split()
     assert int(nofile) == 1024
-    assert secret == SECRET
+    assert token == TOKEN
 
 
 def test_bad_event_comes_back_as_a_function_error(handlers: dict[str, Any]) -> None:
@@ -83,7 +81,7 @@ def test_bad_event_comes_back_as_a_function_error(handlers: dict[str, Any]) -> N
 
 
 def test_handler_that_cannot_load_is_an_init_error(handlers: dict[str, Any]) -> None:
-    result = invoke_local(event(handlers["secret"]), handler="local_handlers.absent",
+    result = invoke_local(event(), handler="local_handlers.absent",
                           timeout=10, env=handlers["env"])
     assert result.status == "error"
     assert "absent" in json.dumps(result.payload)
@@ -91,7 +89,7 @@ def test_handler_that_cannot_load_is_an_init_error(handlers: dict[str, Any]) -> 
 
 def test_function_timeout_kills_the_whole_sandbox(handlers: dict[str, Any]) -> None:
     started = time.monotonic()
-    result = invoke_local(event(handlers["secret"]), handler="local_handlers.hang",
+    result = invoke_local(event(), handler="local_handlers.hang",
                           timeout=2, env=handlers["env"])
     assert result.status == "timeout"
     assert result.payload == {"errorMessage": "Task timed out after 2.00 seconds"}
@@ -107,7 +105,7 @@ def test_timeout_is_capped_like_lambda() -> None:
 
 def test_wrap_argv_prefixes_the_runtime(handlers: dict[str, Any]) -> None:
     # In the lab this is ["ip", "netns", "exec", host]; `env` is a harmless stand-in here.
-    result = invoke_local(event(handlers["secret"]), handler="local_handlers.exit3",
+    result = invoke_local(event(), handler="local_handlers.exit3",
                           timeout=10, env=handlers["env"], wrap_argv=["env", "WRAPPED=1"])
     assert result.status == "ok" and result.payload["exit_status"] == 3
 

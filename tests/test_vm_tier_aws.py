@@ -21,6 +21,7 @@ from boxer.backends.vmhost.daemon import HostDaemon
 from boxer.backends.vmhost.discovery import AutoScalingHosts
 from boxer.backends.vmhost.protocol import host_token
 from boxer.backends.vmhost.tier import StaticHosts
+from boxer.nat_traversal.auth import instance_token
 
 REGION = "eu-west-1"
 SECRET = "ab" * 32
@@ -90,8 +91,10 @@ def test_the_hosts_are_the_groups_instances_in_service(moto_url: str) -> None:
     asyncio.run(main())
 
 
-def test_lambda_backend_sends_vm_instances_to_the_daemons_with_the_ssm_secret(moto_url: str,
-                                                                              tmp_path: Path) -> None:
+def test_lambda_backend_sends_vm_instances_to_the_daemons_with_their_tokens(moto_url: str,
+                                                                            tmp_path: Path) -> None:
+    """The controller reads the secret from SSM and issues each vm instance its token, as a
+    function one: the instance gets the token (in a file), never the secret."""
     from boxer.backends.aws_lambda.preflight import read_deployment_secret_async
 
     ssm = boto3.client("ssm", region_name=REGION, endpoint_url=moto_url)
@@ -103,21 +106,23 @@ def test_lambda_backend_sends_vm_instances_to_the_daemons_with_the_ssm_secret(mo
         assert secret == bytes.fromhex(SECRET)
         token = host_token(secret)
         daemon = HostDaemon(token, host="vm-a", base_env={**os.environ, "OUT": str(tmp_path)},
-                            argv_for=lambda launch: ["/bin/sh", "-c", 'cat "$BOXER_SECRET_FILE" > "$OUT/got"; '
+                            argv_for=lambda launch: ["/bin/sh", "-c", 'cat "$BOXER_INSTANCE_TOKEN_FILE" > "$OUT/got"; '
                                                      'echo "$BOXER_COORDINATOR $BOXER_INSTANCE_NAME" >> "$OUT/got";'
                                                      " exec sleep 30"])
         server = await daemon.serve("127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         backend = LambdaBackend(facts, vm_token=token, vm_hosts=StaticHosts([f"127.0.0.1:{port}"]))
         try:
-            handle = await backend.launch(InstanceSpec(name="web-1", service="web", index=1, command=["nginx"],
-                                                       placement=Placement.VM))
+            handle = await backend.launch(InstanceSpec(
+                name="web-1", service="web", index=1, command=["nginx"], placement=Placement.VM,
+                env={"BOXER_INSTANCE_ID": "0123456789abcdef"}, token=instance_token(secret, "0123456789abcdef").hex()))
             assert handle.details["tier"] == "vm" and handle.details["host"] == "vm-a"
             for _ in range(100):
                 if (tmp_path / "got").exists() and len((tmp_path / "got").read_text().split()) == 3:
                     break
                 await asyncio.sleep(0.05)
-            assert (tmp_path / "got").read_text().split() == [SECRET, "198.18.0.1:7000", "web-1"]
+            assert (tmp_path / "got").read_text().split() == [instance_token(secret, "0123456789abcdef").hex(),
+                                                              "198.18.0.1:7000", "web-1"]
             await backend.stop(handle)
             assert handle.ended and handle.details["exit_status"] == 143
         finally:

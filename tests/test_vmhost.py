@@ -15,6 +15,7 @@ from boxer.backends.errors import CapacityError, LaunchError
 from boxer.backends.vmhost import protocol
 from boxer.backends.vmhost.daemon import HostDaemon, instance_argv
 from boxer.backends.vmhost.tier import NoVmHost, StaticHosts, VmTier
+from boxer.nat_traversal.auth import instance_token
 from boxer.nat_traversal.wire import ProtocolError
 
 SECRET = bytes.fromhex("ab" * 32)
@@ -84,9 +85,9 @@ def test_instance_argv_is_the_handlers_without_a_lifetime(tmp_path: Path) -> Non
     from boxer.backends.aws_lambda.event import LambdaEvent
     from boxer.backends.aws_lambda.handler import AgentLaunch
 
-    event = LambdaEvent.from_dict({"version": 1, "name": "web-1", "service": "web", "index": 1,
+    event = LambdaEvent.from_dict({"version": 2, "name": "web-1", "service": "web", "index": 1,
                                    "command": ["nginx", "-g", "daemon off;"], "coordinator": "198.18.0.1:7000",
-                                   "secret": {"file": "/x"}})
+                                   "instance": "0123456789abcdef", "token": "cd" * 32})
     argv = instance_argv(AgentLaunch(event, tmp_path / "s", 0.0))
     assert "--lifetime" not in argv
     assert argv[argv.index("--name") + 1] == "web-1" and argv[-4:] == ["--", "nginx", "-g", "daemon off;"]
@@ -102,24 +103,27 @@ def _spec(name: str = "web-1", index: int = 1) -> InstanceSpec:
 
 
 def _event(secret_file: Path):
+    """The event a vm instance gets, as a function one: its id and its token, never the secret
+    (the host daemon, which holds the secret's file here, passes none of it on)."""
     def event_for(spec: InstanceSpec) -> dict:
-        return {"version": 1, "name": spec.name, "service": spec.service, "index": spec.index,
+        return {"version": 2, "name": spec.name, "service": spec.service, "index": spec.index,
                 "command": list(spec.command), "env": dict(spec.env), "coordinator": "127.0.0.1:7000",
-                "secret": {"file": str(secret_file)}}
+                "instance": f"{spec.index:016x}", "token": instance_token(SECRET, f"{spec.index:016x}").hex()}
     return event_for
 
 
 def _shell(script: str):
     """argv_for: a shell in place of boxer run, which writes what it was given and then runs `script`."""
     def argv_for(launch):
-        return ["/bin/sh", "-c", 'echo "$BOXER_INSTANCE_NAME $GREETING $(cat $BOXER_SECRET_FILE)" > '
+        return ["/bin/sh", "-c", 'echo "$BOXER_INSTANCE_NAME $GREETING $(cat $BOXER_INSTANCE_TOKEN_FILE)'
+                ' ${BOXER_SECRET_FILE:-no-secret}" > '
                 f'"$OUT/$BOXER_INSTANCE_NAME"; {script}']
     return argv_for
 
 
 async def _daemon(tmp_path: Path, script: str, slots: int = 1) -> tuple[HostDaemon, str]:
-    daemon = HostDaemon(TOKEN, host="p1", slots=slots, base_env={**os.environ, "OUT": str(tmp_path)},
-                        argv_for=_shell(script), secret_dir=str(tmp_path))
+    daemon = HostDaemon(TOKEN, host="p1", slots=slots, argv_for=_shell(script), token_dir=str(tmp_path),
+                        base_env={**os.environ, "OUT": str(tmp_path), "BOXER_SECRET_FILE": str(tmp_path / "secret")})
     server = await daemon.serve("127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     return daemon, f"127.0.0.1:{port}"
@@ -144,7 +148,8 @@ def test_launch_exit_and_stop_through_the_daemon(tmp_path: Path, secret_file: Pa
             assert first.details["pid"] in [i.process.pid for i in daemon.instances.values()]
             await _until(lambda: (tmp_path / "web-1").exists() and (tmp_path / "web-2").exists())
             # What the instance got: its name, the service's env, the secret (in a 0600 file of its own).
-            assert (tmp_path / "web-1").read_text().split() == ["web-1", "hi", SECRET.hex()]
+            assert (tmp_path / "web-1").read_text().split() == ["web-1", "hi", instance_token(SECRET, f"{1:016x}").hex(),
+                                                                "no-secret"]
             assert tier.status()["in_use"] == 2
             with pytest.raises(CapacityError):
                 tier.host_wait = 0.3
@@ -200,7 +205,7 @@ def test_a_bad_event_fails_the_launch_with_the_events_problems(tmp_path: Path, s
     async def main() -> None:
         daemon, address = await _daemon(tmp_path, "exec sleep 30")
         tier = VmTier(StaticHosts([address]), TOKEN, backend="lambda",
-                      event_for=lambda spec: {"version": 1, "name": spec.name})
+                      event_for=lambda spec: {"version": 2, "name": spec.name})
         try:
             with pytest.raises(LaunchError, match="missing field"):
                 await tier.launch(_spec())

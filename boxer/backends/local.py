@@ -137,6 +137,12 @@ class LocalBackend:
         """What the instance's process reads on stdin (nothing, for `boxer run`)."""
         return None
 
+    def credential_env(self, spec: InstanceSpec) -> dict[str, str]:
+        """How the instance gets its token (issued by the controller, in the spec): `boxer run`
+        reads it from BOXER_INSTANCE_TOKEN, beside its id (--instance-id)."""
+        assert spec.token is not None
+        return {TOKEN_ENV: spec.token}
+
     def _begin_zygote(self) -> None:
         self._zygote_start = asyncio.get_running_loop().create_task(self._start_zygote())
         # A failure is reported by the first launch that waits for it, if any.
@@ -210,7 +216,7 @@ class LocalBackend:
             # The instance's own token, and not the lab's secret file (which lab.env adds for
             # `boxer lab exec`): its agent holds no deployment secret.
             env = {k: v for k, v in env.items() if k not in SECRET_ENV}
-            env[TOKEN_ENV] = spec.token
+            env.update(self.credential_env(spec))
         stdin_data = self.stdin_for(spec)
         log_path = self.log_dir / f"{spec.name}.{host}.log" if self.log_dir is not None else None
         if log_path is not None:  # appended per name and host: this instance's part starts here

@@ -37,7 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from boxer.backends.aws_lambda.event import SecretRef, event_for
+from boxer.backends.aws_lambda.event import event_for
 from boxer.backends.aws_lambda.facts import LambdaFacts
 from boxer.backends.base import InstanceHandle, InstanceSpec, Placement
 from boxer.backends.errors import CapacityError, LaunchError
@@ -189,7 +189,6 @@ class LambdaBackend:
         self._pool = ThreadPoolExecutor(max_workers=max_workers,
                                         thread_name_prefix="boxer-lambda")
         self.throttled_total = 0  # TooManyRequests answers seen, for status and metrics
-        self._secret = SecretRef("ssm_parameter", self.facts.secret_parameter_name)
         self.vm_tier: Any = None
         if vm_token is not None:
             from boxer.backends.vmhost.tier import VmTier
@@ -204,8 +203,7 @@ class LambdaBackend:
 
     def event(self, spec: InstanceSpec) -> dict[str, Any]:
         """The event that `launch(spec)` sends (also what the golden files pin down)."""
-        return event_for(spec, coordinator=self.facts.coordinator_address,
-                         secret=self._secret).to_dict()
+        return event_for(spec, coordinator=self.facts.coordinator_address).to_dict()
 
     async def launch(self, spec: InstanceSpec) -> InstanceHandle:
         if spec.placement is Placement.VM:

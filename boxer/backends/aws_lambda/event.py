@@ -2,20 +2,22 @@
 
 The controller side builds it from an InstanceSpec; the handler inside the function parses it.
 Both live here so the two cannot drift apart. The event never carries the deployment secret,
-only where to read it.
+and the function cannot read it: it carries the instance's id and its token, which the
+controller derived from the secret and which authenticates that instance and nothing else.
 
     {
-      "version": 1,
+      "version": 2,
       "name": "kv-1", "service": "kv", "index": 1,
       "command": ["redis-server", "--port", "6379"],
       "env": {"MAXMEMORY": "64mb"},
       "coordinator": "203.0.113.7:7000",
-      "secret": {"ssm_parameter": "/boxer/demo/secret"},
+      "instance": "9f0c2e4a1b3d5e7f",        # the id the controller chose
+      "token": "<64 hex digits>",            # HMAC(secret, "instance:" + instance)
       "lifetime": 840.0                      # optional, seconds
     }
 
-`secret` is exactly one of {"ssm_parameter": name}, {"secretsmanager_arn": arn} or, for the
-local Lambda only, {"file": path}.
+Version 1 named where the function should read the deployment secret ("secret"): version 2
+replaced it with "instance" and "token" (docs/security.md).
 """
 
 from __future__ import annotations
@@ -28,32 +30,16 @@ from typing import Any
 from boxer.backends.base import InstanceSpec
 from boxer.backends.errors import EventError
 
-__all__ = ["EVENT_VERSION", "SECRET_KINDS", "LambdaEvent", "SecretRef", "event_for"]
+__all__ = ["EVENT_VERSION", "LambdaEvent", "event_for"]
 
-EVENT_VERSION = 1
-SECRET_KINDS = ("ssm_parameter", "secretsmanager_arn", "file")
+EVENT_VERSION = 2
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
-_REQUIRED = ("version", "name", "service", "index", "command", "coordinator", "secret")
+_INSTANCE = re.compile(r"^[0-9a-f]{8,64}$")  # as the protocol's instance ids (messages.check_token)
+_TOKEN = re.compile(r"^[0-9a-f]{64}$")
+_REQUIRED = ("version", "name", "service", "index", "command", "coordinator", "instance", "token")
 _OPTIONAL = ("env", "lifetime")
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """Where the deployment secret lives: `kind` is one of SECRET_KINDS."""
-
-    kind: str
-    location: str
-
-    def __post_init__(self) -> None:
-        if self.kind not in SECRET_KINDS:
-            raise ValueError(f"secret kind {self.kind!r} is not one of {', '.join(SECRET_KINDS)}")
-        if not self.location:
-            raise ValueError(f"secret {self.kind} is empty")
-
-    def to_dict(self) -> dict[str, str]:
-        return {self.kind: self.location}
 
 
 @dataclass(frozen=True)
@@ -63,7 +49,8 @@ class LambdaEvent:
     index: int
     command: tuple[str, ...]
     coordinator: str
-    secret: SecretRef
+    instance: str
+    token: str = field(repr=False)  # the instance's credential: never in a repr or a log line
     env: Mapping[str, str] = field(default_factory=dict)
     lifetime: float | None = None
 
@@ -76,7 +63,8 @@ class LambdaEvent:
             "command": list(self.command),
             "env": dict(sorted(self.env.items())),
             "coordinator": self.coordinator,
-            "secret": self.secret.to_dict(),
+            "instance": self.instance,
+            "token": self.token,
         }
         if self.lifetime is not None:
             event["lifetime"] = self.lifetime
@@ -122,7 +110,12 @@ class LambdaEvent:
         coordinator = event.get("coordinator", "x:1")
         if not isinstance(coordinator, str) or not _valid_host_port(coordinator):
             problems.append(f"coordinator {coordinator!r} is not 'host:port'")
-        secret = _parse_secret(event.get("secret", {"file": "x"}), problems)
+        instance = event.get("instance", "00000000")
+        if not isinstance(instance, str) or not _INSTANCE.match(instance):
+            problems.append(f"instance {instance!r} is not 8-64 lowercase hex digits")
+        token = event.get("token", "0" * 64)
+        if not isinstance(token, str) or not _TOKEN.match(token):
+            problems.append("token is not 64 lowercase hex digits (the instance token the controller issues)")
         lifetime = event.get("lifetime")
         if lifetime is not None and (
             isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0
@@ -131,43 +124,48 @@ class LambdaEvent:
 
         if problems:
             raise EventError(problems)
-        assert secret is not None
         return cls(
             name=event["name"],
             service=event["service"],
             index=index,
             command=tuple(command),
             coordinator=coordinator,
-            secret=secret,
+            instance=instance,
+            token=token,
             env=dict(env),
             lifetime=float(lifetime) if lifetime is not None else None,
         )
 
 
 # The event's `env` reaches the agent's own process (Python, then the app under the interposer):
-# these would run code in it or change what boxer does (LD_PRELOAD, PYTHONPATH, BOXER_SECRET_FILE).
+# these would run code in it or change what boxer does (LD_PRELOAD, PYTHONPATH, BOXER_INSTANCE_ID).
 REFUSED_ENV_PREFIXES = ("LD_", "PYTHON", "BOXER_")
-# ... except what the handler sets itself from the event's own fields (not sent),
+# ... except what the handler sets itself from the event's own fields (not sent).
 _DERIVED_ENV = ("BOXER_INSTANCE_INDEX", "BOXER_INSTANCE_NAME")
-# and what the controller itself sets for the agent: the instance id it chose (checked by
-# `boxer run --instance-id`).
-_CONTROLLER_ENV = ("BOXER_INSTANCE_ID",)
+# The controller's choice of the instance's id, in the spec's env for every backend: here it
+# travels as the event's `instance`, beside the token bound to it.
+INSTANCE_ID_ENV = "BOXER_INSTANCE_ID"
 
 
 def env_problems(env: Mapping[str, str]) -> list[str]:
-    refused = sorted(key for key in env if key.startswith(REFUSED_ENV_PREFIXES) and key not in _CONTROLLER_ENV)
+    refused = sorted(key for key in env if key.startswith(REFUSED_ENV_PREFIXES))
     if not refused:
         return []
     return [f"env may not set {', '.join(refused)}: LD_*, PYTHON* and BOXER_* would reach the agent itself; "
             "an app that needs one sets it in its command (e.g. `env PYTHONPATH=/app python3 app.py`)"]
 
 
-def event_for(spec: InstanceSpec, *, coordinator: str, secret: SecretRef) -> LambdaEvent:
-    """The event that starts `spec` inside a function. ValueError if the spec's env holds a key
-    the event refuses (the deployment file's checks say so first)."""
+def event_for(spec: InstanceSpec, *, coordinator: str) -> LambdaEvent:
+    """The event that starts `spec` inside a function: its id and token (the controller's, in
+    the spec) and never the deployment secret. ValueError if the spec has no token or id, or
+    its env holds a key the event refuses (the deployment file's checks say so first)."""
     if not _valid_host_port(coordinator):
         raise ValueError(f"coordinator {coordinator!r} is not 'host:port'")
-    env = {key: value for key, value in spec.env.items() if key not in _DERIVED_ENV}
+    instance = spec.env.get(INSTANCE_ID_ENV)
+    if spec.token is None or instance is None:
+        raise ValueError(f"instance {spec.name} has no instance id and token: the controller issues them "
+                         "(an instance on Lambda never gets the deployment secret)")
+    env = {key: value for key, value in spec.env.items() if key not in (*_DERIVED_ENV, INSTANCE_ID_ENV)}
     if problems := env_problems(env):
         raise ValueError(f"instance {spec.name}: {problems[0]}")
     return LambdaEvent(
@@ -176,7 +174,8 @@ def event_for(spec: InstanceSpec, *, coordinator: str, secret: SecretRef) -> Lam
         index=spec.index,
         command=tuple(spec.command),
         coordinator=coordinator,
-        secret=secret,
+        instance=instance,
+        token=spec.token,
         env=env,
         lifetime=spec.max_lifetime,
     )
@@ -185,18 +184,3 @@ def event_for(spec: InstanceSpec, *, coordinator: str, secret: SecretRef) -> Lam
 def _valid_host_port(value: str) -> bool:
     match = _HOST_PORT.match(value)
     return bool(match) and 0 < int(match["port"]) < 65536  # type: ignore[index]
-
-
-def _parse_secret(secret: Any, problems: list[str]) -> SecretRef | None:
-    kinds = " or ".join(f'{{"{kind}": ...}}' for kind in SECRET_KINDS)
-    if not isinstance(secret, Mapping) or len(secret) != 1:
-        problems.append(f"secret must be exactly one of {kinds}")
-        return None
-    (kind, location), = secret.items()
-    if kind not in SECRET_KINDS:
-        problems.append(f"secret kind {kind!r} is not one of {', '.join(SECRET_KINDS)}")
-        return None
-    if not isinstance(location, str) or not location:
-        problems.append(f"secret {kind} must be a non-empty string")
-        return None
-    return SecretRef(kind, location)

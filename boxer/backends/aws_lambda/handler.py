@@ -4,9 +4,10 @@ awslambdaric calls `handler(event, context)` (image CMD: `boxer.backends.aws_lam
 
 1. parses the event (boxer.backends.aws_lambda.event) - a bad event raises EventError listing every
    problem, before anything is started;
-2. reads the deployment secret (SSM / Secrets Manager / local file) and writes it to a 0600
-   file under /tmp - the only writable place - whose path goes to the agent in
-   BOXER_SECRET_FILE: the secret is never on a command line nor in a log line;
+2. writes the instance's token (from the event: the controller issues it; the function never
+   holds the deployment secret, nor may its role read it) to a 0600 file under /tmp - the only
+   writable place - whose path goes to the agent in BOXER_INSTANCE_TOKEN_FILE, with the
+   instance's id in BOXER_INSTANCE_ID: the token is never on a command line nor in a log line;
 3. starts `python -m boxer run --lifetime L ... -- CMD` in its own process group, with
    RLIMIT_NOFILE at most 1024 (Lambda's limit: we want the lab to fail the way Lambda would);
 4. waits, and returns {"instance", "exit_status", "reason", "duration", "lifetime"}.
@@ -19,7 +20,7 @@ exits well before Lambda would freeze or kill the sandbox. Should the agent over
 handler sends SIGTERM and then SIGKILL to its process group, still inside the margin, so the
 invocation always returns and reports why it ended.
 
-Errors: a bad event or an unreadable secret raise (the invocation is reported as a function
+Errors: a bad event raises (the invocation is reported as a function
 error, visible in Lambda's Errors metric; terraform sets async retries to 0, since relaunching
 is the controller's decision). A failure to start the agent is reported as reason "error".
 """
@@ -40,7 +41,7 @@ from typing import Any, Protocol
 
 from boxer._python import module_argv
 from boxer.backends.aws_lambda.event import LambdaEvent
-from boxer.backends.aws_lambda.secrets import SecretFile, read_secret
+from boxer.backends.aws_lambda.secrets import TokenFile
 
 __all__ = [
     "NOFILE_LIMIT",
@@ -88,12 +89,12 @@ class AgentLaunch:
     """Everything the handler decided before starting the agent."""
 
     event: LambdaEvent
-    secret_file: Path
+    token_file: Path
     lifetime: float  # seconds the agent may run, draining included
 
 
 def agent_argv(launch: AgentLaunch) -> list[str]:
-    """The real command: `boxer run` for this instance (the secret travels as a file path)."""
+    """The real command: `boxer run` for this instance (the token travels as a file path)."""
     event = launch.event
     return [
         *module_argv("boxer", "run"),
@@ -109,17 +110,26 @@ ArgvBuilder = Callable[[AgentLaunch], list[str]]
 
 
 def agent_env(launch: AgentLaunch, base: Mapping[str, str]) -> dict[str, str]:
+    """The agent's environment: `base` (the sandbox's, or a vm host daemon's) without any
+    deployment secret it may hold, the event's env, and what names this instance and its token."""
     event = launch.event
-    env = dict(base)
+    env = {key: value for key, value in base.items() if key not in _NOT_FOR_THE_AGENT}
     env.update(event.env)
     env.update(
         BOXER_COORDINATOR=event.coordinator,
-        BOXER_SECRET_FILE=str(launch.secret_file),
+        BOXER_INSTANCE_ID=event.instance,
+        BOXER_INSTANCE_TOKEN_FILE=str(launch.token_file),
         BOXER_INSTANCE_NAME=event.name,
         BOXER_INSTANCE_INDEX=str(event.index),
         BOXER_SERVICE=event.service,
     )
     return env
+
+
+# An instance's agent holds its token only (docs/security.md): never what would lead it to the
+# deployment secret, nor another token than its own.
+_NOT_FOR_THE_AGENT = frozenset({"BOXER_SECRET", "BOXER_SECRET_FILE", "BOXER_INSTANCE_TOKEN",
+                                "BOXER_INSTANCE_TOKEN_FILE"})
 
 
 def cap_open_files(limit: int = NOFILE_LIMIT) -> None:
@@ -134,11 +144,10 @@ def make_handler(
     argv_for: ArgvBuilder = agent_argv,
     *,
     timeouts: HandlerTimeouts = HandlerTimeouts(),
-    secret_dir: str | None = None,
-    client_factory: Any = None,
+    token_dir: str | None = None,
 ) -> Callable[[Any, Context], dict[str, Any]]:
     """Build a handler. Tests inject `argv_for` (e.g. `sh -c 'exit 3'`) in place of boxer run;
-    everything else - secret file, limits, process group, deadline - stays the real path."""
+    everything else - token file, limits, process group, deadline - stays the real path."""
 
     def handle(event: Any, context: Context) -> dict[str, Any]:
         if isinstance(event, dict) and PROBE_KEY in event:
@@ -155,12 +164,10 @@ def make_handler(
                 f"margin the instance would live {lifetime:.1f} s (< {timeouts.min_lifetime:g}"
                 " s): raise the function timeout"
             )
-        secret = read_secret(parsed.secret, client_factory=client_factory)
         log.info("starting instance %s (service %s) for %.1f s", parsed.name, parsed.service,
                  lifetime)
-        with SecretFile(secret, parent=secret_dir or _tmp_dir()) as secret_file:
-            del secret
-            launch = AgentLaunch(parsed, secret_file.path, lifetime)
+        with TokenFile(parsed.token, parent=token_dir or _tmp_dir()) as token_file:
+            launch = AgentLaunch(parsed, token_file.path, lifetime)
             exit_status, reason = _run_agent(argv_for(launch), agent_env(launch, os.environ),
                                              lifetime, timeouts)
         result = {

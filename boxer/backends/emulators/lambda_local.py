@@ -42,8 +42,7 @@ from typing import Any
 import psutil
 
 from boxer._python import module_argv
-from boxer.backends.aws_lambda.event import SecretRef, event_for
-from boxer.backends.aws_lambda.secrets import ALLOW_FILE_SECRET_ENV
+from boxer.backends.aws_lambda.event import event_for
 from boxer.backends.base import InstanceHandle, InstanceSpec, Placement
 from boxer.backends.emulators.image import ImageRoot
 from boxer.backends.emulators.runtime_api import RuntimeApiServer
@@ -133,7 +132,6 @@ def invoke_local(
             child_env = lambda_environment(runtime_api=server.address, timeout=timeout, memory_mb=memory_mb,
                                            handler=" ".join(image.cmd), image_env=image.env)
             child_env.update(env or {})
-            child_env[ALLOW_FILE_SECRET_ENV] = "1"
             config = SandboxConfig(root=image.rootfs, argv=image.runtime_argv, workdir=image.workdir,
                                    copies=tuple(copies), deny=tuple(deny))
             argv = [*wrap_argv, *sandbox_argv(config, python)]
@@ -145,7 +143,6 @@ def invoke_local(
                 AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
                 AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(memory_mb),
                 AWS_LAMBDA_FUNCTION_TIMEOUT=str(int(timeout)),
-                **{ALLOW_FILE_SECRET_ENV: "1"},
             )
             argv = [*wrap_argv, *module_argv("awslambdaric", handler, python=python)]
         log.info("local lambda: starting %s (timeout %g s)", argv, timeout)
@@ -230,11 +227,10 @@ class LocalLambdaBackend(LocalBackend):
     on stdin, its answer (a LocalResult) the last line of the instance's log: `result(handle)`.
 
     With `image_file` (an opened image, boxer.backends.emulators.image) each invocation runs the
-    image's entry point from its root filesystem in a Lambda-like sandbox; the deployment
-    secret, which a function reads from SSM, is copied into the sandbox's /tmp for it."""
+    image's entry point from its root filesystem in a Lambda-like sandbox. As on AWS, the
+    sandbox gets no deployment secret: the event carries the instance's token."""
 
     name = "lambda-local"
-    SANDBOX_SECRET = "/tmp/.boxer-lab/secret"  # where the sandbox's copy of the lab's secret is
 
     def __init__(self, lab: Any, *, timeout: float = MAX_TIMEOUT, handler: str = DEFAULT_HANDLER,
                  image_file: str | Path | None = None, deny: Sequence[str] = (), host_daemons: bool = False,
@@ -262,10 +258,9 @@ class LocalLambdaBackend(LocalBackend):
     # -- the vm tier: host daemons on the public hosts ------------------------------------------
 
     def vm_event(self, spec: InstanceSpec) -> dict[str, Any]:
-        """What a vm host's daemon gets: the event a function instance gets (the lab's secret file
-        is on the same machine), without the lifetime of a function."""
-        event = event_for(spec, coordinator=self.lab.coordinator, secret=SecretRef("file", str(self.lab.secret_file)))
-        return event.to_dict()
+        """What a vm host's daemon gets: the event a function instance gets (the instance's id
+        and token, never the secret)."""
+        return event_for(spec, coordinator=self.lab.coordinator).to_dict()
 
     async def _start_daemons(self) -> Any:
         import asyncio
@@ -355,16 +350,18 @@ class LocalLambdaBackend(LocalBackend):
         argv = module_argv("boxer.backends.emulators.lambda_local", "--timeout", f"{self.timeout:g}",
                            python=self.python)
         if self.image_file is not None:
-            argv += ["--image", self.image_file, "--copy", f"{self.lab.secret_file}:{self.SANDBOX_SECRET}"]
+            argv += ["--image", self.image_file]
             if self.deny:
                 argv += ["--deny", ",".join(self.deny)]
         elif self.handler != DEFAULT_HANDLER:
             argv += ["--handler", self.handler]
         return argv
 
+    def credential_env(self, spec: InstanceSpec) -> dict[str, str]:
+        return {}  # the token travels in the event, as on AWS; the sandbox's environment has none
+
     def stdin_for(self, spec: InstanceSpec) -> bytes | None:
-        secret = self.SANDBOX_SECRET if self.image_file is not None else str(self.lab.secret_file)
-        event = event_for(spec, coordinator=self.lab.coordinator, secret=SecretRef("file", secret))
+        event = event_for(spec, coordinator=self.lab.coordinator)
         return json.dumps(event.to_dict()).encode()
 
     @staticmethod

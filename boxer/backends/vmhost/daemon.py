@@ -4,8 +4,9 @@ On EC2 it runs on every host of the vm Auto Scaling group as a systemd unit (ter
 in the lab it runs in the public hosts (p1..pK), the stand-ins for those hosts. The controller
 connects (protocol.py: a mutual proof of the host token), sends each instance's Lambda event, and
 hears every exit. An instance is what a function invocation runs, minus Lambda: the same event
-parsed by the same code (LambdaEvent), its secret reference read the same way (read_secret, into
-a 0600 file that goes when the instance does), the same environment (the handler's agent_env)
+parsed by the same code (LambdaEvent), its instance token handed over the same way (a 0600 file
+that goes when the instance does: TokenFile; the host never needs the deployment secret for an
+instance), the same environment (the handler's agent_env)
 and the same `boxer run` command line (the handler's agent_argv) without `--lifetime`, since a vm
 instance has none unless the event gives one.
 
@@ -15,7 +16,7 @@ instance has none unless the event gives one.
 two instances of one service could not share a host (as in the lab, one instance per host).
 
 What runs here imports nothing of the controller, the lab or the emulators (pyproject's import
-contracts): a vm host has `pip install boxer` (+ `aws` when secrets come from SSM).
+contracts): a vm host has `pip install boxer`.
 """
 
 from __future__ import annotations
@@ -31,13 +32,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from boxer.backends.aws_lambda.event import LambdaEvent, SecretRef
+from boxer.backends.aws_lambda.event import LambdaEvent
 from boxer.backends.aws_lambda.handler import AgentLaunch, agent_argv, agent_env
-from boxer.backends.aws_lambda.secrets import SecretFile, read_secret
-from boxer.backends.errors import EventError, SecretError
+from boxer.backends.aws_lambda.secrets import TokenFile
+from boxer.backends.errors import EventError
 from boxer.backends.vmhost.protocol import AuthFailed, Exited, ServerSession, StartRequested, StopRequested
-from boxer.nat_traversal.auth import SecretError as BadSecret
-from boxer.nat_traversal.auth import load_secret
 from boxer.nat_traversal.wire import ProtocolError
 
 __all__ = ["HostDaemon", "instance_argv"]
@@ -63,7 +62,7 @@ class _Instance:
     ref: str
     name: str
     process: asyncio.subprocess.Process
-    secret_file: SecretFile
+    token_file: TokenFile
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
 
@@ -71,10 +70,10 @@ class _Instance:
 class HostDaemon:
     def __init__(self, token: bytes, *, host: str | None = None, slots: int = 1,
                  log_dir: Path | None = None, base_env: Mapping[str, str] | None = None,
-                 secret_dir: str | None = None,
+                 token_dir: str | None = None,
                  argv_for: Callable[[AgentLaunch], list[str]] | None = None) -> None:
         """`argv_for`: tests put a plain command in place of `boxer run` (as make_handler's);
-        the event, secret file, environment, process group and exits stay the real path."""
+        the event, token file, environment, process group and exits stay the real path."""
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.token = token
@@ -82,12 +81,11 @@ class HostDaemon:
         self.slots = slots
         self.log_dir = log_dir
         self.base_env = dict(os.environ if base_env is None else base_env)
-        self.secret_dir = secret_dir
+        self.token_dir = token_dir
         self.argv_for = argv_for or instance_argv
         self.instances: dict[str, _Instance] = {}
         self._sessions: set[tuple[ServerSession, asyncio.StreamWriter]] = set()
         self._unheard: deque[Exited] = deque(maxlen=_KEPT_EXITS)
-        self._secrets: dict[SecretRef, str] = {}  # read once per reference (SSM costs a call)
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
 
@@ -150,15 +148,11 @@ class HostDaemon:
             return
         try:
             event = LambdaEvent.from_dict(request.event)
-            secret = self._secrets.get(event.secret)
-            if secret is None:
-                secret = await asyncio.get_running_loop().run_in_executor(None, _read_instance_secret, event.secret)
-                self._secrets[event.secret] = secret
-        except (EventError, SecretError) as exc:
+        except EventError as exc:
             session.start_failed(ref, str(exc))
             return
-        secret_file = SecretFile(secret, parent=self.secret_dir)
-        launch = AgentLaunch(event, secret_file.path, event.lifetime or 0.0)
+        token_file = TokenFile(event.token, parent=self.token_dir)
+        launch = AgentLaunch(event, token_file.path, event.lifetime or 0.0)
         out: int | object = asyncio.subprocess.DEVNULL
         log_file = None
         if self.log_dir is not None:
@@ -170,13 +164,13 @@ class HostDaemon:
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True)  # its group: stopped (and cleaned up) as one
         except OSError as exc:
-            secret_file.remove()
+            token_file.remove()
             session.start_failed(ref, f"cannot start boxer run on {self.host}: {exc.strerror}")
             return
         finally:
             if log_file is not None:
                 log_file.close()
-        instance = _Instance(ref, event.name, process, secret_file)
+        instance = _Instance(ref, event.name, process, token_file)
         self.instances[ref] = instance
         session.started(ref, process.pid)
         log.info("started %s (%s) as pid %d", event.name, ref, process.pid)
@@ -186,7 +180,7 @@ class HostDaemon:
         code = await instance.process.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(instance.process.pid, signal.SIGKILL)  # what the app left in its group
-        instance.secret_file.remove()
+        instance.token_file.remove()
         self.instances.pop(instance.ref, None)
         instance.ended.set()
         status = code if code >= 0 else 128 - code  # shell convention for a signal
@@ -236,21 +230,6 @@ class HostDaemon:
             await asyncio.wait_for(asyncio.gather(*waits), grace + 2)
         for task in list(self._tasks):
             task.cancel()
-
-
-def _read_instance_secret(ref: SecretRef) -> str:
-    """As the handler reads it (SSM, Secrets Manager), and a file too: on a host of one's own,
-    unlike in a function image, a secret file is how a secret is kept (the lab's, /etc/boxer)."""
-    if ref.kind != "file":
-        return read_secret(ref)
-    try:
-        value = Path(ref.location).read_text().strip()
-        load_secret(None, value)  # hex, long enough; its messages never show the value
-    except OSError as exc:
-        raise SecretError(f"cannot read secret file {ref.location!r}: {exc.strerror}") from None
-    except BadSecret as exc:
-        raise SecretError(f"secret file {ref.location!r}: {exc}") from None
-    return value
 
 
 async def run_daemon(token: bytes, listen: tuple[str, int], *, slots: int, log_dir: Path | None,
