@@ -223,11 +223,13 @@ def test_exits_while_the_controller_was_away_reach_it_on_reconnect(tmp_path: Pat
         try:
             handle = await tier.launch(_spec())
             link = next(iter(tier.links.values()))
-            tier._lost(link, "cut for the test")  # the connection goes; the instance runs on
+            tier.reconnect_delay = 1.0  # the instance ends (0.5 s) while the controller is away
+            assert link.writer is not None
+            link.writer.transport.abort()  # the connection goes; the instance runs on
             await _until(lambda: not daemon.instances, 5)
             assert not handle.ended
-            assert await tier._connect(link)  # the welcome carries the exit
-            assert handle.ended and handle.details["exit_status"] == 3
+            await _until(lambda: handle.ended, 5)  # the tier connects again; the welcome carries the exit
+            assert handle.details["exit_status"] == 3 and link.up
         finally:
             await tier.close()
             await daemon.close(1.0)

@@ -15,8 +15,9 @@ for in the tick its predecessor is stopped). With no host reachable at all it fa
 naming each address and why.
 
 A lost connection fails only what was being started on it: instances on a vm host outlive the
-controller's connection (their agents are the coordinator's business). On reconnecting, the
-daemon's `welcome` says what runs and what ended meanwhile, and the handles follow.
+controller's connection (their agents are the coordinator's business). While instances of ours
+run there the tier connects again (0.5 s, doubling to 10 s), and the daemon's `welcome` says what
+runs and what ended meanwhile; the handles follow.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class VmTier:
     def __init__(self, source: HostSource, token: bytes, *, backend: str,
                  event_for: Callable[[InstanceSpec], dict[str, Any]], connect_timeout: float = 3.0,
                  start_timeout: float = 15.0, host_wait: float = 10.0, stop_grace: float = 3.0,
-                 refresh_every: float = 30.0) -> None:
+                 refresh_every: float = 30.0, reconnect_delay: float = 0.5) -> None:
         self.source = source
         self._token = token
         self.backend = backend
@@ -124,6 +125,7 @@ class VmTier:
         self.host_wait = host_wait
         self.stop_grace = stop_grace
         self.refresh_every = refresh_every
+        self.reconnect_delay = reconnect_delay
         self.links: dict[Address, _HostLink] = {}
         self._refreshed_at: float | None = None
         self._refs = itertools.count(1)
@@ -247,6 +249,19 @@ class VmTier:
                 future.set_exception(NoVmHost(link.name, f"lost vm host {link.name} while starting: {why}"))
         self._drop(link)
         self._freed.set()
+        if link.handles and not self._closed:
+            # Instances of ours run there: get the connection back, so their exits (kept by the
+            # daemon meanwhile) end their handles and their slots count free again.
+            link.connecting = asyncio.get_running_loop().create_task(self._reconnect(link))
+
+    async def _reconnect(self, link: _HostLink) -> bool:
+        delay = self.reconnect_delay
+        while not self._closed and link.handles:
+            await asyncio.sleep(delay)
+            if await self._connect(link):
+                return True
+            delay = min(delay * 2, 10.0)
+        return False
 
     @staticmethod
     def _drop(link: _HostLink) -> None:
@@ -331,6 +346,12 @@ class VmTier:
             return
         ref = handle.details.get("ref")
         link = next((link for link in self.links.values() if ref in link.handles), None)
+        if link is not None and not link.up:  # a stop is worth one try on a fresh connection
+            if link.connecting is not None and not link.connecting.done():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(link.connecting), 2 * self.connect_timeout)
+            else:
+                await self._connect(link)
         if link is None or not link.up:
             handle.mark_stopped("stopped (its vm host is unreachable; the coordinator stopped its agent)")
             return
