@@ -341,3 +341,48 @@ def test_an_invocation_that_never_registers_fails_with_its_reason_and_is_relaunc
         down = _down(aws, name)
         up.communicate(timeout=90)
     assert down.returncode == 0, down.stderr
+
+
+def test_a_controller_host_runs_the_lambda_deployment_sent_to_it(aws: Aws) -> None:
+    """The lambda backend on a controller host (as on the coordinator's VM): the host runs in h2
+    beside the Invoke API with its own outputs and AWS endpoints; `boxer up --controller` (its
+    Unix socket here; TLS is tests/test_controller_host.py's), with a state root and context of
+    its own and no AWS settings at all, sends only the file. The host runs the preflight, says
+    it ignores the file's `lambda.outputs`, starts the invocation; status and down go there."""
+    name = f"lh{os.getpid() % 100000}"
+    aws.start_invoke_api()
+    deploy = aws.deploy_file(name)
+    sock = aws.root / "host.sock"
+    host = aws._popen("h2", [sys.executable, "-m", "boxer.controller.daemon", "--serve", "--backend", "lambda",
+                             "--outputs", str(deploy.parent / "outputs.json"), "--control-socket", str(sock)],
+                      "host.log")
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith(("BOXER_", "AWS_"))}
+    cli_env.update(BOXER_DEPLOY_STATE_ROOT=str(aws.root / "cli-state"), BOXER_CONFIG_DIR=str(aws.root / "cli-config"))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*BOXER, *args], env=cli_env, capture_output=True, text=True, timeout=120)
+
+    _wait(lambda: sock.exists(), 30, "the controller host's socket")
+    up = cli("up", "--detach", str(deploy), "--controller", f"unix:{sock}")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr + (aws.root / "host.log").read_text()[-3000:]
+        assert f"lambda.outputs (outputs.json) names a file of the caller's: this controller uses its own " \
+               f"terraform outputs ({deploy.parent / 'outputs.json'})" in up.stdout
+        answer = ""
+        deadline = time.monotonic() + 45
+        while answer != "PONG":
+            assert time.monotonic() < deadline, "the Lambda instance never answered"
+            proc = aws.lab.run("h3", boxer_run(f"cli{uuid.uuid4().hex[:6]}", "redis-cli", "-h", "kv", "ping"),
+                               capture_output=True, text=True, timeout=30)
+            answer = proc.stdout.strip()
+            time.sleep(0.3)
+        seen = cli("status", "-o", "json")
+        assert seen.returncode == 0, seen.stderr
+        status = json.loads(seen.stdout)
+        assert (status["name"], status["backend"], status["function"]) == (name, "lambda", FUNCTION)
+        assert [i["state"] for i in status["instances"]] == ["ready"]
+        assert not (aws.root / "cli-state").exists()
+    finally:
+        down = cli("down")
+    assert down.returncode == 0 and f"deployment {name} down" in down.stdout, down.stdout + down.stderr
+    assert host.poll() is None
