@@ -1,7 +1,7 @@
 """The vm tier's AWS side against moto's server (EC2, Auto Scaling, SSM), through aiobotocore: the
 hosts are the group's InService instances; the lambda backend sends `vm` instances to their
-daemons with the same event a function instance gets (the SSM secret reference, which the
-daemon reads itself); the controller's SSM read is aiobotocore too."""
+daemons with the same event a function instance gets (the instance's own token); the controller's
+SSM read is aiobotocore too."""
 
 from __future__ import annotations
 
