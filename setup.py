@@ -52,9 +52,9 @@ setup(
         ),
         Extension(
             FASTPATH_NAME,
-            sources=["boxer/agent/fastpath.c"],
+            sources=["boxer/agent/fastpath.c", "boxer/agent/peercheck.c"],
             include_dirs=["interposer"],
-            depends=["interposer/boxer_proto.h"],
+            depends=["interposer/boxer_proto.h", "boxer/agent/peercheck.h"],
             extra_compile_args=C_FLAGS,
             extra_link_args=["-pthread"],
         ),

@@ -148,6 +148,34 @@ def test_nginx_reverse_proxy_reaches_every_overlay_backend(apps, nginx):
     assert master not in {int(fields[0]) for fields in log}  # served by the workers, not the master
 
 
+def _ids(pid: int) -> tuple[int, int, int]:
+    """(parent pid, real uid, real gid) of a process."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["PPid"]), int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+
+
+def test_nginx_workers_running_as_nobody_accept_and_proxy_through_the_overlay(apps, nginx):
+    """`user nobody nogroup;`: the master (root) listens, its workers switch to nobody and then
+    accept every connection and connect to every upstream through the agent. Before the fix the
+    workers could not open the agent's socket (0600, root): every request failed."""
+    master = int((nginx / "nginx.pid").read_text())
+    assert _ids(master)[1:] == (0, 0)
+    workers = [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    assert len(workers) == 2 and all(_ids(w) == (master, 65534, 65534) for w in workers)
+    before = len((nginx / "access.log").read_text().splitlines())
+    proc = app(apps.lab, "h5", "curlnobody", "sh", "-c",
+               "for i in $(seq 6); do curl -sS --max-time 5 http://proxy:8080/who; done")
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 6, proc.stderr
+    assert set(proc.stdout.splitlines()) <= {"backend b1", "backend b2", "backend b3"}
+    deadline = time.monotonic() + 5
+    while len((nginx / "access.log").read_text().splitlines()) < before + 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = [line.split() for line in (nginx / "access.log").read_text().splitlines()[before:]]
+    assert len(log) == 6 and {int(fields[0]) for fields in log} <= set(workers)  # served by the workers
+    assert all(re.fullmatch(r"100\.\d+\.\d+\.\d+", fields[1]) and fields[3] == "200" for fields in log)
+    assert "cannot reach the agent" not in (nginx / "stderr").read_text()
+
+
 def test_nginx_concurrent_clients_each_answered_once(apps, nginx):
     before = len((nginx / "access.log").read_text().splitlines())
     script = ("for i in $(seq 24); do curl -sS --max-time 10 -o /dev/null -w '%{http_code}\\n' "

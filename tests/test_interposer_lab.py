@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from labkit import boxer_run, stop_all
+from labkit import boxer_run, stop_all, wait_for
 
 APPS = Path(__file__).parent / "apps"
 PROGS = Path(__file__).parent / "interposer_progs"
@@ -192,3 +192,118 @@ def test_sshd_re_exec_per_connection_sees_the_clients_overlay_address(lab, tmp_p
     assert client_ip == seen["own"] and client_ip.startswith("100."), seen
     assert server_ip.startswith("100.") and server_port == "2222", seen
     assert f"Connection from {client_ip} port {client_port}" in log.read_text()
+
+
+# ---- item 3: descendants that change user keep the overlay; other local users are refused ----------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture
+def postgres_dir():
+    """A folder owned by the postgres user (pytest's tmp is 0700 root: postgres cannot enter it)."""
+    import pwd
+    import tempfile
+
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no postgres user (scripts/install-deps.sh installs postgresql)")
+    if not (PG_BIN / "postgres").exists():
+        pytest.skip(f"no {PG_BIN}/postgres (scripts/install-deps.sh installs postgresql 15)")
+    d = Path(tempfile.mkdtemp(prefix="boxer-pg-"))
+    os.chown(d, user.pw_uid, user.pw_gid)
+    yield d, user.pw_uid
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for pid {pid}")
+
+
+def test_postgres_dropping_to_its_user_by_runuser_keeps_the_overlay(lab, postgres_dir):
+    """`boxer run -- runuser -u postgres -- postgres ...`, the way a container entrypoint starts
+    it: postgres (uid postgres, a grandchild of the agent) listens on the overlay and psql on
+    another NATed host reaches it by name. Before the fix postgres logged `HELLO: cannot reach
+    the agent at /tmp/boxer-agent-.../agent.sock: Permission denied`, then `could not listen`."""
+    d, pg_uid = postgres_dir
+    data = d / "data"
+    subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust",
+                    "-U", "postgres"], check=True, capture_output=True, timeout=120)
+    with open(data / "pg_hba.conf", "a") as hba:
+        hba.write("host all all 0.0.0.0/0 trust\n")  # psql comes from another host's overlay address
+    log = d / "postgres.log"
+    with open(log, "w") as err:
+        server = start(lab, "h1", "pg", "runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(data),
+                       "-c", "listen_addresses=*", "-c", "port=5432", "-k", str(d), stderr=err)
+    query = ("getent hosts pgclient | cut -d' ' -f1; "
+             f"{PG_BIN / 'psql'} -h pg -U postgres -At -F ' ' "
+             "-c 'select inet_client_addr(), inet_server_addr(), inet_server_port()'")
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            proc = lab.run("h2", boxer_run("pgclient", "sh", "-c", query), capture_output=True, text=True,
+                           timeout=60)
+            lines = proc.stdout.split()
+            if proc.returncode == 0 and len(lines) == 4:
+                break
+            assert server.poll() is None, f"postgres exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"psql never connected: {proc.stderr[-1500:]}\n{log.read_text()[-1500:]}"
+            time.sleep(0.5)
+        own, client, server_addr, port = lines
+        assert client == own and client.startswith("100."), lines  # the backend sees psql's overlay address
+        assert server_addr.startswith("100.") and port == "5432", lines
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+        assert _uid_of(postmaster) == pg_uid  # it did drop to postgres
+        assert "cannot reach the agent" not in log.read_text()
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _app_env(path: Path) -> dict[str, str]:
+    env = {}
+    for entry in path.read_bytes().split(b"\0"):
+        key, sep, value = entry.decode().partition("=")
+        if sep:
+            env[key] = value
+    return env
+
+
+def test_only_the_apps_own_tree_may_talk_to_the_agent_whatever_the_user(lab, tmp_path):
+    """The agent's socket is open to every uid (0666) so that descendants that drop privileges
+    keep the overlay; the agent itself refuses anyone outside the app's tree. Inside: a child that
+    drops uid, gid and groups (setpriv) resolves the instance's own name through the agent.
+    Outside: a process as nobody (runuser) and one as root, each given the app's whole environment
+    (LD_PRELOAD, BOXER_AGENT_SOCK...), get no answer, and the agent logs each refusal."""
+    env_file, inside = tmp_path / "environ", tmp_path / "inside"
+    script = (f"cat /proc/$$/environ > {env_file}; "
+              f"setpriv --reuid=nobody --regid=nogroup --clear-groups -- getent hosts keeper > {inside}.tmp; "
+              f"mv {inside}.tmp {inside}; exec sleep 120")
+    log = tmp_path / "agent.log"
+    with open(log, "w") as err:
+        keeper = start(lab, "h1", "keeper", "sh", "-c", script, stderr=err)
+    deadline = time.monotonic() + 30
+    while not inside.exists():
+        assert keeper.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+    own = inside.read_text().split()
+    assert len(own) == 2 and own[0].startswith("100.") and own[1] == "keeper", (own, log.read_text()[-1500:])
+    env = _app_env(env_file)
+    assert env["BOXER_AGENT_SOCK"].startswith("/tmp/boxer-agent-")
+    sock = Path(env["BOXER_AGENT_SOCK"])
+    assert (sock.stat().st_mode & 0o777, sock.parent.stat().st_mode & 0o777) == (0o666, 0o711)
+    # `env K=V... getent`: only getent gets the app's LD_PRELOAD and BOXER_* (not ip or runuser).
+    ask = ["env", *(f"{k}={v}" for k, v in env.items()), "getent", "hosts", "keeper"]
+    outsiders = {0: ask, 65534: ["runuser", "-u", "nobody", "--", *ask]}
+    for uid, argv in outsiders.items():
+        proc = lab.run("h1", argv, capture_output=True, text=True, timeout=30)
+        assert proc.stdout == "" and proc.returncode != 0, (uid, proc.stdout, proc.stderr)
+        # The first refusal of a uid is logged at once (then one line per 10 s with the count).
+        line = f"refused (ipc-peer uid {uid}): a connection to the agent's socket from pid "
+        wait_for(f"the refusal of uid {uid} in the agent's log", lambda line=line: line in log.read_text(), timeout=5)
+        refusal = next(x for x in log.read_text().splitlines() if line in x)
+        assert refusal.endswith("'getent': not the app or one of its descendants; closed unanswered"), refusal

@@ -25,7 +25,8 @@ VENV_BIN = Path(sys.executable).parent
 STRICT_PACKAGES = ["boxer.nat_traversal"]
 STRICT_MODULES = ["boxer.controller.policy", "boxer.controller.partition", "boxer.controller.reapply",
                   "boxer.controller.scaling", "boxer.controller.signals", "boxer.controller.spec"]
-C_SOURCES = [*sorted((ROOT / "interposer").glob("*.c")), ROOT / "boxer" / "agent" / "fastpath.c"]
+C_SOURCES = [*sorted((ROOT / "interposer").glob("*.c")), ROOT / "boxer" / "agent" / "fastpath.c",
+             ROOT / "boxer" / "agent" / "peercheck.c"]
 SHELL_SCRIPTS = [ROOT / "scripts" / "install-deps.sh", ROOT / "scripts" / "generate-control-api.sh",
                  ROOT / ".ci" / "run"]
 

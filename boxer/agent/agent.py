@@ -40,6 +40,7 @@ from boxer.agent.tickets import TicketPools
 from boxer.agent.waiters import Waiters
 from boxer.nat_traversal import messages as m
 from boxer.nat_traversal.client import Timeouts
+from boxer.nat_traversal.limits import Refusals
 
 __all__ = ["WAKE_ADDR", "Agent", "Timeouts", "enable_keepalive", "nat_idle_timeout"]
 
@@ -79,6 +80,8 @@ class Agent:
         # ("drain", grace seconds) or ("stop", reason), from the controller; the runner acts on it.
         self.stop_request: asyncio.Future[tuple[str, object]] = asyncio.get_running_loop().create_future()
         self.tracker = ConnectionTracker()
+        # Connections to our socket from outside our process tree (the fast path closes them).
+        self.ipc_refusals = Refusals()
         self._idle = IdleClock()
         self.lifetime_deadline: float | None = None  # time.monotonic() at which we must be gone
         t = self.timeouts
@@ -256,6 +259,10 @@ class Agent:
         elif event.kind is EventKind.WAKE_FAILED:
             log.info("the app did not take a connection on port %d (not listening, or not accepting)",
                      event.port)
+        elif event.kind is EventKind.REFUSED:
+            # Logged per uid: the first at once, then one line per 10 s with the count since.
+            self.ipc_refusals.refuse(f"ipc-peer uid {event.peer_uid}", time.monotonic(),
+                                     _describe_peer(event.peer_pid))
 
     def _connect_to_ourselves(self, req: Message) -> tuple[Message, socket.socket | None] | Answer:
         """The app connects to its own overlay address, as a host may connect to its own name: a
@@ -295,3 +302,15 @@ class Agent:
         enable_keepalive(sock)
         sock.setblocking(True)
         return req.reply(addr=self.addr, port=local_port), sock
+
+
+def _describe_peer(pid: int) -> str:
+    """Who was refused, for the log: pid and program name (if it still runs)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            comm = f" {f.read().strip()!r}"
+    except OSError:
+        comm = ""
+    who = f"pid {pid}" if pid else "a process in another pid namespace"
+    return (f"a connection to the agent's socket from {who}{comm}: not the app or one of its descendants; "
+            "closed unanswered")

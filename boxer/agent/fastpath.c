@@ -18,6 +18,9 @@
  * SOCK_SEQPACKET pair; Python answers that client itself. Anything the Python agent must know
  * (a spare used, a connection accepted) is written to an event pipe as a fixed-size record.
  *
+ * Every connection it accepts is checked first (peercheck.c): only the agent's own process tree
+ * may talk to it, whatever its uid; anyone else's connection is closed unread and reported.
+ *
  * Python calls the bx_fp_* functions through ctypes (boxer/agent/fastpath.py) with the GIL
  * released; one mutex guards the tables. This thread never calls into Python. Descriptors handed
  * to bx_fp_* become ours: we close them when they are used, expire or fail. */
@@ -40,6 +43,7 @@
 #include <unistd.h>
 
 #include "boxer_proto.h"
+#include "peercheck.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -49,15 +53,22 @@
 enum kind { K_LISTENER, K_CONTROL, K_FORWARD, K_CLIENT, K_HELD, K_WAKE };
 
 /* Event records for the Python agent (boxer/agent/fastpath.py unpacks the same layout). */
-enum event_kind { EV_SPARE_USED = 1, EV_ACCEPTED = 2, EV_HELD_DONE = 3, EV_WAKE_FAILED = 4 };
+enum event_kind {
+    EV_SPARE_USED = 1,
+    EV_ACCEPTED = 2,
+    EV_HELD_DONE = 3,
+    EV_WAKE_FAILED = 4,
+    EV_REFUSED = 5, /* a connection from outside the agent's process tree (peercheck.c) */
+};
 struct event {
     uint16_t kind;
     uint16_t port;       /* SPARE_USED: target port; ACCEPTED, HELD_DONE, WAKE_FAILED: our port */
     uint16_t local_port; /* the handed connection's local port (for the connection tracker) */
     uint16_t pad;
-    uint32_t addr; /* SPARE_USED: target overlay address (network order) */
+    uint32_t addr; /* SPARE_USED: target overlay address (network order); REFUSED: the peer's pid */
+    uint32_t uid;  /* REFUSED: the peer's uid */
 } __attribute__((packed));
-_Static_assert(sizeof(struct event) == 12, "event records are 12 bytes");
+_Static_assert(sizeof(struct event) == 16, "event records are 16 bytes");
 
 /* Every descriptor in the epoll set points at one of these (the kind comes first). */
 struct entry {
@@ -96,6 +107,7 @@ static struct {
     int epoll, control, listener, forward, events;
     uint32_t own_addr; /* network order */
     uint32_t wake_addr; /* network order: the source address of wake connections */
+    pid_t agent_pid;    /* the root of the process tree allowed to connect (peercheck.c) */
     struct spare *spares;
     struct entry *entries;   /* clients, held spares, pending accepts */
     struct entry *graveyard; /* dropped entries, freed by the thread between epoll_waits */
@@ -113,11 +125,18 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void emit(uint16_t kind, uint16_t port, uint16_t local_port, uint32_t addr)
+static void emit_full(uint16_t kind, uint16_t port, uint16_t local_port, uint32_t addr,
+                      uint32_t uid)
 {
-    struct event ev = {.kind = kind, .port = port, .local_port = local_port, .addr = addr};
+    struct event ev = {.kind = kind, .port = port, .local_port = local_port, .addr = addr,
+                       .uid = uid};
     /* The pipe is non-blocking: if Python fell 4096 events behind, its counters lose one. */
     (void)!write(fp.events, &ev, sizeof ev);
+}
+
+static void emit(uint16_t kind, uint16_t port, uint16_t local_port, uint32_t addr)
+{
+    emit_full(kind, port, local_port, addr, 0);
 }
 
 static uint16_t local_port_of(int fd)
@@ -485,6 +504,13 @@ static void on_listener(void)
                 continue;
             return; /* EAGAIN, or out of descriptors: epoll tells us again */
         }
+        struct bx_peer who;
+        if (!bx_peer_allowed(c, fp.agent_pid, &who)) {
+            /* Closed unread: no answer, no descriptor; the Python agent logs it. */
+            close(c);
+            emit_full(EV_REFUSED, 0, 0, (uint32_t)who.pid, (uint32_t)who.uid);
+            continue;
+        }
         struct entry *e = add_entry(K_CLIENT, c, EPOLLIN, now() + CLIENT_READ_TIMEOUT);
         if (e == NULL) {
             close(c);
@@ -605,6 +631,7 @@ EXPORT int bx_fp_start(int listener, int forward_fd, int events, uint32_t own_ad
     fp.own_addr = own_addr;
     fp.wake_addr = wake_addr;
     fp.accept_pickup = accept_pickup;
+    fp.agent_pid = getpid();
     fp.epoll = epoll_create1(EPOLL_CLOEXEC);
     fp.control = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     fp.listener_entry = (struct entry){.kind = K_LISTENER, .fd = listener};
@@ -673,6 +700,7 @@ EXPORT void bx_fp_stop(void)
         free(s);
     }
     memset(fp.listening, 0, sizeof fp.listening);
+    bx_peer_forget();
     close(fp.epoll);
     close(fp.control);
     fp.epoll = fp.control = -1;

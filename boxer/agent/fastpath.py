@@ -29,7 +29,7 @@ from boxer.agent.ipc import SIZE
 log = logging.getLogger(__name__)
 
 LIBRARY = Path(__file__).resolve().parent.parent / "libboxer_fastpath.so"
-_EVENT = struct.Struct("=HHHHI")  # struct event in fastpath.c
+_EVENT = struct.Struct("=HHHHII")  # struct event in fastpath.c
 _EVENTS_PER_READ = 256
 
 
@@ -38,6 +38,7 @@ class EventKind(enum.IntEnum):
     ACCEPTED = 2  # the app accepted a connection on port
     HELD_DONE = 3  # a held spare ended (used, closed, or timed out)
     WAKE_FAILED = 4  # the app did not take a connection on port (not listening, or too slow)
+    REFUSED = 5  # a connection from outside the agent's process tree, closed unread (peer_pid, peer_uid)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class FastEvent:
     port: int
     local_port: int
     addr: str
+    peer_pid: int = 0  # REFUSED: who connected (0: in a pid namespace we cannot see)
+    peer_uid: int = 0
 
 
 def _load() -> ctypes.CDLL:
@@ -131,9 +134,13 @@ class FastPath:
             data = os.read(self._events_r, _EVENT.size * _EVENTS_PER_READ)
         except (BlockingIOError, InterruptedError):
             return
-        for kind, port, local_port, _pad, addr in _EVENT.iter_unpack(data):
+        for kind, port, local_port, _pad, addr, uid in _EVENT.iter_unpack(data):
             try:
-                on_event(FastEvent(EventKind(kind), port, local_port, _text(addr)))
+                if kind == EventKind.REFUSED:
+                    event = FastEvent(EventKind.REFUSED, 0, 0, "", peer_pid=addr, peer_uid=uid)
+                else:
+                    event = FastEvent(EventKind(kind), port, local_port, _text(addr))
+                on_event(event)
             except Exception:
                 log.exception("error while handling a fast-path event")
 

@@ -3,6 +3,14 @@
 The listener is served by the native fast path (boxer/agent/fastpath.c), which answers warm
 CONNECTs and ACCEPTs itself and forwards every other request here with the interposer's
 connection attached; we answer on that connection and close it.
+
+Who may connect: the socket is 0666 (its directory 0711, made by the runner), because the app's
+descendants change uid and gid (runuser, su, setpriv, a server's own `user nobody;`) and must
+keep the overlay. The boundary is the fast path's peer check instead (boxer/agent/peercheck.c):
+every connection is accepted by the native thread, which closes, unread, any whose peer is not
+the agent or one of its descendants (the app's process tree, daemons adopted by the subreaper
+included). This server never accepts a connection itself: it only sees those the native side
+forwards over a private socketpair, already checked.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ class IpcServer:
     async def start(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.path)
-        os.chmod(self.path, 0o600)
+        os.chmod(self.path, 0o666)  # any uid of the app's tree; peercheck.c refuses everyone else
         listener.listen(1024)
         self._listener = listener
         self._fast.start(listener, self._forwarded, self._on_fast_event)

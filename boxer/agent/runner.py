@@ -93,6 +93,10 @@ async def run_instance(opts: RunOptions) -> int:
     fast = FastPath(reg.addr, WAKE_ADDR, timeouts.accept_pickup)
     agent = Agent(link, opts.coordinator, opts.credential.key, fast, timeouts=timeouts)
     workdir = tempfile.mkdtemp(prefix="boxer-agent-")
+    # 0711: the app's descendants that dropped to another user reach the socket and resolv.conf by
+    # their paths (from the environment) but cannot list the folder; who may talk to the agent
+    # is decided by the peer check (boxer/agent/peercheck.c), not by these modes.
+    os.chmod(workdir, 0o711)
     server = IpcServer(os.path.join(workdir, "agent.sock"), agent.handle_ipc, fast, agent.on_fast_event)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,6 +165,7 @@ async def _start_dns(agent: Agent, addr: str, workdir: str, env: dict[str, str])
     resolv = os.path.join(workdir, "resolv.conf")
     with open(resolv, "w") as f:
         f.write(f"# written by boxer: overlay names first, the rest forwarded\nnameserver {host}\n")
+    os.chmod(resolv, 0o644)  # read by the app's descendants whatever their user (and the agent's umask)
     env["BOXER_RESOLV_CONF"] = resolv
     return served
 
