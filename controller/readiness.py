@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DETACH_PATIENCE", "BringUp", "judge_bring_up"]
+__all__ = ["DETACH_PATIENCE", "BringUp", "crash_loops", "judge_bring_up"]
 
 DETACH_PATIENCE = 2.5  # seconds an instance may run without listening before --detach says so
 
@@ -100,6 +100,17 @@ def judge_bring_up(status: Mapping[str, Any] | None, wants: Mapping[str, int], s
         not_listening={n: why for n, (v, why) in verdicts.items() if v == NOT_LISTENING},
         connected=bool(status.get("connected")),
     )
+
+
+def crash_loops(status: Mapping[str, Any] | None, since: float) -> dict[str, str]:
+    """Services an instance of which has failed since `since` and waits in crash-loop back-off
+    (what `boxer up` of an edited file stops waiting on: a rollout to a broken command never
+    finishes, though the instances from before keep every service ready): name -> why."""
+    found: dict[str, str] = {}
+    for failure in (status or {}).get("failures", []):
+        if failure.get("at", 0) >= since and failure.get("service") and "back-off" in str(failure.get("then") or ""):
+            found[str(failure["service"])] = _why_failed(failure, [])
+    return found
 
 
 def _why_failed(failure: Mapping[str, Any] | None, backoff: list[Mapping[str, Any]]) -> str:

@@ -56,3 +56,22 @@ def test_a_service_at_zero_is_ready():
     verdict = judge_bring_up({"connected": True, "services": {"web": {"desired": 0}}, "instances": []},
                              {"web": 0}, SINCE)
     assert verdict.all_ready
+
+
+def test_an_apply_stops_waiting_on_a_crash_loop_its_change_began():
+    """A rollout to a misspelled command: the old instance keeps the service ready, its
+    successor crash-loops. crash_loops names it (only failures since the apply, only back-offs)."""
+    from boxer.controller.readiness import crash_loops
+
+    typo = {"at": SINCE + 2, "service": "api", "name": "api-3", "reason": "exited with status 127",
+            "exit_status": 127, "then": "crash loop: started again in 1 s (back-off)",
+            "last_log": ["boxer: command not found: pythn3"]}
+    older = {**typo, "at": SINCE - 5, "service": "web"}
+    once = {**typo, "then": "started again at once"}
+    rolling = status(row("api", "ready"), row("api", "backoff", age=None), failures=[older, once, typo],
+                     services=("api", "web"))
+    assert judge_bring_up(rolling, {"api": 1}, SINCE).all_ready  # what the apply waited on before
+    assert crash_loops(rolling, SINCE) == {
+        "api": "exited with status 127; crash loop: started again in 1 s (back-off); last log line: "
+               "boxer: command not found: pythn3"}
+    assert crash_loops(status(row("api", "ready"), failures=[older, once]), SINCE) == {}

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -255,8 +256,9 @@ def test_logs_show_each_instance_its_restarts_and_a_misspelled_binary(deployment
     times = [line.split()[0] for line in lines]
     assert times == sorted(times)
 
-    # A rollout to a misspelled binary: followed from before the edit, the new instance and its
-    # `command not found` appear as they happen (the old instances keep serving).
+    # A rollout to a misspelled binary, followed from before the edit: the new instance and its
+    # `command not found` appear as they happen (the old instances keep serving). Ctrl-C while
+    # `boxer up` waits on the rollout only stops the waiting.
     text = Path(read_json(DeployPaths(deployment).deployment)["file"]).read_text()
     assert 'command: [python3, -m, http.server, "8080"]' in text
     edited = tmp_path / "deploy.yaml"
@@ -270,22 +272,42 @@ def test_logs_show_each_instance_its_restarts_and_a_misspelled_binary(deployment
     threading.Thread(target=lambda: [lines_in.put(line) for line in follow.stdout], daemon=True).start()
     seen: list[str] = []
     try:
+        assert apply.stdout.readline().startswith("applied services.api.command"), apply.stderr.read()
+        apply.send_signal(signal.SIGINT)
+        _, apply_err = apply.communicate(timeout=30)
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and not any("exited with status 127" in line for line in seen):
             with contextlib.suppress(queue.Empty):
                 seen.append(lines_in.get(timeout=max(0.01, deadline - time.monotonic())))
     finally:
-        apply.send_signal(signal.SIGINT)
-        apply_out, apply_err = apply.communicate(timeout=30)
+        if apply.poll() is None:
+            apply.kill()
+            apply.wait()
         follow.send_signal(signal.SIGINT)
         _, follow_err = follow.communicate(timeout=30)
+    assert apply.returncode == 130 and "Traceback" not in apply_err, apply_err
+    assert "interrupted: the edited file is applied and the deployment runs on" in apply_err
     typo = [line for line in seen if "| boxer: command not found: pythn3" in line]
-    assert typo, (seen[-20:], follow_err, apply_out, apply_err)
+    assert typo, (seen[-20:], follow_err)
     instance = typo[0].split()[1]
     assert any(f" {instance}" in line and "* exited with status 127" in line for line in seen), seen[-20:]
     assert follow.returncode == 130 and "Traceback" not in follow_err, follow_err
-    assert apply.returncode == 130 and "Traceback" not in apply_err, apply_err
-    assert "the deployment runs on" in apply_err
+
+    # Another broken edit, waited on: `boxer up` stops at the crash loop and says why in one line.
+    edited.write_text(text.replace('command: [python3, -m, http.server, "8080"]',
+                                   'command: [pythn4, -m, http.server, "8080"]'))
+    began = time.monotonic()
+    again = subprocess.run([*BOXER, "up", "--name", deployment, str(edited)], capture_output=True, text=True,
+                           timeout=60)
+    print(f"a rollout to a missing command: `boxer up` said so after {time.monotonic() - began:.1f} s")
+    assert again.returncode == 1, again.stdout + again.stderr
+    (last,) = [line for line in again.stderr.splitlines() if line.startswith("boxer: ")]
+    assert last.startswith("boxer: api fails since the change: exited with status 127"), last
+    assert "crash loop: started again in " in last, last
+    # (the slot the first edit broke may be the one that fails again first: the service fails)
+    assert re.search(r"last log line: boxer: command not found: pythn[34]\. The change is applied: fix the file "
+                     r"and `boxer up` it again \(`boxer logs api` shows why\)$", last), last
+    assert time.monotonic() - began < 20
 
 
 def test_down_leaves_nothing_behind(deployment):

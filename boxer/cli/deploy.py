@@ -343,7 +343,7 @@ def _show_applied(applied: Any, statuses: Iterator[dict[str, Any]], deployment: 
                   paths: Any) -> None:
     """What an apply changed, then its progress. `paths`: the deployment's files here (None: it
     runs on a controller host)."""
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     if not applied.changes:
         click.echo(f"deployment {name!r} is up and already runs {file}: nothing to apply")
         return
@@ -353,7 +353,7 @@ def _show_applied(applied: Any, statuses: Iterator[dict[str, Any]], deployment: 
         click.echo(f"rolling out {service}: its instances are replaced, each once its successor "
                    "listens")
     if not _show_progress(paths, deployment, started, None, statuses=statuses,
-                          gone=None if paths is not None else lambda: False):
+                          gone=None if paths is not None else lambda: False, crashing_since=since):
         click.echo("boxer: not every service came up in time; see `boxer status`"
                    + (f" and {paths.root}/" if paths is not None else ""), err=True)
 
@@ -362,18 +362,21 @@ def _show_progress(paths: Any, deployment: Any, started: float,
                    proc: subprocess.Popen[bytes] | None, since: float | None = None,
                    wait: bool = False, timeout: float = UP_TIMEOUT,
                    statuses: Iterator[dict[str, Any] | None] | None = None,
-                   gone: Callable[[], bool] | None = None) -> Any:
+                   gone: Callable[[], bool] | None = None, crashing_since: float | None = None) -> Any:
     """Redraw the services' ready counts until every one has what it wants. `proc`: the
     controller we started, or None for one already running (an apply, whose `statuses` the
     controller streams). Statuses come through the control API, one per tick. With `since` (a
     new deployment), also stop once every service is listening or known to fail (or, `wait`,
     once one is crash-looping) and return that verdict (boxer.controller.readiness). `gone`: how
-    to tell the controller went, when it is not on this machine (its stream then fails)."""
+    to tell the controller went, when it is not on this machine (its stream then fails).
+    `crashing_since` (an apply): stop with a one-line error once an instance that failed since
+    then is crash-looping (a rollout to a misspelled command would never finish)."""
     from boxer.controller.api.client import ControlError, watch_when_up
     from boxer.controller.deployments import last_log_error
-    from boxer.controller.readiness import judge_bring_up
+    from boxer.controller.readiness import crash_loops, judge_bring_up
     from boxer.controller.record import DeploymentRecord
 
+    looping: dict[str, str] = {}
     wants = {name: svc.min_instances for name, svc in deployment.services.items()}
 
     def exited() -> bool:
@@ -402,7 +405,9 @@ def _show_progress(paths: Any, deployment: Any, started: float,
             if since is not None:
                 verdict = judge_bring_up(status, wants, since)
                 done = verdict.all_ready or (verdict.crash_looping() if wait else verdict.settled)
-            if done or exited() or time.monotonic() - started > timeout:
+            if crashing_since is not None:
+                looping = crash_loops(status, crashing_since)
+            if done or looping or exited() or time.monotonic() - started > timeout:
                 break
     except ControlError as exc:
         if not exited():  # a controller that went is said below
@@ -421,6 +426,11 @@ def _show_progress(paths: Any, deployment: Any, started: float,
                           f"{': ' + why if why else ''}; see {paths.log}")
     if status:
         click.echo(status_text(status, wide=False))
+    if looping:
+        service = next(iter(looping))
+        raise DeployError(f"{'; '.join(f'{s} fails since the change: {why}' for s, why in looping.items())}. The "
+                          f"change is applied: fix the file and `boxer up` it again (`boxer logs {service}` "
+                          "shows why)")
     if since is not None:
         return judge_bring_up(status, wants, since)
     return done
