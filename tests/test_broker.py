@@ -77,6 +77,16 @@ def test_old_protocol_version_is_refused_with_both_versions(broker):
     assert "version 7" in refused.reason and f"speaks {m.PROTOCOL_VERSION}" in refused.reason
 
 
+def test_an_agent_of_protocol_4_which_held_the_secret_is_refused_by_name(broker):
+    """Protocol 5 took the secret from the agents: a version 4 agent (or coordinator) is told
+    so in one line, never half served."""
+    assert m.PROTOCOL_VERSION == 5
+    broker.connection_made(1, "198.18.1.9:1234")
+    refused = sent(broker.message_received(1, m.Auth(v=4, nonce="ab" * 16, mac="00" * 32), 0.0))[0]
+    assert refused == m.Refused(reason="protocol version 4 not supported (coordinator speaks 5): upgrade boxer "
+                                       "on both sides")
+
+
 def test_registration_allocates_addresses_then_the_turn_ends_with_members(broker):
     register(broker, 1, "kv")
     login(broker, 2)

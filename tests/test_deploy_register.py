@@ -13,7 +13,7 @@ from boxer.backends import HandleState
 from boxer.backends.aws_lambda.backend import LambdaBackend
 from boxer.backends.aws_lambda.facts import LambdaFacts
 from boxer.cli.status_view import status_text
-from boxer.controller.runtime import INSTANCE_ID_ENV, ControllerRuntime
+from boxer.controller.runtime import ControllerRuntime
 from boxer.controller.spec import Deployment
 from boxer.nat_traversal import messages as m
 
@@ -85,7 +85,7 @@ def test_an_instance_that_does_not_register_in_time_fails_and_is_relaunched() ->
         assert rt.book.records.get("kv-1.1") is None  # stopped and forgotten
         # restartPolicy always: relaunched with the same name, through the slot it gave back.
         assert [e["name"] for e in lam.events] == ["kv-1", "kv-1"]
-        assert lam.events[0]["env"][INSTANCE_ID_ENV] != lam.events[1]["env"][INSTANCE_ID_ENV]
+        assert lam.events[0]["instance"] != lam.events[1]["instance"]
         assert backend.status()["concurrency"] == {"limit": 1, "in_use": 1, "waiting": 0}
         status = rt.status()
         assert status["failures"][0]["reason"] == reason
@@ -130,7 +130,7 @@ def test_an_instance_that_registers_in_time_is_not_failed() -> None:
         rt, backend, lam = runtime("always")
         await rt.tick(0.0)
         await launched(rt, lam, 1)
-        agent_id = lam.events[0]["env"][INSTANCE_ID_ENV]
+        agent_id = lam.events[0]["instance"]  # the id its token is bound to
         rt.book.on_message(m.InstanceUp(name="kv-1", service="kv", instance=agent_id,
                                         addr="100.64.0.2"), 12.0)
         await rt.tick(31.0)
