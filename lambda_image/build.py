@@ -2,6 +2,7 @@
 
     python3 lambda_image/build.py                 # the base image; prints its name
     python3 lambda_image/build.py --example redis # and lambda_image/examples/redis.Dockerfile
+    python3 lambda_image/build.py --controller    # and the controller (--target controller)
 
 No daemon and no registry: buildah keeps images in its local storage (/var/lib/containers:
 overlay where the kernel allows it, else set STORAGE_DRIVER=vfs) and runs RUN steps with chroot
@@ -11,6 +12,7 @@ already in the storage is skipped, so a second run costs a `buildah images` call
     localhost/boxer-debian-base:<recipe hash>     debootstrap --variant=minbase + python3
     localhost/boxer-lambda:<inputs hash>          lambda_image/Dockerfile on that base
     localhost/boxer-lambda-redis:<inputs hash>    an example, FROM the image above
+    localhost/boxer-controller:<inputs hash>      the Dockerfile's controller target
 
 The Debian mirror is the one this machine's apt uses (/etc/apt/sources.list*), so the build
 reaches what apt reaches.
@@ -49,6 +51,7 @@ BASE_SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 BASE_REPO = "localhost/boxer-debian-base"
 IMAGE_REPO = "localhost/boxer-lambda"
+CONTROLLER_REPO = "localhost/boxer-controller"  # the Dockerfile's `controller` target
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
@@ -106,6 +109,10 @@ def base_tag() -> str:
 
 def image_tag() -> str:
     return f"{IMAGE_REPO}:{inputs_hash(INPUTS, ROOT, base_tag())}"
+
+
+def controller_tag() -> str:
+    return f"{CONTROLLER_REPO}:{inputs_hash(INPUTS, ROOT, base_tag())}"
 
 
 def example_tag(example: str) -> str:
@@ -167,9 +174,11 @@ def build_base(tag: str) -> None:
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
-def build_image(tag: str, dockerfile: Path, context: Path, base_arg: str, base: str) -> None:
+def build_image(tag: str, dockerfile: Path, context: Path, base_arg: str, base: str,
+                target: str | None = None) -> None:
     volumes = ["--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"] if HOST_CA_BUNDLE.is_file() else []
-    _buildah("bud", "--layers", "--force-rm", "--isolation", "chroot", *volumes, "-f", str(dockerfile),
+    targets = ["--target", target] if target else []
+    _buildah("bud", "--layers", "--force-rm", "--isolation", "chroot", *volumes, *targets, "-f", str(dockerfile),
              "--build-arg", f"{base_arg}={base}", "-t", tag, str(context), capture=False)
 
 
@@ -189,14 +198,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--example", action="append", default=[],
                         help="also build lambda_image/examples/NAME.Dockerfile on the image")
+    parser.add_argument("--controller", action="store_true",
+                        help="also build the controller image (the Dockerfile's `controller` target: what "
+                             "terraform runs beside the coordinator)")
     parser.add_argument("--print-tag", action="store_true", help="print the tags, build nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="build-lambda-image: %(message)s", stream=sys.stderr)
     try:
         base, image = base_tag(), image_tag()
         examples = {name: example_tag(name) for name in args.example}
+        controller = [controller_tag()] if args.controller else []
         if args.print_tag:
-            print("\n".join([image, *examples.values()]))
+            print("\n".join([image, *examples.values(), *controller]))
             return 0
         if shutil.which("buildah") is None:
             raise BuildError("buildah is not installed: scripts/install-deps.sh installs it")
@@ -206,10 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             dockerfile = EXAMPLES / f"{name}.Dockerfile"
             ensure(tag, lambda d=dockerfile, t=tag: build_image(t, d, EXAMPLES, "BOXER_IMAGE", image),
                    f"example {name}")
+        if controller:
+            ensure(controller[0], lambda: build_image(controller[0], DOCKERFILE, ROOT, "BASE_IMAGE", base,
+                                                      target="controller"), "controller image")
     except BuildError as exc:
         print(f"build-lambda-image: {exc}", file=sys.stderr)
         return 1
-    print("\n".join([image, *examples.values()]))
+    print("\n".join([image, *examples.values(), *controller]))
     return 0
 
 

@@ -218,3 +218,71 @@ def test_the_coordinator_command_terraform_runs_works_from_the_image(opened, tmp
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def controller_image() -> str:
+    """The Dockerfile's `controller` target, built unless its hash tag exists."""
+    proc = subprocess.run([sys.executable, str(ROOT / "lambda_image" / "build.py"), "--controller"],
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.split()[-1]
+
+
+def test_the_controller_command_terraform_runs_works_from_the_controller_image(controller_image, tmp_path):
+    """terraform's controller unit (templates/coordinator-user-data.sh.tftpl) runs the controller
+    image with /opt/boxer/bin/python and the controller host's arguments: that command, from the
+    built image, with a certificate made by the user data's own openssl line, answers a client
+    that checks the certificate and presents the token (no deployment yet)."""
+    import re
+    import shlex
+    import socket as socketlib
+
+    from test_terraform import render_user_data, units
+
+    from boxer.backends.emulators.image import close_image, open_image
+    from boxer.backends.emulators.sandbox import SandboxConfig, sandbox_argv
+    from boxer.controller.api.client import ControlClient, ControlError
+
+    script = render_user_data()
+    words = shlex.split(units(script)["boxer-controller"]["ExecStart"][0])
+    entrypoint = words[words.index("--entrypoint") + 1]
+    assert entrypoint == "/opt/boxer/bin/python"
+    (make_cert,) = re.findall(r"^\s*(openssl req .*)$", script, re.M)
+    control = tmp_path / "control"
+    control.mkdir()
+    subprocess.run(shlex.split(make_cert.replace("/etc/boxer/control", str(control))), check=True,
+                   capture_output=True)
+    token = os.urandom(24).hex()
+    (control / "token").write_text(token + "\n")
+    (control / "outputs.json").write_text("{}")
+    with socketlib.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [a.replace("/etc/boxer/control", "/tmp/control").replace("/var/lib/boxer", "/tmp/state")
+             .replace("0.0.0.0:7443", f"127.0.0.1:{port}") for a in words[words.index("--entrypoint") + 3:]]
+    opened = open_image(controller_image, f"c{os.getpid() % 100000}")
+    try:
+        config = SandboxConfig(root=opened.rootfs, argv=[entrypoint, *args], workdir="/", uid=0, gid=0, nofile=4096,
+                               copies=[(str(control / f), f"/tmp/control/{f}")
+                                       for f in ("tls.crt", "tls.key", "token", "outputs.json")])
+        proc = subprocess.Popen(sandbox_argv(config), stderr=subprocess.PIPE,
+                                env={"PATH": "/usr/bin:/bin", "BOXER_DEPLOY_STATE_ROOT": "/tmp/state/deploy"})
+        try:
+            cert = (control / "tls.crt").read_bytes()
+            deadline = time.monotonic() + 30
+            with ControlClient.at(f"127.0.0.1:{port}", ca=cert, token=token, server_name="boxer-controller") as client:
+                while True:
+                    try:
+                        client.status(timeout=2)
+                    except ControlError as exc:
+                        if "no deployment runs on the controller" in str(exc):
+                            break
+                        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                        assert time.monotonic() < deadline, f"the controller from the image never answered: {exc}"
+                        time.sleep(0.3)
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=20)
+    finally:
+        close_image(opened)
