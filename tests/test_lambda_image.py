@@ -71,11 +71,25 @@ def test_base_is_a_build_argument_used_by_both_stages() -> None:
     args = dict(a.split("=", 1) for k, a in parsed if k == "ARG" and "=" in a)
     assert args["BASE_IMAGE"].startswith("docker.io/library/python:3.11-slim-bookworm")
     froms = [a for k, a in parsed if k == "FROM"]
-    assert froms == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
+    # The function's image is the last stage, what a build without --target makes; the
+    # controller's (--target controller) is built from the same build stage.
+    assert froms == ["${BASE_IMAGE} AS build", "build AS controller-build", "${BASE_IMAGE} AS controller",
+                     "${BASE_IMAGE}"]
+
+
+def test_the_controller_target_is_boxer_with_the_controllers_extras_in_the_same_venv() -> None:
+    _, controller_build, controller, runtime = stages(instructions(IMAGE / "Dockerfile"))
+    runs = " ".join(a for k, a in controller_build if k == "RUN")
+    assert "python3 -m venv /opt/boxer" in runs and '".[control,aws]"' in runs
+    assert "cd / && /opt/boxer/bin/python -c \"import boxer.controller.host" in runs  # not shadowed by /src
+    assert ("COPY", "--from=controller-build /opt/boxer /opt/boxer") in controller
+    assert ("ENTRYPOINT", '["/opt/boxer/bin/python", "-m", "boxer.controller.daemon"]') in controller
+    assert ("ENTRYPOINT", '["/opt/boxer/bin/python", "-m", "awslambdaric"]') in runtime
 
 
 def test_interposer_is_compiled_in_the_image_and_the_runtime_has_no_compiler() -> None:
-    build, runtime = stages(instructions(IMAGE / "Dockerfile"))
+    found = stages(instructions(IMAGE / "Dockerfile"))
+    build, runtime = found[0], found[-1]
     runs = " ".join(a for k, a in build if k == "RUN")
     assert "apt-get install -y --no-install-recommends gcc libc6-dev" in runs
     assert "pip install" in runs and "--no-deps ." in runs  # setup.py's build_ext compiles interposer/
@@ -85,7 +99,7 @@ def test_interposer_is_compiled_in_the_image_and_the_runtime_has_no_compiler() -
 
 
 def test_no_lab_code_and_no_heavy_dependencies_in_the_image() -> None:
-    build, _ = stages(instructions(IMAGE / "Dockerfile"))
+    build = stages(instructions(IMAGE / "Dockerfile"))[0]
     runs = " ".join(a for k, a in build if k == "RUN")
     for gone in ('"$site/lab"', '"$site/controller"', '"$site/backends/emulators"'):
         assert gone in runs
@@ -141,7 +155,7 @@ def test_copied_sources_exist() -> None:
 
 
 def test_entrypoint_is_the_runtime_client_and_cmd_an_importable_handler() -> None:
-    parsed = instructions(IMAGE / "Dockerfile")
+    parsed = stages(instructions(IMAGE / "Dockerfile"))[-1]  # the function's: the default target
     (entrypoint,) = [a for k, a in parsed if k == "ENTRYPOINT"]
     assert json.loads(entrypoint) == ["/opt/boxer/bin/python", "-m", "awslambdaric"]
     (cmd,) = [a for k, a in parsed if k == "CMD"]
