@@ -74,6 +74,7 @@ async def serve_deployments(config: HostConfig, socket_path: Path, tcp: Any, for
             except Exception:
                 log.exception("deployment %s ended with an error", service.runtime.status().get("name"))
             finally:
+                service.ended.set()  # its streams (Watch, Apply, Up) end
                 hosted.current = None
                 running.clear()
 

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,75 @@ def test_boxer_run_and_the_agent_never_import_grpc() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_controller_host_runs_what_up_sends_one_at_a_time_and_its_streams_end_with_it(tmp_path: Path) -> None:
+    """HostedControl: before Up every call but Up answers FAILED_PRECONDITION (one line: no
+    deployment runs); Up starts one (its notes, then statuses); a second Up is refused while it
+    runs; Down stops it, and a Watch that was open ends instead of waiting for a tick."""
+    import grpc
+
+    from boxer.controller.api.client import ControlClient, ControlError
+    from boxer.controller.api.server import ApplyRefused, ControlService, HostedControl, serve
+
+    (tmp_path / "instances").mkdir()
+    (tmp_path / "controller.log").write_text("")
+    sent: list[Any] = []
+
+    async def up(request: Any, notes: list[str]) -> ControlService:
+        if b"bad" in request.file:
+            raise ApplyRefused("deploy.yaml:1: services: field required")
+        sent.append(request)
+        notes.append("lambda.outputs is ignored here")
+        service = ControlService(FakeRuntime(), lambda *a: ([], []), lambda: None, tmp_path / "controller.log",
+                                 tmp_path / "instances")
+        service._stop = lambda: loop.call_later(0.1, ended, service)  # as the host: the run ends, then
+        return service
+
+    def ended(service: ControlService) -> None:
+        service.ended.set()
+        hosted.current = None
+
+    hosted = HostedControl(up)
+    loop = asyncio.new_event_loop()
+    ready, done = threading.Event(), threading.Event()
+    socket_path = tmp_path / "host" / "sock"
+
+    async def main() -> None:
+        servers = await serve(hosted, socket_path)
+        ready.set()
+        while not done.is_set():
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*(s.stop(0) for s in servers))
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        with ControlClient.at(f"unix:{socket_path}") as client:
+            with pytest.raises(ControlError, match=r"^no deployment runs on the controller at unix:") as idle:
+                client.status()
+            assert idle.value.code is grpc.StatusCode.FAILED_PRECONDITION
+            with pytest.raises(ControlError, match="refused the deployment: deploy.yaml:1: services: field required"):
+                client.up(b"bad", "/laptop/deploy.yaml", folder="web")
+            applied, statuses = client.up(b"services: {}", "/laptop/web/deploy.yaml", folder="web", name="web",
+                                          backend="lambda", register_timeout=45.0)
+            assert applied.changes == ("lambda.outputs is ignored here",)
+            assert next(statuses)["name"] == "web"
+            (request,) = sent
+            assert (request.path, request.folder, request.name, request.backend, request.register_timeout) == (
+                "/laptop/web/deploy.yaml", "web", "web", "lambda", 45.0)
+            with pytest.raises(ControlError, match="already runs deployment web: `boxer down` it first"):
+                client.up(b"services: {}", "/laptop/other/deploy.yaml", folder="other")
+            watching = client.watch(timeout=20)
+            assert next(watching)["name"] == "web"
+            assert client.down() == 2
+            started = time.monotonic()
+            rest = list(watching)  # ends with the deployment, well before its 20 s
+            assert time.monotonic() - started < 5 and len(rest) < 200
+            with pytest.raises(ControlError, match="no deployment runs"):
+                client.status()
+    finally:
+        done.set()
+        thread.join(10)
+        loop.close()

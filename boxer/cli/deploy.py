@@ -298,6 +298,7 @@ def _up_there(remote: Any, file: Path, deployment: Any, name: str, backend: str 
             with _one_line_errors():
                 for _ in client.watch():
                     pass
+            click.echo(f"deployment {name} was taken down on the controller at {remote.address}")
         except KeyboardInterrupt:
             click.echo("\ntaking the deployment down ...", err=True)
             from boxer.controller.remote import take_down_there

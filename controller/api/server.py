@@ -61,6 +61,20 @@ class ControlService(pb_grpc.ControlServicer):
         self.log_file = log_file
         self.instance_logs = instance_logs
         self._warned: set[str] = set()
+        # Set once the deployment has ended (a controller host's, which serves on afterwards):
+        # its streams end then, instead of waiting for a tick that never comes.
+        self.ended = asyncio.Event()
+
+    async def next_tick(self) -> bool:
+        """True after the runtime's next tick; False once the deployment has ended."""
+        if self.ended.is_set():
+            return False
+        tick = asyncio.ensure_future(self.runtime.next_tick())
+        end = asyncio.ensure_future(self.ended.wait())
+        done, pending = await asyncio.wait({tick, end}, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in pending:
+            waiting.cancel()
+        return tick in done
 
     def _status(self) -> pb.DeploymentStatus:
         skipped: list[str] = []
@@ -81,7 +95,8 @@ class ControlService(pb_grpc.ControlServicer):
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.DeploymentStatus]:
         while True:
             yield self._status()
-            await self.runtime.next_tick()
+            if not await self.next_tick():
+                return
 
     async def Apply(self, request: pb.ApplyRequest, context: Any) -> AsyncIterator[pb.ApplyProgress]:
         max_concurrency = request.max_concurrency if request.HasField("max_concurrency") else None
@@ -92,8 +107,7 @@ class ControlService(pb_grpc.ControlServicer):
             yield pb.ApplyProgress(refused=pb.Refused(reason=refused.reason, fields=refused.fields))
             return
         yield pb.ApplyProgress(applied=pb.Applied(changes=changes, rollouts=rollouts))
-        while True:
-            await self.runtime.next_tick()
+        while await self.next_tick():
             yield pb.ApplyProgress(status=self._status())
 
     async def Down(self, request: pb.DownRequest, context: Any) -> pb.DownReply:
@@ -200,7 +214,8 @@ class HostedControl(pb_grpc.ControlServicer):
         yield pb.ApplyProgress(applied=pb.Applied(changes=notes))
         while True:
             yield pb.ApplyProgress(status=service._status())
-            await service.runtime.next_tick()
+            if not await service.next_tick():
+                return
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.DeploymentStatus:
         return await (await self._service(context)).Status(request, context)
