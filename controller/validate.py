@@ -168,6 +168,9 @@ def _schema_issue(error: Any, located: Located, filename: str) -> Issue:
             None,
             "required field is missing",
         )
+    if kind == "too_short" and loc == ("services",):
+        return Issue(filename, located.line_of(loc), "services", _shorten(value),
+                     "no service: a deployment runs at least one, e.g. `services: {web: {command: [nginx]}}`")
     # Dict-key errors come as (..., key, "[key]"): report them on the key itself.
     key_error = bool(loc) and loc[-1] == "[key]"
     path = loc[:-1] if key_error else loc

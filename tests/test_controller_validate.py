@@ -349,3 +349,8 @@ def test_the_lambda_backend_takes_vm_placement_and_base_capacity() -> None:
     deployment = parse_deployment(text, "d.yaml")
     assert deployment.services["web"].placement.value == "vm"
     assert deployment.services["api"].base_capacity == 2
+
+
+def test_a_file_without_services_says_what_one_looks_like() -> None:
+    assert problems("services: {}\n") == [
+        "d.yaml:1: services: no service: a deployment runs at least one, e.g. `services: {web: {command: [nginx]}}`"]
