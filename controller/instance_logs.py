@@ -274,6 +274,8 @@ class LogReader:
             if not wanted(segment.name, segment.service):
                 continue
             if segment.log is not None:
+                if tail > 0 and segment.position < 0:  # only the end of it is wanted: skip the rest
+                    segment.position = _start_of_last_lines(segment, tail)
                 out += self._file_lines(segment, final)
             elif segment.request_id is not None and self.cloudwatch is not None:
                 out += await self.cloudwatch(segment, since)
@@ -322,6 +324,33 @@ class LogReader:
     @staticmethod
     def _line(segment: _Segment, at: float, raw: bytes) -> LogEntry:
         return LogEntry(at, segment.name, segment.service, raw[:LINE_LIMIT].decode(errors="replace").rstrip("\r"))
+
+
+def _start_of_last_lines(segment: _Segment, lines: int, block: int = 65536) -> int:
+    """The offset in the segment's log where its last `lines` lines begin (reading backwards a
+    block at a time: a tail of a long log need not read it all)."""
+    assert segment.log is not None
+    try:
+        with open(segment.log, "rb") as file:
+            end = segment.end if segment.end is not None else file.seek(0, 2)
+            if end <= segment.start:
+                return segment.start
+            file.seek(end - 1)
+            inside = lines if file.read(1) == b"\n" else lines - 1  # newlines within those lines
+            position, data = end, b""
+            while data.count(b"\n") <= inside:  # until the newline before them is read
+                if position <= segment.start:
+                    return segment.start
+                step = min(block, position - segment.start)
+                position -= step
+                file.seek(position)
+                data = file.read(step) + data
+    except OSError:
+        return segment.start
+    index = len(data)
+    for _ in range(inside + 1):
+        index = data.rindex(b"\n", 0, index)
+    return position + index + 1
 
 
 def _tail_per_instance(entries: list[LogEntry], tail: int) -> list[LogEntry]:

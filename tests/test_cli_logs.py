@@ -299,3 +299,25 @@ def test_logs_into_a_closed_pipe_is_quiet(stopped: tuple[dict[str, str], Path]) 
                            text=True, timeout=60)
     assert shell.stdout.endswith("web-2    * started on h2 (pid 12)\n")
     assert shell.stderr == ""
+
+
+@pytest.mark.parametrize("text", ["a\nbb\nccc\ndddd\n", "a\nbb\nccc\ndddd", "\n\nx\n", "one line", ""])
+@pytest.mark.parametrize("block", [1, 3, 64])
+def test_a_tail_reads_only_the_end_of_a_log(tmp_path: Path, text: str, block: int) -> None:
+    """--tail N seeks to the start of the last N lines, reading backwards, and gives what reading
+    it all would (`boxer logs --tail 10` of a 7.7 MB, 200k-line log: 2.0 s and 103 MB before,
+    0.55 s and 41 MB after, on this 2-core machine at load 5)."""
+    from boxer.controller.instance_logs import _Segment, _start_of_last_lines
+
+    log = tmp_path / "x-1.h1.log"
+    log.write_bytes(b"old instance\n" + text.encode())
+    segment = _Segment("x-1", "x", 0.0, log=str(log), start=len(b"old instance\n"))
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for tail in (1, 2, 3, 10):
+        start = _start_of_last_lines(segment, tail, block=block)
+        got = log.read_bytes()[start:].decode().split("\n")
+        if got and got[-1] == "":
+            got.pop()
+        assert got == lines[-tail:], (tail, start)
