@@ -155,3 +155,24 @@ def test_both_agents_of_a_connection_get_its_key_and_a_reused_connection_id_gets
         keys.append(client.key)
     assert keys[0] != keys[1]  # the same id, brokered again: another salt, another key
     assert "key=" not in repr(client)  # never in a log line
+
+
+@pytest.mark.parametrize("env, message", [
+    ({}, "boxer: no credential for this instance: give it its token (--token-file or BOXER_INSTANCE_TOKEN, with "
+         "--instance-id) as a controller issues it, or the deployment secret"),
+    ({"BOXER_INSTANCE_TOKEN": "ab" * 16, "BOXER_INSTANCE_ID": "0123abcd"},
+     "boxer: the instance token in BOXER_INSTANCE_TOKEN must be 64 hex digits"),
+    ({"BOXER_INSTANCE_TOKEN": "ab" * 32}, "boxer: an instance token is bound to one instance id: pass --instance-id"),
+])
+def test_boxer_run_without_a_usable_credential_says_which_in_one_line(env, message, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    marker = tmp_path / "started"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("BOXER_SECRET", "BOXER_INSTANCE"))}
+    proc = subprocess.run([sys.executable, "-m", "boxer", "run", "--coordinator", "127.0.0.1:9", "--", "touch",
+                           str(marker)], env={**base, **env}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+    assert not marker.exists()

@@ -34,6 +34,10 @@ def _credential(token_file: str | None, secret_file: str | None, instance_id: st
             raise SecretError("an instance token is bound to one instance id: pass --instance-id (or set "
                               "BOXER_INSTANCE_ID) with the id it was issued for")
         return auth.Credential.of_instance(instance_id, auth.load_token(token_file, token_value))
+    if not secret_file and not os.environ.get("BOXER_SECRET"):
+        raise SecretError("no credential for this instance: give it its token (--token-file or BOXER_INSTANCE_TOKEN, "
+                          "with --instance-id) as a controller issues it, or the deployment secret (--secret-file "
+                          "or BOXER_SECRET_FILE; inside the lab, `boxer lab exec` sets it)")
     secret = load_secret(secret_file, os.environ.get("BOXER_SECRET"))
     return auth.Credential.derived(secret, instance_id or auth.new_token(8))
 
