@@ -321,3 +321,46 @@ def test_a_tail_reads_only_the_end_of_a_log(tmp_path: Path, text: str, block: in
         if got and got[-1] == "":
             got.pop()
         assert got == lines[-tail:], (tail, start)
+
+
+def test_following_a_lambda_instance_gives_its_new_cloudwatch_lines_until_its_end(cloudwatch: Any,
+                                                                                   tmp_path: Path) -> None:
+    from boxer.controller.instance_logs import LambdaSource
+
+    group, stream = "/aws/lambda/boxer-demo", "2026/12/02/[$LATEST]feed"
+    started = int(time.time()) * 1000
+    cloudwatch.create_log_group(logGroupName=group)
+    cloudwatch.create_log_stream(logGroupName=group, logStreamName=stream)
+
+    def put(at_ms: int, *messages: str) -> None:
+        cloudwatch.put_log_events(logGroupName=group, logStreamName=stream,
+                                  logEvents=[{"timestamp": at_ms + i, "message": m} for i, m in enumerate(messages)])
+
+    put(started, "START RequestId: req-f Version: $LATEST\n", "first\n")
+    book = InstanceLogBook(tmp_path, wall=lambda: started / 1000)
+    book.started("kv-1", "kv", {"request_id": "req-f", "function": "boxer-demo"}, region=REGION)
+    book.close()
+
+    async def follow() -> list[list[str]]:
+        source = LambdaSource(poll=0)
+        reader = LogReader(tmp_path, cloudwatch=source.entries)
+        try:
+            rounds = [[e.text for e in await reader.entries("kv", None, final=False)]]
+            put(started + 100, "second\n")
+            rounds.append([e.text for e in await reader.entries("kv", None, final=False)])
+            rounds.append([e.text for e in await reader.entries("kv", None, final=False)])
+            put(started + 200, "END RequestId: req-f\n", "REPORT RequestId: req-f\tDuration: 3.00 ms\t\n",
+                "START RequestId: req-next Version: $LATEST\n", "someone else's\n")
+            rounds.append([e.text for e in await reader.entries("kv", None, final=False)])
+            rounds.append([e.text for e in await reader.entries("kv", None, final=False)])
+            return rounds
+        finally:
+            await source.close()
+
+    assert asyncio.run(follow()) == [
+        ["started as invocation req-f", "invocation req-f started", "first"],
+        ["second"],
+        [],
+        ["invocation ended: Duration: 3.00 ms"],
+        [],  # the invocation ended: its stream is not read again (the next one is another's)
+    ]
