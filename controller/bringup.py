@@ -25,6 +25,7 @@ from typing import Any
 from boxer._python import module_argv
 from boxer.controller.deployments import paths_for
 from boxer.controller.errors import DeploymentError
+from boxer.controller.instance_logs import INDEX as INSTANCE_INDEX
 from boxer.controller.lab_room import make_lab
 from boxer.controller.lambda_target import LambdaTarget
 from boxer.controller.paths import DeployPaths, write_json_atomic
@@ -155,6 +156,8 @@ def _fresh_state(paths: DeployPaths, file: Path) -> None:
     paths.timeline.write_text("")  # a new run, a new timeline
     (paths.root / "load.jsonl").unlink(missing_ok=True)  # and no load steps of an earlier run
     paths.status.unlink(missing_ok=True)
+    # `boxer logs` shows this run's instances (an earlier run's output stays in its files).
+    (paths.instances / INSTANCE_INDEX).unlink(missing_ok=True)
 
 
 def _spawn_controller(paths: DeployPaths, name: str, tick: float, lab: Any,

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def _write(path: Path, text: str) -> None:
 def _two_runs(folder: Path) -> tuple[InstanceLogBook, Clock, Path]:
     """web-1 on h1 prints, exits 127, is started again on h1 (same file) and prints again; web-2
     on h2 prints once. Ticks at 1000, 1001, 1002, 1003."""
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     clock = Clock()
     book = InstanceLogBook(folder, wall=clock)
     log1, log2 = folder / "web-1.h1.log", folder / "web-2.h2.log"
@@ -159,9 +160,13 @@ def cloudwatch(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         monkeypatch.setenv(key, "testing")
     monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", endpoint)
     client = boto3.client("logs", region_name=REGION, endpoint_url=endpoint)
+    # moto's state is this process's, whichever server serves it: each test starts from none
+    reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset, timeout=10).close()
     try:
         yield client
     finally:
+        urllib.request.urlopen(reset, timeout=10).close()
         server.stop()
 
 
@@ -364,3 +369,19 @@ def test_following_a_lambda_instance_gives_its_new_cloudwatch_lines_until_its_en
         ["invocation ended: Duration: 3.00 ms"],
         [],  # the invocation ended: its stream is not read again (the next one is another's)
     ]
+
+
+def test_a_new_run_starts_a_new_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`boxer up` of a stopped deployment: its logs show the new run's instances, not the last's."""
+    from boxer.controller.bringup import _fresh_state
+    from boxer.controller.paths import DeployPaths
+
+    monkeypatch.setenv("BOXER_DEPLOY_STATE_ROOT", str(tmp_path / "deploy"))
+    paths = DeployPaths("shop")
+    book, _, log1 = _two_runs(paths.instances)
+    book.close()
+    (tmp_path / "deploy.yaml").write_text("services:\n  web: {command: [nginx]}\n")
+    _fresh_state(paths, tmp_path / "deploy.yaml")
+    reader = LogReader(paths.instances, ["web"])
+    assert reader.resolve("web") == ("web", None) and reader.instances() == []
+    assert log1.exists()  # the output itself stays (the new instances append to it)
