@@ -97,15 +97,17 @@ class Aws:
         self.procs.append(proc)
         return proc
 
-    def start_ssm(self) -> None:
+    def start_ssm(self, *options: str) -> None:
         proc = self._popen("coord", [sys.executable, str(STANDIN), "--listen",
                                      f"{self.lab.coordinator.rpartition(':')[0]}:0",
                                      "--region", REGION, "--parameter", PARAMETER,
-                                     "--value-file", str(self.lab.secret_file)], "ssm.log")
+                                     "--value-file", str(self.lab.secret_file), *options], "ssm.log")
         line = _read_line(proc, 30, "moto's SSM")
         assert line.startswith("ready http://"), line
         self.ssm_url = line.split()[1]
         self.env["AWS_ENDPOINT_URL_SSM"] = self.ssm_url
+        # moto's one server answers every service: EC2 and Auto Scaling too (the vm tier).
+        self.env["AWS_ENDPOINT_URL_EC2"] = self.env["AWS_ENDPOINT_URL_AUTO_SCALING"] = self.ssm_url
 
     def start_invoke_api(self, *options: str) -> None:
         argv = [*BOXER, "lambda-local", "serve", "--function", FUNCTION, "--listen",
@@ -125,7 +127,8 @@ class Aws:
                              capture_output=True, text=True, timeout=30, check=True)
         return json.loads(out.stdout)
 
-    def deploy_file(self, name: str, **values: Any) -> Path:
+    def deploy_file(self, name: str, template: str = DEPLOY, outputs: dict[str, Any] | None = None,
+                    **values: Any) -> Path:
         folder = self.root / name
         folder.mkdir(mode=0o755)
         (folder / "outputs.json").write_text(json.dumps({
@@ -134,10 +137,11 @@ class Aws:
                                     "value": self.lab.coordinator},
             "secret_parameter_name": {"sensitive": False, "type": "string", "value": PARAMETER},
             "region": {"sensitive": False, "type": "string", "value": REGION},
+            **{key: {"sensitive": False, "value": value} for key, value in (outputs or {}).items()},
         }))
         path = folder / "deploy.yaml"
-        path.write_text(DEPLOY.format(name=name, **{"concurrency": 5, "register_timeout": 30,
-                                                    "restart": "always", **values}))
+        path.write_text(template.format(name=name, **{"concurrency": 5, "register_timeout": 30,
+                                                      "restart": "always", **values}))
         for item in (folder, folder / "outputs.json", path):
             item.chmod(0o755 if item.is_dir() else 0o644)
         return path
@@ -386,3 +390,90 @@ def test_a_controller_host_runs_the_lambda_deployment_sent_to_it(aws: Aws) -> No
         down = cli("down")
     assert down.returncode == 0 and f"deployment {name} down" in down.stdout, down.stdout + down.stderr
     assert host.poll() is None
+
+
+MIXED = """
+name: {name}
+backend: lambda
+lambda:
+  outputs: outputs.json
+  maxConcurrency: 5
+services:
+  kv:
+    command: [redis-server, --port, "6379", --save, "", --protected-mode, "no"]
+    placement: function
+    baseCapacity: 1
+    minInstances: 2
+    maxInstances: 2
+    maxLifetimeSeconds: 300
+"""
+VM_GROUP = "boxer-lt-vm-hosts"
+
+
+@pytest.fixture
+def aws_vm(lab_factory: Any) -> Any:
+    """As `aws`, with a public host p1 standing in for an EC2 vm host: moto's EC2 and Auto
+    Scaling hold a group whose one InService instance has p1's address, and p1 runs the host
+    daemon as the vm hosts' unit would."""
+    lab = lab_factory(hosts=3, public=1)
+    root = Path(tempfile.mkdtemp(prefix="boxer-lv-"))
+    root.chmod(0o755)
+    (root / "state").mkdir()
+    os.chown(root / "state", NOBODY, NOBODY)
+    aws = Aws(lab, root)
+    address = lab.public_host("p1").address
+    try:
+        aws.start_ssm("--vm-group", VM_GROUP, "--vm-host", address)
+        daemon = aws._popen("p1", [*BOXER, "host", "serve", "--listen", f"{address}:7100", "--secret-file",
+                                   str(lab.secret_file), "--name", "p1"], "host-daemon.log")
+        line = _read_line(daemon, 30, "boxer host serve")
+        assert f"serving on {address}:7100" in line, line
+        yield aws
+    finally:
+        aws.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_up_with_lambda_runs_the_vm_base_on_a_vm_host_found_through_ec2(aws_vm: Aws) -> None:
+    """The whole lambda path with a vm tier: the controller (unprivileged, in h2) reads the outputs'
+    vm_host_group, lists the group through aiobotocore (moto's EC2 and Auto Scaling), and has the
+    daemon on p1 start kv's base instance; the burst instance is an invocation in h1. Clients reach
+    kv by name; a killed vm app is replaced on the vm host; down stops it through the daemon."""
+    aws = aws_vm
+    name = f"lw{os.getpid() % 100000}"
+    aws.start_invoke_api()
+    deploy = aws.deploy_file(name, template=MIXED, outputs={"vm_host_group": VM_GROUP, "vm_host_port": 7100})
+    up = subprocess.run(aws.up_as_user("--detach", str(deploy)), env=aws.env, capture_output=True, text=True,
+                        timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr + up.stdout
+        status = _wait(lambda: (s := aws.status(name)) and len(
+            [i for i in s["instances"] if i["state"] == "ready"]) == 2 and s, 60, "both kv instances ready")
+        by_placement = {i["placement"]: i for i in status["instances"]}
+        vm, function = by_placement["vm"], by_placement["function"]
+        assert vm["host"] == "p1", vm  # the daemon's name for its host
+        uuid.UUID(function["host"])  # an Invoke request id
+        on_p1 = " ".join(_pids_in(aws.lab, "p1"))
+        assert "boxer host serve" in on_p1 and "boxer run" in on_p1 and "redis-server" in on_p1, on_p1
+        assert "redis-server" in " ".join(_pids_in(aws.lab, "h1"))
+        answer = ""
+        deadline = time.monotonic() + 45
+        while answer != "PONG":
+            assert time.monotonic() < deadline, "kv never answered"
+            proc = aws.lab.run("h3", boxer_run(f"cli{uuid.uuid4().hex[:6]}", "redis-cli", "-h", "kv", "ping"),
+                               capture_output=True, text=True, timeout=30)
+            answer = proc.stdout.strip()
+            time.sleep(0.3)
+        # Kill the vm app: the controller hears its exit from the daemon and starts another there.
+        app = subprocess.run(["pgrep", "-P", str(vm["pid"])], capture_output=True, text=True).stdout.split()
+        assert app, "the vm agent has no app child"
+        os.kill(int(app[0]), 9)
+        new = _wait(lambda: next((i for i in aws.status(name)["instances"] if i["placement"] == "vm"
+                                  and i["state"] == "ready" and i["instance_id"] != vm["instance_id"]), None),
+                    45, "a ready vm replacement")
+        assert new["host"] == "p1" and new["pid"] != vm["pid"]
+    finally:
+        down = _down(aws, name)
+    assert down.returncode == 0, down.stderr
+    # The daemon stopped the vm instance; p1 runs the daemon alone again.
+    _wait(lambda: not [c for c in _pids_in(aws.lab, "p1") if "host serve" not in c], 20, "p1 still runs an instance")

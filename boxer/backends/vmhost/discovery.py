@@ -9,7 +9,7 @@ one is going away); DescribeInstances gives their addresses. The private address
 the controller runs beside the coordinator, in the hosts' VPC (terraform/vm_hosts.tf lets the
 coordinator's security group reach the daemon port); `address="public"` for a controller outside.
 Both calls are coroutines on the controller's loop (aiobotocore, like Invoke), on a client made
-once, with the standard credential chain and AWS_ENDPOINT_URL_AUTOSCALING / _EC2 (moto's server in
+once, with the standard credential chain and AWS_ENDPOINT_URL_AUTO_SCALING / _EC2 (moto's server in
 the tests). A failed look-up keeps the addresses of the last good one: the hosts did not go away
 because EC2 did not answer once.
 """

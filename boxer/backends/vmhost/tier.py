@@ -308,6 +308,9 @@ class VmTier:
 
     def _unreachable(self) -> str:
         if not self.links:
+            error = getattr(self.source, "error", None)  # a look-up that failed says why
+            if error:
+                return f"no vm host to start it on: {error}"
             return f"no vm host to start it on: {self.source.describe()} has none running"
         tried = "; ".join(f"{link.name}: {link.error or 'not connected'}" for link in self.links.values())
         return (f"no vm host reachable ({tried}): are the vm hosts running `boxer host serve`, and may the"
