@@ -207,6 +207,11 @@ async def _lambda_backend(info: DeploymentRecord) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The controller forks for every subprocess it starts (lab hosts' commands, the agent zygote,
+    # sandboxes) while its gRPC server runs; gRPC's fork handlers then run in each child between
+    # fork and exec and may abort it ("Check failure"; seen killing a controller host's zygote).
+    # The children exec at once and never use gRPC, so they need no fork support: read at import.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = argparse.ArgumentParser(prog="python -m boxer.controller.daemon")
     parser.add_argument("--name", help="the deployment `boxer up` prepared (its record) to run")
     # Or wait for deployments sent through the control API (Up): a controller host, beside a

@@ -38,6 +38,7 @@ services:
     # Slow to listen, so that the CLI is surely killed while the scale-out is under way.
     command: [sh, -c, "sleep 4; exec redis-server --port 6379 --save '' --protected-mode no"]
     placement: function
+    baseCapacity: 1                # the first instance on a vm host, the rest a function burst
     minInstances: {count}
     maxInstances: {count}
 """
@@ -59,14 +60,24 @@ def lab():
     from boxer.lab import lab_down, lab_up
 
     name = f"ch{os.getpid() % 10000}"
-    made = lab_up(name, 6)  # h1-h5: the instances (4, and a renewal's overlap); h6: the CLI
+    # p1: the vm base; h1-h5: the function burst (3, and a renewal's overlap); h6: the CLI
+    made = lab_up(name, 6, public=1)
     try:
         yield made
     finally:
         lab_down(name)
 
 
-def test_the_deployment_outlives_its_cli_and_the_cli_sees_it_only_through_the_api(lab, tmp_path):
+@pytest.mark.parametrize("backend", ["local", "lambda-local"])
+def test_the_deployment_outlives_its_cli_and_the_cli_sees_it_only_through_the_api(lab, tmp_path, backend):
+    """A mixed deployment (a vm base and a function burst) on the local backend, and on
+    lambda-local (function instances as local Lambda invocations, the vm one through the public
+    host's host daemon, as on AWS)."""
+    if backend == "lambda-local":
+        import importlib.util
+
+        if importlib.util.find_spec("awslambdaric") is None:
+            pytest.skip("awslambdaric is not installed (pip install '.[test]')")
     key, cert, token, wrong = _credentials(tmp_path)
     host_ip = lab.coordinator.rpartition(":")[0]
     work = tmp_path / "work"
@@ -74,7 +85,7 @@ def test_the_deployment_outlives_its_cli_and_the_cli_sees_it_only_through_the_ap
     host_env = {**lab.env("coord"), "BOXER_DEPLOY_STATE_ROOT": str(tmp_path / "host-state")}
     host_log = open(tmp_path / "host.log", "wb")  # noqa: SIM115
     host = subprocess.Popen(
-        lab.command("coord", [sys.executable, "-m", "boxer.controller.daemon", "--serve", "--backend", "local",
+        lab.command("coord", [sys.executable, "-m", "boxer.controller.daemon", "--serve", "--backend", backend,
                               "--lab", lab.name, "--workdir", str(work), "--tick", "0.2",
                               "--control-socket", str(tmp_path / "host.sock"),
                               "--control-listen", f"{host_ip}:{PORT}", "--control-cert", str(cert),
@@ -145,7 +156,10 @@ def test_the_deployment_outlives_its_cli_and_the_cli_sees_it_only_through_the_ap
         final = labkit.wait_for("four instances listening", four, timeout=60)
         print(f"scale-out finished {time.monotonic() - killed_at:.1f} s after the CLI was killed")
         assert final["name"] == name and final["services"]["kv"]["desiredInstances"] == 4
-        assert {i["host"] for i in ready(final)} <= {"h1", "h2", "h3", "h4", "h5"}
+        assert sorted(i["placement"] for i in ready(final)) == ["function", "function", "function", "vm"]
+        assert {i["host"] for i in ready(final) if i["placement"] == "function"} <= {"h1", "h2", "h3", "h4", "h5"}
+        (vm,) = [i for i in ready(final) if i["placement"] == "vm"]
+        assert vm["host"].startswith("p"), vm
         text = cli("status")
         assert text.returncode == 0 and text.stdout.count(" ready ") >= 4, text.stdout
         ping = subprocess.run(lab.command("h6", [*BOXER, "run", "--name", "cli", "--", "redis-cli", "-h", "kv",
