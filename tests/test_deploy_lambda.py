@@ -456,6 +456,10 @@ def test_up_with_lambda_runs_the_vm_base_on_a_vm_host_found_through_ec2(aws_vm: 
         on_p1 = " ".join(_pids_in(aws.lab, "p1"))
         assert "boxer host serve" in on_p1 and "boxer run" in on_p1 and "redis-server" in on_p1, on_p1
         assert "redis-server" in " ".join(_pids_in(aws.lab, "h1"))
+        assert status["backend_status"]["vm"] == {"hosts": 1, "reachable": 1, "slots": 1, "in_use": 1,
+                                                  "launched_total": 1}
+        text = aws.boxer("status", "--name", name).stdout
+        assert "vm hosts: 1/1 reachable, 1/1 slots in use" in text, text
         answer = ""
         deadline = time.monotonic() + 45
         while answer != "PONG":

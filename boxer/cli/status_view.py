@@ -180,9 +180,14 @@ def _backend_line(figures: dict[str, Any] | None) -> str | None:
     if not figures or "concurrency" not in figures:
         return None
     slots = figures["concurrency"]
-    return (f"{figures.get('backend', 'backend')} concurrency: {slots['in_use']}/{slots['limit']}"
+    line = (f"{figures.get('backend', 'backend')} concurrency: {slots['in_use']}/{slots['limit']}"
             f" in use, {slots['waiting']} waiting; throttled {figures.get('throttled_total', 0)}"
             " (retried with backoff)")
+    vm = figures.get("vm")
+    if vm:  # the vm tier: its hosts' daemons
+        line += (f"\nvm hosts: {vm['reachable']}/{vm['hosts']} reachable, {vm['in_use']}/{vm['slots']}"
+                 " slots in use")
+    return line
 
 
 def progress_line(status: dict[str, Any] | None, deployment: Any) -> tuple[str, bool]:

@@ -160,18 +160,34 @@ class LabHosts(_message.Message):
     def __init__(self, backend: _Optional[str] = ..., lab: _Optional[str] = ..., vm_hosts: _Optional[int] = ..., function_hosts: _Optional[int] = ..., vm_on_public_hosts: _Optional[bool] = ..., busy: _Optional[int] = ...) -> None: ...
 
 class BackendStatus(_message.Message):
-    __slots__ = ("backend", "function", "region", "concurrency", "throttled_total")
+    __slots__ = ("backend", "function", "region", "concurrency", "throttled_total", "vm")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     THROTTLED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
     backend: str
     function: str
     region: str
     concurrency: Concurrency
     throttled_total: int
-    def __init__(self, backend: _Optional[str] = ..., function: _Optional[str] = ..., region: _Optional[str] = ..., concurrency: _Optional[_Union[Concurrency, _Mapping]] = ..., throttled_total: _Optional[int] = ...) -> None: ...
+    vm: VmTierStatus
+    def __init__(self, backend: _Optional[str] = ..., function: _Optional[str] = ..., region: _Optional[str] = ..., concurrency: _Optional[_Union[Concurrency, _Mapping]] = ..., throttled_total: _Optional[int] = ..., vm: _Optional[_Union[VmTierStatus, _Mapping]] = ...) -> None: ...
+
+class VmTierStatus(_message.Message):
+    __slots__ = ("hosts", "reachable", "slots", "in_use", "launched_total")
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    IN_USE_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    hosts: int
+    reachable: int
+    slots: int
+    in_use: int
+    launched_total: int
+    def __init__(self, hosts: _Optional[int] = ..., reachable: _Optional[int] = ..., slots: _Optional[int] = ..., in_use: _Optional[int] = ..., launched_total: _Optional[int] = ...) -> None: ...
 
 class Concurrency(_message.Message):
     __slots__ = ("limit", "in_use", "waiting")

@@ -265,6 +265,7 @@ class LambdaBackend:
             "concurrency": {"limit": state.limit, "in_use": state.in_use,
                             "waiting": state.waiting},
             "throttled_total": self.throttled_total,
+            **({"vm": self.vm_tier.status()} if self.vm_tier is not None else {}),
         }
 
     async def close(self) -> None:
