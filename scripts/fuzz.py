@@ -19,6 +19,10 @@ Targets (each runs in its own process, since atheris owns the process it fuzzes)
   then signals -> decide() -> actions_for. Nothing may raise.
 * `ipc`: the interposer <-> agent message (boxer/agent/ipc.py): unpack of any bytes raises
   only IpcError; what unpacks packs and unpacks to the same message.
+* `vmhost`: the vm host daemon's protocol (boxer/backends/vmhost/protocol.py), both ends, before
+  and after an honest handshake: frames of any message with odd fields, or raw bytes. Only
+  ProtocolError may come out, and a `start`'s event then goes to LambdaEvent.from_dict, which
+  may raise only EventError (what the daemon does next).
 
 A finding stops its target with atheris' crash report and a `crash-*` file holding the input
 (in the current folder); the summary names it. Needs `pip install atheris` (the `fuzz` extra).
@@ -34,7 +38,7 @@ import subprocess
 import sys
 import time
 
-TARGETS = ("decoder", "broker", "controller", "ipc")
+TARGETS = ("decoder", "broker", "controller", "ipc", "vmhost")
 
 
 # -- shared: structured values from the fuzzer's bytes ---------------------------------------------
@@ -322,6 +326,53 @@ def ipc_target(data: bytes) -> None:
         raise AssertionError(f"{message!r} repacks as {again!r}")
 
 
+_VM_KINDS = ["hello", "auth", "welcome", "refused", "start", "stop", "started", "start_failed", "exited",
+             "ping", "pong", "x"]
+_VM_FIELDS = ["v", "nonce", "proof", "host", "slots", "running", "exits", "ref", "event", "grace", "pid",
+              "reason", "status"]
+
+
+def vmhost_target(data: bytes) -> None:
+    import atheris
+
+    from boxer.backends.aws_lambda.event import LambdaEvent
+    from boxer.backends.errors import EventError
+    from boxer.backends.vmhost import protocol as p
+    from boxer.nat_traversal.wire import ProtocolError, encode_frame
+
+    fdp = atheris.FuzzedDataProvider(data)
+    token = b"k" * 32
+    server = p.ServerSession(token, "p1", 2, nonce="a" * 32)
+    client = p.ClientSession(token, nonce="b" * 32)
+    if fdp.ConsumeBool():  # an honest handshake first: the fuzz then reaches what follows it
+        client.receive(server.data_to_send())
+        server.receive(client.data_to_send())
+        server.welcome({"old.1": 5}, [p.Exited("gone.2", 3, "exited")])
+        client.receive(server.data_to_send())
+    for _ in range(fdp.ConsumeIntInRange(1, 6)):
+        to_server = fdp.ConsumeBool()
+        if fdp.ConsumeIntInRange(0, 7) == 0:
+            raw = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 300))
+        else:
+            frame: dict = {"t": fdp.PickValueInList(_VM_KINDS)}
+            for _ in range(fdp.ConsumeIntInRange(0, 5)):
+                frame[fdp.PickValueInList(_VM_FIELDS)] = value(fdp)
+            try:
+                raw = encode_frame(frame, p.MAX_FRAME)
+            except ValueError:  # too large to send: a peer could not either
+                continue
+        try:
+            events = (server if to_server else client).receive(raw)
+        except ProtocolError:
+            return  # the shell closes that connection
+        for event in events:
+            if isinstance(event, p.StartRequested):
+                try:
+                    LambdaEvent.from_dict(event.event)
+                except EventError:
+                    pass
+
+
 # -- running ------------------------------------------------------------------------------------------
 
 def run_one(target: str, runs: int, extra: list[str]) -> None:
@@ -330,13 +381,15 @@ def run_one(target: str, runs: int, extra: list[str]) -> None:
 
     with atheris.instrument_imports(include=["boxer"]):
         import boxer.agent.ipc
+        import boxer.backends.aws_lambda.event
+        import boxer.backends.vmhost.protocol
         import boxer.controller.book
         import boxer.controller.policy
         import boxer.nat_traversal.broker
         import boxer.nat_traversal.messages
         import boxer.nat_traversal.wire  # noqa: F401
     func = {"decoder": decoder_target, "broker": broker_target, "controller": controller_target,
-            "ipc": ipc_target}[target]
+            "ipc": ipc_target, "vmhost": vmhost_target}[target]
     atheris.Setup([sys.argv[0], f"-runs={runs}", "-max_len=70000", "-rss_limit_mb=4096", *extra], func)
     atheris.Fuzz()
 
