@@ -103,12 +103,16 @@ def judge_bring_up(status: Mapping[str, Any] | None, wants: Mapping[str, int], s
 
 
 def crash_loops(status: Mapping[str, Any] | None, since: float) -> dict[str, str]:
-    """Services an instance of which has failed since `since` and waits in crash-loop back-off
-    (what `boxer up` of an edited file stops waiting on: a rollout to a broken command never
-    finishes, though the instances from before keep every service ready): name -> why."""
+    """Services an instance of which ran, exited with a failure status since `since` and waits
+    in crash-loop back-off (what `boxer up` of an edited file stops waiting on: a rollout to a
+    broken command never finishes, though the instances from before keep every service ready):
+    name -> why. A launch that failed (no free host yet, a throttled invocation: exit status
+    absent or negative) is the backend's, and may pass: not counted."""
     found: dict[str, str] = {}
     for failure in (status or {}).get("failures", []):
-        if failure.get("at", 0) >= since and failure.get("service") and "back-off" in str(failure.get("then") or ""):
+        code = failure.get("exit_status")
+        if (failure.get("at", 0) >= since and failure.get("service") and isinstance(code, int) and code > 0
+                and "back-off" in str(failure.get("then") or "")):
             found[str(failure["service"])] = _why_failed(failure, [])
     return found
 

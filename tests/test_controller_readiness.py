@@ -75,3 +75,6 @@ def test_an_apply_stops_waiting_on_a_crash_loop_its_change_began():
         "api": "exited with status 127; crash loop: started again in 1 s (back-off); last log line: "
                "boxer: command not found: pythn3"}
     assert crash_loops(status(row("api", "ready"), failures=[older, once]), SINCE) == {}
+    no_host = {**typo, "reason": "launching 'api-3' failed (ConcurrencyLimit): all 3 concurrency slots stayed "
+                                 "busy for 10 s", "exit_status": -1}
+    assert crash_loops(status(row("api", "ready"), failures=[no_host]), SINCE) == {}  # may pass: not the change's
