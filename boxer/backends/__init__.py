@@ -19,7 +19,6 @@ from boxer.backends.errors import (
     EventError,
     FactsError,
     LaunchError,
-    SecretError,
     UnknownBackend,
 )
 
@@ -34,7 +33,6 @@ __all__ = [
     "InstanceSpec",
     "LaunchError",
     "Placement",
-    "SecretError",
     "UnknownBackend",
     "get_backend",
     "known_backends",

@@ -8,7 +8,6 @@ __all__ = [
     "EventError",
     "FactsError",
     "LaunchError",
-    "SecretError",
     "UnknownBackend",
 ]
 
@@ -66,7 +65,3 @@ class EventError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("bad boxer event: " + "; ".join(problems))
-
-
-class SecretError(RuntimeError):
-    """The deployment secret could not be read. Never carries the secret itself."""
