@@ -8,13 +8,19 @@ holds a key derived from it, good for one thing:
     (Observe proofs over the connection's challenge, the session and the ticket). The
     controller issues it; the coordinator derives it again from the id in Auth;
   - a connection's key, HMAC(secret, "conn:" + conn + "|" + salt): handed to both agents of one
-    connection in Punch/Incoming (over their authenticated sessions only), it keys the 32-byte
-    proofs they exchange on the punched or relayed connection and their relay proofs. The salt
-    is the coordinator's, fresh per brokered connect and sent to the relay in the Relay frame:
-    the relay derives the key, and an insider who names a connection id it saw go by (its own
-    Connect with the same id) gets a key of another salt, good for nothing on that connection.
+    connection in Punch/Incoming, it keys the 32-byte proofs they exchange on the punched or
+    relayed connection and their relay proofs. The salt is the coordinator's, fresh per brokered
+    connect and sent to the relay in the Relay frame: the relay derives the key, and an insider
+    who names a connection id it saw go by (its own Connect with the same id) gets a key of
+    another salt, good for nothing on that connection.
 
-A key never crosses the wire in the clear except on an authenticated control session.
+No key crosses the wire in the clear. Control sessions are not encrypted, so the coordinator
+sends each agent a connection's key wrapped for that agent (`wrap_connection_key`): XORed with
+a pad HMAC(receiver's token, "boxer-v6-conn-key-wrap" | conn | salt). The pad is a PRF output
+only the receiver (and the coordinator) can compute, and never serves twice: the salt is fresh
+per connect, and each (conn, salt) has one key. No integrity: a flipped bit gives the two agents
+different keys, so their proofs fail and the connect fails, which an on-path attacker able to
+alter frames can bring about anyway (it can inject a ConnectFailed); it never learns the key.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ OBSERVE_PROOF = b"boxer-v3-observe"  # v2: bound to the connection's challenge; 
 CONNECTION_PROOF = b"boxer-v2-connection"  # v2: keyed by the connection's key
 RELAY_PROOF = b"boxer-v2-relay"  # v2: keyed by the connection's key, over its salt too
 CONNECTION_KEY = b"conn:"
+KEY_WRAP = b"boxer-v6-conn-key-wrap"  # the pad that hides a connection's key from all but its receiver
 CONNECTION_PROOF_SIZE = 32
 TOKEN_SIZE = 32  # bytes of an instance token (a SHA-256 HMAC)
 
@@ -123,6 +130,22 @@ def connection_key(secret: bytes, conn: str, salt: str) -> bytes:
     """The key of one brokered connection (both agents get it in Punch/Incoming; the relay
     derives it from the Relay frame's conn and salt)."""
     return hmac.new(secret, CONNECTION_KEY + conn.encode() + b"|" + salt.encode(), hashlib.sha256).digest()
+
+
+def wrap_connection_key(token: bytes, key: bytes, conn: str, salt: str) -> bytes:
+    """A connection's key as the coordinator sends it to one agent (Punch/Incoming `wrapped_key`):
+    XORed with a pad keyed by that agent's token (`token`: the key its session authenticated
+    with), so a reader of the session learns nothing of the key. Its own inverse."""
+    if len(key) != CONNECTION_PROOF_SIZE:
+        raise ValueError(f"a connection key is {CONNECTION_PROOF_SIZE} bytes, got {len(key)}")
+    pad = hmac.new(token, KEY_WRAP + b"|" + conn.encode() + b"|" + salt.encode(), hashlib.sha256).digest()
+    return (int.from_bytes(key, "big") ^ int.from_bytes(pad, "big")).to_bytes(len(key), "big")
+
+
+def unwrap_connection_key(token: bytes, wrapped: bytes, conn: str, salt: str) -> bytes:
+    """The connection's key from what the coordinator sent this agent. With another instance's
+    token it is 32 bytes of garbage: every proof made with it is refused."""
+    return wrap_connection_key(token, wrapped, conn, salt)
 
 
 def relay_proof(key: bytes, conn: str, salt: str, role: str) -> str:

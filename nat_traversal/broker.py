@@ -844,17 +844,24 @@ class Broker:
         key, salt = self._connection_key(msg.conn)
         return [
             Send(conn.cid, m.Punch(conn=msg.conn, role="client", peer=server_ticket.endpoint, ticket=msg.ticket,
-                                   key=key, salt=salt, mode=mode)),
+                                   wrapped_key=self._wrap(key, conn, msg.conn, salt), salt=salt, mode=mode)),
             Send(server.cid, m.Incoming(conn=msg.conn, src_addr=conn.instance.addr, src_port=msg.src_port,
                                         dst_port=msg.dst_port, ticket=server_ticket.ticket, peer=ticket.endpoint,
-                                        mode=mode, warm=msg.warm, key=key, salt=salt)),
+                                        mode=mode, warm=msg.warm, salt=salt,
+                                        wrapped_key=self._wrap(key, self._connections[server.cid], msg.conn, salt))),
         ]
 
-    def _connection_key(self, conn: str) -> tuple[str, str]:
-        """The key (hex) and salt of one brokered connection: the salt is fresh, so a connection
-        id chosen again (by an insider who saw it in a Relay frame) never gets the same key."""
+    def _connection_key(self, conn: str) -> tuple[bytes, str]:
+        """The key and salt of one brokered connection: the salt is fresh, so a connection id
+        chosen again (by an insider who saw it in a Relay frame) never gets the same key."""
         salt = self.new_token()
-        return auth.connection_key(self.secret, conn, salt).hex(), salt
+        return auth.connection_key(self.secret, conn, salt), salt
+
+    @staticmethod
+    def _wrap(key: bytes, receiver: Connection, conn: str, salt: str) -> str:
+        """The key (hex) as `receiver` may read it: wrapped under the credential its session
+        proved (an instance's token), since the session itself is not encrypted."""
+        return auth.wrap_connection_key(receiver.key, key, conn, salt).hex()
 
     @staticmethod
     def _path_mode(client: Instance, server: Instance) -> str:
@@ -878,11 +885,14 @@ class Broker:
         client = self._connections[pending.client_cid].instance
         mode = self._path_mode(client, conn.instance) if client and conn.instance else "direct"
         key, salt = self._connection_key(msg.conn)
+        client_key = self._wrap(key, self._connections[pending.client_cid], msg.conn, salt)
         return [
             Send(pending.client_cid, m.Punch(conn=msg.conn, role="client", peer=server_ticket.endpoint,
-                                             ticket=client_ticket.ticket, key=key, salt=salt, mode=mode)),
+                                             ticket=client_ticket.ticket, wrapped_key=client_key, salt=salt,
+                                             mode=mode)),
             Send(conn.cid, m.Punch(conn=msg.conn, role="server", peer=client_ticket.endpoint,
-                                   ticket=server_ticket.ticket, key=key, salt=salt, mode=mode)),
+                                   ticket=server_ticket.ticket, wrapped_key=self._wrap(key, conn, msg.conn, salt),
+                                   salt=salt, mode=mode)),
         ]
 
     def _on_refuse(self, conn: Connection, msg: m.Refuse, now: float) -> list[Action]:

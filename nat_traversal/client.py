@@ -587,9 +587,10 @@ class IncomingTransaction:
         if claimed:
             msg = self.msg
             assert msg.peer is not None
-            assert msg.key is not None and msg.salt is not None  # (they come with peer: messages.Incoming)
-            punch = m.Punch(conn=msg.conn, role="server", peer=msg.peer, ticket=ticket, key=msg.key, salt=msg.salt,
-                            mode=msg.mode)
+            assert msg.wrapped_key is not None and msg.salt is not None  # (they come with peer: messages.Incoming)
+            # Wrapped for us, as the Punch would have been: the agent unwraps either the same way.
+            punch = m.Punch(conn=msg.conn, role="server", peer=msg.peer, ticket=ticket, wrapped_key=msg.wrapped_key,
+                            salt=msg.salt, mode=msg.mode)
             return [Punch(punch, local_port)]
         return [SendMessage(m.Accept(conn=self.msg.conn, ticket=ticket))]
 

@@ -15,6 +15,8 @@ Version 5 took the deployment secret from the agents: an agent holds its instanc
 (Observe proofs are keyed by the session's credential), and the coordinator hands both agents
 of a connection its key and salt in `Punch`/`Incoming` (`key`, `salt`); peer and relay proofs
 are keyed by it, and `Relay.salt` lets the relay derive it.
+Version 6 wraps that key for its receiver (`wrapped_key`: auth.wrap_connection_key, under the
+receiver's token), so a reader of the unencrypted control session cannot forge its proofs.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from boxer.nat_traversal.auth import unwrap_connection_key
 from boxer.nat_traversal.wire import ProtocolError, encode_frame
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TOKEN_RE = re.compile(r"^[0-9a-f]{8,64}$")
@@ -402,7 +405,7 @@ class Incoming(Message):
 
     Fast path: `ticket` names one of the server's incoming tickets and `peer` the client's public
     endpoint; the client was told to punch at the same moment, so the server punches at once (or
-    refuses); `key` and `salt` are then the connection's, as in Punch. Without them, the server
+    refuses); `wrapped_key` and `salt` are then the connection's, as in Punch. Without them, the server
     answers Accept with a ticket of its own, or Refuse, and the Punch that follows brings them."""
     TYPE: ClassVar[str] = "incoming"
     conn: str
@@ -413,7 +416,7 @@ class Incoming(Message):
     peer: str | None = None
     mode: str = "direct"
     warm: bool = False
-    key: str | None = dataclasses.field(default=None, repr=False)
+    wrapped_key: str | None = dataclasses.field(default=None, repr=False)
     salt: str | None = None
 
     def __post_init__(self) -> None:
@@ -422,13 +425,14 @@ class Incoming(Message):
         check_ipv4(self.src_addr, "src_addr")
         check_port(self.src_port, "src_port")
         check_port(self.dst_port, "dst_port")
-        fast = (self.ticket, self.peer, self.key, self.salt)
+        fast = (self.ticket, self.peer, self.wrapped_key, self.salt)
         if any(v is None for v in fast) and any(v is not None for v in fast):
-            raise ValueError("ticket, peer, key and salt come together or not at all")
-        if self.ticket is not None and self.peer is not None and self.key is not None and self.salt is not None:
+            raise ValueError("ticket, peer, wrapped_key and salt come together or not at all")
+        if self.ticket is not None and self.peer is not None and self.wrapped_key is not None \
+                and self.salt is not None:
             check_token(self.ticket, "ticket")
             check_endpoint(self.peer, "peer")
-            check_key(self.key)
+            check_key(self.wrapped_key, "wrapped_key")
             check_token(self.salt, "salt")
 
 
@@ -462,15 +466,17 @@ class Punch(Message):
     mode "relay": a side's NAT maps each destination to a new port (symmetric), so a punch
     cannot work; both go straight to the relay. With "direct" they fall back to it on a timeout.
 
-    `key` (hex) = HMAC(secret, "conn:" + conn + "|" + salt), the connection's key: the two
-    agents' proofs on the path and to the relay are keyed by it, so neither holds the secret.
-    Sent only on the agents' authenticated control sessions; `salt` also goes to the relay."""
+    The connection's key, HMAC(secret, "conn:" + conn + "|" + salt), keys the two agents'
+    proofs on the path and to the relay, so neither holds the secret. `wrapped_key` (hex) is
+    that key wrapped for this message's receiver (auth.wrap_connection_key, under its token):
+    the control session is not encrypted, and only the receiver can unwrap it (`key_for`).
+    `salt` also goes to the relay."""
     TYPE: ClassVar[str] = "punch"
     conn: str
     role: str
     peer: str
     ticket: str
-    key: str = dataclasses.field(repr=False)
+    wrapped_key: str = dataclasses.field(repr=False)
     salt: str
     mode: str = "direct"
 
@@ -480,13 +486,13 @@ class Punch(Message):
             raise ValueError(f"role must be 'client' or 'server', got {self.role!r}")
         check_endpoint(self.peer, "peer")
         check_token(self.ticket, "ticket")
-        check_key(self.key)
+        check_key(self.wrapped_key, "wrapped_key")
         check_token(self.salt, "salt")
         check_mode(self.mode)
 
-    @property
-    def key_bytes(self) -> bytes:
-        return bytes.fromhex(self.key)
+    def key_for(self, token: bytes) -> bytes:
+        """The connection's key, unwrapped with the receiver's token (garbage with any other)."""
+        return unwrap_connection_key(token, bytes.fromhex(self.wrapped_key), self.conn, self.salt)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from boxer.nat_traversal.client import (
 from boxer.nat_traversal.wire import ProtocolError
 
 T = Timeouts()  # connect 5 s, punch 3 s, relay after 0.25 s, 3 attempts, 1 s margin
-KEY = "c0" * 32  # a connection's key, as the coordinator hands it out in Punch/Incoming
+KEY = "c0" * 32  # a connection's key wrapped for its receiver, as the coordinator sends it in Punch/Incoming
 D, R = Path.DIRECT, Path.RELAY
 
 
@@ -187,7 +187,7 @@ def connect(service: bool = False, timeouts: Timeouts = T) -> ConnectTransaction
 
 
 def punch(conn: str) -> m.Punch:
-    return m.Punch(conn=conn, role="client", peer="198.51.100.2:40001", ticket="ab0000ff", key=KEY, salt="5a170001",
+    return m.Punch(conn=conn, role="client", peer="198.51.100.2:40001", ticket="ab0000ff", wrapped_key=KEY, salt="5a170001",
                    mode="direct")
 
 
@@ -304,7 +304,7 @@ def test_a_spare_is_made_once() -> None:
 def incoming(ticket: str | None = "de000001", warm: bool = False) -> m.Incoming:
     return m.Incoming(conn="dd000001", src_addr="100.64.0.9", src_port=51000, dst_port=6379, ticket=ticket,
                       peer="198.51.100.9:40100" if ticket else None, mode="direct", warm=warm,
-                      key=KEY if ticket else None, salt="5a170001" if ticket else None)
+                      wrapped_key=KEY if ticket else None, salt="5a170001" if ticket else None)
 
 
 def test_nothing_listening_is_refused_and_the_deposited_ticket_released() -> None:
@@ -325,7 +325,7 @@ def test_a_deposited_ticket_punches_at_once_and_is_delivered() -> None:
     tx = IncomingTransaction(incoming(), T)
     assert tx.begin(listening=True, spares_full=False, now=0.0) == [ClaimTicket("de000001")]
     assert tx.ticket("de000001", 41000, 0.001) == [Punch(m.Punch(
-        conn="dd000001", role="server", peer="198.51.100.9:40100", ticket="de000001", key=KEY, salt="5a170001",
+        conn="dd000001", role="server", peer="198.51.100.9:40100", ticket="de000001", wrapped_key=KEY, salt="5a170001",
         mode="direct"), 41000)]
     assert tx.race_won(D, 0.004) == [Abandon("dd000001"), Deliver(D, warm=False)]
 
@@ -349,7 +349,7 @@ def test_the_punch_after_our_accept_starts_the_race() -> None:
     tx = IncomingTransaction(incoming(ticket=None), T)
     tx.begin(listening=True, spares_full=False, now=0.0)
     tx.ticket("0e000001", 41002, 0.01)
-    p = m.Punch(conn="dd000001", role="server", peer="198.51.100.9:40100", ticket="0e000001", key=KEY,
+    p = m.Punch(conn="dd000001", role="server", peer="198.51.100.9:40100", ticket="0e000001", wrapped_key=KEY,
                 salt="5a170002", mode="relay")
     assert tx.message(p, 0.02) == [Punch(p, 41002)]
     assert tx.message(m.ConnectFailed(conn="dd000001", error="ECONNABORTED"), 0.03) == []  # late news

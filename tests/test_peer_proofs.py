@@ -20,6 +20,7 @@ from boxer.nat_traversal.client import Path, Timeouts
 SECRET = bytes(range(32))
 CONN, SALT = "c0ffee01", "5a170001"
 KEY = auth.connection_key(SECRET, CONN, SALT)
+TOKEN = auth.instance_token(SECRET, "1111aaaa")  # the client agent's own
 
 
 def free_port() -> int:
@@ -28,17 +29,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def client_against(peer_key: bytes) -> tuple[object, bytes]:
+async def client_against(peer_key: bytes, token: bytes = TOKEN) -> tuple[object, bytes]:
     """The client agent's outcome ((socket, path) or PunchError) against a server that proves
-    itself with `peer_key`, and the proof the client sent it."""
+    itself with `peer_key`, and the proof the client sent it. The Punch brings the key wrapped
+    for the client (under TOKEN), which unwraps it with `token`."""
     loop = asyncio.get_running_loop()
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     listener.setblocking(False)
     punch = m.Punch(conn=CONN, role="client", peer=f"127.0.0.1:{listener.getsockname()[1]}", ticket="aaaa0001",
-                    key=KEY.hex(), salt=SALT)
-    opener = PathOpener(lambda: None, Timeouts(punch=1.5), Counter())  # no relay: the direct path alone
+                    wrapped_key=auth.wrap_connection_key(TOKEN, KEY, CONN, SALT).hex(), salt=SALT)
+    opener = PathOpener(lambda: None, token, Timeouts(punch=1.5), Counter())  # no relay: the direct path alone
 
     async def server() -> bytes:
         sock, _ = await loop.sock_accept(listener)
@@ -75,3 +77,11 @@ def test_a_peer_proof_made_with_another_key_is_refused(wrong: str) -> None:
              "the deployment secret": SECRET}[wrong]
     outcome, _ = asyncio.run(client_against(other))
     assert isinstance(outcome, PunchError) and outcome.errno_name == "ECONNABORTED", outcome
+
+
+def test_a_punch_unwrapped_with_another_instances_token_proves_nothing_to_the_peer() -> None:
+    """What an insider who read another agent's Punch off the wire gets: the wrapped key,
+    which its own token unwraps to garbage. The peer (holding the real key) refuses it."""
+    outcome, proof = asyncio.run(client_against(KEY, token=auth.instance_token(SECRET, "2222bbbb")))
+    assert isinstance(outcome, PunchError) and outcome.errno_name == "ECONNABORTED", outcome
+    assert proof != auth.connection_proof(KEY, CONN, "client")  # and its own proof is refused in turn

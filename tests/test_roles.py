@@ -12,6 +12,7 @@ from test_broker import login, register, sent, tokens
 from boxer.nat_traversal import auth
 from boxer.nat_traversal import messages as m
 from boxer.nat_traversal.broker import Broker, Timeouts
+from boxer.nat_traversal.wire import FrameDecoder, encode_frame
 
 SECRET = bytes(range(32))
 VICTIM, MALLORY = "1111aaaa", "2222bbbb"
@@ -140,21 +141,85 @@ def test_an_instances_observe_proofs_are_keyed_by_its_token():
     assert b.refusals["observe-proof"] == 1
 
 
+TOKEN_A, TOKEN_B = auth.instance_token(SECRET, VICTIM), auth.instance_token(SECRET, MALLORY)
+
+
 def test_both_agents_of_a_connection_get_its_key_and_a_reused_connection_id_gets_another():
     b = broker()
     session_a, session_b = _instance(b, 1, VICTIM, "web"), _instance(b, 2, MALLORY, "kv")
     keys = []
     for n in (1, 2):
-        observe_as(b, 10 + n, session_a, f"aaaa000{n}", auth.instance_token(SECRET, VICTIM))
-        observe_as(b, 20 + n, session_b, f"bbbb000{n}", auth.instance_token(SECRET, MALLORY))
+        observe_as(b, 10 + n, session_a, f"aaaa000{n}", TOKEN_A)
+        observe_as(b, 20 + n, session_b, f"bbbb000{n}", TOKEN_B)
         b.message_received(1, m.Connect(conn="c0ffee01", dst_addr="100.64.0.2", dst_port=80, src_port=1,
                                         ticket=f"aaaa000{n}"), 0.0)
         client, server = sent(b.message_received(2, m.Accept(conn="c0ffee01", ticket=f"bbbb000{n}"), 0.0))
-        assert (client.key, client.salt) == (server.key, server.salt)
-        assert client.key == auth.connection_key(SECRET, "c0ffee01", client.salt).hex()
-        keys.append(client.key)
+        assert client.salt == server.salt
+        assert client.key_for(TOKEN_A) == server.key_for(TOKEN_B) == auth.connection_key(SECRET, "c0ffee01",
+                                                                                           client.salt)
+        keys.append(client.key_for(TOKEN_A))
     assert keys[0] != keys[1]  # the same id, brokered again: another salt, another key
     assert "key=" not in repr(client)  # never in a log line
+
+
+# --- protocol 6: the key crosses the unencrypted session wrapped for its receiver ----------------
+
+def on_the_wire(msg: m.Message) -> m.Message:
+    """The message as a reader of the session decodes it from the frame's bytes."""
+    frames = FrameDecoder()
+    frames.receive_data(encode_frame(msg.to_wire()))
+    wire = frames.next_frame()
+    assert wire is not None
+    return m.decode(wire)
+
+
+def _captured(b: Broker, fast: bool) -> tuple[m.Punch, m.Punch | m.Incoming]:
+    """The client's Punch and the server's Punch (slow path) or Incoming (fast path: the server
+    deposited an incoming ticket), as frames an on-path reader of the two sessions records."""
+    session_a, session_b = _instance(b, 1, VICTIM, "web"), _instance(b, 2, MALLORY, "kv")
+    observe_as(b, 11, session_a, "aaaa0001", TOKEN_A)
+    challenge = sent(b.connection_made(21, "198.18.1.2:50021"))[0]
+    b.message_received(21, m.Observe(v=m.PROTOCOL_VERSION, session=session_b, ticket="bbbb0001",
+                                     purpose="incoming" if fast else "outgoing",
+                                     mac=auth.mac(TOKEN_B, auth.OBSERVE_PROOF, challenge.nonce, session_b,
+                                                  "bbbb0001")), 0.0)
+    frames = sent(b.message_received(1, m.Connect(conn="c0ffee01", dst_addr="100.64.0.2", dst_port=80,
+                                                  src_port=1, ticket="aaaa0001"), 0.0))
+    if not fast:
+        frames = sent(b.message_received(2, m.Accept(conn="c0ffee01", ticket="bbbb0001"), 0.0))
+    client, server = (on_the_wire(f) for f in frames)
+    assert isinstance(client, m.Punch) and isinstance(server, m.Incoming if fast else m.Punch)
+    return client, server
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["punch", "fast-path-incoming"])
+def test_a_captured_punch_or_incoming_does_not_carry_the_connections_key(fast):
+    """Before: Punch and Incoming carried the key itself, and a reader of either session could
+    make both agents' proofs and the relay's for that connection."""
+    client, server = _captured(broker(), fast)
+    assert server.wrapped_key is not None and server.salt == client.salt
+    key = auth.connection_key(SECRET, "c0ffee01", client.salt)
+    assert key.hex() not in (client.wrapped_key, server.wrapped_key)
+    assert client.wrapped_key != server.wrapped_key  # each wrapped for its own receiver
+    server_punch = m.Punch(conn=server.conn, role="server", peer="198.18.1.1:50011", ticket="bbbb0001",
+                           wrapped_key=server.wrapped_key, salt=server.salt) if fast else server
+    assert isinstance(server_punch, m.Punch)
+    assert client.key_for(TOKEN_A) == server_punch.key_for(TOKEN_B) == key  # both sides hold the same key
+    # Another instance's token (an insider's, reading a session) unwraps garbage: proofs the peer refuses.
+    assert client.key_for(TOKEN_B) != key and server_punch.key_for(TOKEN_A) != key
+    third = auth.instance_token(SECRET, "3333cccc")
+    assert client.key_for(third) != key and server_punch.key_for(third) != key
+
+
+def test_wrapping_is_its_own_inverse_and_bound_to_conn_and_salt():
+    key = auth.connection_key(SECRET, "c0ffee01", "5a170001")
+    wrapped = auth.wrap_connection_key(TOKEN_A, key, "c0ffee01", "5a170001")
+    assert len(wrapped) == 32 and wrapped != key
+    assert auth.unwrap_connection_key(TOKEN_A, wrapped, "c0ffee01", "5a170001") == key
+    assert auth.unwrap_connection_key(TOKEN_A, wrapped, "c0ffee02", "5a170001") != key
+    assert auth.unwrap_connection_key(TOKEN_A, wrapped, "c0ffee01", "5a170002") != key
+    with pytest.raises(ValueError, match="a connection key is 32 bytes, got 31"):
+        auth.wrap_connection_key(TOKEN_A, key[:31], "c0ffee01", "5a170001")
 
 
 @pytest.mark.parametrize("env, message", [

@@ -89,7 +89,7 @@ class Agent:
         waiters = self.waiters = Waiters()
         self.tickets = TicketPools(self.session, self.coordinator, self.token, self.tasks,
                                    self.ticket_pool_size, t.ticket_max_age)
-        paths = PathOpener(lambda: self.relay, t, self.stats)
+        paths = PathOpener(lambda: self.relay, self.token, t, self.stats)
         self.connector = Connector(self.session, self.tickets, waiters, paths, t, self.stats)
         self.incoming = IncomingConnections(self.session, self.tickets, waiters, paths, self.fast, self.listeners,
                                             self.stats, t)

@@ -37,9 +37,11 @@ _Event = tuple[str, Path, object]
 
 
 class PathOpener:
-    def __init__(self, relay: Callable[[], tuple[str, int] | None], timeouts: Timeouts,
+    def __init__(self, relay: Callable[[], tuple[str, int] | None], token: bytes, timeouts: Timeouts,
                  stats: Counter[str]) -> None:
-        # No secret here: each connection's proofs are keyed by the key its Punch brought.
+        # No secret here: each connection's proofs are keyed by the key its Punch brought,
+        # wrapped for us: the instance's token unwraps it.
+        self._token = token
         self._relay = relay  # the current session's relay (it may move with a new session)
         self.timeouts = timeouts
         self.stats = stats
@@ -52,6 +54,7 @@ class PathOpener:
             # No punch can leave from the port the coordinator saw (features.py): relay only.
             mode = "relay"
         race = PathRace(punch.conn, punch.role, mode, relay is not None, self.timeouts)
+        key = punch.key_for(self._token)
         loop = asyncio.get_running_loop()
         events = Inbox()
         socks: dict[Path, socket.socket] = {}
@@ -65,11 +68,11 @@ class PathOpener:
                     action = pending.popleft()
                     if isinstance(action, StartPath):
                         workers[action.path] = asyncio.ensure_future(
-                            self._run_path(action.path, punch, local_port, relay, action.deadline, events))
+                            self._run_path(action.path, punch, key, local_port, relay, action.deadline, events))
                     elif isinstance(action, SendProof):
                         try:
                             await loop.sock_sendall(socks[action.path],
-                                                    auth.connection_proof(punch.key_bytes, punch.conn, punch.role))
+                                                    auth.connection_proof(key, punch.conn, punch.role))
                         except OSError:
                             pending += race.failed(action.path, "ECONNABORTED", time.monotonic())
                     elif isinstance(action, ClosePath):
@@ -116,8 +119,8 @@ class PathOpener:
             for sock in socks.values():
                 sock.close()
 
-    async def _run_path(self, path: Path, punch: m.Punch, local_port: int, relay: tuple[str, int] | None,
-                        deadline: float, events: Inbox) -> None:
+    async def _run_path(self, path: Path, punch: m.Punch, key: bytes, local_port: int,
+                        relay: tuple[str, int] | None, deadline: float, events: Inbox) -> None:
         """Opens one path and reads the peer's proof on it: exactly 32 bytes, so application
         bytes that may already follow it stay in the kernel buffer for the application."""
         try:
@@ -126,7 +129,7 @@ class PathOpener:
                 sock, attempts = await simultaneous_open(local_port, (host, int(port)), deadline)
             else:
                 assert relay is not None
-                sock, attempts = await relay_open(relay, punch, deadline), 1
+                sock, attempts = await relay_open(relay, punch, key, deadline), 1
         except PunchError as exc:
             log.info("%s path for %s failed: %s", path.value, punch.conn, exc)
             events.put_nowait(("failed", path, exc.errno_name))
@@ -146,7 +149,7 @@ class PathOpener:
                 received += chunk
         except OSError as exc:
             log.info("%s path for %s: %s during authentication", path.value, punch.conn, exc)
-        if auth.verify(auth.connection_proof(punch.key_bytes, punch.conn, peer_role), received):
+        if auth.verify(auth.connection_proof(key, punch.conn, peer_role), received):
             events.put_nowait(("proven", path, None))
         else:
             log.info("%s path for %s: the peer closed it or failed to authenticate (%d bytes)", path.value,

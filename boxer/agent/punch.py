@@ -72,16 +72,16 @@ async def simultaneous_open(local_port: int, peer: tuple[str, int], deadline: fl
             raise
 
 
-async def relay_open(relay: tuple[str, int], punch: m.Punch, deadline: float) -> socket.socket:
+async def relay_open(relay: tuple[str, int], punch: m.Punch, key: bytes, deadline: float) -> socket.socket:
     """A socket to the relay, paired there with the other side of the Punch's connection (once
-    it arrives); the Relay frame's proof is keyed by the connection's key."""
+    it arrives); the Relay frame's proof is keyed by the connection's key (unwrapped: `key`)."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, relay), max(0.0, deadline - time.monotonic()))
         frame = m.Relay(v=m.PROTOCOL_VERSION, conn=punch.conn, salt=punch.salt, role=punch.role,
-                        mac=auth.relay_proof(punch.key_bytes, punch.conn, punch.salt, punch.role))
+                        mac=auth.relay_proof(key, punch.conn, punch.salt, punch.role))
         await loop.sock_sendall(sock, encode_frame(frame.to_wire()))
         return sock
     except asyncio.TimeoutError:
