@@ -199,8 +199,16 @@ async def _lambda_backend(info: DeploymentRecord) -> Any:
     except SetupError as exc:
         log.error("%s", exc)
         return None
+    vm_token = host_token(secret)
+    if facts.vm_host_token_parameter_name:  # terraform's own token: the hosts hold no secret
+        try:
+            vm_token = await read_deployment_secret_async(facts, outputs=outputs,
+                                                          parameter=facts.vm_host_token_parameter_name)
+        except SetupError as exc:
+            log.error("the vm hosts' token: %s", exc)
+            return None
     backend = get_backend("lambda", facts=facts, max_concurrency=int(info.max_concurrency or 100),
-                          vm_token=host_token(secret))
+                          vm_token=vm_token)
     return (backend, parse_endpoint(facts.coordinator_address), secret,
             {"lab": None, "function": facts.function_name, "region": facts.region,
              "outputs": str(outputs)})

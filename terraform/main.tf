@@ -438,6 +438,8 @@ resource "aws_instance" "coordinator" {
     # holds the two to the same name).
     vm_host_group = local.vm_enabled ? "${var.name}-vm-hosts" : ""
     vm_host_port  = var.vm_host_port
+    # The vm hosts' token parameter, by its name too (vm_hosts.tf makes it).
+    vm_host_token_parameter = local.vm_enabled ? "/${var.name}/vm-host-token" : ""
   })
 
   metadata_options {

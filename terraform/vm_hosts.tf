@@ -63,13 +63,62 @@ resource "aws_iam_role" "vm_host" {
   tags               = local.tags
 }
 
-# A vm host pulls the function's image and reads the secret (the daemon's credential is derived
-# from it, and its instances get it as function instances do).
+# The host daemon's credential: a token of its own, not the deployment secret. The apps of vm
+# instances run on these hosts, as the daemon's children; the secret there would let one of them
+# act as the controller towards the coordinator. Each instance gets only its own token, in the
+# event; the controller reads this parameter to authenticate to the daemons.
+resource "random_bytes" "vm_host_token" {
+  count  = local.vm_enabled ? 1 : 0
+  length = 32
+}
+
+resource "aws_ssm_parameter" "vm_host_token" {
+  count       = local.vm_enabled ? 1 : 0
+  name        = "/${var.name}/vm-host-token"
+  description = "boxer vm host daemon token (hex) for ${var.name}"
+  type        = "SecureString"
+  key_id      = var.kms_key_arn
+  value       = random_bytes.vm_host_token[0].hex
+  tags        = local.tags
+}
+
+# A vm host pulls the function's image and reads its daemon's token: nothing else.
+data "aws_iam_policy_document" "vm_host" {
+  count = local.vm_enabled ? 1 : 0
+
+  statement {
+    sid       = "EcrAuth"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"] # this action has no resource-level permissions
+  }
+
+  statement {
+    sid       = "PullImage"
+    actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
+    resources = [aws_ecr_repository.this.arn]
+  }
+
+  statement {
+    sid       = "ReadHostToken"
+    actions   = ["ssm:GetParameter"]
+    resources = [aws_ssm_parameter.vm_host_token[0].arn]
+  }
+
+  dynamic "statement" {
+    for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
+    content {
+      sid       = "DecryptHostToken"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+    }
+  }
+}
+
 resource "aws_iam_role_policy" "vm_host" {
   count  = local.vm_enabled ? 1 : 0
   name   = "${var.name}-vm-host"
   role   = aws_iam_role.vm_host[0].id
-  policy = data.aws_iam_policy_document.coordinator.json
+  policy = data.aws_iam_policy_document.vm_host[0].json
 }
 
 resource "aws_iam_instance_profile" "vm_host" {
@@ -98,12 +147,12 @@ resource "aws_launch_template" "vm_host" {
   }
 
   user_data = base64encode(templatefile("${path.module}/templates/vm-host-user-data.sh.tftpl", {
-    region           = local.region
-    registry         = split("/", aws_ecr_repository.this.repository_url)[0]
-    image            = local.image_uri
-    secret_parameter = aws_ssm_parameter.secret.name
-    port             = var.vm_host_port
-    slots            = var.vm_host_slots
+    region          = local.region
+    registry        = split("/", aws_ecr_repository.this.repository_url)[0]
+    image           = local.image_uri
+    token_parameter = aws_ssm_parameter.vm_host_token[0].name
+    port            = var.vm_host_port
+    slots           = var.vm_host_slots
   }))
 
   metadata_options {
@@ -149,13 +198,21 @@ resource "aws_autoscaling_group" "vm_host" {
   }
 }
 
-# The controller (beside the coordinator, or wherever `boxer up` runs) lists the group's hosts.
-# Neither action has resource-level permissions.
+# The controller (beside the coordinator, or wherever `boxer up` runs) lists the group's hosts
+# (neither action has resource-level permissions) and reads the daemons' token.
 data "aws_iam_policy_document" "controller_vm" {
+  count = local.vm_enabled ? 1 : 0
+
   statement {
     sid       = "FindVmHosts"
     actions   = ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"]
     resources = ["*"]
+  }
+
+  statement {
+    sid       = "ReadHostToken"
+    actions   = ["ssm:GetParameter"]
+    resources = [aws_ssm_parameter.vm_host_token[0].arn]
   }
 }
 
@@ -163,7 +220,7 @@ resource "aws_iam_policy" "controller_vm" {
   count       = local.vm_enabled ? 1 : 0
   name        = "${var.name}-controller-vm"
   description = "Lets the boxer controller find the vm hosts of ${var.name}"
-  policy      = data.aws_iam_policy_document.controller_vm.json
+  policy      = data.aws_iam_policy_document.controller_vm[0].json
   tags        = local.tags
 }
 
@@ -225,6 +282,11 @@ output "vm_host_group" {
 output "vm_host_port" {
   description = "Port of the host daemon on each vm host."
   value       = var.vm_host_port
+}
+
+output "vm_host_token_parameter_name" {
+  description = "SSM SecureString holding the vm host daemons' token (empty without a vm tier); the controller reads it."
+  value       = local.vm_enabled ? aws_ssm_parameter.vm_host_token[0].name : ""
 }
 
 output "controller_vm_policy_arn" {

@@ -408,6 +408,7 @@ services:
     maxLifetimeSeconds: 300
 """
 VM_GROUP = "boxer-lt-vm-hosts"
+VM_TOKEN = "/boxer/lt/vm-host-token"
 
 
 @pytest.fixture
@@ -422,10 +423,13 @@ def aws_vm(lab_factory: Any) -> Any:
     os.chown(root / "state", NOBODY, NOBODY)
     aws = Aws(lab, root)
     address = lab.public_host("p1").address
+    # The hosts' own token, as terraform makes it (random, not derived): the controller must read it.
+    token_file = root / "vm-host-token"
+    token_file.write_text(os.urandom(32).hex() + "\n")
     try:
-        aws.start_ssm("--vm-group", VM_GROUP, "--vm-host", address)
-        daemon = aws._popen("p1", [*BOXER, "host", "serve", "--listen", f"{address}:7100", "--secret-file",
-                                   str(lab.secret_file), "--name", "p1"], "host-daemon.log")
+        aws.start_ssm("--vm-group", VM_GROUP, "--vm-host", address, "--also", f"{VM_TOKEN}={token_file}")
+        daemon = aws._popen("p1", [*BOXER, "host", "serve", "--listen", f"{address}:7100", "--token-file",
+                                   str(token_file), "--name", "p1"], "host-daemon.log")
         line = _read_line(daemon, 30, "boxer host serve")
         assert f"serving on {address}:7100" in line, line
         yield aws
@@ -436,13 +440,15 @@ def aws_vm(lab_factory: Any) -> Any:
 
 def test_up_with_lambda_runs_the_vm_base_on_a_vm_host_found_through_ec2(aws_vm: Aws) -> None:
     """The whole lambda path with a vm tier: the controller (unprivileged, in h2) reads the outputs'
-    vm_host_group, lists the group through aiobotocore (moto's EC2 and Auto Scaling), and has the
+    vm_host_group and the hosts' token from SSM, lists the group through aiobotocore (moto's EC2
+    and Auto Scaling), and has the
     daemon on p1 start kv's base instance; the burst instance is an invocation in h1. Clients reach
     kv by name; a killed vm app is replaced on the vm host; down stops it through the daemon."""
     aws = aws_vm
     name = f"lw{os.getpid() % 100000}"
     aws.start_invoke_api()
-    deploy = aws.deploy_file(name, template=MIXED, outputs={"vm_host_group": VM_GROUP, "vm_host_port": 7100})
+    deploy = aws.deploy_file(name, template=MIXED, outputs={"vm_host_group": VM_GROUP, "vm_host_port": 7100,
+                                                            "vm_host_token_parameter_name": VM_TOKEN})
     up = subprocess.run(aws.up_as_user("--detach", str(deploy)), env=aws.env, capture_output=True, text=True,
                         timeout=120)
     try:

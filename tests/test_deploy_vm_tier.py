@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import labkit
 import pytest
@@ -60,8 +61,13 @@ def test_mixed_deployment_vm_base_through_host_daemons_and_function_burst(tmp_pa
         assert vm["host"].startswith("p"), vm  # a public lab host: the vm host's daemon named it
         # The vm instance is the daemon's child, not an invocation; the function one is one.
         ps = _ps()
-        daemons = [line for line in ps.splitlines() if "boxer host serve" in line and lab in line]
+        daemons = [line for line in ps.splitlines() if "boxer host serve" in line and name in line]
         assert daemons, "no host daemon runs for this lab"
+        # A vm host's daemon holds its token, not the deployment secret (its instances' apps run beside it).
+        for line in daemons:
+            pid = int(line.split()[0])
+            assert "--token-file" in line and "secret" not in line, line
+            assert b"BOXER_SECRET" not in Path(f"/proc/{pid}/environ").read_bytes()
         parent = subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(_ppid(vm["pid"]))], capture_output=True,
                                 text=True).stdout
         assert "host serve" in parent, parent

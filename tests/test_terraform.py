@@ -148,6 +148,7 @@ TEMPLATE_VARS = {
     "certificate_parameter": "/boxer/controller-certificate", "parameter_key": "alias/aws/ssm",
     "function_name": "boxer",
     "port": 7000, "control_port": 7443, "vm_host_group": "boxer-vm-hosts", "vm_host_port": 7100,
+    "vm_host_token_parameter": "/boxer/vm-host-token",
 }
 
 
@@ -227,7 +228,8 @@ def test_the_user_data_starts_the_coordinator_and_the_controller_beside_it() -> 
     assert {k: v["value"] for k, v in outputs.items()} == {
         "function_name": "boxer", "coordinator_address": "127.0.0.1:7000",
         "secret_parameter_name": "/boxer/deployment-secret", "region": "eu-west-1",
-        "vm_host_group": "boxer-vm-hosts", "vm_host_port": 7100}
+        "vm_host_group": "boxer-vm-hosts", "vm_host_port": 7100,
+        "vm_host_token_parameter_name": "/boxer/vm-host-token"}
     # The vm hosts' group, named as vm_hosts.tf names it (a reference would be a cycle).
     group = resources(load("vm_hosts.tf"), "aws_autoscaling_group")["vm_host"]["name"]
     (passed,) = [c for c in resources(load("main.tf"), "aws_instance")["coordinator"]["user_data"].split(",")
@@ -236,6 +238,12 @@ def test_the_user_data_starts_the_coordinator_and_the_controller_beside_it() -> 
     from boxer.backends.aws_lambda.facts import LambdaFacts
 
     facts = LambdaFacts.from_outputs(outputs)
+    assert facts.vm_host_token_parameter_name == "/boxer/vm-host-token"
+    # ... and the token's parameter, named as vm_hosts.tf names it.
+    parameter = resources(load("vm_hosts.tf"), "aws_ssm_parameter")["vm_host_token"]["name"]
+    (passed,) = [c for c in resources(load("main.tf"), "aws_instance")["coordinator"]["user_data"].split(",")
+                 if "vm_host_token_parameter" in c]
+    assert parameter == "/${var.name}/vm-host-token" and '"/${var.name}/vm-host-token"' in passed, passed
     assert (facts.vm_host_group, facts.vm_host_port, facts.coordinator_address) == ("boxer-vm-hosts", 7100,
                                                                                   "127.0.0.1:7000")
     from boxer.backends.aws_lambda.facts import REQUIRED_OUTPUTS
@@ -349,7 +357,7 @@ def test_vm_host_user_data_runs_the_host_daemon_as_a_unit(tmp_path: Path) -> Non
     assert set(re.findall(r"\$\{(\w+)\}", text)) <= passed
     rendered = _render(MODULE / "templates" / "vm-host-user-data.sh.tftpl", {
         "region": "eu-west-1", "registry": "1.dkr.ecr.eu-west-1.amazonaws.com",
-        "image": "1.dkr.ecr.eu-west-1.amazonaws.com/boxer-demo:v1", "secret_parameter": "/boxer-demo/secret",
+        "image": "1.dkr.ecr.eu-west-1.amazonaws.com/boxer-demo:v1", "token_parameter": "/boxer-demo/vm-host-token",
         "port": 7100, "slots": 1})
     script = tmp_path / "user-data.sh"
     script.write_text(rendered)
@@ -361,8 +369,10 @@ def test_vm_host_user_data_runs_the_host_daemon_as_a_unit(tmp_path: Path) -> Non
     daemon_argv = exec_start.split("/opt/boxer/bin/python ", 1)[1].split()[1:]  # after the image
     assert daemon_argv[:4] == ["-m", "boxer", "host", "serve"]
     assert daemon_argv[daemon_argv.index("--listen") + 1] == "0.0.0.0:7100"
-    assert daemon_argv[daemon_argv.index("--secret-file") + 1] == "/run/boxer/secret"
-    assert "-v /etc/boxer/secret:/run/boxer/secret:ro" in exec_start
+    assert daemon_argv[daemon_argv.index("--token-file") + 1] == "/run/boxer/host-token"
+    assert "-v /etc/boxer/host-token:/run/boxer/host-token:ro" in exec_start
+    # The host holds its daemon's token, never the deployment secret (its instances' apps run there).
+    assert "secret" not in exec_start and '--name "/boxer-demo/vm-host-token"' in rendered
     assert "systemctl enable --now boxer-host" in rendered
     # The command parses as the CLI's own (the options exist).
     from click.testing import CliRunner
@@ -370,10 +380,10 @@ def test_vm_host_user_data_runs_the_host_daemon_as_a_unit(tmp_path: Path) -> Non
     from boxer.cli.host import serve_command
 
     args = daemon_argv[4:]
-    args[args.index("--secret-file") + 1] = str(tmp_path / "absent")
+    args[args.index("--token-file") + 1] = str(tmp_path / "absent")
     result = CliRunner().invoke(serve_command, args)
     assert "no such option" not in (result.output or "").lower() and result.exit_code == 2
-    assert "cannot read the deployment secret" in result.output
+    assert "no credential for the host daemon" in result.output
 
 
 def test_vm_tier_outputs_and_rules() -> None:
@@ -393,9 +403,14 @@ def test_vm_tier_outputs_and_rules() -> None:
     assert rule["referenced_security_group_id"] == "${aws_security_group.coordinator.id}"
     egress = resources(vm, "aws_vpc_security_group_egress_rule")
     assert egress["coordinator_to_vm_hosts"]["referenced_security_group_id"] == "${aws_security_group.vm_host[0].id}"
-    (document,) = [b["aws_iam_policy_document"]["controller_vm"] for b in vm["data"] if "aws_iam_policy_document" in b]
-    assert sorted(document["statement"][0]["actions"]) == ["autoscaling:DescribeAutoScalingGroups",
-                                                           "ec2:DescribeInstances"]
+    documents = {name: body for b in vm["data"] if "aws_iam_policy_document" in b
+                 for name, body in b["aws_iam_policy_document"].items()}
+    assert [sorted(st["actions"]) for st in documents["controller_vm"]["statement"]] == [
+        ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"], ["ssm:GetParameter"]]
+    # The hosts read their token's parameter and pull the image: never the deployment secret.
+    host_reads = [st for st in documents["vm_host"]["statement"] if st["actions"] == ["ssm:GetParameter"]]
+    assert [st["resources"] for st in host_reads] == [["${aws_ssm_parameter.vm_host_token[0].arn}"]]
+    assert "aws_ssm_parameter.secret" not in (MODULE / "vm_hosts.tf").read_text()
     group = resources(vm, "aws_autoscaling_group")["vm_host"]
     assert group["min_size"] == group["max_size"] == group["desired_capacity"] == "${var.vm_host_count}"
 

@@ -143,5 +143,7 @@ def test_vm_outputs_are_read_from_terraform_outputs() -> None:
             "region": REGION}
     assert LambdaFacts.from_outputs(base).vm_host_group is None
     facts = LambdaFacts.from_outputs({**base, "vm_host_group": {"value": "g"}, "vm_host_port": {"value": 7200}})
-    assert (facts.vm_host_group, facts.vm_host_port) == ("g", 7200)
+    assert (facts.vm_host_group, facts.vm_host_port, facts.vm_host_token_parameter_name) == ("g", 7200, None)
+    with_token = LambdaFacts.from_outputs({**base, "vm_host_token_parameter_name": {"value": "/d/vm-host-token"}})
+    assert with_token.vm_host_token_parameter_name == "/d/vm-host-token"
     assert LambdaFacts.from_outputs({**base, "vm_host_group": {"value": ""}}).vm_host_group is None

@@ -31,6 +31,8 @@ def main() -> int:
     parser.add_argument("--parameter", required=True)
     parser.add_argument("--value-file", required=True)
     parser.add_argument("--vm-group", help="an Auto Scaling group of the --vm-host addresses")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=FILE",
+                        help="another SecureString parameter (the vm hosts' token)")
     parser.add_argument("--vm-host", action="append", default=[], metavar="IP")
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
@@ -41,6 +43,9 @@ def main() -> int:
     ssm = boto3.client("ssm", region_name=args.region, endpoint_url=url)
     ssm.put_parameter(Name=args.parameter, Value=Path(args.value_file).read_text().strip(),
                       Type="SecureString")
+    for also in args.also:
+        name, _, file = also.partition("=")
+        ssm.put_parameter(Name=name, Value=Path(file).read_text().strip(), Type="SecureString")
     if args.vm_group:
         vm_group(url, args.region, args.vm_group, args.vm_host)
     print(f"ready {url}", flush=True)

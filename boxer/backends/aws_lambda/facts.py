@@ -21,7 +21,7 @@ __all__ = ["REQUIRED_OUTPUTS", "LambdaFacts"]
 REQUIRED_OUTPUTS = ("function_name", "coordinator_address", "secret_parameter_name", "region")
 # The vm tier (terraform/vm_hosts.tf): the Auto Scaling group of the vm hosts and their daemon's
 # port. Absent (or an empty group name, vm_host_count = 0): the deployment has no vm hosts.
-VM_OUTPUTS = ("vm_host_group", "vm_host_port")
+VM_OUTPUTS = ("vm_host_group", "vm_host_port", "vm_host_token_parameter_name")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 _ADDRESS = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
 
@@ -34,6 +34,9 @@ class LambdaFacts:
     region: str
     vm_host_group: str | None = None
     vm_host_port: int = 7100
+    # SSM SecureString holding the daemons' token (terraform makes one of its own: the hosts never
+    # hold the deployment secret); None: the token is derived from the secret (vmhost.protocol).
+    vm_host_token_parameter_name: str | None = None
 
     @classmethod
     def from_outputs(cls, outputs: Any, *, source: str = "terraform outputs") -> LambdaFacts:
@@ -68,6 +71,12 @@ class LambdaFacts:
                 problems.append(f"output vm_host_group must be a string, got {group!r}")
             else:
                 vm["vm_host_group"] = group
+        token_parameter = _value(outputs.get("vm_host_token_parameter_name"))
+        if token_parameter not in (None, ""):
+            if not isinstance(token_parameter, str):
+                problems.append(f"output vm_host_token_parameter_name must be a string, got {token_parameter!r}")
+            else:
+                vm["vm_host_token_parameter_name"] = token_parameter
         port = _value(outputs.get("vm_host_port"))
         if port is not None:
             if isinstance(port, str) and port.isdigit():

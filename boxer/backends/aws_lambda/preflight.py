@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,10 +160,13 @@ def read_deployment_secret(facts: LambdaFacts, client_factory: ClientFactory = a
 
 
 async def read_deployment_secret_async(facts: LambdaFacts, outputs: str | Path = "outputs.json",
-                                      client: Any = None) -> bytes:
+                                      client: Any = None, parameter: str | None = None) -> bytes:
     """As read_deployment_secret, through aiobotocore, on the caller's loop: what the controller
     does at start (its other AWS calls, Invoke and EC2, are aiobotocore too). The same checks and
-    the same one-line errors. `client`: an aiobotocore SSM client (tests), else one is made."""
+    the same one-line errors. `client`: an aiobotocore SSM client (tests), else one is made.
+    `parameter`: another SecureString of hex read the same way (the vm hosts' token)."""
+    if parameter is not None:
+        facts = replace(facts, secret_parameter_name=parameter)
     try:
         from aiobotocore.session import get_session
     except ImportError:

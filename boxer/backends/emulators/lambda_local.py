@@ -254,6 +254,7 @@ class LocalLambdaBackend(LocalBackend):
         self.vm_tier: Any = None
         self._daemons: dict[str, Any] = {}  # public host -> its daemon's process
         self._daemons_up: Any = None  # the task starting them
+        self._token_file: Any = None  # their token (TokenFile), removed by close()
 
     # -- the vm tier: host daemons on the public hosts ------------------------------------------
 
@@ -265,19 +266,27 @@ class LocalLambdaBackend(LocalBackend):
     async def _start_daemons(self) -> Any:
         import asyncio
 
+        from boxer.backends.aws_lambda.secrets import TokenFile
         from boxer.backends.vmhost.protocol import host_token
         from boxer.backends.vmhost.tier import StaticHosts, VmTier
         from boxer.nat_traversal.auth import load_secret
 
+        # The daemons get their token, not the lab's secret (as on EC2, where the hosts never
+        # hold it): apps of vm instances run beside them.
+        token = host_token(load_secret(str(self.lab.secret_file), None))
+        self._token_file = TokenFile(token.hex())
+        env = {key: value for key, value in self.base_env.items() if not key.startswith("BOXER_SECRET")}
+
         async def start(host: Any) -> str:
             argv = module_argv("boxer", "host", "serve", "--listen", f"{host.address}:{self.host_port}",
-                               "--secret-file", str(self.lab.secret_file), "--name", host.name,
+                               "--token-file", str(self._token_file.path), "--name", host.name,
                                *(["--log-dir", str(self.log_dir)] if self.log_dir is not None else []),
                                python=self.python)
             log_file = (open(self.log_dir / f"host-daemon.{host.name}.log", "ab")  # noqa: SIM115
                         if self.log_dir is not None else None)
             process = await asyncio.create_subprocess_exec(
-                *self.lab.command(host.name, argv), env=self.lab.env(host.name, self.base_env),
+                *self.lab.command(host.name, argv),
+                env={k: v for k, v in self.lab.env(host.name, env).items() if not k.startswith("BOXER_SECRET")},
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=log_file or asyncio.subprocess.DEVNULL, start_new_session=True)
             if log_file is not None:
@@ -292,8 +301,7 @@ class LocalLambdaBackend(LocalBackend):
         addresses = await asyncio.gather(*(start(host) for host in self.lab.public_hosts))
         hosts = self.lab.public_hosts
         self._vm_host_names = {address: host.name for address, host in zip(addresses, hosts, strict=True)}
-        secret = load_secret(str(self.lab.secret_file), None)
-        self.vm_tier = VmTier(StaticHosts(list(addresses)), host_token(secret), backend=self.name,
+        self.vm_tier = VmTier(StaticHosts(list(addresses)), token, backend=self.name,
                               event_for=self.vm_event, stop_grace=self.stop_grace, host_wait=self.host_wait)
         log.info("vm tier: host daemons on %s", ", ".join(addresses))
         return self.vm_tier
@@ -344,6 +352,8 @@ class LocalLambdaBackend(LocalBackend):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
+        if self._token_file is not None:
+            self._token_file.remove()
         await super().close()
 
     def argv(self, spec: InstanceSpec) -> list[str]:
