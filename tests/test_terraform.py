@@ -371,6 +371,11 @@ def test_vm_host_user_data_runs_the_host_daemon_as_a_unit(tmp_path: Path) -> Non
     assert daemon_argv[daemon_argv.index("--listen") + 1] == "0.0.0.0:7100"
     assert daemon_argv[daemon_argv.index("--token-file") + 1] == "/run/boxer/host-token"
     assert "-v /etc/boxer/host-token:/run/boxer/host-token:ro" in exec_start
+    from boxer.backends.emulators.sandbox import LAMBDA_UID
+
+    # Instances run as Lambda's user, not the daemon's root, and may still bind a low port.
+    assert daemon_argv[daemon_argv.index("--run-as") + 1] == f"{LAMBDA_UID}:{LAMBDA_UID}"
+    assert "net.ipv4.ip_unprivileged_port_start = 0" in rendered
     # The host holds its daemon's token, never the deployment secret (its instances' apps run there).
     assert "secret" not in exec_start and '--name "/boxer-demo/vm-host-token"' in rendered
     assert "systemctl enable --now boxer-host" in rendered

@@ -254,3 +254,44 @@ def test_boxer_host_serve_refuses_to_start_without_a_credential(tmp_path: Path) 
                                                                  if k != "BOXER_SECRET_FILE"}, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("boxer: no credential for the host daemon: no deployment secret")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running instances as another user needs root")
+def test_instances_run_as_their_own_user_and_read_only_their_token() -> None:
+    """--run-as: the app runs as that uid; it reads its own token file and not the daemon's."""
+    import shutil
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="bx-runas-"))  # under /tmp: that user can reach it
+    out.chmod(0o777)
+    daemon_token = out / "host-token"  # beside it, root's 0600: unreadable to the instance
+    daemon_token.write_text(TOKEN.hex())
+    daemon_token.chmod(0o600)
+
+    def argv_for(launch):
+        return ["/bin/sh", "-c", f'{{ id -u; cat "$BOXER_INSTANCE_TOKEN_FILE"; cat {daemon_token} || echo refused; }}'
+                f' > {out}/got 2>/dev/null; exec sleep 30']
+
+    async def main() -> None:
+        daemon = HostDaemon(TOKEN, host="p1", run_as=(65534, 65534), argv_for=argv_for)
+        server = await daemon.serve("127.0.0.1", 0)
+        address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        token = "ab" * 32
+        tier = VmTier(StaticHosts([address]), TOKEN, backend="lambda", event_for=lambda spec: {
+            "version": 2, "name": spec.name, "service": spec.service, "index": spec.index,
+            "command": list(spec.command), "coordinator": "127.0.0.1:7000", "instance": "0123456789abcdef",
+            "token": token})
+        try:
+            handle = await tier.launch(_spec())
+            await _until(lambda: (out / "got").exists() and len((out / "got").read_text().split()) == 3)
+            assert (out / "got").read_text().split() == ["65534", token, "refused"]
+            await tier.stop(handle)
+        finally:
+            await tier.close()
+            await daemon.close(1.0)
+
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+

@@ -30,9 +30,11 @@ def host() -> None:
 @click.option("--log-dir", type=click.Path(file_okay=False), help="Each instance's output goes to "
               "NAME.HOST.log here (default: the daemon's own stderr is left alone, output dropped).")
 @click.option("--name", help="This host's name in logs and errors (default: the machine's).")
+@click.option("--run-as", metavar="UID[:GID]", help="Run the instances as this user (numeric), not the "
+              "daemon's, so their apps can read neither the daemon's token nor another instance's.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
 def serve_command(listen: str, secret_file: str | None, token_file: str | None, slots: int,
-                  log_dir: str | None, name: str | None, verbose: int) -> None:
+                  log_dir: str | None, name: str | None, run_as: str | None, verbose: int) -> None:
     """Serve the controller: start each `vm` instance it sends (the same event a function
     instance gets) as `boxer run`, stop it when asked, and report every exit."""
     from boxer.backends.vmhost.daemon import run_daemon
@@ -48,7 +50,13 @@ def serve_command(listen: str, secret_file: str | None, token_file: str | None, 
             token = host_token(load_secret(secret_file, None))
     except (SecretError, ValueError, OSError) as exc:
         sys.exit(fail(f"no credential for the host daemon: {exc}", 2))
+    user = None
+    if run_as:
+        uid, _, gid = run_as.partition(":")
+        if not uid.isdigit() or not (gid or uid).isdigit():
+            raise click.BadParameter(f"expected UID or UID:GID (numbers), got {run_as!r}", param_hint="--run-as")
+        user = (int(uid), int(gid or uid))
     if log_dir:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
     sys.exit(aio.run(run_daemon(token, address, slots=slots, log_dir=Path(log_dir) if log_dir else None,
-                                host=name)))
+                                host=name, run_as=user)))

@@ -71,9 +71,13 @@ class HostDaemon:
     def __init__(self, token: bytes, *, host: str | None = None, slots: int = 1,
                  log_dir: Path | None = None, base_env: Mapping[str, str] | None = None,
                  token_dir: str | None = None,
-                 argv_for: Callable[[AgentLaunch], list[str]] | None = None) -> None:
+                 argv_for: Callable[[AgentLaunch], list[str]] | None = None,
+                 run_as: tuple[int, int] | None = None) -> None:
         """`argv_for`: tests put a plain command in place of `boxer run` (as make_handler's);
-        the event, token file, environment, process group and exits stay the real path."""
+        the event, token file, environment, process group and exits stay the real path.
+        `run_as`: (uid, gid) the instances run as, not the daemon's user, so that an app cannot
+        read the daemon's token (root-only) nor signal the daemon; each instance's token file
+        is then given to that user."""
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.token = token
@@ -83,6 +87,7 @@ class HostDaemon:
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.token_dir = token_dir
         self.argv_for = argv_for or instance_argv
+        self.run_as = run_as
         self.instances: dict[str, _Instance] = {}
         self._sessions: set[tuple[ServerSession, asyncio.StreamWriter]] = set()
         self._unheard: deque[Exited] = deque(maxlen=_KEPT_EXITS)
@@ -152,6 +157,12 @@ class HostDaemon:
             session.start_failed(ref, str(exc))
             return
         token_file = TokenFile(event.token, parent=self.token_dir)
+        user: dict[str, object] = {}
+        if self.run_as is not None:
+            uid, gid = self.run_as
+            for path in (token_file.path.parent, token_file.path):
+                os.chown(path, uid, gid)
+            user = {"user": uid, "group": gid, "extra_groups": []}
         launch = AgentLaunch(event, token_file.path, event.lifetime or 0.0)
         out: int | object = asyncio.subprocess.DEVNULL
         log_file = None
@@ -162,7 +173,7 @@ class HostDaemon:
             process = await asyncio.create_subprocess_exec(
                 *self.argv_for(launch), env=agent_env(launch, self.base_env),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True)  # its group: stopped (and cleaned up) as one
+                start_new_session=True, **user)  # type: ignore[arg-type]  # its group: stopped as one
         except OSError as exc:
             token_file.remove()
             session.start_failed(ref, f"cannot start boxer run on {self.host}: {exc.strerror}")
@@ -233,8 +244,8 @@ class HostDaemon:
 
 
 async def run_daemon(token: bytes, listen: tuple[str, int], *, slots: int, log_dir: Path | None,
-                     host: str | None = None) -> int:
-    daemon = HostDaemon(token, host=host, slots=slots, log_dir=log_dir)
+                     host: str | None = None, run_as: tuple[int, int] | None = None) -> int:
+    daemon = HostDaemon(token, host=host, slots=slots, log_dir=log_dir, run_as=run_as)
     try:
         server = await daemon.serve(*listen)
     except OSError as exc:
