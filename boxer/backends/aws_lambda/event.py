@@ -40,6 +40,7 @@ _INSTANCE = re.compile(r"^[0-9a-f]{8,64}$")  # as the protocol's instance ids (m
 _TOKEN = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED = ("version", "name", "service", "index", "command", "coordinator", "instance", "token")
 _OPTIONAL = ("env", "lifetime")
+_MAX_LIFETIME = 1e9  # seconds (31 years): more is a mistake, not a lifetime
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,12 @@ class LambdaEvent:
         if not isinstance(token, str) or not _TOKEN.match(token):
             problems.append("token is not 64 lowercase hex digits (the instance token the controller issues)")
         lifetime = event.get("lifetime")
+        # Bounded above: an integer of 400 digits is a JSON number too, and float() of it would
+        # raise OverflowError (fuzzing found it); infinity and NaN are no lifetime either.
         if lifetime is not None and (
-            isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0
+            isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not 0 < lifetime <= _MAX_LIFETIME
         ):
-            problems.append(f"lifetime {lifetime!r} must be a number of seconds > 0")
+            problems.append(f"lifetime {lifetime!r:.40} must be a number of seconds > 0 and <= {_MAX_LIFETIME:g}")
 
         if problems:
             raise EventError(problems)
