@@ -109,8 +109,7 @@ def test_lambda_backend_sends_vm_instances_to_the_daemons_with_their_tokens(moto
                             argv_for=lambda launch: ["/bin/sh", "-c", 'cat "$BOXER_INSTANCE_TOKEN_FILE" > "$OUT/got"; '
                                                      'echo "$BOXER_COORDINATOR $BOXER_INSTANCE_NAME" >> "$OUT/got";'
                                                      " exec sleep 30"])
-        server = await daemon.serve("127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
+        _, port = await daemon.serve("127.0.0.1", 0)
         backend = LambdaBackend(facts, vm_token=token, vm_hosts=StaticHosts([f"127.0.0.1:{port}"]))
         try:
             handle = await backend.launch(InstanceSpec(

@@ -124,8 +124,7 @@ def _shell(script: str):
 async def _daemon(tmp_path: Path, script: str, slots: int = 1) -> tuple[HostDaemon, str]:
     daemon = HostDaemon(TOKEN, host="p1", slots=slots, argv_for=_shell(script), token_dir=str(tmp_path),
                         base_env={**os.environ, "OUT": str(tmp_path), "BOXER_SECRET_FILE": str(tmp_path / "secret")})
-    server = await daemon.serve("127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    _, port = await daemon.serve("127.0.0.1", 0)
     return daemon, f"127.0.0.1:{port}"
 
 

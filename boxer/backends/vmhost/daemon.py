@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import resource
 import signal
 import socket
 from collections import deque
@@ -37,6 +39,7 @@ from boxer.backends.aws_lambda.handler import AgentLaunch, agent_argv, agent_env
 from boxer.backends.aws_lambda.secrets import TokenFile
 from boxer.backends.errors import EventError
 from boxer.backends.vmhost.protocol import AuthFailed, Exited, ServerSession, StartRequested, StopRequested
+from boxer.nat_traversal.limits import Refusals
 from boxer.nat_traversal.wire import ProtocolError
 
 __all__ = ["HostDaemon", "instance_argv"]
@@ -44,7 +47,35 @@ __all__ = ["HostDaemon", "instance_argv"]
 log = logging.getLogger(__name__)
 
 _KEPT_EXITS = 1000  # exits no controller heard yet (it was away), told to the next one
-_AUTH_DEADLINE = 5.0
+
+# The port is reachable from the controller's VM, and in practice from whatever else the security
+# group lets in: anyone may connect. A connection that has not authenticated is the only thing
+# a stranger can make the daemon hold, so it is bounded in time, in bytes (protocol.py's
+# MAX_UNAUTHENTICATED) and in number, as the coordinator's (nat_traversal/limits.py).
+AUTH_DEADLINE = 5.0  # seconds from the accept to a valid auth, however the bytes trickle in
+# Unauthenticated connections from one address: past it a new one is closed at once. The
+# controller opens one connection per host, one at a time, so it never needs more than one.
+UNAUTHENTICATED_PER_SOURCE = 8
+# ... and from everyone: past it the oldest is closed for the new one, so a flood from many
+# addresses delays the controller (by its next reconnect) instead of locking it out.
+UNAUTHENTICATED = 64
+_BACKLOG = 1024
+ACCEPT_PAUSE = 0.1  # out of descriptors: accepting again at once would spin
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_READ_LIMIT = 2 ** 16
+# Descriptors kept for what the daemon must do under a flood: the controller's connection, and
+# each instance's start (its token file, /dev/null, the child's pipes and pidfd).
+_SPARE_DESCRIPTORS = 24
+
+
+def _descriptor_cap(wanted: int) -> int:
+    """The cap on unauthenticated connections within the process's descriptor limit: a flood that
+    held every descriptor would leave none to start an instance with (EMFILE), even for the
+    authenticated controller."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, (soft - _SPARE_DESCRIPTORS) // 2))
 
 
 def instance_argv(launch: AgentLaunch) -> list[str]:
@@ -72,7 +103,9 @@ class HostDaemon:
                  log_dir: Path | None = None, base_env: Mapping[str, str] | None = None,
                  token_dir: str | None = None,
                  argv_for: Callable[[AgentLaunch], list[str]] | None = None,
-                 run_as: tuple[int, int] | None = None) -> None:
+                 run_as: tuple[int, int] | None = None,
+                 auth_deadline: float = AUTH_DEADLINE, unauthenticated: int | None = None,
+                 unauthenticated_per_source: int = UNAUTHENTICATED_PER_SOURCE) -> None:
         """`argv_for`: tests put a plain command in place of `boxer run` (as make_handler's);
         the event, token file, environment, process group and exits stay the real path.
         `run_as`: (uid, gid) the instances run as, not the daemon's user, so that an app cannot
@@ -92,41 +125,136 @@ class HostDaemon:
         self._sessions: set[tuple[ServerSession, asyncio.StreamWriter]] = set()
         self._unheard: deque[Exited] = deque(maxlen=_KEPT_EXITS)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self.auth_deadline = auth_deadline
+        # `unauthenticated`: the cap; by default UNAUTHENTICATED within the descriptor limit.
+        self.unauthenticated_cap = unauthenticated or _descriptor_cap(UNAUTHENTICATED)
+        if self.unauthenticated_cap < UNAUTHENTICATED and unauthenticated is None:
+            log.warning("at most %d unauthenticated connections (not %d): the descriptor limit is low",
+                        self.unauthenticated_cap, UNAUTHENTICATED)
+        self.unauthenticated_per_source = unauthenticated_per_source
+        # Connections accepted and not authenticated yet, oldest first, and how many per address.
+        self._unauthenticated: dict[asyncio.StreamWriter, str] = {}
+        self._per_source: dict[str, int] = {}
+        # Every refusal by kind (auth, protocol, deadline, unauthenticated, unauthenticated-per-source),
+        # logged at most once per 10 s per kind with the number since.
+        self.refusals = Refusals()
 
-    async def serve(self, host: str, port: int) -> asyncio.Server:
-        self._server = await asyncio.start_server(self._connection, host, port, reuse_address=True)
-        return self._server
+    async def serve(self, host: str, port: int) -> tuple[str, int]:
+        """Listen and accept in the background; the address bound."""
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, port))
+            # A long accept queue: under a flood the controller's SYN waits its turn there
+            # (first in, first accepted) instead of being dropped by a queue full of the flood's.
+            listener.listen(_BACKLOG)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self._accepting = asyncio.get_running_loop().create_task(self._accept_forever(listener))
+        bound = listener.getsockname()
+        return str(bound[0]), int(bound[1])
+
+    async def _accept_forever(self, listener: socket.socket) -> None:
+        """Our own accept loop, not asyncio.start_server's: on EMFILE that one logs a traceback
+        for each of its `backlog` tries per tick and schedules as many retries (CPython 3.11:
+        28,366 tracebacks in 6 s of a flood under a 64-descriptor limit). Here an accept that
+        runs out of descriptors is one counted refusal, logged at most every 10 s, and a pause;
+        the caps below free descriptors by closing connections."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRORS:
+                    self.refusals.refuse("accept", self._now(),
+                                         f"cannot accept: {exc.strerror}; pausing {ACCEPT_PAUSE:g} s")
+                    await asyncio.sleep(ACCEPT_PAUSE)
+                continue  # anything else (ECONNABORTED: it left the queue) costs that connection
+            try:
+                reader, writer = await asyncio.open_connection(sock=sock, limit=_READ_LIMIT)
+            except OSError:
+                sock.close()
+                continue
+            self._spawn(self._connection(reader, writer))
 
     # -- one controller connection -----------------------------------------------------------
 
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _admit(self, writer: asyncio.StreamWriter, source: str) -> bool:
+        """Count a new connection as unauthenticated, within the caps; False: it is closed."""
+        if self._per_source.get(source, 0) >= self.unauthenticated_per_source:
+            self.refusals.refuse("unauthenticated-per-source", self._now(),
+                                 f"{source} already holds {self.unauthenticated_per_source} unauthenticated "
+                                 "connections; closing its new one")
+            return False
+        if len(self._unauthenticated) >= self.unauthenticated_cap:
+            oldest, oldest_source = next(iter(self._unauthenticated.items()))
+            self.refusals.refuse("unauthenticated", self._now(),
+                                 f"{self.unauthenticated_cap} connections have not authenticated; "
+                                 f"closing the oldest, from {oldest_source}")
+            self._authenticated(oldest)
+            oldest.transport.abort()  # its read ends; its task cleans up
+        self._unauthenticated[writer] = source
+        self._per_source[source] = self._per_source.get(source, 0) + 1
+        return True
+
+    def _authenticated(self, writer: asyncio.StreamWriter) -> None:
+        """No longer counted as unauthenticated (it authenticated, or is gone)."""
+        source = self._unauthenticated.pop(writer, None)
+        if source is not None:
+            self._per_source[source] -= 1
+            if not self._per_source[source]:
+                del self._per_source[source]
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = ServerSession(self.token, self.host, self.slots)
         peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if not self._admit(writer, source):
+            writer.transport.abort()
+            return
+        session = ServerSession(self.token, self.host, self.slots)
         writer.write(session.data_to_send())
         try:
             await self._converse(session, reader, writer)
         except AuthFailed as exc:
-            log.warning("refused %s: %s", peer, exc)
+            self.refusals.refuse("auth", self._now(), f"{peer}: {exc}")
             writer.write(session.data_to_send())
         except ProtocolError as exc:
-            log.warning("closing %s: %s", peer, exc)
-        except (OSError, asyncio.TimeoutError):
+            if session.authenticated:
+                log.warning("closing the controller's connection %s: %s", peer, exc)
+            else:
+                self.refusals.refuse("protocol", self._now(), f"{peer}: {exc}")
+        except asyncio.TimeoutError:
+            self.refusals.refuse("deadline", self._now(),
+                                 f"{peer} did not authenticate within {self.auth_deadline:g} s")
+        except OSError:
             pass
         finally:
+            self._authenticated(writer)
             self._sessions.discard((session, writer))
             with contextlib.suppress(OSError):
                 writer.close()
 
     async def _converse(self, session: ServerSession, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
+        # One deadline for the whole handshake, not one per read: a peer trickling a byte every
+        # few seconds must not hold its connection forever.
+        deadline = self._now() + self.auth_deadline
         while True:
-            timeout = None if session.authenticated else _AUTH_DEADLINE
+            timeout = None if session.authenticated else max(0.0, deadline - self._now())
             data = await asyncio.wait_for(reader.read(65536), timeout)
             if not data:
                 return
             for event in session.receive(data):
                 if event == "authenticated":
+                    self._authenticated(writer)
                     exits = list(self._unheard)
                     self._unheard.clear()
                     session.welcome({ref: i.process.pid for ref, i in self.instances.items()}, exits)
@@ -156,19 +284,29 @@ class HostDaemon:
         except EventError as exc:
             session.start_failed(ref, str(exc))
             return
-        token_file = TokenFile(event.token, parent=self.token_dir)
-        user: dict[str, object] = {}
-        if self.run_as is not None:
-            uid, gid = self.run_as
-            for path in (token_file.path.parent, token_file.path):
-                os.chown(path, uid, gid)
-            user = {"user": uid, "group": gid, "extra_groups": []}
-        launch = AgentLaunch(event, token_file.path, event.lifetime or 0.0)
         out: int | object = asyncio.subprocess.DEVNULL
         log_file = None
-        if self.log_dir is not None:
-            log_file = open(self.log_dir / f"{event.name}.{self.host}.log", "ab")  # noqa: SIM115
-            out = log_file
+        user: dict[str, object] = {}
+        try:
+            # Out of descriptors (a flood) or disk: the controller hears why, and its
+            # connection stays (an OSError here once closed it without a word).
+            token_file = TokenFile(event.token, parent=self.token_dir)
+            try:
+                if self.run_as is not None:
+                    uid, gid = self.run_as
+                    for path in (token_file.path.parent, token_file.path):
+                        os.chown(path, uid, gid)
+                    user = {"user": uid, "group": gid, "extra_groups": []}
+                if self.log_dir is not None:
+                    log_file = open(self.log_dir / f"{event.name}.{self.host}.log", "ab")  # noqa: SIM115
+                    out = log_file
+            except OSError:
+                token_file.remove()
+                raise
+        except OSError as exc:
+            session.start_failed(ref, f"cannot start boxer run on {self.host}: {exc.strerror}")
+            return
+        launch = AgentLaunch(event, token_file.path, event.lifetime or 0.0)
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.argv_for(launch), env=agent_env(launch, self.base_env),
@@ -232,8 +370,12 @@ class HostDaemon:
 
     async def close(self, grace: float = 3.0) -> None:
         """Stop every instance (systemd stops the unit: the host is going away)."""
-        if self._server is not None:
-            self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()  # before the close: its sock_accept watches the descriptor
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        if self._listener is not None:
+            self._listener.close()
         await asyncio.gather(*(self._stop(ref, grace) for ref in list(self.instances)),
                              return_exceptions=True)
         waits = [i.ended.wait() for i in self.instances.values()]
@@ -247,11 +389,10 @@ async def run_daemon(token: bytes, listen: tuple[str, int], *, slots: int, log_d
                      host: str | None = None, run_as: tuple[int, int] | None = None) -> int:
     daemon = HostDaemon(token, host=host, slots=slots, log_dir=log_dir, run_as=run_as)
     try:
-        server = await daemon.serve(*listen)
+        bound = await daemon.serve(*listen)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", *listen, exc.strerror)
         return 2
-    bound = server.sockets[0].getsockname()
     # One line when it serves: the lab and tests wait for it, systemd's journal keeps it.
     print(f"boxer host daemon {daemon.host} serving on {bound[0]}:{bound[1]} ({slots} slots)", flush=True)
     stop = asyncio.Event()

@@ -36,7 +36,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from boxer.nat_traversal.wire import FrameDecoder, ProtocolError, encode_frame
+from boxer.nat_traversal.wire import FrameDecoder, FrameError, ProtocolError, encode_frame
 
 __all__ = [
     "DEFAULT_PORT",
@@ -59,6 +59,9 @@ __all__ = [
 VERSION = 1
 DEFAULT_PORT = 7100  # the host daemon's TCP port (terraform: var.vm_host_port)
 MAX_FRAME = 256 * 1024  # an event is at most Lambda's async payload (256 KB)
+# What anyone may make the daemon hold before it has authenticated: an auth frame is ~200 bytes,
+# so a peer without the token costs 4 KiB (and one read) instead of a 256 KiB frame.
+MAX_UNAUTHENTICATED = 4096
 _NONCE_BYTES = 16
 _REF_MAX = 128
 
@@ -133,25 +136,47 @@ class Pong:
 
 # -- field checks -------------------------------------------------------------------------------
 
+def _kind(value: object) -> str:
+    """A message kind for an error line: anyone's `t` may be 256 KiB of text or a deep list, whose
+    repr would fill the log (or recurse), so only a short string is quoted."""
+    if isinstance(value, str):
+        return repr(value[:40])
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)[:40]
+    return f"a JSON {type(value).__name__}"
+
+
 def _text(frame: dict[str, Any], key: str, limit: int = _REF_MAX) -> str:
     value = frame.get(key)
     if not isinstance(value, str) or not value or len(value) > limit:
-        raise ProtocolError(f"{frame.get('t')!r}: {key} must be a string of 1-{limit} characters")
+        raise ProtocolError(f"{_kind(frame.get('t'))}: {key} must be a string of 1-{limit} characters")
     return value
 
 
 def _int(frame: dict[str, Any], key: str, low: int, high: int) -> int:
     value = frame.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ProtocolError(f"{frame.get('t')!r}: {key} must be an integer in {low}..{high}")
+        raise ProtocolError(f"{_kind(frame.get('t'))}: {key} must be an integer in {low}..{high}")
     return value
 
 
 def _number(frame: dict[str, Any], key: str, low: float, high: float) -> float:
     value = frame.get(key)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise ProtocolError(f"{frame.get('t')!r}: {key} must be a number in {low:g}..{high:g}")
+        raise ProtocolError(f"{_kind(frame.get('t'))}: {key} must be a number in {low:g}..{high:g}")
     return float(value)
+
+
+def _reason(frame: dict[str, Any]) -> str:
+    reason = frame.get("reason")
+    return reason[:300] if isinstance(reason, str) else "(no reason given)"
+
+
+def _proof_matches(expected: str, frame: dict[str, Any]) -> bool:
+    """compare_digest raises TypeError on a str with non-ASCII characters (a peer's proof may be
+    "\u00e9", or not a string at all): anything but ASCII text is simply a wrong proof."""
+    given = frame.get("proof")
+    return isinstance(given, str) and given.isascii() and hmac.compare_digest(expected, given)
 
 
 def _exited(frame: dict[str, Any]) -> Exited:
@@ -197,13 +222,21 @@ class ServerSession(_Framed):
         self._send({"t": "hello", "v": VERSION, "nonce": self._nonce, "host": host, "slots": slots})
 
     def receive(self, data: bytes) -> list[StartRequested | StopRequested | str]:
-        """Events: StartRequested, StopRequested, "authenticated", "ping" (answered by `pong`)."""
+        """Events: StartRequested, StopRequested, "authenticated", "ping" (answered by `pong`).
+        Before authentication at most MAX_UNAUTHENTICATED bytes are held (FrameError beyond)."""
         events: list[StartRequested | StopRequested | str] = []
-        for frame in self._frames(data):
+        self._decoder.receive_data(data)
+        while True:
+            if not self.authenticated and self._decoder.buffered > MAX_UNAUTHENTICATED:
+                raise FrameError(f"{self._decoder.buffered} bytes before authentication (an auth frame"
+                                 f" is ~200; at most {MAX_UNAUTHENTICATED} are held)")
+            frame = self._decoder.next_frame()
+            if frame is None:
+                return events
             kind = frame.get("t")
             if not self.authenticated:
                 if kind != "auth":
-                    raise ProtocolError(f"expected auth, got {kind!r}")
+                    raise ProtocolError(f"expected auth, got {_kind(kind)}")
                 self._authenticate(frame)
                 events.append("authenticated")
             elif kind == "start":
@@ -216,16 +249,15 @@ class ServerSession(_Framed):
             elif kind == "ping":
                 events.append("ping")
             else:
-                raise ProtocolError(f"unknown message {kind!r}")
-        return events
+                raise ProtocolError(f"unknown message {_kind(kind)}")
 
     def _authenticate(self, frame: dict[str, Any]) -> None:
-        if frame.get("v") != VERSION:
-            self._refuse(f"protocol version {frame.get('v')!r} not supported (host daemon speaks {VERSION}):"
+        if type(frame.get("v")) is not int or frame.get("v") != VERSION:
+            self._refuse(f"protocol version {_kind(frame.get('v'))} not supported (host daemon speaks {VERSION}):"
                          " upgrade boxer on both sides")
         client_nonce = _text(frame, "nonce", 64)
         expected = proof(self._token, "controller", self._nonce, client_nonce)
-        if not hmac.compare_digest(expected, str(frame.get("proof", ""))):
+        if not _proof_matches(expected, frame):
             self._refuse("authentication failed: wrong host token (is this host from another deployment?)")
         self.authenticated = True
         self._client_nonce = client_nonce
@@ -270,12 +302,12 @@ class ClientSession(_Framed):
         for frame in self._frames(data):
             kind = frame.get("t")
             if kind == "refused":
-                raise AuthFailed(f"the host daemon refused us: {str(frame.get('reason'))[:300]}")
+                raise AuthFailed(f"the host daemon refused us: {_reason(frame)}")
             if self.hello is None:
                 if kind != "hello":
-                    raise AuthFailed(f"not a boxer host daemon (first message {kind!r})")
-                if frame.get("v") != VERSION:
-                    raise AuthFailed(f"host daemon speaks protocol {frame.get('v')!r}, this controller"
+                    raise AuthFailed(f"not a boxer host daemon (first message {_kind(kind)})")
+                if type(frame.get("v")) is not int or frame.get("v") != VERSION:
+                    raise AuthFailed(f"host daemon speaks protocol {_kind(frame.get('v'))}, this controller"
                                      f" {VERSION}: upgrade boxer on both sides")
                 self._server_nonce = _text(frame, "nonce", 64)
                 self.hello = HostHello(_text(frame, "host", 255), _int(frame, "slots", 0, 100_000))
@@ -283,10 +315,10 @@ class ClientSession(_Framed):
                             "proof": proof(self._token, "controller", self._server_nonce, self._nonce)})
             elif not self.ready:
                 if kind != "welcome":
-                    raise ProtocolError(f"expected welcome, got {kind!r}")
+                    raise ProtocolError(f"expected welcome, got {_kind(kind)}")
                 assert self._server_nonce is not None
                 expected = proof(self._token, "host", self._server_nonce, self._nonce)
-                if not hmac.compare_digest(expected, str(frame.get("proof", ""))):
+                if not _proof_matches(expected, frame):
                     raise AuthFailed("the host daemon could not prove it holds the host token")
                 running = frame.get("running")
                 exits = frame.get("exits")
@@ -306,7 +338,7 @@ class ClientSession(_Framed):
             elif kind == "pong":
                 events.append(Pong(_int(frame, "running", 0, 100_000)))
             else:
-                raise ProtocolError(f"unknown message {kind!r}")
+                raise ProtocolError(f"unknown message {_kind(kind)}")
         return events
 
     def start(self, ref: str, event: dict[str, Any]) -> None:
