@@ -19,10 +19,13 @@ Targets (each runs in its own process, since atheris owns the process it fuzzes)
   then signals -> decide() -> actions_for. Nothing may raise.
 * `ipc`: the interposer <-> agent message (boxer/agent/ipc.py): unpack of any bytes raises
   only IpcError; what unpacks packs and unpacks to the same message.
-* `vmhost`: the vm host daemon's protocol (boxer/backends/vmhost/protocol.py), both ends, before
-  and after an honest handshake: frames of any message with odd fields, or raw bytes. Only
-  ProtocolError may come out, and a `start`'s event then goes to LambdaEvent.from_dict, which
-  may raise only EventError (what the daemon does next).
+* `vmhost`: bytes -> the vm host daemon's protocol (boxer/backends/vmhost/protocol.py), both
+  ends, each fresh or past its handshake, fed in pieces; a start's event -> LambdaEvent. Only
+  ProtocolError (EventError for the event) may come out.
+* `handshake`: the vm host handshake between a daemon and a controller (the right token or
+  another), with an attacker in between who delivers, cuts, injects fuzzed frames and replays
+  frames captured from an earlier connection. Nothing but ProtocolError may come out, and no
+  end may count the other as authenticated unless both hold the same token.
 
 A finding stops its target with atheris' crash report and a `crash-*` file holding the input
 (in the current folder); the summary names it. Needs `pip install atheris` (the `fuzz` extra).
@@ -38,7 +41,7 @@ import subprocess
 import sys
 import time
 
-TARGETS = ("decoder", "broker", "controller", "ipc", "vmhost")
+TARGETS = ("decoder", "broker", "controller", "ipc", "vmhost", "handshake")
 
 
 # -- shared: structured values from the fuzzer's bytes ---------------------------------------------
@@ -326,10 +329,69 @@ def ipc_target(data: bytes) -> None:
         raise AssertionError(f"{message!r} repacks as {again!r}")
 
 
-_VM_KINDS = ["hello", "auth", "welcome", "refused", "start", "stop", "started", "start_failed", "exited",
-             "ping", "pong", "x"]
-_VM_FIELDS = ["v", "nonce", "proof", "host", "slots", "running", "exits", "ref", "event", "grace", "pid",
-              "reason", "status"]
+# The vm host protocol's messages and their fields (protocol.py's docstring).
+VMHOST_MESSAGES = {"hello": ["v", "nonce", "host", "slots"], "auth": ["v", "nonce", "proof"],
+                   "welcome": ["proof", "running", "exits"], "refused": ["reason"], "start": ["ref", "event"],
+                   "started": ["ref", "pid"], "start_failed": ["ref", "reason"], "stop": ["ref", "grace"],
+                   "exited": ["ref", "status", "reason"], "ping": [], "pong": ["running"]}
+VMHOST_TOKEN = bytes(range(32))
+_EVENT = {"version": 2, "name": "kv-1", "service": "kv", "index": 1, "command": ["redis-server"],
+          "coordinator": "198.18.1.1:7000", "instance": "9f0c2e4a1b3d5e7f", "token": "ab" * 32,
+          "env": {"A": "b"}, "lifetime": 840.0}
+
+
+def vmhost_wire(fdp) -> dict:
+    """A vm host message: a kind, its fields (some missing, odd or well-formed), maybe extra."""
+    kind = fdp.PickValueInList([*VMHOST_MESSAGES, "x", ""])
+    wire: dict = {"t": kind if fdp.ConsumeIntInRange(0, 15) else value(fdp)}
+    for name in VMHOST_MESSAGES.get(kind, []):
+        if fdp.ConsumeIntInRange(0, 7) == 0:
+            continue
+        if name == "v" and fdp.ConsumeBool():
+            wire[name] = 1
+        elif name == "event" and fdp.ConsumeBool():
+            event = dict(_EVENT)
+            for _ in range(fdp.ConsumeIntInRange(0, 3)):
+                event[fdp.PickValueInList([*_EVENT, "secret", "x"])] = value(fdp, 1)
+            wire[name] = event
+        elif name in ("running", "exits") and fdp.ConsumeBool():
+            wire[name] = [{"ref": value(fdp, 2), "pid": value(fdp, 2), "status": value(fdp, 2),
+                           "reason": value(fdp, 2)} for _ in range(fdp.ConsumeIntInRange(0, 3))]
+        else:
+            wire[name] = value(fdp)
+    if fdp.ConsumeIntInRange(0, 15) == 0:
+        wire[fdp.PickValueInList(["x", "t2", "v"])] = value(fdp)
+    return wire
+
+
+def vmhost_stream(fdp) -> bytes:
+    mode = fdp.ConsumeIntInRange(0, 3)
+    if mode == 0:  # raw bytes, framed by the peer itself (a length prefix of its choosing)
+        return fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4096))
+    if mode == 1:  # one well-framed body of any bytes
+        body = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4096))
+    else:
+        try:
+            body = json.dumps(vmhost_wire(fdp)).encode()
+        except (ValueError, RecursionError):
+            return b""
+    return len(body).to_bytes(4, "big") + body
+
+
+def _vmhost_pair(fdp):
+    from boxer.backends.vmhost import protocol
+
+    server = protocol.ServerSession(VMHOST_TOKEN, "p1", 2, nonce="a" * 32)
+    client = protocol.ClientSession(VMHOST_TOKEN, nonce="b" * 32)
+    depth = fdp.ConsumeIntInRange(0, 2)  # 0: fresh, 1: the client past hello, 2: both past the handshake
+    if depth >= 1:
+        client.receive(server.data_to_send())
+    if depth == 2:
+        assert server.receive(client.data_to_send()) == ["authenticated"]
+        server.welcome({"old.1": 42}, [])
+        (welcome,) = client.receive(server.data_to_send())
+        assert client.ready and welcome.running == {"old.1": 42}
+    return server, client
 
 
 def vmhost_target(data: bytes) -> None:
@@ -337,40 +399,85 @@ def vmhost_target(data: bytes) -> None:
 
     from boxer.backends.aws_lambda.event import LambdaEvent
     from boxer.backends.errors import EventError
-    from boxer.backends.vmhost import protocol as p
-    from boxer.nat_traversal.wire import ProtocolError, encode_frame
+    from boxer.backends.vmhost import protocol
+    from boxer.nat_traversal.wire import ProtocolError
 
     fdp = atheris.FuzzedDataProvider(data)
-    token = b"k" * 32
-    server = p.ServerSession(token, "p1", 2, nonce="a" * 32)
-    client = p.ClientSession(token, nonce="b" * 32)
-    if fdp.ConsumeBool():  # an honest handshake first: the fuzz then reaches what follows it
-        client.receive(server.data_to_send())
-        server.receive(client.data_to_send())
-        server.welcome({"old.1": 5}, [p.Exited("gone.2", 3, "exited")])
-        client.receive(server.data_to_send())
-    for _ in range(fdp.ConsumeIntInRange(1, 6)):
-        to_server = fdp.ConsumeBool()
-        if fdp.ConsumeIntInRange(0, 7) == 0:
-            raw = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 300))
-        else:
-            frame: dict = {"t": fdp.PickValueInList(_VM_KINDS)}
-            for _ in range(fdp.ConsumeIntInRange(0, 5)):
-                frame[fdp.PickValueInList(_VM_FIELDS)] = value(fdp)
-            try:
-                raw = encode_frame(frame, p.MAX_FRAME)
-            except ValueError:  # too large to send: a peer could not either
-                continue
+    server, client = _vmhost_pair(fdp)
+    to_server = fdp.ConsumeBool()
+    stream = b"".join(vmhost_stream(fdp) for _ in range(fdp.ConsumeIntInRange(1, 4)))
+    step = max(1, len(stream) // fdp.ConsumeIntInRange(1, 5))
+    try:
+        for i in range(0, len(stream), step):  # in pieces, as reads arrive
+            for event in (server if to_server else client).receive(stream[i:i + step]):
+                if isinstance(event, protocol.StartRequested):
+                    try:
+                        LambdaEvent.from_dict(event.event)
+                    except EventError:
+                        pass
+    except ProtocolError:
+        pass
+    server.data_to_send()  # whatever it queued (a refusal) encodes
+
+
+def handshake_target(data: bytes) -> None:
+    """Two connections: the first's frames are captured, the second is attacked with them."""
+    import atheris
+
+    from boxer.backends.vmhost import protocol
+    from boxer.nat_traversal.wire import ProtocolError
+
+    fdp = atheris.FuzzedDataProvider(data)
+    client_token = VMHOST_TOKEN if fdp.ConsumeBool() else bytes(32)
+    captured: list[bytes] = []
+    first_server = protocol.ServerSession(VMHOST_TOKEN, "p1", 1)
+    first_client = protocol.ClientSession(VMHOST_TOKEN)
+    first_client.receive(first_server.data_to_send())
+    captured.append(first_client.data_to_send())  # a good auth, for another connection's nonce
+    first_server.receive(captured[0])
+    first_server.welcome({}, [])
+    captured.append(first_server.data_to_send())  # a good welcome, ditto
+
+    server = protocol.ServerSession(VMHOST_TOKEN, "p1", 1)
+    client = protocol.ClientSession(client_token)
+    pipes = {"s2c": bytearray(server.data_to_send()), "c2s": bytearray()}
+    alive = {"server": True, "client": True}
+
+    def feed(end: str, data: bytes) -> None:
+        if not alive[end] or not data:
+            return
+        session = server if end == "server" else client
         try:
-            events = (server if to_server else client).receive(raw)
+            session.receive(data)
         except ProtocolError:
-            return  # the shell closes that connection
-        for event in events:
-            if isinstance(event, p.StartRequested):
-                try:
-                    LambdaEvent.from_dict(event.event)
-                except EventError:
-                    pass
+            alive[end] = False  # the shell closes the connection
+        pipes["s2c" if end == "server" else "c2s"] += session.data_to_send()
+
+    for _ in range(fdp.ConsumeIntInRange(1, 12)):
+        op = fdp.ConsumeIntInRange(0, 5)
+        direction = fdp.PickValueInList(["s2c", "c2s"])
+        end = "client" if direction == "s2c" else "server"
+        if op <= 1:  # deliver some of what is in flight
+            count = fdp.ConsumeIntInRange(0, len(pipes[direction]))
+            chunk = bytes(pipes[direction][:count])
+            del pipes[direction][:count]
+            feed(end, chunk)
+        elif op == 2:  # the attacker drops some
+            del pipes[direction][:fdp.ConsumeIntInRange(0, len(pipes[direction]))]
+        elif op == 3:  # ... or replays a captured frame
+            feed(end, fdp.PickValueInList(captured))
+        else:  # ... or injects its own
+            feed(end, vmhost_stream(fdp))
+        if server.authenticated and client_token != VMHOST_TOKEN:
+            raise AssertionError("the daemon authenticated a controller without the host token")
+        if client.ready and not server.authenticated:
+            raise AssertionError("the controller trusts a daemon that never checked its proof")
+    feed("client", bytes(pipes["s2c"]))
+    feed("server", bytes(pipes["c2s"]))
+    if client_token == VMHOST_TOKEN and alive["server"] and alive["client"] and not pipes["s2c"] and \
+            server.authenticated and fdp.ConsumeBool():
+        server.welcome({}, [])
+        feed("client", server.data_to_send())
 
 
 # -- running ------------------------------------------------------------------------------------------
@@ -389,7 +496,7 @@ def run_one(target: str, runs: int, extra: list[str]) -> None:
         import boxer.nat_traversal.messages
         import boxer.nat_traversal.wire  # noqa: F401
     func = {"decoder": decoder_target, "broker": broker_target, "controller": controller_target,
-            "ipc": ipc_target, "vmhost": vmhost_target}[target]
+            "ipc": ipc_target, "vmhost": vmhost_target, "handshake": handshake_target}[target]
     atheris.Setup([sys.argv[0], f"-runs={runs}", "-max_len=70000", "-rss_limit_mb=4096", *extra], func)
     atheris.Fuzz()
 

@@ -20,5 +20,5 @@ def test_every_fuzz_target_runs_and_finds_nothing(tmp_path: Path) -> None:
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     rows = json.loads(report.read_text())
-    assert [r["target"] for r in rows] == ["decoder", "broker", "controller", "ipc", "vmhost"]
+    assert [r["target"] for r in rows] == ["decoder", "broker", "controller", "ipc", "vmhost", "handshake"]
     assert all(r["runs"] == 300 and r["finding"] is None for r in rows), rows
