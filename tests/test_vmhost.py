@@ -273,8 +273,8 @@ def test_instances_run_as_their_own_user_and_read_only_their_token() -> None:
 
     async def main() -> None:
         daemon = HostDaemon(TOKEN, host="p1", run_as=(65534, 65534), argv_for=argv_for)
-        server = await daemon.serve("127.0.0.1", 0)
-        address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        _, port = await daemon.serve("127.0.0.1", 0)
+        address = f"127.0.0.1:{port}"
         token = "ab" * 32
         tier = VmTier(StaticHosts([address]), TOKEN, backend="lambda", event_for=lambda spec: {
             "version": 2, "name": spec.name, "service": spec.service, "index": spec.index,
