@@ -75,9 +75,10 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
 
 
 async def _make_runtime(paths: DeployPaths, info: DeploymentRecord, tick: float, metrics_fd: int | None = None,
-                  zygote: tuple[int, int, int] | None = None) -> Any:
+                  zygote: tuple[int, int, int] | None = None, resume: Any = None) -> Any:
     """The deployment's backend and its ControllerRuntime, from its record and the file it runs;
-    None (said in the log) when the backend cannot be made."""
+    None (said in the log) when the backend cannot be made. `resume`: the roster a crashed
+    controller left (controller/resume.py), to adopt its instances from."""
     kind = info.backend
     # The backend first: the lab's agent zygote then warms up while the validator (pydantic)
     # and the runtime are imported, instead of holding up the first instances afterwards.
@@ -97,7 +98,7 @@ async def _make_runtime(paths: DeployPaths, info: DeploymentRecord, tick: float,
         metrics_sock.setblocking(False)
     return ControllerRuntime(
         deployment, backend, coordinator=coordinator, secret=secret, paths=paths, tick=tick,
-        metrics_sock=metrics_sock, register_timeout=info.register_timeout,
+        metrics_sock=metrics_sock, register_timeout=info.register_timeout, resume=resume,
         info={"name": paths.name, "backend": kind, "file": info.file, "pid": os.getpid(),
               **facts},
     )

@@ -10,6 +10,13 @@ deployment goes on scaling when the laptop that sent it closes its lid; in the l
 lab's coordinator namespace. It runs one deployment at a time: Up writes the deployment's state
 (record, the file as sent) under this machine's state root, exactly as `boxer up` does locally,
 and starts its ControllerRuntime in this process; Down stops it, and the host waits for the next.
+
+A crash of the host (SIGKILL, an OOM kill, a bug; systemd's Restart=always starts it again)
+does not end the deployment: while it runs, <state root>/host/current.json names it, and the
+runtime keeps its roster (controller/resume.py) beside its record and the file it runs (Apply
+rewrites both). A host that starts and finds current.json resumes that deployment before it
+serves: it adopts the instances the coordinator still lists instead of launching them again.
+Down, and SIGTERM (which takes the deployment down), remove current.json.
 The file is all that travels: paths in it that name the caller's files (`lambda.outputs`, an app
 beside the file) mean nothing here, so the host uses its own terraform outputs or lab, and the
 instances of a lab backend work in the host's folder (`--workdir`).
@@ -68,27 +75,41 @@ async def serve_deployments(config: HostConfig, socket_path: Path, tcp: Any, for
             log.error("up refused: %s", exc)
             raise ApplyRefused(str(exc)) from None
 
-        async def supervise() -> None:
-            try:
-                await run
-            except Exception:
-                log.exception("deployment %s ended with an error", service.runtime.status().get("name"))
-            finally:
-                service.ended.set()  # its streams (Watch, Apply, Up) end
-                hosted.current = None
-                running.clear()
-
-        running.append((stop, loop.create_task(supervise())))
+        running.append((stop, loop.create_task(_supervised(service, run))))
         return service
 
+    async def _supervised(service: Any, run: Any) -> None:
+        try:
+            await run
+        except Exception:
+            log.exception("deployment %s ended with an error", service.runtime.status().get("name"))
+        finally:
+            service.ended.set()  # its streams (Watch, Apply, Up) end
+            hosted.current = None
+            running.clear()
+
     hosted = HostedControl(up)
+    left = _left_running(config)
+    if left is not None:
+        try:
+            service, stop, run = await _resume(config, left, formatter)
+        except (_Refused, DeploymentError) as exc:
+            log.error("cannot resume deployment %s: %s; waiting for a deployment", left.name, exc)
+            _forget_current()
+        else:
+            hosted.current = service
+            running.append((stop, loop.create_task(_supervised(service, run))))
     try:
         servers = await serve(hosted, socket_path, tcp)
     except (OSError, RuntimeError) as exc:
         log.error("cannot serve the control API: %s", exc)
         return 2
-    log.info("controller host up: backend %s%s; waiting for a deployment", config.backend,
-             f", lab {config.lab}" if config.lab else "")
+    if hosted.current is None:
+        log.info("controller host up: backend %s%s; waiting for a deployment", config.backend,
+                 f", lab {config.lab}" if config.lab else "")
+    else:
+        log.info("controller host up: backend %s%s; running deployment %s again", config.backend,
+                 f", lab {config.lab}" if config.lab else "", left.name if left else "")
     try:
         await leave.wait()
         for stop, task in list(running):
@@ -148,13 +169,22 @@ async def _start(config: HostConfig, request: Any, notes: list[str],
 
         check_room(deployment, config.lab, name)
     record.save(paths)
+    _write_current(name)
+    return await _run_here(config, paths, record, formatter, None)
+
+
+async def _run_here(config: HostConfig, paths: DeployPaths, record: DeploymentRecord,
+                    formatter: logging.Formatter, resume: Any) -> tuple[Any, asyncio.Event, Any]:
+    """The runtime of the deployment whose state is in `paths`, its service and stop event, and
+    the coroutine that runs it; `resume`: the roster to adopt instances from."""
+    name, kind = paths.name, record.backend
     handler = logging.FileHandler(paths.log)
     handler.setFormatter(formatter)
     logging.getLogger().addHandler(handler)  # the deployment's own log, for Logs and `boxer logs`
     from boxer.controller.daemon import _applier, _make_runtime
 
     try:
-        runtime = await _make_runtime(paths, record, config.tick)
+        runtime = await _make_runtime(paths, record, config.tick, resume=resume)
     except BaseException:
         logging.getLogger().removeHandler(handler)
         raise
@@ -166,13 +196,16 @@ async def _start(config: HostConfig, request: Any, notes: list[str],
     stop = asyncio.Event()
     service = ControlService(runtime, _here(_applier(paths, runtime, kind), paths, runtime, kind, config.lab), stop.set,
                              paths.log, paths.instances)
-    log.info("deployment %s up from %s: backend %s, coordinator %s:%d", name, shown, kind, *runtime.coordinator)
+    log.info("deployment %s %s from %s: backend %s, coordinator %s:%d", name, "resumed" if resume else "up",
+             record.file, kind, *runtime.coordinator)
 
     async def run() -> None:
         try:
             await runtime.run(stop)
         finally:
             _mark_down(paths)
+            _forget_current()  # down: nothing to resume
+            paths.roster.unlink(missing_ok=True)
             log.info("deployment %s down", name)
             logging.getLogger().removeHandler(handler)
             handler.close()
@@ -216,9 +249,78 @@ def _here(apply: Any, paths: DeployPaths, runtime: Any, kind: str, lab: str | No
 
 def _fresh_state(paths: DeployPaths, content: bytes) -> None:
     paths.make()
-    paths.applied_file.write_bytes(content)  # what runs: the file as sent
+    tmp = paths.applied_file.with_name(f".{paths.applied_file.name}.tmp")
+    tmp.write_bytes(content)
+    os.replace(tmp, paths.applied_file)  # what runs: the file as sent (whole, for a resume)
     paths.timeline.write_text("")
     paths.status.unlink(missing_ok=True)
+    paths.roster.unlink(missing_ok=True)  # a new run: nothing of an earlier one to adopt
+
+
+# -- resuming after a crash -----------------------------------------------------------------
+
+def _current_file() -> Path:
+    from boxer.controller.paths import default_state_root
+
+    return default_state_root() / "host" / "current.json"
+
+
+def _write_current(name: str) -> None:
+    write_json_atomic(_current_file(), {"name": name})
+
+
+def _forget_current() -> None:
+    _current_file().unlink(missing_ok=True)
+
+
+def _left_running(config: HostConfig) -> DeploymentRecord | None:
+    """The deployment a crashed host of this machine was running, if there is one to resume:
+    named by current.json, its record not marked down, of this host's backend (and lab)."""
+    from boxer.controller.deployments import paths_for
+
+    current = read_json(_current_file())
+    if not isinstance(current, dict) or not isinstance(current.get("name"), str):
+        return None
+    try:
+        paths = paths_for(current["name"])
+    except DeploymentError:
+        _forget_current()
+        return None
+    record = DeploymentRecord.load(paths)
+    why = None
+    if record is None:
+        why = "its record is gone"
+    elif record.down_at is not None:
+        why = "it is down"
+    elif (record.backend, record.lab) != (config.backend, config.lab):
+        why = f"it ran on {record.backend}{f' in lab {record.lab}' if record.lab else ''}, this host " \
+              f"runs {config.backend}{f' in lab {config.lab}' if config.lab else ''}"
+    elif record.controller_alive and record.controller_pid != os.getpid():
+        why = f"its controller (pid {record.controller_pid}) still runs"
+    elif not paths.applied_file.exists():
+        why = "the file it ran is gone"
+    if why is not None:
+        log.warning("not resuming deployment %s: %s", current["name"], why)
+        if record is None or record.down_at is not None:
+            _forget_current()
+        return None
+    return record
+
+
+async def _resume(config: HostConfig, record: DeploymentRecord,
+                  formatter: logging.Formatter) -> tuple[Any, asyncio.Event, Any]:
+    """Run the deployment a crashed host left, from its state: the file it ran (as last applied),
+    its record, and its roster, whose instances are adopted, not launched again."""
+    from boxer.controller.deployments import paths_for
+    from boxer.controller.resume import load_roster
+
+    paths = paths_for(record.name)
+    roster = load_roster(paths.roster)
+    if roster is None:
+        log.warning("deployment %s: no roster to resume from; its instances start afresh", record.name)
+    record = record.replace(controller_pid=os.getpid())
+    record.save(paths)
+    return await _run_here(config, paths, record, formatter, roster)
 
 
 def _mark_down(paths: DeployPaths) -> None:

@@ -87,6 +87,12 @@ class DeployPaths:
         return self.root / "controller.log"
 
     @property
+    def roster(self) -> Path:
+        """The controller's instances as of its last tick, for a controller host that resumes
+        the deployment after a crash (controller/resume.py)."""
+        return self.root / "roster.json"
+
+    @property
     def instances(self) -> Path:
         return self.root / "instances"
 

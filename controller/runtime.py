@@ -34,7 +34,8 @@ from boxer.controller.metrics import Metrics, serve_metrics
 from boxer.controller.partition import NORMAL, Mode, Verdict
 from boxer.controller.paths import DeployPaths, write_json_atomic
 from boxer.controller.policy import Drain, Failure, Start, Stop, Timings, decide
-from boxer.controller.signals import ControllerState
+from boxer.controller.resume import Adoption, Kept, Roster, adopt
+from boxer.controller.signals import ControllerState, StartingInstance
 from boxer.controller.spec import Deployment
 from boxer.nat_traversal.auth import instance_token
 
@@ -80,6 +81,7 @@ class ControllerRuntime:
         info: dict[str, Any] | None = None,
         wall: Callable[[], float] = time.time,
         register_timeout: float | None = None,
+        resume: Roster | None = None,
     ) -> None:
         """`register_timeout`: seconds an instance has, from the launch decision, to register
         with the coordinator; after that its handle is marked failed with the reason (which
@@ -126,6 +128,11 @@ class ControllerRuntime:
         # Beside the instances' logs: their starts and exits, and when each log grew (`boxer logs`).
         self.logbook = InstanceLogBook(paths.instances, wall) if paths is not None else None
         self._exits_logged: set[str] = set()  # instance ids whose exit is in it already
+        self._resume = resume  # adopted at the first Snapshot, then None
+        self.adoption: Adoption | None = None
+        self._roster_written: dict[str, Any] | None = None
+        # Loop time (time.monotonic) -> wall clock, fixed: the roster's times must not jitter.
+        self._wall_offset = wall() - time.monotonic()
 
     def apply(self, deployment: Deployment, rolled: Iterable[str] = ()) -> None:
         """Run on an edited deployment file from now on (`boxer up` again; boxer.controller.reapply
@@ -246,6 +253,9 @@ class ControllerRuntime:
                 self._log_event(record.name, record.service, f"{kind}: {decision.reason}")
         for action in actions:
             self._apply(action, now)
+        # Before the launches just spawned reach the backend (they run at our next await): an
+        # agent id the coordinator may report after a crash is in the roster already.
+        self._write_roster()
         self.metrics.inc("boxer_controller_ticks_total")
         self.metrics.inc("boxer_controller_tick_seconds_total", time.perf_counter() - began)
         self._record(now, outcome.decisions)
@@ -530,6 +540,9 @@ class ControllerRuntime:
             self._last_error = None
             try:
                 await framed.send(m.Declare(services=self._holds()))
+                if self._resume is not None:
+                    self._adopt(self._resume, snapshot, loop.time())
+                    self._resume = None
                 self._on_message(snapshot, loop.time())
                 self.connected.set()
                 self._wake.set()  # tick now, with the snapshot, not a tick later
@@ -554,6 +567,59 @@ class ControllerRuntime:
                 self.metrics.set("boxer_controller_coordinator_connected", 0)
                 self._session = None
                 framed.close()
+
+    def _adopt(self, roster: Roster, snapshot: Any, now: float) -> None:
+        """Resume after a crash: the roster's instances the coordinator lists are ours and run;
+        those launched just before and not registered yet are awaited (decide() counts them as
+        starting); the rest are gone. The backend has no handle of any of them (a Lambda
+        invocation cannot be re-attached): they are stopped through the coordinator, and their
+        end is the coordinator's InstanceDown."""
+        from boxer.controller.spec import Placement
+
+        members = [str(e.get("instance")) for e in snapshot.instances if e.get("instance")]
+        wall = now + self._wall_offset
+        adoption = adopt(roster, members, self.deployment.services, wall, self.timings.start_timeout)
+        starting: dict[str, list[StartingInstance]] = {}
+        for kept in (*adoption.running, *adoption.starting):
+            record = Record(kept.id, kept.agent_id, kept.service, kept.name, kept.index, Placement(kept.placement),
+                            requested_at=now - max(0.0, wall - kept.launched_at), host=kept.host,
+                            revision=kept.revision)
+            self.book.records[record.id] = record
+            self.book.by_agent[record.agent_id] = record.id
+        for kept in adoption.starting:
+            record = self.book.records[kept.id]
+            starting.setdefault(kept.service, []).append(StartingInstance(
+                kept.id, kept.name, kept.index, record.placement, record.requested_at))
+        self.book.revisions.update(adoption.revisions)
+        self.state = replace(self.state, serial=max(self.state.serial, adoption.serial), services={
+            **self.state.services,
+            **{name: replace(self.state.service(name), starting=tuple(kept)) for name, kept in starting.items()}})
+        self.adoption = adoption
+        log.info("resumed the deployment: %s", adoption.summary())
+        for kept in adoption.gone:
+            self._log_event(kept.name, kept.service, "gone while the controller was away")
+
+    def roster(self) -> Roster:
+        """What a controller resuming this deployment needs of this one (controller/resume.py)."""
+        offset = self._wall_offset
+        kept = tuple(
+            Kept(id=r.id, agent_id=r.agent_id, service=r.service, name=r.name, index=r.index,
+                 placement=r.placement.value, revision=r.revision, launched_at=round(r.requested_at + offset, 3),
+                 registered=r.registered, host=r.host)
+            for r in self.book.records.values() if not (r.exited or r.launch_failed))
+        return Roster(serial=self.state.serial, revisions=dict(self.book.revisions), instances=kept)
+
+    def _write_roster(self) -> None:
+        if self.paths is None or self._resume is not None:
+            return  # not before the roster we resume from is adopted: it would be overwritten
+        data = self.roster().to_json()
+        if data == self._roster_written:
+            return
+        try:
+            write_json_atomic(self.paths.roster, data)
+            self._roster_written = data
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.paths.roster, exc)
 
     def _coordinator_stalled(self, now: float) -> bool:
         """Nothing at all from the coordinator for COORDINATOR_SILENT s (it answers our pings
