@@ -266,6 +266,7 @@ def _current_file() -> Path:
 
 
 def _write_current(name: str) -> None:
+    _current_file().parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(_current_file(), {"name": name})
 
 

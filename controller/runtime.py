@@ -541,8 +541,11 @@ class ControllerRuntime:
             try:
                 await framed.send(m.Declare(services=self._holds()))
                 if self._resume is not None:
-                    self._adopt(self._resume, snapshot, loop.time())
-                    self._resume = None
+                    roster, self._resume = self._resume, None  # once: a bug here costs the adoption
+                    try:
+                        self._adopt(roster, snapshot, loop.time())
+                    except Exception:
+                        log.exception("could not adopt the instances of the crashed controller")
                 self._on_message(snapshot, loop.time())
                 self.connected.set()
                 self._wake.set()  # tick now, with the snapshot, not a tick later
@@ -590,6 +593,16 @@ class ControllerRuntime:
             record = self.book.records[kept.id]
             starting.setdefault(kept.service, []).append(StartingInstance(
                 kept.id, kept.name, kept.index, record.placement, record.requested_at))
+        take = getattr(self.backend, "adopt", None)  # a lab backend: the hosts they occupy
+        for kept in (*adoption.running, *adoption.starting):
+            if take is not None and kept.host:
+                placement = Placement(kept.placement)
+                rendered = self.deployment.services[kept.service].render(kept.service, kept.index, placement)
+                spec = InstanceSpec(name=kept.name, service=kept.service, index=kept.index,
+                                    command=rendered.command, placement=placement)
+                handle = take(spec, kept.host)
+                if handle is not None:
+                    self.handles[kept.id] = handle
         self.book.revisions.update(adoption.revisions)
         self.state = replace(self.state, serial=max(self.state.serial, adoption.serial), services={
             **self.state.services,

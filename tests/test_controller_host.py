@@ -230,3 +230,125 @@ def test_up_passes_the_tcp_listener_to_the_controller_it_starts(tmp_path):
         assert status["name"] == name and [i["state"] for i in status["instances"]] == ["ready"]
     finally:
         labkit.deployment_down(name)
+
+
+RESUME = """
+name: {name}
+services:
+  kv:
+    command: [redis-server, --port, "6379", --save, "", --protected-mode, "no"]
+    placement: function
+    minInstances: {count}
+    maxInstances: {count}
+"""
+
+
+@pytest.fixture
+def small_lab():
+    from boxer.lab import lab_down, lab_up
+
+    name = f"cr{os.getpid() % 10000}"
+    made = lab_up(name, 5)  # h1-h5: three instances and two spares (the lab rule); no public host
+    try:
+        yield made
+    finally:
+        lab_down(name)
+
+
+def test_a_killed_controller_host_resumes_its_deployment_without_launching_it_again(small_lab, tmp_path):
+    """SIGKILL the controller host (lambda-local: its instances are local Lambda invocations,
+    each in a session of its own, and run on), start it again with the same command: it adopts
+    the two instances the coordinator still lists (no third launch, the same instance ids), then
+    goes on deciding: an Apply of minInstances 3 starts exactly one more, and Down stops all
+    three and leaves nothing to resume."""
+    import importlib.util
+
+    if importlib.util.find_spec("awslambdaric") is None:
+        pytest.skip("awslambdaric is not installed (pip install '.[test]')")
+    lab = small_lab
+    sock = tmp_path / "host.sock"
+    state = tmp_path / "host-state"
+    host_env = {**lab.env("coord"), "BOXER_DEPLOY_STATE_ROOT": str(state)}
+    argv = lab.command("coord", [sys.executable, "-m", "boxer.controller.daemon", "--serve", "--backend",
+                                 "lambda-local", "--lab", lab.name, "--workdir", str(tmp_path), "--tick", "0.2",
+                                 "--control-socket", str(sock)])
+    host_log = open(tmp_path / "host.log", "ab")  # noqa: SIM115
+
+    def start_host() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, env=host_env, stdout=host_log, stderr=subprocess.STDOUT)
+
+    cli_env = {**os.environ, "BOXER_DEPLOY_STATE_ROOT": str(tmp_path / "cli-state"),
+               "BOXER_CONFIG_DIR": str(tmp_path / "cli-config")}
+    cli_env.pop("BOXER_CONTROLLER", None)
+    name = f"rs{os.getpid() % 10000}"
+    deploy = tmp_path / "app" / "deploy.yaml"
+    deploy.parent.mkdir()
+
+    def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*BOXER, *args], env=cli_env, capture_output=True, text=True, timeout=timeout)
+
+    def ready() -> list[dict]:
+        seen = cli("status", "-o", "json", timeout=30)
+        if seen.returncode != 0:
+            return []
+        return [i for i in json.loads(seen.stdout)["instances"]
+                if i["state"] == "ready" and 6379 in i.get("listeningPorts", [])]
+
+    def _exactly(count: int, rows: list[dict]) -> list[dict] | None:
+        return rows if len(rows) == count else None
+
+    def starts() -> int:  # decide()'s Start decisions in the host's log, over both runs
+        return (tmp_path / "host.log").read_text().count('"message": "start kv-')
+
+    host = start_host()
+    try:
+        labkit.wait_for("the controller host's socket", sock.exists, timeout=30)
+        deploy.write_text(RESUME.format(name=name, count=2))
+        up = cli("up", "--wait", str(deploy), "--controller", f"unix:{sock}", timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        before = labkit.wait_for("two instances listening", lambda: _exactly(2, ready()),
+                                 timeout=60)
+        ids = {i["instanceId"] for i in before}
+        assert starts() == 2 and (state / "host" / "current.json").exists()
+
+        os.kill(host.pid, signal.SIGKILL)  # `ip netns exec` execs: the pid is the host's own
+        host.wait(10)
+        killed_at = time.monotonic()
+        sock.unlink(missing_ok=True)  # what a SIGKILL leaves, so that its return is seen
+        host = start_host()
+        after = labkit.wait_for("the two instances adopted", lambda: _exactly(2, ready()),
+                                timeout=60)
+        print(f"status served again with both instances {time.monotonic() - killed_at:.2f} s after the SIGKILL")
+        assert {i["instanceId"] for i in after} == ids
+        time.sleep(2)  # ten ticks: time enough for a duplicate launch
+        assert starts() == 2, "the resumed host launched what ran already"
+        assert "resumed the deployment: 2 running, 0 starting adopted" in (tmp_path / "host.log").read_text()
+        assert {i["instanceId"] for i in ready()} == ids
+
+        # It goes on deciding: a scale-out to 3 starts one instance, beside the adopted two.
+        deploy.write_text(RESUME.format(name=name, count=3))
+        applied = cli("up", "--wait", str(deploy), timeout=120)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        three = labkit.wait_for("three instances listening", lambda: _exactly(3, ready()),
+                                timeout=60)
+        assert ids < {i["instanceId"] for i in three} and starts() == 3
+
+        down = cli("down", timeout=90)
+        assert down.returncode == 0 and "stopped 3 instance(s)" in down.stdout, down.stdout + down.stderr
+        assert not (state / "host" / "current.json").exists() and not (state / name / "roster.json").exists()
+        assert host.poll() is None
+
+        def lab_empty() -> bool:  # the adopted two, which no process of the host's parents, too
+            return not any(subprocess.run(["ip", "netns", "pids", lab.netns(h)], capture_output=True,
+                                          text=True).stdout.split() for h in ("h1", "h2", "h3", "h4", "h5"))
+
+        labkit.wait_for("every instance's processes to end", lab_empty, timeout=20)
+    finally:
+        host.send_signal(signal.SIGTERM)
+        try:
+            host.wait(30)
+        except subprocess.TimeoutExpired:
+            host.kill()
+            host.wait()
+        host_log.close()
+        print((tmp_path / "host.log").read_text()[-3000:])

@@ -124,8 +124,9 @@ def test_a_resumed_runtime_adopts_what_runs_and_replaces_only_what_left(state_ro
                                 resume=load_roster(paths.roster))
         snapshot = _snapshot(records[:left])  # kv-2 ended while no controller ran, when left == 1
         t1 = loop.time()
-        new._adopt(new._resume, snapshot, t1)
-        new._resume = None
+        roster, new._resume = new._resume, None
+        assert roster is not None
+        new._adopt(roster, snapshot, t1)
         new.book.on_message(snapshot, t1)
         for step in range(4):
             await new.tick(t1 + step * 0.25)

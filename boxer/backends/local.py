@@ -316,6 +316,25 @@ class LocalBackend:
         else:
             handle.mark_failed(f"exited with status {status} in {host}")
 
+    def adopt(self, spec: InstanceSpec, host: str) -> InstanceHandle | None:
+        """An instance a crashed controller launched on `host`, still running there (its own
+        session: it outlives the controller and the zygote): its host counts as busy until the
+        controller lets go of it, so nothing else is placed there meanwhile. No process of ours
+        to wait for or signal: the coordinator's Stop ends it, its InstanceDown says it left.
+        None when `host` is not one of this lab's, or is taken."""
+        if host not in self.pools.get(spec.placement, ()) or host in self.busy:
+            return None
+        handle = InstanceHandle(spec=spec, backend=self.name, details={"host": host, "adopted": True})
+        self.busy[host] = handle
+
+        def free(ended: InstanceHandle) -> None:
+            if self.busy.get(host) is ended:
+                del self.busy[host]
+                self._freed.set()
+
+        handle.on_end(free)
+        return handle
+
     async def stop(self, handle: InstanceHandle) -> None:
         if id(handle) in self._forked:
             await self._stop_forked(handle, self._forked[id(handle)])
