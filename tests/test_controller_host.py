@@ -255,22 +255,24 @@ def small_lab():
         lab_down(name)
 
 
-def test_a_killed_controller_host_resumes_its_deployment_without_launching_it_again(small_lab, tmp_path):
-    """SIGKILL the controller host (lambda-local: its instances are local Lambda invocations,
-    each in a session of its own, and run on), start it again with the same command: it adopts
+@pytest.mark.parametrize("backend", ["lambda-local", "local"])
+def test_a_killed_controller_host_resumes_its_deployment_without_launching_it_again(small_lab, tmp_path, backend):
+    """SIGKILL the controller host (lambda-local: its instances are local Lambda invocations;
+    local: `boxer run` forked from the agent zygote, which exits with the host; either way each
+    in a session of its own, and they run on), start it again with the same command: it adopts
     the two instances the coordinator still lists (no third launch, the same instance ids), then
     goes on deciding: an Apply of minInstances 3 starts exactly one more, and Down stops all
     three and leaves nothing to resume."""
     import importlib.util
 
-    if importlib.util.find_spec("awslambdaric") is None:
+    if backend == "lambda-local" and importlib.util.find_spec("awslambdaric") is None:
         pytest.skip("awslambdaric is not installed (pip install '.[test]')")
     lab = small_lab
     sock = tmp_path / "host.sock"
     state = tmp_path / "host-state"
     host_env = {**lab.env("coord"), "BOXER_DEPLOY_STATE_ROOT": str(state)}
     argv = lab.command("coord", [sys.executable, "-m", "boxer.controller.daemon", "--serve", "--backend",
-                                 "lambda-local", "--lab", lab.name, "--workdir", str(tmp_path), "--tick", "0.2",
+                                 backend, "--lab", lab.name, "--workdir", str(tmp_path), "--tick", "0.2",
                                  "--control-socket", str(sock)])
     host_log = open(tmp_path / "host.log", "ab")  # noqa: SIM115
 
