@@ -294,3 +294,25 @@ def test_instances_run_as_their_own_user_and_read_only_their_token() -> None:
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
+
+
+@pytest.mark.parametrize("content, message", [
+    ("nothex", "the host token in {path} must be at least 32 hex digits"),
+    ("ab" * 8, "the host token in {path} must be at least 32 hex digits"),  # 8 bytes: guessable
+    (None, "cannot read the host token from {path}: No such file or directory"),
+])
+def test_boxer_host_serve_refuses_a_bad_token_file_in_one_line(tmp_path: Path, content: str | None,
+                                                               message: str) -> None:
+    """Before: any hex at all was a host token (8 bytes served), and a non-hex file failed with
+    fromhex's message."""
+    import subprocess
+
+    path = tmp_path / "host-token"
+    if content is not None:
+        path.write_text(content)
+    result = subprocess.run([sys.executable, "-m", "boxer", "host", "serve", "--listen", "127.0.0.1:7199",
+                             "--token-file", str(path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "boxer: no credential for the host daemon: " + message.format(path=path)), result.stderr
+    assert "abab" not in result.stderr and "nothex" not in result.stderr  # never the value

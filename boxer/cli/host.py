@@ -19,11 +19,12 @@ def host() -> None:
 @host.command("serve")
 @click.option("--listen", default="0.0.0.0:7100", show_default=True, metavar="HOST:PORT",
               help="Where the controller reaches this daemon.")
-@click.option("--secret-file", envvar="BOXER_SECRET_FILE", type=click.Path(dir_okay=False),
-              help="The deployment secret (hex); the daemon's credential is derived from it "
-              "[env BOXER_SECRET_FILE].")
 @click.option("--token-file", type=click.Path(dir_okay=False),
-              help="Instead: the host token itself (hex of HMAC(secret, 'vmhost')).")
+              help="The host token (hex), the daemon's only credential: on AWS terraform's "
+              "vm_host_token_parameter_name. The host then holds no deployment secret.")
+@click.option("--secret-file", envvar="BOXER_SECRET_FILE", type=click.Path(dir_okay=False),
+              help="Instead, where no token is stored: the deployment secret (hex), the token derived "
+              "from it as HMAC(secret, 'vmhost') [env BOXER_SECRET_FILE].")
 @click.option("--slots", type=click.IntRange(1, 10000), default=1, show_default=True,
               help="Instances at once. An app binds its ports on the host's address, so one instance "
               "per host unless the services use distinct ports.")
@@ -38,14 +39,14 @@ def serve_command(listen: str, secret_file: str | None, token_file: str | None, 
     """Serve the controller: start each `vm` instance it sends (the same event a function
     instance gets) as `boxer run`, stop it when asked, and report every exit."""
     from boxer.backends.vmhost.daemon import run_daemon
-    from boxer.backends.vmhost.protocol import host_token
+    from boxer.backends.vmhost.protocol import host_token, load_host_token
     from boxer.nat_traversal.auth import SecretError, load_secret
 
     setup_logging(max(verbose, 1), "host")
     address = endpoint_option(listen, "--listen")
     try:
         if token_file:
-            token = bytes.fromhex(Path(token_file).read_text().strip())
+            token = load_host_token(token_file)
         else:
             token = host_token(load_secret(secret_file, None))
     except (SecretError, ValueError, OSError) as exc:

@@ -10,7 +10,7 @@ instance), the same environment (the handler's agent_env)
 and the same `boxer run` command line (the handler's agent_argv) without `--lifetime`, since a vm
 instance has none unless the event gives one.
 
-    boxer host serve --listen 0.0.0.0:7100 --secret-file /etc/boxer/secret --slots 1
+    boxer host serve --listen 0.0.0.0:7100 --token-file /etc/boxer/host-token --slots 1
 
 `--slots`: instances at once. One by default: an app binds its ports on the host's address, so
 two instances of one service could not share a host (as in the lab, one instance per host).

@@ -15,8 +15,10 @@ drive both ends byte by byte.
     daemon -> controller  exited   {ref, status, reason}      whenever an instance ends, stopped or not
     controller -> daemon  ping     {}   ->   pong {running}
 
-The credential is the *host token*, HMAC(deployment secret, "vmhost"): a host may be given it
-alone, and a proof shows both ends hold it without sending it (mutual, over both nonces, so a
+The credential is the *host token*: on AWS a random one terraform keeps in SSM (the hosts may read
+that parameter alone; the controller reads it too), in the lab HMAC(deployment secret, "vmhost").
+A host is given the token alone (`boxer host serve --token-file`), and a proof shows both ends hold
+it without sending it (mutual, over both nonces, so a
 recorded exchange is good on no other connection). `start` carries the instance's Lambda event
 (boxer.backends.aws_lambda.event) unchanged, so a vm instance gets exactly what a function
 instance gets (name, service, env, command, coordinator, its credential's reference), and the two
@@ -34,8 +36,10 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from boxer.nat_traversal.auth import SecretError
 from boxer.nat_traversal.wire import FrameDecoder, FrameError, ProtocolError, encode_frame
 
 __all__ = [
@@ -53,6 +57,7 @@ __all__ = [
     "StopRequested",
     "Welcome",
     "host_token",
+    "load_host_token",
     "proof",
 ]
 
@@ -67,10 +72,28 @@ _REF_MAX = 128
 
 
 def host_token(secret: bytes) -> bytes:
-    """The credential of a vm host daemon: derived from the deployment secret, so the controller
-    (which holds the secret) needs no table, and a host holding only the token can neither act as
-    the controller towards the coordinator nor as an instance."""
+    """A vm host daemon's credential where none is stored (the lab, lambda-local, outputs of a
+    module from before terraform made one): derived from the deployment secret, so the
+    controller (which holds the secret) needs no table, and a host holding only the token can
+    neither act as the controller towards the coordinator nor as an instance."""
     return hmac.new(secret, b"vmhost", hashlib.sha256).digest()
+
+
+def load_host_token(path: str) -> bytes:
+    """A host token from its file (hex, at least 16 bytes: terraform's and the derived one are
+    32). Raises SecretError, whose message never shows the value."""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SecretError(f"cannot read the host token from {path}: {exc.strerror}") from None
+    try:
+        token = bytes.fromhex(value)
+    except ValueError:
+        token = b""
+    if len(token) < 16:
+        raise SecretError(f"the host token in {path} must be at least 32 hex digits (terraform makes one: "
+                          "the SSM parameter its vm_host_token_parameter_name output names)")
+    return token
 
 
 def proof(token: bytes, role: str, server_nonce: str, client_nonce: str) -> str:
