@@ -18,6 +18,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -389,6 +390,59 @@ def test_a_controller_host_runs_the_lambda_deployment_sent_to_it(aws: Aws) -> No
     finally:
         down = cli("down")
     assert down.returncode == 0 and f"deployment {name} down" in down.stdout, down.stdout + down.stderr
+    assert host.poll() is None
+
+
+
+def test_a_killed_lambda_controller_host_adopts_its_invocation_instead_of_invoking_again(aws: Aws) -> None:
+    """The lambda backend on a controller host, SIGKILLed (by pid) and started again with the
+    same command, as systemd's Restart=always does on the coordinator's VM: it resumes the
+    deployment from its state root and adopts the running invocation (the same instance id, and
+    the Invoke API's signed stats count no second event), then acts on it: Down stops it
+    through the coordinator and the invocation ends."""
+    name = f"lk{os.getpid() % 100000}"
+    aws.start_invoke_api()
+    deploy = aws.deploy_file(name)
+    sock = aws.root / "host.sock"
+    argv = [sys.executable, "-m", "boxer.controller.daemon", "--serve", "--backend", "lambda",
+            "--outputs", str(deploy.parent / "outputs.json"), "--control-socket", str(sock)]
+    host = aws._popen("h2", argv, "host.log")
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith(("BOXER_", "AWS_"))}
+    cli_env.update(BOXER_DEPLOY_STATE_ROOT=str(aws.root / "cli-state"), BOXER_CONFIG_DIR=str(aws.root / "cli-config"))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*BOXER, *args], env=cli_env, capture_output=True, text=True, timeout=120)
+
+    def ready_ids() -> set[str]:
+        seen = cli("status", "-o", "json")
+        if seen.returncode != 0:
+            return set()
+        return {i["instanceId"] for i in json.loads(seen.stdout)["instances"]
+                if i["state"] == "ready" and 6379 in i.get("listeningPorts", [])}
+
+    _wait(lambda: sock.exists(), 30, "the controller host's socket")
+    up = cli("up", "--detach", str(deploy), "--controller", f"unix:{sock}")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr + (aws.root / "host.log").read_text()[-3000:]
+        before = _wait(ready_ids, 45, "the invocation's redis listening")
+        assert len(before) == 1 and aws.invoke_stats()["events"] == 1
+
+        os.kill(host.pid, signal.SIGKILL)  # `ip netns exec` execs: the pid is the host's own
+        host.wait(10)
+        killed_at = time.monotonic()
+        sock.unlink(missing_ok=True)
+        host = aws._popen("h2", argv, "host-again.log")
+        assert _wait(lambda: ready_ids() == before, 45, "the invocation adopted")
+        print(f"the invocation shown again {time.monotonic() - killed_at:.2f} s after the SIGKILL")
+        time.sleep(2)  # ticks enough for a second invocation, were it to come
+        assert aws.invoke_stats()["events"] == 1, "the resumed host invoked again"
+        assert ready_ids() == before
+        assert "resumed the deployment: 1 running, 0 starting adopted" in (aws.root / "host-again.log").read_text()
+    finally:
+        down = cli("down")
+    assert down.returncode == 0 and "stopped 1 instance(s)" in down.stdout, down.stdout + down.stderr
+    _wait(lambda: aws.invoke_stats()["results"], 30, "the adopted invocation to end")
+    assert aws.invoke_stats()["events"] == 1
     assert host.poll() is None
 
 
