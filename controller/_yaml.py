@@ -33,22 +33,43 @@ class Located:
         return None
 
 
+# Values a file may expand to. An alias is the node it names, so ten aliases of ten aliases of
+# ... make a 532-byte file of 10^9 values: the walk below and the schema's validation would take
+# hours (and a controller host's event loop with them: its Up parses what anyone with the token
+# sends). A real deployment file has a few hundred.
+MAX_VALUES = 100_000
+
+
+class TooLarge(yaml.MarkedYAMLError):
+    """The file expands (through its aliases) to more than MAX_VALUES values, or nests too deeply."""
+
+
 def load_with_lines(text: str) -> Located:
-    """Parse one YAML document; raises yaml.YAMLError (with a mark) when it is not valid YAML."""
+    """Parse one YAML document; raises yaml.YAMLError (with a mark) when it is not valid YAML,
+    TooLarge when it expands beyond MAX_VALUES values or nests beyond the parser's stack."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return Located(data=None, lines={(): 1})
         data = loader.construct_document(node)
+    except RecursionError:  # PyYAML's composer and constructor recurse once per level
+        raise TooLarge(problem="the file nests too deeply (thousands of levels)") from None
     finally:
         loader.dispose()
     located = Located(data=data)
-    _record(node, (), located)
+    try:
+        _record(node, (), located, [MAX_VALUES])
+    except RecursionError:
+        raise TooLarge(problem="the file nests too deeply (thousands of levels)") from None
     return located
 
 
-def _record(node: yaml.Node, path: Path, located: Located) -> None:
+def _record(node: yaml.Node, path: Path, located: Located, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise TooLarge(problem=f"the file expands to more than {MAX_VALUES} values (aliases of aliases?); "
+                               "a deployment file has a few hundred", problem_mark=node.start_mark)
     located.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: dict[object, int] = {}
@@ -62,7 +83,7 @@ def _record(node: yaml.Node, path: Path, located: Located) -> None:
             seen[key] = line
             # Point at the key's line: that is where the user looks for a field.
             located.lines[child] = line
-            _record(value_node, child, located)
+            _record(value_node, child, located, budget)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _record(item, (*path, index), located)
+            _record(item, (*path, index), located, budget)

@@ -354,3 +354,33 @@ def test_the_lambda_backend_takes_vm_placement_and_base_capacity() -> None:
 def test_a_file_without_services_says_what_one_looks_like() -> None:
     assert problems("services: {}\n") == [
         "d.yaml:1: services: no service: a deployment runs at least one, e.g. `services: {web: {command: [nginx]}}`"]
+
+
+def _bomb(levels: int) -> str:
+    """A YAML alias bomb: each anchor is a list of ten aliases of the one before."""
+    lines = ['  a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    lines += [f"  a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "x-bomb:\n" + "\n".join(lines) + f"\nservices:\n  web:\n    command: [nginx]\n    env: {{A: *a{levels - 1}}}\n"
+
+
+def test_an_alias_bomb_is_refused_at_once_not_expanded() -> None:
+    """532 bytes that expand to 10^9 values: parse_deployment ran past 60 s (the walk of the
+    node tree, then the schema, follow every alias), and on a controller host it ran in the event
+    loop that serves the control API. Now one issue, at once."""
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(DeploymentFileError) as info:
+        parse_deployment(_bomb(9), "bomb.yaml")
+    assert time.monotonic() - started < 5
+    assert str(info.value).startswith("bomb.yaml:2: (top level): not valid YAML: the file expands to more than "
+                                      "100000 values (aliases of aliases?)")
+    # An alias or two are YAML like any other.
+    small = parse_deployment("services:\n  web: {command: &cmd [nginx, -g, daemon off;]}\n"
+                             "  api: {command: *cmd}\n", "small.yaml")
+    assert small.services["api"].command == small.services["web"].command == ("nginx", "-g", "daemon off;")
+
+
+def test_nesting_thousands_deep_is_an_issue_not_a_recursion_error() -> None:
+    with pytest.raises(DeploymentFileError, match=r"deep.yaml: \(top level\): not valid YAML: the file nests too deeply"):
+        parse_deployment("services: " + "[" * 5000 + "]" * 5000, "deep.yaml")
