@@ -33,6 +33,10 @@ __all__ = ["Applied", "ControlClient", "ControlError", "LogLine", "watch_when_up
 
 log = logging.getLogger(__name__)
 
+# The largest deployment file sent (Up, Apply): the server's MAX_REQUEST less room for the
+# request's other fields. Checked here to say it in one line instead of gRPC's
+# "Received message larger than max (N vs. 4194304)".
+MAX_FILE = 4 * 1024 * 1024 - 64 * 1024
 CALL_TIMEOUT = 10.0  # seconds a unary call may take (a Down: the controller answers at once)
 
 
@@ -61,6 +65,12 @@ class LogLine:
 class Applied:
     changes: tuple[str, ...]
     rollouts: tuple[str, ...]
+
+
+def _check_size(content: bytes, path: str) -> None:
+    if len(content) > MAX_FILE:
+        raise ControlError(f"{path or 'the deployment file'}: {len(content) / 2**20:.1f} MiB is more than a controller"
+                           f" takes: a deployment file may be at most {MAX_FILE // 1024} KiB")
 
 
 class ControlClient:
@@ -116,6 +126,9 @@ class ControlClient:
             return ControlError(f"the controller on {self.target} refused the credential: {details}", code)
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return ControlError(f"the controller on {self.target} did not answer in time", code)
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:  # a request beyond the server's MAX_REQUEST
+            return ControlError(f"the controller on {self.target} refused a request this large ({details}):"
+                                f" a deployment file may be at most {MAX_FILE // 1024} KiB", code)
         if code is grpc.StatusCode.FAILED_PRECONDITION:  # a controller host between deployments
             return ControlError(f"no deployment runs on the controller at {self.target}", code)
         return ControlError(f"the controller on {self.target}: {details}", code)
@@ -148,6 +161,7 @@ class ControlClient:
               timeout: float | None = None) -> tuple[Applied, Iterator[dict[str, Any]]]:
         """Hand an edited deployment file to the controller. Its answer, and then the statuses
         after every tick (a rollout's progress) until `timeout`; a refusal is a ControlError."""
+        _check_size(content, path)
         request = pb.ApplyRequest(file=content, path=path, max_concurrency=max_concurrency,
                                   register_timeout=register_timeout)
         return self._progress(self._stub.Apply(request, timeout=timeout, metadata=self._metadata))
@@ -158,6 +172,7 @@ class ControlClient:
         """Send a deployment file to a controller host, which starts it and runs it whether or not
         we stay: what it noted (`changes`), and its statuses after every tick until `timeout`;
         a refusal is a ControlError with the reason."""
+        _check_size(content, path)
         request = pb.UpRequest(file=content, path=path, folder=folder, name=name, backend=backend,
                                register_timeout=register_timeout)
         return self._progress(self._stub.Up(request, timeout=timeout, metadata=self._metadata),

@@ -34,6 +34,14 @@ LOG_POLL = 0.25  # seconds between looks at followed logs (the controller times 
 Applier = Callable[[bytes, str, int | None, float | None], tuple[list[str], list[str]]]
 
 
+# The largest request either server takes (gRPC's default, made ours so it is a decision and
+# documented): an Up or Apply carries a deployment file, a few KiB; past this gRPC refuses the
+# call with RESOURCE_EXHAUSTED before any of ours runs. The client checks the file first and
+# says so in one line (client.MAX_FILE).
+MAX_REQUEST = 4 * 1024 * 1024
+_OPTIONS = (("grpc.max_receive_message_length", MAX_REQUEST),)
+
+
 class ApplyRefused(Exception):
     def __init__(self, reason: str, fields: list[str] | None = None) -> None:
         super().__init__(reason)
@@ -262,14 +270,14 @@ async def serve(service: pb_grpc.ControlServicer, socket_path: Path, tcp: TcpLis
         raise OSError(f"{socket_path.parent} belongs to another user: not serving the control API there")
     os.chmod(socket_path.parent, 0o700)  # mkdir's mode is cut by the umask, and not applied to an existing one
     socket_path.unlink(missing_ok=True)
-    local = grpc.aio.server()
+    local = grpc.aio.server(options=_OPTIONS)
     pb_grpc.add_ControlServicer_to_server(service, local)
     local.add_insecure_port(f"unix:{socket_path}")
     await local.start()
     os.chmod(socket_path, 0o600)
     servers = [local]
     if tcp is not None:
-        remote = grpc.aio.server(interceptors=[_RequireToken(tcp.token)])
+        remote = grpc.aio.server(interceptors=[_RequireToken(tcp.token)], options=_OPTIONS)
         pb_grpc.add_ControlServicer_to_server(service, remote)
         credentials = grpc.ssl_server_credentials([(tcp.private_key, tcp.certificate)])
         port = remote.add_secure_port(tcp.address, credentials)
