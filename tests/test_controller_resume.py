@@ -142,3 +142,27 @@ def test_a_resumed_runtime_adopts_what_runs_and_replaces_only_what_left(state_ro
         new.logbook.close()
 
     asyncio.run(scenario())
+
+
+def test_an_adopted_invocation_holds_a_concurrency_slot_until_it_is_let_go() -> None:
+    from boxer.backends.aws_lambda.backend import LambdaBackend
+    from boxer.backends.aws_lambda.facts import LambdaFacts
+    from boxer.backends.base import InstanceSpec
+    from boxer.controller.spec import Placement
+
+    async def scenario() -> None:
+        backend = LambdaBackend(LambdaFacts("boxer-demo", "203.0.113.7:7000", "/boxer/demo/secret", "us-east-1"),
+                                client=object(), max_concurrency=1)
+        try:
+            spec = InstanceSpec(name="kv-1", service="kv", index=1, command=("redis-server",))
+            handle = backend.adopt(spec, "req-1")
+            assert handle is not None and handle.details["request_id"] == "req-1"
+            assert backend.status()["concurrency"]["in_use"] == 1  # the limit is reached: no launch gets a slot
+            vm = InstanceSpec(name="kv-2", service="kv", index=2, command=("redis-server",), placement=Placement.VM)
+            assert backend.adopt(vm, "h") is None
+            await backend.stop(handle)  # the controller lets go of it (it left, or was stopped)
+            assert backend.status()["concurrency"]["in_use"] == 0
+        finally:
+            await backend.close()
+
+    asyncio.run(scenario())

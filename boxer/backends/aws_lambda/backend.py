@@ -114,6 +114,11 @@ class ConcurrencyLimiter:
             self._in_use += 1
             return True
 
+    def take(self) -> None:
+        """A slot taken without waiting, even past the limit: an invocation already in flight
+        (adopted after a controller's crash) counts whatever the limit says."""
+        self._in_use += 1
+
     def release(self) -> None:
         if self._in_use <= 0:
             raise RuntimeError("release() without acquire()")
@@ -239,6 +244,19 @@ class LambdaBackend:
         handle.on_end(lambda _handle: self._slots.release())
         log.info("launched %s on %s (attempts=%d)", spec.name, self.facts.function_name,
                  attempts)
+        return handle
+
+    def adopt(self, spec: InstanceSpec, request_id: str) -> InstanceHandle | None:
+        """An invocation a crashed controller made, still running (its agent registered): it
+        cannot be re-attached, but it holds a slot of maxConcurrency until the controller lets
+        go of it, so the concurrency in flight stays counted. None for a vm instance (its host's
+        daemon knows it; the vm tier does not re-attach)."""
+        if spec.placement is Placement.VM:
+            return None
+        self._slots.take()
+        handle = InstanceHandle(spec=spec, backend=self.name, details={
+            "request_id": request_id, "function": self.facts.function_name, "adopted": True})
+        handle.on_end(lambda _handle: self._slots.release())
         return handle
 
     async def stop(self, handle: InstanceHandle) -> None:
