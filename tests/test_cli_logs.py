@@ -385,3 +385,24 @@ def test_a_new_run_starts_a_new_index(tmp_path: Path, monkeypatch: pytest.Monkey
     reader = LogReader(paths.instances, ["web"])
     assert reader.resolve("web") == ("web", None) and reader.instances() == []
     assert log1.exists()  # the output itself stays (the new instances append to it)
+
+
+def test_logs_of_a_deployment_on_a_controller_host_come_through_its_control_api(tmp_path: Path) -> None:
+    """`boxer logs --controller unix:PATH`: no state here, the controller there streams them."""
+    from test_control_api import Server
+
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    server = Server(srv)
+    book, _, _ = _two_runs(srv / "instances")
+    book.close()
+    env = {**os.environ, "BOXER_DEPLOY_STATE_ROOT": str(tmp_path / "none"), "BOXER_CONFIG_DIR": str(tmp_path / "c")}
+    with server:
+        there = f"unix:{server.socket}"
+        shown = _boxer(env, "logs", "--controller", there, "--tail", "1", "web")
+        unknown = _boxer(env, "logs", "--controller", there, "wbe")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == ["1970-01-01T00:16:41.000Z web-2    | listening on 80",
+                                         "1970-01-01T00:16:43.000Z web-1    | partial"]
+    assert (unknown.returncode, unknown.stderr) == (1, "boxer: no service or instance called 'wbe': services web; "
+                                                       "instances web-1, web-2\n")
