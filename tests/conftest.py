@@ -26,6 +26,56 @@ from boxer.lab import Lab, lab_down, lab_up
 
 _lab_counter = itertools.count(1)
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The two C libraries and what they are built from (setup.py). An editable install compiles them
+# once, at `pip install -e .`; a rebase or checkout that changes a .c file afterwards leaves the
+# old library in place, and the tests then run new Python against old C (a stale fast path once
+# made a rollout test fail on three engineers' trees for a reason none of them had changed).
+_NATIVE = {
+    "boxer/libboxer_preload.so": ("interposer",),
+    "boxer/libboxer_fastpath.so": ("boxer/agent", "interposer/boxer_proto.h"),
+}
+
+
+def stale_native_libraries(root: str = _REPO) -> list[str]:
+    """The libraries under `root` that are missing or older than one of their sources."""
+    stale = []
+    for library, inputs in _NATIVE.items():
+        built = os.path.join(root, library)
+        if not os.path.exists(built):
+            stale.append(library)
+            continue
+        sources = []
+        for entry in inputs:
+            path = os.path.join(root, entry)
+            if os.path.isdir(path):
+                sources += [os.path.join(path, name) for name in os.listdir(path) if name.endswith((".c", ".h"))]
+            else:
+                sources.append(path)
+        if any(os.path.getmtime(source) > os.path.getmtime(built) for source in sources):
+            stale.append(library)
+    return stale
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Rebuild the C libraries in place when their sources are newer, when the boxer under test is
+    this checkout's own (an editable install); a wheel install has no sources beside it."""
+    import boxer
+
+    if os.path.dirname(os.path.dirname(os.path.abspath(boxer.__file__))) != _REPO:
+        return
+    stale = stale_native_libraries()
+    if not stale:
+        return
+    import subprocess
+
+    print(f"rebuilding {', '.join(stale)}: older than their sources", file=sys.stderr)
+    built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"],
+                           cwd=_REPO, capture_output=True, text=True)
+    if built.returncode != 0 or stale_native_libraries():
+        pytest.exit(f"{', '.join(stale)} is older than its sources and rebuilding failed; run"
+                    f" `.venv/bin/pip install -e .` and read its output:\n{built.stderr[-3000:]}", returncode=3)
+
 
 def lab_skip_reason() -> str | None:
     """Why lab tests cannot run here, or None if they can."""
