@@ -36,6 +36,7 @@ from typing import Any
 from boxer.controller.errors import DeploymentError, DeploymentFileError
 from boxer.controller.paths import DeployPaths, read_json, write_json_atomic
 from boxer.controller.record import DeploymentRecord
+from boxer.controller.takedown import mark_down
 
 __all__ = ["HostConfig", "serve_deployments"]
 
@@ -203,7 +204,7 @@ async def _run_here(config: HostConfig, paths: DeployPaths, record: DeploymentRe
         try:
             await runtime.run(stop)
         finally:
-            _mark_down(paths)
+            mark_down(paths)
             _forget_current()  # down: nothing to resume
             paths.roster.unlink(missing_ok=True)
             log.info("deployment %s down", name)
@@ -322,15 +323,3 @@ async def _resume(config: HostConfig, record: DeploymentRecord,
     record = record.replace(controller_pid=os.getpid())
     record.save(paths)
     return await _run_here(config, paths, record, formatter, roster)
-
-
-def _mark_down(paths: DeployPaths) -> None:
-    """As take-down marks a deployment down: the record and the last status say it stopped."""
-    record = DeploymentRecord.load(paths)
-    if record is not None:
-        record.replace(controller_pid=None, down_at=time.time()).save(paths)
-    status = read_json(paths.status)
-    if status:
-        status["running"] = False
-        status["instances"] = []
-        write_json_atomic(paths.status, status)

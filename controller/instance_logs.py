@@ -145,6 +145,19 @@ class _Segment:
     cloudwatch: dict[str, Any] = field(default_factory=dict)
 
 
+def _new_lines(path: str | Path, offset: int) -> tuple[list[str], int]:
+    """The whole lines a file gained past `offset`, and the offset after them. A line still
+    being written (no newline yet) is left for the next call; a missing file has none."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            chunk = file.read()
+    except OSError:
+        return [], offset
+    complete = chunk[:chunk.rfind(b"\n") + 1]
+    return complete.decode(errors="replace").splitlines(), offset + len(complete)
+
+
 class _Times:
     """A log's <log>.times, read on as it grows: the time of the tick that saw a byte offset."""
 
@@ -154,15 +167,8 @@ class _Times:
         self._read = 0
 
     def refresh(self) -> None:
-        try:
-            with open(self.path, "rb") as file:
-                file.seek(self._read)
-                chunk = file.read()
-        except OSError:
-            return
-        complete = chunk[:chunk.rfind(b"\n") + 1]
-        self._read += len(complete)
-        for line in complete.decode(errors="replace").splitlines():
+        lines, self._read = _new_lines(self.path, self._read)
+        for line in lines:
             size, _, at = line.partition(" ")
             try:
                 self.marks.append((int(size), float(at)))
@@ -197,15 +203,8 @@ class LogReader:
 
     def refresh(self) -> None:
         """Read what the index gained since the last call."""
-        try:
-            with open(self.folder / INDEX, "rb") as file:
-                file.seek(self._index_read)
-                chunk = file.read()
-        except OSError:
-            return
-        complete = chunk[:chunk.rfind(b"\n") + 1]
-        self._index_read += len(complete)
-        for line in complete.decode(errors="replace").splitlines():
+        lines, self._index_read = _new_lines(self.folder / INDEX, self._index_read)
+        for line in lines:
             try:
                 entry = json.loads(line)
                 self._take(entry)

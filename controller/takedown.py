@@ -16,7 +16,7 @@ from boxer.controller.errors import DeploymentError
 from boxer.controller.paths import DeployPaths, read_json, write_json_atomic
 from boxer.controller.record import DeploymentRecord, reap
 
-__all__ = ["STOP_TIMEOUT", "take_down"]
+__all__ = ["STOP_TIMEOUT", "mark_down", "take_down"]
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +48,27 @@ def take_down(name: str) -> str:
         from boxer.backends.emulators.image import close_image
 
         close_image(record.image)
-    record.replace(controller_pid=None, down_at=time.time()).save(paths)
-    status = read_json(paths.status)
-    if status:
-        status["running"] = False
-        status["instances"] = []
-        write_json_atomic(paths.status, status)
+    mark_down(paths)
     parts = [f"deployment {name} down"]
     if stopped:
         parts.append("controller stopped")
     if report is not None:
         parts.append(f"lab {report.name}: {len(report.namespaces)} namespaces removed")
     return "; ".join(parts)
+
+
+def mark_down(paths: DeployPaths) -> None:
+    """The record and the last status say the deployment stopped (read again here: the
+    controller may have rewritten the record while it stopped). A controller host marks its
+    deployment down with this too, when it ends there (controller/host.py)."""
+    record = DeploymentRecord.load(paths)
+    if record is not None:
+        record.replace(controller_pid=None, down_at=time.time()).save(paths)
+    status = read_json(paths.status)
+    if status:
+        status["running"] = False
+        status["instances"] = []
+        write_json_atomic(paths.status, status)
 
 
 def _ask_to_stop(paths: DeployPaths, pid: int) -> None:

@@ -48,3 +48,19 @@ def test_save_load_and_a_dead_controller(tmp_path, monkeypatch) -> None:
     assert not record.controller_alive
     paths.deployment.write_text("{half")
     assert DeploymentRecord.load(paths) is None
+
+
+def test_marked_down_the_record_and_the_last_status_say_it_stopped(tmp_path, monkeypatch) -> None:
+    from boxer.controller.paths import read_json, write_json_atomic
+    from boxer.controller.takedown import mark_down
+
+    monkeypatch.setenv("BOXER_DEPLOY_STATE_ROOT", str(tmp_path))
+    paths = DeployPaths("web")
+    paths.make()
+    mark_down(paths)  # nothing there yet: nothing to mark, and no error
+    DeploymentRecord(name="web", file="/f.yaml", dir="/", controller_pid=4242).save(paths)
+    write_json_atomic(paths.status, {"name": "web", "running": True, "instances": [{"name": "kv-1"}]})
+    mark_down(paths)
+    record = DeploymentRecord.load(paths)
+    assert record is not None and record.controller_pid is None and record.down_at is not None
+    assert read_json(paths.status) == {"name": "web", "running": False, "instances": []}
