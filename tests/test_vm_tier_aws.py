@@ -16,7 +16,7 @@ import pytest
 from boxer.backends.aws_lambda.backend import LambdaBackend
 from boxer.backends.aws_lambda.facts import LambdaFacts
 from boxer.backends.base import InstanceSpec, Placement
-from boxer.backends.errors import LaunchError
+from boxer.backends.errors import FactsError, LaunchError
 from boxer.backends.vmhost.daemon import HostDaemon
 from boxer.backends.vmhost.discovery import AutoScalingHosts
 from boxer.backends.vmhost.protocol import host_token
@@ -146,3 +146,15 @@ def test_vm_outputs_are_read_from_terraform_outputs() -> None:
     with_token = LambdaFacts.from_outputs({**base, "vm_host_token_parameter_name": {"value": "/d/vm-host-token"}})
     assert with_token.vm_host_token_parameter_name == "/d/vm-host-token"
     assert LambdaFacts.from_outputs({**base, "vm_host_group": {"value": ""}}).vm_host_group is None
+
+
+def test_wrong_vm_outputs_are_each_named() -> None:
+    base = {"function_name": "f", "coordinator_address": "1.2.3.4:7000", "secret_parameter_name": "/p",
+            "region": REGION}
+    with pytest.raises(FactsError) as caught:
+        LambdaFacts.from_outputs({**base, "vm_host_group": {"value": 3}, "vm_host_token_parameter_name": [1],
+                                  "vm_host_port": {"value": "http"}})
+    text = str(caught.value)
+    assert "output vm_host_group must be a string, got 3" in text
+    assert "output vm_host_token_parameter_name must be a string, got [1]" in text
+    assert "output vm_host_port must be a port number, got 'http'" in text

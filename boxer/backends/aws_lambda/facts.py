@@ -65,18 +65,14 @@ class LambdaFacts:
         if region is not None and not _REGION.match(region):
             problems.append(f"region {region!r} does not look like an AWS region (eu-west-1)")
         vm: dict[str, Any] = {}
-        group = _value(outputs.get("vm_host_group"))
-        if group not in (None, ""):
-            if not isinstance(group, str):
-                problems.append(f"output vm_host_group must be a string, got {group!r}")
+        for name in ("vm_host_group", "vm_host_token_parameter_name"):  # optional strings
+            value = _value(outputs.get(name))
+            if value in (None, ""):
+                continue
+            if isinstance(value, str):
+                vm[name] = value
             else:
-                vm["vm_host_group"] = group
-        token_parameter = _value(outputs.get("vm_host_token_parameter_name"))
-        if token_parameter not in (None, ""):
-            if not isinstance(token_parameter, str):
-                problems.append(f"output vm_host_token_parameter_name must be a string, got {token_parameter!r}")
-            else:
-                vm["vm_host_token_parameter_name"] = token_parameter
+                problems.append(f"output {name} must be a string, got {value!r}")
         port = _value(outputs.get("vm_host_port"))
         if port is not None:
             if isinstance(port, str) and port.isdigit():
