@@ -192,6 +192,8 @@ bool bx_peer_allowed(int fd, pid_t root, struct bx_peer *who)
             return false; /* ESRCH: the connector is gone; whoever holds its connection now is unknown */
         pidfd = -1;       /* an older kernel: the window in the comment above remains */
     }
+    /* Twice at most: a walk refused because an ancestor's pid was reused may pass once the
+     * child has been re-parented (possibly to the agent). */
     bool ok = descends_from(cred.pid, root) || descends_from(cred.pid, root);
     if (ok && pidfd >= 0)
         ok = !exited(pidfd); /* the connector still alive: the pid we walked from was its own */
