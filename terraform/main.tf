@@ -351,8 +351,9 @@ resource "aws_iam_role" "coordinator" {
   tags               = local.tags
 }
 
-# The coordinator pulls the same image as the function and reads the secret.
-data "aws_iam_policy_document" "coordinator" {
+# Pulling the function's image from ECR: the coordinator VM runs it, and so do the vm hosts
+# (vm_hosts.tf), each policy adding what else its role may do.
+data "aws_iam_policy_document" "pull_image" {
   statement {
     sid       = "EcrAuth"
     actions   = ["ecr:GetAuthorizationToken"]
@@ -364,6 +365,11 @@ data "aws_iam_policy_document" "coordinator" {
     actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
     resources = [aws_ecr_repository.this.arn]
   }
+}
+
+# The coordinator pulls the same image as the function and reads the secret.
+data "aws_iam_policy_document" "coordinator" {
+  source_policy_documents = [data.aws_iam_policy_document.pull_image.json]
 
   statement {
     sid       = "ReadDeploymentSecret"

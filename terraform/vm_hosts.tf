@@ -84,19 +84,8 @@ resource "aws_ssm_parameter" "vm_host_token" {
 
 # A vm host pulls the function's image and reads its daemon's token: nothing else.
 data "aws_iam_policy_document" "vm_host" {
-  count = local.vm_enabled ? 1 : 0
-
-  statement {
-    sid       = "EcrAuth"
-    actions   = ["ecr:GetAuthorizationToken"]
-    resources = ["*"] # this action has no resource-level permissions
-  }
-
-  statement {
-    sid       = "PullImage"
-    actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
-    resources = [aws_ecr_repository.this.arn]
-  }
+  count                   = local.vm_enabled ? 1 : 0
+  source_policy_documents = [data.aws_iam_policy_document.pull_image.json]
 
   statement {
     sid       = "ReadHostToken"
