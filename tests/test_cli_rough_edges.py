@@ -173,3 +173,21 @@ def test_lab_up_and_down_count_in_words(nothing_here: dict[str, str]) -> None:
         assert down.stdout == f"lab {name} down: 4 namespaces, 1 process stopped\n"
     finally:
         lab_down(name)
+
+
+def test_sigterm_to_a_foreground_up_is_a_ctrl_c() -> None:
+    """`boxer up` in the foreground (or against a controller host) takes the deployment down on
+    SIGTERM as on Ctrl-C: the signal becomes the KeyboardInterrupt its wait catches."""
+    import signal
+    import time
+
+    from boxer.cli.deploy import _sigterm_is_ctrl_c
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        _sigterm_is_ctrl_c()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(2.0)  # never reached: the handler raises as soon as the signal arrives
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -293,7 +293,7 @@ def _up_there(remote: Any, file: Path, deployment: Any, name: str, backend: str 
             return
         click.echo(f"running on the controller at {remote.address}; Ctrl-C takes the deployment down "
                    "(--detach leaves it running)")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        _sigterm_is_ctrl_c()
         try:
             with _one_line_errors():
                 for _ in client.watch():
@@ -437,9 +437,16 @@ def _show_progress(paths: Any, deployment: Any, started: float,
     return done
 
 
+def _sigterm_is_ctrl_c() -> None:
+    """SIGTERM to a foreground `boxer up` is a Ctrl-C too: it takes the deployment down in order."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _wait_foreground(proc: subprocess.Popen[bytes], name: str) -> None:
-    # SIGTERM to `boxer up` is a Ctrl-C too: take the deployment down in order.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    _sigterm_is_ctrl_c()
     try:
         proc.wait()
     except KeyboardInterrupt:
