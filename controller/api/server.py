@@ -220,10 +220,8 @@ class HostedControl(pb_grpc.ControlServicer):
             self._starting = False
         self.current = service
         yield pb.ApplyProgress(applied=pb.Applied(changes=notes))
-        while True:
-            yield pb.ApplyProgress(status=service._status())
-            if not await service.next_tick():
-                return
+        async for status in service.Watch(pb.WatchRequest(), context):  # until the deployment ends
+            yield pb.ApplyProgress(status=status)
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.DeploymentStatus:
         return await (await self._service(context)).Status(request, context)
