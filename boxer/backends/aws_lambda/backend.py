@@ -175,8 +175,9 @@ class LambdaBackend:
         vm_token: bytes | None = None,
         vm_hosts: Any = None,
     ) -> None:
-        """`vm_token`: the host daemons' credential (vmhost.protocol.host_token of the deployment
-        secret); with it, `vm` instances go to the hosts of `vm_hosts` (a vmhost.tier.HostSource),
+        """`vm_token`: the host daemons' credential (terraform's, read from the SSM parameter the
+        outputs' vm_host_token_parameter_name names; else vmhost.protocol.host_token of the
+        deployment secret); with it, `vm` instances go to the hosts of `vm_hosts` (a vmhost.tier.HostSource),
         by default the Auto Scaling group of the outputs' `vm_host_group`."""
         if (facts is None) == (outputs is None):
             raise ValueError("give exactly one of facts= or outputs= (a `terraform output "
