@@ -103,9 +103,17 @@ def test_no_token_a_wrong_token_and_plain_tcp_are_refused(host: Host) -> None:
             wrong.up(VALID, "deploy.yaml", folder="/app")
         with pytest.raises(ControlError, match="refused the credential"):
             wrong.down()
-    # gRPC without TLS: the TLS handshake fails, the caller hears that no controller answers.
-    with ControlClient(host.address) as plain, pytest.raises(ControlError, match="no controller answers"):
+    # gRPC without TLS: the TLS handshake fails; the caller hears that no controller answers, and
+    # that the port speaks TLS only (not only gRPC's "Socket closed").
+    with ControlClient(host.address) as plain, pytest.raises(ControlError) as refused:
         plain.status(timeout=5)
+    assert "no controller answers" in str(refused.value)
+    assert "speaks TLS only" in str(refused.value) and "--controller-ca" in str(refused.value), refused.value
+    # TLS with a certificate for another name: the CA and the server name are what to check.
+    with ControlClient.remote(host.address, ca=host.cert.read_bytes(), token=TOKEN,
+                              server_name="elsewhere.example") as misnamed, pytest.raises(ControlError) as failed:
+        misnamed.status(timeout=5)
+    assert "TLS handshake failed" in str(failed.value) and "'elsewhere.example'" in str(failed.value), failed.value
     # Raw bytes: an HTTP/2 preface in the clear, then garbage, then a TLS hello and silence.
     for data in (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\0" * 64, os.urandom(4096), b""):
         with socket.create_connection(("127.0.0.1", host.port), timeout=5) as raw:

@@ -400,3 +400,37 @@ def test_a_flood_against_a_descriptor_limit_leaves_the_daemon_serving(tmp_path: 
         accepts = [line for line in log.splitlines() if "refused (accept)" in line]
         assert accepts and accepts[0].endswith("cannot accept: Too many open files; pausing 0.1 s"), log
         assert len(log.splitlines()) < 10, log
+
+
+def test_boxer_host_serve_flags_set_the_caps(tmp_path: Path) -> None:
+    """`boxer host serve --auth-deadline 0.5 --unauthenticated-per-source 1`: the second idle
+    connection from one address is closed at once, the first 0.5 s after its accept (5 s and 8
+    by default)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN.hex())
+    with socket.socket() as probe:  # --listen takes no port 0: a free one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "boxer", "host", "serve", "--listen", f"127.0.0.1:{port}",
+                             "--token-file", str(token_file), "--auth-deadline", "0.5",
+                             "--unauthenticated-per-source", "1", "--unauthenticated", "10"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"serving on 127.0.0.1:{port}" in line, line
+        first = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert first.recv(4), "no hello"
+        accepted = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
+            assert second.recv(65536) == b""  # closed before its hello: the address holds one
+        while first.recv(65536):
+            pass
+        held = time.monotonic() - accepted
+        first.close()
+        assert 0.4 < held < 2.0, held
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from boxer import _aio as aio
+from boxer.backends.vmhost.limits import AUTH_DEADLINE, UNAUTHENTICATED, UNAUTHENTICATED_PER_SOURCE
 from boxer.cli._common import endpoint_option, fail, setup_logging
 
 
@@ -33,9 +34,20 @@ def host() -> None:
 @click.option("--name", help="This host's name in logs and errors (default: the machine's).")
 @click.option("--run-as", metavar="UID[:GID]", help="Run the instances as this user (numeric), not the "
               "daemon's, so their apps can read neither the daemon's token nor another instance's.")
+@click.option("--auth-deadline", type=click.FloatRange(0.1, 300), default=AUTH_DEADLINE, show_default=True,
+              metavar="SECONDS", help="A connection that has not proved the host token this long after its "
+              "accept is closed (the whole handshake, not per read).")
+@click.option("--unauthenticated", "unauthenticated", type=click.IntRange(1, 1_000_000), default=None,
+              show_default=f"{UNAUTHENTICATED}, at most (RLIMIT_NOFILE - 24) / 2", metavar="N",
+              help="Unauthenticated connections held in all; past it the oldest is closed for the new one. "
+              "A number given here is held even past the descriptor limit.")
+@click.option("--unauthenticated-per-source", type=click.IntRange(1, 1_000_000),
+              default=UNAUTHENTICATED_PER_SOURCE, show_default=True, metavar="N",
+              help="Unauthenticated connections held from one address; past it a new one is closed at once.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
 def serve_command(listen: str, secret_file: str | None, token_file: str | None, slots: int,
-                  log_dir: str | None, name: str | None, run_as: str | None, verbose: int) -> None:
+                  log_dir: str | None, name: str | None, run_as: str | None, auth_deadline: float,
+                  unauthenticated: int | None, unauthenticated_per_source: int, verbose: int) -> None:
     """Serve the controller: start each `vm` instance it sends (the same event a function
     instance gets) as `boxer run`, stop it when asked, and report every exit."""
     from boxer.backends.vmhost.daemon import run_daemon
@@ -60,4 +72,6 @@ def serve_command(listen: str, secret_file: str | None, token_file: str | None, 
     if log_dir:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
     sys.exit(aio.run(run_daemon(token, address, slots=slots, log_dir=Path(log_dir) if log_dir else None,
-                                host=name, run_as=user)))
+                                host=name, run_as=user, auth_deadline=auth_deadline,
+                                unauthenticated=unauthenticated,
+                                unauthenticated_per_source=unauthenticated_per_source)))

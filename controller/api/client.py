@@ -77,6 +77,8 @@ class ControlClient:
     def __init__(self, target: str, *, credentials: grpc.ChannelCredentials | None = None,
                  token: str | None = None, options: tuple[tuple[str, Any], ...] = ()) -> None:
         self.target = target
+        self.tls = credentials is not None
+        self.server_name = dict(options).get("grpc.ssl_target_name_override")
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
@@ -121,7 +123,8 @@ class ControlClient:
         code = error.code() if isinstance(error, grpc.Call) else None
         details = error.details() if isinstance(error, grpc.Call) else str(error)
         if code is grpc.StatusCode.UNAVAILABLE:
-            return ControlError(f"no controller answers on {self.target} ({details})", code)
+            return ControlError(f"no controller answers on {self.target} ({details}){self._unavailable_hint(details)}",
+                                code)
         if code is grpc.StatusCode.UNAUTHENTICATED:
             return ControlError(f"the controller on {self.target} refused the credential: {details}", code)
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -132,6 +135,22 @@ class ControlClient:
         if code is grpc.StatusCode.FAILED_PRECONDITION:  # a controller host between deployments
             return ControlError(f"no deployment runs on the controller at {self.target}", code)
         return ControlError(f"the controller on {self.target}: {details}", code)
+
+    def _unavailable_hint(self, details: str | None) -> str:
+        """What is likely wrong when a TCP controller does not answer: gRPC reports a TLS mismatch
+        as an unreachable peer ('Socket closed', 'failed to connect to all addresses'), which is
+        true and says nothing of TLS."""
+        text = (details or "").lower()
+        if self.target.startswith("unix:") or "connection refused" in text:
+            return ""  # nothing listens there: no TLS question
+        if not self.tls:
+            return (": a controller host's control port speaks TLS only, and this client spoke without it;"
+                    " give --controller-ca (its CA certificate) and --controller-token-file")
+        if any(word in text for word in ("ssl", "tls", "certificate", "handshake", "verification", "socket closed")):
+            name = self.server_name or self.target.rpartition(":")[0]
+            return (f": the TLS handshake failed: is --controller-ca the CA that signed the controller host's"
+                    f" certificate, and is that certificate for {name!r} (--controller-server-name)?")
+        return ""
 
     def status(self, timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
         try:

@@ -38,6 +38,7 @@ from boxer.backends.aws_lambda.event import LambdaEvent
 from boxer.backends.aws_lambda.handler import AgentLaunch, agent_argv, agent_env
 from boxer.backends.aws_lambda.secrets import TokenFile
 from boxer.backends.errors import EventError
+from boxer.backends.vmhost.limits import AUTH_DEADLINE, UNAUTHENTICATED, UNAUTHENTICATED_PER_SOURCE
 from boxer.backends.vmhost.protocol import AuthFailed, Exited, ServerSession, StartRequested, StopRequested
 from boxer.nat_traversal.limits import Refusals
 from boxer.nat_traversal.wire import ProtocolError
@@ -48,17 +49,7 @@ log = logging.getLogger(__name__)
 
 _KEPT_EXITS = 1000  # exits no controller heard yet (it was away), told to the next one
 
-# The port is reachable from the controller's VM, and in practice from whatever else the security
-# group lets in: anyone may connect. A connection that has not authenticated is the only thing
-# a stranger can make the daemon hold, so it is bounded in time, in bytes (protocol.py's
-# MAX_UNAUTHENTICATED) and in number, as the coordinator's (nat_traversal/limits.py).
-AUTH_DEADLINE = 5.0  # seconds from the accept to a valid auth, however the bytes trickle in
-# Unauthenticated connections from one address: past it a new one is closed at once. The
-# controller opens one connection per host, one at a time, so it never needs more than one.
-UNAUTHENTICATED_PER_SOURCE = 8
-# ... and from everyone: past it the oldest is closed for the new one, so a flood from many
-# addresses delays the controller (by its next reconnect) instead of locking it out.
-UNAUTHENTICATED = 64
+# The caps on connections that have not authenticated: limits.py (boxer host serve's flags).
 _BACKLOG = 1024
 ACCEPT_PAUSE = 0.1  # out of descriptors: accepting again at once would spin
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -386,8 +377,12 @@ class HostDaemon:
 
 
 async def run_daemon(token: bytes, listen: tuple[str, int], *, slots: int, log_dir: Path | None,
-                     host: str | None = None, run_as: tuple[int, int] | None = None) -> int:
-    daemon = HostDaemon(token, host=host, slots=slots, log_dir=log_dir, run_as=run_as)
+                     host: str | None = None, run_as: tuple[int, int] | None = None,
+                     auth_deadline: float = AUTH_DEADLINE, unauthenticated: int | None = None,
+                     unauthenticated_per_source: int = UNAUTHENTICATED_PER_SOURCE) -> int:
+    daemon = HostDaemon(token, host=host, slots=slots, log_dir=log_dir, run_as=run_as,
+                        auth_deadline=auth_deadline, unauthenticated=unauthenticated,
+                        unauthenticated_per_source=unauthenticated_per_source)
     try:
         bound = await daemon.serve(*listen)
     except OSError as exc:
