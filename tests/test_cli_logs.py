@@ -406,3 +406,30 @@ def test_logs_of_a_deployment_on_a_controller_host_come_through_its_control_api(
                                          "1970-01-01T00:16:43.000Z web-1    | partial"]
     assert (unknown.returncode, unknown.stderr) == (1, "boxer: no service or instance called 'wbe': services web; "
                                                        "instances web-1, web-2\n")
+
+
+def test_cloudwatch_failing_at_a_running_controller_is_said_as_such(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller answers, CloudWatch does not (here: no AWS credentials): the one line says
+    CloudWatch's error, not that no controller answers."""
+    from test_control_api import Server
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    server = Server(srv)  # in this process: it has the environment above
+    book = InstanceLogBook(srv / "instances", wall=Clock())
+    book.started("kv-1", "kv", {"request_id": "req-1", "function": "boxer-demo", "region": REGION})
+    book.close()
+    env = {**os.environ, "BOXER_DEPLOY_STATE_ROOT": str(tmp_path / "state"), "BOXER_CONFIG_DIR": str(tmp_path / "c")}
+    with server:
+        shown = _boxer(env, "logs", "--controller", f"unix:{server.socket}", "kv-1")
+    assert shown.returncode == 1
+    assert shown.stderr.startswith(f"boxer: the controller on unix:{server.socket}: cannot read CloudWatch Logs "
+                                   "of /aws/lambda/boxer-demo: "), shown.stderr
+    assert "no controller answers" not in shown.stderr and len(shown.stderr.splitlines()) == 1

@@ -157,7 +157,7 @@ def _through_controller(client: Any, target: str, tail: int, follow: bool, since
         first = next(stream, None)
     except ControlError as exc:
         client.close()
-        if not remote and exc.code is not None and exc.code.name == "UNAVAILABLE" and "CloudWatch" not in str(exc):
+        if not remote and exc.code is not None and exc.code.name == "UNAVAILABLE":
             return None
         raise DeployError(str(exc)) from None
 

@@ -154,7 +154,9 @@ class ControlService(pb_grpc.ControlServicer):
                 await asyncio.sleep(LOG_POLL)
                 entries = await reader.entries(service, instance, final=False)
         except LogSourceError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            # A source behind the controller failed, not the controller: INTERNAL, since clients
+            # take UNAVAILABLE for "no controller answers" (and `boxer logs` then reads the files).
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         finally:
             await source.close()
 
