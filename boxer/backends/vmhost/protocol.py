@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from boxer.nat_traversal.auth import SecretError
+from boxer.nat_traversal.auth import SecretError, mac
 from boxer.nat_traversal.wire import FrameDecoder, FrameError, ProtocolError, encode_frame
 
 __all__ = [
@@ -68,6 +68,7 @@ MAX_FRAME = 256 * 1024  # an event is at most Lambda's async payload (256 KB)
 # so a peer without the token costs 4 KiB (and one read) instead of a 256 KiB frame.
 MAX_UNAUTHENTICATED = 4096
 _NONCE_BYTES = 16
+HOST_PROOF = b"boxer-v1-vmhost"
 _REF_MAX = 128
 
 
@@ -97,8 +98,9 @@ def load_host_token(path: str) -> bytes:
 
 
 def proof(token: bytes, role: str, server_nonce: str, client_nonce: str) -> str:
-    message = f"boxer-v1-vmhost|{role}|{server_nonce}|{client_nonce}".encode()
-    return hmac.new(token, message, hashlib.sha256).hexdigest()
+    """What `role` ("controller" or "host") sends to show it holds the token: over both nonces,
+    so it is good on this connection only (the same HMAC as the coordinator's proofs)."""
+    return mac(token, HOST_PROOF, role, server_nonce, client_nonce)
 
 
 class AuthFailed(ProtocolError):
