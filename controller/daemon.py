@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from boxer.controller.paths import DeployPaths
+from boxer.controller.paths import DeployPaths, write_atomic
 from boxer.controller.record import DeploymentRecord
 
 log = logging.getLogger("boxer.controller.daemon")
@@ -129,9 +129,7 @@ def _applier(paths: DeployPaths, runtime: Any, kind: str) -> Any:
             raise ApplyRefused(f"these cannot change while it runs: {', '.join(plan.refused)}", list(plan.refused))
         runtime.apply(edited, plan.rollouts)
         _apply_backend_settings(runtime, max_concurrency, register_timeout)
-        tmp = paths.applied_file.with_name(f".{paths.applied_file.name}.tmp")
-        tmp.write_bytes(content)
-        os.replace(tmp, paths.applied_file)  # what runs now, for a restart and the next apply
+        write_atomic(paths.applied_file, content)  # what runs now, for a restart and the next apply
         record = DeploymentRecord.load(paths)
         if record is not None:
             changes: dict[str, Any] = {"generation": record.generation + 1}

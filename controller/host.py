@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from boxer.controller.errors import DeploymentError, DeploymentFileError
-from boxer.controller.paths import DeployPaths, read_json, write_json_atomic
+from boxer.controller.paths import DeployPaths, read_json, write_atomic, write_json_atomic
 from boxer.controller.record import DeploymentRecord
 from boxer.controller.takedown import mark_down
 
@@ -250,9 +250,7 @@ def _here(apply: Any, paths: DeployPaths, runtime: Any, kind: str, lab: str | No
 
 def _fresh_state(paths: DeployPaths, content: bytes) -> None:
     paths.make()
-    tmp = paths.applied_file.with_name(f".{paths.applied_file.name}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, paths.applied_file)  # what runs: the file as sent (whole, for a resume)
+    write_atomic(paths.applied_file, content)  # what runs: the file as sent (whole, for a resume)
     paths.timeline.write_text("")
     paths.status.unlink(missing_ok=True)
     paths.roster.unlink(missing_ok=True)  # a new run: nothing of an earlier one to adopt

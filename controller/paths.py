@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DeployPaths", "default_state_root", "list_deployments", "read_json",
-           "write_json_atomic"]
+           "write_atomic", "write_json_atomic"]
 
 def default_state_root() -> Path:
     """/run/boxer/deploy for root (the lab backends need root anyway); for anyone else, who can
@@ -115,8 +115,13 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write then rename, so a reader never sees half a file."""
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write then rename, so a reader (or a controller resuming after a crash) never sees half
+    a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=1, default=str).encode())
