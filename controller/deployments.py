@@ -15,7 +15,8 @@ from boxer.controller.errors import DeploymentError
 from boxer.controller.paths import DeployPaths, list_deployments, read_json
 from boxer.controller.record import DeploymentRecord
 
-__all__ = ["deployment_in_lab", "last_log_error", "load_status", "paths_for", "resolve_name"]
+__all__ = ["declared_services", "deployment_in_lab", "last_log_error", "load_status", "paths_for",
+           "resolve_name"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,19 @@ def load_status(name: str | None) -> dict[str, Any] | None:
     if status is not None:
         status["running"] = False
     return status
+
+
+def declared_services(paths: DeployPaths) -> list[str]:
+    """The services of the file the deployment ran last (some may never have started); none
+    when it cannot be read. Read loosely: a file that no longer validates still names them."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(paths.applied_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    services = data.get("services") if isinstance(data, dict) else None
+    return [str(s) for s in services] if isinstance(services, dict) else []
 
 
 def last_log_error(path: Path) -> str | None:

@@ -180,6 +180,7 @@ def _from_files(paths: Any, target: str | None, controller: bool, tail: int, sin
     """What a stopped deployment left: its instances' logs, or its controller's."""
     from boxer.cli.deploy import DeployError
     from boxer.controller.api.client import LogLine
+    from boxer.controller.deployments import declared_services
     from boxer.controller.instance_logs import LogReader, LogSourceError, UnknownLogTarget, lambda_source
 
     if controller:
@@ -193,7 +194,7 @@ def _from_files(paths: Any, target: str | None, controller: bool, tail: int, sin
     async def read() -> list[Any]:
         source = lambda_source()
         try:
-            reader = LogReader(paths.instances, _declared(paths), cloudwatch=source.entries)
+            reader = LogReader(paths.instances, declared_services(paths), cloudwatch=source.entries)
             service, instance = reader.resolve(target)
             return await reader.entries(service, instance, since=since, tail=tail, final=True)
         finally:
@@ -207,22 +208,11 @@ def _from_files(paths: Any, target: str | None, controller: bool, tail: int, sin
 
 
 def _choices(paths: Any) -> str:
+    from boxer.controller.deployments import declared_services
     from boxer.controller.instance_logs import LogReader
 
-    reader = LogReader(paths.instances, _declared(paths))
+    reader = LogReader(paths.instances, declared_services(paths))
     reader.refresh()
     services = ", ".join(sorted(reader.services())) or "none yet"
     instances = ", ".join(reader.instances()) or "none yet"
     return f"services {services}; instances {instances} (`boxer logs SERVICE`)"
-
-
-def _declared(paths: Any) -> list[str]:
-    """The services of the file the deployment ran last (some may never have started)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(paths.applied_file.read_text())
-    except (OSError, yaml.YAMLError):
-        return []
-    services = data.get("services") if isinstance(data, dict) else None
-    return [str(s) for s in services] if isinstance(services, dict) else []
