@@ -22,7 +22,7 @@ import click
 
 from boxer.cli import _context
 
-__all__ = ["Remote", "chosen", "controller_options", "forget", "remember"]
+__all__ = ["Remote", "chosen", "controller_options", "forget", "is_remote_deployment", "remember"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 KEYS = ("controller", "controller_ca", "controller_token_file", "controller_server_name")
@@ -123,5 +123,6 @@ def forget() -> None:
 
 
 def is_remote_deployment(name: str) -> bool:
+    """Whether `name` is the deployment the context last sent to a controller host."""
     return bool(_context.current("controller")) and _context.current("controller_deployment") == name
 
