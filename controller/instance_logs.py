@@ -16,6 +16,12 @@ A Lambda instance's output is in CloudWatch Logs (the function's log group, foun
 invocation's request id between `START RequestId: ...` and `END RequestId: ...`), with
 CloudWatch's own times (cloudwatch_entries).
 
+A vm instance's output (the lambda backend's vm tier, on AWS or lambda-local) stays on its vm
+host: its index entry names the host daemon and the instance's ref there, and the reader asks
+that daemon (`logs`, boxer.backends.vmhost.protocol) through the running controller's vm tier,
+with the host's own times of each line (host_entries). Once the controller has stopped, nothing
+holds the host token to ask with, and only its start and exit are shown.
+
 Reading is the same while the controller runs (the control API's Logs, controller/api/server.py)
 and after it stopped (`boxer logs` reads the files itself).
 """
@@ -86,7 +92,7 @@ class InstanceLogBook:
         """An instance was launched; `details` is its handle's (host, log, log_offset, pid, or
         request_id and function)."""
         entry: dict[str, Any] = {"t": round(self.wall(), 3), "kind": "start", "name": name, "service": service}
-        for key in ("host", "pid", "log", "log_offset", "request_id", "function"):
+        for key in ("host", "pid", "log", "log_offset", "request_id", "function", "daemon", "ref"):
             if details.get(key) is not None:
                 entry[key] = details[key]
         if region and details.get("request_id"):
@@ -140,6 +146,8 @@ class _Segment:
     request_id: str | None = None
     function: str | None = None
     region: str | None = None
+    daemon: str | None = None  # a vm instance: its host daemon ("ip:port") and its ref there
+    ref: str | None = None
     position: int = -1  # how far it has been read (follow); -1: not yet
     partial: bytes = b""
     cloudwatch: dict[str, Any] = field(default_factory=dict)
@@ -191,10 +199,12 @@ class LogReader:
     """The logs of a deployment's instances, from its instances/ folder. `entries(names)` gives
     what is there now; calling it again gives only what was added since (follow)."""
 
-    def __init__(self, folder: Path, services: Iterable[str] = (), cloudwatch: Any = None) -> None:
+    def __init__(self, folder: Path, services: Iterable[str] = (), cloudwatch: Any = None,
+                 vm_hosts: Any = None) -> None:
         self.folder = folder
         self.declared = set(services)  # services of the deployment file (some may never have run)
         self.cloudwatch = cloudwatch  # async (segment, since) -> entries, for Lambda instances
+        self.vm_hosts = vm_hosts  # async (daemon, ref, offset) -> its answer (VmTier.read_log), for vm instances
         self._index_read = 0
         self._segments: list[_Segment] = []
         self._events: list[LogEntry] = []
@@ -216,7 +226,7 @@ class LogReader:
         if entry["kind"] == "start":
             segment = _Segment(name, service, at, log=entry.get("log"), start=int(entry.get("log_offset") or 0),
                                request_id=entry.get("request_id"), function=entry.get("function"),
-                               region=entry.get("region"))
+                               region=entry.get("region"), daemon=entry.get("daemon"), ref=entry.get("ref"))
             if segment.log is not None:
                 for earlier in self._segments:  # the one before it in the same file ends here
                     if earlier.log == segment.log and earlier.end is None:
@@ -276,6 +286,8 @@ class LogReader:
                 if tail > 0 and segment.position < 0:  # only the end of it is wanted: skip the rest
                     segment.position = _start_of_last_lines(segment, tail)
                 out += self._file_lines(segment, final)
+            elif segment.daemon is not None and segment.ref is not None and self.vm_hosts is not None:
+                out += await host_entries(self.vm_hosts, segment, tail, final)
             elif segment.request_id is not None and self.cloudwatch is not None:
                 out += await self.cloudwatch(segment, since)
         if since is not None:
@@ -362,6 +374,56 @@ def _tail_per_instance(entries: list[LogEntry], tail: int) -> list[LogEntry]:
             left[entry.instance] = count + 1
             kept.append(entry)
     return kept[::-1]
+
+
+# -- vm hosts, for the vm tier --------------------------------------------------------------------
+
+HOST_TAIL_BYTES = 1024 * 1024  # of a vm instance's output read for --tail (one answer's worth)
+HOST_READS = 16  # answers (of at most 1 MiB each) read per call: a follower reads the rest next time
+
+
+async def host_entries(read_log: Any, segment: _Segment, tail: int, final: bool) -> list[LogEntry]:
+    """A vm instance's new lines, asked from its host daemon from where the last call ended.
+    A chunk's time is the host's for each of its lines; output the host rotated away before it
+    was read is one event saying how much."""
+    if segment.position < 0:
+        segment.position = -HOST_TAIL_BYTES if tail > 0 else 0
+    out: list[LogEntry] = []
+    running = True
+    if segment.cloudwatch.get("unreadable"):
+        return []
+    for _ in range(HOST_READS):
+        try:
+            answer = await read_log(segment.daemon, segment.ref, segment.position)
+        except LogSourceError as exc:  # once, and the other instances are still shown
+            segment.cloudwatch["unreadable"] = True
+            return out + [LogEntry(time.time(), segment.name, segment.service,
+                                   f"cannot read its output: {exc}", True)]
+        running = answer.running
+        if segment.position >= 0 and answer.chunks and answer.start > segment.position:
+            skipped = answer.start - segment.position
+            out.append(LogEntry(answer.chunks[0].at, segment.name, segment.service,
+                                f"{skipped} bytes of output skipped (rotated away on its vm host)", True))
+            segment.partial = b""
+        for chunk in answer.chunks:
+            data = segment.partial + chunk.data
+            lines = data.split(b"\n")
+            segment.partial = lines.pop()
+            out += [LogEntry(chunk.at, segment.name, segment.service,
+                             raw[:LINE_LIMIT].decode(errors="replace").rstrip("\r")) for raw in lines]
+            if len(segment.partial) > LINE_LIMIT:  # a line without end: shown in pieces
+                out.append(LogEntry(chunk.at, segment.name, segment.service,
+                                    segment.partial[:LINE_LIMIT].decode(errors="replace")))
+                segment.partial = b""
+        if answer.chunks:
+            segment.position = answer.end
+        if not answer.chunks or answer.end >= answer.size:
+            break
+    if segment.partial and (final or not running):  # its last words without a newline
+        out.append(LogEntry(time.time(), segment.name, segment.service,
+                            segment.partial.decode(errors="replace").rstrip("\r")))
+        segment.partial = b""
+    return out
 
 
 # -- CloudWatch Logs, for the lambda backend --------------------------------------------------------

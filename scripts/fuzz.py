@@ -21,7 +21,9 @@ Targets (each runs in its own process, since atheris owns the process it fuzzes)
   only IpcError; what unpacks packs and unpacks to the same message.
 * `vmhost`: bytes -> the vm host daemon's protocol (boxer/backends/vmhost/protocol.py), both
   ends, each fresh or past its handshake, fed in pieces; a start's event -> LambdaEvent. Only
-  ProtocolError (EventError for the event) may come out.
+  ProtocolError (EventError for the event) may come out. Past the handshake, a `log` chunk of
+  fuzzed bytes the daemon sends must reach the controller as the same chunk, and any chunk the
+  controller accepts holds at most LOG_CHUNK bytes.
 * `handshake`: the vm host handshake between a daemon and a controller (the right token or
   another), with an attacker in between who delivers, cuts, injects fuzzed frames and replays
   frames captured from an earlier connection. Nothing but ProtocolError may come out, and no
@@ -333,7 +335,9 @@ def ipc_target(data: bytes) -> None:
 VMHOST_MESSAGES = {"hello": ["v", "nonce", "host", "slots"], "auth": ["v", "nonce", "proof"],
                    "welcome": ["proof", "running", "exits"], "refused": ["reason"], "start": ["ref", "event"],
                    "started": ["ref", "pid"], "start_failed": ["ref", "reason"], "stop": ["ref", "grace"],
-                   "exited": ["ref", "status", "reason"], "ping": [], "pong": ["running"]}
+                   "exited": ["ref", "status", "reason"], "ping": [], "pong": ["running"],
+                   "logs": ["id", "ref", "offset"], "log": ["id", "offset", "data", "at", "size", "running", "end"],
+                   "log_failed": ["id", "reason"]}
 VMHOST_TOKEN = bytes(range(32))
 _EVENT = {"version": 2, "name": "kv-1", "service": "kv", "index": 1, "command": ["redis-server"],
           "coordinator": "198.18.1.1:7000", "instance": "9f0c2e4a1b3d5e7f", "token": "ab" * 32,
@@ -354,7 +358,11 @@ def vmhost_wire(fdp) -> dict:
             for _ in range(fdp.ConsumeIntInRange(0, 3)):
                 event[fdp.PickValueInList([*_EVENT, "secret", "x"])] = value(fdp, 1)
             wire[name] = event
-        elif name in ("running", "exits") and fdp.ConsumeBool():
+        elif name == "data" and fdp.ConsumeBool():  # base64, of any bytes, maybe one past a chunk
+            import base64
+
+            wire[name] = base64.b64encode(fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 49153))).decode()
+        elif name in ("running", "exits") and kind != "log" and fdp.ConsumeBool():
             wire[name] = [{"ref": value(fdp, 2), "pid": value(fdp, 2), "status": value(fdp, 2),
                            "reason": value(fdp, 2)} for _ in range(fdp.ConsumeIntInRange(0, 3))]
         else:
@@ -378,12 +386,13 @@ def vmhost_stream(fdp) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-def _vmhost_pair(fdp):
+def _vmhost_pair(fdp, depth: int | None = None):
     from boxer.backends.vmhost import protocol
 
     server = protocol.ServerSession(VMHOST_TOKEN, "p1", 2, nonce="a" * 32)
     client = protocol.ClientSession(VMHOST_TOKEN, nonce="b" * 32)
-    depth = fdp.ConsumeIntInRange(0, 2)  # 0: fresh, 1: the client past hello, 2: both past the handshake
+    if depth is None:  # 0: fresh, 1: the client past hello, 2: both past the handshake
+        depth = fdp.ConsumeIntInRange(0, 2)
     if depth >= 1:
         client.receive(server.data_to_send())
     if depth == 2:
@@ -415,9 +424,21 @@ def vmhost_target(data: bytes) -> None:
                         LambdaEvent.from_dict(event.event)
                     except EventError:
                         pass
+                elif isinstance(event, protocol.LogChunk) and len(event.data) > protocol.LOG_CHUNK:
+                    raise AssertionError(f"a log chunk of {len(event.data)} bytes was accepted")
     except ProtocolError:
         pass
     server.data_to_send()  # whatever it queued (a refusal) encodes
+    if server.authenticated and client.ready and not to_server:
+        fresh_server, fresh_client = _vmhost_pair(fdp, depth=2)
+        chunk = protocol.LogChunk(fdp.ConsumeIntInRange(0, 2**31), fdp.ConsumeIntInRange(0, 2**53),
+                                  fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, protocol.LOG_CHUNK)),
+                                  round(fdp.ConsumeFloatInRange(0, 1e10), 3), fdp.ConsumeIntInRange(0, 2**53),
+                                  fdp.ConsumeBool(), fdp.ConsumeBool())
+        fresh_server.log(chunk)
+        got = fresh_client.receive(fresh_server.data_to_send())
+        if got != [chunk]:
+            raise AssertionError(f"a log chunk arrived as {got!r}")
 
 
 def handshake_target(data: bytes) -> None:

@@ -4,6 +4,7 @@ protocol byte by byte, authentication both ways, start, exit, stop, a lost host,
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -78,7 +79,7 @@ def test_before_auth_anything_else_is_a_protocol_error() -> None:
 def _frame(obj: dict) -> bytes:
     from boxer.nat_traversal.wire import encode_frame
 
-    return encode_frame(obj)
+    return encode_frame(obj, protocol.MAX_FRAME)
 
 
 def test_instance_argv_is_the_handlers_without_a_lifetime(tmp_path: Path) -> None:
@@ -316,3 +317,147 @@ def test_boxer_host_serve_refuses_a_bad_token_file_in_one_line(tmp_path: Path, c
     assert result.stderr.strip().splitlines()[-1].startswith(
         "boxer: no credential for the host daemon: " + message.format(path=path)), result.stderr
     assert "abab" not in result.stderr and "nothex" not in result.stderr  # never the value
+
+
+# -- an instance's output: kept on the host, read with `logs` ----------------------------------
+
+def _ready_pair() -> tuple[protocol.ServerSession, protocol.ClientSession]:
+    server, client = _pair()
+    client.receive(server.data_to_send())
+    assert server.receive(client.data_to_send()) == ["authenticated"]
+    server.welcome({}, [])
+    client.receive(server.data_to_send())
+    assert client.ready
+    return server, client
+
+
+def test_logs_request_and_chunks_byte_by_byte() -> None:
+    server, client = _ready_pair()
+    client.logs(7, "web-1.1", 0)
+    client.logs(8, "web-1.1", -4096)
+    events: list[object] = []
+    for byte in client.data_to_send():
+        events += server.receive(bytes([byte]))
+    assert events == [protocol.LogsRequested(7, "web-1.1", 0), protocol.LogsRequested(8, "web-1.1", -4096)]
+    first = protocol.LogChunk(7, 0, b"hello\n\xff\x00", 1700000000.25, 20, True, False)
+    last = protocol.LogChunk(7, 8, b"world\n", 1700000001.5, 20, True, True)
+    server.log(first)
+    server.log(last)
+    server.log_failed(8, "no output of web-1.1 on vm host p1")
+    wire = server.data_to_send()
+    got: list[object] = []
+    for byte in wire:
+        got += client.receive(bytes([byte]))
+    assert got == [first, last, protocol.LogFailed(8, "no output of web-1.1 on vm host p1")]
+    # data travels as base64 (any bytes, JSON text); a full chunk's frame stays far under MAX_FRAME.
+    assert b'"data": "aGVsbG8K/wA="' in wire or b'"data":"aGVsbG8K/wA="' in wire
+    server.log(protocol.LogChunk(1, 0, b"x" * protocol.LOG_CHUNK, 1.0, protocol.LOG_CHUNK, False, True))
+    assert len(server.data_to_send()) < protocol.MAX_FRAME // 3
+    with pytest.raises(ValueError, match="at most"):
+        server.log(protocol.LogChunk(1, 0, b"x" * (protocol.LOG_CHUNK + 1), 1.0, 0, False, True))
+
+
+@pytest.mark.parametrize("frame, error", [
+    ({"t": "logs", "id": 1, "ref": "web-1.1", "offset": -protocol.LOG_REQUEST - 1}, "offset must be"),
+    ({"t": "logs", "id": -1, "ref": "web-1.1", "offset": 0}, "id must be"),
+    ({"t": "logs", "id": 1, "ref": "", "offset": 0}, "ref must be"),
+    ({"t": "logs", "id": 1, "ref": "web-1.1", "offset": 1.5}, "offset must be"),
+])
+def test_a_malformed_logs_request_is_a_protocol_error(frame: dict, error: str) -> None:
+    server, _ = _ready_pair()
+    with pytest.raises(ProtocolError, match=error):
+        server.receive(_frame(frame))
+
+
+@pytest.mark.parametrize("change, error", [
+    ({"data": "not base64!"}, "not base64"),
+    ({"data": "A" * (4 * protocol.LOG_CHUNK // 3 + 8)}, "at most"),
+    ({"data": "\u00e9"}, "not base64"),
+    ({"running": 1}, "running must be"),
+    ({"end": None}, "end must be"),
+    ({"offset": -1}, "offset must be"),
+    ({"at": "now"}, "at must be"),
+])
+def test_a_malformed_log_chunk_is_a_protocol_error(change: dict, error: str) -> None:
+    _, client = _ready_pair()
+    frame = {"t": "log", "id": 1, "offset": 0, "data": "aGk=", "at": 1.0, "size": 2, "running": True,
+             "end": True, **change}
+    with pytest.raises(ProtocolError, match=error):
+        client.receive(_frame(frame))
+
+
+def test_logs_before_auth_is_refused() -> None:
+    server, client = _pair()
+    client.receive(server.data_to_send())
+    with pytest.raises(ProtocolError, match="expected auth"):
+        server.receive(_frame({"t": "logs", "id": 1, "ref": "web-1.1", "offset": 0}))
+
+
+def test_instance_output_is_capped_rotated_and_read_in_timed_chunks(tmp_path: Path) -> None:
+    from boxer.backends.vmhost.output import InstanceOutput
+
+    clock = [1000.0]
+    path = tmp_path / "web-1.p1.log"
+    path.write_bytes(b"an earlier instance's line\n")
+    output = InstanceOutput(path, cap=protocol.LOG_CHUNK * 2, wall=lambda: clock[0])
+    output.write(b"one\n")
+    clock[0] += 0.1
+    output.write(b"two\n")  # the same quarter second: one mark
+    clock[0] += 1.0
+    output.write(b"three\n")
+    start, pieces = output.read(0)
+    assert start == 0 and pieces == [(0, b"one\ntwo\n", 1000.0), (8, b"three\n", 1001.1)]
+    assert output.read(-6) == (8, [(8, b"three\n", 1001.1)])
+    assert output.read(5) == (5, [(5, b"wo\n", 1000.0), (8, b"three\n", 1001.1)])
+    # Past the cap the file is rotated to .1: what it held is no longer readable, the offsets go on.
+    clock[0] += 1.0
+    output.write(b"y" * (protocol.LOG_CHUNK * 2 - 10))
+    assert (tmp_path / "web-1.p1.log.1").read_bytes().startswith(b"an earlier instance's line\none\n")
+    assert path.stat().st_size == protocol.LOG_CHUNK * 2 - 10 and output.size == 14 + protocol.LOG_CHUNK * 2 - 10
+    start, pieces = output.read(0)
+    assert start == 14 and pieces[0][0] == 14 and [len(p[1]) for p in pieces] == [protocol.LOG_CHUNK,
+                                                                                  protocol.LOG_CHUNK - 10]
+    assert all(p[2] == 1002.1 for p in pieces)
+    output.close()
+
+
+def test_boxer_logs_reads_a_vm_instance_from_its_host_and_follows_it(tmp_path: Path, secret_file: Path) -> None:
+    """The tier asks the daemon (real TCP) for an instance's output, all of it or from an offset,
+    while it runs and after it ended; the controller's reader turns that into lines."""
+    from boxer.controller.instance_logs import LogReader
+
+    async def main() -> None:
+        daemon, address = await _daemon(tmp_path, 'echo first; echo "second $GREETING"; '
+                                        'while [ ! -e "$OUT/go" ]; do sleep 0.05; done; echo third; exec sleep 30')
+        daemon.log_dir = tmp_path
+        tier = VmTier(StaticHosts([address]), TOKEN, backend="lambda", event_for=_event(secret_file), stop_grace=1.0)
+        try:
+            handle = await tier.launch(_spec())
+            ref = handle.details["ref"]
+            await _until(lambda: daemon.outputs[ref].size >= len(b"first\nsecond hi\n"))
+            read = await tier.read_log(address, ref, 0)
+            assert b"".join(c.data for c in read.chunks) == b"first\nsecond hi\n" and read.running
+            assert read.end == read.size == 16 and read.chunks[-1].end
+            (tmp_path / "instances").mkdir()
+            (tmp_path / "instances" / "index.jsonl").write_text(json.dumps(
+                {"t": 1.0, "kind": "start", "name": "web-1", "service": "web", "host": "p1", "daemon": address,
+                 "ref": ref}) + "\n")
+            reader = LogReader(tmp_path / "instances", ["web"], vm_hosts=tier.read_log)
+            lines = await reader.entries("web", None, final=False)
+            assert [(e.instance, e.text) for e in lines] == [("web-1", "started on p1"), ("web-1", "first"),
+                                                             ("web-1", "second hi")]
+            assert await reader.entries("web", None, final=False) == []
+            (tmp_path / "go").touch()
+            await _until(lambda: daemon.outputs[ref].size > 16)
+            assert [e.text for e in await reader.entries("web", None, final=False)] == ["third"]
+            assert (tmp_path / "web-1.p1.log").read_bytes() == b"first\nsecond hi\nthird\n"
+            await tier.stop(handle)
+            after = await tier.read_log(address, ref, -6)
+            assert b"".join(c.data for c in after.chunks) == b"third\n" and not after.running
+            with pytest.raises(Exception, match="no output of web-9.9 on vm host p1"):
+                await tier.read_log(address, "web-9.9", 0)
+        finally:
+            await tier.close()
+            await daemon.close(1.0)
+
+    asyncio.run(main())

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from boxer import _aio as aio
-from boxer.backends.vmhost.limits import AUTH_DEADLINE, UNAUTHENTICATED, UNAUTHENTICATED_PER_SOURCE
+from boxer.backends.vmhost.limits import AUTH_DEADLINE, DEFAULT_CAP, UNAUTHENTICATED, UNAUTHENTICATED_PER_SOURCE
 from boxer.cli._common import endpoint_option, fail, setup_logging
 
 
@@ -30,7 +30,11 @@ def host() -> None:
               help="Instances at once. An app binds its ports on the host's address, so one instance "
               "per host unless the services use distinct ports.")
 @click.option("--log-dir", type=click.Path(file_okay=False), help="Each instance's output goes to "
-              "NAME.HOST.log here (default: the daemon's own stderr is left alone, output dropped).")
+              "NAME.HOST.log here, where the controller reads it (boxer logs); default: a folder of the "
+              "daemon's own, removed when it stops.")
+@click.option("--log-cap", type=click.IntRange(1, 1_000_000), default=DEFAULT_CAP // 2**20, show_default=True,
+              metavar="MIB", help="An instance's log file is rotated to NAME.HOST.log.1 past this many MiB "
+              "(a host keeps at most twice this per instance name).")
 @click.option("--name", help="This host's name in logs and errors (default: the machine's).")
 @click.option("--run-as", metavar="UID[:GID]", help="Run the instances as this user (numeric), not the "
               "daemon's, so their apps can read neither the daemon's token nor another instance's.")
@@ -46,7 +50,7 @@ def host() -> None:
               help="Unauthenticated connections held from one address; past it a new one is closed at once.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
 def serve_command(listen: str, secret_file: str | None, token_file: str | None, slots: int,
-                  log_dir: str | None, name: str | None, run_as: str | None, auth_deadline: float,
+                  log_dir: str | None, log_cap: int, name: str | None, run_as: str | None, auth_deadline: float,
                   unauthenticated: int | None, unauthenticated_per_source: int, verbose: int) -> None:
     """Serve the controller: start each `vm` instance it sends (the same event a function
     instance gets) as `boxer run`, stop it when asked, and report every exit."""
@@ -72,6 +76,6 @@ def serve_command(listen: str, secret_file: str | None, token_file: str | None, 
     if log_dir:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
     sys.exit(aio.run(run_daemon(token, address, slots=slots, log_dir=Path(log_dir) if log_dir else None,
-                                host=name, run_as=user, auth_deadline=auth_deadline,
+                                host=name, run_as=user, log_cap=log_cap * 2**20, auth_deadline=auth_deadline,
                                 unauthenticated=unauthenticated,
                                 unauthenticated_per_source=unauthenticated_per_source)))

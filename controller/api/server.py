@@ -134,7 +134,7 @@ class ControlService(pb_grpc.ControlServicer):
         deployment = getattr(self.runtime, "deployment", None)
         source = lambda_source()
         reader = LogReader(self.instance_logs, deployment.services if deployment is not None else (),
-                           cloudwatch=source.entries)
+                           cloudwatch=source.entries, vm_hosts=self._vm_host_logs())
         try:
             service, instance = reader.resolve(request.name)
         except UnknownLogTarget as exc:
@@ -159,6 +159,24 @@ class ControlService(pb_grpc.ControlServicer):
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         finally:
             await source.close()
+
+    def _vm_host_logs(self) -> Callable[[str, str, int], Awaitable[Any]] | None:
+        """How the reader asks a vm host for an instance's output: through the backend's vm tier
+        (its connections and the host token), when the backend has one."""
+        tier = getattr(getattr(self.runtime, "backend", None), "vm_tier", None)
+        if tier is None:
+            return None
+
+        async def read(daemon: str, ref: str, offset: int) -> Any:
+            from boxer.backends.vmhost.tier import VmLogError
+            from boxer.controller.instance_logs import LogSourceError
+
+            try:
+                return await tier.read_log(daemon, ref, offset)
+            except VmLogError as exc:
+                raise LogSourceError(str(exc)) from None
+
+        return read
 
     async def _controller_log(self, request: pb.LogsRequest) -> AsyncIterator[pb.LogLine]:
         with open(self.log_file, errors="replace") as file:

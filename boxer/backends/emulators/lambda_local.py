@@ -299,8 +299,6 @@ class LocalLambdaBackend(LocalBackend):
             return f"{host.address}:{self.host_port}"
 
         addresses = await asyncio.gather(*(start(host) for host in self.lab.public_hosts))
-        hosts = self.lab.public_hosts
-        self._vm_host_names = {address: host.name for address, host in zip(addresses, hosts, strict=True)}
         self.vm_tier = VmTier(StaticHosts(list(addresses)), token, backend=self.name,
                               event_for=self.vm_event, stop_grace=self.stop_grace, host_wait=self.host_wait)
         log.info("vm tier: host daemons on %s", ", ".join(addresses))
@@ -318,12 +316,8 @@ class LocalLambdaBackend(LocalBackend):
         if not (self.host_daemons and spec.placement is Placement.VM):
             return await super().launch(spec)
         tier = await self.vm_hosts_ready()
+        # Its output is read from its host daemon (`logs`), as on AWS: no details["log"].
         handle: InstanceHandle = await tier.launch(spec)
-        host = self._vm_host_names.get(handle.details["daemon"])
-        if self.log_dir is not None and host is not None:
-            path = self.log_dir / f"{spec.name}.{host}.log"
-            handle.details["log"] = str(path)
-            handle.details["log_offset"] = 0
         return handle
 
     async def stop(self, handle: InstanceHandle) -> None:

@@ -27,9 +27,11 @@ import errno
 import logging
 import os
 import resource
+import shutil
 import signal
 import socket
-from collections import deque
+import tempfile
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,16 @@ from boxer.backends.aws_lambda.handler import AgentLaunch, agent_argv, agent_env
 from boxer.backends.aws_lambda.secrets import TokenFile
 from boxer.backends.errors import EventError
 from boxer.backends.vmhost.limits import AUTH_DEADLINE, UNAUTHENTICATED, UNAUTHENTICATED_PER_SOURCE
-from boxer.backends.vmhost.protocol import AuthFailed, Exited, ServerSession, StartRequested, StopRequested
+from boxer.backends.vmhost.output import DEFAULT_CAP, InstanceOutput
+from boxer.backends.vmhost.protocol import (
+    AuthFailed,
+    Exited,
+    LogChunk,
+    LogsRequested,
+    ServerSession,
+    StartRequested,
+    StopRequested,
+)
 from boxer.nat_traversal.limits import Refusals
 from boxer.nat_traversal.wire import ProtocolError
 
@@ -48,6 +59,8 @@ __all__ = ["HostDaemon", "instance_argv"]
 log = logging.getLogger(__name__)
 
 _KEPT_EXITS = 1000  # exits no controller heard yet (it was away), told to the next one
+_KEPT_OUTPUTS = 100  # ended instances whose output `logs` still reads (their files stay regardless)
+_DRAIN = 2.0  # seconds an ended instance's pipe may stay open (a descendant holding it) before it is cut
 
 # The caps on connections that have not authenticated: limits.py (boxer host serve's flags).
 _BACKLOG = 1024
@@ -85,6 +98,8 @@ class _Instance:
     name: str
     process: asyncio.subprocess.Process
     token_file: TokenFile
+    output: InstanceOutput
+    pump: asyncio.Task[None] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
 
@@ -96,18 +111,25 @@ class HostDaemon:
                  argv_for: Callable[[AgentLaunch], list[str]] | None = None,
                  run_as: tuple[int, int] | None = None,
                  auth_deadline: float = AUTH_DEADLINE, unauthenticated: int | None = None,
-                 unauthenticated_per_source: int = UNAUTHENTICATED_PER_SOURCE) -> None:
+                 unauthenticated_per_source: int = UNAUTHENTICATED_PER_SOURCE,
+                 log_cap: int = DEFAULT_CAP) -> None:
         """`argv_for`: tests put a plain command in place of `boxer run` (as make_handler's);
         the event, token file, environment, process group and exits stay the real path.
         `run_as`: (uid, gid) the instances run as, not the daemon's user, so that an app cannot
         read the daemon's token (root-only) nor signal the daemon; each instance's token file
-        is then given to that user."""
+        is then given to that user. `log_dir`: where each instance's output is kept (NAME.HOST.log,
+        at most `log_cap` bytes before it is rotated to .1: output.py); without one, a folder of
+        the daemon's own, removed when it stops."""
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.token = token
         self.host = host or socket.gethostname()
         self.slots = slots
         self.log_dir = log_dir
+        self.log_cap = log_cap
+        self._own_log_dir: str | None = None
+        # ref -> its output: the running instances' and the last _KEPT_OUTPUTS ended ones'.
+        self.outputs: OrderedDict[str, InstanceOutput] = OrderedDict()
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.token_dir = token_dir
         self.argv_for = argv_for or instance_argv
@@ -257,8 +279,33 @@ class HostDaemon:
                     await self._start(session, event)
                 elif isinstance(event, StopRequested):
                     self._spawn(self._stop(event.ref, event.grace))
+                elif isinstance(event, LogsRequested):
+                    self._answer_logs(session, event)
+                    # Each answer may be a MiB: sent before the next request of this read is read.
+                    writer.write(session.data_to_send())
+                    await writer.drain()
             writer.write(session.data_to_send())
             await writer.drain()
+
+    def _answer_logs(self, session: ServerSession, request: LogsRequested) -> None:
+        output = self.outputs.get(request.ref)
+        if output is None:
+            session.log_failed(request.id, f"no output of {request.ref} on vm host {self.host} (never ran here,"
+                               f" or ended before the last {_KEPT_OUTPUTS} that ended)")
+            return
+        start, pieces = output.read(request.offset)
+        if not pieces:
+            pieces = [(start, b"", output.marks[-1][1] if output.marks else output.started_at)]
+        for at, (offset, data, when) in enumerate(pieces):
+            session.log(LogChunk(request.id, offset, data, when, output.size, output.running,
+                                 at == len(pieces) - 1))
+
+    def _output_folder(self) -> Path:
+        if self.log_dir is not None:
+            return self.log_dir
+        if self._own_log_dir is None:
+            self._own_log_dir = tempfile.mkdtemp(prefix="boxer-host-output-")
+        return Path(self._own_log_dir)
 
     # -- instances -----------------------------------------------------------------------------
 
@@ -275,8 +322,7 @@ class HostDaemon:
         except EventError as exc:
             session.start_failed(ref, str(exc))
             return
-        out: int | object = asyncio.subprocess.DEVNULL
-        log_file = None
+        output: InstanceOutput | None = None
         user: dict[str, object] = {}
         try:
             # Out of descriptors (a flood) or disk: the controller hears why, and its
@@ -288,9 +334,7 @@ class HostDaemon:
                     for path in (token_file.path.parent, token_file.path):
                         os.chown(path, uid, gid)
                     user = {"user": uid, "group": gid, "extra_groups": []}
-                if self.log_dir is not None:
-                    log_file = open(self.log_dir / f"{event.name}.{self.host}.log", "ab")  # noqa: SIM115
-                    out = log_file
+                output = InstanceOutput(self._output_folder() / f"{event.name}.{self.host}.log", self.log_cap)
             except OSError:
                 token_file.remove()
                 raise
@@ -299,27 +343,58 @@ class HostDaemon:
             return
         launch = AgentLaunch(event, token_file.path, event.lifetime or 0.0)
         try:
+            # Its output through a pipe of ours, not straight to the file: the daemon caps the
+            # file (and the app cannot rewrite what it logged), and knows when each line came.
             process = await asyncio.create_subprocess_exec(
                 *self.argv_for(launch), env=agent_env(launch, self.base_env),
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True, **user)  # type: ignore[arg-type]  # its group: stopped as one
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True, limit=65536, **user)  # type: ignore[arg-type]  # its group: stopped as one
         except OSError as exc:
             token_file.remove()
+            output.close()
             session.start_failed(ref, f"cannot start boxer run on {self.host}: {exc.strerror}")
             return
-        finally:
-            if log_file is not None:
-                log_file.close()
-        instance = _Instance(ref, event.name, process, token_file)
+        instance = _Instance(ref, event.name, process, token_file, output)
+        self._keep_output(ref, output)
+        assert process.stdout is not None
+        instance.pump = asyncio.get_running_loop().create_task(self._pump(output, process.stdout))
         self.instances[ref] = instance
         session.started(ref, process.pid)
         log.info("started %s (%s) as pid %d", event.name, ref, process.pid)
         self._spawn(self._wait(instance))
 
+    def _keep_output(self, ref: str, output: InstanceOutput) -> None:
+        self.outputs.pop(ref, None)
+        self.outputs[ref] = output
+        ended = [r for r, o in self.outputs.items() if not o.running and r != ref]
+        for old in ended[:max(0, len(ended) - _KEPT_OUTPUTS)]:
+            del self.outputs[old]
+
+    async def _pump(self, output: InstanceOutput, stream: asyncio.StreamReader) -> None:
+        while data := await stream.read(65536):
+            rotations = output.rotations
+            try:
+                output.write(data)
+            except OSError as exc:  # a full disk: the output is dropped, the instance runs on
+                log.warning("cannot keep the output of %s: %s", output.path, exc.strerror)
+                continue
+            if output.rotations != rotations:  # the instances before it in that file lose theirs
+                for other in self.outputs.values():
+                    if other is not output and other.path == output.path and not other.running:
+                        other.lost_file()
+
     async def _wait(self, instance: _Instance) -> None:
         code = await instance.process.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(instance.process.pid, signal.SIGKILL)  # what the app left in its group
+        if instance.pump is not None:  # its last lines before its exit is told
+            try:
+                await asyncio.wait_for(asyncio.shield(instance.pump), _DRAIN)
+            except asyncio.TimeoutError:  # a descendant in another session holds the pipe
+                instance.pump.cancel()
+        instance.output.close()
+        if instance.process.stdout is not None:
+            instance.process.stdout.feed_eof()
         instance.token_file.remove()
         self.instances.pop(instance.ref, None)
         instance.ended.set()
@@ -374,13 +449,17 @@ class HostDaemon:
             await asyncio.wait_for(asyncio.gather(*waits), grace + 2)
         for task in list(self._tasks):
             task.cancel()
+        for output in self.outputs.values():
+            output.close()
+        if self._own_log_dir is not None:
+            shutil.rmtree(self._own_log_dir, ignore_errors=True)
 
 
 async def run_daemon(token: bytes, listen: tuple[str, int], *, slots: int, log_dir: Path | None,
                      host: str | None = None, run_as: tuple[int, int] | None = None,
                      auth_deadline: float = AUTH_DEADLINE, unauthenticated: int | None = None,
-                     unauthenticated_per_source: int = UNAUTHENTICATED_PER_SOURCE) -> int:
-    daemon = HostDaemon(token, host=host, slots=slots, log_dir=log_dir, run_as=run_as,
+                     unauthenticated_per_source: int = UNAUTHENTICATED_PER_SOURCE, log_cap: int = DEFAULT_CAP) -> int:
+    daemon = HostDaemon(token, host=host, slots=slots, log_dir=log_dir, run_as=run_as, log_cap=log_cap,
                         auth_deadline=auth_deadline, unauthenticated=unauthenticated,
                         unauthenticated_per_source=unauthenticated_per_source)
     try:

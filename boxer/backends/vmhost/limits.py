@@ -1,7 +1,10 @@
-"""The host daemon's bounds on connections that have not authenticated, apart from the daemon so
-that `boxer host serve --help` shows them without importing it (HostDaemon's parameters)."""
+"""The host daemon's bounds (on connections that have not authenticated, on what it keeps of an
+instance's output), apart from the daemon so that `boxer host serve --help` shows them without
+importing it (HostDaemon's parameters)."""
 
-__all__ = ["AUTH_DEADLINE", "UNAUTHENTICATED", "UNAUTHENTICATED_PER_SOURCE"]
+__all__ = ["AUTH_DEADLINE", "DEFAULT_CAP", "UNAUTHENTICATED", "UNAUTHENTICATED_PER_SOURCE"]
+
+DEFAULT_CAP = 64 * 1024 * 1024  # bytes of one instance name's current log file on a host (output.py)
 
 # The port is reachable from the controller's VM, and in practice from whatever else the security
 # group lets in: anyone may connect. A connection that has not authenticated is the only thing

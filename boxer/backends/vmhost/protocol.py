@@ -14,6 +14,11 @@ drive both ends byte by byte.
     controller -> daemon  stop     {ref, grace}
     daemon -> controller  exited   {ref, status, reason}      whenever an instance ends, stopped or not
     controller -> daemon  ping     {}   ->   pong {running}
+    controller -> daemon  logs     {id, ref, offset}          an instance's output from byte `offset`,
+                                                              or its last -offset bytes when negative
+    daemon -> controller  log      {id, offset, data, at, size, running, end}   one or more, the last
+                                                              with end: data base64, at its write time
+                          log_failed {id, reason}
 
 The credential is the *host token*: on AWS a random one terraform keeps in SSM (the hosts may read
 that parameter alone; the controller reads it too), in the lab HMAC(deployment secret, "vmhost").
@@ -24,14 +29,23 @@ recorded exchange is good on no other connection). `start` carries the instance'
 instance gets (name, service, env, command, coordinator, its credential's reference), and the two
 cannot drift apart.
 
+An instance's output stays on its vm host (the daemon keeps it in a file capped at its
+`log_cap`, daemon.py); the controller reads it with `logs`, again from where the last answer
+ended to follow it. An answer is at most LOG_REQUEST bytes of output in chunks of at most
+LOG_CHUNK (a frame stays far below MAX_FRAME), each cut where the daemon's write times change so
+`at` is the time of every line in it; `offset` of the first chunk may be past the one asked for
+when that much was rotated away, `size` is how much the instance wrote in all.
+
 Why not gRPC like the control API: the daemon runs on every vm host from `pip install boxer`,
 which carries what an instance needs and no grpcio (docs/architecture.md, the extras); the
-exchange is six small messages, and sans-IO keeps it testable and fuzzable like the
+exchange is a few small messages, and sans-IO keeps it testable and fuzzable like the
 coordinator's.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -49,6 +63,9 @@ __all__ = [
     "ClientSession",
     "Exited",
     "HostHello",
+    "LogChunk",
+    "LogFailed",
+    "LogsRequested",
     "Pong",
     "ServerSession",
     "StartFailed",
@@ -70,6 +87,12 @@ MAX_UNAUTHENTICATED = 4096
 _NONCE_BYTES = 16
 HOST_PROOF = b"boxer-v1-vmhost"
 _REF_MAX = 128
+LOG_CHUNK = 48 * 1024  # output bytes in one `log` frame: 64 KiB of base64
+LOG_REQUEST = 1024 * 1024  # output bytes in one answer to `logs`, however many chunks
+LOG_CHUNKS = 1024  # chunks in one answer (a trickling app's output is cut at each write time)
+_LOG_DATA = 4 * ((LOG_CHUNK + 2) // 3)  # base64 characters of a full chunk
+_OFFSET_MAX = 2 ** 53
+_ID_MAX = 2 ** 31
 
 
 def host_token(secret: bytes) -> bytes:
@@ -148,6 +171,12 @@ class StartFailed:
 
 
 @dataclass(frozen=True)
+class LogFailed:
+    id: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Exited:
     ref: str
     status: int
@@ -157,6 +186,24 @@ class Exited:
 @dataclass(frozen=True)
 class Pong:
     running: int
+
+
+@dataclass(frozen=True)
+class LogsRequested:
+    id: int
+    ref: str
+    offset: int  # >= 0: from that byte of the instance's output; < 0: its last -offset bytes
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    id: int
+    offset: int  # where `data` begins in the instance's output
+    data: bytes
+    at: float  # when its last byte was written (wall clock of the vm host)
+    size: int  # the instance's output so far, in all
+    running: bool
+    end: bool  # the last chunk of this answer
 
 
 # -- field checks -------------------------------------------------------------------------------
@@ -190,6 +237,26 @@ def _number(frame: dict[str, Any], key: str, low: float, high: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
         raise ProtocolError(f"{_kind(frame.get('t'))}: {key} must be a number in {low:g}..{high:g}")
     return float(value)
+
+
+def _flag(frame: dict[str, Any], key: str) -> bool:
+    value = frame.get(key)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{_kind(frame.get('t'))}: {key} must be true or false")
+    return value
+
+
+def _log_chunk(frame: dict[str, Any]) -> LogChunk:
+    text = frame.get("data")
+    if not isinstance(text, str) or len(text) > _LOG_DATA:
+        raise ProtocolError(f"'log': data must be base64 of at most {LOG_CHUNK} bytes")
+    try:
+        data = base64.b64decode(text.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise ProtocolError("'log': data is not base64") from None
+    return LogChunk(_int(frame, "id", 0, _ID_MAX), _int(frame, "offset", 0, _OFFSET_MAX), data,
+                    _number(frame, "at", 0, 1e11), _int(frame, "size", 0, _OFFSET_MAX),
+                    _flag(frame, "running"), _flag(frame, "end"))
 
 
 def _reason(frame: dict[str, Any]) -> str:
@@ -246,10 +313,11 @@ class ServerSession(_Framed):
         self.authenticated = False
         self._send({"t": "hello", "v": VERSION, "nonce": self._nonce, "host": host, "slots": slots})
 
-    def receive(self, data: bytes) -> list[StartRequested | StopRequested | str]:
-        """Events: StartRequested, StopRequested, "authenticated", "ping" (answered by `pong`).
-        Before authentication at most MAX_UNAUTHENTICATED bytes are held (FrameError beyond)."""
-        events: list[StartRequested | StopRequested | str] = []
+    def receive(self, data: bytes) -> list[StartRequested | StopRequested | LogsRequested | str]:
+        """Events: StartRequested, StopRequested, LogsRequested, "authenticated", "ping"
+        (answered by `pong`). Before authentication at most MAX_UNAUTHENTICATED bytes are held
+        (FrameError beyond)."""
+        events: list[StartRequested | StopRequested | LogsRequested | str] = []
         self._decoder.receive_data(data)
         while True:
             if not self.authenticated and self._decoder.buffered > MAX_UNAUTHENTICATED:
@@ -273,6 +341,9 @@ class ServerSession(_Framed):
                 events.append(StopRequested(_text(frame, "ref"), _number(frame, "grace", 0, 3600)))
             elif kind == "ping":
                 events.append("ping")
+            elif kind == "logs":
+                events.append(LogsRequested(_int(frame, "id", 0, _ID_MAX), _text(frame, "ref"),
+                                            _int(frame, "offset", -LOG_REQUEST, _OFFSET_MAX)))
             else:
                 raise ProtocolError(f"unknown message {_kind(kind)}")
 
@@ -309,6 +380,17 @@ class ServerSession(_Framed):
     def pong(self, running: int) -> None:
         self._send({"t": "pong", "running": running})
 
+    def log(self, chunk: LogChunk) -> None:
+        """One chunk of an answer to `logs` (at most LOG_CHUNK bytes: longer is a bug here)."""
+        if len(chunk.data) > LOG_CHUNK:
+            raise ValueError(f"a log chunk of {len(chunk.data)} bytes (at most {LOG_CHUNK})")
+        self._send({"t": "log", "id": chunk.id, "offset": chunk.offset,
+                    "data": base64.b64encode(chunk.data).decode("ascii"), "at": round(chunk.at, 3),
+                    "size": chunk.size, "running": chunk.running, "end": chunk.end})
+
+    def log_failed(self, id: int, reason: str) -> None:
+        self._send({"t": "log_failed", "id": id, "reason": reason[:1000]})
+
 
 class ClientSession(_Framed):
     """The controller's end. `receive` raises AuthFailed when the daemon refuses us or cannot
@@ -322,8 +404,8 @@ class ClientSession(_Framed):
         self.hello: HostHello | None = None
         self.ready = False
 
-    def receive(self, data: bytes) -> list[Welcome | Started | StartFailed | Exited | Pong]:
-        events: list[Welcome | Started | StartFailed | Exited | Pong] = []
+    def receive(self, data: bytes) -> list[Welcome | Started | StartFailed | Exited | Pong | LogChunk | LogFailed]:
+        events: list[Welcome | Started | StartFailed | Exited | Pong | LogChunk | LogFailed] = []
         for frame in self._frames(data):
             kind = frame.get("t")
             if kind == "refused":
@@ -362,6 +444,10 @@ class ClientSession(_Framed):
                 events.append(_exited(frame))
             elif kind == "pong":
                 events.append(Pong(_int(frame, "running", 0, 100_000)))
+            elif kind == "log":
+                events.append(_log_chunk(frame))
+            elif kind == "log_failed":
+                events.append(LogFailed(_int(frame, "id", 0, _ID_MAX), _text(frame, "reason", 1000)))
             else:
                 raise ProtocolError(f"unknown message {_kind(kind)}")
         return events
@@ -374,3 +460,8 @@ class ClientSession(_Framed):
 
     def ping(self) -> None:
         self._send({"t": "ping"})
+
+    def logs(self, id: int, ref: str, offset: int) -> None:
+        """Ask for `ref`'s output from byte `offset` (negative: its last -offset bytes, at most
+        LOG_REQUEST); the answer is `log` chunks with this `id`, or a `log_failed`."""
+        self._send({"t": "logs", "id": id, "ref": ref, "offset": offset})

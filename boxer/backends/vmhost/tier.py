@@ -36,6 +36,8 @@ from boxer.backends.vmhost.protocol import (
     AuthFailed,
     ClientSession,
     Exited,
+    LogChunk,
+    LogFailed,
     Pong,
     Started,
     StartFailed,
@@ -43,7 +45,7 @@ from boxer.backends.vmhost.protocol import (
 )
 from boxer.nat_traversal.wire import ProtocolError
 
-__all__ = ["HostSource", "NoVmHost", "StaticHosts", "VmTier"]
+__all__ = ["HostSource", "LogRead", "NoVmHost", "StaticHosts", "VmLogError", "VmTier"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,34 @@ def _parse(text: str) -> Address:
     return host, int(port)
 
 
+class VmLogError(Exception):
+    """An instance's output could not be read from its vm host; the message says why."""
+
+
+class LogRead:
+    """One answer to `logs`: the chunks of output from `start`, and how much there is in all."""
+
+    def __init__(self) -> None:
+        self.chunks: list[LogChunk] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def start(self) -> int:
+        return self.chunks[0].offset if self.chunks else 0
+
+    @property
+    def end(self) -> int:
+        return self.chunks[-1].offset + len(self.chunks[-1].data) if self.chunks else 0
+
+    @property
+    def size(self) -> int:
+        return self.chunks[-1].size if self.chunks else 0
+
+    @property
+    def running(self) -> bool:
+        return bool(self.chunks) and self.chunks[-1].running
+
+
 class NoVmHost(LaunchError):
     def __init__(self, instance: str, why: str) -> None:
         super().__init__(instance, why, code="NoVmHost")
@@ -97,6 +127,7 @@ class _HostLink:
         self.handles: dict[str, InstanceHandle] = {}  # ref -> what runs there of ours
         self.error: str | None = None
         self.connecting: asyncio.Task[bool] | None = None
+        self.log_reads: dict[int, LogRead] = {}
 
     @property
     def up(self) -> bool:
@@ -133,6 +164,7 @@ class VmTier:
         self._lock = asyncio.Lock()  # one placement decision at a time: no double booking
         self._closed = False
         self.launched_total = 0
+        self._log_ids = itertools.count(1)
 
     # -- hosts ---------------------------------------------------------------------------------
 
@@ -238,6 +270,16 @@ class VmTier:
                                                  code="StartFailed"))
         elif isinstance(event, Exited):
             self._exited(link, event)
+        elif isinstance(event, LogChunk):
+            read = link.log_reads.get(event.id)
+            if read is not None and not read.done.done():
+                read.chunks.append(event)
+                if event.end:
+                    read.done.set_result(None)
+        elif isinstance(event, LogFailed):
+            read = link.log_reads.get(event.id)
+            if read is not None and not read.done.done():
+                read.done.set_exception(VmLogError(f"vm host {link.name}: {event.reason}"))
         elif isinstance(event, Pong):
             pass
 
@@ -247,6 +289,9 @@ class VmTier:
         for future in link.pending.values():
             if not future.done():
                 future.set_exception(NoVmHost(link.name, f"lost vm host {link.name} while starting: {why}"))
+        for read in link.log_reads.values():
+            if not read.done.done():
+                read.done.set_exception(VmLogError(f"lost vm host {link.name} while reading a log: {why}"))
         self._drop(link)
         self._freed.set()
         if link.handles and not self._closed:
@@ -366,6 +411,32 @@ class VmTier:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(ended, self.stop_grace + 2.0)
         handle.mark_stopped("stopped")
+
+    async def read_log(self, daemon: str, ref: str, offset: int, timeout: float = 10.0) -> LogRead:
+        """The output of instance `ref` on the host daemon `daemon` (its handle's details) from
+        byte `offset` (negative: its last -offset bytes); at most protocol.LOG_REQUEST bytes per
+        call, so a follower asks again from `end`. VmLogError when the host cannot be asked."""
+        try:
+            address = _parse(daemon)
+        except ValueError as exc:
+            raise VmLogError(str(exc)) from None
+        link = self.links.get(address)
+        if link is None:
+            link = self.links[address] = _HostLink(address)
+        if not link.up and not await self._connect(link):
+            raise VmLogError(f"cannot reach vm host {link.name} for the output of {ref}: {link.error}")
+        assert link.session is not None
+        id = next(self._log_ids)
+        read = link.log_reads[id] = LogRead()
+        link.session.logs(id, ref, offset)
+        link.send()
+        try:
+            await asyncio.wait_for(asyncio.shield(read.done), timeout)
+        except asyncio.TimeoutError:
+            raise VmLogError(f"vm host {link.name} did not send the output of {ref} within {timeout:g} s") from None
+        finally:
+            link.log_reads.pop(id, None)
+        return read
 
     def status(self) -> dict[str, Any]:
         up = [link for link in self.links.values() if link.up]
