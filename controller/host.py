@@ -16,7 +16,10 @@ does not end the deployment: while it runs, <state root>/host/current.json names
 runtime keeps its roster (controller/resume.py) beside its record and the file it runs (Apply
 rewrites both). A host that starts and finds current.json resumes that deployment before it
 serves: it adopts the instances the coordinator still lists instead of launching them again.
-Down, and SIGTERM (which takes the deployment down), remove current.json.
+Down removes current.json. SIGTERM (systemd's restart or stop, `docker stop`, a reboot) stops
+the controller only, as it stops Kubernetes' controller-manager: the instances run on, the
+roster and current.json stay, and the next start resumes the deployment as after a crash; only
+Down (`boxer down`) ends a deployment.
 The file is all that travels: paths in it that name the caller's files (`lambda.outputs`, an app
 beside the file) mean nothing here, so the host uses its own terraform outputs or lab, and the
 instances of a lab backend work in the host's folder (`--workdir`).
@@ -57,15 +60,16 @@ class _Refused(Exception):
 
 
 async def serve_deployments(config: HostConfig, socket_path: Path, tcp: Any, formatter: logging.Formatter) -> int:
-    """Serve the control API and run the deployments sent to it until SIGTERM or SIGINT (which
-    take a running deployment down first, its instances stopped, as `boxer down` does)."""
+    """Serve the control API and run the deployments sent to it until SIGTERM or SIGINT, which
+    stop the controller and leave a running deployment to the next start (its instances run on,
+    current.json and the roster stay: the next host adopts them as after a crash)."""
     from boxer.controller.api.server import HostedControl, serve
 
     leave = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, leave.set)
-    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+    running: list[tuple[Any, asyncio.Event, asyncio.Task[None]]] = []
 
     async def up(request: Any, notes: list[str]) -> Any:
         from boxer.controller.api.server import ApplyRefused
@@ -76,7 +80,7 @@ async def serve_deployments(config: HostConfig, socket_path: Path, tcp: Any, for
             log.error("up refused: %s", exc)
             raise ApplyRefused(str(exc)) from None
 
-        running.append((stop, loop.create_task(_supervised(service, run))))
+        running.append((service, stop, loop.create_task(_supervised(service, run))))
         return service
 
     async def _supervised(service: Any, run: Any) -> None:
@@ -99,7 +103,7 @@ async def serve_deployments(config: HostConfig, socket_path: Path, tcp: Any, for
             _forget_current()
         else:
             hosted.current = service
-            running.append((stop, loop.create_task(_supervised(service, run))))
+            running.append((service, stop, loop.create_task(_supervised(service, run))))
     try:
         servers = await serve(hosted, socket_path, tcp)
     except (OSError, RuntimeError) as exc:
@@ -113,7 +117,8 @@ async def serve_deployments(config: HostConfig, socket_path: Path, tcp: Any, for
                  f", lab {config.lab}" if config.lab else "", left.name if left else "")
     try:
         await leave.wait()
-        for stop, task in list(running):
+        for service, stop, task in list(running):
+            service.runtime.leaving = True  # the controller goes, the deployment stays
             stop.set()
             await task
     finally:
@@ -204,10 +209,14 @@ async def _run_here(config: HostConfig, paths: DeployPaths, record: DeploymentRe
         try:
             await runtime.run(stop)
         finally:
-            mark_down(paths)
-            _forget_current()  # down: nothing to resume
-            paths.roster.unlink(missing_ok=True)
-            log.info("deployment %s down", name)
+            if runtime.leaving:  # SIGTERM: the next start resumes it from the roster
+                _let_go(paths)
+                log.info("deployment %s left running for the next controller", name)
+            else:
+                mark_down(paths)
+                _forget_current()  # down: nothing to resume
+                paths.roster.unlink(missing_ok=True)
+                log.info("deployment %s down", name)
             logging.getLogger().removeHandler(handler)
             handler.close()
 
@@ -321,3 +330,12 @@ async def _resume(config: HostConfig, record: DeploymentRecord,
     record = record.replace(controller_pid=os.getpid())
     record.save(paths)
     return await _run_here(config, paths, record, formatter, roster)
+
+
+def _let_go(paths: DeployPaths) -> None:
+    """The controller left, the deployment runs on: the record names no controller (none runs
+    it until the next start), and is not marked down."""
+    record = DeploymentRecord.load(paths)
+    if record is not None and record.controller_pid == os.getpid():
+        record.replace(controller_pid=None).save(paths)
+

@@ -129,6 +129,9 @@ class ControllerRuntime:
         self.logbook = InstanceLogBook(paths.instances, wall) if paths is not None else None
         self._exits_logged: set[str] = set()  # instance ids whose exit is in it already
         self._resume = resume  # adopted at the first Snapshot, then None
+        # Set before `stop`: the controller stops and leaves the deployment running (a
+        # controller host's SIGTERM; the next one resumes it) instead of taking it down.
+        self.leaving = False
         self.adoption: Adoption | None = None
         self._roster_written: dict[str, Any] | None = None
         # Loop time (time.monotonic) -> wall clock, fixed: the roster's times must not jitter.
@@ -192,11 +195,15 @@ class ControllerRuntime:
                     await asyncio.sleep(WAKE_GAP - (loop.time() - began))
         finally:
             stopper.cancel()
-            await self._stop_through_coordinator()  # while the session is still up
+            if not self.leaving:
+                await self._stop_through_coordinator()  # while the session is still up
             session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await session_task
-            await self.shutdown()
+            if self.leaving:
+                await self._leave()
+            else:
+                await self.shutdown()
             if metrics_server is not None:
                 metrics_server.close()
             if self._timeline is not None:
@@ -495,6 +502,24 @@ class ControllerRuntime:
                 break
             await asyncio.sleep(0.1)
         log.info("stopped %d instance(s) through the coordinator", len(sent))
+
+    async def _leave(self) -> None:
+        """The controller stops, the deployment does not (`leaving`: a controller host's
+        SIGTERM): its instances run on, the roster says which are ours, and the next controller
+        adopts them (controller/resume.py). Launches in flight finish first, so the roster names
+        what they started; then the backend lets go of its connections and keeps its instances."""
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        self._write_roster()
+        leave = getattr(self.backend, "leave", None)
+        if leave is not None:
+            await leave()
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        log.info("controller stopped; %d instance(s) left running for the next controller to adopt",
+                 len([r for r in self.book.records.values() if not (r.exited or r.launch_failed)]))
 
     async def shutdown(self) -> None:
         """Stop every instance we started (coordinator Stop, then the backend), wait for them."""

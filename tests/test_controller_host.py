@@ -243,6 +243,21 @@ services:
 """
 
 
+def _redis_hosts(lab) -> int:
+    """How many of h1-h5 run a redis-server (an instance's app), read from the namespaces."""
+    count = 0
+    for host in ("h1", "h2", "h3", "h4", "h5"):
+        pids = subprocess.run(["ip", "netns", "pids", lab.netns(host)], capture_output=True, text=True).stdout.split()
+        names = []
+        for pid in pids:
+            try:
+                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+            except OSError:
+                pass
+        count += "redis-server" in names
+    return count
+
+
 @pytest.fixture
 def small_lab():
     from boxer.lab import lab_down, lab_up
@@ -255,14 +270,20 @@ def small_lab():
         lab_down(name)
 
 
-@pytest.mark.parametrize("backend", ["lambda-local", "local"])
-def test_a_killed_controller_host_resumes_its_deployment_without_launching_it_again(small_lab, tmp_path, backend):
+@pytest.mark.parametrize(("backend", "how"), [("lambda-local", "SIGKILL"), ("local", "SIGKILL"),
+                                               ("lambda-local", "SIGTERM")])
+def test_a_killed_controller_host_resumes_its_deployment_without_launching_it_again(small_lab, tmp_path, backend,
+                                                                                    how):
     """SIGKILL the controller host (lambda-local: its instances are local Lambda invocations;
     local: `boxer run` forked from the agent zygote, which exits with the host; either way each
     in a session of its own, and they run on), start it again with the same command: it adopts
     the two instances the coordinator still lists (no third launch, the same instance ids), then
     goes on deciding: an Apply of minInstances 3 starts exactly one more, and Down stops all
-    three and leaves nothing to resume."""
+    three and leaves nothing to resume.
+
+    SIGTERM (systemd's restart, `docker stop`, a reboot) is the same for the deployment: the
+    host exits 0, having stopped nothing, and the next start adopts the same two; only Down
+    ends them."""
     import importlib.util
 
     if backend == "lambda-local" and importlib.util.find_spec("awslambdaric") is None:
@@ -313,14 +334,19 @@ def test_a_killed_controller_host_resumes_its_deployment_without_launching_it_ag
         ids = {i["instanceId"] for i in before}
         assert starts() == 2 and (state / "host" / "current.json").exists()
 
-        os.kill(host.pid, signal.SIGKILL)  # `ip netns exec` execs: the pid is the host's own
-        host.wait(10)
+        os.kill(host.pid, getattr(signal, how))  # `ip netns exec` execs: the pid is the host's own
+        code = host.wait(30)
         killed_at = time.monotonic()
+        if how == "SIGTERM":
+            assert code == 0 and not sock.exists()
+            assert _redis_hosts(lab) == 2  # both instances run on with no controller
+            assert (state / "host" / "current.json").exists() and (state / name / "roster.json").exists()
+            assert f"deployment {name} left running for the next controller" in (tmp_path / "host.log").read_text()
         sock.unlink(missing_ok=True)  # what a SIGKILL leaves, so that its return is seen
         host = start_host()
         after = labkit.wait_for("the two instances adopted", lambda: _exactly(2, ready()),
                                 timeout=60)
-        print(f"status served again with both instances {time.monotonic() - killed_at:.2f} s after the SIGKILL")
+        print(f"status served again with both instances {time.monotonic() - killed_at:.2f} s after the {how}")
         assert {i["instanceId"] for i in after} == ids
         time.sleep(2)  # ten ticks: time enough for a duplicate launch
         assert starts() == 2, "the resumed host launched what ran already"

@@ -383,6 +383,17 @@ class LocalBackend:
         handle.mark_stopped("stopped")
         await asyncio.sleep(0)
 
+    async def leave(self) -> None:
+        """Let go of the instances without stopping them (a controller host's SIGTERM: the
+        next controller adopts them): each runs in its own session, so it outlives the
+        controller and the zygote; only our waiters and the zygote's pipe go."""
+        for task in list(self._waiters):
+            task.cancel()
+        if self._zygote_start is not None and not self._zygote_start.done():
+            self._zygote_start.cancel()
+        if self._zygote is not None:
+            await self._zygote.close()
+
     async def close(self) -> None:
         """Stop whatever still runs (the controller normally stopped everything already)."""
         running = [h for h in list(self.busy.values()) if not h.ended]

@@ -287,6 +287,11 @@ class LambdaBackend:
             **({"vm": self.vm_tier.status()} if self.vm_tier is not None else {}),
         }
 
+    async def leave(self) -> None:
+        """Let go without stopping anything (a controller host's SIGTERM): nothing here ends
+        an instance anyway, invocations and vm instances run on for the next controller."""
+        await self.close()
+
     async def close(self) -> None:
         if self.vm_tier is not None:
             await self.vm_tier.close()

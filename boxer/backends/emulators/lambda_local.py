@@ -326,6 +326,18 @@ class LocalLambdaBackend(LocalBackend):
             return
         await super().stop(handle)
 
+    async def leave(self) -> None:
+        """Let go without stopping anything (a controller host's SIGTERM): the invocations
+        and the host daemons (each in its own session) run on, with the vm instances they
+        started; the next controller finds the daemons on their port and uses them."""
+        if self.vm_tier is not None:
+            await self.vm_tier.close()
+        if self._daemons_up is not None and not self._daemons_up.done():
+            self._daemons_up.cancel()
+        if self._token_file is not None:
+            self._token_file.remove()  # the daemons read it when they started
+        await super().leave()
+
     async def close(self) -> None:
         import asyncio
         import contextlib
