@@ -624,7 +624,8 @@ class ControllerRuntime:
                 placement = Placement(kept.placement)
                 rendered = self.deployment.services[kept.service].render(kept.service, kept.index, placement)
                 spec = InstanceSpec(name=kept.name, service=kept.service, index=kept.index,
-                                    command=rendered.command, placement=placement)
+                                    command=rendered.command, placement=placement,
+                                    env={INSTANCE_ID_ENV: kept.agent_id})  # a vm host knows it by it
                 handle = take(spec, kept.host)
                 if handle is not None:
                     self.handles[kept.id] = handle

@@ -458,6 +458,46 @@ def test_boxer_logs_reads_a_vm_instance_from_its_host_and_follows_it(tmp_path: P
                 await tier.read_log(address, "web-9.9", 0)
         finally:
             await tier.close()
+
+
+def test_a_resumed_controller_adopts_its_vm_instances_through_the_daemons_welcome(tmp_path: Path,
+                                                                                 secret_file: Path) -> None:
+    """A controller starts two vm instances and goes (its tier closed: a crash, a SIGTERM); the
+    next one adopts one of them (the other is not in its roster): the daemon's welcome binds the
+    adopted handle to what runs there (its pid, its slot), the other counts as foreign, so the
+    host is full; a stop of the adopted one goes through the daemon and frees its slot."""
+    def spec(name: str, index: int, agent_id: str) -> InstanceSpec:
+        return InstanceSpec(name=name, service="web", index=index, command=("ignored",), placement=Placement.VM,
+                            env={"GREETING": "hi", "BOXER_INSTANCE_ID": agent_id})
+
+    def event_for(spec: InstanceSpec) -> dict:  # its id travels as the event's own field, not in env
+        event = _event(secret_file)(spec)
+        event["env"] = {k: v for k, v in event["env"].items() if k != "BOXER_INSTANCE_ID"}
+        return event
+
+    async def main() -> None:
+        daemon, address = await _daemon(tmp_path, "exec sleep 30", slots=2)
+        before = VmTier(StaticHosts([address]), TOKEN, backend="lambda", event_for=event_for)
+        first = await before.launch(spec("web-1", 1, "a" * 16))
+        await before.launch(spec("web-2", 2, "b" * 16))
+        assert first.details["ref"] == f"web-1.{'a' * 16}"  # the roster's agent id names it on the host
+        await before.close()
+        after = VmTier(StaticHosts([address]), TOKEN, backend="lambda", event_for=event_for,
+                       stop_grace=2.0, host_wait=0.3)
+        try:
+            adopted = after.adopt(spec("web-1", 1, "a" * 16))
+            await _until(lambda: "pid" in adopted.details)
+            assert adopted.details["pid"] == first.details["pid"] and adopted.details["host"] == "p1"
+            assert after.status()["in_use"] == 2 and not adopted.ended
+            with pytest.raises(CapacityError):  # both slots taken: the adopted one and the foreign one
+                await after.launch(spec("web-3", 3, "c" * 16))
+            await after.stop(adopted)
+            assert adopted.ended and adopted.details["exit_status"] == 143  # SIGTERM, from the daemon
+            assert len(daemon.instances) == 1 and after.status()["in_use"] == 1
+            third = await after.launch(spec("web-3", 3, "c" * 16))
+            assert third.details["daemon"] == address
+        finally:
+            await after.close()
             await daemon.close(1.0)
 
     asyncio.run(main())

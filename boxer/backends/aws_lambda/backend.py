@@ -250,10 +250,11 @@ class LambdaBackend:
     def adopt(self, spec: InstanceSpec, request_id: str) -> InstanceHandle | None:
         """An invocation a crashed controller made, still running (its agent registered): it
         cannot be re-attached, but it holds a slot of maxConcurrency until the controller lets
-        go of it, so the concurrency in flight stays counted. None for a vm instance (its host's
-        daemon knows it; the vm tier does not re-attach)."""
+        go of it, so the concurrency in flight stays counted. A vm instance: the vm tier's
+        handle, bound to it once its host's daemon lists it (VmTier.adopt: its slot counted, a
+        stop through that daemon); None without a vm tier."""
         if spec.placement is Placement.VM:
-            return None
+            return self.vm_tier.adopt(spec) if self.vm_tier is not None else None
         self._slots.take()
         handle = InstanceHandle(spec=spec, backend=self.name, details={
             "request_id": request_id, "function": self.facts.function_name, "adopted": True})

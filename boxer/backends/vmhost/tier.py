@@ -18,6 +18,13 @@ A lost connection fails only what was being started on it: instances on a vm hos
 controller's connection (their agents are the coordinator's business). While instances of ours
 run there the tier connects again (0.5 s, doubling to 10 s), and the daemon's `welcome` says what
 runs and what ended meanwhile; the handles follow.
+
+They outlive the controller too. A resumed controller (controller/resume.py) adopts the vm
+instances its predecessor started: `adopt(spec)` makes a handle and connects to every host at
+once, and the daemon's `welcome` (what runs there, by ref) binds it: an instance's ref is its
+name and agent id (`kv-1.<16 hex>`), which the roster keeps, so the handle holds that slot, a
+stop goes to that daemon, and its `exited` ends the handle, as for one launched here. What runs
+there under no adopted ref is foreign: its slot counts as taken, nothing else.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from boxer.backends.aws_lambda.event import INSTANCE_ID_ENV
 from boxer.backends.base import InstanceHandle, InstanceSpec
 from boxer.backends.errors import CapacityError, LaunchError
 from boxer.backends.vmhost.protocol import (
@@ -122,7 +130,7 @@ class _HostLink:
         self.reader_task: asyncio.Task[None] | None = None
         self.slots = 0
         self.host_name: str | None = None  # what the daemon calls its host (`--name`, else its hostname)
-        self.foreign = 0  # running there, not ours (an earlier controller's)
+        self.others: dict[str, int] = {}  # ref -> pid: running there, not ours (an earlier controller's)
         self.pending: dict[str, asyncio.Future[int]] = {}
         self.handles: dict[str, InstanceHandle] = {}  # ref -> what runs there of ours
         self.error: str | None = None
@@ -132,6 +140,10 @@ class _HostLink:
     @property
     def up(self) -> bool:
         return self.session is not None and self.session.ready and self.writer is not None
+
+    @property
+    def foreign(self) -> int:
+        return len(self.others)
 
     @property
     def free(self) -> int:
@@ -165,6 +177,8 @@ class VmTier:
         self._closed = False
         self.launched_total = 0
         self._log_ids = itertools.count(1)
+        self._adopted: dict[str, InstanceHandle] = {}  # ref -> an adopted handle not yet bound
+        self._attaching: asyncio.Task[None] | None = None
 
     # -- hosts ---------------------------------------------------------------------------------
 
@@ -236,6 +250,10 @@ class VmTier:
                     return event, events[at + 1:]  # what came in the same read follows it
 
     def _reconcile(self, link: _HostLink, welcome: Welcome) -> None:
+        link.others = {ref: pid for ref, pid in welcome.running.items() if ref not in link.handles}
+        for ref in list(link.others):
+            if ref in self._adopted:  # a predecessor's, adopted: ours now
+                self._bind(link, ref, self._adopted.pop(ref))
         for exit in welcome.exits:
             self._exited(link, exit)
         for ref, handle in list(link.handles.items()):
@@ -243,7 +261,13 @@ class VmTier:
                 link.handles.pop(ref)
                 handle.details["exit_status"] = None
                 handle.mark_failed(f"lost on vm host {link.name} (its daemon restarted)")
-        link.foreign = len([ref for ref in welcome.running if ref not in link.handles])
+
+    @staticmethod
+    def _bind(link: _HostLink, ref: str, handle: InstanceHandle) -> None:
+        pid = link.others.pop(ref)
+        handle.details.update({"host": link.host_name or link.name, "daemon": link.name, "pid": pid})
+        link.handles[ref] = handle
+        log.info("adopted %s on vm host %s (pid %d)", handle.spec.name, link.name, pid)
 
     async def _read(self, link: _HostLink, reader: asyncio.StreamReader) -> None:
         assert link.session is not None
@@ -318,7 +342,7 @@ class VmTier:
         handle = link.handles.pop(exit.ref, None)
         self._freed.set()
         if handle is None:
-            link.foreign = max(0, link.foreign - 1)
+            link.others.pop(exit.ref, None)
             return
         handle.details["exit_status"] = exit.status
         if exit.status == 0:
@@ -361,9 +385,45 @@ class VmTier:
         return (f"no vm host reachable ({tried}): are the vm hosts running `boxer host serve`, and may the"
                 " controller reach their port (security group)?")
 
+    @staticmethod
+    def _ref(spec: InstanceSpec, serial: int) -> str:
+        """The daemon's name for an instance: its name and agent id, which the roster keeps, so
+        a resumed controller finds it again (and no new ref repeats one of a predecessor's)."""
+        agent_id = spec.env.get(INSTANCE_ID_ENV)
+        return f"{spec.name}.{agent_id}" if agent_id else f"{spec.name}.{serial}"
+
+    def adopt(self, spec: InstanceSpec, handle: InstanceHandle | None = None) -> InstanceHandle:
+        """An instance a crashed controller started on some vm host (its agent registered):
+        a handle bound once a host's `welcome` lists its ref, holding its slot from then on.
+        Every host is connected to at once (in the background), not at the next launch."""
+        ref = self._ref(spec, 0)
+        handle = handle or InstanceHandle(spec=spec, backend=self.backend, details={})
+        handle.details.update({"tier": "vm", "ref": ref, "adopted": True})
+        for link in self.links.values():
+            if link.up and ref in link.others:  # connected already: the welcome listed it
+                self._bind(link, ref, handle)
+                return handle
+        self._adopted[ref] = handle
+        handle.on_end(lambda _h: self._adopted.pop(ref, None))
+        if self._attaching is None or self._attaching.done():
+            self._attaching = asyncio.get_running_loop().create_task(self._attach())
+        return handle
+
+    async def reachable(self) -> set[str]:
+        """The hosts ("ip:port") whose daemons answer with our token now (connected, kept)."""
+        await self._refresh(force=True)
+        await self._connect_all()
+        return {link.name for link in self.links.values() if link.up}
+
+    async def _attach(self) -> None:
+        await self._refresh(force=True)
+        await self._connect_all()
+        if self._adopted:
+            log.info("vm tier: %d adopted instance(s) found on no vm host (ended meanwhile?)", len(self._adopted))
+
     async def launch(self, spec: InstanceSpec) -> InstanceHandle:
         event = self._event_for(spec)
-        ref = f"{spec.name}.{next(self._refs)}"
+        ref = self._ref(spec, next(self._refs))
         async with self._lock:
             link = await self._pick(spec)
             future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -393,6 +453,9 @@ class VmTier:
         if handle.ended:
             return
         ref = handle.details.get("ref")
+        if ref in self._adopted and self._attaching is not None and not self._attaching.done():
+            with contextlib.suppress(asyncio.TimeoutError):  # adopted, not bound yet: it may be in a moment
+                await asyncio.wait_for(asyncio.shield(self._attaching), 2 * self.connect_timeout)
         link = next((link for link in self.links.values() if ref in link.handles), None)
         if link is not None and not link.up:  # a stop is worth one try on a fresh connection
             if link.connecting is not None and not link.connecting.done():
@@ -449,6 +512,8 @@ class VmTier:
 
     async def close(self) -> None:
         self._closed = True
+        if self._attaching is not None:
+            self._attaching.cancel()
         for link in self.links.values():
             if link.reader_task is not None:
                 link.reader_task.cancel()
