@@ -380,3 +380,115 @@ def test_a_killed_controller_host_resumes_its_deployment_without_launching_it_ag
             host.wait()
         host_log.close()
         print((tmp_path / "host.log").read_text()[-3000:])
+
+
+VM_RESUME = """
+name: {name}
+services:
+  kv:
+    command: [redis-server, --port, "6379", --save, "", --protected-mode, "no"]
+    placement: vm
+    minInstances: 1
+    maxInstances: 1
+"""
+
+
+@pytest.fixture
+def vm_lab():
+    from boxer.lab import lab_down, lab_up
+
+    name = f"cv{os.getpid() % 10000}"
+    made = lab_up(name, 2, public=2)  # p1, p2: the vm hosts, each with its host daemon; h1, h2 idle
+    try:
+        yield made
+    finally:
+        lab_down(name)
+
+
+def _daemons(lab, host: str) -> list[int]:
+    """Pids of the `boxer host serve` processes in lab host `host`."""
+    pids = subprocess.run(["ip", "netns", "pids", lab.netns(host)], capture_output=True, text=True).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"host" in words and b"serve" in words:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_resumed_lambda_local_host_uses_the_host_daemons_it_left(vm_lab, tmp_path, how):
+    """lambda-local's vm tier: the host daemons on the lab's public hosts are the controller's
+    children (each in a session of its own), and outlive it with the vm instance they run. The
+    restarted host finds them on their port (they answer its token) and uses them: one daemon
+    per host, the same pids, the vm instance adopted (same id, same pid, bound to its daemon),
+    and Down stops the instance through its daemon and then the daemons."""
+    import importlib.util
+
+    if importlib.util.find_spec("awslambdaric") is None:
+        pytest.skip("awslambdaric is not installed (pip install '.[test]')")
+    lab = vm_lab
+    sock = tmp_path / "host.sock"
+    host_env = {**lab.env("coord"), "BOXER_DEPLOY_STATE_ROOT": str(tmp_path / "host-state")}
+    argv = lab.command("coord", [sys.executable, "-m", "boxer.controller.daemon", "--serve", "--backend",
+                                 "lambda-local", "--lab", lab.name, "--workdir", str(tmp_path), "--tick", "0.2",
+                                 "--control-socket", str(sock)])
+    host_log = open(tmp_path / "host.log", "ab")  # noqa: SIM115
+    cli_env = {**os.environ, "BOXER_DEPLOY_STATE_ROOT": str(tmp_path / "cli-state"),
+               "BOXER_CONFIG_DIR": str(tmp_path / "cli-config")}
+    cli_env.pop("BOXER_CONTROLLER", None)
+    name = f"vr{os.getpid() % 10000}"
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text(VM_RESUME.format(name=name))
+
+    def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*BOXER, *args], env=cli_env, capture_output=True, text=True, timeout=timeout)
+
+    def ready() -> list[dict]:
+        seen = cli("status", "-o", "json", timeout=30)
+        if seen.returncode != 0:
+            return []
+        return [i for i in json.loads(seen.stdout)["instances"]
+                if i["state"] == "ready" and 6379 in i.get("listeningPorts", [])]
+
+    host = subprocess.Popen(argv, env=host_env, stdout=host_log, stderr=subprocess.STDOUT)
+    try:
+        labkit.wait_for("the controller host's socket", sock.exists, timeout=30)
+        up = cli("up", "--wait", str(deploy), "--controller", f"unix:{sock}", timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        (before,) = labkit.wait_for("the vm instance listening", lambda: ready() or None, timeout=60)
+        daemons = {h: _daemons(lab, h) for h in ("p1", "p2")}
+        assert all(len(pids) == 1 for pids in daemons.values()), daemons
+
+        os.kill(host.pid, getattr(signal, how))
+        host.wait(30)
+        sock.unlink(missing_ok=True)
+        assert {h: _daemons(lab, h) for h in ("p1", "p2")} == daemons  # they outlive the controller
+        host = subprocess.Popen(argv, env=host_env, stdout=host_log, stderr=subprocess.STDOUT)
+        (after,) = labkit.wait_for("the vm instance adopted", lambda: ready() or None, timeout=60)
+        assert after["instanceId"] == before["instanceId"] and after["host"] == before["host"]
+        labkit.wait_for("the adopted instance bound to its daemon", lambda: "adopted kv-1 on vm host" in
+                        (tmp_path / "host.log").read_text(), timeout=20)
+        assert {h: _daemons(lab, h) for h in ("p1", "p2")} == daemons, "a second daemon beside the first"
+        assert "runs already; using it" in (tmp_path / "host.log").read_text()
+        time.sleep(1)
+        assert [i["instanceId"] for i in ready()] == [before["instanceId"]]
+
+        down = cli("down", timeout=90)
+        assert down.returncode == 0 and "stopped 1 instance(s)" in down.stdout, down.stdout + down.stderr
+        labkit.wait_for("the daemons and the instance to end", lambda: not any(
+            subprocess.run(["ip", "netns", "pids", lab.netns(h)], capture_output=True, text=True).stdout.split()
+            for h in ("p1", "p2")), timeout=20)
+        assert host.poll() is None
+    finally:
+        host.send_signal(signal.SIGTERM)
+        try:
+            host.wait(30)
+        except subprocess.TimeoutExpired:
+            host.kill()
+            host.wait()
+        host_log.close()
+        print((tmp_path / "host.log").read_text()[-3000:])

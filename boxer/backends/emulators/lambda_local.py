@@ -255,6 +255,8 @@ class LocalLambdaBackend(LocalBackend):
         self._daemons: dict[str, Any] = {}  # public host -> its daemon's process
         self._daemons_up: Any = None  # the task starting them
         self._token_file: Any = None  # their token (TokenFile), removed by close()
+        self._binding: set[Any] = set()  # adopted vm instances' tasks, binding them to the tier
+        self._kept_daemons: dict[str, int] = {}  # public host -> pid of a daemon a predecessor left
 
     # -- the vm tier: host daemons on the public hosts ------------------------------------------
 
@@ -298,9 +300,21 @@ class LocalLambdaBackend(LocalBackend):
                 raise RuntimeError(f"the host daemon in {host.name} did not start (see host-daemon.{host.name}.log)")
             return f"{host.address}:{self.host_port}"
 
-        addresses = await asyncio.gather(*(start(host) for host in self.lab.public_hosts))
-        self.vm_tier = VmTier(StaticHosts(list(addresses)), token, backend=self.name,
-                              event_for=self.vm_event, stop_grace=self.stop_grace, host_wait=self.host_wait)
+        hosts = self.lab.public_hosts
+        addresses = [f"{host.address}:{self.host_port}" for host in hosts]
+        tier = VmTier(StaticHosts(addresses), token, backend=self.name,
+                      event_for=self.vm_event, stop_grace=self.stop_grace, host_wait=self.host_wait)
+        # A controller that stopped (SIGTERM) or crashed left its daemons running, with the vm
+        # instances the next controller adopts: one that answers with our token is used as it
+        # is (its pid kept, to stop it at the end), not started again beside itself.
+        answering = await tier.reachable()
+        for host, address in zip(hosts, addresses, strict=True):
+            pid = _daemon_pid(self.lab.netns(host.name), address) if address in answering else None
+            if pid is not None:
+                self._kept_daemons[host.name] = pid
+                log.info("vm tier: the host daemon in %s (pid %d) runs already; using it", host.name, pid)
+        await asyncio.gather(*(start(host) for host in hosts if host.name not in self._kept_daemons))
+        self.vm_tier = tier
         log.info("vm tier: host daemons on %s", ", ".join(addresses))
         return self.vm_tier
 
@@ -320,7 +334,29 @@ class LocalLambdaBackend(LocalBackend):
         handle: InstanceHandle = await tier.launch(spec)
         return handle
 
+    def adopt(self, spec: InstanceSpec, host: str) -> InstanceHandle | None:
+        """As the local backend's, but a vm instance with host daemons is the vm tier's: its
+        handle is bound once the daemons are found (or started) and one lists it."""
+        if not (self.host_daemons and spec.placement is Placement.VM):
+            return super().adopt(spec, host)
+        import asyncio
+
+        handle = InstanceHandle(spec=spec, backend=self.name, details={"tier": "vm", "host": host})
+
+        async def bind() -> None:
+            tier = await self.vm_hosts_ready()
+            tier.adopt(spec, handle)
+
+        task = asyncio.get_running_loop().create_task(bind())
+        self._binding.add(task)
+        task.add_done_callback(self._binding.discard)
+        return handle
+
     async def stop(self, handle: InstanceHandle) -> None:
+        if handle.details.get("tier") == "vm" and self._binding:
+            import asyncio
+
+            await asyncio.gather(*self._binding, return_exceptions=True)  # adopted: its tier on its way
         if handle.details.get("tier") == "vm" and self.vm_tier is not None:
             await self.vm_tier.stop(handle)
             return
@@ -358,6 +394,18 @@ class LocalLambdaBackend(LocalBackend):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
+        for pid in self._kept_daemons.values():  # not our children: signal, then watch /proc
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace + 3
+        while any(os.path.exists(f"/proc/{pid}") for pid in self._kept_daemons.values()):
+            if time.monotonic() > deadline:
+                for pid in self._kept_daemons.values():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                break
+            await asyncio.sleep(0.05)
+        self._kept_daemons.clear()
         if self._token_file is not None:
             self._token_file.remove()
         await super().close()
@@ -393,6 +441,27 @@ class LocalLambdaBackend(LocalBackend):
         except (OSError, IndexError, json.JSONDecodeError):
             return None
         return found if isinstance(found, dict) and "status" in found else None
+
+
+def _daemon_pid(netns: str, address: str) -> int | None:
+    """The pid of the `boxer host serve --listen ADDRESS` in lab namespace `netns`, if one runs
+    (what a stopped controller left: its sessions outlive it)."""
+    try:
+        inode = os.stat(f"/run/netns/{netns}").st_ino
+    except OSError:
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            same = os.stat(f"/proc/{entry}/ns/net").st_ino == inode
+        except OSError:
+            continue
+        words = [w.decode(errors="replace") for w in argv]
+        if same and "serve" in words and "--listen" in words and address in words and "host" in words:
+            return int(entry)
+    return None
 
 
 # -- the sandbox entry point: python -m boxer.backends.emulators.lambda_local ----------------------------
