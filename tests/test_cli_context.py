@@ -285,3 +285,24 @@ def test_top_draws_from_the_watch_stream(state: State, watched: list[str], tmux:
         time.sleep(0.1)
     assert done.exists() and done.read_text().strip() == "0", _screen(tmux)
     assert watched == ["Status", "Watch"]
+
+
+def test_rm_of_a_deployment_on_a_controller_host_forgets_that_controller(state: State, tmp_path: Path) -> None:
+    """After `boxer down` the context still sends the deployment to its controller host (as a
+    kubectl context outlives what it ran); `boxer rm NAME` forgets it, so commands act on this
+    machine again. A controller that does not answer is forgotten all the same."""
+    gone = tmp_path / "nobody.sock"
+    context = Path(os.environ["BOXER_CONFIG_DIR"]) / "context.json"
+    context.write_text(json.dumps({"deployment": "far", "controller": f"unix:{gone}", "controller_deployment": "far",
+                                   "lab": "mylab"}))
+    assert state.boxer("status").stderr.startswith(f"boxer: no controller answers on unix:{gone}")
+    other = state.boxer("rm", "near")  # not the context's: an unknown name, as before
+    assert other.returncode == 1 and "no deployment named 'near'" in other.stderr, other
+    forgot = state.boxer("rm", "far")
+    assert forgot.returncode == 0, forgot
+    assert forgot.stdout.startswith(f"forgot deployment far on the controller at unix:{gone} (it did not answer"), forgot
+    assert json.loads(context.read_text()) == {"lab": "mylab"}
+    after = state.boxer("status")
+    assert after.returncode == 0 and "no controller" not in after.stderr, after
+    again = state.boxer("rm", "far")
+    assert again.returncode == 1 and "no deployment named 'far'" in again.stderr, again

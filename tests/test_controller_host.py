@@ -361,10 +361,18 @@ def test_a_killed_controller_host_resumes_its_deployment_without_launching_it_ag
                                 timeout=60)
         assert ids < {i["instanceId"] for i in three} and starts() == 3
 
+        refused = cli("rm", name)  # the context's deployment runs there: not forgotten
+        assert refused.returncode == 1 and f"deployment {name!r} is running on the controller at unix:{sock}" \
+            in refused.stderr, refused
         down = cli("down", timeout=90)
         assert down.returncode == 0 and "stopped 3 instance(s)" in down.stdout, down.stdout + down.stderr
+        assert f"`boxer rm {name}` forgets it" in down.stdout
         assert not (state / "host" / "current.json").exists() and not (state / name / "roster.json").exists()
         assert host.poll() is None
+        forgot = cli("rm", name)  # now the context forgets the controller: commands act here again
+        assert forgot.returncode == 0 and forgot.stdout.strip() == f"forgot deployment {name} on the controller " \
+            f"at unix:{sock}", forgot
+        assert "controller" not in json.loads((tmp_path / "cli-config" / "context.json").read_text())
 
         def lab_empty() -> bool:  # the adopted two, which no process of the host's parents, too
             return not any(subprocess.run(["ip", "netns", "pids", lab.netns(h)], capture_output=True,

@@ -22,7 +22,7 @@ import click
 
 from boxer.cli import _context
 
-__all__ = ["Remote", "chosen", "controller_options", "forget", "is_remote_deployment", "remember"]
+__all__ = ["Remote", "chosen", "controller_options", "forget", "is_remote_deployment", "remember", "remembered_at"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 KEYS = ("controller", "controller_ca", "controller_token_file", "controller_server_name")
@@ -115,6 +115,13 @@ def remember(remote: Remote, deployment: str) -> None:
     _context.set_current("controller_server_name", remote.server_name)
     _context.set_current("controller_deployment", deployment)
     _context.set_current("deployment", deployment)
+
+
+def remembered_at(address: str) -> str | None:
+    """The deployment the context sends to the controller at `address`, if it sends one there."""
+    if _context.current("controller") != address:
+        return None
+    return _context.current("controller_deployment")
 
 
 def forget() -> None:

@@ -471,6 +471,10 @@ def down_command(name: str | None, controller: str | None, controller_ca: Path |
 
         with remote.client() as client:
             click.echo(_call(take_down_there, client, name))
+        kept = _remote.remembered_at(remote.address)
+        if kept is not None:  # as a kubectl context outlives what it ran: forgetting is `boxer rm`
+            click.echo(f"the context still sends {kept} to {remote.address} (`boxer up FILE` goes there again);"
+                       f" `boxer rm {kept}` forgets it")
         return
     name = _resolve_name(name)
     click.echo(_down(name))

@@ -133,16 +133,47 @@ def use_command(name: str) -> None:
 def rm_command(names: tuple[str, ...]) -> None:
     """Remove what stopped deployments left: their record, status, timeline and logs under
     /run/boxer/deploy/NAME/ (and a lab a crash left). A running one is refused: `boxer down`
-    it first."""
+    it first. A deployment sent to a controller host: the context forgets that controller, so
+    commands (and `boxer up FILE`) act on this machine again; its state stays with the host."""
     known = {k.name: k for k in known_deployments()}
+    from boxer.cli import _remote
+
     for name in names:
+        if name not in known and _remote.is_remote_deployment(name):
+            continue  # the context's: forgotten below, unless its controller still runs it
         if name not in known:
             raise DeployError(f"no deployment named {name!r} (known here: {', '.join(known) or 'none'})")
         if known[name].running:
             raise DeployError(f"deployment {name!r} is running: take it down with `boxer down --name {name}`"
                               " first")
     for name in names:
-        click.echo(_remove(name))
+        click.echo(_forget_remote(name) if name not in known else _remove(name))
+
+
+def _forget_remote(name: str) -> str:
+    """`boxer rm` of a deployment sent to a controller host: the context forgets where it ran
+    (as `docker context rm`), so `boxer up FILE` starts it on this machine again unless told
+    --controller. Its state stays with the host. Refused while that controller runs it; a
+    controller that does not answer is forgotten all the same (nothing of it is lost)."""
+    from boxer.cli import _remote
+    from boxer.controller.remote import status_there
+
+    remote = _remote.chosen(name)
+    assert remote is not None
+    try:
+        with remote.client() as client:
+            running = status_there(client)
+    except Exception as exc:  # unreachable, refused: nothing to ask, forget it anyway
+        why = f" (it did not answer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    else:
+        if running is not None and running.get("name") == name:
+            raise DeployError(f"deployment {name!r} is running on the controller at {remote.address}: take it "
+                              f"down with `boxer down --name {name}` first")
+        why = ""
+    _remote.forget()
+    if _context.current("deployment") == name:
+        _context.set_current("deployment", None)
+    return f"forgot deployment {name} on the controller at {remote.address}{why}"
 
 
 def _remove(name: str) -> str:
