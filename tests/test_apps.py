@@ -23,6 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from boxer.agent.agent import Agent
+from boxer.lab._plan import COORDINATOR_PORT
+
 DATA = Path(__file__).parent / "apps_data"
 BOXER = [sys.executable, "-m", "boxer"]
 pytestmark = pytest.mark.lab
@@ -326,6 +329,14 @@ def settle(pid: int, seconds: float = 3.0) -> int:
     return last
 
 
+def agent_tcp_peer_ports(lab, host: str, pid: int) -> dict[int, int]:
+    """How many TCP sockets process `pid` holds to each remote port (ss in its namespace)."""
+    out = lab.run(host, ["ss", "-Htanp"], capture_output=True, text=True, check=True).stdout
+    ports = [int(line.split()[4].rpartition(":")[2]) for line in out.splitlines()
+             if f"pid={pid}," in line and line.split()[0] != "LISTEN"]
+    return {port: ports.count(port) for port in sorted(set(ports))}
+
+
 def test_900_concurrent_connections_under_rlimit_nofile_1024(apps):
     """An instance limited to 1024 descriptors (Lambda's limit) holds 900 overlay connections at
     once; afterwards neither the application nor the agent holds more descriptors than before."""
@@ -376,6 +387,12 @@ def test_900_concurrent_connections_under_rlimit_nofile_1024(apps):
             for f in (c.stdout, c.stderr):
                 f.close()
     assert settle(app_pid) == app_before
+    # Afterwards the agent holds rendezvous connections (its two ticket pools, 2 x 8, seen at
+    # 16 to 18: a refill in flight) and no other TCP socket: every path opened for these
+    # connections is closed, the relay's losers too (they leaked until the garbage collector
+    # ran, 4 to 25 of them a burst with a short relay delay).
+    peers = agent_tcp_peer_ports(lab, "h3", agent_pid)
+    assert set(peers) == {COORDINATOR_PORT} and peers[COORDINATOR_PORT] <= 2 * Agent.ticket_pool_size + 2, peers
     assert settle(agent_pid) <= agent_before + 2  # ticket pools may differ by a refill in flight
 
 

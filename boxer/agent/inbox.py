@@ -33,6 +33,13 @@ class Inbox:
                 self._waiter = None
         return self._items.popleft() if self._items else None
 
+    def drain(self) -> list[Any]:
+        """The items nobody took, oldest first, removed: the shell that stops waiting may own
+        resources in them."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():

@@ -118,6 +118,12 @@ class PathOpener:
                 worker.cancel()
             for sock in socks.values():
                 sock.close()
+            # A path that opened just as the race was decided (the relay's connect finishing
+            # while the direct path's proof is being read) is only in the queue: closed too, or
+            # the agent keeps one socket per such connection for ever.
+            for kind, _path, value in events.drain():
+                if kind == "opened":
+                    value[0].close()  # type: ignore[index]
 
     async def _run_path(self, path: Path, punch: m.Punch, key: bytes, local_port: int,
                         relay: tuple[str, int] | None, deadline: float, events: Inbox) -> None:
