@@ -68,6 +68,19 @@ def lab():
         lab_down(name)
 
 
+def _end_host(host: subprocess.Popen, host_log, tmp_path: Path) -> None:
+    """Ends a test's controller host (SIGTERM: it leaves what still runs to the lab's teardown)
+    and prints the end of its log, which is what a failed test needs to be read."""
+    host.send_signal(signal.SIGTERM)
+    try:
+        host.wait(30)
+    except subprocess.TimeoutExpired:
+        host.kill()
+        host.wait()
+    host_log.close()
+    print((tmp_path / "host.log").read_text()[-3000:])
+
+
 @pytest.mark.parametrize("backend", ["local", "lambda-local"])
 def test_the_deployment_outlives_its_cli_and_the_cli_sees_it_only_through_the_api(lab, tmp_path, backend):
     """A mixed deployment (a vm base and a function burst) on the local backend, and on
@@ -180,14 +193,7 @@ def test_the_deployment_outlives_its_cli_and_the_cli_sees_it_only_through_the_ap
         assert record["down_at"] and record["controller_pid"] is None
         assert host.poll() is None, "the host must wait for the next deployment"
     finally:
-        host.send_signal(signal.SIGTERM)
-        try:
-            host.wait(30)
-        except subprocess.TimeoutExpired:
-            host.kill()
-            host.wait()
-        host_log.close()
-        print((tmp_path / "host.log").read_text()[-3000:])
+        _end_host(host, host_log, tmp_path)
 
 
 def test_up_passes_the_tcp_listener_to_the_controller_it_starts(tmp_path):
@@ -380,14 +386,7 @@ def test_a_killed_controller_host_resumes_its_deployment_without_launching_it_ag
 
         labkit.wait_for("every instance's processes to end", lab_empty, timeout=20)
     finally:
-        host.send_signal(signal.SIGTERM)
-        try:
-            host.wait(30)
-        except subprocess.TimeoutExpired:
-            host.kill()
-            host.wait()
-        host_log.close()
-        print((tmp_path / "host.log").read_text()[-3000:])
+        _end_host(host, host_log, tmp_path)
 
 
 VM_RESUME = """
@@ -492,11 +491,4 @@ def test_a_resumed_lambda_local_host_uses_the_host_daemons_it_left(vm_lab, tmp_p
             for h in ("p1", "p2")), timeout=20)
         assert host.poll() is None
     finally:
-        host.send_signal(signal.SIGTERM)
-        try:
-            host.wait(30)
-        except subprocess.TimeoutExpired:
-            host.kill()
-            host.wait()
-        host_log.close()
-        print((tmp_path / "host.log").read_text()[-3000:])
+        _end_host(host, host_log, tmp_path)

@@ -398,12 +398,7 @@ class LocalBackend:
         """Stop whatever still runs (the controller normally stopped everything already)."""
         running = [h for h in list(self.busy.values()) if not h.ended]
         await asyncio.gather(*(self.stop(h) for h in running), return_exceptions=True)
-        for task in list(self._waiters):
-            task.cancel()
-        if self._zygote_start is not None and not self._zygote_start.done():
-            self._zygote_start.cancel()
-        if self._zygote is not None:
-            await self._zygote.close()
+        await self.leave()  # nothing is left to leave running: what remains is ours to let go
 
 
 def lab_size(services: Sequence[tuple[str, int, int, bool]], max_hosts: int = 200) -> tuple[int, int]:
