@@ -116,7 +116,7 @@ class TicketPools:
         """A deposited ticket the coordinator used for a connection we refuse: close it."""
         pending = self._incoming.pop(ticket_id, None)
         if pending is not None:
-            pending.add_done_callback(lambda f: f.exception() or f.result().close())
+            _close_when_open(pending)
         self._refill.set()
 
     def drop_all(self) -> None:
@@ -124,7 +124,21 @@ class TicketPools:
         for ticket in self._outgoing:
             ticket.close()
         self._outgoing.clear()
+        # One still being opened is closed when its open finishes: nothing else holds it then
+        # (keep_filled's _open_incoming only resolves the future).
         for future in self._incoming.values():
-            if future.done() and not future.exception():
-                future.result().close()
+            _close_when_open(future)
         self._incoming.clear()
+
+
+def _close_when_open(pending: asyncio.Future[Ticket]) -> None:
+    """Closes a ticket now if it is open (at once: the agent's close() may be the loop's last
+    step), or once its open succeeds."""
+    def close(future: asyncio.Future[Ticket]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            future.result().close()
+
+    if pending.done():
+        close(pending)
+    else:
+        pending.add_done_callback(close)
