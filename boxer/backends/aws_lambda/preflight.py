@@ -136,27 +136,12 @@ def read_deployment_secret(facts: LambdaFacts, client_factory: ClientFactory = a
     """The deployment secret from its SSM SecureString parameter, as bytes."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from boxer.nat_traversal.auth import SecretError as BadSecret
-    from boxer.nat_traversal.auth import load_secret
-
-    name = facts.secret_parameter_name
-    what = f"read SSM parameter {name} in {facts.region}"
     try:
-        reply = client_factory("ssm", facts.region).get_parameter(Name=name,
+        reply = client_factory("ssm", facts.region).get_parameter(Name=facts.secret_parameter_name,
                                                                    WithDecryption=True)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
-            raise SetupError(f"SSM parameter {name} does not exist in {facts.region}: is "
-                             f"{outputs} from this deployment (terraform apply done, not yet "
-                             "destroyed)?") from None
-        raise _explain(exc, what, facts.region) from None
-    except BotoCoreError as exc:
-        raise _explain(exc, what, facts.region) from None
-    value = str(reply.get("Parameter", {}).get("Value", ""))
-    try:
-        return load_secret(None, value.strip())
-    except BadSecret as exc:  # its messages never show the value
-        raise SetupError(f"SSM parameter {name} does not hold a usable secret: {exc}") from None
+    except (ClientError, BotoCoreError) as exc:
+        raise _secret_read_failed(facts, exc, outputs) from None
+    return _secret_from_reply(facts, reply)
 
 
 async def read_deployment_secret_async(facts: LambdaFacts, outputs: str | Path = "outputs.json",
@@ -181,22 +166,37 @@ async def read_deployment_secret_async(facts: LambdaFacts, outputs: str | Path =
 
 
 async def _read_secret_with(client: Any, facts: LambdaFacts, outputs: str | Path) -> bytes:
-    class _Answered:  # read_deployment_secret's checks, on the reply we already have
-        def __init__(self, reply: Any = None, error: Exception | None = None) -> None:
-            self.reply, self.error = reply, error
-
-        def get_parameter(self, **_: Any) -> Any:
-            if self.error is not None:
-                raise self.error
-            return self.reply
-
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        answered = _Answered(await client.get_parameter(Name=facts.secret_parameter_name, WithDecryption=True))
+        reply = await client.get_parameter(Name=facts.secret_parameter_name, WithDecryption=True)
     except (ClientError, BotoCoreError) as exc:
-        answered = _Answered(error=exc)
-    return read_deployment_secret(facts, lambda service, region: answered, outputs)
+        raise _secret_read_failed(facts, exc, outputs) from None
+    return _secret_from_reply(facts, reply)
+
+
+def _secret_read_failed(facts: LambdaFacts, exc: Exception, outputs: str | Path) -> SetupError:
+    """The one line for a GetParameter that failed (either client: botocore's errors are both's)."""
+    from botocore.exceptions import ClientError
+
+    name = facts.secret_parameter_name
+    if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
+        return SetupError(f"SSM parameter {name} does not exist in {facts.region}: is {outputs} from"
+                          " this deployment (terraform apply done, not yet destroyed)?")
+    return _explain(exc, f"read SSM parameter {name} in {facts.region}", facts.region)
+
+
+def _secret_from_reply(facts: LambdaFacts, reply: Any) -> bytes:
+    """The secret a GetParameter reply holds, checked as load_secret checks a file's."""
+    from boxer.nat_traversal.auth import SecretError as BadSecret
+    from boxer.nat_traversal.auth import load_secret
+
+    value = str(reply.get("Parameter", {}).get("Value", ""))
+    try:
+        return load_secret(None, value.strip())
+    except BadSecret as exc:  # its messages never show the value
+        raise SetupError(f"SSM parameter {facts.secret_parameter_name} does not hold a usable secret:"
+                         f" {exc}") from None
 
 
 def check_function(facts: LambdaFacts, client_factory: ClientFactory = aws_client,
