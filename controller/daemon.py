@@ -45,7 +45,7 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
     if info is None:
         log.error("no deployment record in %s: start deployments with `boxer up`", paths.deployment)
         return 2
-    runtime = await _make_runtime(paths, info, tick, metrics_fd, zygote)
+    runtime = await make_runtime(paths, info, tick, metrics_fd, zygote)
     if runtime is None:
         return 2
     kind = info.backend
@@ -56,7 +56,7 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
         loop.add_signal_handler(sig, stop.set)
     from boxer.controller.api.server import ControlService, serve
 
-    service = ControlService(runtime, _applier(paths, runtime, kind), stop.set, paths.log, paths.instances)
+    service = ControlService(runtime, make_applier(paths, runtime, kind), stop.set, paths.log, paths.instances)
     try:
         servers = await serve(service, paths.control_socket, tcp)
     except (OSError, RuntimeError) as exc:
@@ -74,8 +74,8 @@ async def _main(paths: DeployPaths, metrics_fd: int | None, tick: float,
     return 0
 
 
-async def _make_runtime(paths: DeployPaths, info: DeploymentRecord, tick: float, metrics_fd: int | None = None,
-                  zygote: tuple[int, int, int] | None = None, resume: Any = None) -> Any:
+async def make_runtime(paths: DeployPaths, info: DeploymentRecord, tick: float, metrics_fd: int | None = None,
+                 zygote: tuple[int, int, int] | None = None, resume: Any = None) -> Any:
     """The deployment's backend and its ControllerRuntime, from its record and the file it runs;
     None (said in the log) when the backend cannot be made. `resume`: the roster a crashed
     controller left (controller/resume.py), to adopt its instances from."""
@@ -104,7 +104,7 @@ async def _make_runtime(paths: DeployPaths, info: DeploymentRecord, tick: float,
     )
 
 
-def _applier(paths: DeployPaths, runtime: Any, kind: str) -> Any:
+def make_applier(paths: DeployPaths, runtime: Any, kind: str) -> Any:
     """The control API's Apply: an edited deployment file, applied to the running deployment if
     everything that changed may change live (boxer.controller.reapply), else refused whole."""
 

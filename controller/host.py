@@ -187,10 +187,10 @@ async def _run_here(config: HostConfig, paths: DeployPaths, record: DeploymentRe
     handler = logging.FileHandler(paths.log)
     handler.setFormatter(formatter)
     logging.getLogger().addHandler(handler)  # the deployment's own log, for Logs and `boxer logs`
-    from boxer.controller.daemon import _applier, _make_runtime
+    from boxer.controller.daemon import make_applier, make_runtime
 
     try:
-        runtime = await _make_runtime(paths, record, config.tick, resume=resume)
+        runtime = await make_runtime(paths, record, config.tick, resume=resume)
     except BaseException:
         logging.getLogger().removeHandler(handler)
         raise
@@ -200,8 +200,8 @@ async def _run_here(config: HostConfig, paths: DeployPaths, record: DeploymentRe
     from boxer.controller.api.server import ControlService
 
     stop = asyncio.Event()
-    service = ControlService(runtime, _here(_applier(paths, runtime, kind), paths, runtime, kind, config.lab), stop.set,
-                             paths.log, paths.instances)
+    applier = _here(make_applier(paths, runtime, kind), paths, runtime, kind, config.lab)
+    service = ControlService(runtime, applier, stop.set, paths.log, paths.instances)
     log.info("deployment %s %s from %s: backend %s, coordinator %s:%d", name, "resumed" if resume else "up",
              record.file, kind, *runtime.coordinator)
 
